@@ -1,0 +1,3 @@
+fn main() {
+    pixelgen_build::Build::new().run_or_exit();
+}

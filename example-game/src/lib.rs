@@ -1,0 +1,445 @@
+//! A small game whose art all comes from `sprites.ron` through pixelgen: a knight walks
+//! over a tiled meadow and picks up coins, potions, swords and hearts, while slimes and
+//! bats wander about.
+//!
+//! `cargo run -p example-game` opens a window (arrow keys or WASD to walk).
+//! `cargo run -p example-game -- --screenshot out.png` renders a few frames offscreen,
+//! with the knight walking on its own, and writes the last one to `out.png`.
+//!
+//! The typed indices keep atlases apart: an item where a character is expected does
+//! not compile.
+//!
+//! ```compile_fail,E0308
+//! use example_game::sprites::{SpriteIndex, characters, items};
+//! fn show_character(_: SpriteIndex<characters::Atlas>) {}
+//! show_character(items::POTION);
+//! ```
+//!
+//! ```
+//! use example_game::sprites::{SpriteIndex, characters, items};
+//! fn show_character(_: SpriteIndex<characters::Atlas>) {}
+//! show_character(characters::HERO);
+//! show_character(characters::HERO_WALK.frame(2));
+//! let _: SpriteIndex<items::Atlas> = items::POTION;
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bevy::app::ScheduleRunnerPlugin;
+use bevy::camera::RenderTarget;
+use bevy::prelude::*;
+use bevy::render::render_resource::{TextureFormat, TextureUsages};
+use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured};
+use bevy::window::{ExitCondition, WindowResolution};
+use bevy::winit::WinitPlugin;
+
+pixelgen_macros::sprites!();
+
+use sprites::{Atlases, SpritesPlugin, characters, items, tiles};
+
+/// The world, in tiles.
+const MAP_WIDTH: i32 = 24;
+const MAP_HEIGHT: i32 = 18;
+const TILE: f32 = 32.0;
+/// The window (or screenshot), in screen pixels; the camera zooms 2× for chunky pixels.
+const VIEW_WIDTH: u32 = 800;
+const VIEW_HEIGHT: u32 = 600;
+const ZOOM: f32 = 2.0;
+const HERO_SPEED: f32 = 90.0;
+/// Frames rendered before the screenshot is taken (the knight walks meanwhile).
+const SCREENSHOT_AFTER_FRAMES: u32 = 45;
+
+/// Runs the game with the command-line arguments (without the program name).
+pub fn run(args: &[String]) -> ExitCode {
+    let screenshot = match parse_args(args) {
+        Ok(screenshot) => screenshot,
+        Err(message) => {
+            eprintln!("example-game: {message}\nusage: example-game [--screenshot OUT.png]");
+            return ExitCode::from(2);
+        }
+    };
+    let mut app = App::new();
+    match screenshot {
+        Some(path) => {
+            // No window and no winit: render into an image and read it back.
+            app.add_plugins(
+                DefaultPlugins
+                    .set(ImagePlugin::default_nearest())
+                    .set(WindowPlugin {
+                        primary_window: None,
+                        exit_condition: ExitCondition::DontExit,
+                        ..default()
+                    })
+                    .disable::<WinitPlugin>(),
+            )
+            .add_plugins(ScheduleRunnerPlugin::run_loop(Duration::from_secs_f64(1.0 / 60.0)))
+            .insert_resource(Autopilot)
+            .insert_resource(ScreenshotJob {
+                path,
+                frames_left: SCREENSHOT_AFTER_FRAMES,
+                target: None,
+                outcome: None,
+            })
+            .add_systems(Update, screenshot_when_ready);
+        }
+        None => {
+            if std::env::var_os("DISPLAY").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+                eprintln!(
+                    "example-game: no display found (neither DISPLAY nor WAYLAND_DISPLAY is set).\n\
+                     Run it on a desktop, under a virtual display (`xvfb-run -a cargo run -p example-game`),\n\
+                     or render offscreen: `cargo run -p example-game -- --screenshot out.png`"
+                );
+                return ExitCode::from(1);
+            }
+            app.add_plugins(DefaultPlugins.set(ImagePlugin::default_nearest()).set(WindowPlugin {
+                primary_window: Some(Window {
+                    title: "pixelgen example".into(),
+                    resolution: WindowResolution::new(VIEW_WIDTH, VIEW_HEIGHT),
+                    ..default()
+                }),
+                ..default()
+            }));
+        }
+    }
+    app.add_plugins(SpritesPlugin)
+        .insert_resource(ClearColor(Color::srgb_u8(0x18, 0x14, 0x25)))
+        .init_resource::<Collected>()
+        .add_systems(Startup, setup)
+        .add_systems(
+            Update,
+            (move_hero, animate, wander, pick_up, follow_camera, layout_hud).chain(),
+        );
+    match app.run() {
+        AppExit::Success => ExitCode::SUCCESS,
+        AppExit::Error(_) => ExitCode::FAILURE,
+    }
+}
+
+fn parse_args(args: &[String]) -> Result<Option<PathBuf>, String> {
+    match args {
+        [] => Ok(None),
+        [flag, path] if flag == "--screenshot" => Ok(Some(PathBuf::from(path))),
+        [flag] if flag == "--screenshot" => Err("--screenshot needs a file name".to_string()),
+        other => Err(format!("unknown arguments: {}", other.join(" "))),
+    }
+}
+
+#[derive(Component)]
+struct Hero {
+    walking: bool,
+    frame_clock: f32,
+}
+
+/// A looping animation of one atlas.
+#[derive(Component)]
+struct Animated {
+    frames: sprites::Animation<characters::Atlas>,
+    fps: f32,
+    clock: f32,
+}
+
+/// A coin spins: same idea, other atlas; typed indices keep them apart.
+#[derive(Component)]
+struct Spinning {
+    frames: sprites::Animation<items::Atlas>,
+    clock: f32,
+}
+
+#[derive(Component)]
+struct Wanderer {
+    home: Vec2,
+    radius: Vec2,
+    speed: f32,
+    phase: f32,
+}
+
+#[derive(Component, Clone, Copy)]
+struct Pickup(sprites::SpriteIndex<items::Atlas>);
+
+#[derive(Component)]
+struct HudIcon(usize);
+
+#[derive(Component)]
+struct Solid;
+
+#[derive(Resource, Default)]
+struct Collected(Vec<sprites::SpriteIndex<items::Atlas>>);
+
+/// In screenshot mode the knight walks by itself.
+#[derive(Resource)]
+struct Autopilot;
+
+fn tile_center(x: i32, y: i32) -> Vec2 {
+    Vec2::new(x as f32 * TILE, y as f32 * TILE)
+}
+
+/// A fixed pseudo-random number per tile, so the map is the same every run.
+fn tile_noise(x: i32, y: i32) -> u32 {
+    let mut h = (x as u32).wrapping_mul(0x9E37_79B9) ^ (y as u32).wrapping_mul(0x85EB_CA6B);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x2C1B_3C6D);
+    h ^ (h >> 12)
+}
+
+fn setup(mut commands: Commands, atlases: Res<Atlases>, mut images: ResMut<Assets<Image>>, job: Option<ResMut<ScreenshotJob>>) {
+    let mut camera = commands.spawn((
+        Camera2d,
+        Projection::Orthographic(OrthographicProjection {
+            scale: 1.0 / ZOOM,
+            ..OrthographicProjection::default_2d()
+        }),
+        Transform::from_xyz(tile_center(4, 4).x, tile_center(4, 4).y, 100.0),
+    ));
+    if let Some(mut job) = job {
+        let mut target = Image::new_target_texture(VIEW_WIDTH, VIEW_HEIGHT, TextureFormat::Rgba8UnormSrgb, None);
+        target.texture_descriptor.usage |= TextureUsages::COPY_SRC;
+        let handle = images.add(target);
+        camera.insert(RenderTarget::Image(handle.clone().into()));
+        job.target = Some(handle);
+    }
+
+    for y in 0..MAP_HEIGHT {
+        for x in 0..MAP_WIDTH {
+            let at = tile_center(x, y);
+            commands.spawn((atlases.sprite(tiles::GRASS), Transform::from_xyz(at.x, at.y, 0.0)));
+            let border = x == 0 || y == 0 || x == MAP_WIDTH - 1 || y == MAP_HEIGHT - 1;
+            let noise = tile_noise(x, y) % 100;
+            let near_start = (x - 4).abs() <= 2 && (y - 4).abs() <= 2;
+            let scenery = if border {
+                Some(tiles::WALL)
+            } else if near_start {
+                None
+            } else if noise < 6 {
+                Some(tiles::TREE)
+            } else if noise < 9 {
+                Some(tiles::ROCK)
+            } else {
+                None
+            };
+            if let Some(index) = scenery {
+                commands.spawn((atlases.sprite(index), Transform::from_xyz(at.x, at.y, 1.0 + (MAP_HEIGHT - y) as f32 * 0.01), Solid));
+            }
+        }
+    }
+
+    let pickups = [
+        (items::POTION, 6, 4),
+        (items::SWORD, 9, 7),
+        (items::HEART, 14, 5),
+        (items::POTION, 18, 12),
+        (items::HEART, 5, 13),
+        (items::SWORD, 20, 3),
+    ];
+    for (index, x, y) in pickups {
+        let at = tile_center(x, y);
+        commands.spawn((atlases.sprite(index), Transform::from_xyz(at.x, at.y, 2.0), Pickup(index)));
+    }
+    for (i, (x, y)) in [(7, 4), (8, 4), (11, 9), (12, 9), (16, 14), (3, 10), (19, 8)].into_iter().enumerate() {
+        let at = tile_center(x, y);
+        commands.spawn((
+            atlases.sprite(items::COIN.frame(i)),
+            Transform::from_xyz(at.x, at.y, 2.0),
+            Pickup(items::COIN.frame(0)),
+            Spinning { frames: items::COIN, clock: i as f32 * 0.1 },
+        ));
+    }
+
+    let creatures = [
+        (characters::SLIME, 10, 11, Vec2::new(40.0, 8.0), 0.6),
+        (characters::SLIME, 17, 6, Vec2::new(24.0, 24.0), 0.8),
+        (characters::BAT, 8, 9, Vec2::new(50.0, 30.0), 1.4),
+        (characters::BAT, 15, 12, Vec2::new(60.0, 20.0), 1.1),
+    ];
+    for (i, (frames, x, y, radius, speed)) in creatures.into_iter().enumerate() {
+        let home = tile_center(x, y);
+        commands.spawn((
+            atlases.sprite(frames.frame(i)),
+            Transform::from_xyz(home.x, home.y, 3.0),
+            Animated { frames, fps: 6.0, clock: i as f32 * 0.13 },
+            Wanderer { home, radius, speed, phase: i as f32 },
+        ));
+    }
+
+    let start = tile_center(4, 4);
+    commands.spawn((
+        atlases.sprite(characters::HERO),
+        Transform::from_xyz(start.x, start.y, 4.0),
+        Hero { walking: false, frame_clock: 0.0 },
+    ));
+}
+
+fn move_hero(
+    keys: Option<Res<ButtonInput<KeyCode>>>,
+    autopilot: Option<Res<Autopilot>>,
+    time: Res<Time>,
+    solids: Query<&Transform, (With<Solid>, Without<Hero>)>,
+    mut hero: Query<(&mut Transform, &mut Sprite, &mut Hero)>,
+) {
+    let Ok((mut transform, mut sprite, mut hero)) = hero.single_mut() else {
+        return;
+    };
+    let mut direction = Vec2::ZERO;
+    if autopilot.is_some() {
+        direction = Vec2::new(1.0, 0.35);
+    } else if let Some(keys) = keys {
+        for (key_a, key_b, step) in [
+            (KeyCode::ArrowLeft, KeyCode::KeyA, Vec2::NEG_X),
+            (KeyCode::ArrowRight, KeyCode::KeyD, Vec2::X),
+            (KeyCode::ArrowUp, KeyCode::KeyW, Vec2::Y),
+            (KeyCode::ArrowDown, KeyCode::KeyS, Vec2::NEG_Y),
+        ] {
+            if keys.pressed(key_a) || keys.pressed(key_b) {
+                direction += step;
+            }
+        }
+    }
+    hero.walking = direction != Vec2::ZERO;
+    if !hero.walking {
+        return;
+    }
+    if direction.x != 0.0 {
+        sprite.flip_x = direction.x < 0.0;
+    }
+    let step = direction.normalize() * HERO_SPEED * time.delta_secs();
+    // Move along each axis separately so the knight slides along walls.
+    for axis_step in [Vec2::new(step.x, 0.0), Vec2::new(0.0, step.y)] {
+        let next = transform.translation.truncate() + axis_step;
+        let blocked = solids.iter().any(|solid| {
+            let d = (solid.translation.truncate() - next).abs();
+            d.x < TILE * 0.7 && d.y < TILE * 0.6
+        });
+        if !blocked {
+            transform.translation.x = next.x;
+            transform.translation.y = next.y;
+        }
+    }
+}
+
+fn animate(
+    time: Res<Time>,
+    atlases: Res<Atlases>,
+    mut heroes: Query<(&mut Hero, &mut Sprite), (Without<Animated>, Without<Spinning>)>,
+    mut animated: Query<(&mut Animated, &mut Sprite), Without<Spinning>>,
+    mut spinning: Query<(&mut Spinning, &mut Sprite), Without<Animated>>,
+) {
+    let dt = time.delta_secs();
+    for (mut hero, mut sprite) in &mut heroes {
+        let index = if hero.walking {
+            hero.frame_clock += dt;
+            characters::HERO_WALK.frame((hero.frame_clock * 8.0) as usize)
+        } else {
+            hero.frame_clock = 0.0;
+            characters::HERO
+        };
+        sprite.texture_atlas = Some(atlases.texture_atlas(index));
+    }
+    for (mut animation, mut sprite) in &mut animated {
+        animation.clock += dt;
+        let index = animation.frames.frame((animation.clock * animation.fps) as usize);
+        sprite.texture_atlas = Some(atlases.texture_atlas(index));
+    }
+    for (mut coin, mut sprite) in &mut spinning {
+        coin.clock += dt;
+        sprite.texture_atlas = Some(atlases.texture_atlas(coin.frames.frame((coin.clock * 10.0) as usize)));
+    }
+}
+
+fn wander(time: Res<Time>, mut wanderers: Query<(&Wanderer, &mut Transform, &mut Sprite)>) {
+    let t = time.elapsed_secs();
+    for (wanderer, mut transform, mut sprite) in &mut wanderers {
+        let angle = t * wanderer.speed + wanderer.phase;
+        let at = wanderer.home + Vec2::new(angle.cos() * wanderer.radius.x, (angle * 2.0).sin() * wanderer.radius.y);
+        sprite.flip_x = angle.sin() > 0.0;
+        transform.translation.x = at.x;
+        transform.translation.y = at.y;
+    }
+}
+
+fn pick_up(
+    mut commands: Commands,
+    mut collected: ResMut<Collected>,
+    atlases: Res<Atlases>,
+    hero: Query<&Transform, With<Hero>>,
+    pickups: Query<(Entity, &Transform, &Pickup)>,
+) {
+    let Ok(hero) = hero.single() else {
+        return;
+    };
+    for (entity, transform, pickup) in &pickups {
+        if transform.translation.truncate().distance(hero.translation.truncate()) < 16.0 {
+            commands.entity(entity).despawn();
+            let slot = collected.0.len();
+            collected.0.push(pickup.0);
+            commands.spawn((atlases.sprite(pickup.0), Transform::from_xyz(0.0, 0.0, 50.0), HudIcon(slot)));
+        }
+    }
+}
+
+fn follow_camera(hero: Query<&Transform, With<Hero>>, mut camera: Query<&mut Transform, (With<Camera2d>, Without<Hero>)>) {
+    let (Ok(hero), Ok(mut camera)) = (hero.single(), camera.single_mut()) else {
+        return;
+    };
+    let half = Vec2::new(VIEW_WIDTH as f32, VIEW_HEIGHT as f32) / (2.0 * ZOOM);
+    let min = tile_center(0, 0) - TILE / 2.0 + half;
+    let max = tile_center(MAP_WIDTH - 1, MAP_HEIGHT - 1) + TILE / 2.0 - half;
+    let target = hero.translation.truncate().clamp(min, max);
+    camera.translation.x = target.x.round();
+    camera.translation.y = target.y.round();
+}
+
+/// Collected items line up along the top of the view.
+fn layout_hud(camera: Query<&Transform, With<Camera2d>>, mut icons: Query<(&HudIcon, &mut Transform), Without<Camera2d>>) {
+    let Ok(camera) = camera.single() else {
+        return;
+    };
+    let top_left = camera.translation.truncate() + Vec2::new(-(VIEW_WIDTH as f32), VIEW_HEIGHT as f32) / (2.0 * ZOOM);
+    for (icon, mut transform) in &mut icons {
+        transform.translation.x = top_left.x + 12.0 + icon.0 as f32 * 18.0;
+        transform.translation.y = top_left.y - 12.0;
+    }
+}
+
+/// Screenshot mode: after some frames, capture the render target, save it, exit.
+#[derive(Resource)]
+struct ScreenshotJob {
+    path: PathBuf,
+    frames_left: u32,
+    target: Option<Handle<Image>>,
+    outcome: Option<Result<(), String>>,
+}
+
+fn screenshot_when_ready(mut commands: Commands, mut job: ResMut<ScreenshotJob>, mut exit: MessageWriter<AppExit>) {
+    if let Some(outcome) = job.outcome.take() {
+        match outcome {
+            Ok(()) => {
+                println!("example-game: wrote {}", job.path.display());
+                exit.write(AppExit::Success);
+            }
+            Err(message) => {
+                eprintln!("example-game: cannot write the screenshot {}: {message}", job.path.display());
+                exit.write(AppExit::error());
+            }
+        }
+        return;
+    }
+    if job.frames_left > 0 {
+        job.frames_left -= 1;
+        if job.frames_left == 0
+            && let Some(target) = job.target.clone()
+        {
+            commands.spawn(Screenshot::image(target)).observe(save_screenshot);
+        }
+    }
+}
+
+fn save_screenshot(captured: On<ScreenshotCaptured>, mut job: ResMut<ScreenshotJob>) {
+    let outcome = captured
+        .image
+        .clone()
+        .try_into_dynamic()
+        .map_err(|e| e.to_string())
+        .and_then(|image| image.to_rgb8().save_with_format(&job.path, image::ImageFormat::Png).map_err(|e| e.to_string()));
+    job.outcome = Some(outcome);
+}

@@ -1,0 +1,157 @@
+//! `Build`: the small builder a game's build.rs calls.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::Error;
+use crate::index::OUT_SUBDIR;
+use crate::pipeline::{self, Project, Quiet, Session, Summary};
+use crate::plan::FileHasher;
+
+/// Runs the pipeline for the crate whose build script calls it.
+///
+/// Environment (each declared with `rerun-if-env-changed`):
+/// - `PIXELGEN_OFFLINE=1` (or `CI=true`): never generate; a stale sprite fails the build
+///   with the list of stale sprites and the command that fixes it.
+/// - `PIXELGEN_CACHE_DIR`: the sprite cache folder (default: `cache/` at the workspace root).
+#[derive(Debug, Clone, Default)]
+pub struct Build {
+    crate_dir: Option<PathBuf>,
+    out_dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    offline: Option<bool>,
+}
+
+impl Build {
+    pub fn new() -> Self {
+        Build::default()
+    }
+
+    /// The crate folder holding `sprites.ron` (default: `CARGO_MANIFEST_DIR`).
+    pub fn crate_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.crate_dir = Some(dir.into());
+        self
+    }
+
+    /// Where atlases and the index go (default: `OUT_DIR`).
+    pub fn out_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.out_dir = Some(dir.into());
+        self
+    }
+
+    /// The sprite cache folder (default: `PIXELGEN_CACHE_DIR`, else `cache/` at the workspace root).
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Force offline (or online) mode instead of reading `PIXELGEN_OFFLINE` / `CI`.
+    pub fn offline(mut self, offline: bool) -> Self {
+        self.offline = Some(offline);
+        self
+    }
+
+    /// Runs the build, prints the summary line as a cargo warning and returns the counts.
+    pub fn run(self) -> Result<Summary, Error> {
+        let crate_dir = match self.crate_dir {
+            Some(dir) => dir,
+            None => required_env("CARGO_MANIFEST_DIR")?,
+        };
+        let out_dir = match self.out_dir {
+            Some(dir) => dir,
+            None => required_env("OUT_DIR")?,
+        };
+        let offline = self.offline.unwrap_or_else(|| {
+            truthy(declared_env("PIXELGEN_OFFLINE")) || truthy(declared_env("CI"))
+        });
+        let cache_dir = self
+            .cache_dir
+            .or_else(|| declared_env("PIXELGEN_CACHE_DIR").map(|dir| crate_dir.join(dir)));
+        let state_dir = out_dir.join(OUT_SUBDIR);
+        let workspace_root = match &cache_dir {
+            Some(_) => None,
+            None => Some(cached_workspace_root(&crate_dir, &state_dir)?),
+        };
+        let project = Project::for_crate(&crate_dir, cache_dir, workspace_root)?;
+        println!("cargo:rerun-if-changed={}", project.manifest_path.display());
+        println!("cargo:rerun-if-changed={}", project.lock_path.display());
+
+        let hasher = FileHasher::persistent(state_dir.join("file-stamps.json"));
+        let mut session = Session::open(project, hasher, offline)?;
+        for path in &session.manifest.input_files {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+        for lora in session.manifest.sprites.iter().flat_map(|s| &s.loras) {
+            if lora.resolved.exists() {
+                println!("cargo:rerun-if-changed={}", lora.resolved.display());
+            }
+        }
+        let summary = session.realize(offline, &mut Quiet)?;
+        crate::emit::emit(&session, &out_dir)?;
+        println!("cargo:warning={summary}");
+        if env!("PIXELGEN_BUILD_OPT_LEVEL") == "0" {
+            println!(
+                "cargo:warning=pixelgen: pixelgen-build runs unoptimised, which makes generation many times slower: add `[profile.dev.build-override] opt-level = 3` to the workspace Cargo.toml"
+            );
+        }
+        Ok(summary)
+    }
+
+    /// `run`, and on error print it and exit with status 1: cargo then shows the message.
+    pub fn run_or_exit(self) {
+        if let Err(error) = self.run() {
+            eprintln!("{error}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn declared_env(name: &str) -> Option<OsString> {
+    println!("cargo:rerun-if-env-changed={name}");
+    std::env::var_os(name)
+}
+
+fn required_env(name: &str) -> Result<PathBuf, Error> {
+    std::env::var_os(name).map(PathBuf::from).ok_or_else(|| {
+        Error::Environment(format!(
+            "{name} is not set: pixelgen_build::Build::run is meant to be called from a build script (build.rs), where cargo sets it"
+        ))
+    })
+}
+
+fn truthy(value: Option<OsString>) -> bool {
+    value.is_some_and(|v| {
+        let v = v.to_string_lossy().to_ascii_lowercase();
+        !v.is_empty() && v != "0" && v != "false" && v != "no"
+    })
+}
+
+/// `cargo metadata` costs tens of milliseconds; remember its answer in OUT_DIR.
+fn cached_workspace_root(crate_dir: &Path, state_dir: &Path) -> Result<PathBuf, Error> {
+    let memo = state_dir.join("workspace-root");
+    if let Ok(text) = std::fs::read_to_string(&memo)
+        && let Some((for_crate, root)) = text.split_once('\n')
+        && Path::new(for_crate) == crate_dir
+        && Path::new(root).join("Cargo.toml").is_file()
+    {
+        return Ok(PathBuf::from(root));
+    }
+    let root = pipeline::workspace_root_of(crate_dir)?;
+    let _ = std::fs::create_dir_all(state_dir);
+    let _ = crate::cache::write_atomically(&memo, format!("{}\n{}", crate_dir.display(), root.display()).as_bytes());
+    Ok(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truthy_values() {
+        assert!(truthy(Some("1".into())));
+        assert!(truthy(Some("true".into())));
+        assert!(!truthy(Some("0".into())));
+        assert!(!truthy(Some("false".into())));
+        assert!(!truthy(None));
+    }
+}

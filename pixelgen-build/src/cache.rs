@@ -1,0 +1,154 @@
+//! The content-addressed sprite cache: one PNG per frame key, under
+//! `cache/<first two hex digits>/<key>.png`. Files are written to a temporary file in
+//! the same folder and renamed into place, so readers only ever see whole files, and
+//! two builds writing the same key write the same bytes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use image::RgbaImage;
+
+use crate::plan::{FileHasher, Key};
+
+#[derive(Debug, Clone)]
+pub struct Cache {
+    dir: PathBuf,
+}
+
+/// What the cache holds for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The file is there and its hash is the one the lock file recorded (or, with no
+    /// record, it decodes as a PNG of the right size).
+    Hit { output: blake3::Hash },
+    Missing,
+    /// The file is there but is not what was stored.
+    Corrupt { reason: String },
+}
+
+impl Cache {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Cache { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn path_of(&self, key: &Key) -> PathBuf {
+        let hex = key.to_hex();
+        self.dir.join(&hex[..2]).join(format!("{hex}.png"))
+    }
+
+    /// Checks the entry for `key` without decoding it when the lock file knows its
+    /// hash: the hash itself comes from the stamp cache on a no-op build.
+    pub fn lookup(&self, key: &Key, expected: Option<&str>, size: (u32, u32), hasher: &mut FileHasher) -> Lookup {
+        let path = self.path_of(key);
+        let output = match hasher.hash(&path) {
+            Ok(hash) => hash,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Missing,
+            Err(e) => return Lookup::Corrupt { reason: format!("cannot read it: {e}") },
+        };
+        match expected {
+            Some(expected) if expected == output.to_hex().as_str() => Lookup::Hit { output },
+            Some(_) => Lookup::Corrupt { reason: "its content does not match the hash in sprites.lock".to_string() },
+            None => match self.read(key) {
+                Ok(image) if image.dimensions() == size => Lookup::Hit { output },
+                Ok(image) => Lookup::Corrupt {
+                    reason: format!("it is {}×{}, not {}×{}", image.width(), image.height(), size.0, size.1),
+                },
+                Err(e) => Lookup::Corrupt { reason: e.to_string() },
+            },
+        }
+    }
+
+    /// Decodes the entry for `key`.
+    pub fn read(&self, key: &Key) -> Result<RgbaImage, image::ImageError> {
+        let bytes = std::fs::read(self.path_of(key)).map_err(image::ImageError::IoError)?;
+        Ok(image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)?.into_rgba8())
+    }
+
+    /// Stores a frame; returns the hash of the PNG written.
+    pub fn write(&self, key: &Key, image: &RgbaImage) -> std::io::Result<blake3::Hash> {
+        let bytes = encode_png(image)?;
+        write_atomically(&self.path_of(key), &bytes)?;
+        Ok(blake3::hash(&bytes))
+    }
+}
+
+/// PNG bytes of an image; the same pixels always give the same bytes.
+pub fn encode_png(image: &RgbaImage) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .map_err(std::io::Error::other)?;
+    Ok(bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename,
+/// so that a crash or a concurrent reader never sees a partial file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut file = tempfile::Builder::new().prefix(".tmp-pixelgen-").tempfile_in(dir)?;
+    file.write_all(bytes)?;
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(seed: u8) -> RgbaImage {
+        RgbaImage::from_fn(4, 3, |x, y| image::Rgba([seed, x as u8, y as u8, 255]))
+    }
+
+    #[test]
+    fn write_then_lookup_and_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let key = Key([1; 32]);
+        let mut hasher = FileHasher::in_memory();
+        assert_eq!(cache.lookup(&key, None, (4, 3), &mut hasher), Lookup::Missing);
+        let output = cache.write(&key, &image(9)).unwrap();
+        assert!(cache.path_of(&key).starts_with(dir.path().join("01")));
+        assert_eq!(cache.lookup(&key, Some(output.to_hex().as_str()), (4, 3), &mut hasher), Lookup::Hit { output });
+        assert_eq!(cache.lookup(&key, None, (4, 3), &mut FileHasher::in_memory()), Lookup::Hit { output });
+        assert_eq!(cache.read(&key).unwrap(), image(9));
+        assert_eq!(cache.write(&key, &image(9)).unwrap(), output, "deterministic bytes");
+    }
+
+    #[test]
+    fn corruption_is_detected_with_and_without_a_recorded_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        let key = Key([2; 32]);
+        let output = cache.write(&key, &image(1)).unwrap();
+        let path = cache.path_of(&key);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let expected = output.to_hex();
+        assert!(matches!(
+            cache.lookup(&key, Some(expected.as_str()), (4, 3), &mut FileHasher::in_memory()),
+            Lookup::Corrupt { .. }
+        ));
+        assert!(matches!(cache.lookup(&key, None, (4, 3), &mut FileHasher::in_memory()), Lookup::Corrupt { .. }));
+        // A valid PNG of the wrong size, with no recorded hash.
+        cache.write(&key, &RgbaImage::new(2, 2)).unwrap();
+        assert!(matches!(cache.lookup(&key, None, (4, 3), &mut FileHasher::in_memory()), Lookup::Corrupt { .. }));
+    }
+
+    #[test]
+    fn atomic_write_leaves_no_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/file.txt");
+        write_atomically(&path, b"x").unwrap();
+        write_atomically(&path, b"y").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"y");
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    }
+}

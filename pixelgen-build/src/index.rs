@@ -1,0 +1,73 @@
+//! The index that the build writes to OUT_DIR and the `sprites!` macro reads: atlases,
+//! their images and rects, and which rects belong to which sprite.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const INDEX_VERSION: u32 = 1;
+/// Folder under OUT_DIR that holds pixelgen's outputs.
+pub const OUT_SUBDIR: &str = "pixelgen";
+pub const INDEX_FILE: &str = "index.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Index {
+    pub version: u32,
+    /// Hash of everything the atlases were made from: an equal stamp means the files in
+    /// OUT_DIR are up to date and need not be packed again.
+    pub stamp: String,
+    /// Sorted by name.
+    pub atlases: Vec<IndexedAtlas>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexedAtlas {
+    pub name: String,
+    /// Rust module name.
+    pub module: String,
+    /// Absolute path of the atlas PNG (in OUT_DIR).
+    pub image: PathBuf,
+    pub width: u32,
+    pub height: u32,
+    /// `[x, y, width, height]` of each layout index, in the order of the layout.
+    pub rects: Vec<[u32; 4]>,
+    /// Sorted by name.
+    pub sprites: Vec<IndexedSprite>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexedSprite {
+    pub name: String,
+    /// Rust constant name.
+    pub constant: String,
+    /// Layout index of each frame, in frame order.
+    pub frames: Vec<usize>,
+    /// Declared with `frames:` (an animation), even if it has one frame.
+    pub animated: bool,
+}
+
+/// The index as the build writes it.
+pub fn to_json(index: &Index) -> String {
+    // Plain data of strings and numbers: serialising cannot fail.
+    serde_json::to_string_pretty(index).unwrap_or_default()
+}
+
+impl Index {
+    pub fn path_in(out_dir: &Path) -> PathBuf {
+        out_dir.join(OUT_SUBDIR).join(INDEX_FILE)
+    }
+
+    pub fn read(path: &Path) -> Result<Index, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let index: Index =
+            serde_json::from_slice(&bytes).map_err(|e| format!("{} is not a pixelgen index: {e}", path.display()))?;
+        if index.version != INDEX_VERSION {
+            return Err(format!(
+                "{} has index version {}, this pixelgen reads version {INDEX_VERSION}: pixelgen-build and pixelgen-macros must be the same version",
+                path.display(),
+                index.version
+            ));
+        }
+        Ok(index)
+    }
+}

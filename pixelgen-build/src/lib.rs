@@ -1,0 +1,62 @@
+//! pixelgen-build: the build-time pixel-art pipeline. Call it from `build.rs`:
+//!
+//! ```no_run
+//! fn main() {
+//!     pixelgen_build::Build::new().run_or_exit();
+//! }
+//! ```
+//!
+//! It reads `sprites.ron` beside the crate's Cargo.toml, generates only the sprites whose
+//! inputs changed into the workspace's content-addressed `cache/`, packs atlases into
+//! OUT_DIR and writes the index that `pixelgen_macros::sprites!()` turns into typed code.
+//! The stages, in the order data flows: [`manifest`] → [`plan`] → [`cache`] →
+//! [`generate`] → [`pixelize`] → [`atlas`] → [`emit`]; [`pipeline`] wires them.
+
+pub mod atlas;
+pub mod cache;
+pub mod diagnostics;
+pub mod emit;
+pub mod generate;
+pub mod index;
+pub mod lock;
+pub mod manifest;
+pub mod palette;
+pub mod pipeline;
+pub mod pixelize;
+pub mod plan;
+
+mod builder;
+
+use std::fmt;
+use std::path::PathBuf;
+
+pub use builder::Build;
+pub use pipeline::{Project, Session, Summary};
+
+/// Everything that can stop a build. `Debug` prints the same text as `Display`, so that
+/// `.unwrap()` in a build script shows the full message.
+#[derive(thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    #[error(transparent)]
+    Generate(#[from] generate::GenerateError),
+    #[error("{0}")]
+    Stale(pipeline::StaleReport),
+    #[error("atlas `{atlas}`: {source}")]
+    Atlas { atlas: String, source: atlas::AtlasError },
+    #[error("sprite cache: {}: {source}", path.display())]
+    Cache { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Environment(String),
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}

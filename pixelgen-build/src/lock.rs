@@ -1,0 +1,133 @@
+//! `sprites.lock`: beside the manifest, committed. For each sprite it records the key
+//! and output hash of every frame and the short hash of each input group, so that a
+//! stale sprite can say why, and a corrupt cache file is caught. TOML, sorted, one
+//! sprite per table: diffs show exactly which sprites changed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{InputHashes, KnownFileHashes};
+
+pub const LOCK_VERSION: u32 = 1;
+const HEADER: &str = "# Written by pixelgen. Commit it with the cache/ folder; do not edit.\n";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockFile {
+    pub version: u32,
+    /// Content hash (blake3) of each input file, by the path written in the manifest.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    #[serde(default)]
+    pub sprites: BTreeMap<String, LockedSprite>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedSprite {
+    /// Short hash of each input group (prompt, seed, loras, …).
+    pub inputs: InputHashes,
+    /// The key of each frame, in frame order.
+    pub keys: Vec<String>,
+    /// blake3 of each frame's cached PNG, in frame order.
+    pub outputs: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{} is not a valid pixelgen lock file: {message}\nhelp: it is generated: delete it and run `cargo pixelgen generate` (or a build without PIXELGEN_OFFLINE) to write it again", path.display())]
+    Invalid { path: PathBuf, message: String },
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+impl LockFile {
+    /// Reads the lock file; a missing file is an empty lock.
+    pub fn load(path: &Path) -> Result<LockFile, LockError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LockFile::empty()),
+            Err(source) => return Err(LockError::Read { path: path.to_path_buf(), source }),
+        };
+        let lock: LockFile = toml::from_str(&text).map_err(|e| LockError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if lock.version != LOCK_VERSION {
+            return Err(LockError::Invalid {
+                path: path.to_path_buf(),
+                message: format!("version {} (this pixelgen writes version {LOCK_VERSION})", lock.version),
+            });
+        }
+        Ok(lock)
+    }
+
+    pub fn empty() -> LockFile {
+        LockFile { version: LOCK_VERSION, ..LockFile::default() }
+    }
+
+    pub fn render(&self) -> String {
+        // Serialising plain maps of strings cannot fail; fall back to an empty body rather than panic.
+        format!("{HEADER}{}", toml::to_string(self).unwrap_or_default())
+    }
+
+    /// Writes the lock file atomically, only when its content changes (so that an
+    /// unchanged build leaves its mtime alone).
+    pub fn save(&self, path: &Path) -> Result<bool, LockError> {
+        let text = self.render();
+        if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+            return Ok(false);
+        }
+        crate::cache::write_atomically(path, text.as_bytes())
+            .map_err(|source| LockError::Write { path: path.to_path_buf(), source })?;
+        Ok(true)
+    }
+}
+
+impl KnownFileHashes for LockFile {
+    fn known_hash(&self, manifest_path: &str) -> Option<blake3::Hash> {
+        self.files.get(manifest_path).and_then(|h| blake3::Hash::from_hex(h).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_sorted_and_skips_identical_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sprites.lock");
+        assert_eq!(LockFile::load(&path).unwrap(), LockFile::empty());
+        let mut lock = LockFile::empty();
+        for name in ["zombie", "apple"] {
+            lock.sprites.insert(
+                name.to_string(),
+                LockedSprite {
+                    inputs: [("prompt".to_string(), "00ff".to_string())].into(),
+                    keys: vec!["k".repeat(64)],
+                    outputs: vec!["o".repeat(64)],
+                },
+            );
+        }
+        assert!(lock.save(&path).unwrap());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# Written by pixelgen"));
+        assert!(text.find("[sprites.apple").unwrap() < text.find("[sprites.zombie").unwrap(), "{text}");
+        assert_eq!(LockFile::load(&path).unwrap(), lock);
+        assert!(!lock.save(&path).unwrap(), "unchanged content is not rewritten");
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sprites.lock");
+        std::fs::write(&path, "version = [").unwrap();
+        let e = LockFile::load(&path).unwrap_err().to_string();
+        assert!(e.contains("sprites.lock") && e.contains("delete it"), "{e}");
+    }
+}

@@ -1,0 +1,376 @@
+//! The stages wired together: manifest → plan → cache lookup → generate → pixelize →
+//! store, and the lock file. Both the build script and `cargo pixelgen` drive this.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::Error;
+use crate::cache::{Cache, Lookup};
+use crate::generate::{self, Job};
+use crate::lock::{LockFile, LockedSprite};
+use crate::manifest::{self, Manifest};
+use crate::pixelize;
+use crate::plan::{self, FileHasher, PlannedSprite};
+
+pub const MANIFEST_FILE: &str = "sprites.ron";
+pub const LOCK_FILE: &str = "sprites.lock";
+pub const CACHE_DIR: &str = "cache";
+
+/// Where one game crate's manifest, lock file and cache are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub manifest_path: PathBuf,
+    pub lock_path: PathBuf,
+    pub cache_dir: PathBuf,
+}
+
+impl Project {
+    /// The project of the crate in `crate_dir`: `sprites.ron` and `sprites.lock` beside
+    /// its Cargo.toml, and the cache in `cache/` at the root of its cargo workspace
+    /// (`workspace_root`; `None` asks cargo).
+    pub fn for_crate(crate_dir: &Path, cache_dir: Option<PathBuf>, workspace_root: Option<PathBuf>) -> Result<Project, Error> {
+        let manifest_path = crate_dir.join(MANIFEST_FILE);
+        let cache_dir = match cache_dir {
+            Some(dir) => dir,
+            None => match workspace_root {
+                Some(root) => root.join(CACHE_DIR),
+                None => workspace_root_of(crate_dir)?.join(CACHE_DIR),
+            },
+        };
+        Ok(Project {
+            lock_path: manifest_path.with_extension("lock"),
+            manifest_path,
+            cache_dir,
+        })
+    }
+}
+
+/// The cargo workspace root of the crate in `crate_dir`, from `cargo metadata`.
+pub fn workspace_root_of(crate_dir: &Path) -> Result<PathBuf, Error> {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .manifest_path(crate_dir.join("Cargo.toml"))
+        .no_deps()
+        .other_options(vec!["--offline".to_string()])
+        .exec()
+        .map_err(|e| {
+            Error::Environment(format!(
+                "cannot find the cargo workspace of {}: {e}\nhelp: set PIXELGEN_CACHE_DIR to the folder that holds the sprite cache",
+                crate_dir.display()
+            ))
+        })?;
+    Ok(metadata.workspace_root.into_std_path_buf())
+}
+
+/// Whether a sprite's cached frames are all there and intact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpriteStatus {
+    pub name: String,
+    pub status: Freshness,
+    /// Why it is stale; empty when fresh.
+    pub reasons: Vec<String>,
+    pub frames: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Freshness {
+    Fresh,
+    Stale,
+}
+
+/// Counts of one run, for the summary line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Summary {
+    pub sprites: usize,
+    pub generated: usize,
+    pub cached: usize,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Outside checks read these exact words.
+        write!(f, "pixelgen: {} sprites: {} generated, {} cached", self.sprites, self.generated, self.cached)
+    }
+}
+
+/// Progress of generation, for progress bars.
+pub trait Progress {
+    fn start(&mut self, _frames_to_generate: usize) {}
+    fn frame_done(&mut self, _sprite: &str, _frame: u32) {}
+}
+
+/// No progress reporting (the build script's case: cargo shows its output only at the end).
+pub struct Quiet;
+impl Progress for Quiet {}
+
+/// Stale sprites found by an offline build.
+#[derive(Debug, Clone)]
+pub struct StaleReport {
+    pub manifest_path: PathBuf,
+    pub stale: Vec<SpriteStatus>,
+}
+
+impl fmt::Display for StaleReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "pixelgen: {} sprite(s) in {} are stale and this build is offline (PIXELGEN_OFFLINE or CI is set), so they were not generated:",
+            self.stale.len(),
+            self.manifest_path.display()
+        )?;
+        for sprite in &self.stale {
+            writeln!(f, "  - {}: {}", sprite.name, sprite.reasons.join("; "))?;
+        }
+        let crate_manifest = self.manifest_path.with_file_name("Cargo.toml");
+        write!(
+            f,
+            "help: on a machine that can generate, run `cargo pixelgen generate --manifest-path {}` and commit sprites.lock and the cache/ folder",
+            crate_manifest.display()
+        )
+    }
+}
+
+/// A manifest read and planned against its lock file and cache.
+pub struct Session {
+    pub project: Project,
+    pub manifest: Manifest,
+    pub lock: LockFile,
+    pub plan: Vec<PlannedSprite>,
+    cache: Cache,
+    hasher: FileHasher,
+}
+
+impl Session {
+    /// Reads the manifest and lock file and computes every key. `offline` lets LoRA
+    /// files be absent (their hashes then come from the lock file).
+    pub fn open(project: Project, mut hasher: FileHasher, offline: bool) -> Result<Session, Error> {
+        let manifest = manifest::load(&project.manifest_path)?;
+        let lock = LockFile::load(&project.lock_path)?;
+        let plan = plan::plan(&manifest, &mut hasher, &lock, offline)?;
+        Ok(Session {
+            cache: Cache::new(&project.cache_dir),
+            project,
+            manifest,
+            lock,
+            plan,
+            hasher,
+        })
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// Every sprite's freshness, with reasons, sorted by name.
+    pub fn status(&mut self) -> Vec<SpriteStatus> {
+        (0..self.plan.len()).map(|i| self.sprite_status(i).0).collect()
+    }
+
+    /// The status of one planned sprite, and its frames' lookups.
+    fn sprite_status(&mut self, planned: usize) -> (SpriteStatus, Vec<Lookup>) {
+        let planned = &self.plan[planned];
+        let sprite = &self.manifest.sprites[planned.sprite];
+        let locked = self.lock.sprites.get(&sprite.name);
+        let lookups: Vec<Lookup> = planned
+            .frames
+            .iter()
+            .enumerate()
+            .map(|(frame, key)| {
+                let expected = locked
+                    .filter(|l| l.keys.get(frame).is_some_and(|k| *k == key.to_hex()))
+                    .and_then(|l| l.outputs.get(frame))
+                    .map(String::as_str);
+                self.cache.lookup(key, expected, (sprite.width, sprite.height), &mut self.hasher)
+            })
+            .collect();
+
+        let mut reasons = Vec::new();
+        if lookups.iter().any(|l| !matches!(l, Lookup::Hit { .. })) {
+            reasons = self.why_stale(planned, &lookups);
+        }
+        let status = SpriteStatus {
+            name: sprite.name.clone(),
+            status: if reasons.is_empty() { Freshness::Fresh } else { Freshness::Stale },
+            reasons,
+            frames: planned.frames.len(),
+        };
+        (status, lookups)
+    }
+
+    fn why_stale(&self, planned: &PlannedSprite, lookups: &[Lookup]) -> Vec<String> {
+        let sprite = &self.manifest.sprites[planned.sprite];
+        let mut reasons = Vec::new();
+        match self.lock.sprites.get(&sprite.name) {
+            None => reasons.push("new sprite (not in sprites.lock)".to_string()),
+            Some(locked) => {
+                for (group, hash) in &planned.inputs {
+                    if locked.inputs.get(group) == Some(hash) {
+                        continue;
+                    }
+                    if group == "loras" {
+                        let changed_files: Vec<&String> = planned
+                            .files
+                            .iter()
+                            .filter(|(path, hash)| self.lock.files.get(*path).is_some_and(|old| old != *hash))
+                            .map(|(path, _)| path)
+                            .collect();
+                        if changed_files.is_empty() {
+                            reasons.push("LoRAs changed (list or weights)".to_string());
+                        } else {
+                            for path in changed_files {
+                                reasons.push(format!("LoRA file changed ({path})"));
+                            }
+                        }
+                    } else {
+                        reasons.push(format!("{} changed", group.replace('_', " ")));
+                    }
+                }
+            }
+        }
+        for (frame, lookup) in lookups.iter().enumerate() {
+            let key = &planned.frames[frame];
+            match lookup {
+                Lookup::Hit { .. } => {}
+                Lookup::Missing if reasons.is_empty() => reasons.push(format!(
+                    "cache file missing ({})",
+                    self.cache.path_of(key).display()
+                )),
+                Lookup::Missing => {}
+                Lookup::Corrupt { reason } => reasons.push(format!(
+                    "cache file corrupt ({}: {reason})",
+                    self.cache.path_of(key).display()
+                )),
+            }
+        }
+        if reasons.is_empty() {
+            reasons.push("cache entry missing".to_string());
+        }
+        reasons.dedup();
+        reasons
+    }
+
+    /// Makes every frame available in the cache: generates what is stale (online) or
+    /// fails with the list of stale sprites (offline). Then writes the lock file.
+    /// Returns the counts and each sprite's frame output hashes.
+    pub fn realize(&mut self, offline: bool, progress: &mut dyn Progress) -> Result<Summary, Error> {
+        let mut statuses: Vec<(SpriteStatus, Vec<Lookup>)> = (0..self.plan.len()).map(|i| self.sprite_status(i)).collect();
+        let stale_count = statuses.iter().filter(|(s, _)| s.status == Freshness::Stale).count();
+        if stale_count > 0 && offline {
+            return Err(Error::Stale(StaleReport {
+                manifest_path: self.project.manifest_path.clone(),
+                stale: statuses.into_iter().map(|(s, _)| s).filter(|s| s.status == Freshness::Stale).collect(),
+            }));
+        }
+        if stale_count > 0 {
+            // One generating process at a time per cache: parallel build scripts would
+            // otherwise load models (and draw the same sprites) at once.
+            let _guard = CacheLock::acquire(self.cache.dir())?;
+            // Another process may have generated some while we waited.
+            for (i, entry) in statuses.iter_mut().enumerate() {
+                if entry.0.status == Freshness::Stale {
+                    *entry = self.sprite_status(i);
+                }
+            }
+            self.generate_stale(&mut statuses, progress)?;
+        }
+
+        let mut lock = LockFile::empty();
+        for (planned, (_, lookups)) in self.plan.iter().zip(&statuses) {
+            let sprite = &self.manifest.sprites[planned.sprite];
+            lock.files.extend(planned.files.clone());
+            let outputs = lookups
+                .iter()
+                .map(|l| match l {
+                    Lookup::Hit { output } => output.to_hex().to_string(),
+                    _ => String::new(),
+                })
+                .collect();
+            lock.sprites.insert(
+                sprite.name.clone(),
+                LockedSprite {
+                    inputs: planned.inputs.clone(),
+                    keys: planned.frames.iter().map(|k| k.to_hex()).collect(),
+                    outputs,
+                },
+            );
+        }
+        if !offline {
+            lock.save(&self.project.lock_path)?;
+        }
+        self.lock = lock;
+        self.hasher.save();
+        Ok(Summary {
+            sprites: self.plan.len(),
+            generated: stale_count,
+            cached: self.plan.len() - stale_count,
+        })
+    }
+
+    fn generate_stale(&mut self, statuses: &mut [(SpriteStatus, Vec<Lookup>)], progress: &mut dyn Progress) -> Result<(), Error> {
+        // Group the stale frames by backend so each backend is set up once.
+        let mut batches: BTreeMap<String, Vec<(usize, u32)>> = BTreeMap::new();
+        for (i, (status, lookups)) in statuses.iter().enumerate() {
+            if status.status == Freshness::Fresh {
+                continue;
+            }
+            let sprite = &self.manifest.sprites[self.plan[i].sprite];
+            for (frame, lookup) in lookups.iter().enumerate() {
+                if !matches!(lookup, Lookup::Hit { .. }) {
+                    batches.entry(generate::batch_key(sprite)).or_default().push((i, frame as u32));
+                }
+            }
+        }
+        progress.start(batches.values().map(Vec::len).sum());
+        for jobs in batches.values() {
+            let first = &self.manifest.sprites[self.plan[jobs[0].0].sprite];
+            let mut backend = generate::backend_for(first)?;
+            for &(i, frame) in jobs {
+                let sprite = &self.manifest.sprites[self.plan[i].sprite];
+                let raw = backend
+                    .generate(&[Job { sprite, frame }])?
+                    .pop()
+                    .ok_or_else(|| generate::GenerateError::Failed {
+                        sprite: sprite.name.clone(),
+                        message: "the backend returned no image".to_string(),
+                    })?;
+                let finished = pixelize::finish(raw, sprite);
+                let key = &self.plan[i].frames[frame as usize];
+                let output = self.cache.write(key, &finished).map_err(|source| Error::Cache {
+                    path: self.cache.path_of(key),
+                    source,
+                })?;
+                statuses[i].1[frame as usize] = Lookup::Hit { output };
+                progress.frame_done(&sprite.name, frame);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sprites in the order of `plan`, each with its frames' keys (for the atlas stage).
+    pub fn sprites_with_keys(&self) -> impl Iterator<Item = (&manifest::SpriteSpec, &PlannedSprite)> {
+        self.plan.iter().map(|p| (&self.manifest.sprites[p.sprite], p))
+    }
+}
+
+/// An exclusive advisory lock, held while generating into one cache folder.
+struct CacheLock {
+    _file: std::fs::File,
+}
+
+impl CacheLock {
+    fn acquire(cache_dir: &Path) -> Result<CacheLock, Error> {
+        let name = format!("pixelgen-{}.lock", &blake3::hash(cache_dir.as_os_str().as_encoded_bytes()).to_hex()[..16]);
+        let path = std::env::temp_dir().join(name);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| Error::Cache { path: path.clone(), source })?;
+        file.lock().map_err(|source| Error::Cache { path, source })?;
+        Ok(CacheLock { _file: file })
+    }
+}

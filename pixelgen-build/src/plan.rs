@@ -1,0 +1,413 @@
+//! Validated specs → one content key per sprite frame.
+//!
+//! A key is a blake3 hash of everything that determines a frame's pixels. The inputs
+//! are hashed in named groups (prompt, seed, LoRAs, …) so that a stale sprite can say
+//! which group changed; the lock file keeps each group's short hash for that purpose.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{Background, GeneratorSpec, Manifest, Scheduler, SpriteSpec};
+
+/// Bumped whenever a change to pixelgen changes the pixels it makes for the same inputs,
+/// so that caches made by an older pipeline are regenerated rather than trusted.
+pub const PIPELINE_VERSION: &str = "pixelgen-pipeline-1";
+
+/// The content key of one frame of one sprite.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(pub [u8; 32]);
+
+impl Key {
+    pub fn to_hex(&self) -> String {
+        blake3::Hash::from_bytes(self.0).to_hex().to_string()
+    }
+
+    pub fn from_hex(hex: &str) -> Option<Key> {
+        blake3::Hash::from_hex(hex).ok().map(|h| Key(*h.as_bytes()))
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({})", &self.to_hex()[..16])
+    }
+}
+
+/// The named input groups of a sprite, each with a short hash; sorted by name.
+pub type InputHashes = BTreeMap<String, String>;
+
+/// The plan for one sprite: its input groups and one key per frame.
+#[derive(Debug, Clone)]
+pub struct PlannedSprite {
+    /// Index into `Manifest::sprites`.
+    pub sprite: usize,
+    pub inputs: InputHashes,
+    pub frames: Vec<Key>,
+    /// Content hash of each input file (LoRAs), by the path written in the manifest.
+    pub files: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("sprite `{sprite}`: cannot read LoRA file {}: {source}\nhelp: check the path in sprites.ron (it is relative to the manifest's folder)", path.display())]
+    LoraUnreadable {
+        sprite: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Hashes files by content, remembering each file's hash by (path, size, mtime) so
+/// that a no-op build re-reads nothing. Its state lives in one small JSON file.
+#[derive(Debug, Default)]
+pub struct FileHasher {
+    state_file: Option<PathBuf>,
+    stamps: BTreeMap<PathBuf, Stamp>,
+    dirty: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Stamp {
+    size: u64,
+    mtime_ns: u128,
+    hash: [u8; 32],
+}
+
+impl FileHasher {
+    /// A hasher that remembers nothing between runs.
+    pub fn in_memory() -> Self {
+        FileHasher::default()
+    }
+
+    /// A hasher whose stamps persist in `state_file` (read now, written by `save`).
+    /// A missing or unreadable state file only means more hashing.
+    pub fn persistent(state_file: PathBuf) -> Self {
+        let stamps = std::fs::read(&state_file)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Vec<(PathBuf, Stamp)>>(&bytes).ok())
+            .map(|list| list.into_iter().collect())
+            .unwrap_or_default();
+        FileHasher {
+            state_file: Some(state_file),
+            stamps,
+            dirty: false,
+        }
+    }
+
+    /// blake3 of the file's bytes.
+    pub fn hash(&mut self, path: &Path) -> std::io::Result<blake3::Hash> {
+        let metadata = std::fs::metadata(path)?;
+        let mtime_ns = metadata
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        if let Some(stamp) = self.stamps.get(path)
+            && stamp.size == metadata.len()
+            && stamp.mtime_ns == mtime_ns
+            && mtime_ns != 0
+        {
+            return Ok(blake3::Hash::from_bytes(stamp.hash));
+        }
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(std::fs::File::open(path)?)?;
+        let hash = hasher.finalize();
+        self.stamps.insert(
+            path.to_path_buf(),
+            Stamp {
+                size: metadata.len(),
+                mtime_ns,
+                hash: *hash.as_bytes(),
+            },
+        );
+        self.dirty = true;
+        Ok(hash)
+    }
+
+    /// Writes the stamps back if anything changed (atomically; failure only costs
+    /// re-hashing next time, so it is not an error).
+    pub fn save(&mut self) {
+        let Some(state_file) = &self.state_file else {
+            return;
+        };
+        if !self.dirty {
+            return;
+        }
+        let list: Vec<(&PathBuf, &Stamp)> = self.stamps.iter().collect();
+        if let Ok(bytes) = serde_json::to_vec(&list)
+            && crate::cache::write_atomically(state_file, &bytes).is_ok()
+        {
+            self.dirty = false;
+        }
+    }
+}
+
+/// Where a LoRA's content hash comes from when the file itself is absent (offline
+/// builds need not have the LoRA files): the hashes recorded in the lock file.
+pub trait KnownFileHashes {
+    fn known_hash(&self, manifest_path: &str) -> Option<blake3::Hash>;
+}
+
+/// Computes the key of every frame of every sprite.
+pub fn plan(
+    manifest: &Manifest,
+    hasher: &mut FileHasher,
+    known: &dyn KnownFileHashes,
+    allow_missing_files: bool,
+) -> Result<Vec<PlannedSprite>, PlanError> {
+    manifest
+        .sprites
+        .iter()
+        .enumerate()
+        .map(|(index, sprite)| plan_sprite(index, sprite, hasher, known, allow_missing_files))
+        .collect()
+}
+
+fn plan_sprite(
+    index: usize,
+    sprite: &SpriteSpec,
+    hasher: &mut FileHasher,
+    known: &dyn KnownFileHashes,
+    allow_missing_files: bool,
+) -> Result<PlannedSprite, PlanError> {
+    let mut files = BTreeMap::new();
+    let mut loras = Canonical::new();
+    for lora in &sprite.loras {
+        let hash = match hasher.hash(&lora.resolved) {
+            Ok(hash) => hash,
+            Err(source) => match known.known_hash(&lora.path) {
+                Some(hash) if allow_missing_files => hash,
+                _ => {
+                    return Err(PlanError::LoraUnreadable {
+                        sprite: sprite.name.clone(),
+                        path: lora.resolved.clone(),
+                        source,
+                    });
+                }
+            },
+        };
+        files.insert(lora.path.clone(), hash.to_hex().to_string());
+        loras.bytes(hash.as_bytes()).f32(lora.weight);
+    }
+
+    let mut groups: Vec<(&str, Canonical)> = vec![
+        ("prompt", Canonical::new().str(&sprite.prompt).take()),
+        ("negative_prompt", Canonical::new().str(&sprite.negative_prompt).take()),
+        ("seed", Canonical::new().u64(sprite.seed).take()),
+        ("size", Canonical::new().u64(sprite.width.into()).u64(sprite.height.into()).take()),
+        ("frames", Canonical::new().u64(sprite.frames.into()).take()),
+        ("generator", generator_group(&sprite.generator)),
+        ("loras", loras),
+        (
+            "palette",
+            match &sprite.palette {
+                Some(p) => Canonical::new().bytes(&p.to_bytes()).take(),
+                None => Canonical::new().str("none").take(),
+            },
+        ),
+        ("background", background_group(sprite.background)),
+        ("pipeline", Canonical::new().str(PIPELINE_VERSION).take()),
+    ];
+    groups.sort_by(|a, b| a.0.cmp(b.0));
+
+    let mut all = blake3::Hasher::new_derive_key("pixelgen sprite frame key v1");
+    let mut inputs = InputHashes::new();
+    for (name, group) in &groups {
+        let hash = blake3::hash(&group.0);
+        all.update(name.as_bytes()).update(&[0]).update(hash.as_bytes());
+        inputs.insert(name.to_string(), hash.to_hex()[..16].to_string());
+    }
+    let frames = (0..sprite.frames)
+        .map(|frame| {
+            let mut hasher = all.clone();
+            hasher.update(b"frame").update(&frame.to_le_bytes());
+            Key(*hasher.finalize().as_bytes())
+        })
+        .collect();
+    Ok(PlannedSprite {
+        sprite: index,
+        inputs,
+        frames,
+        files,
+    })
+}
+
+fn generator_group(generator: &GeneratorSpec) -> Canonical {
+    match generator {
+        GeneratorSpec::Procedural => Canonical::new()
+            .str("procedural")
+            .str(crate::generate::PROCEDURAL_VERSION)
+            .take(),
+        GeneratorSpec::Diffusion {
+            model,
+            steps,
+            guidance,
+            scheduler,
+            resolution,
+        } => {
+            let mut c = Canonical::new();
+            c.str("diffusion").str(model).u64((*steps).into()).f32(*guidance);
+            c.str(match scheduler {
+                Scheduler::Ddim => "ddim",
+                Scheduler::Euler => "euler",
+                Scheduler::EulerAncestral => "euler-a",
+            });
+            match resolution {
+                Some((w, h)) => c.u64((*w).into()).u64((*h).into()),
+                None => c.str("default-resolution"),
+            };
+            c
+        }
+    }
+}
+
+fn background_group(background: Background) -> Canonical {
+    match background {
+        Background::Transparent => Canonical::new().str("transparent").take(),
+        Background::Keep => Canonical::new().str("keep").take(),
+        Background::Color(rgb) => Canonical::new().str("color").bytes(&rgb).take(),
+    }
+}
+
+/// An unambiguous byte encoding: every field is length- or width-prefixed, so
+/// ("ab","c") and ("a","bc") hash differently.
+#[derive(Default)]
+struct Canonical(Vec<u8>);
+
+impl Canonical {
+    fn new() -> Self {
+        Canonical::default()
+    }
+    fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        self.0.extend_from_slice(bytes);
+        self
+    }
+    fn str(&mut self, s: &str) -> &mut Self {
+        self.bytes(s.as_bytes())
+    }
+    fn u64(&mut self, v: u64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn f32(&mut self, v: f32) -> &mut Self {
+        // -0.0 and 0.0 draw the same picture.
+        let v = if v == 0.0 { 0.0f32 } else { v };
+        self.0.extend_from_slice(&v.to_bits().to_le_bytes());
+        self
+    }
+    fn take(&mut self) -> Self {
+        std::mem::take(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::parse;
+
+    struct NoneKnown;
+    impl KnownFileHashes for NoneKnown {
+        fn known_hash(&self, _: &str) -> Option<blake3::Hash> {
+            None
+        }
+    }
+
+    fn keys(text: &str) -> Vec<(String, Vec<Key>)> {
+        let m = parse(Path::new("sprites.ron"), text).unwrap();
+        plan(&m, &mut FileHasher::in_memory(), &NoneKnown, false)
+            .unwrap()
+            .into_iter()
+            .map(|p| (m.sprites[p.sprite].name.clone(), p.frames))
+            .collect()
+    }
+
+    const BASE: &str = r#"(sprites: { "a": (prompt: "red slime", seed: 1), "b": (prompt: "bat", seed: 2, frames: 3) })"#;
+
+    #[test]
+    fn keys_are_stable_and_distinct() {
+        let first = keys(BASE);
+        assert_eq!(first, keys(BASE));
+        assert_eq!(first[1].1.len(), 3);
+        let mut all: Vec<Key> = first.iter().flat_map(|(_, k)| k.clone()).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 4, "every frame has its own key");
+    }
+
+    #[test]
+    fn each_input_changes_only_its_sprite() {
+        let base = keys(BASE);
+        for changed in [
+            BASE.replace("red slime", "blue slime"),
+            BASE.replace("seed: 1", "seed: 9"),
+            BASE.replace("seed: 1)", "seed: 1, size: (16, 16))"),
+            BASE.replace("seed: 1)", "seed: 1, negative_prompt: \"eyes\")"),
+            BASE.replace("seed: 1)", "seed: 1, palette: \"pico-8\")"),
+            BASE.replace("seed: 1)", "seed: 1, background: Color(\"#000000\"))"),
+        ] {
+            let now = keys(&changed);
+            assert_ne!(now[0].1, base[0].1, "{changed}");
+            assert_eq!(now[1].1, base[1].1, "{changed}");
+        }
+        // Where a sprite sits in the file, and its atlas, do not change its pixels.
+        let reordered = r#"(sprites: { "b": (prompt: "bat", seed: 2, frames: 3), "a": (prompt: "red slime", seed: 1) })"#;
+        assert_eq!(keys(reordered), base);
+    }
+
+    #[test]
+    fn lora_contents_and_weight_are_in_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let lora = dir.path().join("style.safetensors");
+        std::fs::write(&lora, b"one").unwrap();
+        let text = r#"(sprites: { "a": (prompt: "x", loras: [(path: "style.safetensors", weight: 0.5)]), "b": (prompt: "y") })"#;
+        let manifest_path = dir.path().join("sprites.ron");
+        let run = |text: &str| {
+            let m = parse(&manifest_path, text).unwrap();
+            plan(&m, &mut FileHasher::in_memory(), &NoneKnown, false).unwrap()
+        };
+        let before = run(text);
+        std::fs::write(&lora, b"two").unwrap();
+        let after = run(text);
+        assert_ne!(before[0].frames, after[0].frames);
+        assert_eq!(before[1].frames, after[1].frames);
+        assert_ne!(before[0].files, after[0].files);
+        assert_ne!(run(&text.replace("0.5", "0.6"))[0].frames, after[0].frames);
+        std::fs::remove_file(&lora).unwrap();
+        let m = parse(&manifest_path, text).unwrap();
+        let error = plan(&m, &mut FileHasher::in_memory(), &NoneKnown, true).unwrap_err();
+        assert!(error.to_string().contains("style.safetensors"), "{error}");
+    }
+
+    #[test]
+    fn stamp_cache_skips_rereading_unchanged_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.bin");
+        std::fs::write(&file, b"content").unwrap();
+        let state = dir.path().join("stamps.json");
+        let mut hasher = FileHasher::persistent(state.clone());
+        let first = hasher.hash(&file).unwrap();
+        hasher.save();
+        // A stamp that matches (size, mtime) is trusted: prove it by planting a false hash.
+        let mut planted: Vec<(PathBuf, Stamp)> = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+        planted[0].1.hash = [7; 32];
+        std::fs::write(&state, serde_json::to_vec(&planted).unwrap()).unwrap();
+        let mut again = FileHasher::persistent(state.clone());
+        assert_eq!(again.hash(&file).unwrap().as_bytes(), &[7; 32]);
+        // Changing the file (size differs) forces a re-read.
+        std::fs::write(&file, b"other content").unwrap();
+        let changed = again.hash(&file).unwrap();
+        assert_ne!(changed, first);
+        assert_eq!(changed, blake3::hash(b"other content"));
+    }
+}

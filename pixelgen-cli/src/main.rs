@@ -1,0 +1,180 @@
+//! `cargo pixelgen`: see the state of a crate's sprites and generate them with progress.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use pixelgen_build::pipeline::{Freshness, Progress, SpriteStatus, workspace_root_of};
+use pixelgen_build::plan::FileHasher;
+use pixelgen_build::{Error, Project, Session};
+
+/// cargo runs `cargo-pixelgen pixelgen ARGS`; the extra word is accepted and dropped.
+#[derive(Parser)]
+#[command(name = "cargo-pixelgen", bin_name = "cargo pixelgen", version, about = "Pixel-art sprites for Bevy, generated at build time")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show each sprite: fresh, or stale and why.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON: [{ "name", "status": "fresh"|"stale", "reasons": [...], "frames" }].
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 1 with the list of stale sprites when anything is stale (for CI).
+    Check {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Generate every stale sprite into the cache and update sprites.lock, with progress.
+    Generate {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(clap::Args)]
+struct Target {
+    /// The game crate's Cargo.toml (or its sprites.ron, or its folder). Default: ./Cargo.toml
+    #[arg(long, value_name = "PATH")]
+    manifest_path: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let mut args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("pixelgen") {
+        args.remove(1);
+    }
+    let cli = Cli::parse_from(args);
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Error> {
+    match cli.command {
+        Command::Status { target, json } => {
+            let statuses = open(&target, true)?.status();
+            if json {
+                print_json(&statuses)?;
+            } else {
+                print_table(&statuses);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { target } => {
+            let statuses = open(&target, true)?.status();
+            let stale: Vec<&SpriteStatus> = statuses.iter().filter(|s| s.status == Freshness::Stale).collect();
+            if stale.is_empty() {
+                println!("pixelgen: all {} sprites are fresh", statuses.len());
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("pixelgen: {} of {} sprites are stale:", stale.len(), statuses.len());
+            for sprite in stale {
+                println!("  - {}: {}", sprite.name, sprite.reasons.join("; "));
+            }
+            println!("help: run `cargo pixelgen generate{}` and commit sprites.lock and cache/", manifest_arg(&target));
+            Ok(ExitCode::from(1))
+        }
+        Command::Generate { target } => {
+            let mut session = open(&target, false)?;
+            let mut bar = Bar(None);
+            let summary = session.realize(false, &mut bar)?;
+            if let Some(bar) = bar.0 {
+                bar.finish_and_clear();
+            }
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn open(target: &Target, offline: bool) -> Result<Session, Error> {
+    let crate_dir = crate_dir(target.manifest_path.as_deref());
+    let cache_dir = std::env::var_os("PIXELGEN_CACHE_DIR").map(|d| crate_dir.join(d));
+    let workspace_root = match &cache_dir {
+        Some(_) => None,
+        None => Some(workspace_root_of(&crate_dir)?),
+    };
+    let project = Project::for_crate(&crate_dir, cache_dir, workspace_root)?;
+    // The CLI's own (path, size, mtime) stamps, apart from any build's OUT_DIR.
+    let tag = blake3_free_tag(&crate_dir);
+    let state = std::env::temp_dir().join(format!("pixelgen-cli-stamps-{tag}.json"));
+    Session::open(project, FileHasher::persistent(state), offline)
+}
+
+/// A file-name-safe tag for a folder (no hashing crate needed for this).
+fn blake3_free_tag(dir: &Path) -> String {
+    dir.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+}
+
+/// `--manifest-path` may name Cargo.toml, sprites.ron, or the crate folder.
+fn crate_dir(manifest_path: Option<&Path>) -> PathBuf {
+    let path = manifest_path.map_or_else(|| PathBuf::from("Cargo.toml"), Path::to_path_buf);
+    let dir = if path.is_dir() { path } else { path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf) };
+    let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+    std::fs::canonicalize(&dir).unwrap_or(dir)
+}
+
+fn manifest_arg(target: &Target) -> String {
+    target
+        .manifest_path
+        .as_ref()
+        .map(|p| format!(" --manifest-path {}", p.display()))
+        .unwrap_or_default()
+}
+
+fn print_json(statuses: &[SpriteStatus]) -> Result<(), Error> {
+    let text = serde_json::to_string_pretty(statuses).map_err(|e| Error::Environment(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+fn print_table(statuses: &[SpriteStatus]) {
+    let width = statuses.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    for sprite in statuses {
+        match sprite.status {
+            Freshness::Fresh => println!("{:width$}  fresh", sprite.name),
+            Freshness::Stale => println!("{:width$}  stale: {}", sprite.name, sprite.reasons.join("; ")),
+        }
+    }
+    let stale = statuses.iter().filter(|s| s.status == Freshness::Stale).count();
+    println!("{} sprites: {} fresh, {} stale", statuses.len(), statuses.len() - stale, stale);
+}
+
+/// A progress bar with ETA, drawn only when there is something to generate.
+struct Bar(Option<ProgressBar>);
+
+impl Progress for Bar {
+    fn start(&mut self, frames: usize) {
+        if frames == 0 {
+            return;
+        }
+        let bar = ProgressBar::new(frames as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} frames  {msg}  ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        self.0 = Some(bar);
+    }
+
+    fn frame_done(&mut self, sprite: &str, frame: u32) {
+        if let Some(bar) = &self.0 {
+            bar.set_message(format!("{sprite} #{frame}"));
+            bar.inc(1);
+        }
+    }
+}

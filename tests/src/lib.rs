@@ -1,0 +1,167 @@
+//! Helpers for the end-to-end tests: a temporary game crate that depends on
+//! pixelgen-build, built with real `cargo build`s.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A throwaway game crate: Cargo.toml, build.rs calling pixelgen, sprites.ron.
+pub struct GameCrate {
+    dir: tempfile::TempDir,
+    name: String,
+}
+
+/// What one `cargo build` did.
+#[derive(Debug)]
+pub struct BuildOutput {
+    pub success: bool,
+    pub stderr: String,
+    /// `(sprites, generated, cached)` from the summary line, when the build script ran.
+    pub summary: Option<(usize, usize, usize)>,
+    /// The build script's OUT_DIR, when it ran.
+    pub out_dir: Option<PathBuf>,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
+}
+
+/// One target folder for every test crate, so pixelgen-build compiles once.
+fn shared_target_dir() -> PathBuf {
+    workspace_root().join("target").join("pixelgen-e2e")
+}
+
+impl GameCrate {
+    /// A crate named `name` (unique per test) with this manifest.
+    pub fn new(name: &str, manifest: &str) -> GameCrate {
+        let dir = tempfile::Builder::new().prefix("pixelgen-e2e-").tempdir().expect("temp dir");
+        let build_dep = workspace_root().join("pixelgen-build");
+        let cargo_toml = format!(
+            r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+[build-dependencies]
+pixelgen-build = {{ path = {build_dep:?} }}
+
+[workspace]
+
+[profile.dev.build-override]
+opt-level = 1
+"#
+        );
+        std::fs::write(dir.path().join("Cargo.toml"), cargo_toml).expect("write Cargo.toml");
+        std::fs::create_dir_all(dir.path().join("src")).expect("src");
+        std::fs::write(dir.path().join("src/main.rs"), "fn main() {}\n").expect("main.rs");
+        std::fs::write(
+            dir.path().join("build.rs"),
+            "fn main() {\n    pixelgen_build::Build::new().run_or_exit();\n    println!(\"cargo:warning=OUT_DIR={}\", std::env::var(\"OUT_DIR\").unwrap());\n}\n",
+        )
+        .expect("build.rs");
+        // The workspace's lock file pins the same dependency versions, so no resolution is needed.
+        let _ = std::fs::copy(workspace_root().join("Cargo.lock"), dir.path().join("Cargo.lock"));
+        let game = GameCrate { dir, name: name.to_string() };
+        game.write_manifest(manifest);
+        game
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.path().join("cache")
+    }
+
+    pub fn write_manifest(&self, manifest: &str) {
+        std::fs::write(self.path().join("sprites.ron"), manifest).expect("write sprites.ron");
+    }
+
+    pub fn manifest(&self) -> String {
+        std::fs::read_to_string(self.path().join("sprites.ron")).expect("read sprites.ron")
+    }
+
+    pub fn lock(&self) -> String {
+        std::fs::read_to_string(self.path().join("sprites.lock")).unwrap_or_default()
+    }
+
+    /// `cargo build` with the given extra environment (offline mode is off unless set).
+    pub fn build(&self, env: &[(&str, &str)]) -> BuildOutput {
+        let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()));
+        command
+            .arg("build")
+            .arg("--quiet")
+            .current_dir(self.path())
+            .env("CARGO_TARGET_DIR", shared_target_dir())
+            .env_remove("CI")
+            .env_remove("PIXELGEN_OFFLINE")
+            .env_remove("PIXELGEN_CACHE_DIR")
+            .env_remove("RUSTFLAGS")
+            .env("CARGO_TERM_COLOR", "never");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let output = command.output().expect("run cargo");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        BuildOutput {
+            success: output.status.success(),
+            summary: parse_summary(&stderr),
+            out_dir: stderr
+                .lines()
+                .find_map(|l| l.split_once("OUT_DIR=").map(|(_, dir)| PathBuf::from(dir.trim()))),
+            stderr,
+        }
+    }
+
+    /// The index the last build wrote.
+    pub fn index(&self, output: &BuildOutput) -> serde_json::Value {
+        let out_dir = output.out_dir.as_ref().expect("the build script ran and printed OUT_DIR");
+        let text = std::fs::read_to_string(out_dir.join("pixelgen/index.json")).expect("index.json in OUT_DIR");
+        serde_json::from_str(&text).expect("index.json is JSON")
+    }
+
+    /// Every file in the cache folder, sorted.
+    pub fn cache_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        let Ok(dirs) = std::fs::read_dir(self.cache_dir()) else {
+            return files;
+        };
+        for dir in dirs.flatten() {
+            if let Ok(entries) = std::fs::read_dir(dir.path()) {
+                files.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+        files.sort();
+        files
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// `(sprites, generated, cached)` from "pixelgen: N sprites: G generated, C cached".
+pub fn parse_summary(stderr: &str) -> Option<(usize, usize, usize)> {
+    let line = stderr.lines().find(|l| l.contains("pixelgen: ") && l.contains(" generated, "))?;
+    let rest = &line[line.find("pixelgen: ")? + "pixelgen: ".len()..];
+    let numbers: Vec<usize> = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    match numbers[..] {
+        [sprites, generated, cached, ..] => Some((sprites, generated, cached)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_the_summary_line() {
+        let stderr = "warning: game@0.1.0: pixelgen: 12 sprites: 3 generated, 9 cached\n";
+        assert_eq!(super::parse_summary(stderr), Some((12, 3, 9)));
+        assert_eq!(super::parse_summary("nothing"), None);
+    }
+}

@@ -1,0 +1,148 @@
+//! Real `cargo build`s of temporary game crates that use pixelgen-build from build.rs.
+
+use pixelgen_tests::GameCrate;
+
+const MANIFEST: &str = r#"(
+    defaults: (size: (16, 16), palette: "pico-8"),
+    atlases: { "characters": (padding: 1, extrude: 1), "items": () },
+    sprites: {
+        "hero":   (prompt: "knight with a red cape", seed: 42, atlas: "characters"),
+        "walk":   (prompt: "knight walking", seed: 43, atlas: "characters", frames: 3),
+        "potion": (prompt: "red potion bottle", seed: 7, atlas: "items", size: (12, 12)),
+    },
+)"#;
+
+#[test]
+fn first_build_generates_all_then_nothing_then_exactly_what_changed() {
+    let game = GameCrate::new("e2e_incremental", MANIFEST);
+    let first = game.build(&[]);
+    assert!(first.success, "{}", first.stderr);
+    assert_eq!(first.summary, Some((3, 3, 0)), "{}", first.stderr);
+    assert_eq!(game.cache_files().len(), 5, "one PNG per frame: 1 + 3 + 1");
+    assert!(game.lock().contains("[sprites.walk]"), "{}", game.lock());
+
+    // Nothing changed: nothing is generated (the build script may not even run).
+    let cache_before = game.cache_files();
+    let second = game.build(&[]);
+    assert!(second.success, "{}", second.stderr);
+    assert!(matches!(second.summary, None | Some((3, 0, 3))), "{}", second.stderr);
+    assert_eq!(game.cache_files(), cache_before);
+
+    for (what, from, to) in [
+        ("prompt", "red potion bottle", "blue potion bottle"),
+        ("seed", "seed: 42", "seed: 40"),
+        ("size", "frames: 3)", "frames: 3, size: (20, 20))"),
+    ] {
+        game.write_manifest(&game.manifest().replace(from, to));
+        let output = game.build(&[]);
+        assert!(output.success, "{what}: {}", output.stderr);
+        assert_eq!(output.summary, Some((3, 1, 2)), "changing a {what} regenerates one sprite: {}", output.stderr);
+    }
+}
+
+#[test]
+fn changing_a_lora_file_regenerates_exactly_the_sprites_that_use_it() {
+    let manifest = r#"(
+        defaults: (size: (16, 16)),
+        sprites: {
+            "styled":  (prompt: "green slime", seed: 1, loras: [(path: "art/style.safetensors", weight: 0.8)]),
+            "styled2": (prompt: "bat", seed: 2, loras: [(path: "art/style.safetensors", weight: 0.5)]),
+            "plain":   (prompt: "gold coin", seed: 3),
+        },
+    )"#;
+    let game = GameCrate::new("e2e_lora", manifest);
+    std::fs::create_dir_all(game.path().join("art")).unwrap();
+    std::fs::write(game.path().join("art/style.safetensors"), b"weights v1").unwrap();
+    let first = game.build(&[]);
+    assert_eq!(first.summary, Some((3, 3, 0)), "{}", first.stderr);
+
+    std::fs::write(game.path().join("art/style.safetensors"), b"weights v2 (retrained)").unwrap();
+    let second = game.build(&[]);
+    assert!(second.success, "{}", second.stderr);
+    assert_eq!(second.summary, Some((3, 2, 1)), "{}", second.stderr);
+
+    // Offline builds do not need the LoRA file: its hash is in sprites.lock.
+    std::fs::remove_file(game.path().join("art/style.safetensors")).unwrap();
+    game.write_manifest(&format!("{manifest}\n// touched\n"));
+    let offline = game.build(&[("PIXELGEN_OFFLINE", "1")]);
+    assert!(offline.success, "{}", offline.stderr);
+    assert_eq!(offline.summary, Some((3, 0, 3)), "{}", offline.stderr);
+}
+
+#[test]
+fn reordering_the_manifest_regenerates_nothing_and_keeps_every_index() {
+    let game = GameCrate::new("e2e_reorder", MANIFEST);
+    let first = game.build(&[]);
+    assert!(first.success, "{}", first.stderr);
+    let index_before = game.index(&first);
+    let atlas_before = std::fs::read(index_before["atlases"][0]["image"].as_str().unwrap()).unwrap();
+
+    let reordered = r#"(
+    sprites: {
+        "potion": (prompt: "red potion bottle", seed: 7, atlas: "items", size: (12, 12)),
+        "walk":   (prompt: "knight walking", seed: 43, atlas: "characters", frames: 3),
+        "hero":   (prompt: "knight with a red cape", seed: 42, atlas: "characters"),
+    },
+    atlases: { "items": (), "characters": (extrude: 1, padding: 1) },
+    defaults: (palette: "pico-8", size: (16, 16)),
+)"#;
+    game.write_manifest(reordered);
+    let second = game.build(&[]);
+    assert!(second.success, "{}", second.stderr);
+    assert_eq!(second.summary, Some((3, 0, 3)), "{}", second.stderr);
+    let index_after = game.index(&second);
+    assert_eq!(index_after, index_before);
+    let atlas_after = std::fs::read(index_after["atlases"][0]["image"].as_str().unwrap()).unwrap();
+    assert_eq!(atlas_after, atlas_before, "byte-identical atlas");
+}
+
+#[test]
+fn offline_build_with_a_stale_sprite_fails_naming_it() {
+    let game = GameCrate::new("e2e_offline", MANIFEST);
+    assert!(game.build(&[]).success);
+    game.write_manifest(&game.manifest().replace("red potion bottle", "green potion bottle"));
+    for env in [("PIXELGEN_OFFLINE", "1"), ("CI", "true")] {
+        let output = game.build(&[env]);
+        assert!(!output.success, "{env:?} must fail: {}", output.stderr);
+        assert!(output.stderr.contains("potion: prompt changed"), "{}", output.stderr);
+        assert!(!output.stderr.contains("hero:"), "only the stale sprite is listed: {}", output.stderr);
+        assert!(output.stderr.contains("cargo pixelgen generate"), "{}", output.stderr);
+    }
+    // Nothing was generated while offline.
+    assert_eq!(game.cache_files().len(), 5);
+}
+
+#[test]
+fn a_corrupted_cache_file_is_detected() {
+    let game = GameCrate::new("e2e_corrupt", MANIFEST);
+    assert!(game.build(&[]).success);
+    let victim = game.cache_files()[0].clone();
+    let good = std::fs::read(&victim).unwrap();
+    let mut bad = good.clone();
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0x55;
+    std::fs::write(&victim, &bad).unwrap();
+
+    // Offline: reported, not used.
+    game.write_manifest(&format!("{MANIFEST}\n// touched\n"));
+    let offline = game.build(&[("PIXELGEN_OFFLINE", "1")]);
+    assert!(!offline.success, "{}", offline.stderr);
+    assert!(offline.stderr.contains("cache file corrupt"), "{}", offline.stderr);
+
+    // Online: regenerated, and the file is whole again.
+    let online = game.build(&[]);
+    assert!(online.success, "{}", online.stderr);
+    assert_eq!(online.summary, Some((3, 1, 2)), "{}", online.stderr);
+    assert_eq!(std::fs::read(&victim).unwrap(), good);
+}
+
+#[test]
+fn a_malformed_manifest_fails_with_line_and_column() {
+    let game = GameCrate::new("e2e_malformed", "(\n  sprites: {\n    \"hero\": (prompt: \"knight\", seeed: 4),\n  },\n)\n");
+    let output = game.build(&[]);
+    assert!(!output.success);
+    assert!(output.stderr.contains("sprites.ron:3:32"), "{}", output.stderr);
+    assert!(output.stderr.contains("seeed"), "{}", output.stderr);
+    assert!(output.stderr.contains("help:"), "{}", output.stderr);
+    assert!(!output.stderr.contains("panicked"), "{}", output.stderr);
+}
