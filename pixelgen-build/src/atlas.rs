@@ -82,7 +82,7 @@ pub enum AtlasError {
     #[error(
         "sprite `{sprite}` ({width}x{height} px) does not fit into an atlas of at most \
          {max_width}x{max_height} px; with padding and extrusion the sprites need about \
-         {needed_area_hint} px² (at least {side}x{side}); raise max_width/max_height or \
+         {needed_area_hint} px² (about {side}x{side}); raise max_width/max_height or \
          split the sprites into another atlas",
         side = .needed_area_hint.isqrt()
     )]
@@ -120,6 +120,10 @@ pub enum AtlasError {
 /// depends only on the set of `(name, pixels)`, never on the slice's order, and
 /// sprites are never rotated. Zero sprites (or only zero-size ones) give a 1x1
 /// transparent atlas; zero-size sprites get a zero-area placement at (0, 0).
+///
+/// Layout: MaxRects best-short-side-fit over cells sorted by (height desc,
+/// width desc, name asc), trying a few bin sizes and keeping the smallest
+/// atlas; see the module docs for how padding and extrusion are laid out.
 pub fn pack(
     sprites: &[(&str, &RgbaImage)],
     options: &AtlasOptions,
@@ -255,8 +259,7 @@ struct Cell {
 }
 
 /// Axis-aligned rect in bin coordinates, as corners `[x0, x1) x [y0, y1)`
-/// (u64: cells may exceed u32 with huge padding/extrusion). Corners make the
-/// containment test, the packer's hot loop, four plain comparisons.
+/// (u64: cells may exceed u32 with huge padding/extrusion).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Rect {
     x0: u64,
@@ -266,30 +269,28 @@ struct Rect {
 }
 
 impl Rect {
-    /// Sign bit clear iff `self` contains `o`. Coordinates stay below 2^36, so
-    /// each wrapping difference's sign bit is an exact comparison; arithmetic
-    /// instead of `&&` keeps the packer's hot loop branch-free (and SIMD).
-    fn contain_bits(&self, o: &Rect) -> u64 {
-        o.x0.wrapping_sub(self.x0)
-            | o.y0.wrapping_sub(self.y0)
-            | self.x1.wrapping_sub(o.x1)
-            | self.y1.wrapping_sub(o.y1)
-    }
-
     fn contains(&self, o: &Rect) -> bool {
-        self.contain_bits(o) >> 63 == 0
-    }
-
-    fn intersects(&self, o: &Rect) -> bool {
-        (self.x0 < o.x1) & (o.x0 < self.x1) & (self.y0 < o.y1) & (o.y0 < self.y1)
+        self.x0 <= o.x0 && self.y0 <= o.y0 && o.x1 <= self.x1 && o.y1 <= self.y1
     }
 }
+
+/// Which side of the placed rect a split piece lies on.
+const LEFT: usize = 0;
+const RIGHT: usize = 1;
+const ABOVE: usize = 2;
+const BELOW: usize = 3;
 
 /// MaxRects free-space tracker; buffers are reused across packing attempts.
 #[derive(Debug, Default)]
 struct MaxRects {
+    /// Maximal free rects; none contains another.
     free: Vec<Rect>,
-    split: Vec<Rect>,
+    /// Pieces of free rects cut by the last placement, with their side.
+    split: Vec<(Rect, usize)>,
+    /// Surviving free rects flush against each side of the last placement.
+    touch: [Vec<Rect>; 4],
+    /// Per cell: the smallest width and height among the cells after it.
+    min_after: Vec<(u64, u64)>,
 }
 
 impl MaxRects {
@@ -328,54 +329,80 @@ impl MaxRects {
 
     /// Marks `used` as taken: splits every free rect it overlaps into up to four
     /// maximal pieces and drops pieces contained in another free rect.
-    fn place(&mut self, used: Rect) {
+    ///
+    /// Free rects narrower than `min_w` or shorter than `min_h` (the smallest
+    /// cells still to come) are dropped too: no later cell can use them, nor
+    /// any piece of them, and a usable rect never lies inside one, so the
+    /// layout is unchanged while the free list (the cost) shrinks a lot.
+    fn place(&mut self, used: Rect, min_w: u64, min_h: u64) {
+        let usable = |r: &Rect| r.x1 - r.x0 >= min_w && r.y1 - r.y0 >= min_h;
         self.split.clear();
+        for t in &mut self.touch {
+            t.clear();
+        }
         let mut i = 0;
         while i < self.free.len() {
             let f = self.free[i];
-            if !f.intersects(&used) {
+            let u = &used;
+            // Bitwise `&`/`|` instead of `&&`/`||`: one well-predicted branch
+            // for the common case of a free rect far from `used`.
+            let overlaps = (f.x0 < u.x1) & (u.x0 < f.x1) & (f.y0 < u.y1) & (u.y0 < f.y1);
+            let touching = [f.x1 == u.x0, f.x0 == u.x1, f.y1 == u.y0, f.y0 == u.y1];
+            if !overlaps {
+                if !usable(&f) {
+                    self.free.swap_remove(i);
+                    continue;
+                }
+                if touching[0] | touching[1] | touching[2] | touching[3] {
+                    // Only a survivor flush against `used` on a piece's side
+                    // can contain that piece (see below), so remember those.
+                    for (side, t) in touching.into_iter().enumerate() {
+                        if t {
+                            self.touch[side].push(f);
+                        }
+                    }
+                }
                 i += 1;
                 continue;
             }
             self.free.swap_remove(i);
             if used.x0 > f.x0 {
-                self.split.push(Rect { x1: used.x0, ..f });
+                self.split.push((Rect { x1: used.x0, ..f }, LEFT));
             }
             if used.x1 < f.x1 {
-                self.split.push(Rect { x0: used.x1, ..f });
+                self.split.push((Rect { x0: used.x1, ..f }, RIGHT));
             }
             if used.y0 > f.y0 {
-                self.split.push(Rect { y1: used.y0, ..f });
+                self.split.push((Rect { y1: used.y0, ..f }, ABOVE));
             }
             if used.y1 < f.y1 {
-                self.split.push(Rect { y0: used.y1, ..f });
+                self.split.push((Rect { y0: used.y1, ..f }, BELOW));
             }
         }
-        // Pieces inside other pieces go first (few, cheap); among equal
-        // pieces the first is kept.
+        self.split.retain(|(r, _)| usable(r));
+        // Drop pieces inside other pieces; among equal pieces keep the first.
         let split = &mut self.split;
         let mut n = 0;
         while n < split.len() {
-            let r = split[n];
+            let r = split[n].0;
             let dominated = split
                 .iter()
                 .enumerate()
-                .any(|(m, o)| m != n && o.contains(&r) && (*o != r || m < n));
+                .any(|(m, (o, _))| m != n && o.contains(&r) && (*o != r || m < n));
             if dominated {
                 split.swap_remove(n);
             } else {
                 n += 1;
             }
         }
-        // Then pieces inside survivors. Survivors never lie inside a piece:
-        // each piece lies inside a removed free rect, and free rects never
-        // contain one another.
-        let survivors = self.free.len();
-        for &r in split.iter() {
-            let inside = self.free[..survivors]
-                .chunks(16)
-                .any(|ch| ch.iter().fold(u64::MAX, |acc, f| acc & f.contain_bits(&r)) >> 63 == 0);
-            if !inside {
+        // Drop pieces inside survivors. A piece left of `used` spans its free
+        // rect's rows, which overlap `used`; a survivor containing it spans
+        // them too without overlapping `used`, so its right edge is exactly
+        // `used.x0`. Likewise for the other sides: checking the touching
+        // survivors suffices. (Survivors never lie inside a piece: each piece
+        // lies inside a removed free rect, and free rects never nest.)
+        for &(r, side) in split.iter() {
+            if !self.touch[side].iter().any(|f| f.contains(&r)) {
                 self.free.push(r);
             }
         }
@@ -386,9 +413,17 @@ impl MaxRects {
     fn pack(&mut self, cells: &[Cell], w: u64, h: u64, out: &mut Vec<Rect>) -> Result<(), usize> {
         self.reset(w, h);
         out.clear();
+        // Smallest width and height among the cells after each one.
+        self.min_after.clear();
+        self.min_after.resize(cells.len(), (u64::MAX, u64::MAX));
+        for k in (1..cells.len()).rev() {
+            let (mw, mh) = self.min_after[k];
+            self.min_after[k - 1] = (mw.min(cells[k].w), mh.min(cells[k].h));
+        }
         for (k, c) in cells.iter().enumerate() {
             let r = self.find(c.w, c.h).ok_or(k)?;
-            self.place(r);
+            let (min_w, min_h) = self.min_after[k];
+            self.place(r, min_w, min_h);
             out.push(r);
         }
         Ok(())
@@ -439,17 +474,7 @@ impl Best<'_> {
     /// Tries one bin size; keeps the layout if it beats the best so far.
     fn attempt(&mut self, w: u64, h: u64) -> Result<(), usize> {
         let s = self.search;
-        let t = std::time::Instant::now();
-        let r = self.packer.pack(s.cells, w, h, &mut self.scratch);
-        if std::env::var("ATLAS_DBG").is_ok() {
-            eprintln!(
-                "attempt {w}x{h} ok={} {:?} free={}",
-                r.is_ok(),
-                t.elapsed(),
-                self.packer.free.len()
-            );
-        }
-        r?;
+        self.packer.pack(s.cells, w, h, &mut self.scratch)?;
         // Trim to what is used; the last row/column needs no trailing padding.
         let used_w = self.scratch.iter().map(|r| r.x1).max().unwrap_or(0);
         let used_h = self.scratch.iter().map(|r| r.y1).max().unwrap_or(0);
@@ -506,18 +531,24 @@ impl Search<'_> {
         self.cells.iter().map(|c| c.h).max().unwrap_or(0)
     }
 
-    /// Any size: a few widths around the square root of the cell area, each
-    /// with the smallest height found by galloping then bisecting. (MaxRects
-    /// is not strictly monotone in height, so this finds a good height rather
-    /// than provably the least; every success is still a valid layout.)
+    /// Any size: three widths around the square root of the cell area (the
+    /// winner among more candidates is mostly noise, each costs ~5 packs),
+    /// each with the least height found by galloping up from the area bound
+    /// and then bisecting to within 1/128. MaxRects is not strictly monotone
+    /// in height, so this finds a good height rather than provably the least;
+    /// every success is still a valid layout.
     fn search_free(&self, best: &mut Best<'_>) {
-        let side =
-            self.total_area.isqrt() + u64::from(self.total_area.isqrt().pow(2) < self.total_area);
-        let (lo_w, hi_w) = (self.widest(), self.bin_w);
+        let root = self.total_area.isqrt();
+        let side = root + u64::from(root.saturating_mul(root) < self.total_area);
+        // Narrower than this would need more than the allowed height.
+        let narrowest = self
+            .widest()
+            .max(self.total_area.div_ceil(self.bin_h.max(1)));
         let mut seen = Vec::new();
-        let factors = [(1, 1), (9, 10), (11, 10), (4, 5), (5, 4), (3, 2), (2, 3)];
-        for (num, den) in factors {
-            let w = (side.saturating_mul(num) / den).clamp(lo_w, hi_w);
+        for (num, den) in [(1, 1), (4, 5), (5, 4)] {
+            let w = (side.saturating_mul(num) / den)
+                .max(narrowest)
+                .min(self.bin_w);
             if !seen.contains(&w) {
                 seen.push(w);
                 self.search_height(best, w);
@@ -530,7 +561,8 @@ impl Search<'_> {
         if lo > self.bin_h {
             return;
         }
-        // Gallop up from the area bound: packings usually succeed close to it.
+        let tolerance = (lo / 128).max(1);
+        // Exactly the area bound succeeds for perfect grids of equal frames.
         let mut failed = lo - 1;
         let mut h = lo;
         let mut step = (lo / 32).max(1);
@@ -545,7 +577,7 @@ impl Search<'_> {
             h = h.saturating_add(step).min(self.bin_h);
             step = step.saturating_mul(2);
         };
-        while ok - failed > 1 {
+        while ok - failed > tolerance {
             let mid = failed + (ok - failed) / 2;
             if best.attempt(w, mid).is_ok() {
                 ok = mid;
@@ -571,8 +603,7 @@ impl Search<'_> {
                 .as_ref()
                 .is_some_and(|b| bin_w.saturating_mul(lo_h + pad) > b.key(pad).0);
             if lo_h <= max_h && !beaten {
-                // Bisect over exponents; max_h is known to work for max_w only,
-                // so the top may fail too.
+                // Bisect over exponents (even max_h may fail at this width).
                 let (mut lo_e, mut hi_e) = (lo_h.trailing_zeros(), max_h.trailing_zeros());
                 while lo_e <= hi_e {
                     let mid = lo_e + (hi_e - lo_e) / 2;
@@ -951,6 +982,16 @@ mod tests {
         let img = sprite(1, 60, 10);
         let atlas = pack(&[("s", &img)], &o).expect("fits");
         assert_eq!(atlas.image.dimensions(), (64, 16));
+    }
+
+    #[test]
+    fn default_options() {
+        let o = AtlasOptions::default();
+        assert_eq!((o.padding, o.extrude), (1, 1));
+        assert_eq!(
+            (o.max_width, o.max_height, o.power_of_two),
+            (4096, 4096, false)
+        );
     }
 
     #[test]

@@ -88,6 +88,13 @@ impl Build {
         }
         let summary = session.realize(offline, &mut Quiet)?;
         crate::emit::emit(&session, &out_dir)?;
+        // cargo replays a build script's warnings while it is fresh: after a run that
+        // generated, make the next build run again, so that its line says what it did.
+        let marker = state_dir.join("generated");
+        if summary.generated > 0 || !marker.exists() {
+            write_marker(&marker)?;
+        }
+        println!("cargo:rerun-if-changed={}", marker.display());
         println!("cargo:warning={summary}");
         if env!("PIXELGEN_BUILD_OPT_LEVEL") == "0" {
             println!(
@@ -104,6 +111,12 @@ impl Build {
             std::process::exit(1);
         }
     }
+}
+
+fn write_marker(marker: &Path) -> Result<(), Error> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    crate::cache::write_atomically(marker, now.as_nanos().to_string().as_bytes())
+        .map_err(|source| Error::Cache { path: marker.to_path_buf(), source })
 }
 
 fn declared_env(name: &str) -> Option<OsString> {

@@ -94,3 +94,68 @@ fn stamp(session: &Session) -> String {
     }
     hasher.finalize().to_hex().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{MANIFEST_FILE, Project, Quiet};
+    use crate::plan::FileHasher;
+
+    fn build(dir: &Path, manifest: &str) -> Result<Index, Error> {
+        std::fs::write(dir.join(MANIFEST_FILE), manifest).unwrap();
+        let project = Project::for_crate(dir, Some(dir.join("cache")), None).unwrap();
+        let mut session = Session::open(project, FileHasher::in_memory(), false)?;
+        session.realize(false, &mut Quiet)?;
+        emit(&session, &dir.join("out"))
+    }
+
+    const MANIFEST: &str = r#"(atlases: { "chars": (), "items": (padding: 2) }, sprites: {
+        "b": (prompt: "bat", atlas: "chars", frames: 2, size: (16, 16)),
+        "a": (prompt: "knight", atlas: "chars", size: (16, 24)),
+        "p": (prompt: "potion", atlas: "items", size: (8, 8)),
+    })"#;
+
+    #[test]
+    fn writes_atlases_and_an_index_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = build(dir.path(), MANIFEST).unwrap();
+        assert_eq!(index.atlases.len(), 2);
+        let chars = &index.atlases[0];
+        assert_eq!(chars.name, "chars");
+        let names: Vec<&str> = chars.sprites.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(chars.sprites[0].frames, [0]);
+        assert_eq!(chars.sprites[1].frames, [1, 2]);
+        assert!(chars.sprites[1].animated);
+        assert_eq!(chars.rects[0][2..], [16, 24]);
+        let png = image::open(&chars.image).unwrap();
+        assert_eq!((png.width(), png.height()), (chars.width, chars.height));
+        assert_eq!(Index::read(&Index::path_in(&dir.path().join("out"))).unwrap(), index);
+    }
+
+    #[test]
+    fn reordering_the_manifest_changes_nothing() {
+        let one = tempfile::tempdir().unwrap();
+        let two = tempfile::tempdir().unwrap();
+        let reordered = r#"(sprites: {
+            "p": (prompt: "potion", atlas: "items", size: (8, 8)),
+            "a": (prompt: "knight", atlas: "chars", size: (16, 24)),
+            "b": (prompt: "bat", atlas: "chars", frames: 2, size: (16, 16)),
+        }, atlases: { "items": (padding: 2), "chars": () })"#;
+        let first = build(one.path(), MANIFEST).unwrap();
+        let second = build(two.path(), reordered).unwrap();
+        for (a, b) in first.atlases.iter().zip(&second.atlases) {
+            assert_eq!((&a.rects, &a.sprites), (&b.rects, &b.sprites));
+            assert_eq!(std::fs::read(&a.image).unwrap(), std::fs::read(&b.image).unwrap());
+        }
+        assert_eq!(first.stamp, second.stamp);
+    }
+
+    #[test]
+    fn sprites_that_do_not_fit_name_the_atlas_and_sprite() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = r#"(atlases: { "tiny": (max_size: (20, 20)) }, sprites: { "big": (prompt: "tree", atlas: "tiny", size: (32, 32)) })"#;
+        let error = build(dir.path(), manifest).unwrap_err().to_string();
+        assert!(error.contains("tiny") && error.contains("big"), "{error}");
+    }
+}

@@ -374,3 +374,117 @@ impl CacheLock {
         Ok(CacheLock { _file: file })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MANIFEST: &str = r#"(
+        defaults: (size: (16, 16), palette: "sweetie-16"),
+        sprites: {
+            "slime": (prompt: "green slime", seed: 1, frames: 2),
+            "coin":  (prompt: "gold coin", seed: 2),
+        },
+    )"#;
+
+    fn project(dir: &Path, manifest: &str) -> Project {
+        std::fs::write(dir.join(MANIFEST_FILE), manifest).unwrap();
+        Project::for_crate(dir, Some(dir.join("cache")), None).unwrap()
+    }
+
+    fn session(project: &Project, offline: bool) -> Session {
+        Session::open(project.clone(), FileHasher::in_memory(), offline).unwrap()
+    }
+
+    #[test]
+    fn generates_stale_sprites_once_and_records_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = project(dir.path(), MANIFEST);
+        let mut first = session(&project, false);
+        assert!(first.status().iter().all(|s| s.status == Freshness::Stale));
+        let summary = first.realize(false, &mut Quiet).unwrap();
+        assert_eq!(summary, Summary { sprites: 2, generated: 2, cached: 0 });
+        assert_eq!(summary.to_string(), "pixelgen: 2 sprites: 2 generated, 0 cached");
+        let lock = LockFile::load(&project.lock_path).unwrap();
+        assert_eq!(lock.sprites["slime"].keys.len(), 2);
+        assert!(lock.sprites["slime"].outputs.iter().all(|o| o.len() == 64));
+
+        let mut second = session(&project, true);
+        assert!(second.status().iter().all(|s| s.status == Freshness::Fresh));
+        assert_eq!(second.realize(true, &mut Quiet).unwrap().generated, 0);
+    }
+
+    #[test]
+    fn offline_lists_stale_sprites_with_reasons_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = project(dir.path(), MANIFEST);
+        session(&project, false).realize(false, &mut Quiet).unwrap();
+        let edited = MANIFEST.replace("seed: 2", "seed: 3").replace("green slime", "blue slime");
+        std::fs::write(&project.manifest_path, &edited).unwrap();
+        let error = match session(&project, true).realize(true, &mut Quiet) {
+            Err(Error::Stale(report)) => report,
+            other => panic!("expected a stale report, got {other:?}"),
+        };
+        let names: Vec<&str> = error.stale.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["coin", "slime"]);
+        assert_eq!(error.stale[0].reasons, ["seed changed"]);
+        assert_eq!(error.stale[1].reasons, ["prompt changed"]);
+        let text = error.to_string();
+        assert!(text.contains("cargo pixelgen generate --manifest-path"), "{text}");
+    }
+
+    #[test]
+    fn new_and_missing_entries_say_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = project(dir.path(), MANIFEST);
+        let mut s = session(&project, false);
+        assert_eq!(s.status()[0].reasons, ["new sprite (not in sprites.lock)"]);
+        s.realize(false, &mut Quiet).unwrap();
+        let key = s.plan[0].frames[0];
+        std::fs::remove_file(s.cache().path_of(&key)).unwrap();
+        let status = session(&project, true).status();
+        assert_eq!(status[0].status, Freshness::Stale);
+        assert!(status[0].reasons[0].starts_with("cache file missing"), "{:?}", status[0].reasons);
+        assert_eq!(status[1].status, Freshness::Fresh);
+    }
+
+    #[test]
+    fn concurrent_runs_leave_a_consistent_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = project(dir.path(), MANIFEST);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| session(&project, false).realize(false, &mut Quiet).unwrap());
+            }
+        });
+        let mut check = session(&project, true);
+        assert!(check.status().iter().all(|s| s.status == Freshness::Fresh), "{:?}", check.status());
+        for planned in &check.plan {
+            for key in &planned.frames {
+                assert_eq!(check.cache().read(key).unwrap().dimensions(), (16, 16));
+            }
+        }
+        let leftovers: Vec<_> = walk(&dir.path().join("cache")).into_iter().filter(|p| !p.to_string_lossy().ends_with(".png")).collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            if entry.path().is_dir() {
+                files.extend(walk(&entry.path()));
+            } else {
+                files.push(entry.path());
+            }
+        }
+        files
+    }
+
+    #[test]
+    fn diffusion_sprites_fail_clearly_until_the_backend_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = project(dir.path(), r#"(sprites: { "hero": (prompt: "knight", generator: Diffusion(model: "stabilityai/sd-turbo")) })"#);
+        let error = session(&project, false).realize(false, &mut Quiet).unwrap_err().to_string();
+        assert!(error.contains("hero") && error.contains("not available in this build"), "{error}");
+    }
+}

@@ -14,7 +14,7 @@
 //!
 //! Output must be byte-identical on every machine (the content-addressed cache
 //! depends on it), so everything here is integer maths or basic f64 arithmetic:
-//! no libm `sin`/`cos`/`powf` (see [`cos_turns`]), no hash-map iteration, and a
+//! no libm `sin`/`cos`/`powf` (see `cos_turns`), no hash-map iteration, and a
 //! hand-written RNG.
 
 use image::{Rgba, RgbaImage};
@@ -150,11 +150,13 @@ fn cos_turns(t: f64) -> f64 {
     let tau = std::f64::consts::TAU;
     if r <= 0.125 {
         let x2 = (r * tau) * (r * tau);
-        sign * (1.0 - x2 / 2.0 * (1.0 - x2 / 12.0 * (1.0 - x2 / 30.0 * (1.0 - x2 / 56.0))))
+        let c = 1.0 - x2 / 90.0 * (1.0 - x2 / 132.0);
+        sign * (1.0 - x2 / 2.0 * (1.0 - x2 / 12.0 * (1.0 - x2 / 30.0 * (1.0 - x2 / 56.0 * c))))
     } else {
         let x = (0.25 - r) * tau;
         let x2 = x * x;
-        sign * x * (1.0 - x2 / 6.0 * (1.0 - x2 / 20.0 * (1.0 - x2 / 42.0 * (1.0 - x2 / 72.0))))
+        let c = 1.0 - x2 / 110.0 * (1.0 - x2 / 156.0);
+        sign * x * (1.0 - x2 / 6.0 * (1.0 - x2 / 20.0 * (1.0 - x2 / 42.0 * (1.0 - x2 / 72.0 * c))))
     }
 }
 
@@ -213,6 +215,9 @@ const fn hsv(h: f64, s: f64, v: f64) -> Hsv {
 }
 
 type Rgb = [u8; 3];
+
+/// A point in box coordinates (u, v).
+type Point = (f64, f64);
 
 fn to_rgb(c: Hsv) -> Rgb {
     let h = c.h.rem_euclid(360.0) / 60.0;
@@ -425,7 +430,7 @@ const FAMILY_WORDS: &[(&str, Family)] = &[
 ];
 
 /// Colour words. "dark" alone means black; "dark"/"light" before another colour
-/// only darkens/lightens it (handled in [`Style::parse`]).
+/// only darkens/lightens it (handled in `Style::parse`).
 const COLOUR_WORDS: &[(&str, Hsv)] = &[
     ("red", hsv(0.0, 0.78, 0.85)),
     ("crimson", hsv(350.0, 0.82, 0.72)),
@@ -581,7 +586,9 @@ impl Prompt {
     }
 
     fn neg_has(&self, stems: &[&str]) -> bool {
-        self.neg.iter().any(|w| stems.iter().any(|s| stem_match(w, s)))
+        self.neg
+            .iter()
+            .any(|w| stems.iter().any(|s| stem_match(w, s)))
     }
 
     /// Wanted: said in the prompt and not in the negative prompt.
@@ -639,7 +646,11 @@ impl Style {
             let next_is_colour = words
                 .get(i + 1)
                 .is_some_and(|w| lookup(COLOUR_WORDS, w).is_some());
-            let at = if modifier != 0 && next_is_colour { i + 1 } else { i };
+            let at = if modifier != 0 && next_is_colour {
+                i + 1
+            } else {
+                i
+            };
             let Some(mut c) = lookup(COLOUR_WORDS, &words[at]) else {
                 i += 1;
                 continue;
@@ -1070,7 +1081,11 @@ impl Pen<'_> {
         let min = (0.5 + 1e-9) * self.fr.pu();
         let (cv, hv) = ((v0 + v1) / 2.0, half(v1 - v0, self.fr.bh));
         let at = |v: f64| {
-            let t = if v1 > v0 { ((v - v0) / (v1 - v0)).clamp(0.0, 1.0) } else { 0.5 };
+            let t = if v1 > v0 {
+                ((v - v0) / (v1 - v0)).clamp(0.0, 1.0)
+            } else {
+                0.5
+            };
             let (c, hw) = f(t);
             (c, hw.max(min), t)
         };
@@ -1133,13 +1148,37 @@ fn humanoid(sc: &mut Scene, cx: &Ctx, rng: &mut Rng, role: Role) {
     // (and all colour words) draw the same character.
     let skin_d = SKINS[rng.below(SKINS.len())];
     let hair_d = HAIRS[rng.below(HAIRS.len())];
-    let cloth_d = hsv(rng.range(0.0, 360.0), rng.range(0.5, 0.75), rng.range(0.62, 0.85));
-    let robe_d = hsv(rng.range(200.0, 310.0), rng.range(0.5, 0.75), rng.range(0.55, 0.8));
-    let hat_alt_d = hsv(rng.range(0.0, 360.0), rng.range(0.5, 0.75), rng.range(0.5, 0.8));
-    let cape_d = hsv(rng.range(0.0, 360.0), rng.range(0.6, 0.85), rng.range(0.6, 0.82));
+    let cloth_d = hsv(
+        rng.range(0.0, 360.0),
+        rng.range(0.5, 0.75),
+        rng.range(0.62, 0.85),
+    );
+    let robe_d = hsv(
+        rng.range(200.0, 310.0),
+        rng.range(0.5, 0.75),
+        rng.range(0.55, 0.8),
+    );
+    let hat_alt_d = hsv(
+        rng.range(0.0, 360.0),
+        rng.range(0.5, 0.75),
+        rng.range(0.5, 0.8),
+    );
+    let cape_d = hsv(
+        rng.range(0.0, 360.0),
+        rng.range(0.6, 0.85),
+        rng.range(0.6, 0.82),
+    );
     let pants_d = PANTS[rng.below(PANTS.len())];
-    let metal_d = hsv(rng.range(200.0, 230.0), rng.range(0.05, 0.14), rng.range(0.74, 0.86));
-    let leather_d = hsv(rng.range(18.0, 32.0), rng.range(0.5, 0.65), rng.range(0.36, 0.5));
+    let metal_d = hsv(
+        rng.range(200.0, 230.0),
+        rng.range(0.05, 0.14),
+        rng.range(0.74, 0.86),
+    );
+    let leather_d = hsv(
+        rng.range(18.0, 32.0),
+        rng.range(0.5, 0.65),
+        rng.range(0.36, 0.5),
+    );
     let beard_d = hsv(40.0, 0.04, rng.range(0.82, 0.95));
     let head_w = rng.range(0.235, 0.265);
     let open_face = rng.chance(0.5);
@@ -1150,7 +1189,14 @@ fn humanoid(sc: &mut Scene, cx: &Ctx, rng: &mut Rng, role: Role) {
     let fringe = rng.below(3);
 
     let female = p.has(&[
-        "woman", "women", "girl", "lady", "princess", "witch", "sorceress", "heroine",
+        "woman",
+        "women",
+        "girl",
+        "lady",
+        "princess",
+        "witch",
+        "sorceress",
+        "heroine",
     ]);
     let long_hair = (long_hair_roll || female) && !p.neg_has(&["long"]);
     let cape_on = p.wants(&["cape", "cloak", "mantle"]);
@@ -1187,18 +1233,43 @@ fn humanoid(sc: &mut Scene, cx: &Ctx, rng: &mut Rng, role: Role) {
     sc.set_ink(main);
     let skin_m = sc.material(skin);
     let main_m = sc.material(main);
-    let legs_m = if legs == main { main_m } else { sc.material(legs) };
-    let boots_m = sc.material(boots_c);
-    let hair_m = if hair == main { main_m } else { sc.material(hair) };
-    let hat_m = if hat == main { main_m } else { sc.material(hat) };
+    let legs_m = if legs == main {
+        main_m
+    } else {
+        sc.material(legs)
+    };
+    // A caped person would need a 19th colour: boots become dark trousers.
+    let boots_m = if role == Role::Person && cape_on {
+        legs_m
+    } else {
+        sc.material(boots_c)
+    };
+    let hair_m = if hair == main {
+        main_m
+    } else {
+        sc.material(hair)
+    };
+    let hat_m = if hat == main {
+        main_m
+    } else {
+        sc.material(hat)
+    };
     let accent_m = if accent == boots_c {
         boots_m
     } else {
         sc.material(accent)
     };
     let cape_m = if cape_on {
-        let c = st.color("cape", if role == Role::Knight { Some(1) } else { None }, cape_d);
-        if role == Role::Knight && c == hat { hat_m } else { sc.material(c) }
+        let c = st.color(
+            "cape",
+            if role == Role::Knight { Some(1) } else { None },
+            cape_d,
+        );
+        if role == Role::Knight && c == hat {
+            hat_m
+        } else {
+            sc.material(c)
+        }
     } else {
         EMPTY
     };
@@ -1221,7 +1292,9 @@ fn humanoid(sc: &mut Scene, cx: &Ctx, rng: &mut Rng, role: Role) {
     // Behind the body: cape and long hair.
     if cape_on {
         let sway = s * 0.03;
-        pen.profile(0.43, 0.93, cape_m, Shade::Cyl, |t| (sway * t, 0.25 + 0.18 * t));
+        pen.profile(0.43, 0.93, cape_m, Shade::Cyl, |t| {
+            (sway * t, 0.25 + 0.18 * t)
+        });
     }
     if long_hair && role != Role::Knight {
         let top = if role == Role::Mage { 0.3 } else { 0.2 };
@@ -1239,7 +1312,12 @@ fn humanoid(sc: &mut Scene, cx: &Ctx, rng: &mut Rng, role: Role) {
             pen.rect(c - 0.085, c + 0.085, bot - 0.06, bot, boots_m, Shade::Rim);
         } else {
             pen.rect(c - 0.075, c + 0.075, hip, bot, legs_m, Shade::Cyl);
-            pen.rect(c - 0.085, c + 0.085, bot - 0.09, bot, boots_m, Shade::Cyl);
+            let boot_shade = if boots_m == legs_m {
+                Shade::Flat(-1)
+            } else {
+                Shade::Cyl
+            };
+            pen.rect(c - 0.085, c + 0.085, bot - 0.09, bot, boots_m, boot_shade);
         }
     }
 
@@ -1247,7 +1325,9 @@ fn humanoid(sc: &mut Scene, cx: &Ctx, rng: &mut Rng, role: Role) {
     // Torso.
     if role == Role::Mage {
         let hem = s * 0.02;
-        pen.profile(0.42, 0.955, main_m, Shade::Cyl, |t| (hem * t, 0.17 + 0.16 * t));
+        pen.profile(0.42, 0.955, main_m, Shade::Cyl, |t| {
+            (hem * t, 0.17 + 0.16 * t)
+        });
         pen.rect(-0.2, 0.2, 0.6, 0.64, accent_m, Shade::Flat(0));
     } else {
         pen.profile(0.43, 0.76, main_m, Shade::Cyl, |t| (0.0, 0.19 + 0.035 * t));
@@ -1267,7 +1347,11 @@ fn humanoid(sc: &mut Scene, cx: &Ctx, rng: &mut Rng, role: Role) {
     for (side, dy) in [(-1.0, swing), (1.0, -swing)] {
         pen.fr = up.shift(0, dy);
         let c = side * 0.265;
-        let (hw, sleeve) = if role == Role::Mage { (0.08, main_m) } else { (0.06, main_m) };
+        let (hw, sleeve) = if role == Role::Mage {
+            (0.08, main_m)
+        } else {
+            (0.06, main_m)
+        };
         pen.rect(c - hw, c + hw, 0.45, 0.665, sleeve, Shade::Rim);
         pen.rect(c - 0.055, c + 0.055, 0.65, 0.72, skin_m, Shade::Flat(0));
         if role == Role::Knight {
@@ -1329,7 +1413,14 @@ fn humanoid(sc: &mut Scene, cx: &Ctx, rng: &mut Rng, role: Role) {
         }
     }
     if eyes && !p.neg_has(&["eye", "eyes"]) {
-        pen.rect2(0.075, 0.115, eye_v - 0.03, eye_v + 0.035, INK, Shade::Flat(0));
+        pen.rect2(
+            0.075,
+            0.115,
+            eye_v - 0.03,
+            eye_v + 0.035,
+            INK,
+            Shade::Flat(0),
+        );
     }
 }
 
@@ -1364,7 +1455,11 @@ fn draw_hair(pen: &mut Pen, hair_m: u8, head_w: f64, style: usize) {
 // ---------------------------------------------------------------------------
 
 fn slime(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
-    let body_d = hsv(rng.range(0.0, 360.0), rng.range(0.55, 0.8), rng.range(0.72, 0.9));
+    let body_d = hsv(
+        rng.range(0.0, 360.0),
+        rng.range(0.55, 0.8),
+        rng.range(0.72, 0.9),
+    );
     let eye_gap = rng.range(0.12, 0.17);
     let mouth = rng.below(3);
     let bump = rng.chance(0.4);
@@ -1378,10 +1473,16 @@ fn slime(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     let fr = fit(sc, 1.0, 1.35, Align::Bottom);
     let big = fr.px() >= 14.0;
 
-    // Squash and stretch around a fixed floor line.
-    let s = cx.anim.wave();
-    let rx = 0.47 * (1.0 + 0.06 * s);
-    let ry = 0.4 * (1.0 - 0.08 * s);
+    // Squash (wider, lower) and back, on a fixed floor line. Measured in whole
+    // pixels so the sprite's box only grows by a pixel or two.
+    let squash = if cx.anim.animated {
+        0.5 + 0.5 * cx.anim.wave()
+    } else {
+        0.0
+    };
+    let a = (fr.bw * 0.035).round().max(1.0);
+    let rx = 0.45 + squash * a * fr.pu();
+    let ry = 0.4 - squash * 0.5 * a * fr.pv();
     let cv = 1.06 - ry;
     let mut pen = Pen { sc, fr };
     pen.ellipse(0.0, cv, rx, ry, body_m, Shade::Sphere);
@@ -1391,12 +1492,22 @@ fn slime(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     if spots && big {
         let mut r = Rng::new(spot_seed);
         for _ in 0..3 {
-            let (su, sv) = (r.range(-0.3, 0.3) * rx / 0.47, cv + r.range(-0.1, 0.25) * ry / 0.4);
+            let (su, sv) = (
+                r.range(-0.3, 0.3) * rx / 0.47,
+                cv + r.range(-0.1, 0.25) * ry / 0.4,
+            );
             pen.ellipse(su, sv, 0.045, 0.035, body_m, Shade::Flat(-1));
         }
     }
     let top = cv - ry;
-    pen.ellipse(-0.2 * rx / 0.47, top + 0.11, 0.065, 0.04, shine_m, Shade::Flat(0));
+    pen.ellipse(
+        -0.2 * rx / 0.47,
+        top + 0.11,
+        0.065,
+        0.04,
+        shine_m,
+        Shade::Flat(0),
+    );
     let ev = cv - 0.02;
     let eu = eye_gap * rx / 0.47;
     for side in [-1.0, 1.0] {
@@ -1404,7 +1515,14 @@ fn slime(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     }
     if fr.px() >= 20.0 {
         for side in [-1.0, 1.0] {
-            pen.rect(side * eu - 0.02, side * eu - 0.02, ev - 0.04, ev - 0.04, shine_m, Shade::Flat(0));
+            pen.rect(
+                side * eu - 0.02,
+                side * eu - 0.02,
+                ev - 0.04,
+                ev - 0.04,
+                shine_m,
+                Shade::Flat(0),
+            );
         }
     }
     if big {
@@ -1434,7 +1552,11 @@ fn bat(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     let ear = rng.range(0.08, 0.12);
 
     let body = cx.st.color("body", Some(0), body_d);
-    let wing = cx.st.color("wings", Some(1), hsv(body.h, (body.s * 1.1).min(1.0), body.v * 0.82));
+    let wing = cx.st.color(
+        "wings",
+        Some(1),
+        hsv(body.h, (body.s * 1.1).min(1.0), body.v * 0.82),
+    );
     sc.set_ink(body);
     let body_m = sc.material(body);
     let wing_m = sc.material(wing);
@@ -1443,7 +1565,11 @@ fn bat(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     let fr = fit(sc, 1.3, 2.0, Align::Centre);
 
     // Flap: +1 wings up, -1 wings down. A still bat holds them half raised.
-    let f = if cx.anim.animated { cx.anim.wave() } else { 0.5 };
+    let f = if cx.anim.animated {
+        cx.anim.wave()
+    } else {
+        0.5
+    };
     let mut pen = Pen { sc, fr };
     let (wx, tx) = (0.28, 0.5);
     let wrist_v = 0.3 - 0.2 * f;
@@ -1475,7 +1601,9 @@ fn bat(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     pen.ellipse(0.0, 0.52, 0.11, 0.17, body_m, Shade::Sphere);
     pen.ellipse(0.0, 0.34, 0.12, 0.11, body_m, Shade::Sphere);
     for side in [-1.0, 1.0] {
-        pen.profile(0.17, 0.3, body_m, Shade::Rim, |t| (side * 0.07, 0.01 + ear * 0.5 * t));
+        pen.profile(0.17, 0.3, body_m, Shade::Rim, |t| {
+            (side * 0.07, 0.01 + ear * 0.5 * t)
+        });
     }
     pen.rect2(0.035, 0.065, 0.32, 0.35, eye_m, Shade::Flat(0));
     if fr.px() >= 16.0 {
@@ -1493,8 +1621,16 @@ fn sword(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     } else {
         hsv(25.0, 0.55, 0.55)
     };
-    let grip_d = hsv(rng.range(0.0, 30.0), rng.range(0.5, 0.7), rng.range(0.35, 0.5));
-    let blade_d = hsv(rng.range(195.0, 225.0), rng.range(0.06, 0.14), rng.range(0.82, 0.9));
+    let grip_d = hsv(
+        rng.range(0.0, 30.0),
+        rng.range(0.5, 0.7),
+        rng.range(0.35, 0.5),
+    );
+    let blade_d = hsv(
+        rng.range(195.0, 225.0),
+        rng.range(0.06, 0.14),
+        rng.range(0.82, 0.9),
+    );
     let gem_d = hsv(rng.range(0.0, 360.0), 0.75, 0.9);
     let guard_frac = rng.range(0.14, 0.2);
     let blade_frac = rng.range(0.055, 0.075);
@@ -1516,7 +1652,11 @@ fn sword(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     let n = side - 1;
     let k = round_i(f64::from(side) * blade_frac).max(0);
     let g = round_i(f64::from(side) * guard_frac).max(1);
-    let m_tip = if short { n - round_i(f64::from(n) * 0.35) } else { n };
+    let m_tip = if short {
+        n - round_i(f64::from(n) * 0.35)
+    } else {
+        n
+    };
     let m_pommel = -n;
     let m_guard = m_pommel + round_i(f64::from(2 * n) * if short { 0.3 } else { 0.27 });
     let gth = (side / 20).max(1);
@@ -1553,7 +1693,16 @@ fn sword(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
                 if t.abs() > g {
                     continue;
                 }
-                (guard_m, if 2 * t < -g { 1 } else if 2 * t > g { -1 } else { 0 })
+                (
+                    guard_m,
+                    if 2 * t < -g {
+                        1
+                    } else if 2 * t > g {
+                        -1
+                    } else {
+                        0
+                    },
+                )
             } else if m < m_guard && m > m_pommel + 2 + k / 2 {
                 if t.abs() > k / 2 {
                     continue;
@@ -1565,7 +1714,16 @@ fn sword(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
                 if (m - cm).abs() + t.abs() > r {
                     continue;
                 }
-                (gem_m, if t < 0 { 1 } else if t > 0 { -1 } else { 0 })
+                (
+                    gem_m,
+                    if t < 0 {
+                        1
+                    } else if t > 0 {
+                        -1
+                    } else {
+                        0
+                    },
+                )
             } else {
                 continue;
             };
@@ -1576,7 +1734,11 @@ fn sword(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
 
 fn potion(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     let shape = rng.below(4);
-    let liquid_d = hsv(rng.range(0.0, 360.0), rng.range(0.65, 0.85), rng.range(0.75, 0.92));
+    let liquid_d = hsv(
+        rng.range(0.0, 360.0),
+        rng.range(0.65, 0.85),
+        rng.range(0.75, 0.92),
+    );
     let bubbles: Vec<(f64, f64)> = (0..3)
         .map(|_| (rng.range(-0.22, 0.22), rng.unit()))
         .collect();
@@ -1623,16 +1785,24 @@ fn potion(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     pen.rect(-0.12, 0.12, 0.14, 0.42, glass_m, Shade::Cyl);
     pen.rect(-0.17, 0.17, 0.11, 0.17, glass_m, Shade::Rim);
     pen.rect(-0.1, 0.1, 0.0, 0.12, cork_m, Shade::Cyl);
-    pen.fill([-0.5, 0.5, 0.2, 1.0], glass_m, Shade::Sphere, bulb, |u, v| {
-        (u / 0.47, (v - 0.64) / 0.36)
-    });
+    pen.fill(
+        [-0.5, 0.5, 0.2, 1.0],
+        glass_m,
+        Shade::Sphere,
+        bulb,
+        |u, v| (u / 0.47, (v - 0.64) / 0.36),
+    );
     // Liquid: inside the glass wall (one pixel in) below the level line.
     let inner = move |u: f64, v: f64| {
         v >= level && bulb(u - pu, v) && bulb(u + pu, v) && bulb(u, v + pv) && bulb(u, v - pv)
     };
-    pen.fill([-0.5, 0.5, level, 1.0], liquid_m, Shade::Sphere, inner, |u, v| {
-        (u / 0.45, (v - 0.66) / 0.34)
-    });
+    pen.fill(
+        [-0.5, 0.5, level, 1.0],
+        liquid_m,
+        Shade::Sphere,
+        inner,
+        |u, v| (u / 0.45, (v - 0.66) / 0.34),
+    );
     // Surface line.
     pen.fill(
         [-0.5, 0.5, level, level + pv],
@@ -1718,7 +1888,11 @@ fn coin(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
 }
 
 fn gem(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
-    let gem_d = hsv(rng.range(0.0, 360.0), rng.range(0.6, 0.8), rng.range(0.8, 0.95));
+    let gem_d = hsv(
+        rng.range(0.0, 360.0),
+        rng.range(0.6, 0.8),
+        rng.range(0.8, 0.95),
+    );
     let crown = rng.range(0.3, 0.4);
     let c = cx.st.color("gem", Some(0), gem_d);
     sc.set_ink(c);
@@ -1728,7 +1902,9 @@ fn gem(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     let mut pen = Pen { sc, fr };
     let girdle = 0.42;
     // Crown (table on top) then pavilion down to the point.
-    pen.profile(0.14, girdle, m, Shade::Flat(0), |t| (0.0, crown + (0.48 - crown) * t));
+    pen.profile(0.14, girdle, m, Shade::Flat(0), |t| {
+        (0.0, crown + (0.48 - crown) * t)
+    });
     pen.profile(girdle, 0.96, m, Shade::Flat(0), |t| (0.0, 0.48 * (1.0 - t)));
     // Facets: table bright, left faces lit, right faces dark.
     pen.fill(
@@ -1738,7 +1914,8 @@ fn gem(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
         |u, v| {
             let in_crown = (0.14..=girdle).contains(&v)
                 && u.abs() <= crown + (0.48 - crown) * (v - 0.14) / (girdle - 0.14);
-            let in_pav = (girdle..=0.96).contains(&v) && u.abs() <= 0.48 * (0.96 - v) / (0.96 - girdle);
+            let in_pav =
+                (girdle..=0.96).contains(&v) && u.abs() <= 0.48 * (0.96 - v) / (0.96 - girdle);
             in_crown || in_pav
         },
         |u, v| (u, v),
@@ -1810,7 +1987,11 @@ fn key(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
 }
 
 fn chest(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
-    let wood_d = hsv(rng.range(22.0, 32.0), rng.range(0.55, 0.7), rng.range(0.5, 0.62));
+    let wood_d = hsv(
+        rng.range(22.0, 32.0),
+        rng.range(0.55, 0.7),
+        rng.range(0.5, 0.62),
+    );
     let metal_d = if rng.chance(0.6) {
         hsv(44.0, 0.78, 0.92)
     } else {
@@ -1868,7 +2049,11 @@ fn chest(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
 }
 
 fn heart(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
-    let red_d = hsv(rng.range(350.0, 365.0), rng.range(0.75, 0.85), rng.range(0.85, 0.95));
+    let red_d = hsv(
+        rng.range(350.0, 365.0),
+        rng.range(0.75, 0.85),
+        rng.range(0.85, 0.95),
+    );
     let c = cx.st.color("heart", Some(0), red_d);
     sc.set_ink(c);
     let m = sc.material(c);
@@ -1887,17 +2072,27 @@ fn heart(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
         a * a * a - x * x * y * y * y <= 0.0
     };
     let mut pen = Pen { sc, fr };
-    pen.fill([-0.5, 0.5, 0.0, 1.0], m, Shade::Sphere, inside, move |u, v| {
-        let (x, y) = to_xy(u, v);
-        (x / 1.1, (0.2 - y) / 1.1)
-    });
+    pen.fill(
+        [-0.5, 0.5, 0.0, 1.0],
+        m,
+        Shade::Sphere,
+        inside,
+        move |u, v| {
+            let (x, y) = to_xy(u, v);
+            (x / 1.1, (0.2 - y) / 1.1)
+        },
+    );
     if fr.px() >= 10.0 {
         pen.ellipse(-0.24 * scale, 0.3, 0.07, 0.05, shine_m, Shade::Flat(0));
     }
 }
 
 fn skull(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
-    let bone_d = hsv(rng.range(38.0, 50.0), rng.range(0.08, 0.18), rng.range(0.88, 0.96));
+    let bone_d = hsv(
+        rng.range(38.0, 50.0),
+        rng.range(0.08, 0.18),
+        rng.range(0.88, 0.96),
+    );
     let glow_roll = rng.chance(0.3);
     let glow_d = hsv(rng.range(0.0, 360.0), 0.8, 1.0);
     let st = cx.st;
@@ -1907,8 +2102,10 @@ fn skull(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     let glow = glow_roll || st.explicit("eyes", None);
     let glow_m = sc.flat(st.color("eyes", Some(1), glow_d));
     let fr = fit(sc, 0.85, 1.0, Align::Centre);
-    // Jaw chatter on the second half of the cycle.
-    let jaw = i32::from(cx.anim.animated && cx.anim.phase >= 0.5);
+    // Floats (1-px bob over the cycle) and chatters (jaw drops every other beat).
+    let bob = i32::from(cx.anim.animated && cx.anim.phase >= 0.5);
+    let jaw = i32::from(cx.anim.animated && (cx.anim.phase * 4.0).floor() as i32 % 2 == 1);
+    let fr = fr.shift(0, bob);
     let mut pen = Pen { sc, fr };
     pen.fr = fr.shift(0, jaw);
     pen.squircle(0.0, 0.77, 0.26, 0.12, m, Shade::Rim);
@@ -1933,11 +2130,25 @@ fn skull(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
 
 fn tree(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     let pine = rng.chance(0.3);
-    let leaf_d = hsv(rng.range(90.0, 135.0), rng.range(0.55, 0.75), rng.range(0.55, 0.75));
-    let trunk_d = hsv(rng.range(20.0, 32.0), rng.range(0.5, 0.65), rng.range(0.4, 0.52));
+    let leaf_d = hsv(
+        rng.range(90.0, 135.0),
+        rng.range(0.55, 0.75),
+        rng.range(0.55, 0.75),
+    );
+    let trunk_d = hsv(
+        rng.range(20.0, 32.0),
+        rng.range(0.5, 0.65),
+        rng.range(0.4, 0.52),
+    );
     let fruit_roll = rng.chance(0.3);
     let blobs: Vec<(f64, f64, f64)> = (0..2)
-        .map(|_| (rng.range(0.16, 0.26), rng.range(0.2, 0.46), rng.range(0.15, 0.2)))
+        .map(|_| {
+            (
+                rng.range(0.16, 0.26),
+                rng.range(0.27, 0.48),
+                rng.range(0.15, 0.2),
+            )
+        })
         .collect();
     let tiers = 3 + rng.below(2);
     let fruit_seed = rng.next_u64();
@@ -1967,32 +2178,59 @@ fn tree(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
             let v0 = 0.02 + fi * 0.68 / (n + 0.5);
             let v1 = v0 + 0.3 + 0.05 * fi;
             let w = 0.22 + 0.27 * (fi + 1.0) / n;
-            pen.profile(v0, v1.min(0.82), leaf_m, Shade::Cyl, |t| (0.0, 0.02 + (w - 0.02) * t));
+            pen.profile(v0, v1.min(0.82), leaf_m, Shade::Cyl, |t| {
+                (0.0, 0.02 + (w - 0.02) * t)
+            });
         }
         for i in 0..tiers {
             let fi = i as f64;
             let v0 = 0.02 + fi * 0.68 / (n + 0.5);
             let v1 = (v0 + 0.3 + 0.05 * fi).min(0.82);
             let w = 0.22 + 0.27 * (fi + 1.0) / n;
-            pen.profile(v1 - 0.5 * fr.pv(), v1, leaf_m, Shade::Flat(-1), |_| (0.0, w));
+            pen.profile(v1 - 0.5 * fr.pv(), v1, leaf_m, Shade::Flat(-1), |_| {
+                (0.0, w)
+            });
         }
         return;
     }
-    pen.profile(0.5, 1.0, trunk_m, Shade::Cyl, |t| (0.0, 0.075 + 0.06 * t * t * t));
+    pen.profile(0.5, 1.0, trunk_m, Shade::Cyl, |t| {
+        (0.0, 0.075 + 0.06 * t * t * t)
+    });
     if fr.px() >= 16.0 {
         pen.rect(-0.02, 0.02, 0.6, 0.8, trunk_m, Shade::Flat(-1));
     }
     pen.fr = fr.shift(sway, 0);
     // Crown: a big clump plus mirrored side clumps, drawn top-down so lower
     // clumps overlap and their lit tops separate them.
-    pen.ellipse(0.0, 0.32, 0.36, 0.3, leaf_m, Shade::Sphere);
+    pen.ellipse(0.0, 0.36, 0.38, 0.29, leaf_m, Shade::Sphere);
     let aspect = fr.bw / fr.bh;
-    pen.ellipse(0.0, 0.15, 0.22, 0.22 * aspect, leaf_m, Shade::Sphere);
+    pen.ellipse(
+        0.0,
+        0.22,
+        0.2,
+        (0.2 * aspect).min(0.21),
+        leaf_m,
+        Shade::Sphere,
+    );
     let mut order = blobs.clone();
     order.sort_by(|a, b| a.1.total_cmp(&b.1));
     for (bu, bv, r) in order {
         for side in [-1.0, 1.0] {
             pen.ellipse(side * bu, bv, r, r * aspect, leaf_m, Shade::Sphere);
+        }
+    }
+    // Darker underside of the crown, where it overhangs the trunk.
+    if fr.px() >= 12.0 {
+        let depth = (fr.bh * 0.05).round().max(1.0) as i32;
+        let snapshot = pen.sc.cells.clone();
+        let (w, h) = (pen.sc.w, pen.sc.h);
+        for y in 0..h {
+            for x in 0..w {
+                let leaf = |yy: i32| yy < h && snapshot[(yy * w + x) as usize].mat == leaf_m;
+                if leaf(y) && !(1..=depth).all(|d| leaf(y + d)) {
+                    pen.sc.set(x, y, leaf_m, -1);
+                }
+            }
         }
     }
     if fruit && fr.px() >= 12.0 {
@@ -2005,19 +2243,32 @@ fn tree(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
 }
 
 fn rock(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
-    let grey_d = hsv(rng.range(20.0, 230.0), rng.range(0.06, 0.16), rng.range(0.55, 0.68));
-    let bumps: Vec<(f64, f64, f64, f64)> = (0..3)
+    let grey_d = hsv(
+        rng.range(20.0, 230.0),
+        rng.range(0.06, 0.16),
+        rng.range(0.55, 0.68),
+    );
+    // A faceted boulder: jittered points over the top plus a flat base.
+    let corners = 5 + rng.below(3);
+    let mut pts = vec![(-0.4 + rng.range(0.0, 0.08), 1.0)];
+    for i in 0..=corners {
+        let a = i as f64 / corners as f64;
+        let r = rng.range(0.8, 1.0);
+        let r = if i == 0 || i == corners { 1.0 } else { r };
+        pts.push((
+            -cos_turns(a / 2.0) * 0.48 * r,
+            0.8 - sin_turns(a / 2.0) * 0.78 * r,
+        ));
+    }
+    pts.push((0.4 - rng.range(0.0, 0.08), 1.0));
+    let cracks: Vec<(f64, f64, i32)> = (0..2)
         .map(|_| {
             (
                 rng.range(-0.25, 0.25),
-                rng.range(0.4, 0.62),
-                rng.range(0.16, 0.28),
-                rng.range(0.18, 0.3),
+                rng.range(0.45, 0.7),
+                rng.below(2) as i32 * 2 - 1,
             )
         })
-        .collect();
-    let cracks: Vec<(f64, f64, i32)> = (0..2)
-        .map(|_| (rng.range(-0.25, 0.25), rng.range(0.45, 0.7), rng.below(2) as i32 * 2 - 1))
         .collect();
     let st = cx.st;
     let c = st.color("stone", Some(0), grey_d);
@@ -2025,21 +2276,63 @@ fn rock(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     let m = sc.material(c);
     let moss = cx.p.wants(&["moss", "mossy"]);
     let moss_m = sc.material(st.color("moss", Some(1), hsv(100.0, 0.55, 0.6)));
-    let fr = fit(sc, 1.0, 1.45, Align::Bottom);
-    let inside = move |u: f64, v: f64| {
-        if v > 1.0 {
-            return false;
+    let fr = fit(sc, 1.2, 1.6, Align::Bottom);
+    // Each pixel takes the shade of its nearest edge, facing the light or not,
+    // which reads as flat facets. Distances are in pixels so facets stay
+    // straight on non-square boxes.
+    let n = pts.len();
+    let edges: Vec<(Point, Point, i8)> = (0..n)
+        .map(|i| {
+            let (a, b) = (pts[i], pts[(i + 1) % n]);
+            let (dx, dy) = ((b.0 - a.0) * fr.bw, (b.1 - a.1) * fr.bh);
+            let len = (dx * dx + dy * dy).sqrt().max(1e-9);
+            // Points run clockwise on screen, so (dy, -dx) points outwards.
+            let (nx, ny) = (dy / len, -dx / len);
+            let lit = -0.6 * nx - 0.8 * ny;
+            let shade = if lit > 0.35 {
+                1
+            } else if lit < -0.3 {
+                -1
+            } else {
+                0
+            };
+            (a, b, shade)
+        })
+        .collect();
+    let inside = |u: f64, v: f64| {
+        let mut odd = false;
+        for i in 0..n {
+            let (a, b) = (pts[i], pts[(i + 1) % n]);
+            if (a.1 > v) != (b.1 > v) && u < a.0 + (v - a.1) / (b.1 - a.1) * (b.0 - a.0) {
+                odd = !odd;
+            }
         }
-        let e = |cu: f64, cv: f64, ru: f64, rv: f64| {
-            let (x, y) = ((u - cu) / ru, (v - cv) / rv);
-            x * x + y * y <= 1.0
-        };
-        e(0.0, 0.7, 0.47, 0.34) || bumps.iter().any(|&(bu, bv, ru, rv)| e(bu, bv, ru, rv))
+        odd
     };
-    let mut pen = Pen { sc, fr };
-    pen.fill([-0.5, 0.5, 0.0, 1.0], m, Shade::Sphere, inside, |u, v| {
-        (u / 0.5, (v - 0.62) / 0.4)
-    });
+    for y in 0..sc.h {
+        for x in 0..sc.w {
+            let (u, v) = fr.uv(x, y);
+            if !inside(u, v) {
+                continue;
+            }
+            let (px, py) = (u * fr.bw, v * fr.bh);
+            let mut best = (f64::MAX, 0);
+            for &(a, b, shade) in &edges {
+                let (ax, ay, bx, by) = (a.0 * fr.bw, a.1 * fr.bh, b.0 * fr.bw, b.1 * fr.bh);
+                let (dx, dy) = (bx - ax, by - ay);
+                let t = (((px - ax) * dx + (py - ay) * dy) / (dx * dx + dy * dy).max(1e-9))
+                    .clamp(0.0, 1.0);
+                let (ex, ey) = (ax + t * dx - px, ay + t * dy - py);
+                // The base is squeezed so only a band along the ground is dark.
+                let weight = if a.1 >= 1.0 && b.1 >= 1.0 { 2.5 } else { 1.0 };
+                let d = (ex * ex + ey * ey).sqrt() * weight;
+                if d < best.0 {
+                    best = (d, shade);
+                }
+            }
+            sc.set(x, y, m, best.1);
+        }
+    }
     if fr.px() >= 14.0 {
         // Short diagonal cracks.
         for &(cu, cv, dir) in &cracks {
@@ -2047,8 +2340,8 @@ fn rock(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
             let len = (fr.px() * 0.12).round().max(2.0) as i32;
             for i in 0..len {
                 let (x, y) = (x0 as i32 + i * dir, y0 as i32 + i / 2 + i % 2);
-                if pen.sc.get(x, y).mat == m && pen.sc.get(x, y + 1).mat == m {
-                    pen.sc.set(x, y, m, -1);
+                if sc.get(x, y).mat == m && sc.get(x, y + 1).mat == m {
+                    sc.set(x, y, m, -1);
                 }
             }
         }
@@ -2056,11 +2349,11 @@ fn rock(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     if moss {
         // Moss on the top surface: the first pixels below the silhouette top.
         let depth = (fr.px() * 0.12).round().max(1.0) as i32;
-        for x in 0..pen.sc.w {
-            let top = (0..pen.sc.h).find(|&y| pen.sc.get(x, y).mat != EMPTY);
+        for x in 0..sc.w {
+            let top = (0..sc.h).find(|&y| sc.get(x, y).mat != EMPTY);
             if let Some(t) = top {
                 for y in t..t + depth {
-                    pen.sc.set(x, y, moss_m, if y == t { 1 } else { 0 });
+                    sc.set(x, y, moss_m, if y == t { 1 } else { 0 });
                 }
             }
         }
@@ -2082,7 +2375,8 @@ struct Tiler {
 impl Tiler {
     fn noise(&self, salt: u64, x: i32, y: i32, cells: i32) -> f64 {
         let nx = cells.clamp(1, self.w.max(1));
-        let ny = round_i(f64::from(cells) * f64::from(self.h) / f64::from(self.w)).clamp(1, self.h.max(1));
+        let ny = round_i(f64::from(cells) * f64::from(self.h) / f64::from(self.w))
+            .clamp(1, self.h.max(1));
         let gx = f64::from(x) * f64::from(nx) / f64::from(self.w);
         let gy = f64::from(y) * f64::from(ny) / f64::from(self.h);
         let (ix, iy) = (gx.floor() as i32, gy.floor() as i32);
@@ -2124,8 +2418,16 @@ fn noise_shade(n: f64, lo: f64, hi: f64) -> i8 {
 }
 
 fn grass(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
-    let base_d = hsv(rng.range(95.0, 125.0), rng.range(0.55, 0.7), rng.range(0.58, 0.7));
-    let flower_d = [hsv(0.0, 0.0, 1.0), hsv(52.0, 0.8, 1.0), hsv(330.0, 0.5, 1.0)][rng.below(3)];
+    let base_d = hsv(
+        rng.range(95.0, 125.0),
+        rng.range(0.55, 0.7),
+        rng.range(0.58, 0.7),
+    );
+    let flower_d = [
+        hsv(0.0, 0.0, 1.0),
+        hsv(52.0, 0.8, 1.0),
+        hsv(330.0, 0.5, 1.0),
+    ][rng.below(3)];
     let flowers = (rng.chance(0.35) || cx.p.has(&["flower"])) && !cx.p.neg_has(&["flower"]);
     let t = Tiler {
         seed: rng.next_u64(),
@@ -2172,9 +2474,17 @@ fn grass(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
 fn dirt(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     let sand = cx.p.has(&["sand", "sandy", "desert", "beach"]);
     let base_d = if sand {
-        hsv(rng.range(40.0, 48.0), rng.range(0.35, 0.45), rng.range(0.85, 0.92))
+        hsv(
+            rng.range(40.0, 48.0),
+            rng.range(0.35, 0.45),
+            rng.range(0.85, 0.92),
+        )
     } else {
-        hsv(rng.range(22.0, 32.0), rng.range(0.5, 0.65), rng.range(0.45, 0.58))
+        hsv(
+            rng.range(22.0, 32.0),
+            rng.range(0.5, 0.65),
+            rng.range(0.45, 0.58),
+        )
     };
     let t = Tiler {
         seed: rng.next_u64(),
@@ -2204,7 +2514,11 @@ fn dirt(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
 }
 
 fn floor(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
-    let stone_d = hsv(rng.range(200.0, 240.0), rng.range(0.05, 0.14), rng.range(0.55, 0.66));
+    let stone_d = hsv(
+        rng.range(200.0, 240.0),
+        rng.range(0.05, 0.14),
+        rng.range(0.55, 0.66),
+    );
     let t = Tiler {
         seed: rng.next_u64(),
         w: sc.w,
@@ -2229,7 +2543,11 @@ fn floor(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
                 sc.set(x, y, mortar, 0);
                 continue;
             }
-            let slab = if hash3(t.seed, c as u64, r as u64) % 2 == 0 { a } else { b };
+            let slab = if hash3(t.seed, c as u64, r as u64).is_multiple_of(2) {
+                a
+            } else {
+                b
+            };
             let right = x + 1 == w || col(x + 1) != c;
             let bottom = y + 1 == h || row(y + 1) != r;
             let top_row = row(y - 2) != r || y == 1;
@@ -2248,8 +2566,16 @@ fn floor(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
 
 fn wall(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     let stone_roll = rng.chance(0.4);
-    let brick_d = hsv(rng.range(5.0, 20.0), rng.range(0.55, 0.7), rng.range(0.6, 0.72));
-    let grey_d = hsv(rng.range(200.0, 230.0), rng.range(0.05, 0.12), rng.range(0.58, 0.68));
+    let brick_d = hsv(
+        rng.range(5.0, 20.0),
+        rng.range(0.55, 0.7),
+        rng.range(0.6, 0.72),
+    );
+    let grey_d = hsv(
+        rng.range(200.0, 230.0),
+        rng.range(0.05, 0.12),
+        rng.range(0.58, 0.68),
+    );
     let t = Tiler {
         seed: rng.next_u64(),
         w: sc.w,
@@ -2258,7 +2584,9 @@ fn wall(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     let p = cx.p;
     let stone = (stone_roll || p.has(&["stone", "castle", "dungeon"])) && !p.has(&["brick"]);
     sc.make_tile();
-    let base = cx.st.color("brick", Some(0), if stone { grey_d } else { brick_d });
+    let base = cx
+        .st
+        .color("brick", Some(0), if stone { grey_d } else { brick_d });
     sc.set_ink(base);
     let a = sc.material(base);
     let b = sc.material(hsv(shift_hue(base.h, 250.0, 6.0), base.s, base.v * 0.88));
@@ -2279,15 +2607,20 @@ fn wall(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     for y in 0..h {
         let r = row_of(y);
         let offset = if r % 2 == 1 { bw / 2.0 } else { 0.0 };
-        let brick_of =
-            |x: i32| ((f64::from(x.rem_euclid(w)) + f64::from(w) - offset) / bw).floor() as i32 % cols;
+        let brick_of = |x: i32| {
+            ((f64::from(x.rem_euclid(w)) + f64::from(w) - offset) / bw).floor() as i32 % cols
+        };
         for x in 0..w {
             let c = brick_of(x);
             if row_of(y - 1) != r || brick_of(x - 1) != c {
                 sc.set(x, y, mortar, 0);
                 continue;
             }
-            let mat = if hash3(t.seed, r as u64, c as u64) % 3 == 0 { b } else { a };
+            let mat = if hash3(t.seed, r as u64, c as u64).is_multiple_of(3) {
+                b
+            } else {
+                a
+            };
             let s = if row_of(y + 1) != r || brick_of(x + 1) != c {
                 -1
             } else if row_of(y - 2) != r {
@@ -2353,20 +2686,26 @@ fn creature(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
     keep_largest(&mut mask, hc, nr);
     // Eyes: a row in the upper half where column 1 (or 0) is solid.
     let eye_col = usize::from(hc > 2);
-    let eye_row = (nr / 5..=nr / 2).find(|&j| mask[j * hc + eye_col] != 0 && (j == 0 || mask[(j - 1) * hc + eye_col] != 0));
+    let eye_row = (nr / 5..=nr / 2)
+        .find(|&j| mask[j * hc + eye_col] != 0 && (j == 0 || mask[(j - 1) * hc + eye_col] != 0));
     if let Some(j) = eye_row {
         mask[j * hc + eye_col] = 3;
     }
 
-    let bob = i32::from(cx.anim.animated && cx.anim.phase >= 0.5);
+    // Idle: the body bobs a pixel during the second half of the cycle while the
+    // outer columns (arms, wings, fins) wave up and down.
+    let bob = i32::from(cx.anim.wave() < 0.0);
+    let wave = round_i(cx.anim.swave());
     for y in 1..sc.h - 1 {
-        let j = (y - top - bob).div_euclid(k);
-        if j < 0 || j >= rows {
-            continue;
-        }
         for x in 1..sc.w - 1 {
             let i = col_of(x);
             if i >= half_cols {
+                continue;
+            }
+            let outer = half_cols >= 4 && 2 * i >= half_cols;
+            let dy = (bob + if outer { wave } else { 0 }).clamp(-1, 1);
+            let j = (y - top - dy).div_euclid(k);
+            if j < 0 || j >= rows {
                 continue;
             }
             let cell = mask[j as usize * hc + i as usize];
@@ -2377,7 +2716,7 @@ fn creature(sc: &mut Scene, cx: &Ctx, rng: &mut Rng) {
                 _ => {
                     // Eye cell: white with a dark pupil when there is room.
                     let cxp = (f64::from(x) + 0.5 - centre).abs() / f64::from(k) - f64::from(i);
-                    let cyp = f64::from(y - top - bob) / f64::from(k) - f64::from(j);
+                    let cyp = f64::from(y - top - dy) / f64::from(k) - f64::from(j);
                     if k >= 3 && (cxp - 0.5).abs() < 0.3 && cyp > 0.3 {
                         (INK, 0)
                     } else if k >= 3 {
@@ -2453,5 +2792,479 @@ fn keep_largest(mask: &mut [u8], w: usize, h: usize) {
         if *l != best.0 {
             *m = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    const SPRITES: &[&str] = &[
+        "knight with a red cape",
+        "wizard",
+        "hero",
+        "blue slime",
+        "bat",
+        "sword",
+        "potion",
+        "coin",
+        "gem",
+        "tree",
+        "rock",
+        "chest",
+        "heart",
+        "key",
+        "skull",
+        "zorblax",
+    ];
+    const TILES: &[&str] = &["grass", "wall", "dirt", "stone floor", "stone tile", "sand"];
+
+    fn req(prompt: &str, seed: u64, w: u32, h: u32) -> ProceduralRequest<'_> {
+        ProceduralRequest {
+            prompt,
+            negative_prompt: "",
+            seed,
+            width: w,
+            height: h,
+            frame: 0,
+            frames: 1,
+        }
+    }
+
+    fn anim(prompt: &str, frame: u32, frames: u32) -> RgbaImage {
+        render(&ProceduralRequest {
+            frame,
+            frames,
+            ..req(prompt, 7, 32, 32)
+        })
+    }
+
+    fn colours(img: &RgbaImage) -> BTreeSet<[u8; 3]> {
+        img.pixels()
+            .filter(|p| p[3] == 255)
+            .map(|p| [p[0], p[1], p[2]])
+            .collect()
+    }
+
+    fn opaque(img: &RgbaImage, x: u32, y: u32) -> bool {
+        img.get_pixel(x, y)[3] == 255
+    }
+
+    /// (width, height) of the opaque pixels' bounding box.
+    fn bbox(img: &RgbaImage) -> (u32, u32) {
+        let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0, 0);
+        for (x, y, p) in img.enumerate_pixels() {
+            if p[3] == 255 {
+                (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+            }
+        }
+        if x0 == u32::MAX {
+            (0, 0)
+        } else {
+            (x1 - x0 + 1, y1 - y0 + 1)
+        }
+    }
+
+    /// Saturation-weighted circular mean hue of the opaque pixels, in degrees.
+    fn mean_hue(img: &RgbaImage) -> f64 {
+        let (mut sx, mut sy) = (0.0, 0.0);
+        for p in img.pixels().filter(|p| p[3] == 255) {
+            let [r, g, b] = [p[0], p[1], p[2]].map(|c| f64::from(c) / 255.0);
+            let (max, min) = (r.max(g).max(b), r.min(g).min(b));
+            let d = max - min;
+            if d < 1e-6 {
+                continue;
+            }
+            let h = if max == r {
+                60.0 * ((g - b) / d).rem_euclid(6.0)
+            } else if max == g {
+                60.0 * ((b - r) / d + 2.0)
+            } else {
+                60.0 * ((r - g) / d + 4.0)
+            };
+            let weight = d;
+            sx += weight * h.to_radians().cos();
+            sy += weight * h.to_radians().sin();
+        }
+        sy.atan2(sx).to_degrees().rem_euclid(360.0)
+    }
+
+    #[test]
+    fn output_has_requested_size() {
+        let sizes = [
+            (8, 8),
+            (16, 16),
+            (24, 40),
+            (32, 32),
+            (64, 64),
+            (128, 128),
+            (13, 29),
+        ];
+        for &(w, h) in &sizes {
+            for p in SPRITES.iter().chain(TILES) {
+                let img = render(&req(p, 3, w, h));
+                assert_eq!(img.dimensions(), (w, h), "{p} at {w}x{h}");
+            }
+        }
+    }
+
+    #[test]
+    fn degenerate_sizes_do_not_panic() {
+        for &(w, h) in &[(0, 0), (1, 1), (2, 5), (3, 3)] {
+            for p in SPRITES.iter().chain(TILES) {
+                let img = render(&req(p, 1, w, h));
+                assert_eq!(img.dimensions(), (w.max(1), h.max(1)));
+            }
+        }
+        let img = render(&ProceduralRequest {
+            frame: 9,
+            frames: 0,
+            ..req("knight", 1, 16, 16)
+        });
+        assert_eq!(img.dimensions(), (16, 16));
+    }
+
+    #[test]
+    fn same_request_gives_identical_bytes() {
+        for p in SPRITES.iter().chain(TILES) {
+            for &(w, h) in &[(16, 16), (24, 40), (64, 64)] {
+                let r = ProceduralRequest {
+                    frame: 2,
+                    frames: 4,
+                    ..req(p, 42, w, h)
+                };
+                assert_eq!(render(&r).as_raw(), render(&r).as_raw(), "{p}");
+            }
+        }
+    }
+
+    #[test]
+    fn different_seed_gives_different_pixels() {
+        for p in SPRITES.iter().chain(TILES) {
+            let a = render(&req(p, 1, 32, 32));
+            let differs = (2..6).any(|s| render(&req(p, s, 32, 32)).as_raw() != a.as_raw());
+            assert!(differs, "{p}: seeds 1..6 all draw the same sprite");
+        }
+    }
+
+    #[test]
+    fn colour_words_steer_hue() {
+        for seed in 0..6 {
+            let red = mean_hue(&render(&req("red slime", seed, 32, 32)));
+            let blue = mean_hue(&render(&req("blue slime", seed, 32, 32)));
+            let green = mean_hue(&render(&req("green slime", seed, 32, 32)));
+            assert!(hue_dist(red, 0.0) < 30.0, "red slime hue {red}");
+            assert!(hue_dist(blue, 218.0) < 30.0, "blue slime hue {blue}");
+            assert!(hue_dist(green, 115.0) < 30.0, "green slime hue {green}");
+        }
+        // A colour bound to a part only colours that part: the cape is red,
+        // the (metal) knight is not.
+        let caped = render(&req("knight with a red cape", 3, 32, 32));
+        let reds = caped
+            .pixels()
+            .filter(|p| {
+                p[3] == 255 && p[0] > 120 && u16::from(p[1]) + u16::from(p[2]) < u16::from(p[0])
+            })
+            .count();
+        assert!(reds >= 20, "only {reds} red cape pixels");
+    }
+
+    #[test]
+    fn negative_prompt_removes_things() {
+        let count_red = |img: &RgbaImage| {
+            img.pixels()
+                .filter(|p| {
+                    p[3] == 255 && p[0] > 120 && u16::from(p[1]) + u16::from(p[2]) < u16::from(p[0])
+                })
+                .count()
+        };
+        let with = render(&req("knight with a red cape", 3, 32, 32));
+        let without = render(&ProceduralRequest {
+            negative_prompt: "cape",
+            ..req("knight with a red cape", 3, 32, 32)
+        });
+        assert!(count_red(&without) * 4 < count_red(&with));
+        // A negated colour is avoided where the colour came from the seed.
+        for seed in 0..8 {
+            let img = render(&ProceduralRequest {
+                negative_prompt: "green",
+                ..req("tree", seed, 32, 32)
+            });
+            assert!(hue_dist(mean_hue(&img), 115.0) > 30.0, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn alpha_is_binary() {
+        for p in SPRITES.iter().chain(TILES) {
+            for &(w, h) in &[(8, 8), (13, 29), (32, 32), (64, 64)] {
+                for f in 0..3 {
+                    let img = render(&ProceduralRequest {
+                        frame: f,
+                        frames: 3,
+                        ..req(p, 5, w, h)
+                    });
+                    assert!(img.pixels().all(|p| p[3] == 0 || p[3] == 255), "{p}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sprites_have_transparent_background_and_symmetric_silhouette() {
+        let symmetric = [
+            "knight with a red cape",
+            "wizard",
+            "hero",
+            "blue slime",
+            "bat",
+            "potion",
+            "coin",
+            "heart",
+            "skull",
+            "zorblax",
+            "chest",
+            "gem",
+        ];
+        for p in SPRITES {
+            for seed in 0..4 {
+                let img = render(&req(p, seed, 32, 32));
+                let (w, h) = img.dimensions();
+                for (x, y) in [(0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)] {
+                    assert!(!opaque(&img, x, y), "{p}: corner ({x},{y}) is opaque");
+                }
+                let solid = img.pixels().filter(|p| p[3] == 255).count();
+                let total = (w * h) as usize;
+                assert!(solid * 100 >= total * 12, "{p}: only {solid} opaque pixels");
+                assert!(solid * 100 <= total * 85, "{p}: no background");
+                if symmetric.contains(p) {
+                    let same = (0..h)
+                        .flat_map(|y| (0..w).map(move |x| (x, y)))
+                        .filter(|&(x, y)| opaque(&img, x, y) == opaque(&img, w - 1 - x, y))
+                        .count();
+                    assert!(
+                        same * 100 >= total * 95,
+                        "{p}: silhouette not symmetric ({same}/{total})"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tiles_are_fully_opaque_and_wrap() {
+        for p in TILES {
+            for &(w, h) in &[(8, 8), (16, 16), (32, 32), (24, 40)] {
+                let img = render(&req(p, 9, w, h));
+                assert!(img.pixels().all(|p| p[3] == 255), "{p} at {w}x{h}");
+            }
+            // Seam check: the step from the last column to the first (as when
+            // the tile repeats) is no harsher than steps inside the tile.
+            let img = render(&req(p, 9, 32, 32));
+            let diff = |a: &Rgba<u8>, b: &Rgba<u8>| {
+                (0..3)
+                    .map(|i| i32::from(a[i]).abs_diff(i32::from(b[i])))
+                    .sum::<u32>()
+            };
+            let col_step = |x0: u32, x1: u32| {
+                (0..32)
+                    .map(|y| diff(img.get_pixel(x0, y), img.get_pixel(x1, y)))
+                    .sum::<u32>()
+            };
+            let row_step = |y0: u32, y1: u32| {
+                (0..32)
+                    .map(|x| diff(img.get_pixel(x, y0), img.get_pixel(x, y1)))
+                    .sum::<u32>()
+            };
+            let inner_cols = (0..31).map(|x| col_step(x, x + 1)).max().unwrap_or(0);
+            let inner_rows = (0..31).map(|y| row_step(y, y + 1)).max().unwrap_or(0);
+            assert!(col_step(31, 0) <= inner_cols, "{p}: vertical seam");
+            assert!(row_step(31, 0) <= inner_rows, "{p}: horizontal seam");
+        }
+    }
+
+    #[test]
+    fn animation_frames_are_coherent() {
+        let animated = [
+            "knight with a red cape",
+            "wizard",
+            "hero",
+            "blue slime",
+            "bat",
+            "coin",
+            "potion",
+            "tree",
+            "heart",
+            "zorblax",
+            "sword",
+            "skull",
+            "grass",
+        ];
+        let steady_box = [
+            "knight with a red cape",
+            "wizard",
+            "hero",
+            "blue slime",
+            "tree",
+            "heart",
+            "zorblax",
+            "potion",
+        ];
+        for p in animated {
+            let frames: Vec<RgbaImage> = (0..4).map(|f| anim(p, f, 4)).collect();
+            let base = colours(&frames[0]);
+            for (i, f) in frames.iter().enumerate().skip(1) {
+                assert_ne!(
+                    f.as_raw(),
+                    frames[i - 1].as_raw(),
+                    "{p}: frame {i} repeats frame {}",
+                    i - 1
+                );
+                let c = colours(f);
+                let shared = c.intersection(&base).count();
+                assert!(shared * 10 >= c.len() * 9, "{p}: frame {i} changes palette");
+                if steady_box.contains(&p) {
+                    let (a, b) = (bbox(&frames[0]), bbox(f));
+                    assert!(
+                        a.0.abs_diff(b.0) <= 2 && a.1.abs_diff(b.1) <= 2,
+                        "{p}: box {a:?} vs {b:?}"
+                    );
+                }
+            }
+        }
+        // The walk cycle loops: frame 4 of 4 is frame 0.
+        assert_eq!(anim("hero", 4, 4).as_raw(), anim("hero", 0, 4).as_raw());
+    }
+
+    #[test]
+    fn walk_cycle_moves_legs_and_bobs() {
+        let frames: Vec<RgbaImage> = (0..4).map(|f| anim("hero", f, 4)).collect();
+        // Contact frames (0 and 2) are mirror-ish opposites; passing frames dip.
+        let bottom_row = |img: &RgbaImage| {
+            (0..32)
+                .rev()
+                .find(|&y| (0..32).any(|x| opaque(img, x, y)))
+                .unwrap_or(0)
+        };
+        let left_foot =
+            |img: &RgbaImage| (0..16).filter(|&x| opaque(img, x, bottom_row(img))).count();
+        let right_foot = |img: &RgbaImage| {
+            (16..32)
+                .filter(|&x| opaque(img, x, bottom_row(img)))
+                .count()
+        };
+        assert!(
+            left_foot(&frames[0]) < right_foot(&frames[0]),
+            "frame 0 lifts the left foot"
+        );
+        assert!(
+            left_foot(&frames[2]) > right_foot(&frames[2]),
+            "frame 2 lifts the right foot"
+        );
+        let top_row = |img: &RgbaImage| {
+            (0..32)
+                .find(|&y| (0..32).any(|x| opaque(img, x, y)))
+                .unwrap_or(0)
+        };
+        assert_eq!(
+            top_row(&frames[1]),
+            top_row(&frames[0]) + 1,
+            "passing frame bobs"
+        );
+    }
+
+    #[test]
+    fn palettes_stay_small() {
+        for p in SPRITES.iter().chain(TILES) {
+            for seed in 0..5 {
+                let n = colours(&render(&req(p, seed, 32, 32))).len();
+                assert!(n <= 16, "{p} seed {seed}: {n} colours");
+            }
+        }
+        let n = colours(&render(&req(
+            "person with red hair, blue shirt and green cape",
+            1,
+            32,
+            32,
+        )))
+        .len();
+        assert!(n <= 17, "{n} colours");
+    }
+
+    #[test]
+    fn tiny_knight_still_reads() {
+        for seed in 0..6 {
+            let img = render(&req("knight", seed, 8, 8));
+            let solid = img.pixels().filter(|p| p[3] == 255).count();
+            let inner = (1..7)
+                .flat_map(|y| (1..7).map(move |x| (x, y)))
+                .filter(|&(x, y)| {
+                    opaque(&img, x, y)
+                        && opaque(&img, x - 1, y)
+                        && opaque(&img, x + 1, y)
+                        && opaque(&img, x, y - 1)
+                        && opaque(&img, x, y + 1)
+                })
+                .count();
+            assert!(solid >= 16, "seed {seed}: {solid} opaque pixels");
+            assert!(
+                inner >= 4,
+                "seed {seed}: all outline ({inner} inner pixels)"
+            );
+            assert!(colours(&img).len() >= 4, "seed {seed}: too few colours");
+        }
+    }
+
+    #[test]
+    fn prompts_pick_families() {
+        let fam = |s: &str| Prompt::parse(s, "").family();
+        assert_eq!(
+            fam("knight with a red cape"),
+            Family::Humanoid(Role::Knight)
+        );
+        assert_eq!(fam("Old WIZARD"), Family::Humanoid(Role::Mage));
+        assert_eq!(fam("a woman"), Family::Humanoid(Role::Person));
+        assert_eq!(
+            fam("knight holding a sword"),
+            Family::Humanoid(Role::Knight)
+        );
+        assert_eq!(fam("stone wall"), Family::Wall);
+        assert_eq!(fam("red bricks"), Family::Wall);
+        assert_eq!(fam("grass tile"), Family::Grass);
+        assert_eq!(fam("stone tile"), Family::Floor);
+        assert_eq!(fam("mossy boulder"), Family::Rock);
+        assert_eq!(fam("blue potion bottle"), Family::Potion);
+        assert_eq!(fam("golden coins"), Family::Coin);
+        assert_eq!(fam("battle axe"), Family::Creature);
+        assert_eq!(fam("zorblax"), Family::Creature);
+        assert_eq!(fam("bats"), Family::Bat);
+        assert_eq!(fam("treasure chest"), Family::Chest);
+    }
+
+    #[test]
+    fn colours_bind_to_parts() {
+        let st = Style::parse(&Prompt::parse("knight with a red cape and blue boots", ""));
+        assert_eq!(st.bound.len(), 2);
+        assert_eq!(st.bound[0].0, "cape");
+        assert_eq!(st.bound[1].0, "boots");
+        assert!(st.free.is_empty());
+        let st = Style::parse(&Prompt::parse("Golden key", ""));
+        assert_eq!(st.free.len(), 1);
+        let st = Style::parse(&Prompt::parse("dark blue slime", "red"));
+        assert!(st.free[0].v < 0.7 && hue_dist(st.free[0].h, 218.0) < 1.0);
+        assert_eq!(st.avoid.len(), 1);
+    }
+
+    #[test]
+    fn cos_turns_matches_cos() {
+        for i in -40..=40 {
+            let t = f64::from(i) / 16.0 + 0.013;
+            let want = (t * std::f64::consts::TAU).cos();
+            assert!((cos_turns(t) - want).abs() < 1e-9, "{t}");
+        }
+        assert_eq!(cos_turns(0.25), 0.0);
+        assert_eq!(cos_turns(0.5), -1.0);
+        assert_eq!(cos_turns(0.0), 1.0);
     }
 }
