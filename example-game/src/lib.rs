@@ -74,7 +74,9 @@ pub fn run(args: &[String]) -> ExitCode {
                     })
                     .disable::<WinitPlugin>(),
             )
-            .add_plugins(ScheduleRunnerPlugin::run_loop(Duration::from_secs_f64(1.0 / 60.0)))
+            .add_plugins(ScheduleRunnerPlugin::run_loop(Duration::from_secs_f64(
+                1.0 / 60.0,
+            )))
             .insert_resource(Autopilot)
             .insert_resource(ScreenshotJob {
                 path,
@@ -85,7 +87,9 @@ pub fn run(args: &[String]) -> ExitCode {
             .add_systems(Update, screenshot_when_ready);
         }
         None => {
-            if std::env::var_os("DISPLAY").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+            if std::env::var_os("DISPLAY").is_none()
+                && std::env::var_os("WAYLAND_DISPLAY").is_none()
+            {
                 eprintln!(
                     "example-game: no display found (neither DISPLAY nor WAYLAND_DISPLAY is set).\n\
                      Run it on a desktop, under a virtual display (`xvfb-run -a cargo run -p example-game`),\n\
@@ -93,14 +97,18 @@ pub fn run(args: &[String]) -> ExitCode {
                 );
                 return ExitCode::from(1);
             }
-            app.add_plugins(DefaultPlugins.set(ImagePlugin::default_nearest()).set(WindowPlugin {
-                primary_window: Some(Window {
-                    title: "pixelgen example".into(),
-                    resolution: WindowResolution::new(VIEW_WIDTH, VIEW_HEIGHT),
-                    ..default()
-                }),
-                ..default()
-            }));
+            app.add_plugins(
+                DefaultPlugins
+                    .set(ImagePlugin::default_nearest())
+                    .set(WindowPlugin {
+                        primary_window: Some(Window {
+                            title: "pixelgen example".into(),
+                            resolution: WindowResolution::new(VIEW_WIDTH, VIEW_HEIGHT),
+                            ..default()
+                        }),
+                        ..default()
+                    }),
+            );
         }
     }
     app.add_plugins(SpritesPlugin)
@@ -109,7 +117,15 @@ pub fn run(args: &[String]) -> ExitCode {
         .add_systems(Startup, setup)
         .add_systems(
             Update,
-            (move_hero, animate, wander, pick_up, follow_camera, layout_hud).chain(),
+            (
+                move_hero,
+                animate,
+                wander,
+                pick_up,
+                follow_camera,
+                layout_hud,
+            )
+                .chain(),
         );
     match app.run() {
         AppExit::Success => ExitCode::SUCCESS,
@@ -183,7 +199,12 @@ fn tile_noise(x: i32, y: i32) -> u32 {
     h ^ (h >> 12)
 }
 
-fn setup(mut commands: Commands, atlases: Res<Atlases>, mut images: ResMut<Assets<Image>>, job: Option<ResMut<ScreenshotJob>>) {
+fn setup(
+    mut commands: Commands,
+    atlases: Res<Atlases>,
+    mut images: ResMut<Assets<Image>>,
+    job: Option<ResMut<ScreenshotJob>>,
+) {
     let mut camera = commands.spawn((
         Camera2d,
         Projection::Orthographic(OrthographicProjection {
@@ -193,7 +214,8 @@ fn setup(mut commands: Commands, atlases: Res<Atlases>, mut images: ResMut<Asset
         Transform::from_xyz(tile_center(4, 4).x, tile_center(4, 4).y, 100.0),
     ));
     if let Some(mut job) = job {
-        let mut target = Image::new_target_texture(VIEW_WIDTH, VIEW_HEIGHT, TextureFormat::Rgba8UnormSrgb, None);
+        let mut target =
+            Image::new_target_texture(VIEW_WIDTH, VIEW_HEIGHT, TextureFormat::Rgba8UnormSrgb, None);
         target.texture_descriptor.usage |= TextureUsages::COPY_SRC;
         let handle = images.add(target);
         camera.insert(RenderTarget::Image(handle.clone().into()));
@@ -203,7 +225,10 @@ fn setup(mut commands: Commands, atlases: Res<Atlases>, mut images: ResMut<Asset
     for y in 0..MAP_HEIGHT {
         for x in 0..MAP_WIDTH {
             let at = tile_center(x, y);
-            commands.spawn((atlases.sprite(tiles::GRASS), Transform::from_xyz(at.x, at.y, 0.0)));
+            commands.spawn((
+                atlases.sprite(tiles::GRASS),
+                Transform::from_xyz(at.x, at.y, 0.0),
+            ));
             let border = x == 0 || y == 0 || x == MAP_WIDTH - 1 || y == MAP_HEIGHT - 1;
             let noise = tile_noise(x, y) % 100;
             let near_start = (x - 4).abs() <= 2 && (y - 4).abs() <= 2;
@@ -219,7 +244,11 @@ fn setup(mut commands: Commands, atlases: Res<Atlases>, mut images: ResMut<Asset
                 None
             };
             if let Some(index) = scenery {
-                commands.spawn((atlases.sprite(index), Transform::from_xyz(at.x, at.y, 1.0 + (MAP_HEIGHT - y) as f32 * 0.01), Solid));
+                commands.spawn((
+                    atlases.sprite(index),
+                    Transform::from_xyz(at.x, at.y, 1.0 + (MAP_HEIGHT - y) as f32 * 0.01),
+                    Solid,
+                ));
             }
         }
     }
@@ -234,15 +263,25 @@ fn setup(mut commands: Commands, atlases: Res<Atlases>, mut images: ResMut<Asset
     ];
     for (index, x, y) in pickups {
         let at = tile_center(x, y);
-        commands.spawn((atlases.sprite(index), Transform::from_xyz(at.x, at.y, 2.0), Pickup(index)));
+        commands.spawn((
+            atlases.sprite(index),
+            Transform::from_xyz(at.x, at.y, 2.0),
+            Pickup(index),
+        ));
     }
-    for (i, (x, y)) in [(7, 4), (8, 4), (11, 9), (12, 9), (16, 14), (3, 10), (19, 8)].into_iter().enumerate() {
+    for (i, (x, y)) in [(7, 4), (8, 4), (11, 9), (12, 9), (16, 14), (3, 10), (19, 8)]
+        .into_iter()
+        .enumerate()
+    {
         let at = tile_center(x, y);
         commands.spawn((
             atlases.sprite(items::COIN.frame(i)),
             Transform::from_xyz(at.x, at.y, 2.0),
             Pickup(items::COIN.frame(0)),
-            Spinning { frames: items::COIN, clock: i as f32 * 0.1 },
+            Spinning {
+                frames: items::COIN,
+                clock: i as f32 * 0.1,
+            },
         ));
     }
 
@@ -257,8 +296,17 @@ fn setup(mut commands: Commands, atlases: Res<Atlases>, mut images: ResMut<Asset
         commands.spawn((
             atlases.sprite(frames.frame(i)),
             Transform::from_xyz(home.x, home.y, 3.0),
-            Animated { frames, fps: 6.0, clock: i as f32 * 0.13 },
-            Wanderer { home, radius, speed, phase: i as f32 },
+            Animated {
+                frames,
+                fps: 6.0,
+                clock: i as f32 * 0.13,
+            },
+            Wanderer {
+                home,
+                radius,
+                speed,
+                phase: i as f32,
+            },
         ));
     }
 
@@ -266,7 +314,10 @@ fn setup(mut commands: Commands, atlases: Res<Atlases>, mut images: ResMut<Asset
     commands.spawn((
         atlases.sprite(characters::HERO),
         Transform::from_xyz(start.x, start.y, 4.0),
-        Hero { walking: false, frame_clock: 0.0 },
+        Hero {
+            walking: false,
+            frame_clock: 0.0,
+        },
     ));
 }
 
@@ -337,12 +388,15 @@ fn animate(
     }
     for (mut animation, mut sprite) in &mut animated {
         animation.clock += dt;
-        let index = animation.frames.frame((animation.clock * animation.fps) as usize);
+        let index = animation
+            .frames
+            .frame((animation.clock * animation.fps) as usize);
         sprite.texture_atlas = Some(atlases.texture_atlas(index));
     }
     for (mut coin, mut sprite) in &mut spinning {
         coin.clock += dt;
-        sprite.texture_atlas = Some(atlases.texture_atlas(coin.frames.frame((coin.clock * 10.0) as usize)));
+        sprite.texture_atlas =
+            Some(atlases.texture_atlas(coin.frames.frame((coin.clock * 10.0) as usize)));
     }
 }
 
@@ -350,7 +404,11 @@ fn wander(time: Res<Time>, mut wanderers: Query<(&Wanderer, &mut Transform, &mut
     let t = time.elapsed_secs();
     for (wanderer, mut transform, mut sprite) in &mut wanderers {
         let angle = t * wanderer.speed + wanderer.phase;
-        let at = wanderer.home + Vec2::new(angle.cos() * wanderer.radius.x, (angle * 2.0).sin() * wanderer.radius.y);
+        let at = wanderer.home
+            + Vec2::new(
+                angle.cos() * wanderer.radius.x,
+                (angle * 2.0).sin() * wanderer.radius.y,
+            );
         sprite.flip_x = angle.sin() > 0.0;
         transform.translation.x = at.x;
         transform.translation.y = at.y;
@@ -368,16 +426,28 @@ fn pick_up(
         return;
     };
     for (entity, transform, pickup) in &pickups {
-        if transform.translation.truncate().distance(hero.translation.truncate()) < 16.0 {
+        if transform
+            .translation
+            .truncate()
+            .distance(hero.translation.truncate())
+            < 16.0
+        {
             commands.entity(entity).despawn();
             let slot = collected.0.len();
             collected.0.push(pickup.0);
-            commands.spawn((atlases.sprite(pickup.0), Transform::from_xyz(0.0, 0.0, 50.0), HudIcon(slot)));
+            commands.spawn((
+                atlases.sprite(pickup.0),
+                Transform::from_xyz(0.0, 0.0, 50.0),
+                HudIcon(slot),
+            ));
         }
     }
 }
 
-fn follow_camera(hero: Query<&Transform, With<Hero>>, mut camera: Query<&mut Transform, (With<Camera2d>, Without<Hero>)>) {
+fn follow_camera(
+    hero: Query<&Transform, With<Hero>>,
+    mut camera: Query<&mut Transform, (With<Camera2d>, Without<Hero>)>,
+) {
     let (Ok(hero), Ok(mut camera)) = (hero.single(), camera.single_mut()) else {
         return;
     };
@@ -390,11 +460,15 @@ fn follow_camera(hero: Query<&Transform, With<Hero>>, mut camera: Query<&mut Tra
 }
 
 /// Collected items line up along the top of the view.
-fn layout_hud(camera: Query<&Transform, With<Camera2d>>, mut icons: Query<(&HudIcon, &mut Transform), Without<Camera2d>>) {
+fn layout_hud(
+    camera: Query<&Transform, With<Camera2d>>,
+    mut icons: Query<(&HudIcon, &mut Transform), Without<Camera2d>>,
+) {
     let Ok(camera) = camera.single() else {
         return;
     };
-    let top_left = camera.translation.truncate() + Vec2::new(-(VIEW_WIDTH as f32), VIEW_HEIGHT as f32) / (2.0 * ZOOM);
+    let top_left = camera.translation.truncate()
+        + Vec2::new(-(VIEW_WIDTH as f32), VIEW_HEIGHT as f32) / (2.0 * ZOOM);
     for (icon, mut transform) in &mut icons {
         transform.translation.x = top_left.x + 12.0 + icon.0 as f32 * 18.0;
         transform.translation.y = top_left.y - 12.0;
@@ -410,7 +484,11 @@ struct ScreenshotJob {
     outcome: Option<Result<(), String>>,
 }
 
-fn screenshot_when_ready(mut commands: Commands, mut job: ResMut<ScreenshotJob>, mut exit: MessageWriter<AppExit>) {
+fn screenshot_when_ready(
+    mut commands: Commands,
+    mut job: ResMut<ScreenshotJob>,
+    mut exit: MessageWriter<AppExit>,
+) {
     if let Some(outcome) = job.outcome.take() {
         match outcome {
             Ok(()) => {
@@ -418,7 +496,10 @@ fn screenshot_when_ready(mut commands: Commands, mut job: ResMut<ScreenshotJob>,
                 exit.write(AppExit::Success);
             }
             Err(message) => {
-                eprintln!("example-game: cannot write the screenshot {}: {message}", job.path.display());
+                eprintln!(
+                    "example-game: cannot write the screenshot {}: {message}",
+                    job.path.display()
+                );
                 exit.write(AppExit::error());
             }
         }
@@ -429,7 +510,9 @@ fn screenshot_when_ready(mut commands: Commands, mut job: ResMut<ScreenshotJob>,
         if job.frames_left == 0
             && let Some(target) = job.target.clone()
         {
-            commands.spawn(Screenshot::image(target)).observe(save_screenshot);
+            commands
+                .spawn(Screenshot::image(target))
+                .observe(save_screenshot);
         }
     }
 }
@@ -440,6 +523,11 @@ fn save_screenshot(captured: On<ScreenshotCaptured>, mut job: ResMut<ScreenshotJ
         .clone()
         .try_into_dynamic()
         .map_err(|e| e.to_string())
-        .and_then(|image| image.to_rgb8().save_with_format(&job.path, image::ImageFormat::Png).map_err(|e| e.to_string()));
+        .and_then(|image| {
+            image
+                .to_rgb8()
+                .save_with_format(&job.path, image::ImageFormat::Png)
+                .map_err(|e| e.to_string())
+        });
     job.outcome = Some(outcome);
 }

@@ -8,7 +8,12 @@ use example_game::sprites::{self, AtlasData, Atlases, SpriteIndex, characters, i
 
 fn app() -> App {
     let mut app = App::new();
-    app.add_plugins((MinimalPlugins, AssetPlugin::default(), ImagePlugin::default_nearest(), sprites::SpritesPlugin));
+    app.add_plugins((
+        MinimalPlugins,
+        AssetPlugin::default(),
+        ImagePlugin::default_nearest(),
+        sprites::SpritesPlugin,
+    ));
     app.finish();
     app.update();
     app
@@ -17,16 +22,24 @@ fn app() -> App {
 /// The frames of `sprite` as the cache holds them (found through sprites.lock).
 fn cached_frames(sprite: &str) -> Vec<image::RgbaImage> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let lock = std::fs::read_to_string(root.join("sprites.lock")).expect("sprites.lock is committed");
-    let table = format!("[sprites.{sprite}]");
-    let section = &lock[lock.find(&table).expect("sprite in lock")..];
-    let keys_line = section.lines().find(|l| l.starts_with("keys = ")).expect("keys");
-    keys_line
-        .split('"')
-        .filter(|s| s.len() == 64)
+    let lock: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("sprites.lock")).expect("sprites.lock is committed"),
+    )
+    .expect("JSON");
+    let keys = lock["sprites"][sprite]["keys"]
+        .as_array()
+        .expect("sprite in lock")
+        .clone();
+    keys.iter()
         .map(|key| {
-            let path = root.join("../cache").join(&key[..2]).join(format!("{key}.png"));
-            image::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).into_rgba8()
+            let key = key.as_str().expect("hex key");
+            let path = root
+                .join("../cache")
+                .join(&key[..2])
+                .join(format!("{key}.png"));
+            image::open(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                .into_rgba8()
         })
         .collect()
 }
@@ -36,8 +49,12 @@ fn atlas_pixels<A: AtlasData>(app: &App, index: SpriteIndex<A>) -> image::RgbaIm
     let atlases = app.world().resource::<Atlases>();
     let images = app.world().resource::<Assets<Image>>();
     let layouts = app.world().resource::<Assets<TextureAtlasLayout>>();
-    let image = images.get(&atlases.image::<A>()).expect("atlas image loaded");
-    let layout = layouts.get(&atlases.layout::<A>()).expect("atlas layout loaded");
+    let image = images
+        .get(&atlases.image::<A>())
+        .expect("atlas image loaded");
+    let layout = layouts
+        .get(&atlases.layout::<A>())
+        .expect("atlas layout loaded");
     assert_eq!(layout.size, UVec2::new(image.width(), image.height()));
     let rect = layout.textures[index.index()];
     assert_eq!(rect, index.rect(), "layout and typed index agree");
@@ -51,19 +68,37 @@ fn atlas_pixels<A: AtlasData>(app: &App, index: SpriteIndex<A>) -> image::RgbaIm
 #[test]
 fn every_typed_index_maps_to_its_sprite() {
     let app = app();
-    assert_eq!(atlas_pixels(&app, characters::HERO), cached_frames("hero")[0]);
-    assert_eq!(atlas_pixels(&app, items::POTION), cached_frames("potion")[0]);
+    assert_eq!(
+        atlas_pixels(&app, characters::HERO),
+        cached_frames("hero")[0]
+    );
+    assert_eq!(
+        atlas_pixels(&app, items::POTION),
+        cached_frames("potion")[0]
+    );
     assert_eq!(atlas_pixels(&app, tiles::GRASS), cached_frames("grass")[0]);
-    for (name, animation) in [("hero_walk", characters::HERO_WALK), ("slime", characters::SLIME), ("bat", characters::BAT)] {
+    for (name, animation) in [
+        ("hero_walk", characters::HERO_WALK),
+        ("slime", characters::SLIME),
+        ("bat", characters::BAT),
+    ] {
         let frames = cached_frames(name);
         assert_eq!(animation.len(), frames.len());
         for (i, frame) in frames.iter().enumerate() {
-            assert_eq!(&atlas_pixels(&app, animation.frame(i)), frame, "{name} frame {i}");
+            assert_eq!(
+                &atlas_pixels(&app, animation.frame(i)),
+                frame,
+                "{name} frame {i}"
+            );
         }
     }
     let coins = cached_frames("coin");
     assert_eq!(items::COIN.len(), coins.len());
-    assert_eq!(atlas_pixels(&app, items::COIN.frame(coins.len() + 1)), coins[1], "frame() wraps around");
+    assert_eq!(
+        atlas_pixels(&app, items::COIN.frame(coins.len() + 1)),
+        coins[1],
+        "frame() wraps around"
+    );
 }
 
 #[test]
@@ -75,5 +110,8 @@ fn sprites_come_ready_to_draw() {
     assert_eq!(atlas.index, characters::HERO_WALK.frame(1).index());
     assert_eq!(atlas.layout, atlases.layout::<characters::Atlas>());
     assert_eq!(sprite.image, atlases.image::<characters::Atlas>());
-    assert_ne!(atlases.image::<characters::Atlas>(), atlases.image::<items::Atlas>());
+    assert_ne!(
+        atlases.image::<characters::Atlas>(),
+        atlases.image::<items::Atlas>()
+    );
 }

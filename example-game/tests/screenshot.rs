@@ -7,9 +7,10 @@ use std::process::Command;
 
 /// endesga-32, the example's palette (sprites.ron `defaults.palette`).
 const PALETTE: [u32; 32] = [
-    0xbe4a2f, 0xd77643, 0xead4aa, 0xe4a672, 0xb86f50, 0x733e39, 0x3e2731, 0xa22633, 0xe43b44, 0xf77622, 0xfeae34, 0xfee761, 0x63c74d, 0x3e8948,
-    0x265c42, 0x193c3e, 0x124e89, 0x0099db, 0x2ce8f5, 0xffffff, 0xc0cbdc, 0x8b9bb4, 0x5a6988, 0x3a4466, 0x262b44, 0x181425, 0xff0044, 0x68386c,
-    0xb55088, 0xf6757a, 0xe8b796, 0xc28569,
+    0xbe4a2f, 0xd77643, 0xead4aa, 0xe4a672, 0xb86f50, 0x733e39, 0x3e2731, 0xa22633, 0xe43b44,
+    0xf77622, 0xfeae34, 0xfee761, 0x63c74d, 0x3e8948, 0x265c42, 0x193c3e, 0x124e89, 0x0099db,
+    0x2ce8f5, 0xffffff, 0xc0cbdc, 0x8b9bb4, 0x5a6988, 0x3a4466, 0x262b44, 0x181425, 0xff0044,
+    0x68386c, 0xb55088, 0xf6757a, 0xe8b796, 0xc28569,
 ];
 
 fn vulkan_driver_installed() -> bool {
@@ -39,13 +40,19 @@ fn screenshot_shows_the_games_pixel_art() {
         .env_remove("WAYLAND_DISPLAY")
         .output()
         .expect("run example-game");
-    let log = format!("{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(output.status.success(), "{log}");
     check_screenshot(&out, &log);
 }
 
 fn check_screenshot(path: &Path, log: &str) {
-    let image = image::open(path).unwrap_or_else(|e| panic!("{}: {e}\n{log}", path.display())).into_rgb8();
+    let image = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{log}", path.display()))
+        .into_rgb8();
     assert_eq!(image.dimensions(), (800, 600));
     let near_palette = |p: &image::Rgb<u8>| {
         PALETTE.iter().any(|c| {
@@ -55,9 +62,16 @@ fn check_screenshot(path: &Path, log: &str) {
     };
     let total = image.pixels().count();
     let in_palette = image.pixels().filter(|p| near_palette(p)).count();
-    assert!(in_palette * 10 >= total * 9, "only {in_palette} of {total} pixels are palette colours");
+    assert!(
+        in_palette * 10 >= total * 9,
+        "only {in_palette} of {total} pixels are palette colours"
+    );
     let mut colours: Vec<[u8; 3]> = image.pixels().map(|p| p.0).collect();
     colours.sort_unstable();
     colours.dedup();
-    assert!(colours.len() >= 8, "a scene, not a blank frame: {} colours", colours.len());
+    assert!(
+        colours.len() >= 8,
+        "a scene, not a blank frame: {} colours",
+        colours.len()
+    );
 }

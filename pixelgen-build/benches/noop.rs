@@ -12,9 +12,13 @@ use pixelgen_build::Build;
 const RUNS: usize = 15;
 
 fn manifest(sprites: usize) -> String {
-    let words = ["knight", "slime", "bat", "sword", "potion", "coin", "tree", "rock"];
+    let words = [
+        "knight", "slime", "bat", "sword", "potion", "coin", "tree", "rock",
+    ];
     let colours = ["red", "blue", "green", "gold", "purple"];
-    let mut text = String::from("(\n  defaults: (size: (16, 16), palette: \"db32\"),\n  atlases: { \"a\": (), \"b\": () },\n  sprites: {\n");
+    let mut text = String::from(
+        "(\n  defaults: (size: (16, 16), palette: \"db32\"),\n  atlases: { \"a\": (), \"b\": () },\n  sprites: {\n",
+    );
     for i in 0..sprites {
         let atlas = if i % 2 == 0 { "a" } else { "b" };
         text.push_str(&format!(
@@ -33,8 +37,11 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 }
 
 fn prepare(dir: &Path, sprites: usize) -> Build {
-    std::fs::write(dir.join("Cargo.toml"), "[package]\nname = \"bench-game\"\nversion = \"0.1.0\"\nedition = \"2024\"\n[workspace]\n")
-        .expect("Cargo.toml");
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"bench-game\"\nversion = \"0.1.0\"\nedition = \"2024\"\n[workspace]\n",
+    )
+    .expect("Cargo.toml");
     std::fs::write(dir.join("sprites.ron"), manifest(sprites)).expect("sprites.ron");
     let build = Build::new()
         .crate_dir(dir)
@@ -83,7 +90,11 @@ fn main() {
 
     // cargo's own no-op: an empty crate already built.
     let empty = tempfile::tempdir().expect("temp dir");
-    std::fs::write(empty.path().join("Cargo.toml"), "[package]\nname = \"empty\"\nversion = \"0.1.0\"\nedition = \"2024\"\n[workspace]\n").expect("Cargo.toml");
+    std::fs::write(
+        empty.path().join("Cargo.toml"),
+        "[package]\nname = \"empty\"\nversion = \"0.1.0\"\nedition = \"2024\"\n[workspace]\n",
+    )
+    .expect("Cargo.toml");
     std::fs::create_dir_all(empty.path().join("src")).expect("src");
     std::fs::write(empty.path().join("src/main.rs"), "fn main() {}\n").expect("main.rs");
     let cargo = cargo_noop_build(empty.path());
@@ -92,7 +103,13 @@ fn main() {
     println!("| what (median of {RUNS}) | time |");
     println!("|---|---|");
     for (sprites, time) in rows {
-        println!("| pixelgen build script, {sprites} sprites, all cached | {:.1} ms |", time.as_secs_f64() * 1e3);
+        println!(
+            "| pixelgen build script, {sprites} sprites, all cached | {:.1} ms |",
+            time.as_secs_f64() * 1e3
+        );
     }
-    println!("| `cargo build` no-op (empty crate, nothing to do) | {:.1} ms |", cargo.as_secs_f64() * 1e3);
+    println!(
+        "| `cargo build` no-op (empty crate, nothing to do) | {:.1} ms |",
+        cargo.as_secs_f64() * 1e3
+    );
 }

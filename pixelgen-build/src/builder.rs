@@ -114,9 +114,15 @@ impl Build {
 }
 
 fn write_marker(marker: &Path) -> Result<(), Error> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    crate::cache::write_atomically(marker, now.as_nanos().to_string().as_bytes())
-        .map_err(|source| Error::Cache { path: marker.to_path_buf(), source })
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    crate::cache::write_atomically(marker, now.as_nanos().to_string().as_bytes()).map_err(
+        |source| Error::Cache {
+            path: marker.to_path_buf(),
+            source,
+        },
+    )
 }
 
 fn declared_env(name: &str) -> Option<OsString> {
@@ -151,7 +157,10 @@ fn cached_workspace_root(crate_dir: &Path, state_dir: &Path) -> Result<PathBuf, 
     }
     let root = pipeline::workspace_root_of(crate_dir)?;
     let _ = std::fs::create_dir_all(state_dir);
-    let _ = crate::cache::write_atomically(&memo, format!("{}\n{}", crate_dir.display(), root.display()).as_bytes());
+    let _ = crate::cache::write_atomically(
+        &memo,
+        format!("{}\n{}", crate_dir.display(), root.display()).as_bytes(),
+    );
     Ok(root)
 }
 

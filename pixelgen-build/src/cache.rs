@@ -20,10 +20,14 @@ pub struct Cache {
 pub enum Lookup {
     /// The file is there and its hash is the one the lock file recorded (or, with no
     /// record, it decodes as a PNG of the right size).
-    Hit { output: blake3::Hash },
+    Hit {
+        output: blake3::Hash,
+    },
     Missing,
     /// The file is there but is not what was stored.
-    Corrupt { reason: String },
+    Corrupt {
+        reason: String,
+    },
 }
 
 impl Cache {
@@ -42,22 +46,42 @@ impl Cache {
 
     /// Checks the entry for `key` without decoding it when the lock file knows its
     /// hash: the hash itself comes from the stamp cache on a no-op build.
-    pub fn lookup(&self, key: &Key, expected: Option<&str>, size: (u32, u32), hasher: &mut FileHasher) -> Lookup {
+    pub fn lookup(
+        &self,
+        key: &Key,
+        expected: Option<&str>,
+        size: (u32, u32),
+        hasher: &mut FileHasher,
+    ) -> Lookup {
         let path = self.path_of(key);
         let output = match hasher.hash(&path) {
             Ok(hash) => hash,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Missing,
-            Err(e) => return Lookup::Corrupt { reason: format!("cannot read it: {e}") },
+            Err(e) => {
+                return Lookup::Corrupt {
+                    reason: format!("cannot read it: {e}"),
+                };
+            }
         };
         match expected {
             Some(expected) if expected == output.to_hex().as_str() => Lookup::Hit { output },
-            Some(_) => Lookup::Corrupt { reason: "its content does not match the hash in sprites.lock".to_string() },
+            Some(_) => Lookup::Corrupt {
+                reason: "its content does not match the hash in sprites.lock".to_string(),
+            },
             None => match self.read(key) {
                 Ok(image) if image.dimensions() == size => Lookup::Hit { output },
                 Ok(image) => Lookup::Corrupt {
-                    reason: format!("it is {}×{}, not {}×{}", image.width(), image.height(), size.0, size.1),
+                    reason: format!(
+                        "it is {}×{}, not {}×{}",
+                        image.width(),
+                        image.height(),
+                        size.0,
+                        size.1
+                    ),
                 },
-                Err(e) => Lookup::Corrupt { reason: e.to_string() },
+                Err(e) => Lookup::Corrupt {
+                    reason: e.to_string(),
+                },
             },
         }
     }
@@ -80,7 +104,10 @@ impl Cache {
 pub fn encode_png(image: &RgbaImage) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     image
-        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
         .map_err(std::io::Error::other)?;
     Ok(bytes)
 }
@@ -90,7 +117,9 @@ pub fn encode_png(image: &RgbaImage) -> std::io::Result<Vec<u8>> {
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let mut file = tempfile::Builder::new().prefix(".tmp-pixelgen-").tempfile_in(dir)?;
+    let mut file = tempfile::Builder::new()
+        .prefix(".tmp-pixelgen-")
+        .tempfile_in(dir)?;
     file.write_all(bytes)?;
     file.as_file().sync_all()?;
     file.persist(path).map_err(|e| e.error)?;
@@ -111,13 +140,26 @@ mod tests {
         let cache = Cache::new(dir.path());
         let key = Key([1; 32]);
         let mut hasher = FileHasher::in_memory();
-        assert_eq!(cache.lookup(&key, None, (4, 3), &mut hasher), Lookup::Missing);
+        assert_eq!(
+            cache.lookup(&key, None, (4, 3), &mut hasher),
+            Lookup::Missing
+        );
         let output = cache.write(&key, &image(9)).unwrap();
         assert!(cache.path_of(&key).starts_with(dir.path().join("01")));
-        assert_eq!(cache.lookup(&key, Some(output.to_hex().as_str()), (4, 3), &mut hasher), Lookup::Hit { output });
-        assert_eq!(cache.lookup(&key, None, (4, 3), &mut FileHasher::in_memory()), Lookup::Hit { output });
+        assert_eq!(
+            cache.lookup(&key, Some(output.to_hex().as_str()), (4, 3), &mut hasher),
+            Lookup::Hit { output }
+        );
+        assert_eq!(
+            cache.lookup(&key, None, (4, 3), &mut FileHasher::in_memory()),
+            Lookup::Hit { output }
+        );
         assert_eq!(cache.read(&key).unwrap(), image(9));
-        assert_eq!(cache.write(&key, &image(9)).unwrap(), output, "deterministic bytes");
+        assert_eq!(
+            cache.write(&key, &image(9)).unwrap(),
+            output,
+            "deterministic bytes"
+        );
     }
 
     #[test]
@@ -133,13 +175,24 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let expected = output.to_hex();
         assert!(matches!(
-            cache.lookup(&key, Some(expected.as_str()), (4, 3), &mut FileHasher::in_memory()),
+            cache.lookup(
+                &key,
+                Some(expected.as_str()),
+                (4, 3),
+                &mut FileHasher::in_memory()
+            ),
             Lookup::Corrupt { .. }
         ));
-        assert!(matches!(cache.lookup(&key, None, (4, 3), &mut FileHasher::in_memory()), Lookup::Corrupt { .. }));
+        assert!(matches!(
+            cache.lookup(&key, None, (4, 3), &mut FileHasher::in_memory()),
+            Lookup::Corrupt { .. }
+        ));
         // A valid PNG of the wrong size, with no recorded hash.
         cache.write(&key, &RgbaImage::new(2, 2)).unwrap();
-        assert!(matches!(cache.lookup(&key, None, (4, 3), &mut FileHasher::in_memory()), Lookup::Corrupt { .. }));
+        assert!(matches!(
+            cache.lookup(&key, None, (4, 3), &mut FileHasher::in_memory()),
+            Lookup::Corrupt { .. }
+        ));
     }
 
     #[test]
@@ -149,6 +202,9 @@ mod tests {
         write_atomically(&path, b"x").unwrap();
         write_atomically(&path, b"y").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"y");
-        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
     }
 }

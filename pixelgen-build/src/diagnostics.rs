@@ -142,7 +142,9 @@ impl fmt::Display for Diagnostic {
             ),
         ];
         if let Some(help) = &self.help {
-            report.push(Group::with_title(Level::HELP.secondary_title(help.as_str())));
+            report.push(Group::with_title(
+                Level::HELP.secondary_title(help.as_str()),
+            ));
         }
         f.write_str(&Renderer::plain().render(&report))
     }
@@ -153,44 +155,68 @@ impl fmt::Display for Diagnostic {
 /// enough for the shapes a manifest has.
 pub(crate) struct Locator<'a> {
     text: &'a str,
+    /// Tokenised once: a manifest with thousands of sprites asks for thousands of spans.
+    tokens: Vec<Token>,
+    /// Token positions of every map key (`"key":`), by key text.
+    keys: std::collections::HashMap<&'a str, Vec<usize>>,
 }
 
 impl<'a> Locator<'a> {
     pub fn new(text: &'a str) -> Self {
-        Locator { text }
+        let tokens = tokenize(text);
+        let mut keys: std::collections::HashMap<&'a str, Vec<usize>> =
+            std::collections::HashMap::new();
+        for (i, t) in tokens.iter().enumerate() {
+            if t.kind == TokenKind::Str
+                && tokens
+                    .get(i + 1)
+                    .is_some_and(|n| n.kind == TokenKind::Colon)
+            {
+                keys.entry(&text[t.range.start + 1..t.range.end - 1])
+                    .or_default()
+                    .push(i);
+            }
+        }
+        Locator { text, tokens, keys }
     }
 
     /// Byte ranges of every string literal `"value"` (quotes included), in order.
     pub fn string_literals(&self, value: &str) -> Vec<Range<usize>> {
-        self.tokens()
-            .into_iter()
-            .filter(|t| t.kind == TokenKind::Str && &self.text[t.range.start + 1..t.range.end - 1] == value)
-            .map(|t| t.range)
+        self.tokens
+            .iter()
+            .filter(|t| {
+                t.kind == TokenKind::Str && &self.text[t.range.start + 1..t.range.end - 1] == value
+            })
+            .map(|t| t.range.clone())
             .collect()
     }
 
     /// Byte ranges of every map key `"key":` (the string literal, quotes included).
     pub fn map_keys(&self, key: &str) -> Vec<Range<usize>> {
-        let tokens = self.tokens();
-        tokens
-            .iter()
-            .enumerate()
-            .filter(|(i, t)| {
-                t.kind == TokenKind::Str
-                    && &self.text[t.range.start + 1..t.range.end - 1] == key
-                    && tokens.get(i + 1).is_some_and(|n| n.kind == TokenKind::Colon)
+        self.keys
+            .get(key)
+            .map(|positions| {
+                positions
+                    .iter()
+                    .map(|&i| self.tokens[i].range.clone())
+                    .collect()
             })
-            .map(|(_, t)| t.range.clone())
-            .collect()
+            .unwrap_or_default()
+    }
+
+    /// Index of the first token at or after byte `from`.
+    fn first_token_at(&self, from: usize) -> usize {
+        self.tokens.partition_point(|t| t.range.start < from)
     }
 
     /// The first `field:` (an identifier followed by a colon) at or after `from`,
     /// at the same nesting depth as the first token after `from`'s opening bracket.
     pub fn field_after(&self, from: usize, field: &str) -> Option<Range<usize>> {
-        let tokens = self.tokens();
+        let tokens = &self.tokens;
         let mut depth: i32 = 0;
         let mut entered = false;
-        for (i, t) in tokens.iter().enumerate().filter(|(_, t)| t.range.start >= from) {
+        for i in self.first_token_at(from)..tokens.len() {
+            let t = &tokens[i];
             match t.kind {
                 TokenKind::Open => {
                     depth += 1;
@@ -205,7 +231,9 @@ impl<'a> Locator<'a> {
                 TokenKind::Ident
                     if depth == 1
                         && &self.text[t.range.clone()] == field
-                        && tokens.get(i + 1).is_some_and(|n| n.kind == TokenKind::Colon) =>
+                        && tokens
+                            .get(i + 1)
+                            .is_some_and(|n| n.kind == TokenKind::Colon) =>
                 {
                     return Some(t.range.clone());
                 }
@@ -218,8 +246,7 @@ impl<'a> Locator<'a> {
     /// The range of the value that starts right after `key_range` and its colon: up to
     /// the comma or closing bracket that ends it.
     pub fn value_after(&self, key_range: &Range<usize>) -> Range<usize> {
-        let tokens = self.tokens();
-        let mut iter = tokens.iter().skip_while(|t| t.range.start < key_range.end);
+        let mut iter = self.tokens[self.first_token_at(key_range.end)..].iter();
         if iter.next().is_none_or(|t| t.kind != TokenKind::Colon) {
             return key_range.clone();
         }
@@ -239,74 +266,75 @@ impl<'a> Locator<'a> {
         }
         start.unwrap_or(key_range.start)..end
     }
+}
 
-    fn tokens(&self) -> Vec<Token> {
-        let bytes = self.text.as_bytes();
-        let mut tokens = Vec::new();
-        let mut i = 0;
-        while i < bytes.len() {
-            let c = bytes[i];
-            match c {
-                b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                    while i < bytes.len() && bytes[i] != b'\n' {
-                        i += 1;
-                    }
-                }
-                b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                    i += 2;
-                    while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
-                        i += 1;
-                    }
-                    i += 2;
-                }
-                b'"' => {
-                    let start = i;
-                    i += 1;
-                    while i < bytes.len() && bytes[i] != b'"' {
-                        if bytes[i] == b'\\' {
-                            i += 1;
-                        }
-                        i += 1;
-                    }
-                    i = (i + 1).min(bytes.len());
-                    tokens.push(Token {
-                        kind: TokenKind::Str,
-                        range: start..i,
-                    });
-                }
-                b'(' | b'[' | b'{' => {
-                    tokens.push(Token::single(TokenKind::Open, i));
+fn tokenize(text: &str) -> Vec<Token> {
+    let bytes = text.as_bytes();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match c {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
                     i += 1;
                 }
-                b')' | b']' | b'}' => {
-                    tokens.push(Token::single(TokenKind::Close, i));
-                    i += 1;
-                }
-                b':' => {
-                    tokens.push(Token::single(TokenKind::Colon, i));
-                    i += 1;
-                }
-                b',' => {
-                    tokens.push(Token::single(TokenKind::Comma, i));
-                    i += 1;
-                }
-                c if c.is_ascii_alphanumeric() || c == b'_' || c == b'-' || c == b'.' => {
-                    let start = i;
-                    while i < bytes.len()
-                        && (bytes[i].is_ascii_alphanumeric() || matches!(bytes[i], b'_' | b'-' | b'.' | b'+'))
-                    {
-                        i += 1;
-                    }
-                    tokens.push(Token {
-                        kind: TokenKind::Ident,
-                        range: start..i,
-                    });
-                }
-                _ => i += 1,
             }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 2;
+            }
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                i = (i + 1).min(bytes.len());
+                tokens.push(Token {
+                    kind: TokenKind::Str,
+                    range: start..i,
+                });
+            }
+            b'(' | b'[' | b'{' => {
+                tokens.push(Token::single(TokenKind::Open, i));
+                i += 1;
+            }
+            b')' | b']' | b'}' => {
+                tokens.push(Token::single(TokenKind::Close, i));
+                i += 1;
+            }
+            b':' => {
+                tokens.push(Token::single(TokenKind::Colon, i));
+                i += 1;
+            }
+            b',' => {
+                tokens.push(Token::single(TokenKind::Comma, i));
+                i += 1;
+            }
+            c if c.is_ascii_alphanumeric() || c == b'_' || c == b'-' || c == b'.' => {
+                let start = i;
+                while i < bytes.len()
+                    && (bytes[i].is_ascii_alphanumeric()
+                        || matches!(bytes[i], b'_' | b'-' | b'.' | b'+'))
+                {
+                    i += 1;
+                }
+                tokens.push(Token {
+                    kind: TokenKind::Ident,
+                    range: start..i,
+                });
+            }
+            _ => i += 1,
         }
-        tokens
     }
+    tokens
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -379,7 +407,10 @@ mod tests {
             .help("pick another seed")
             .to_string();
         assert!(text.contains("game/sprites.ron:4:38"), "{text}");
-        assert!(text.contains("\"hero\": (prompt: \"a hero\", seed: 4)"), "{text}");
+        assert!(
+            text.contains("\"hero\": (prompt: \"a hero\", seed: 4)"),
+            "{text}"
+        );
         assert!(text.contains("^ this one"), "{text}");
         assert!(text.contains("help: pick another seed"), "{text}");
     }

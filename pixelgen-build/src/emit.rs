@@ -29,7 +29,10 @@ pub fn emit(session: &Session, out_dir: &Path) -> Result<Index, Error> {
         // Layout order: sprites by name, then frames: independent of manifest order.
         let mut frames: Vec<(String, RgbaImage)> = Vec::new();
         let mut sprites = Vec::new();
-        for (sprite, planned) in session.sprites_with_keys().filter(|(s, _)| s.atlas == atlas_spec.name) {
+        for (sprite, planned) in session
+            .sprites_with_keys()
+            .filter(|(s, _)| s.atlas == atlas_spec.name)
+        {
             let first = frames.len();
             for (frame, key) in planned.frames.iter().enumerate() {
                 let image = session.cache().read(key).map_err(|e| Error::Cache {
@@ -51,15 +54,25 @@ pub fn emit(session: &Session, out_dir: &Path) -> Result<Index, Error> {
             source,
         })?;
         let image_path = dir.join(format!("{}.png", atlas_spec.module));
-        let bytes = encode_png(&packed.image).map_err(|source| Error::Cache { path: image_path.clone(), source })?;
-        write_atomically(&image_path, &bytes).map_err(|source| Error::Cache { path: image_path.clone(), source })?;
+        let bytes = encode_png(&packed.image).map_err(|source| Error::Cache {
+            path: image_path.clone(),
+            source,
+        })?;
+        write_atomically(&image_path, &bytes).map_err(|source| Error::Cache {
+            path: image_path.clone(),
+            source,
+        })?;
         atlases.push(IndexedAtlas {
             name: atlas_spec.name.clone(),
             module: atlas_spec.module.clone(),
             image: image_path,
             width: packed.image.width(),
             height: packed.image.height(),
-            rects: packed.placements.iter().map(|p| [p.x, p.y, p.width, p.height]).collect(),
+            rects: packed
+                .placements
+                .iter()
+                .map(|p| [p.x, p.y, p.width, p.height])
+                .collect(),
             sprites,
         });
     }
@@ -68,7 +81,12 @@ pub fn emit(session: &Session, out_dir: &Path) -> Result<Index, Error> {
         stamp,
         atlases,
     };
-    write_atomically(&index_path, crate::index::to_json(&index).as_bytes()).map_err(|source| Error::Cache { path: index_path, source })?;
+    write_atomically(&index_path, crate::index::to_json(&index).as_bytes()).map_err(|source| {
+        Error::Cache {
+            path: index_path,
+            source,
+        }
+    })?;
     Ok(index)
 }
 
@@ -81,7 +99,13 @@ fn stamp(session: &Session) -> String {
         hasher.update(format!("{atlas:?}").as_bytes());
     }
     for (sprite, planned) in session.sprites_with_keys() {
-        hasher.update(format!("{}|{}|{}|{}", sprite.name, sprite.constant, sprite.atlas, sprite.frames).as_bytes());
+        hasher.update(
+            format!(
+                "{}|{}|{}|{}",
+                sprite.name, sprite.constant, sprite.atlas, sprite.frames
+            )
+            .as_bytes(),
+        );
         for key in &planned.frames {
             hasher.update(&key.0);
         }
@@ -130,7 +154,10 @@ mod tests {
         assert_eq!(chars.rects[0][2..], [16, 24]);
         let png = image::open(&chars.image).unwrap();
         assert_eq!((png.width(), png.height()), (chars.width, chars.height));
-        assert_eq!(Index::read(&Index::path_in(&dir.path().join("out"))).unwrap(), index);
+        assert_eq!(
+            Index::read(&Index::path_in(&dir.path().join("out"))).unwrap(),
+            index
+        );
     }
 
     #[test]
@@ -146,7 +173,10 @@ mod tests {
         let second = build(two.path(), reordered).unwrap();
         for (a, b) in first.atlases.iter().zip(&second.atlases) {
             assert_eq!((&a.rects, &a.sprites), (&b.rects, &b.sprites));
-            assert_eq!(std::fs::read(&a.image).unwrap(), std::fs::read(&b.image).unwrap());
+            assert_eq!(
+                std::fs::read(&a.image).unwrap(),
+                std::fs::read(&b.image).unwrap()
+            );
         }
         assert_eq!(first.stamp, second.stamp);
     }

@@ -58,9 +58,10 @@ impl Index {
     }
 
     pub fn read(path: &Path) -> Result<Index, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let index: Index =
-            serde_json::from_slice(&bytes).map_err(|e| format!("{} is not a pixelgen index: {e}", path.display()))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let index: Index = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{} is not a pixelgen index: {e}", path.display()))?;
         if index.version != INDEX_VERSION {
             return Err(format!(
                 "{} has index version {}, this pixelgen reads version {INDEX_VERSION}: pixelgen-build and pixelgen-macros must be the same version",

@@ -48,9 +48,15 @@ pub enum Error {
     #[error("{0}")]
     Stale(pipeline::StaleReport),
     #[error("atlas `{atlas}`: {source}")]
-    Atlas { atlas: String, source: atlas::AtlasError },
+    Atlas {
+        atlas: String,
+        source: atlas::AtlasError,
+    },
     #[error("sprite cache: {}: {source}", path.display())]
-    Cache { path: PathBuf, source: std::io::Error },
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Environment(String),
 }

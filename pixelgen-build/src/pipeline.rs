@@ -31,7 +31,11 @@ impl Project {
     /// The project of the crate in `crate_dir`: `sprites.ron` and `sprites.lock` beside
     /// its Cargo.toml, and the cache in `cache/` at the root of its cargo workspace
     /// (`workspace_root`; `None` asks cargo).
-    pub fn for_crate(crate_dir: &Path, cache_dir: Option<PathBuf>, workspace_root: Option<PathBuf>) -> Result<Project, Error> {
+    pub fn for_crate(
+        crate_dir: &Path,
+        cache_dir: Option<PathBuf>,
+        workspace_root: Option<PathBuf>,
+    ) -> Result<Project, Error> {
         let manifest_path = crate_dir.join(MANIFEST_FILE);
         let cache_dir = match cache_dir {
             Some(dir) => dir,
@@ -92,7 +96,11 @@ pub struct Summary {
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Outside checks read these exact words.
-        write!(f, "pixelgen: {} sprites: {} generated, {} cached", self.sprites, self.generated, self.cached)
+        write!(
+            f,
+            "pixelgen: {} sprites: {} generated, {} cached",
+            self.sprites, self.generated, self.cached
+        )
     }
 }
 
@@ -166,7 +174,9 @@ impl Session {
 
     /// Every sprite's freshness, with reasons, sorted by name.
     pub fn status(&mut self) -> Vec<SpriteStatus> {
-        (0..self.plan.len()).map(|i| self.sprite_status(i).0).collect()
+        (0..self.plan.len())
+            .map(|i| self.sprite_status(i).0)
+            .collect()
     }
 
     /// The status of one planned sprite, and its frames' lookups.
@@ -183,7 +193,12 @@ impl Session {
                     .filter(|l| l.keys.get(frame).is_some_and(|k| *k == key.to_hex()))
                     .and_then(|l| l.outputs.get(frame))
                     .map(String::as_str);
-                self.cache.lookup(key, expected, (sprite.width, sprite.height), &mut self.hasher)
+                self.cache.lookup(
+                    key,
+                    expected,
+                    (sprite.width, sprite.height),
+                    &mut self.hasher,
+                )
             })
             .collect();
 
@@ -193,7 +208,11 @@ impl Session {
         }
         let status = SpriteStatus {
             name: sprite.name.clone(),
-            status: if reasons.is_empty() { Freshness::Fresh } else { Freshness::Stale },
+            status: if reasons.is_empty() {
+                Freshness::Fresh
+            } else {
+                Freshness::Stale
+            },
             reasons,
             frames: planned.frames.len(),
         };
@@ -214,7 +233,9 @@ impl Session {
                         let changed_files: Vec<&String> = planned
                             .files
                             .iter()
-                            .filter(|(path, hash)| self.lock.files.get(*path).is_some_and(|old| old != *hash))
+                            .filter(|(path, hash)| {
+                                self.lock.files.get(*path).is_some_and(|old| old != *hash)
+                            })
                             .map(|(path, _)| path)
                             .collect();
                         if changed_files.is_empty() {
@@ -255,13 +276,26 @@ impl Session {
     /// Makes every frame available in the cache: generates what is stale (online) or
     /// fails with the list of stale sprites (offline). Then writes the lock file.
     /// Returns the counts and each sprite's frame output hashes.
-    pub fn realize(&mut self, offline: bool, progress: &mut dyn Progress) -> Result<Summary, Error> {
-        let mut statuses: Vec<(SpriteStatus, Vec<Lookup>)> = (0..self.plan.len()).map(|i| self.sprite_status(i)).collect();
-        let stale_count = statuses.iter().filter(|(s, _)| s.status == Freshness::Stale).count();
+    pub fn realize(
+        &mut self,
+        offline: bool,
+        progress: &mut dyn Progress,
+    ) -> Result<Summary, Error> {
+        let mut statuses: Vec<(SpriteStatus, Vec<Lookup>)> = (0..self.plan.len())
+            .map(|i| self.sprite_status(i))
+            .collect();
+        let stale_count = statuses
+            .iter()
+            .filter(|(s, _)| s.status == Freshness::Stale)
+            .count();
         if stale_count > 0 && offline {
             return Err(Error::Stale(StaleReport {
                 manifest_path: self.project.manifest_path.clone(),
-                stale: statuses.into_iter().map(|(s, _)| s).filter(|s| s.status == Freshness::Stale).collect(),
+                stale: statuses
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .filter(|s| s.status == Freshness::Stale)
+                    .collect(),
             }));
         }
         if stale_count > 0 {
@@ -297,7 +331,8 @@ impl Session {
                 },
             );
         }
-        if !offline {
+        // Compared as data first: rendering and re-reading the file costs more.
+        if !offline && (lock != self.lock || !self.project.lock_path.is_file()) {
             lock.save(&self.project.lock_path)?;
         }
         self.lock = lock;
@@ -309,7 +344,11 @@ impl Session {
         })
     }
 
-    fn generate_stale(&mut self, statuses: &mut [(SpriteStatus, Vec<Lookup>)], progress: &mut dyn Progress) -> Result<(), Error> {
+    fn generate_stale(
+        &mut self,
+        statuses: &mut [(SpriteStatus, Vec<Lookup>)],
+        progress: &mut dyn Progress,
+    ) -> Result<(), Error> {
         // Group the stale frames by backend so each backend is set up once.
         let mut batches: BTreeMap<String, Vec<(usize, u32)>> = BTreeMap::new();
         for (i, (status, lookups)) in statuses.iter().enumerate() {
@@ -319,7 +358,10 @@ impl Session {
             let sprite = &self.manifest.sprites[self.plan[i].sprite];
             for (frame, lookup) in lookups.iter().enumerate() {
                 if !matches!(lookup, Lookup::Hit { .. }) {
-                    batches.entry(generate::batch_key(sprite)).or_default().push((i, frame as u32));
+                    batches
+                        .entry(generate::batch_key(sprite))
+                        .or_default()
+                        .push((i, frame as u32));
                 }
             }
         }
@@ -338,10 +380,13 @@ impl Session {
                     })?;
                 let finished = pixelize::finish(raw, sprite);
                 let key = &self.plan[i].frames[frame as usize];
-                let output = self.cache.write(key, &finished).map_err(|source| Error::Cache {
-                    path: self.cache.path_of(key),
-                    source,
-                })?;
+                let output = self
+                    .cache
+                    .write(key, &finished)
+                    .map_err(|source| Error::Cache {
+                        path: self.cache.path_of(key),
+                        source,
+                    })?;
                 statuses[i].1[frame as usize] = Lookup::Hit { output };
                 progress.frame_done(&sprite.name, frame);
             }
@@ -350,8 +395,12 @@ impl Session {
     }
 
     /// Sprites in the order of `plan`, each with its frames' keys (for the atlas stage).
-    pub fn sprites_with_keys(&self) -> impl Iterator<Item = (&manifest::SpriteSpec, &PlannedSprite)> {
-        self.plan.iter().map(|p| (&self.manifest.sprites[p.sprite], p))
+    pub fn sprites_with_keys(
+        &self,
+    ) -> impl Iterator<Item = (&manifest::SpriteSpec, &PlannedSprite)> {
+        self.plan
+            .iter()
+            .map(|p| (&self.manifest.sprites[p.sprite], p))
     }
 }
 
@@ -362,15 +411,22 @@ struct CacheLock {
 
 impl CacheLock {
     fn acquire(cache_dir: &Path) -> Result<CacheLock, Error> {
-        let name = format!("pixelgen-{}.lock", &blake3::hash(cache_dir.as_os_str().as_encoded_bytes()).to_hex()[..16]);
+        let name = format!(
+            "pixelgen-{}.lock",
+            &blake3::hash(cache_dir.as_os_str().as_encoded_bytes()).to_hex()[..16]
+        );
         let path = std::env::temp_dir().join(name);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|source| Error::Cache { path: path.clone(), source })?;
-        file.lock().map_err(|source| Error::Cache { path, source })?;
+            .map_err(|source| Error::Cache {
+                path: path.clone(),
+                source,
+            })?;
+        file.lock()
+            .map_err(|source| Error::Cache { path, source })?;
         Ok(CacheLock { _file: file })
     }
 }
@@ -403,8 +459,18 @@ mod tests {
         let mut first = session(&project, false);
         assert!(first.status().iter().all(|s| s.status == Freshness::Stale));
         let summary = first.realize(false, &mut Quiet).unwrap();
-        assert_eq!(summary, Summary { sprites: 2, generated: 2, cached: 0 });
-        assert_eq!(summary.to_string(), "pixelgen: 2 sprites: 2 generated, 0 cached");
+        assert_eq!(
+            summary,
+            Summary {
+                sprites: 2,
+                generated: 2,
+                cached: 0
+            }
+        );
+        assert_eq!(
+            summary.to_string(),
+            "pixelgen: 2 sprites: 2 generated, 0 cached"
+        );
         let lock = LockFile::load(&project.lock_path).unwrap();
         assert_eq!(lock.sprites["slime"].keys.len(), 2);
         assert!(lock.sprites["slime"].outputs.iter().all(|o| o.len() == 64));
@@ -419,7 +485,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let project = project(dir.path(), MANIFEST);
         session(&project, false).realize(false, &mut Quiet).unwrap();
-        let edited = MANIFEST.replace("seed: 2", "seed: 3").replace("green slime", "blue slime");
+        let edited = MANIFEST
+            .replace("seed: 2", "seed: 3")
+            .replace("green slime", "blue slime");
         std::fs::write(&project.manifest_path, &edited).unwrap();
         let error = match session(&project, true).realize(true, &mut Quiet) {
             Err(Error::Stale(report)) => report,
@@ -430,7 +498,10 @@ mod tests {
         assert_eq!(error.stale[0].reasons, ["seed changed"]);
         assert_eq!(error.stale[1].reasons, ["prompt changed"]);
         let text = error.to_string();
-        assert!(text.contains("cargo pixelgen generate --manifest-path"), "{text}");
+        assert!(
+            text.contains("cargo pixelgen generate --manifest-path"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -444,7 +515,11 @@ mod tests {
         std::fs::remove_file(s.cache().path_of(&key)).unwrap();
         let status = session(&project, true).status();
         assert_eq!(status[0].status, Freshness::Stale);
-        assert!(status[0].reasons[0].starts_with("cache file missing"), "{:?}", status[0].reasons);
+        assert!(
+            status[0].reasons[0].starts_with("cache file missing"),
+            "{:?}",
+            status[0].reasons
+        );
         assert_eq!(status[1].status, Freshness::Fresh);
     }
 
@@ -458,13 +533,20 @@ mod tests {
             }
         });
         let mut check = session(&project, true);
-        assert!(check.status().iter().all(|s| s.status == Freshness::Fresh), "{:?}", check.status());
+        assert!(
+            check.status().iter().all(|s| s.status == Freshness::Fresh),
+            "{:?}",
+            check.status()
+        );
         for planned in &check.plan {
             for key in &planned.frames {
                 assert_eq!(check.cache().read(key).unwrap().dimensions(), (16, 16));
             }
         }
-        let leftovers: Vec<_> = walk(&dir.path().join("cache")).into_iter().filter(|p| !p.to_string_lossy().ends_with(".png")).collect();
+        let leftovers: Vec<_> = walk(&dir.path().join("cache"))
+            .into_iter()
+            .filter(|p| !p.to_string_lossy().ends_with(".png"))
+            .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
@@ -483,8 +565,17 @@ mod tests {
     #[test]
     fn diffusion_sprites_fail_clearly_until_the_backend_lands() {
         let dir = tempfile::tempdir().unwrap();
-        let project = project(dir.path(), r#"(sprites: { "hero": (prompt: "knight", generator: Diffusion(model: "stabilityai/sd-turbo")) })"#);
-        let error = session(&project, false).realize(false, &mut Quiet).unwrap_err().to_string();
-        assert!(error.contains("hero") && error.contains("not available in this build"), "{error}");
+        let project = project(
+            dir.path(),
+            r#"(sprites: { "hero": (prompt: "knight", generator: Diffusion(model: "stabilityai/sd-turbo")) })"#,
+        );
+        let error = session(&project, false)
+            .realize(false, &mut Quiet)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("hero") && error.contains("not available in this build"),
+            "{error}"
+        );
     }
 }

@@ -14,7 +14,12 @@ pub fn finish(raw: RgbaImage, sprite: &SpriteSpec) -> RgbaImage {
         raw
     } else {
         // Nearest keeps hard pixel edges; the full grid-recovering pixelizer replaces this.
-        image::imageops::resize(&raw, sprite.width, sprite.height, image::imageops::FilterType::Nearest)
+        image::imageops::resize(
+            &raw,
+            sprite.width,
+            sprite.height,
+            image::imageops::FilterType::Nearest,
+        )
     };
     match sprite.background {
         Background::Transparent => binarize_alpha(&mut image),
@@ -59,7 +64,10 @@ mod tests {
 
     fn sprite(fields: &str) -> SpriteSpec {
         let text = format!("(sprites: {{ \"s\": (prompt: \"x\", size: (4, 4){fields}) }})");
-        parse(Path::new("sprites.ron"), &text).unwrap().sprites.remove(0)
+        parse(Path::new("sprites.ron"), &text)
+            .unwrap()
+            .sprites
+            .remove(0)
     }
 
     fn raw() -> RgbaImage {

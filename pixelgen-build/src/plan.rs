@@ -4,7 +4,7 @@
 //! are hashed in named groups (prompt, seed, LoRAs, …) so that a stale sprite can say
 //! which group changed; the lock file keeps each group's short hash for that purpose.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
@@ -72,7 +72,8 @@ pub enum PlanError {
 #[derive(Debug, Default)]
 pub struct FileHasher {
     state_file: Option<PathBuf>,
-    stamps: BTreeMap<PathBuf, Stamp>,
+    // Hashed, not ordered: ordering paths compares them component by component.
+    stamps: HashMap<PathBuf, Stamp>,
     dirty: bool,
 }
 
@@ -80,7 +81,24 @@ pub struct FileHasher {
 struct Stamp {
     size: u64,
     mtime_ns: u128,
+    #[serde(with = "hex_hash")]
     hash: [u8; 32],
+}
+
+/// Hashes as hex strings: 32 JSON numbers per stamp made the state file slow to read.
+mod hex_hash {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(hash: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(blake3::Hash::from_bytes(*hash).to_hex().as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u8; 32], D::Error> {
+        let text = <&str>::deserialize(deserializer)?;
+        blake3::Hash::from_hex(text)
+            .map(|h| *h.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 impl FileHasher {
@@ -202,9 +220,18 @@ fn plan_sprite(
 
     let mut groups: Vec<(&str, Canonical)> = vec![
         ("prompt", Canonical::new().str(&sprite.prompt).take()),
-        ("negative_prompt", Canonical::new().str(&sprite.negative_prompt).take()),
+        (
+            "negative_prompt",
+            Canonical::new().str(&sprite.negative_prompt).take(),
+        ),
         ("seed", Canonical::new().u64(sprite.seed).take()),
-        ("size", Canonical::new().u64(sprite.width.into()).u64(sprite.height.into()).take()),
+        (
+            "size",
+            Canonical::new()
+                .u64(sprite.width.into())
+                .u64(sprite.height.into())
+                .take(),
+        ),
         ("frames", Canonical::new().u64(sprite.frames.into()).take()),
         ("generator", generator_group(&sprite.generator)),
         ("loras", loras),
@@ -224,7 +251,9 @@ fn plan_sprite(
     let mut inputs = InputHashes::new();
     for (name, group) in &groups {
         let hash = blake3::hash(&group.0);
-        all.update(name.as_bytes()).update(&[0]).update(hash.as_bytes());
+        all.update(name.as_bytes())
+            .update(&[0])
+            .update(hash.as_bytes());
         inputs.insert(name.to_string(), hash.to_hex()[..16].to_string());
     }
     let frames = (0..sprite.frames)
@@ -256,7 +285,10 @@ fn generator_group(generator: &GeneratorSpec) -> Canonical {
             resolution,
         } => {
             let mut c = Canonical::new();
-            c.str("diffusion").str(model).u64((*steps).into()).f32(*guidance);
+            c.str("diffusion")
+                .str(model)
+                .u64((*steps).into())
+                .f32(*guidance);
             c.str(match scheduler {
                 Scheduler::Ddim => "ddim",
                 Scheduler::Euler => "euler",
@@ -289,7 +321,8 @@ impl Canonical {
         Canonical::default()
     }
     fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
-        self.0.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        self.0
+            .extend_from_slice(&(bytes.len() as u64).to_le_bytes());
         self.0.extend_from_slice(bytes);
         self
     }
@@ -399,7 +432,8 @@ mod tests {
         let first = hasher.hash(&file).unwrap();
         hasher.save();
         // A stamp that matches (size, mtime) is trusted: prove it by planting a false hash.
-        let mut planted: Vec<(PathBuf, Stamp)> = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+        let mut planted: Vec<(PathBuf, Stamp)> =
+            serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
         planted[0].1.hash = [7; 32];
         std::fs::write(&state, serde_json::to_vec(&planted).unwrap()).unwrap();
         let mut again = FileHasher::persistent(state.clone());

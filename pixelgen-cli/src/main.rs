@@ -12,7 +12,12 @@ use pixelgen_build::{Error, Project, Session};
 
 /// cargo runs `cargo-pixelgen pixelgen ARGS`; the extra word is accepted and dropped.
 #[derive(Parser)]
-#[command(name = "cargo-pixelgen", bin_name = "cargo pixelgen", version, about = "Pixel-art sprites for Bevy, generated at build time")]
+#[command(
+    name = "cargo-pixelgen",
+    bin_name = "cargo pixelgen",
+    version,
+    about = "Pixel-art sprites for Bevy, generated at build time"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -75,16 +80,26 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Check { target } => {
             let statuses = open(&target, true)?.status();
-            let stale: Vec<&SpriteStatus> = statuses.iter().filter(|s| s.status == Freshness::Stale).collect();
+            let stale: Vec<&SpriteStatus> = statuses
+                .iter()
+                .filter(|s| s.status == Freshness::Stale)
+                .collect();
             if stale.is_empty() {
                 println!("pixelgen: all {} sprites are fresh", statuses.len());
                 return Ok(ExitCode::SUCCESS);
             }
-            println!("pixelgen: {} of {} sprites are stale:", stale.len(), statuses.len());
+            println!(
+                "pixelgen: {} of {} sprites are stale:",
+                stale.len(),
+                statuses.len()
+            );
             for sprite in stale {
                 println!("  - {}: {}", sprite.name, sprite.reasons.join("; "));
             }
-            println!("help: run `cargo pixelgen generate{}` and commit sprites.lock and cache/", manifest_arg(&target));
+            println!(
+                "help: run `cargo pixelgen generate{}` and commit sprites.lock and cache/",
+                manifest_arg(&target)
+            );
             Ok(ExitCode::from(1))
         }
         Command::Generate { target } => {
@@ -116,14 +131,26 @@ fn open(target: &Target, offline: bool) -> Result<Session, Error> {
 
 /// A file-name-safe tag for a folder (no hashing crate needed for this).
 fn blake3_free_tag(dir: &Path) -> String {
-    dir.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+    dir.to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 /// `--manifest-path` may name Cargo.toml, sprites.ron, or the crate folder.
 fn crate_dir(manifest_path: Option<&Path>) -> PathBuf {
     let path = manifest_path.map_or_else(|| PathBuf::from("Cargo.toml"), Path::to_path_buf);
-    let dir = if path.is_dir() { path } else { path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf) };
-    let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+    let dir = if path.is_dir() {
+        path
+    } else {
+        path.parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    };
     std::fs::canonicalize(&dir).unwrap_or(dir)
 }
 
@@ -136,7 +163,8 @@ fn manifest_arg(target: &Target) -> String {
 }
 
 fn print_json(statuses: &[SpriteStatus]) -> Result<(), Error> {
-    let text = serde_json::to_string_pretty(statuses).map_err(|e| Error::Environment(e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(statuses).map_err(|e| Error::Environment(e.to_string()))?;
     println!("{text}");
     Ok(())
 }
@@ -146,11 +174,23 @@ fn print_table(statuses: &[SpriteStatus]) {
     for sprite in statuses {
         match sprite.status {
             Freshness::Fresh => println!("{:width$}  fresh", sprite.name),
-            Freshness::Stale => println!("{:width$}  stale: {}", sprite.name, sprite.reasons.join("; ")),
+            Freshness::Stale => println!(
+                "{:width$}  stale: {}",
+                sprite.name,
+                sprite.reasons.join("; ")
+            ),
         }
     }
-    let stale = statuses.iter().filter(|s| s.status == Freshness::Stale).count();
-    println!("{} sprites: {} fresh, {} stale", statuses.len(), statuses.len() - stale, stale);
+    let stale = statuses
+        .iter()
+        .filter(|s| s.status == Freshness::Stale)
+        .count();
+    println!(
+        "{} sprites: {} fresh, {} stale",
+        statuses.len(),
+        statuses.len() - stale,
+        stale
+    );
 }
 
 /// A progress bar with ETA, drawn only when there is something to generate.
@@ -163,9 +203,11 @@ impl Progress for Bar {
         }
         let bar = ProgressBar::new(frames as u64);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} frames  {msg}  ETA {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner} [{bar:30}] {pos}/{len} frames  {msg}  ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         bar.enable_steady_tick(Duration::from_millis(200));
         self.0 = Some(bar);

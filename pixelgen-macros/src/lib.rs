@@ -30,7 +30,9 @@ pub fn sprites(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
     };
     match expand(&module, std::env::var_os("OUT_DIR")) {
         Ok(tokens) => tokens.into(),
-        Err(message) => syn::Error::new(Span::call_site(), message).to_compile_error().into(),
+        Err(message) => syn::Error::new(Span::call_site(), message)
+            .to_compile_error()
+            .into(),
     }
 }
 
@@ -254,19 +256,38 @@ fn expand(module: &syn::Ident, out_dir: Option<std::ffi::OsString>) -> Result<To
 }
 
 fn atlas_module(ordinal: usize, atlas: &IndexedAtlas) -> Result<TokenStream, String> {
-    let module = syn::parse_str::<syn::Ident>(&atlas.module).map_err(|e| format!("pixelgen: atlas module `{}`: {e}", atlas.module))?;
+    let module = syn::parse_str::<syn::Ident>(&atlas.module)
+        .map_err(|e| format!("pixelgen: atlas module `{}`: {e}", atlas.module))?;
     let name = &atlas.name;
     let png = path_literal(&atlas.image)?;
     let (width, height) = (atlas.width, atlas.height);
-    let rects = atlas.rects.iter().map(|[x, y, w, h]| quote!([#x, #y, #w, #h]));
+    let rects = atlas
+        .rects
+        .iter()
+        .map(|[x, y, w, h]| quote!([#x, #y, #w, #h]));
     let mut constants = Vec::new();
     for sprite in &atlas.sprites {
         let constant = syn::parse_str::<syn::Ident>(&sprite.constant)
             .map_err(|e| format!("pixelgen: sprite constant `{}`: {e}", sprite.constant))?;
-        let doc = format!("`{}` in `sprites.ron` ({} frame(s)).", sprite.name, sprite.frames.len());
-        let first = *sprite.frames.first().ok_or_else(|| format!("pixelgen: sprite `{}` has no frames", sprite.name))?;
-        if sprite.frames.iter().enumerate().any(|(i, f)| *f != first + i) {
-            return Err(format!("pixelgen: the frames of `{}` are not contiguous in the index", sprite.name));
+        let doc = format!(
+            "`{}` in `sprites.ron` ({} frame(s)).",
+            sprite.name,
+            sprite.frames.len()
+        );
+        let first = *sprite
+            .frames
+            .first()
+            .ok_or_else(|| format!("pixelgen: sprite `{}` has no frames", sprite.name))?;
+        if sprite
+            .frames
+            .iter()
+            .enumerate()
+            .any(|(i, f)| *f != first + i)
+        {
+            return Err(format!(
+                "pixelgen: the frames of `{}` are not contiguous in the index",
+                sprite.name
+            ));
         }
         if sprite.animated {
             let len = sprite.frames.len();
@@ -281,7 +302,10 @@ fn atlas_module(ordinal: usize, atlas: &IndexedAtlas) -> Result<TokenStream, Str
             });
         }
     }
-    let doc = format!("Atlas `{name}`: {width}×{height} pixels, {} sprites.", atlas.sprites.len());
+    let doc = format!(
+        "Atlas `{name}`: {width}×{height} pixels, {} sprites.",
+        atlas.sprites.len()
+    );
     Ok(quote! {
         #[doc = #doc]
         pub mod #module {
@@ -301,9 +325,12 @@ fn atlas_module(ordinal: usize, atlas: &IndexedAtlas) -> Result<TokenStream, Str
 }
 
 fn path_literal(path: &std::path::Path) -> Result<syn::LitStr, String> {
-    let text = path
-        .to_str()
-        .ok_or_else(|| format!("pixelgen: the path {} is not UTF-8; move the target directory", path.display()))?;
+    let text = path.to_str().ok_or_else(|| {
+        format!(
+            "pixelgen: the path {} is not UTF-8; move the target directory",
+            path.display()
+        )
+    })?;
     Ok(syn::LitStr::new(text, Span::call_site()))
 }
 
@@ -319,7 +346,10 @@ mod tests {
     #[test]
     fn without_out_dir_the_error_says_to_add_a_build_script() {
         let error = expand(&module(), None).unwrap_err();
-        assert!(error.contains("build.rs") && error.contains("pixelgen-build"), "{error}");
+        assert!(
+            error.contains("build.rs") && error.contains("pixelgen-build"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -346,13 +376,25 @@ mod tests {
                 height: 32,
                 rects: vec![[0, 0, 32, 32], [32, 0, 16, 16], [48, 0, 16, 16]],
                 sprites: vec![
-                    IndexedSprite { name: "hero".into(), constant: "HERO".into(), frames: vec![0], animated: false },
-                    IndexedSprite { name: "hero-walk".into(), constant: "HERO_WALK".into(), frames: vec![1, 2], animated: true },
+                    IndexedSprite {
+                        name: "hero".into(),
+                        constant: "HERO".into(),
+                        frames: vec![0],
+                        animated: false,
+                    },
+                    IndexedSprite {
+                        name: "hero-walk".into(),
+                        constant: "HERO_WALK".into(),
+                        frames: vec![1, 2],
+                        animated: true,
+                    },
                 ],
             }],
         };
         std::fs::write(Index::path_in(dir.path()), serde_json_like(&index)).unwrap();
-        let code = expand(&module(), Some(dir.path().into())).unwrap().to_string();
+        let code = expand(&module(), Some(dir.path().into()))
+            .unwrap()
+            .to_string();
         assert!(code.contains("pub mod characters"), "{code}");
         assert!(code.contains("pub const HERO : super :: SpriteIndex < Atlas > = super :: SpriteIndex :: new (0usize)"), "{code}");
         assert!(code.contains("pub const HERO_WALK : super :: Animation < Atlas > = super :: Animation :: new (1usize , 2usize)"), "{code}");
@@ -368,9 +410,18 @@ mod tests {
             width: 1,
             height: 1,
             rects: vec![],
-            sprites: vec![IndexedSprite { name: "s".into(), constant: "S".into(), frames: vec![0, 2], animated: true }],
+            sprites: vec![IndexedSprite {
+                name: "s".into(),
+                constant: "S".into(),
+                frames: vec![0, 2],
+                animated: true,
+            }],
         };
-        assert!(atlas_module(0, &atlas).unwrap_err().contains("not contiguous"));
+        assert!(
+            atlas_module(0, &atlas)
+                .unwrap_err()
+                .contains("not contiguous")
+        );
     }
 
     fn serde_json_like(index: &Index) -> String {

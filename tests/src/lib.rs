@@ -22,7 +22,10 @@ pub struct BuildOutput {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
 }
 
 /// One target folder for every test crate, so pixelgen-build compiles once.
@@ -33,7 +36,10 @@ fn shared_target_dir() -> PathBuf {
 impl GameCrate {
     /// A crate named `name` (unique per test) with this manifest.
     pub fn new(name: &str, manifest: &str) -> GameCrate {
-        let dir = tempfile::Builder::new().prefix("pixelgen-e2e-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("pixelgen-e2e-")
+            .tempdir()
+            .expect("temp dir");
         let build_dep = workspace_root().join("pixelgen-build");
         let cargo_toml = format!(
             r#"[package]
@@ -60,8 +66,14 @@ opt-level = 1
         )
         .expect("build.rs");
         // The workspace's lock file pins the same dependency versions, so no resolution is needed.
-        let _ = std::fs::copy(workspace_root().join("Cargo.lock"), dir.path().join("Cargo.lock"));
-        let game = GameCrate { dir, name: name.to_string() };
+        let _ = std::fs::copy(
+            workspace_root().join("Cargo.lock"),
+            dir.path().join("Cargo.lock"),
+        );
+        let game = GameCrate {
+            dir,
+            name: name.to_string(),
+        };
         game.write_manifest(manifest);
         game
     }
@@ -88,7 +100,8 @@ opt-level = 1
 
     /// `cargo build` with the given extra environment (offline mode is off unless set).
     pub fn build(&self, env: &[(&str, &str)]) -> BuildOutput {
-        let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()));
+        let mut command =
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()));
         command
             .arg("build")
             .arg("--quiet")
@@ -107,17 +120,22 @@ opt-level = 1
         BuildOutput {
             success: output.status.success(),
             summary: parse_summary(&stderr),
-            out_dir: stderr
-                .lines()
-                .find_map(|l| l.split_once("OUT_DIR=").map(|(_, dir)| PathBuf::from(dir.trim()))),
+            out_dir: stderr.lines().find_map(|l| {
+                l.split_once("OUT_DIR=")
+                    .map(|(_, dir)| PathBuf::from(dir.trim()))
+            }),
             stderr,
         }
     }
 
     /// The index the last build wrote.
     pub fn index(&self, output: &BuildOutput) -> serde_json::Value {
-        let out_dir = output.out_dir.as_ref().expect("the build script ran and printed OUT_DIR");
-        let text = std::fs::read_to_string(out_dir.join("pixelgen/index.json")).expect("index.json in OUT_DIR");
+        let out_dir = output
+            .out_dir
+            .as_ref()
+            .expect("the build script ran and printed OUT_DIR");
+        let text = std::fs::read_to_string(out_dir.join("pixelgen/index.json"))
+            .expect("index.json in OUT_DIR");
         serde_json::from_str(&text).expect("index.json is JSON")
     }
 
@@ -143,7 +161,9 @@ opt-level = 1
 
 /// `(sprites, generated, cached)` from "pixelgen: N sprites: G generated, C cached".
 pub fn parse_summary(stderr: &str) -> Option<(usize, usize, usize)> {
-    let line = stderr.lines().find(|l| l.contains("pixelgen: ") && l.contains(" generated, "))?;
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("pixelgen: ") && l.contains(" generated, "))?;
     let rest = &line[line.find("pixelgen: ")? + "pixelgen: ".len()..];
     let numbers: Vec<usize> = rest
         .split(|c: char| !c.is_ascii_digit())

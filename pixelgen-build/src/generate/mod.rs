@@ -28,7 +28,9 @@ pub trait Generator {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
-    #[error("sprite `{sprite}`: the {generator} generator is not available in this build of pixelgen-build\nhelp: {help}")]
+    #[error(
+        "sprite `{sprite}`: the {generator} generator is not available in this build of pixelgen-build\nhelp: {help}"
+    )]
     Unavailable {
         sprite: String,
         generator: &'static str,

@@ -1,0 +1,136 @@
+//! `cargo pixelgen status | check | generate` on a temporary game crate.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const MANIFEST: &str = r#"(
+    defaults: (size: (16, 16), palette: "db16"),
+    sprites: {
+        "hero":   (prompt: "knight", seed: 1, frames: 2),
+        "potion": (prompt: "red potion", seed: 2),
+        "coin":   (prompt: "gold coin", seed: 3),
+    },
+)"#;
+
+fn game() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Cargo.toml"),
+        "[package]\nname = \"cli-game\"\nversion = \"0.1.0\"\nedition = \"2024\"\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("src/main.rs"), "fn main() {}\n").unwrap();
+    std::fs::write(dir.path().join("sprites.ron"), MANIFEST).unwrap();
+    dir
+}
+
+fn pixelgen(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"))
+        .arg("pixelgen") // as cargo calls it
+        .args(args)
+        .arg("--manifest-path")
+        .arg(dir.join("Cargo.toml"))
+        .env_remove("PIXELGEN_CACHE_DIR")
+        .env_remove("PIXELGEN_OFFLINE")
+        .env_remove("CI")
+        .output()
+        .unwrap()
+}
+
+fn status_json(dir: &Path) -> Vec<serde_json::Value> {
+    let output = pixelgen(dir, &["status", "--json"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice::<serde_json::Value>(&output.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn stale_names(statuses: &[serde_json::Value]) -> Vec<String> {
+    statuses
+        .iter()
+        .filter(|s| s["status"] == "stale")
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn status_check_and_generate_agree() {
+    let dir = game();
+    let statuses = status_json(dir.path());
+    assert_eq!(statuses.len(), 3);
+    assert_eq!(stale_names(&statuses), ["coin", "hero", "potion"]);
+    assert_eq!(
+        statuses[0]["reasons"][0],
+        "new sprite (not in sprites.lock)"
+    );
+
+    let check = pixelgen(dir.path(), &["check"]);
+    assert_eq!(check.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        text.contains("3 of 3 sprites are stale") && text.contains("cargo pixelgen generate"),
+        "{text}"
+    );
+
+    let generate = pixelgen(dir.path(), &["generate"]);
+    assert!(
+        generate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generate.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&generate.stdout)
+            .contains("pixelgen: 3 sprites: 3 generated, 0 cached")
+    );
+    assert!(dir.path().join("sprites.lock").is_file());
+    assert!(
+        dir.path().join("cache").is_dir(),
+        "the cache is at the workspace root"
+    );
+
+    assert_eq!(pixelgen(dir.path(), &["check"]).status.code(), Some(0));
+    assert!(stale_names(&status_json(dir.path())).is_empty());
+
+    // Editing one prompt makes exactly that sprite stale, with the reason.
+    std::fs::write(
+        dir.path().join("sprites.ron"),
+        MANIFEST.replace("red potion", "blue potion"),
+    )
+    .unwrap();
+    let statuses = status_json(dir.path());
+    assert_eq!(stale_names(&statuses), ["potion"]);
+    let potion = statuses.iter().find(|s| s["name"] == "potion").unwrap();
+    assert_eq!(potion["reasons"], serde_json::json!(["prompt changed"]));
+
+    let again = pixelgen(dir.path(), &["generate"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("3 sprites: 1 generated, 2 cached"));
+}
+
+#[test]
+fn human_status_and_errors() {
+    let dir = game();
+    let output = pixelgen(dir.path(), &["status"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("potion") && text.contains("stale: new sprite"),
+        "{text}"
+    );
+    assert!(text.contains("3 sprites: 0 fresh, 3 stale"), "{text}");
+
+    std::fs::write(
+        dir.path().join("sprites.ron"),
+        "(sprites: { \"a\": (prompt: 3) })",
+    )
+    .unwrap();
+    let output = pixelgen(dir.path(), &["status"]);
+    assert_eq!(output.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("sprites.ron:1:"), "{text}");
+}
