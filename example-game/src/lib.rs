@@ -49,7 +49,7 @@ const VIEW_HEIGHT: u32 = 600;
 const ZOOM: f32 = 2.0;
 const HERO_SPEED: f32 = 90.0;
 /// Frames rendered before the screenshot is taken (the knight walks meanwhile).
-const SCREENSHOT_AFTER_FRAMES: u32 = 45;
+const SCREENSHOT_AFTER_FRAMES: u32 = 60;
 
 /// Runs the game with the command-line arguments (without the program name).
 pub fn run(args: &[String]) -> ExitCode {
@@ -333,7 +333,7 @@ fn move_hero(
     };
     let mut direction = Vec2::ZERO;
     if autopilot.is_some() {
-        direction = Vec2::new(1.0, 0.35);
+        direction = Vec2::X;
     } else if let Some(keys) = keys {
         for (key_a, key_b, step) in [
             (KeyCode::ArrowLeft, KeyCode::KeyA, Vec2::NEG_X),

@@ -105,6 +105,8 @@ pub struct LoraSpec {
     /// Resolved against the manifest's folder.
     pub resolved: PathBuf,
     pub weight: f32,
+    /// Where the path is written in the manifest, for errors about the file.
+    pub span: Range<usize>,
 }
 
 /// What happens to the pixels around the subject.
@@ -561,10 +563,18 @@ impl Validator<'_> {
                     .help("use a weight such as 0.8")
                     .into());
             }
+            let literals = self.locator.string_literals(&lora.path);
+            let lora_span = literals
+                .iter()
+                .find(|r| r.start >= span.end)
+                .or(literals.first())
+                .cloned()
+                .unwrap_or(span.clone());
             loras.push(LoraSpec {
                 resolved: self.dir.join(&lora.path),
                 path: lora.path.clone(),
                 weight: lora.weight,
+                span: lora_span,
             });
         }
 

@@ -11,6 +11,7 @@ use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 
+use crate::diagnostics::{Diagnostic, SourceFile};
 use crate::manifest::{Background, GeneratorSpec, Manifest, Scheduler, SpriteSpec};
 
 /// Bumped whenever a change to pixelgen changes the pixels it makes for the same inputs,
@@ -59,12 +60,9 @@ pub struct PlannedSprite {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("sprite `{sprite}`: cannot read LoRA file {}: {source}\nhelp: check the path in sprites.ron (it is relative to the manifest's folder)", path.display())]
-    LoraUnreadable {
-        sprite: String,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// A LoRA file that cannot be read, pointed at in the manifest.
+    #[error("{0}")]
+    LoraUnreadable(Box<Diagnostic>),
 }
 
 /// Hashes files by content, remembering each file's hash by (path, size, mtime) so
@@ -187,11 +185,21 @@ pub fn plan(
         .sprites
         .iter()
         .enumerate()
-        .map(|(index, sprite)| plan_sprite(index, sprite, hasher, known, allow_missing_files))
+        .map(|(index, sprite)| {
+            plan_sprite(
+                &manifest.source,
+                index,
+                sprite,
+                hasher,
+                known,
+                allow_missing_files,
+            )
+        })
         .collect()
 }
 
 fn plan_sprite(
+    source_file: &SourceFile,
     index: usize,
     sprite: &SpriteSpec,
     hasher: &mut FileHasher,
@@ -206,11 +214,16 @@ fn plan_sprite(
             Err(source) => match known.known_hash(&lora.path) {
                 Some(hash) if allow_missing_files => hash,
                 _ => {
-                    return Err(PlanError::LoraUnreadable {
-                        sprite: sprite.name.clone(),
-                        path: lora.resolved.clone(),
-                        source,
-                    });
+                    let message = format!(
+                        "sprite `{}`: cannot read LoRA file {}: {source}",
+                        sprite.name,
+                        lora.resolved.display()
+                    );
+                    return Err(PlanError::LoraUnreadable(Box::new(
+                        Diagnostic::new(source_file, lora.span.clone(), message)
+                            .label("this file")
+                            .help("LoRA paths are relative to the folder of sprites.ron; offline builds also accept a missing file whose hash is in sprites.lock"),
+                    )));
                 }
             },
         };
@@ -418,8 +431,14 @@ mod tests {
         assert_ne!(run(&text.replace("0.5", "0.6"))[0].frames, after[0].frames);
         std::fs::remove_file(&lora).unwrap();
         let m = parse(&manifest_path, text).unwrap();
-        let error = plan(&m, &mut FileHasher::in_memory(), &NoneKnown, true).unwrap_err();
-        assert!(error.to_string().contains("style.safetensors"), "{error}");
+        let error = plan(&m, &mut FileHasher::in_memory(), &NoneKnown, true)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("style.safetensors"), "{error}");
+        assert!(
+            error.contains("sprites.ron:1:"),
+            "located in the manifest: {error}"
+        );
     }
 
     #[test]

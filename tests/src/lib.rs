@@ -104,7 +104,6 @@ opt-level = 1
             Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()));
         command
             .arg("build")
-            .arg("--quiet")
             .current_dir(self.path())
             .env("CARGO_TARGET_DIR", shared_target_dir())
             .env_remove("CI")
