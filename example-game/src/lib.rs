@@ -119,7 +119,9 @@ pub fn run(args: &[String]) -> ExitCode {
             Update,
             (
                 move_hero,
-                animate,
+                animate_hero,
+                animate_creatures,
+                spin_coins,
                 wander,
                 pick_up,
                 follow_camera,
@@ -368,17 +370,14 @@ fn move_hero(
     }
 }
 
-fn animate(
+fn animate_hero(
     time: Res<Time>,
     atlases: Res<Atlases>,
-    mut heroes: Query<(&mut Hero, &mut Sprite), (Without<Animated>, Without<Spinning>)>,
-    mut animated: Query<(&mut Animated, &mut Sprite), Without<Spinning>>,
-    mut spinning: Query<(&mut Spinning, &mut Sprite), Without<Animated>>,
+    mut heroes: Query<(&mut Hero, &mut Sprite)>,
 ) {
-    let dt = time.delta_secs();
     for (mut hero, mut sprite) in &mut heroes {
         let index = if hero.walking {
-            hero.frame_clock += dt;
+            hero.frame_clock += time.delta_secs();
             characters::HERO_WALK.frame((hero.frame_clock * 8.0) as usize)
         } else {
             hero.frame_clock = 0.0;
@@ -386,15 +385,29 @@ fn animate(
         };
         sprite.texture_atlas = Some(atlases.texture_atlas(index));
     }
+}
+
+fn animate_creatures(
+    time: Res<Time>,
+    atlases: Res<Atlases>,
+    mut animated: Query<(&mut Animated, &mut Sprite)>,
+) {
     for (mut animation, mut sprite) in &mut animated {
-        animation.clock += dt;
+        animation.clock += time.delta_secs();
         let index = animation
             .frames
             .frame((animation.clock * animation.fps) as usize);
         sprite.texture_atlas = Some(atlases.texture_atlas(index));
     }
-    for (mut coin, mut sprite) in &mut spinning {
-        coin.clock += dt;
+}
+
+fn spin_coins(
+    time: Res<Time>,
+    atlases: Res<Atlases>,
+    mut coins: Query<(&mut Spinning, &mut Sprite)>,
+) {
+    for (mut coin, mut sprite) in &mut coins {
+        coin.clock += time.delta_secs();
         sprite.texture_atlas =
             Some(atlases.texture_atlas(coin.frames.frame((coin.clock * 10.0) as usize)));
     }

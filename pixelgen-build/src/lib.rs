@@ -1,9 +1,7 @@
-//! pixelgen-build: the build-time pixel-art pipeline. Call it from `build.rs`:
+//! pixelgen-build: the build-time pixel-art pipeline. Call it from `build.rs`'s `main`:
 //!
 //! ```no_run
-//! fn main() {
-//!     pixelgen_build::Build::new().run_or_exit();
-//! }
+//! pixelgen_build::Build::new().run_or_exit();
 //! ```
 //!
 //! It reads `sprites.ron` beside the crate's Cargo.toml, generates only the sprites whose

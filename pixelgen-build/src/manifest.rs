@@ -492,9 +492,9 @@ impl Validator<'_> {
             .clone()
             .or_else(|| defaults.atlas.clone())
             .unwrap_or_else(|| DEFAULT_ATLAS.to_string());
-        if !atlases.iter().any(|a| a.name == atlas)
-            && !(atlases.is_empty() && atlas == DEFAULT_ATLAS)
-        {
+        let declared = atlases.iter().any(|a| a.name == atlas);
+        let implicit = atlases.is_empty() && atlas == DEFAULT_ATLAS;
+        if !declared && !implicit {
             let declared: Vec<&str> = atlases.iter().map(|a| a.name.as_str()).collect();
             let help = if declared.is_empty() {
                 format!(
