@@ -75,3 +75,16 @@ fn check_screenshot(path: &Path, log: &str) {
         colours.len()
     );
 }
+
+#[test]
+fn without_a_display_the_game_says_how_to_run_it() {
+    let output = Command::new(env!("CARGO_BIN_EXE_example-game"))
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .expect("run example-game");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no display found"), "{stderr}");
+    assert!(stderr.contains("--screenshot"), "{stderr}");
+}
