@@ -124,13 +124,13 @@ fn open(target: &Target, offline: bool) -> Result<Session, Error> {
     };
     let project = Project::for_crate(&crate_dir, cache_dir, workspace_root)?;
     // The CLI's own (path, size, mtime) stamps, apart from any build's OUT_DIR.
-    let tag = blake3_free_tag(&crate_dir);
+    let tag = path_tag(&crate_dir);
     let state = std::env::temp_dir().join(format!("pixelgen-cli-stamps-{tag}.json"));
     Session::open(project, FileHasher::persistent(state), offline)
 }
 
 /// A file-name-safe tag for a folder (no hashing crate needed for this).
-fn blake3_free_tag(dir: &Path) -> String {
+fn path_tag(dir: &Path) -> String {
     dir.to_string_lossy()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
