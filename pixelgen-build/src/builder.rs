@@ -81,10 +81,15 @@ impl Build {
         for path in &session.manifest.input_files {
             println!("cargo:rerun-if-changed={}", path.display());
         }
-        for lora in session.manifest.sprites.iter().flat_map(|s| &s.loras) {
-            if lora.resolved.exists() {
-                println!("cargo:rerun-if-changed={}", lora.resolved.display());
-            }
+        let lora_files: std::collections::BTreeSet<&Path> = session
+            .manifest
+            .sprites
+            .iter()
+            .flat_map(|s| &s.loras)
+            .map(|l| l.resolved.as_path())
+            .collect();
+        for path in lora_files.into_iter().filter(|p| p.exists()) {
+            println!("cargo:rerun-if-changed={}", path.display());
         }
         let summary = session.realize(offline, &mut Quiet)?;
         crate::emit::emit(&session, &out_dir)?;

@@ -12,7 +12,7 @@ use std::time::UNIX_EPOCH;
 use serde::{Deserialize, Serialize};
 
 use crate::diagnostics::{Diagnostic, SourceFile};
-use crate::manifest::{Background, GeneratorSpec, Manifest, Scheduler, SpriteSpec};
+use crate::manifest::{Background, GeneratorSpec, LoraSpec, Manifest, Scheduler, SpriteSpec};
 
 /// Bumped whenever a change to pixelgen changes the pixels it makes for the same inputs,
 /// so that caches made by an older pipeline are regenerated rather than trusted.
@@ -181,52 +181,67 @@ pub fn plan(
     known: &dyn KnownFileHashes,
     allow_missing_files: bool,
 ) -> Result<Vec<PlannedSprite>, PlanError> {
+    let mut files = InputFiles {
+        hasher,
+        known,
+        allow_missing_files,
+        memo: HashMap::new(),
+    };
     manifest
         .sprites
         .iter()
         .enumerate()
-        .map(|(index, sprite)| {
-            plan_sprite(
-                &manifest.source,
-                index,
-                sprite,
-                hasher,
-                known,
-                allow_missing_files,
-            )
-        })
+        .map(|(index, sprite)| plan_sprite(&manifest.source, index, sprite, &mut files))
         .collect()
+}
+
+/// Content hashes of input files for one planning run. Many sprites share a LoRA
+/// file: it is looked at once per run, not once per sprite.
+struct InputFiles<'a> {
+    hasher: &'a mut FileHasher,
+    known: &'a dyn KnownFileHashes,
+    allow_missing_files: bool,
+    memo: HashMap<PathBuf, blake3::Hash>,
+}
+
+impl InputFiles<'_> {
+    fn hash(&mut self, lora: &LoraSpec) -> std::io::Result<blake3::Hash> {
+        if let Some(hash) = self.memo.get(&lora.resolved) {
+            return Ok(*hash);
+        }
+        let hash = match self.hasher.hash(&lora.resolved) {
+            Ok(hash) => hash,
+            Err(error) => match self.known.known_hash(&lora.path) {
+                Some(hash) if self.allow_missing_files => hash,
+                _ => return Err(error),
+            },
+        };
+        self.memo.insert(lora.resolved.clone(), hash);
+        Ok(hash)
+    }
 }
 
 fn plan_sprite(
     source_file: &SourceFile,
     index: usize,
     sprite: &SpriteSpec,
-    hasher: &mut FileHasher,
-    known: &dyn KnownFileHashes,
-    allow_missing_files: bool,
+    input_files: &mut InputFiles<'_>,
 ) -> Result<PlannedSprite, PlanError> {
     let mut files = BTreeMap::new();
     let mut loras = Canonical::new();
     for lora in &sprite.loras {
-        let hash = match hasher.hash(&lora.resolved) {
-            Ok(hash) => hash,
-            Err(source) => match known.known_hash(&lora.path) {
-                Some(hash) if allow_missing_files => hash,
-                _ => {
-                    let message = format!(
-                        "sprite `{}`: cannot read LoRA file {}: {source}",
-                        sprite.name,
-                        lora.resolved.display()
-                    );
-                    return Err(PlanError::LoraUnreadable(Box::new(
-                        Diagnostic::new(source_file, lora.span.clone(), message)
-                            .label("this file")
-                            .help("LoRA paths are relative to the folder of sprites.ron; offline builds also accept a missing file whose hash is in sprites.lock"),
-                    )));
-                }
-            },
-        };
+        let hash = input_files.hash(lora).map_err(|source| {
+            let message = format!(
+                "sprite `{}`: cannot read LoRA file {}: {source}",
+                sprite.name,
+                lora.resolved.display()
+            );
+            PlanError::LoraUnreadable(Box::new(
+                Diagnostic::new(source_file, lora.span.clone(), message)
+                    .label("this file")
+                    .help("LoRA paths are relative to the folder of sprites.ron; offline builds also accept a missing file whose hash is in sprites.lock"),
+            ))
+        })?;
         files.insert(lora.path.clone(), hash.to_hex().to_string());
         loras.bytes(hash.as_bytes()).f32(lora.weight);
     }
