@@ -10,6 +10,11 @@ use image::RgbaImage;
 
 use crate::plan::{FileHasher, Key};
 
+/// The file whose advisory lock serialises generation into one cache folder.
+pub const LOCK_NAME: &str = ".pixelgen-lock";
+const GITIGNORE: &str =
+    "# Written by pixelgen: commit the PNGs, not these.\n.tmp-pixelgen-*\n.pixelgen-lock\n";
+
 #[derive(Debug, Clone)]
 pub struct Cache {
     dir: PathBuf,
@@ -84,6 +89,18 @@ impl Cache {
                 },
             },
         }
+    }
+
+    /// Creates the cache folder with a `.gitignore` for the files that must not be
+    /// committed (temporary files of interrupted writes, the generation lock), and
+    /// returns the path of the generation lock file.
+    pub fn prepare(&self) -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(&self.dir)?;
+        let ignore = self.dir.join(".gitignore");
+        if !ignore.exists() {
+            write_atomically(&ignore, GITIGNORE.as_bytes())?;
+        }
+        Ok(self.dir.join(LOCK_NAME))
     }
 
     /// Decodes the entry for `key`.
@@ -193,6 +210,16 @@ mod tests {
             cache.lookup(&key, None, (4, 3), &mut FileHasher::in_memory()),
             Lookup::Corrupt { .. }
         ));
+    }
+
+    #[test]
+    fn prepare_ignores_what_must_not_be_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().join("cache"));
+        let lock = cache.prepare().unwrap();
+        assert_eq!(lock, dir.path().join("cache").join(LOCK_NAME));
+        let ignore = std::fs::read_to_string(dir.path().join("cache/.gitignore")).unwrap();
+        assert!(ignore.contains(".tmp-pixelgen-*") && ignore.contains(LOCK_NAME));
     }
 
     #[test]

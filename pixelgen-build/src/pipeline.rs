@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::Error;
+#[cfg(test)]
+use crate::cache::LOCK_NAME;
 use crate::cache::{Cache, Lookup};
 use crate::generate::{self, Job};
 use crate::lock::{LockFile, LockedSprite};
@@ -301,7 +303,7 @@ impl Session {
         if stale_count > 0 {
             // One generating process at a time per cache: parallel build scripts would
             // otherwise load models (and draw the same sprites) at once.
-            let _guard = CacheLock::acquire(self.cache.dir())?;
+            let _guard = CacheLock::acquire(&self.cache)?;
             // Another process may have generated some while we waited.
             for (i, entry) in statuses.iter_mut().enumerate() {
                 if entry.0.status == Freshness::Stale {
@@ -410,12 +412,11 @@ struct CacheLock {
 }
 
 impl CacheLock {
-    fn acquire(cache_dir: &Path) -> Result<CacheLock, Error> {
-        let name = format!(
-            "pixelgen-{}.lock",
-            &blake3::hash(cache_dir.as_os_str().as_encoded_bytes()).to_hex()[..16]
-        );
-        let path = std::env::temp_dir().join(name);
+    fn acquire(cache: &Cache) -> Result<CacheLock, Error> {
+        let path = cache.prepare().map_err(|source| Error::Cache {
+            path: cache.dir().to_path_buf(),
+            source,
+        })?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -545,7 +546,10 @@ mod tests {
         }
         let leftovers: Vec<_> = walk(&dir.path().join("cache"))
             .into_iter()
-            .filter(|p| !p.to_string_lossy().ends_with(".png"))
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy();
+                !name.ends_with(".png") && name != ".gitignore" && name != LOCK_NAME
+            })
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
