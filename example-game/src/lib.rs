@@ -189,6 +189,17 @@ struct Collected(Vec<sprites::SpriteIndex<items::Atlas>>);
 #[derive(Resource)]
 struct Autopilot;
 
+/// Things to pick up, on tiles kept free of scenery.
+const PICKUPS: [(sprites::SpriteIndex<items::Atlas>, i32, i32); 6] = [
+    (items::POTION, 6, 4),
+    (items::SWORD, 9, 7),
+    (items::HEART, 14, 5),
+    (items::POTION, 18, 12),
+    (items::HEART, 5, 13),
+    (items::SWORD, 20, 3),
+];
+const COINS: [(i32, i32); 7] = [(7, 4), (8, 4), (11, 9), (12, 9), (16, 14), (3, 10), (19, 8)];
+
 fn tile_center(x: i32, y: i32) -> Vec2 {
     Vec2::new(x as f32 * TILE, y as f32 * TILE)
 }
@@ -234,9 +245,11 @@ fn setup(
             let border = x == 0 || y == 0 || x == MAP_WIDTH - 1 || y == MAP_HEIGHT - 1;
             let noise = tile_noise(x, y) % 100;
             let near_start = (x - 4).abs() <= 2 && (y - 4).abs() <= 2;
+            let reserved =
+                PICKUPS.iter().any(|&(_, px, py)| (px, py) == (x, y)) || COINS.contains(&(x, y));
             let scenery = if border {
                 Some(tiles::WALL)
-            } else if near_start {
+            } else if near_start || reserved {
                 None
             } else if noise < 6 {
                 Some(tiles::TREE)
@@ -255,15 +268,7 @@ fn setup(
         }
     }
 
-    let pickups = [
-        (items::POTION, 6, 4),
-        (items::SWORD, 9, 7),
-        (items::HEART, 14, 5),
-        (items::POTION, 18, 12),
-        (items::HEART, 5, 13),
-        (items::SWORD, 20, 3),
-    ];
-    for (index, x, y) in pickups {
+    for (index, x, y) in PICKUPS {
         let at = tile_center(x, y);
         commands.spawn((
             atlases.sprite(index),
@@ -271,10 +276,7 @@ fn setup(
             Pickup(index),
         ));
     }
-    for (i, (x, y)) in [(7, 4), (8, 4), (11, 9), (12, 9), (16, 14), (3, 10), (19, 8)]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, (x, y)) in COINS.into_iter().enumerate() {
         let at = tile_center(x, y);
         commands.spawn((
             atlases.sprite(items::COIN.frame(i)),
