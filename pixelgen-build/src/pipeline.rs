@@ -277,7 +277,7 @@ impl Session {
 
     /// Makes every frame available in the cache: generates what is stale (online) or
     /// fails with the list of stale sprites (offline). Then writes the lock file.
-    /// Returns the counts and each sprite's frame output hashes.
+    /// Returns the counts for the summary line.
     pub fn realize(
         &mut self,
         offline: bool,
