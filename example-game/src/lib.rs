@@ -37,7 +37,7 @@ use bevy::winit::WinitPlugin;
 
 pixelgen_macros::sprites!();
 
-use sprites::{Atlases, SpritesPlugin, characters, items, tiles};
+use sprites::{AtlasData, Atlases, SpritesPlugin, characters, items, tiles};
 
 /// The world, in tiles.
 const MAP_WIDTH: i32 = 24;
@@ -120,8 +120,8 @@ pub fn run(args: &[String]) -> ExitCode {
             (
                 move_hero,
                 animate_hero,
-                animate_creatures,
-                spin_coins,
+                animate::<characters::Atlas>,
+                animate::<items::Atlas>,
                 wander,
                 pick_up,
                 follow_camera,
@@ -150,18 +150,11 @@ struct Hero {
     frame_clock: f32,
 }
 
-/// A looping animation of one atlas.
+/// A looping animation of atlas `A` (creatures in `characters`, coins in `items`).
 #[derive(Component)]
-struct Animated {
-    frames: sprites::Animation<characters::Atlas>,
+struct Animated<A: AtlasData> {
+    frames: sprites::Animation<A>,
     fps: f32,
-    clock: f32,
-}
-
-/// A coin spins: same idea, other atlas; typed indices keep them apart.
-#[derive(Component)]
-struct Spinning {
-    frames: sprites::Animation<items::Atlas>,
     clock: f32,
 }
 
@@ -282,8 +275,9 @@ fn setup(
             atlases.sprite(items::COIN.frame(i)),
             Transform::from_xyz(at.x, at.y, 2.0),
             Pickup(items::COIN.frame(0)),
-            Spinning {
+            Animated {
                 frames: items::COIN,
+                fps: 10.0,
                 clock: i as f32 * 0.1,
             },
         ));
@@ -389,10 +383,10 @@ fn animate_hero(
     }
 }
 
-fn animate_creatures(
+fn animate<A: AtlasData>(
     time: Res<Time>,
     atlases: Res<Atlases>,
-    mut animated: Query<(&mut Animated, &mut Sprite)>,
+    mut animated: Query<(&mut Animated<A>, &mut Sprite)>,
 ) {
     for (mut animation, mut sprite) in &mut animated {
         animation.clock += time.delta_secs();
@@ -400,18 +394,6 @@ fn animate_creatures(
             .frames
             .frame((animation.clock * animation.fps) as usize);
         sprite.texture_atlas = Some(atlases.texture_atlas(index));
-    }
-}
-
-fn spin_coins(
-    time: Res<Time>,
-    atlases: Res<Atlases>,
-    mut coins: Query<(&mut Spinning, &mut Sprite)>,
-) {
-    for (mut coin, mut sprite) in &mut coins {
-        coin.clock += time.delta_secs();
-        sprite.texture_atlas =
-            Some(atlases.texture_atlas(coin.frames.frame((coin.clock * 10.0) as usize)));
     }
 }
 

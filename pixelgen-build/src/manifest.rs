@@ -25,8 +25,6 @@ pub const MAX_FRAMES: u32 = 256;
 #[derive(Debug, Clone)]
 pub struct Manifest {
     pub source: SourceFile,
-    /// Folder that relative paths (LoRAs, palette files) are resolved against.
-    pub dir: PathBuf,
     /// Sorted by name.
     pub atlases: Vec<AtlasSpec>,
     /// Sorted by name.
@@ -371,7 +369,6 @@ impl Validator<'_> {
         used.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Manifest {
             source: self.source.clone(),
-            dir: self.dir.to_path_buf(),
             atlases: used,
             sprites,
             input_files: self.input_files.take(),

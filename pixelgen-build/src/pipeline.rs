@@ -300,6 +300,7 @@ impl Session {
                     .collect(),
             }));
         }
+        let mut generated = 0;
         if stale_count > 0 {
             // One generating process at a time per cache: parallel build scripts would
             // otherwise load models (and draw the same sprites) at once.
@@ -310,6 +311,10 @@ impl Session {
                     *entry = self.sprite_status(i);
                 }
             }
+            generated = statuses
+                .iter()
+                .filter(|(s, _)| s.status == Freshness::Stale)
+                .count();
             self.generate_stale(&mut statuses, progress)?;
         }
 
@@ -341,8 +346,8 @@ impl Session {
         self.hasher.save();
         Ok(Summary {
             sprites: self.plan.len(),
-            generated: stale_count,
-            cached: self.plan.len() - stale_count,
+            generated,
+            cached: self.plan.len() - generated,
         })
     }
 

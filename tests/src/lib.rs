@@ -7,7 +7,6 @@ use std::process::Command;
 /// A throwaway game crate: Cargo.toml, build.rs calling pixelgen, sprites.ron.
 pub struct GameCrate {
     dir: tempfile::TempDir,
-    name: String,
 }
 
 /// What one `cargo build` did.
@@ -70,10 +69,7 @@ opt-level = 1
             workspace_root().join("Cargo.lock"),
             dir.path().join("Cargo.lock"),
         );
-        let game = GameCrate {
-            dir,
-            name: name.to_string(),
-        };
+        let game = GameCrate { dir };
         game.write_manifest(manifest);
         game
     }
@@ -151,10 +147,6 @@ opt-level = 1
         }
         files.sort();
         files
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 }
 
