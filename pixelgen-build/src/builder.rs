@@ -91,6 +91,28 @@ impl Build {
         for path in lora_files.into_iter().filter(|p| p.exists()) {
             println!("cargo:rerun-if-changed={}", path.display());
         }
+        // A model's files are part of its sprites' keys: a changed model reruns the build.
+        let manifest_dir = session
+            .project
+            .manifest_path
+            .parent()
+            .unwrap_or(Path::new("."));
+        let models: std::collections::BTreeSet<&str> = session
+            .manifest
+            .sprites
+            .iter()
+            .filter_map(|s| match &s.generator {
+                crate::manifest::GeneratorSpec::Diffusion { model, .. } => Some(model.as_str()),
+                crate::manifest::GeneratorSpec::Procedural => None,
+            })
+            .collect();
+        for model in models {
+            if let Ok(location) = crate::generate::model_files::locate(model, manifest_dir) {
+                for path in location.content_files() {
+                    println!("cargo:rerun-if-changed={}", path.display());
+                }
+            }
+        }
         let summary = session.realize(offline, &mut Quiet)?;
         crate::emit::emit(&session, &out_dir)?;
         // cargo replays a build script's warnings while it is fresh: after a run that
@@ -101,6 +123,9 @@ impl Build {
         }
         println!("cargo:rerun-if-changed={}", marker.display());
         println!("cargo:warning={summary}");
+        for note in &summary.notes {
+            println!("cargo:warning={note}");
+        }
         if env!("PIXELGEN_BUILD_OPT_LEVEL") == "0" {
             println!(
                 "cargo:warning=pixelgen: pixelgen-build runs unoptimised, which makes generation many times slower: add `[profile.dev.build-override] opt-level = 3` to the workspace Cargo.toml"

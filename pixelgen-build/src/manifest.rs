@@ -95,6 +95,24 @@ pub enum Scheduler {
     EulerAncestral,
 }
 
+impl Scheduler {
+    /// The command-line and lock-file name: `ddim`, `euler`, `euler-a`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::Ddim => "ddim",
+            Scheduler::Euler => "euler",
+            Scheduler::EulerAncestral => "euler-a",
+        }
+    }
+
+    /// The scheduler called `name` (see [`Scheduler::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Scheduler::Ddim, Scheduler::Euler, Scheduler::EulerAncestral]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
+}
+
 /// A LoRA adapter applied to the model, with its weight.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraSpec {

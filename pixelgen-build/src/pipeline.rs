@@ -88,11 +88,13 @@ pub enum Freshness {
 }
 
 /// Counts of one run, for the summary line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Summary {
     pub sprites: usize,
     pub generated: usize,
     pub cached: usize,
+    /// Things the user should hear once (a backend running slower than it could, …).
+    pub notes: Vec<String>,
 }
 
 impl fmt::Display for Summary {
@@ -236,7 +238,8 @@ impl Session {
                             .files
                             .iter()
                             .filter(|(path, hash)| {
-                                self.lock.files.get(*path).is_some_and(|old| old != *hash)
+                                !path.starts_with("model:")
+                                    && self.lock.files.get(*path).is_some_and(|old| old != *hash)
                             })
                             .map(|(path, _)| path)
                             .collect();
@@ -247,6 +250,8 @@ impl Session {
                                 reasons.push(format!("LoRA file changed ({path})"));
                             }
                         }
+                    } else if group == "model" {
+                        reasons.push("model changed (its files differ from the ones the cache was made with)".to_string());
                     } else {
                         reasons.push(format!("{} changed", group.replace('_', " ")));
                     }
@@ -301,6 +306,7 @@ impl Session {
             }));
         }
         let mut generated = 0;
+        let mut notes = Vec::new();
         if stale_count > 0 {
             // One generating process at a time per cache: parallel build scripts would
             // otherwise load models (and draw the same sprites) at once.
@@ -315,7 +321,7 @@ impl Session {
                 .iter()
                 .filter(|(s, _)| s.status == Freshness::Stale)
                 .count();
-            self.generate_stale(&mut statuses, progress)?;
+            notes = self.generate_stale(&mut statuses, progress)?;
         }
 
         let mut lock = LockFile::empty();
@@ -348,15 +354,17 @@ impl Session {
             sprites: self.plan.len(),
             generated,
             cached: self.plan.len() - generated,
+            notes,
         })
     }
 
+    /// Generates every stale frame, one backend per group of sprites that share a
+    /// generator and LoRAs, in the backend's batch size. Returns the backends' notes.
     fn generate_stale(
         &mut self,
         statuses: &mut [(SpriteStatus, Vec<Lookup>)],
         progress: &mut dyn Progress,
-    ) -> Result<(), Error> {
-        // Group the stale frames by backend so each backend is set up once.
+    ) -> Result<Vec<String>, Error> {
         let mut batches: BTreeMap<String, Vec<(usize, u32)>> = BTreeMap::new();
         for (i, (status, lookups)) in statuses.iter().enumerate() {
             if status.status == Freshness::Fresh {
@@ -373,32 +381,58 @@ impl Session {
             }
         }
         progress.start(batches.values().map(Vec::len).sum());
+        let manifest_dir = self
+            .project
+            .manifest_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let mut notes = Vec::new();
         for jobs in batches.values() {
             let first = &self.manifest.sprites[self.plan[jobs[0].0].sprite];
-            let mut backend = generate::backend_for(first)?;
-            for &(i, frame) in jobs {
-                let sprite = &self.manifest.sprites[self.plan[i].sprite];
-                let raw = backend
-                    .generate(&[Job { sprite, frame }])?
-                    .pop()
-                    .ok_or_else(|| generate::GenerateError::Failed {
-                        sprite: sprite.name.clone(),
-                        message: "the backend returned no image".to_string(),
-                    })?;
-                let finished = pixelize::finish(raw, sprite);
-                let key = &self.plan[i].frames[frame as usize];
-                let output = self
-                    .cache
-                    .write(key, &finished)
-                    .map_err(|source| Error::Cache {
-                        path: self.cache.path_of(key),
-                        source,
-                    })?;
-                statuses[i].1[frame as usize] = Lookup::Hit { output };
-                progress.frame_done(&sprite.name, frame);
+            let mut backend = generate::backend_for(first, &manifest_dir)?;
+            if let Some(note) = backend.take_note()
+                && !notes.contains(&note)
+            {
+                notes.push(note);
+            }
+            for chunk in jobs.chunks(backend.batch_size().max(1)) {
+                let batch: Vec<Job> = chunk
+                    .iter()
+                    .map(|&(i, frame)| Job {
+                        sprite: &self.manifest.sprites[self.plan[i].sprite],
+                        frame,
+                    })
+                    .collect();
+                let raws = backend.generate(&batch)?;
+                if raws.len() != batch.len() {
+                    return Err(generate::GenerateError::Failed {
+                        sprite: batch[0].sprite.name.clone(),
+                        message: format!(
+                            "the backend returned {} images for {} jobs",
+                            raws.len(),
+                            batch.len()
+                        ),
+                    }
+                    .into());
+                }
+                for (raw, &(i, frame)) in raws.into_iter().zip(chunk) {
+                    let sprite = &self.manifest.sprites[self.plan[i].sprite];
+                    let finished = pixelize::finish(raw, sprite);
+                    let key = &self.plan[i].frames[frame as usize];
+                    let output =
+                        self.cache
+                            .write(key, &finished)
+                            .map_err(|source| Error::Cache {
+                                path: self.cache.path_of(key),
+                                source,
+                            })?;
+                    statuses[i].1[frame as usize] = Lookup::Hit { output };
+                    progress.frame_done(&sprite.name, frame);
+                }
             }
         }
-        Ok(())
+        Ok(notes)
     }
 
     /// Sprites in the order of `plan`, each with its frames' keys (for the atlas stage).
@@ -470,7 +504,8 @@ mod tests {
             Summary {
                 sprites: 2,
                 generated: 2,
-                cached: 0
+                cached: 0,
+                notes: Vec::new(),
             }
         );
         assert_eq!(
@@ -572,19 +607,20 @@ mod tests {
     }
 
     #[test]
-    fn diffusion_sprites_fail_clearly_until_the_backend_lands() {
+    fn a_missing_diffusion_model_fails_naming_the_sprite_and_where_it_looked() {
         let dir = tempfile::tempdir().unwrap();
         let project = project(
             dir.path(),
-            r#"(sprites: { "hero": (prompt: "knight", generator: Diffusion(model: "stabilityai/sd-turbo")) })"#,
+            r#"(sprites: { "hero": (prompt: "knight", generator: Diffusion(model: "models/none")) })"#,
         );
         let error = session(&project, false)
             .realize(false, &mut Quiet)
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("hero") && error.contains("not available in this build"),
+            error.contains("sprite `hero`") && error.contains("model `models/none` not found"),
             "{error}"
         );
+        assert!(error.contains(&dir.path().join("models/none").display().to_string()), "{error}");
     }
 }

@@ -12,7 +12,7 @@ use std::time::UNIX_EPOCH;
 use serde::{Deserialize, Serialize};
 
 use crate::diagnostics::{Diagnostic, SourceFile};
-use crate::manifest::{Background, GeneratorSpec, LoraSpec, Manifest, Scheduler, SpriteSpec};
+use crate::manifest::{Background, GeneratorSpec, LoraSpec, Manifest, SpriteSpec};
 
 /// Bumped whenever a change to pixelgen changes the pixels it makes for the same inputs,
 /// so that caches made by an older pipeline are regenerated rather than trusted.
@@ -186,6 +186,13 @@ pub fn plan(
         known,
         allow_missing_files,
         memo: HashMap::new(),
+        models: HashMap::new(),
+        manifest_dir: manifest
+            .source
+            .path()
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf(),
     };
     manifest
         .sprites
@@ -202,6 +209,9 @@ struct InputFiles<'a> {
     known: &'a dyn KnownFileHashes,
     allow_missing_files: bool,
     memo: HashMap<PathBuf, blake3::Hash>,
+    /// Identity of each model named in the manifest.
+    models: HashMap<String, blake3::Hash>,
+    manifest_dir: PathBuf,
 }
 
 impl InputFiles<'_> {
@@ -219,6 +229,57 @@ impl InputFiles<'_> {
         self.memo.insert(lora.resolved.clone(), hash);
         Ok(hash)
     }
+
+    /// A Diffusion model's identity: the content of its weight, config and tokenizer
+    /// files (hashed once, then remembered by stamp). A model that is not on this machine
+    /// takes the identity recorded in the lock file, so teammates and CI without the model
+    /// still find their cached sprites fresh; with neither, an identity that matches no
+    /// cache entry, so the sprite is stale and generating it says the model is missing.
+    fn model_hash(&mut self, model: &str) -> blake3::Hash {
+        if let Some(hash) = self.models.get(model) {
+            return *hash;
+        }
+        let located = crate::generate::model_files::locate(model, &self.manifest_dir);
+        let hash = match located {
+            Ok(location) => {
+                let root = location.path().to_path_buf();
+                let mut all = blake3::Hasher::new_derive_key("pixelgen model identity v1");
+                let mut complete = true;
+                for file in location.content_files() {
+                    let relative = file
+                        .strip_prefix(&root)
+                        .unwrap_or(&file)
+                        .to_string_lossy()
+                        .replace('\\', "/");
+                    match self.hasher.hash(&file) {
+                        Ok(hash) => {
+                            all.update(relative.as_bytes())
+                                .update(&[0])
+                                .update(hash.as_bytes());
+                        }
+                        Err(_) => complete = false,
+                    }
+                }
+                match (complete, self.known.known_hash(&model_file_key(model))) {
+                    (false, Some(known)) => known,
+                    _ => all.finalize(),
+                }
+            }
+            Err(_) => self
+                .known
+                .known_hash(&model_file_key(model))
+                .unwrap_or_else(|| {
+                    blake3::hash(format!("pixelgen unresolved model {model}").as_bytes())
+                }),
+        };
+        self.models.insert(model.to_string(), hash);
+        hash
+    }
+}
+
+/// The lock file's entry for a model's identity (beside the LoRA files' hashes).
+pub fn model_file_key(model: &str) -> String {
+    format!("model:{model}")
 }
 
 fn plan_sprite(
@@ -273,6 +334,12 @@ fn plan_sprite(
         ("background", background_group(sprite.background)),
         ("pipeline", Canonical::new().str(PIPELINE_VERSION).take()),
     ];
+    // Only diffusion sprites have a model (procedural keys stay as they were).
+    if let GeneratorSpec::Diffusion { model, .. } = &sprite.generator {
+        let hash = input_files.model_hash(model);
+        files.insert(model_file_key(model), hash.to_hex().to_string());
+        groups.push(("model", Canonical::new().bytes(hash.as_bytes()).take()));
+    }
     groups.sort_by(|a, b| a.0.cmp(b.0));
 
     let mut all = blake3::Hasher::new_derive_key("pixelgen sprite frame key v1");
@@ -317,11 +384,7 @@ fn generator_group(generator: &GeneratorSpec) -> Canonical {
                 .str(model)
                 .u64((*steps).into())
                 .f32(*guidance);
-            c.str(match scheduler {
-                Scheduler::Ddim => "ddim",
-                Scheduler::Euler => "euler",
-                Scheduler::EulerAncestral => "euler-a",
-            });
+            c.str(scheduler.name());
             match resolution {
                 Some((w, h)) => c.u64((*w).into()).u64((*h).into()),
                 None => c.str("default-resolution"),

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod txt2img;
+
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use pixelgen_build::pipeline::{Freshness, Progress, SpriteStatus, workspace_root_of};
@@ -43,6 +45,8 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Draw one raw image with Stable Diffusion (a model folder, .safetensors file or HF id).
+    Txt2img(txt2img::Txt2Img),
 }
 
 #[derive(clap::Args)]
@@ -102,6 +106,13 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             );
             Ok(ExitCode::from(1))
         }
+        Command::Txt2img(args) => match txt2img::run(args) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(error) => {
+                eprintln!("error: {error}");
+                Ok(ExitCode::from(1))
+            }
+        },
         Command::Generate { target } => {
             let mut session = open(&target, false)?;
             let mut bar = Bar(None);
@@ -110,6 +121,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 bar.finish_and_clear();
             }
             println!("{summary}");
+            for note in &summary.notes {
+                eprintln!("{note}");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,7 +1,12 @@
 //! Backends that draw sprites, behind one trait. `Procedural` is embedded and needs no
 //! model; `Diffusion` (Stable Diffusion through candle) plugs in behind the same trait.
 
+#[cfg(feature = "diffusion")]
+pub mod diffusion;
+pub mod model_files;
 pub mod procedural;
+
+use std::path::Path;
 
 use image::RgbaImage;
 
@@ -24,6 +29,16 @@ pub trait Generator {
     /// Draws each job; the images may be any size (the pixelize stage brings them to the
     /// sprite's size) and are returned in job order.
     fn generate(&mut self, jobs: &[Job<'_>]) -> Result<Vec<RgbaImage>, GenerateError>;
+
+    /// How many jobs to give `generate` at once (progress is reported between batches).
+    fn batch_size(&self) -> usize {
+        16
+    }
+
+    /// Something the user should hear once about how this backend runs.
+    fn take_note(&mut self) -> Option<String> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,15 +78,26 @@ impl Generator for Procedural {
     }
 }
 
-/// The backend for a sprite's generator spec.
-pub fn backend_for(sprite: &SpriteSpec) -> Result<Box<dyn Generator>, GenerateError> {
+/// The backend for a sprite's generator spec; `manifest_dir` anchors relative model paths.
+pub fn backend_for(
+    sprite: &SpriteSpec,
+    manifest_dir: &Path,
+) -> Result<Box<dyn Generator>, GenerateError> {
     match &sprite.generator {
         GeneratorSpec::Procedural => Ok(Box::new(Procedural)),
-        GeneratorSpec::Diffusion { .. } => Err(GenerateError::Unavailable {
-            sprite: sprite.name.clone(),
-            generator: "Diffusion",
-            help: "Stable Diffusion support has not landed in pixelgen-build yet; use `generator: Procedural` for now (sprites already in cache/ still build offline)".to_string(),
-        }),
+        #[cfg(feature = "diffusion")]
+        GeneratorSpec::Diffusion { .. } => {
+            Ok(Box::new(diffusion::Diffusion::load(sprite, manifest_dir)?))
+        }
+        #[cfg(not(feature = "diffusion"))]
+        GeneratorSpec::Diffusion { .. } => {
+            let _ = manifest_dir;
+            Err(GenerateError::Unavailable {
+                sprite: sprite.name.clone(),
+                generator: "Diffusion",
+                help: "enable pixelgen-build's `diffusion` feature (on by default) to run Stable Diffusion; sprites already in cache/ still build offline".to_string(),
+            })
+        }
     }
 }
 

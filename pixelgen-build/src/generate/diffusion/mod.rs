@@ -1,0 +1,227 @@
+//! The `Diffusion` backend: Stable Diffusion 1.x, 2.x (v-prediction, Turbo) and XL through
+//! candle, on the CPU or (with the `cuda` feature) an NVIDIA GPU, with LoRAs merged at load.
+//!
+//! Data flows: [`locate`] finds the files → [`model::LoadedModel::load`] reads the
+//! configs and safetensors (a single file goes through [`ldm`]), merges LoRAs ([`lora`]) and
+//! builds [`clip`], [`unet`] and candle's VAE → [`sample`] encodes prompts
+//! ([`tokenizer`]), denoises from [`noise`] with a [`scheduler`] and decodes.
+
+pub mod clip;
+pub mod config;
+pub mod ldm;
+pub mod lora;
+pub mod model;
+pub mod noise;
+pub mod sample;
+pub mod scheduler;
+pub mod sgm;
+pub mod tokenizer;
+pub mod unet;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use image::RgbaImage;
+
+pub use crate::generate::model_files::{ModelLocation, locate};
+pub use model::{LoadedModel, LoraFile};
+pub use sample::{Noise, Request, Settings};
+
+use super::{GenerateError, Generator, Job};
+use crate::manifest::{GeneratorSpec, SpriteSpec};
+
+/// Why a model could not be found, loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffusionError {
+    #[error(transparent)]
+    Locate(#[from] crate::generate::model_files::LocateError),
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+    #[error("{0}")]
+    Lora(String),
+    #[error("{0}")]
+    Request(String),
+    #[error("{what} failed: {message}")]
+    Compute { what: &'static str, message: String },
+    #[error("{0}")]
+    Device(String),
+}
+
+/// The device and precision to run on, from `PIXELGEN_DEVICE` (`auto`, `cpu`, `cuda`,
+/// `cuda:N`) and `PIXELGEN_DTYPE` (`f32`, `f16`, `bf16`). `auto` takes the first GPU when
+/// this build has CUDA and one is there, else the CPU. Half precision is the default on a
+/// GPU, f32 on the CPU. The note, when there is one, is for the user (said once per build).
+pub fn select_device() -> Result<(Device, DType, Option<String>), DiffusionError> {
+    let requested = std::env::var("PIXELGEN_DEVICE").unwrap_or_else(|_| "auto".to_string());
+    let device = match requested.trim() {
+        "auto" | "" => {
+            if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
+                cuda(0)?
+            } else {
+                Device::Cpu
+            }
+        }
+        "cpu" => Device::Cpu,
+        "cuda" => cuda(0)?,
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(ordinal) => cuda(ordinal)?,
+            None => {
+                return Err(DiffusionError::Device(format!(
+                    "PIXELGEN_DEVICE=`{other}` is not a device: use auto, cpu, cuda or cuda:N"
+                )));
+            }
+        },
+    };
+    let dtype = match std::env::var("PIXELGEN_DTYPE")
+        .ok()
+        .as_deref()
+        .map(str::trim)
+    {
+        None | Some("") => {
+            if device.is_cpu() {
+                DType::F32
+            } else {
+                DType::F16
+            }
+        }
+        Some("f32") => DType::F32,
+        Some("f16") => DType::F16,
+        Some("bf16") => DType::BF16,
+        Some(other) => {
+            return Err(DiffusionError::Device(format!(
+                "PIXELGEN_DTYPE=`{other}` is not a precision: use f32, f16 or bf16"
+            )));
+        }
+    };
+    let note = (!cfg!(feature = "cuda") && nvidia_gpu_present()).then(|| {
+        "pixelgen: this machine has an NVIDIA GPU but pixelgen-build was built without its `cuda` feature, so Stable Diffusion runs on the CPU (slowly): add `features = [\"cuda\"]` to the pixelgen-build build-dependency (needs the CUDA toolkit's nvcc)".to_string()
+    });
+    Ok((device, dtype, note))
+}
+
+fn cuda(ordinal: usize) -> Result<Device, DiffusionError> {
+    if !cfg!(feature = "cuda") {
+        return Err(DiffusionError::Device(
+            "PIXELGEN_DEVICE asks for CUDA but pixelgen-build was built without its `cuda` feature"
+                .into(),
+        ));
+    }
+    Device::new_cuda(ordinal)
+        .map_err(|e| DiffusionError::Device(format!("cannot open CUDA device {ordinal}: {e}")))
+}
+
+/// Whether the NVIDIA driver is loaded, without linking CUDA.
+fn nvidia_gpu_present() -> bool {
+    Path::new("/proc/driver/nvidia/version").exists() || Path::new("/dev/nvidia0").exists()
+}
+
+/// The backend for sprites whose generator is `Diffusion`: one model with one set of LoRAs,
+/// loaded once and used for every job given to it.
+pub struct Diffusion {
+    model: LoadedModel,
+    settings: Settings,
+    /// How many images go through the UNet together.
+    batch: usize,
+    note: Option<String>,
+}
+
+impl Diffusion {
+    /// Loads the model and LoRAs of `sprite` (whose generator must be `Diffusion`); a
+    /// relative model path is taken from `manifest_dir`.
+    pub fn load(sprite: &SpriteSpec, manifest_dir: &Path) -> Result<Self, GenerateError> {
+        let failed = |e: DiffusionError| GenerateError::Failed {
+            sprite: sprite.name.clone(),
+            message: e.to_string(),
+        };
+        let GeneratorSpec::Diffusion {
+            model,
+            steps,
+            guidance,
+            scheduler,
+            resolution,
+        } = &sprite.generator
+        else {
+            return Err(GenerateError::Failed {
+                sprite: sprite.name.clone(),
+                message: "not a Diffusion sprite".into(),
+            });
+        };
+        let (device, dtype, note) = select_device().map_err(failed)?;
+        let location = locate(model, manifest_dir).map_err(|e| failed(e.into()))?;
+        let loras: Vec<LoraFile> = sprite
+            .loras
+            .iter()
+            .map(|l| LoraFile {
+                path: l.resolved.clone(),
+                weight: f64::from(l.weight),
+            })
+            .collect();
+        let loaded = LoadedModel::load(&location, &loras, &device, dtype).map_err(failed)?;
+        let default = loaded.default_resolution().unwrap_or(512);
+        let (width, height) = resolution
+            .map(|(w, h)| (w as usize, h as usize))
+            .unwrap_or((default, default));
+        let settings = Settings {
+            width,
+            height,
+            steps: *steps as usize,
+            guidance: f64::from(*guidance),
+            scheduler: *scheduler,
+        };
+        loaded.check(&settings).map_err(failed)?;
+        let batch = std::env::var("PIXELGEN_BATCH")
+            .ok()
+            .and_then(|b| b.parse().ok())
+            .filter(|&b: &usize| b > 0)
+            .unwrap_or(if device.is_cpu() { 1 } else { 4 });
+        Ok(Self {
+            model: loaded,
+            settings,
+            batch,
+            note,
+        })
+    }
+}
+
+/// The seed of frame `frame` of a sprite: frames are drawn from consecutive seeds.
+pub fn frame_seed(seed: u64, frame: u32) -> u64 {
+    seed.wrapping_add(u64::from(frame))
+}
+
+impl Generator for Diffusion {
+    fn generate(&mut self, jobs: &[Job<'_>]) -> Result<Vec<RgbaImage>, GenerateError> {
+        let mut images = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(self.batch) {
+            let requests: Vec<Request> = chunk
+                .iter()
+                .map(|job| Request {
+                    prompt: job.sprite.prompt.clone(),
+                    negative_prompt: (!job.sprite.negative_prompt.is_empty())
+                        .then(|| job.sprite.negative_prompt.clone()),
+                    noise: Noise::Seed(frame_seed(job.sprite.seed, job.frame)),
+                })
+                .collect();
+            let drawn = self
+                .model
+                .generate(&self.settings, &requests)
+                .map_err(|e| GenerateError::Failed {
+                    sprite: chunk[0].sprite.name.clone(),
+                    message: e.to_string(),
+                })?;
+            images.extend(
+                drawn
+                    .into_iter()
+                    .map(|rgb| image::DynamicImage::ImageRgb8(rgb).into_rgba8()),
+            );
+        }
+        Ok(images)
+    }
+
+    fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    fn take_note(&mut self) -> Option<String> {
+        self.note.take()
+    }
+}

@@ -1,0 +1,434 @@
+//! Text to image: encode the prompts, denoise from seeded noise with classifier-free
+//! guidance, decode with the VAE. Follows diffusers' `StableDiffusionPipeline` and
+//! `StableDiffusionXLPipeline` step by step so that the same weights and noise give the
+//! same pixels.
+
+use candle_core::{D, DType, Tensor};
+use image::RgbImage;
+
+use super::DiffusionError;
+use super::model::LoadedModel;
+use super::noise::{self, Stream};
+use super::scheduler::Sampler;
+use super::unet::AddedConditioning;
+use crate::manifest::Scheduler;
+
+/// Settings shared by every image of one batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub width: usize,
+    pub height: usize,
+    pub steps: usize,
+    pub guidance: f64,
+    pub scheduler: Scheduler,
+}
+
+/// Where an image's noise comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Noise {
+    /// pixelgen's seeded generator: initial latents and every ancestral step.
+    Seed(u64),
+    /// Given initial latents (unit variance, `channels × h × w` values), and optionally
+    /// the noise of each ancestral step; missing step noise comes from `seed`.
+    Given {
+        latents: Vec<f32>,
+        steps: Option<Vec<Vec<f32>>>,
+        seed: u64,
+    },
+}
+
+impl Noise {
+    /// Reads `--init-latents FILE`: a safetensors file whose tensor `latents`
+    /// (1 × channels × h × w) is the initial noise, and whose optional tensor `noise`
+    /// (steps × 1 × channels × h × w) is each ancestral step's noise. Ancestral steps
+    /// without given noise draw it from `seed`.
+    pub fn from_file(path: &std::path::Path, seed: u64) -> Result<Self, DiffusionError> {
+        let invalid = |message: String| DiffusionError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let tensors = super::model::read_safetensors(path)?;
+        let latents = tensors.get("latents").ok_or_else(|| {
+            invalid("no tensor named `latents` (1 × channels × height/8 × width/8, f32)".into())
+        })?;
+        let dims = latents.dims();
+        if dims.len() != 4 || dims[0] != 1 {
+            return Err(invalid(format!(
+                "`latents` has shape {dims:?}; expected 1 × channels × h × w"
+            )));
+        }
+        let values = |t: &Tensor| -> Result<Vec<f32>, DiffusionError> {
+            t.to_dtype(DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| invalid(e.to_string()))
+        };
+        let steps = match tensors.get("noise") {
+            None => None,
+            Some(noise) => {
+                let steps = noise.dim(0).map_err(|e| invalid(e.to_string()))?;
+                if noise.elem_count() != steps * latents.elem_count() {
+                    return Err(invalid(format!(
+                        "`noise` has shape {:?}; expected steps × {:?}",
+                        noise.dims(),
+                        dims
+                    )));
+                }
+                Some(
+                    (0..steps)
+                        .map(|i| {
+                            noise
+                                .get(i)
+                                .map_err(|e| invalid(e.to_string()))
+                                .and_then(|t| values(&t))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                )
+            }
+        };
+        Ok(Noise::Given {
+            latents: values(latents)?,
+            steps,
+            seed,
+        })
+    }
+}
+
+/// One image to draw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub prompt: String,
+    /// `None` differs from `Some("")` only for SDXL models, which then condition on zeros.
+    pub negative_prompt: Option<String>,
+    pub noise: Noise,
+}
+
+/// What the UNet is conditioned on, for the whole (guidance-doubled) batch.
+pub(crate) struct Conditioning {
+    pub context: Tensor,
+    pub added: Option<AddedConditioning>,
+}
+
+fn compute(what: &'static str) -> impl Fn(candle_core::Error) -> DiffusionError {
+    move |e| DiffusionError::Compute {
+        what,
+        message: e.to_string(),
+    }
+}
+
+impl LoadedModel {
+    /// Checks settings against the model before any work.
+    pub fn check(&self, settings: &Settings) -> Result<(), DiffusionError> {
+        let factor = self.latent_factor();
+        if settings.width == 0
+            || settings.height == 0
+            || settings.width % factor != 0
+            || settings.height % factor != 0
+        {
+            return Err(DiffusionError::Request(format!(
+                "{}×{} is not a multiple of {factor}, the size of one latent cell of this model",
+                settings.width, settings.height
+            )));
+        }
+        Sampler::new(&self.scheduler, settings.scheduler, settings.steps)
+            .map_err(DiffusionError::Request)?;
+        Ok(())
+    }
+
+    /// Draws one image per request, in order.
+    pub fn generate(
+        &self,
+        settings: &Settings,
+        requests: &[Request],
+    ) -> Result<Vec<RgbImage>, DiffusionError> {
+        self.check(settings)?;
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let guided = settings.guidance > 1.0;
+        let conditioning = self.encode(requests, guided, settings)?;
+        let latents = self.denoise(settings, requests, &conditioning, |_, _| {})?;
+        self.decode(&latents)
+    }
+
+    fn encode_ids(
+        &self,
+        ids: &[Vec<u32>],
+        second: bool,
+    ) -> Result<super::clip::ClipOutput, DiffusionError> {
+        let encoder = if second {
+            self.text_encoder_2.as_ref()
+        } else {
+            Some(&self.text_encoder)
+        };
+        let encoder = encoder.ok_or_else(|| {
+            DiffusionError::Request("the model has no second text encoder".into())
+        })?;
+        encoder
+            .forward(ids, &self.device)
+            .map_err(compute("text encoder"))
+    }
+
+    fn tokenize(&self, texts: &[&str], second: bool) -> Result<Vec<Vec<u32>>, DiffusionError> {
+        let tokenizer = if second {
+            self.tokenizer_2.as_ref()
+        } else {
+            Some(&self.tokenizer)
+        };
+        let tokenizer = tokenizer
+            .ok_or_else(|| DiffusionError::Request("the model has no second tokenizer".into()))?;
+        texts
+            .iter()
+            .map(|t| tokenizer.encode(t).map_err(DiffusionError::Request))
+            .collect()
+    }
+
+    /// Token ids of `text` for the first (or second) tokenizer: for checks against diffusers.
+    pub fn token_ids(&self, text: &str, second: bool) -> Result<Vec<u32>, DiffusionError> {
+        Ok(self.tokenize(&[text], second)?.remove(0))
+    }
+
+    /// Prompt embeddings: `[negatives…, positives…]` when guided, else the positives.
+    pub(crate) fn encode(
+        &self,
+        requests: &[Request],
+        guided: bool,
+        settings: &Settings,
+    ) -> Result<Conditioning, DiffusionError> {
+        let prompts: Vec<&str> = requests.iter().map(|r| r.prompt.as_str()).collect();
+        let negatives: Vec<&str> = requests
+            .iter()
+            .map(|r| r.negative_prompt.as_deref().unwrap_or(""))
+            .collect();
+        // SDXL pipelines condition on zeros, not on "", when no negative prompt is given.
+        let zero_negative: Vec<bool> = requests
+            .iter()
+            .map(|r| {
+                r.negative_prompt.is_none()
+                    && self.index.force_zeros_for_empty_prompt.unwrap_or(false)
+            })
+            .collect();
+        let dtype = self.dtype;
+
+        if self.text_encoder_2.is_none() {
+            let texts: Vec<&str> = if guided {
+                negatives.iter().chain(&prompts).copied().collect()
+            } else {
+                prompts
+            };
+            let out = self.encode_ids(&self.tokenize(&texts, false)?, false)?;
+            return Ok(Conditioning {
+                context: out
+                    .last_hidden_state
+                    .to_dtype(dtype)
+                    .map_err(compute("text encoder"))?,
+                added: None,
+            });
+        }
+
+        let encode_both = |texts: &[&str]| -> Result<(Tensor, Tensor), DiffusionError> {
+            let first = self.encode_ids(&self.tokenize(texts, false)?, false)?;
+            let second = self.encode_ids(&self.tokenize(texts, true)?, true)?;
+            let context = Tensor::cat(
+                &[
+                    &first.penultimate_hidden_state,
+                    &second.penultimate_hidden_state,
+                ],
+                D::Minus1,
+            )
+            .map_err(compute("text encoder"))?;
+            Ok((context, second.pooled))
+        };
+        let (mut context, mut pooled) = encode_both(&prompts)?;
+        if guided {
+            let (negative_context, negative_pooled) = encode_both(&negatives)?;
+            let zeroed = |t: &Tensor, i: usize| -> candle_core::Result<Tensor> {
+                let row = t.get(i)?;
+                if zero_negative[i] {
+                    row.zeros_like()
+                } else {
+                    Ok(row)
+                }
+            };
+            let rows = |t: &Tensor| -> candle_core::Result<Tensor> {
+                Tensor::stack(
+                    &(0..requests.len())
+                        .map(|i| zeroed(t, i))
+                        .collect::<candle_core::Result<Vec<_>>>()?,
+                    0,
+                )
+            };
+            context = Tensor::cat(
+                &[
+                    &rows(&negative_context).map_err(compute("text encoder"))?,
+                    &context,
+                ],
+                0,
+            )
+            .map_err(compute("text encoder"))?;
+            pooled = Tensor::cat(
+                &[
+                    &rows(&negative_pooled).map_err(compute("text encoder"))?,
+                    &pooled,
+                ],
+                0,
+            )
+            .map_err(compute("text encoder"))?;
+        }
+        let batch = context.dim(0).map_err(compute("text encoder"))?;
+        let (h, w) = (settings.height as f32, settings.width as f32);
+        // original size, crop top-left, target size (diffusers' defaults: no crop, same size).
+        let ids: Vec<f32> = (0..batch).flat_map(|_| [h, w, 0.0, 0.0, h, w]).collect();
+        let time_ids =
+            Tensor::from_vec(ids, (batch, 6), &self.device).map_err(compute("text encoder"))?;
+        Ok(Conditioning {
+            context: context.to_dtype(dtype).map_err(compute("text encoder"))?,
+            added: Some(AddedConditioning {
+                text_embeds: pooled.to_dtype(dtype).map_err(compute("text encoder"))?,
+                time_ids,
+            }),
+        })
+    }
+
+    fn noise_tensor(
+        &self,
+        values: Vec<Vec<f32>>,
+        shape: (usize, usize, usize),
+    ) -> Result<Tensor, DiffusionError> {
+        let n = values.len();
+        let flat: Vec<f32> = values.into_iter().flatten().collect();
+        Tensor::from_vec(flat, (n, shape.0, shape.1, shape.2), &self.device)
+            .map_err(compute("noise"))
+    }
+
+    /// Runs the sampler; `on_step(index, unet_output)` sees each raw UNet output.
+    pub(crate) fn denoise(
+        &self,
+        settings: &Settings,
+        requests: &[Request],
+        conditioning: &Conditioning,
+        mut on_step: impl FnMut(usize, &Tensor),
+    ) -> Result<Tensor, DiffusionError> {
+        let sampler = Sampler::new(&self.scheduler, settings.scheduler, settings.steps)
+            .map_err(DiffusionError::Request)?;
+        let factor = self.latent_factor();
+        let shape = (
+            self.latent_channels(),
+            settings.height / factor,
+            settings.width / factor,
+        );
+        let count = shape.0 * shape.1 * shape.2;
+        let initial = requests
+            .iter()
+            .map(|r| match &r.noise {
+                Noise::Seed(seed) => Ok(noise::gaussian(*seed, Stream::InitialLatents, count)),
+                Noise::Given { latents, .. } if latents.len() == count => Ok(latents.clone()),
+                Noise::Given { latents, .. } => Err(DiffusionError::Request(format!(
+                    "the initial latents have {} values, this model and size need {} ({}×{}×{})",
+                    latents.len(),
+                    count,
+                    shape.0,
+                    shape.1,
+                    shape.2
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut latents = self
+            .noise_tensor(initial, shape)?
+            .affine(sampler.init_noise_sigma(), 0.0)
+            .map_err(compute("noise"))?;
+        let guided = settings.guidance > 1.0;
+        for (index, &timestep) in sampler.timesteps().iter().enumerate() {
+            let mut step = || -> candle_core::Result<Tensor> {
+                let input = if guided {
+                    Tensor::cat(&[&latents, &latents], 0)?
+                } else {
+                    latents.clone()
+                };
+                let input = sampler
+                    .scale_model_input(&input, index)?
+                    .to_dtype(self.dtype)?;
+                let output = self
+                    .unet
+                    .forward(
+                        &input,
+                        timestep,
+                        &conditioning.context,
+                        conditioning.added.as_ref(),
+                    )?
+                    .to_dtype(DType::F32)?;
+                on_step(index, &output);
+                if guided {
+                    let halves = output.chunk(2, 0)?;
+                    let (unconditional, text) = (&halves[0], &halves[1]);
+                    unconditional + ((text - unconditional)? * settings.guidance)?
+                } else {
+                    Ok(output)
+                }
+            };
+            let guided_output = step().map_err(compute("unet"))?;
+            let step_noise = if sampler.needs_noise() {
+                let values = requests
+                    .iter()
+                    .map(|r| match &r.noise {
+                        Noise::Given {
+                            steps: Some(steps), ..
+                        } if index < steps.len() && steps[index].len() == count => {
+                            Ok(steps[index].clone())
+                        }
+                        Noise::Given {
+                            steps: Some(steps), ..
+                        } if index < steps.len() => Err(DiffusionError::Request(format!(
+                            "step noise {index} has {} values, {count} are needed",
+                            steps[index].len()
+                        ))),
+                        Noise::Seed(seed) | Noise::Given { seed, .. } => {
+                            Ok(noise::gaussian(*seed, Stream::AncestralStep(index), count))
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(self.noise_tensor(values, shape)?)
+            } else {
+                None
+            };
+            latents = sampler
+                .step(&guided_output, index, &latents, step_noise.as_ref())
+                .map_err(compute("sampler"))?;
+        }
+        Ok(latents)
+    }
+
+    /// Latents to RGB images, as diffusers' `output_type="pil"` rounds them.
+    pub(crate) fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>, DiffusionError> {
+        let run = || -> candle_core::Result<Tensor> {
+            let scaled = latents
+                .to_dtype(self.vae_dtype)?
+                .affine(1.0 / self.vae_config.scaling_factor, 0.0)?;
+            let image = self.vae.decode(&scaled)?.to_dtype(DType::F32)?;
+            let image = image.affine(0.5, 0.5)?.clamp(0.0, 1.0)?;
+            (image * 255.0)?
+                .round()?
+                .clamp(0.0, 255.0)?
+                .to_dtype(DType::U8)?
+                .to_device(&candle_core::Device::Cpu)
+        };
+        let pixels = run().map_err(compute("vae"))?;
+        let (batch, _, height, width) = pixels.dims4().map_err(compute("vae"))?;
+        (0..batch)
+            .map(|i| {
+                let hwc = pixels
+                    .get(i)
+                    .and_then(|t| t.permute((1, 2, 0)))
+                    .and_then(|t| t.flatten_all())
+                    .and_then(|t| t.to_vec1::<u8>())
+                    .map_err(compute("vae"))?;
+                RgbImage::from_raw(width as u32, height as u32, hwc).ok_or_else(|| {
+                    DiffusionError::Compute {
+                        what: "vae",
+                        message: "image size mismatch".into(),
+                    }
+                })
+            })
+            .collect()
+    }
+}

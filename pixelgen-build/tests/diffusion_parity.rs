@@ -1,0 +1,245 @@
+//! pixelgen's Stable Diffusion against diffusers, on tiny random-weight models of each
+//! family (SD1.x, SD2.x v-prediction, SD-Turbo style, SDXL) with kohya and PEFT LoRAs.
+//! `tests/fixtures/diffusion/make_fixtures.py` made the models and ran diffusers on the
+//! same weights, prompts and noise; its images are the reference. The promise checked:
+//! identical token ids, and images within 1/255 mean absolute difference.
+#![cfg(feature = "diffusion")]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use pixelgen_build::generate::diffusion::{
+    LoadedModel, LoraFile, ModelLocation, Noise, Request, Settings,
+};
+use pixelgen_build::manifest::Scheduler;
+use serde::Deserialize;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusion")
+}
+
+#[derive(Debug, Deserialize)]
+struct CaseLora {
+    path: String,
+    weight: f64,
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenIds {
+    prompt: Vec<u32>,
+    negative_prompt: Option<Vec<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Case {
+    name: String,
+    prompt: String,
+    negative_prompt: Option<String>,
+    steps: usize,
+    guidance: f64,
+    scheduler: String,
+    width: usize,
+    height: usize,
+    #[serde(default)]
+    loras: Vec<CaseLora>,
+    latents: String,
+    expected: String,
+    token_ids: HashMap<String, TokenIds>,
+}
+
+fn cases(family: &Path) -> Vec<Case> {
+    let text = std::fs::read_to_string(family.join("cases.json")).expect("cases.json");
+    serde_json::from_str(&text).expect("valid cases.json")
+}
+
+fn flat(tensor: &Tensor) -> Vec<f32> {
+    tensor
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// The case's initial latents and, for ancestral sampling, the noise of each step.
+fn noise(family: &Path, case: &Case) -> Noise {
+    let tensors = candle_core::safetensors::load(family.join(&case.latents), &Device::Cpu).unwrap();
+    let latents = flat(&tensors["latents"]);
+    let steps = tensors.get("noise").map(|n| {
+        (0..n.dim(0).unwrap())
+            .map(|i| flat(&n.get(i).unwrap()))
+            .collect()
+    });
+    Noise::Given {
+        latents,
+        steps,
+        seed: 0,
+    }
+}
+
+/// Mean absolute difference in 0–255 units, and the largest single difference.
+fn difference(a: &image::RgbImage, b: &image::RgbImage) -> (f64, u8) {
+    assert_eq!(a.dimensions(), b.dimensions(), "image sizes differ");
+    let mut sum = 0u64;
+    let mut max = 0u8;
+    for (x, y) in a.as_raw().iter().zip(b.as_raw()) {
+        let d = x.abs_diff(*y);
+        sum += u64::from(d);
+        max = max.max(d);
+    }
+    (sum as f64 / a.as_raw().len() as f64, max)
+}
+
+fn load(location: &ModelLocation, family: &Path, loras: &[CaseLora]) -> LoadedModel {
+    let loras: Vec<LoraFile> = loras
+        .iter()
+        .map(|l| LoraFile {
+            path: family.join(&l.path),
+            weight: l.weight,
+        })
+        .collect();
+    LoadedModel::load(location, &loras, &Device::Cpu, DType::F32)
+        .unwrap_or_else(|e| panic!("loading {}: {e}", location.path().display()))
+}
+
+/// Runs every case of one family and checks each against diffusers.
+fn family_matches_diffusers(name: &str) {
+    let family = fixtures().join(name);
+    let location = ModelLocation::Folder(family.join("model"));
+    let mut failures = Vec::new();
+    for case in cases(&family) {
+        let model = load(&location, &family, &case.loras);
+        for (tokenizer, ids) in &case.token_ids {
+            let second = tokenizer == "tokenizer_2";
+            assert_eq!(
+                model.token_ids(&case.prompt, second).unwrap(),
+                ids.prompt,
+                "{name}/{}: {tokenizer} ids of the prompt",
+                case.name
+            );
+            if let (Some(text), Some(expected)) = (&case.negative_prompt, &ids.negative_prompt) {
+                assert_eq!(
+                    &model.token_ids(text, second).unwrap(),
+                    expected,
+                    "{name}/{}: {tokenizer} ids of the negative prompt",
+                    case.name
+                );
+            }
+        }
+        let settings = Settings {
+            width: case.width,
+            height: case.height,
+            steps: case.steps,
+            guidance: case.guidance,
+            scheduler: Scheduler::from_name(&case.scheduler).expect("known scheduler"),
+        };
+        let request = Request {
+            prompt: case.prompt.clone(),
+            negative_prompt: case.negative_prompt.clone(),
+            noise: noise(&family, &case),
+        };
+        let image = model.generate(&settings, &[request]).unwrap().remove(0);
+        let expected = image::open(family.join(&case.expected)).unwrap().to_rgb8();
+        let (mean, max) = difference(&image, &expected);
+        eprintln!(
+            "{name}/{}: mean abs difference {mean:.4}/255, max {max}/255",
+            case.name
+        );
+        if mean > 1.0 {
+            failures.push(format!("{}: mean {mean:.3}/255 (max {max})", case.name));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{name}: images differ from diffusers beyond 1/255: {failures:?}"
+    );
+}
+
+#[test]
+fn sd1_matches_diffusers() {
+    family_matches_diffusers("sd1");
+}
+
+#[test]
+fn sd2_v_prediction_matches_diffusers() {
+    family_matches_diffusers("sd2v");
+}
+
+#[test]
+fn turbo_style_few_steps_match_diffusers() {
+    family_matches_diffusers("sdturbo");
+}
+
+#[test]
+fn sdxl_matches_diffusers() {
+    family_matches_diffusers("sdxl");
+}
+
+/// A single-file (LDM layout) copy of the SD1 model draws the same image as its folder.
+#[test]
+fn single_file_checkpoint_matches_its_folder() {
+    let family = fixtures().join("sd1");
+    let case = cases(&family).remove(0);
+    let settings = Settings {
+        width: case.width,
+        height: case.height,
+        steps: case.steps,
+        guidance: case.guidance,
+        scheduler: Scheduler::from_name(&case.scheduler).unwrap(),
+    };
+    let request = Request {
+        prompt: case.prompt.clone(),
+        negative_prompt: case.negative_prompt.clone(),
+        noise: noise(&family, &case),
+    };
+    let folder = load(&ModelLocation::Folder(family.join("model")), &family, &[]);
+    let single = load(
+        &ModelLocation::SingleFile(family.join("single/tiny-sd1.safetensors")),
+        &family,
+        &[],
+    );
+    let a = folder
+        .generate(&settings, std::slice::from_ref(&request))
+        .unwrap()
+        .remove(0);
+    let b = single.generate(&settings, &[request]).unwrap().remove(0);
+    assert_eq!(
+        difference(&a, &b),
+        (0.0, 0),
+        "single file and folder must give identical pixels"
+    );
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenizerCase {
+    text: String,
+    tokenizer: String,
+    ids: Vec<u32>,
+}
+
+/// Tricky texts (case, whitespace, punctuation, apostrophes, digits, accents, emoji,
+/// truncation, empty) give exactly the slow CLIPTokenizer's ids.
+#[test]
+fn tokenizer_matches_transformers() {
+    let text = std::fs::read_to_string(fixtures().join("tokenizer_cases.json")).unwrap();
+    let cases: Vec<TokenizerCase> = serde_json::from_str(&text).unwrap();
+    assert!(!cases.is_empty());
+    for case in cases {
+        // The two pad conventions: end-of-text (SD1, SDXL's first) and `!` (SD2, SDXL's second).
+        let dir = match case.tokenizer.as_str() {
+            "tokenizer" => fixtures().join("sd1/model/tokenizer"),
+            _ => fixtures().join("sdxl/model/tokenizer_2"),
+        };
+        let tokenizer =
+            pixelgen_build::generate::diffusion::tokenizer::ClipTokenizer::from_dir(&dir).unwrap();
+        assert_eq!(
+            tokenizer.encode(&case.text).unwrap(),
+            case.ids,
+            "{:?} with {}",
+            case.text,
+            case.tokenizer
+        );
+    }
+}
