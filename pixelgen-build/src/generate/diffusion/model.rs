@@ -382,4 +382,17 @@ impl LoadedModel {
     pub fn latent_channels(&self) -> usize {
         self.unet.shape().in_channels
     }
+
+    /// The denoising UNet (for benchmarks and checks of single steps).
+    pub fn unet(&self) -> &Unet {
+        &self.unet
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
 }
