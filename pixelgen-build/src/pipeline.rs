@@ -621,6 +621,9 @@ mod tests {
             error.contains("sprite `hero`") && error.contains("model `models/none` not found"),
             "{error}"
         );
-        assert!(error.contains(&dir.path().join("models/none").display().to_string()), "{error}");
+        assert!(
+            error.contains(&dir.path().join("models/none").display().to_string()),
+            "{error}"
+        );
     }
 }

@@ -134,3 +134,127 @@ fn human_status_and_errors() {
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(text.contains("sprites.ron:1:"), "{text}");
 }
+
+fn fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pixelgen-build/tests/fixtures/diffusion")
+}
+
+/// `txt2img` with the initial latents diffusers used gives diffusers' image (the tiny SD1
+/// model's first parity case: DDIM, 4 steps, guidance 7.5, a negative prompt).
+#[test]
+fn txt2img_with_given_latents_reproduces_diffusers() {
+    let family = fixtures().join("sd1");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.png");
+    let output = Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"))
+        .args(["pixelgen", "txt2img", "--model"])
+        .arg(family.join("model"))
+        .args([
+            "--prompt",
+            "pixel art knight with a red shield, 16-bit sprite",
+            "--negative-prompt",
+            "blurry, photo, watermark, low quality",
+            "--steps",
+            "4",
+            "--guidance",
+            "7.5",
+            "--scheduler",
+            "ddim",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--init-latents",
+        ])
+        .arg(family.join("latents_ddim_neg.safetensors"))
+        .arg("-o")
+        .arg(&out)
+        .env("PIXELGEN_DEVICE", "cpu")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ours = image::open(&out).unwrap().to_rgb8();
+    let theirs = image::open(family.join("expected_ddim_neg.png"))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(ours.dimensions(), (64, 64));
+    let total: u64 = ours
+        .as_raw()
+        .iter()
+        .zip(theirs.as_raw())
+        .map(|(a, b)| u64::from(a.abs_diff(*b)))
+        .sum();
+    let mean = total as f64 / ours.as_raw().len() as f64;
+    assert!(mean <= 1.0, "mean abs difference {mean}/255");
+}
+
+/// A seed gives one image; another seed another; LoRAs change it; bad input is a clear error.
+#[test]
+fn txt2img_seeds_loras_and_errors() {
+    let family = fixtures().join("sd1");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str]| -> (Output, std::path::PathBuf) {
+        let out = dir.path().join(name);
+        let output = Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"))
+            .args(["pixelgen", "txt2img", "--model"])
+            .arg(family.join("model"))
+            .args([
+                "--prompt",
+                "green slime",
+                "--steps",
+                "2",
+                "--guidance",
+                "1",
+                "--scheduler",
+                "euler-a",
+            ])
+            .args(["--height", "64"])
+            .args(extra)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        (output, out)
+    };
+    let image = |path: &Path| image::open(path).unwrap().to_rgb8().into_raw();
+    let (a, a_path) = run("a.png", &["--seed", "5", "--width", "64"]);
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    let (_, b_path) = run("b.png", &["--seed", "5", "--width", "64"]);
+    let (_, c_path) = run("c.png", &["--seed", "6", "--width", "64"]);
+    assert_eq!(image(&a_path), image(&b_path), "same seed, same pixels");
+    assert_ne!(
+        image(&a_path),
+        image(&c_path),
+        "another seed, another image"
+    );
+    let lora = format!("{}:0.8", family.join("lora_kohya.safetensors").display());
+    let (l, l_path) = run("l.png", &["--seed", "5", "--width", "64", "--lora", &lora]);
+    assert!(l.status.success(), "{}", String::from_utf8_lossy(&l.stderr));
+    assert_ne!(image(&a_path), image(&l_path), "the LoRA changes the image");
+
+    let (bad, _) = run("bad.png", &["--seed", "5", "--width", "60"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not a multiple of 8"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let xl_lora = format!(
+        "{}:1",
+        fixtures().join("sdxl/lora_kohya.safetensors").display()
+    );
+    let (wrong, _) = run(
+        "wrong.png",
+        &["--seed", "5", "--width", "64", "--lora", &xl_lora],
+    );
+    assert!(!wrong.status.success());
+    let message = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        message.contains("lora_kohya.safetensors"),
+        "the error names the LoRA file: {message}"
+    );
+}

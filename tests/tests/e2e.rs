@@ -186,3 +186,67 @@ fn a_malformed_manifest_fails_with_line_and_column() {
     assert!(output.stderr.contains("help:"), "{}", output.stderr);
     assert!(!output.stderr.contains("panicked"), "{}", output.stderr);
 }
+
+/// A sprite drawn by Stable Diffusion from a local model folder (the tiny SD1 test model
+/// whose outputs are checked against diffusers in pixelgen-build's parity tests) goes
+/// through `cargo build`: generated once, then cached, then built offline.
+#[test]
+fn a_diffusion_sprite_builds_through_cargo_build_from_a_local_model() {
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../pixelgen-build/tests/fixtures/diffusion/sd1/model")
+        .canonicalize()
+        .expect("the tiny SD1 fixture model");
+    let manifest = format!(
+        r#"(
+    defaults: (size: (16, 16), palette: "pico-8"),
+    sprites: {{
+        "knight": (prompt: "pixel art knight with a red shield", seed: 3,
+                   generator: Diffusion(model: {model:?}, steps: 2, guidance: 5.0, scheduler: Euler, resolution: (64, 64))),
+        "coin":   (prompt: "gold coin", seed: 1),
+    }},
+)"#,
+        model = model.display().to_string()
+    );
+    let game = GameCrate::new("e2e_diffusion", &manifest);
+    let first = game.build(&[]);
+    assert!(first.success, "{}", first.stderr);
+    assert_eq!(first.summary, Some((2, 2, 0)), "{}", first.stderr);
+    let lock = game.lock();
+    assert!(
+        lock.contains("\"model:"),
+        "the model's identity is in the lock: {lock}"
+    );
+
+    let again = game.build(&[]);
+    assert!(again.success, "{}", again.stderr);
+    assert_eq!(again.summary, Some((2, 0, 2)), "{}", again.stderr);
+
+    // The cached knight is a 16×16 sprite in the atlas, not the 64×64 raw image.
+    let index = game.index(&again);
+    let atlas = &index["atlases"][0];
+    let knight = atlas["sprites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "knight")
+        .expect("knight in the index");
+    let rect = &atlas["rects"][knight["frames"][0].as_u64().unwrap() as usize];
+    assert_eq!(
+        (rect[2].as_u64(), rect[3].as_u64()),
+        (Some(16), Some(16)),
+        "{rect}"
+    );
+
+    // A new prompt is stale; offline it fails naming it, online it regenerates only it.
+    game.write_manifest(&game.manifest().replace("red shield", "blue shield"));
+    let offline = game.build(&[("CI", "true")]);
+    assert!(!offline.success);
+    assert!(
+        offline.stderr.contains("knight: prompt changed"),
+        "{}",
+        offline.stderr
+    );
+    let online = game.build(&[]);
+    assert!(online.success, "{}", online.stderr);
+    assert_eq!(online.summary, Some((2, 1, 1)), "{}", online.stderr);
+}

@@ -88,7 +88,7 @@ pub enum LdmError {
     #[error("converting the checkpoint's {component} failed: {source}")]
     Tensor {
         component: Component,
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 }
 
@@ -170,6 +170,13 @@ pub fn convert_single_file(tensors: TensorMap) -> Result<SingleFile, LdmError> {
         .and_then(|c| c["projection_dim"].as_u64())
         .and_then(|d| usize::try_from(d).ok());
     let (unet, unet_config) = unet_model(unet, family, pooled_width)?;
+    if vae.is_empty() {
+        // Some checkpoints are shared without their VAE; say so rather than name one tensor.
+        return Err(LdmError::Missing {
+            component: Component::Vae,
+            names: vec![format!("{VAE}*")],
+        });
+    }
     let (vae, vae_config) = vae_model(vae, family)?;
     let prediction_type = if v_prediction {
         "v_prediction"
@@ -190,6 +197,7 @@ pub fn convert_single_file(tensors: TensorMap) -> Result<SingleFile, LdmError> {
         "set_alpha_to_one": false,
         "skip_prk_steps": true,
         "steps_offset": 1,
+        // Zero-terminal-SNR models must sample from the last timestep (diffusers' advice).
         "timestep_spacing": if zero_snr { "trailing" } else { "leading" },
         "trained_betas": null,
     });
@@ -395,7 +403,7 @@ fn unet_model(
     let layers_per_block = (1..input_blocks)
         .find(|k| s.has(&format!("input_blocks.{k}.0.op.weight")))
         .map_or(input_blocks.saturating_sub(1), |k| k - 1);
-    if layers_per_block == 0 || input_blocks % (layers_per_block + 1) != 0 {
+    if layers_per_block == 0 || !input_blocks.is_multiple_of(layers_per_block + 1) {
         return Err(s.inconsistent(format!(
             "{input_blocks} input blocks do not split into levels of {layers_per_block} resnets and a downsampler"
         )));
@@ -708,9 +716,14 @@ fn vae_model(src: TensorMap, family: Family) -> Result<(TensorMap, Value), LdmEr
             .iter()
             .any(|p| diffusers.ends_with(&format!("attentions.0.{p}.weight")));
         let tensor = match tensor.dims() {
-            &[out, input, ..] if is_projection => tensor
-                .reshape((out, input))
-                .map_err(|source| LdmError::Tensor { component, source })?,
+            &[out, input, ..] if is_projection => {
+                tensor
+                    .reshape((out, input))
+                    .map_err(|source| LdmError::Tensor {
+                        component,
+                        source: Box::new(source),
+                    })?
+            }
             _ => tensor,
         };
         vae.insert(diffusers, tensor);
@@ -855,8 +868,14 @@ fn hf_clip(src: TensorMap, component: Component) -> Result<(TensorMap, Value), L
         } else {
             format!("text_model.{name}")
         };
-        // A buffer, not a weight; newer transformers do not save it.
-        if name != "text_model.embeddings.position_ids" {
+        // `position_ids` is a buffer, not a weight (newer transformers do not save it); a
+        // projection or logit scale, which some exports keep, is unused by SD.
+        let unused = [
+            "embeddings.position_ids",
+            "text_projection.weight",
+            "logit_scale",
+        ];
+        if !unused.iter().any(|u| name == format!("text_model.{u}")) {
             clip.insert(name, tensor);
         }
     }
@@ -877,7 +896,10 @@ fn open_clip_model(
         map: &src,
     };
     let layers = s.count("transformer.resblocks.");
-    let tensor_error = |source| LdmError::Tensor { component, source };
+    let tensor_error = |source| LdmError::Tensor {
+        component,
+        source: Box::new(source),
+    };
     let mut clip = TensorMap::new();
     let mut unexpected = vec![];
     for (name, tensor) in &src {
@@ -1541,6 +1563,11 @@ mod tests {
             matches!(&err, LdmError::Unexpected { component: Component::Unet, names } if names == &["input_blocks.1.2.extra.weight"]),
             "{err}"
         );
+
+        let mut ckpt = sd1_checkpoint();
+        ckpt.retain(|name, _| !name.starts_with(VAE));
+        let err = convert_single_file(ckpt).unwrap_err().to_string();
+        assert!(err.contains("vae lacks `first_stage_model.*`"), "{err}");
 
         let mut ckpt = sd1_checkpoint();
         ckpt.remove(&format!("{VAE}decoder.conv_in.weight"));

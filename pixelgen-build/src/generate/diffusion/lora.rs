@@ -187,7 +187,7 @@ pub enum LoraError {
     Merge {
         path: PathBuf,
         key: String,
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
 }
 
@@ -206,7 +206,7 @@ pub fn apply_lora(
         apply(weights, merge, multiplier).map_err(|source| LoraError::Merge {
             path: path.to_owned(),
             key: merge.key.clone(),
-            source,
+            source: Box::new(source),
         })?;
     }
     Ok(LoraReport {
@@ -455,7 +455,7 @@ fn plan(
             None => match naming {
                 // kohya: no alpha means alpha = rank.
                 LoraFormat::Kohya => 1.0,
-                LoraFormat::Peft => peft_scale(file, part, name_in_part(part, name), rank)?,
+                LoraFormat::Peft => peft_scale(file, part, &name_in_part(part, name), rank)?,
             },
         };
         let merge = Merge {
@@ -602,7 +602,7 @@ fn name_in_part(part: Part, name: &str) -> String {
 
 /// The scale PEFT gives a module without an `.alpha` tensor: `lora_alpha / r` from the
 /// file's adapter metadata (per-module `alpha_pattern` first), or 1 when there is none.
-fn peft_scale(file: &LoraFile, part: Part, module: String, rank: usize) -> Result<f64, LoraError> {
+fn peft_scale(file: &LoraFile, part: Part, module: &str, rank: usize) -> Result<f64, LoraError> {
     let Some(metadata) = &file.adapter_metadata else {
         return Ok(1.0);
     };
@@ -625,7 +625,7 @@ fn peft_scale(file: &LoraFile, part: Part, module: String, rank: usize) -> Resul
         None | Some(Value::Null) => None,
         Some(Value::Object(patterns)) => patterns
             .iter()
-            .find(|(pattern, _)| peft_pattern_matches(pattern, &module))
+            .find(|(pattern, _)| peft_pattern_matches(pattern, module))
             .map(|(_, alpha)| alpha.as_f64().ok_or_else(|| bad("alpha_pattern")))
             .transpose()?,
         Some(_) => return Err(bad("alpha_pattern")),
@@ -666,7 +666,7 @@ fn delta_shape(down: &Tensor, up: &Tensor) -> Option<(usize, Vec<usize>)> {
     let (&rank, down_rest) = down.dims().split_first()?;
     let (&out, up_rest) = up.dims().split_first()?;
     let (&up_rank, up_kernel) = up_rest.split_first()?;
-    if down_rest.is_empty() || up_rank != rank || up_kernel.iter().any(|&d| d != 1) {
+    if rank == 0 || down_rest.is_empty() || up_rank != rank || up_kernel.iter().any(|&d| d != 1) {
         return None;
     }
     Some((rank, [&[out], down_rest].concat()))

@@ -92,6 +92,29 @@ fn component_weights(dir: &Path) -> Result<TensorMap, DiffusionError> {
     }
 }
 
+/// transformers ≥ 5.6 saves CLIP text models without the `text_model.` prefix that every
+/// earlier checkpoint has; both load.
+fn with_text_model_prefix(map: TensorMap) -> TensorMap {
+    if map.keys().any(|k| k.starts_with("text_model.")) {
+        return map;
+    }
+    map.into_iter()
+        .map(|(name, tensor)| {
+            let prefixed = ["embeddings.", "encoder.", "final_layer_norm."]
+                .iter()
+                .any(|p| name.starts_with(p));
+            (
+                if prefixed {
+                    format!("text_model.{name}")
+                } else {
+                    name
+                },
+                tensor,
+            )
+        })
+        .collect()
+}
+
 /// The parts of a model before its modules are built: configs and weights.
 struct ModelParts {
     index: ModelIndex,
@@ -134,9 +157,13 @@ fn folder_parts(dir: &Path) -> Result<ModelParts, DiffusionError> {
         weights: PipelineWeights {
             unet: component_weights(&dir.join("unet"))?,
             vae: component_weights(&dir.join("vae"))?,
-            text_encoder: Some(component_weights(&dir.join("text_encoder"))?),
+            text_encoder: Some(with_text_model_prefix(component_weights(
+                &dir.join("text_encoder"),
+            )?)),
             text_encoder_2: if has_second {
-                Some(component_weights(&dir.join("text_encoder_2"))?)
+                Some(with_text_model_prefix(component_weights(
+                    &dir.join("text_encoder_2"),
+                )?))
             } else {
                 None
             },
