@@ -12,8 +12,9 @@ use crate::plan::{FileHasher, Key};
 
 /// The file whose advisory lock serialises generation into one cache folder.
 pub const LOCK_NAME: &str = ".pixelgen-lock";
-const GITIGNORE: &str =
-    "# Written by pixelgen: commit the PNGs, not these.\n.tmp-pixelgen-*\n.pixelgen-lock\n";
+const GITIGNORE: &str = "# Written by pixelgen: commit the PNGs, not these.\n.tmp-pixelgen-*\n.pixelgen-lock\n# Raw diffusion output (large; lets a palette or size change skip the GPU).\nraw/\n";
+/// Where raw generator output lives, under the cache folder.
+const RAW_DIR: &str = "raw";
 
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -97,7 +98,12 @@ impl Cache {
     pub fn prepare(&self) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(&self.dir)?;
         let ignore = self.dir.join(".gitignore");
-        if !ignore.exists() {
+        // Ours (first line) but older: brought up to date; a user's own file is left alone.
+        let current = std::fs::read_to_string(&ignore).ok();
+        let ours = current
+            .as_deref()
+            .is_none_or(|c| c.starts_with("# Written by pixelgen"));
+        if ours && current.as_deref() != Some(GITIGNORE) {
             write_atomically(&ignore, GITIGNORE.as_bytes())?;
         }
         Ok(self.dir.join(LOCK_NAME))
@@ -114,6 +120,30 @@ impl Cache {
         let bytes = encode_png(image)?;
         write_atomically(&self.path_of(key), &bytes)?;
         Ok(blake3::hash(&bytes))
+    }
+}
+
+impl Cache {
+    /// Where the raw generator output of a frame with raw key `key` is kept.
+    pub fn raw_path_of(&self, key: &Key) -> PathBuf {
+        let hex = key.to_hex();
+        self.dir
+            .join(RAW_DIR)
+            .join(&hex[..2])
+            .join(format!("{hex}.png"))
+    }
+
+    /// The raw output for `key`, if it is there and decodes (anything else is regenerated).
+    pub fn read_raw(&self, key: &Key) -> Option<RgbaImage> {
+        let bytes = std::fs::read(self.raw_path_of(key)).ok()?;
+        image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
+            .ok()
+            .map(|i| i.into_rgba8())
+    }
+
+    /// Stores raw generator output.
+    pub fn write_raw(&self, key: &Key, image: &RgbaImage) -> std::io::Result<()> {
+        write_atomically(&self.raw_path_of(key), &encode_png(image)?)
     }
 }
 

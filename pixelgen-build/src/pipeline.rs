@@ -389,6 +389,20 @@ impl Session {
             .to_path_buf();
         let mut notes = Vec::new();
         for jobs in batches.values() {
+            // Frames whose raw image is cached (only the palette, size or background
+            // changed) are finished from it without the generator.
+            let mut to_generate = Vec::with_capacity(jobs.len());
+            for &(i, frame) in jobs {
+                let raw_key = self.plan[i].raw_frames.as_ref().map(|k| k[frame as usize]);
+                match raw_key.and_then(|key| self.cache.read_raw(&key)) {
+                    Some(raw) => self.store_finished(statuses, i, frame, raw, progress)?,
+                    None => to_generate.push((i, frame)),
+                }
+            }
+            let jobs = to_generate;
+            if jobs.is_empty() {
+                continue;
+            }
             let first = &self.manifest.sprites[self.plan[jobs[0].0].sprite];
             let mut backend = generate::backend_for(first, &manifest_dir)?;
             if let Some(note) = backend.take_note()
@@ -417,22 +431,44 @@ impl Session {
                     .into());
                 }
                 for (raw, &(i, frame)) in raws.into_iter().zip(chunk) {
-                    let sprite = &self.manifest.sprites[self.plan[i].sprite];
-                    let finished = pixelize::finish(raw, sprite);
-                    let key = &self.plan[i].frames[frame as usize];
-                    let output =
+                    if let Some(keys) = &self.plan[i].raw_frames {
+                        let key = keys[frame as usize];
                         self.cache
-                            .write(key, &finished)
+                            .write_raw(&key, &raw)
                             .map_err(|source| Error::Cache {
-                                path: self.cache.path_of(key),
+                                path: self.cache.raw_path_of(&key),
                                 source,
                             })?;
-                    statuses[i].1[frame as usize] = Lookup::Hit { output };
-                    progress.frame_done(&sprite.name, frame);
+                    }
+                    self.store_finished(statuses, i, frame, raw, progress)?;
                 }
             }
         }
         Ok(notes)
+    }
+
+    /// Pixelizes a raw frame and stores the finished sprite frame in the cache.
+    fn store_finished(
+        &self,
+        statuses: &mut [(SpriteStatus, Vec<Lookup>)],
+        i: usize,
+        frame: u32,
+        raw: image::RgbaImage,
+        progress: &mut dyn Progress,
+    ) -> Result<(), Error> {
+        let sprite = &self.manifest.sprites[self.plan[i].sprite];
+        let finished = pixelize::finish(raw, sprite);
+        let key = &self.plan[i].frames[frame as usize];
+        let output = self
+            .cache
+            .write(key, &finished)
+            .map_err(|source| Error::Cache {
+                path: self.cache.path_of(key),
+                source,
+            })?;
+        statuses[i].1[frame as usize] = Lookup::Hit { output };
+        progress.frame_done(&sprite.name, frame);
+        Ok(())
     }
 
     /// Sprites in the order of `plan`, each with its frames' keys (for the atlas stage).
@@ -625,5 +661,48 @@ mod tests {
             error.contains(&dir.path().join("models/none").display().to_string()),
             "{error}"
         );
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.path().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    /// Changing only the palette re-pixelizes the cached raw image: no model is needed
+    /// (here it has been moved away, so loading it would fail).
+    #[cfg(feature = "diffusion")]
+    #[test]
+    fn a_palette_change_reuses_the_raw_diffusion_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusion/sd1/model");
+        copy_dir(&fixture, &dir.path().join("model"));
+        let manifest = |palette: &str| {
+            format!(
+                r#"(sprites: {{ "knight": (prompt: "knight", seed: 2, size: (16, 16), palette: "{palette}", frames: 2,
+                    generator: Diffusion(model: "model", steps: 1, guidance: 1.0, scheduler: Euler, resolution: (64, 64))) }})"#
+            )
+        };
+        let project = project(dir.path(), &manifest("pico-8"));
+        let summary = session(&project, false).realize(false, &mut Quiet).unwrap();
+        assert_eq!(summary.generated, 1);
+        let raw_files = walk(&project.cache_dir.join("raw"));
+        assert_eq!(raw_files.len(), 2, "one raw image per frame: {raw_files:?}");
+
+        std::fs::rename(dir.path().join("model"), dir.path().join("moved")).unwrap();
+        let project = self::project(dir.path(), &manifest("db16"));
+        let mut second = session(&project, false);
+        assert!(second.status().iter().all(|s| s.status == Freshness::Stale));
+        let summary = second.realize(false, &mut Quiet).unwrap();
+        assert_eq!(summary.generated, 1, "re-pixelized from the raw cache");
+        assert_eq!(walk(&project.cache_dir.join("raw")).len(), 2);
     }
 }

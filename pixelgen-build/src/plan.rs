@@ -18,6 +18,9 @@ use crate::manifest::{Background, GeneratorSpec, LoraSpec, Manifest, SpriteSpec}
 /// so that caches made by an older pipeline are regenerated rather than trusted.
 pub const PIPELINE_VERSION: &str = "pixelgen-pipeline-1";
 
+/// Bumped when the Diffusion backend's raw images change for the same inputs.
+pub const DIFFUSION_VERSION: &str = "pixelgen-diffusion-1";
+
 /// The content key of one frame of one sprite.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Key(pub [u8; 32]);
@@ -54,6 +57,9 @@ pub struct PlannedSprite {
     pub sprite: usize,
     pub inputs: InputHashes,
     pub frames: Vec<Key>,
+    /// Diffusion sprites: one key per frame over only what the raw generated image depends
+    /// on (not size, palette or background), so a post-processing change reuses it.
+    pub raw_frames: Option<Vec<Key>>,
     /// Content hash of each input file (LoRAs), by the path written in the manifest.
     pub files: BTreeMap<String, String>,
 }
@@ -351,20 +357,46 @@ fn plan_sprite(
             .update(hash.as_bytes());
         inputs.insert(name.to_string(), hash.to_hex()[..16].to_string());
     }
-    let frames = (0..sprite.frames)
-        .map(|frame| {
-            let mut hasher = all.clone();
-            hasher.update(b"frame").update(&frame.to_le_bytes());
-            Key(*hasher.finalize().as_bytes())
-        })
-        .collect();
+    let frame_keys = |base: &blake3::Hasher| -> Vec<Key> {
+        (0..sprite.frames)
+            .map(|frame| {
+                let mut hasher = base.clone();
+                hasher.update(b"frame").update(&frame.to_le_bytes());
+                Key(*hasher.finalize().as_bytes())
+            })
+            .collect()
+    };
+    let frames = frame_keys(&all);
+    let raw_frames = matches!(sprite.generator, GeneratorSpec::Diffusion { .. }).then(|| {
+        let mut raw = blake3::Hasher::new_derive_key("pixelgen raw frame key v1");
+        for (name, group) in &groups {
+            if RAW_GROUPS.contains(name) {
+                raw.update(name.as_bytes())
+                    .update(&[0])
+                    .update(blake3::hash(&group.0).as_bytes());
+            }
+        }
+        raw.update(DIFFUSION_VERSION.as_bytes());
+        frame_keys(&raw)
+    });
     Ok(PlannedSprite {
         sprite: index,
         inputs,
         frames,
+        raw_frames,
         files,
     })
 }
+
+/// The input groups a raw generated image depends on.
+const RAW_GROUPS: [&str; 6] = [
+    "generator",
+    "loras",
+    "model",
+    "negative_prompt",
+    "prompt",
+    "seed",
+];
 
 fn generator_group(generator: &GeneratorSpec) -> Canonical {
     match generator {

@@ -115,10 +115,50 @@ fn nvidia_gpu_present() -> bool {
     Path::new("/proc/driver/nvidia/version").exists() || Path::new("/dev/nvidia0").exists()
 }
 
+/// A machine-wide lock on running Stable Diffusion: cargo runs the build scripts of several
+/// crates at once, and two of them loading multi-gigabyte models onto one GPU (or into RAM)
+/// together would run out of memory. Held from before loading until the backend is dropped.
+pub struct DeviceLock {
+    _file: std::fs::File,
+}
+
+impl DeviceLock {
+    /// The lock file's folder: `PIXELGEN_LOCK_DIR`, else the system's temporary folder.
+    pub fn dir() -> PathBuf {
+        std::env::var_os("PIXELGEN_LOCK_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir)
+    }
+
+    /// Waits for the lock in `dir`.
+    pub fn acquire(dir: &Path) -> Result<DeviceLock, DiffusionError> {
+        let path = dir.join("pixelgen-diffusion.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                DiffusionError::Device(format!(
+                    "cannot open the device lock {}: {e}",
+                    path.display()
+                ))
+            })?;
+        file.lock().map_err(|e| {
+            DiffusionError::Device(format!(
+                "cannot take the device lock {}: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(DeviceLock { _file: file })
+    }
+}
+
 /// The backend for sprites whose generator is `Diffusion`: one model with one set of LoRAs,
 /// loaded once and used for every job given to it.
 pub struct Diffusion {
     model: LoadedModel,
+    _lock: DeviceLock,
     settings: Settings,
     /// How many images go through the UNet together.
     batch: usize,
@@ -148,6 +188,7 @@ impl Diffusion {
         };
         let (device, dtype, note) = select_device().map_err(failed)?;
         let location = locate(model, manifest_dir).map_err(|e| failed(e.into()))?;
+        let lock = DeviceLock::acquire(&DeviceLock::dir()).map_err(failed)?;
         let loras: Vec<LoraFile> = sprite
             .loras
             .iter()
@@ -176,6 +217,7 @@ impl Diffusion {
             .unwrap_or(if device.is_cpu() { 1 } else { 4 });
         Ok(Self {
             model: loaded,
+            _lock: lock,
             settings,
             batch,
             note,
@@ -223,5 +265,33 @@ impl Generator for Diffusion {
 
     fn take_note(&mut self) -> Option<String> {
         self.note.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_lock_excludes_a_second_holder_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = DeviceLock::acquire(dir.path()).unwrap();
+        let other = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("pixelgen-diffusion.lock"))
+            .unwrap();
+        assert!(matches!(
+            other.try_lock(),
+            Err(std::fs::TryLockError::WouldBlock)
+        ));
+        drop(held);
+        assert!(other.try_lock().is_ok());
+    }
+
+    #[test]
+    fn frames_use_consecutive_seeds() {
+        assert_eq!(frame_seed(42, 0), 42);
+        assert_eq!(frame_seed(42, 3), 45);
+        assert_eq!(frame_seed(u64::MAX, 1), 0);
     }
 }
