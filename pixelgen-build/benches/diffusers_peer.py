@@ -278,7 +278,7 @@ def bench(root, out, threads, runs, image_runs):
 
     # One UNet step, as the denoising loop calls it.
     start = time.perf_counter()
-    unet = UNet2DConditionModel.from_pretrained(model / "unet", torch_dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(model / "unet", dtype=torch.float32)
     unet.eval()
     unet_load = time.perf_counter() - start
     result["attention_processor"] = type(next(iter(unet.attn_processors.values()))).__name__
@@ -296,7 +296,7 @@ def bench(root, out, threads, runs, image_runs):
     # The whole image. The pipeline shares the UNet already loaded (one copy in memory, as
     # pixelgen has); its load time is the other components'.
     start = time.perf_counter()
-    pipe = StableDiffusionPipeline.from_pretrained(model, unet=unet, torch_dtype=torch.float32, safety_checker=None)
+    pipe = StableDiffusionPipeline.from_pretrained(model, unet=unet, dtype=torch.float32, safety_checker=None)
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     result["load_seconds"] = unet_load + time.perf_counter() - start

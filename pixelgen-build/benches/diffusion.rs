@@ -1,1 +1,718 @@
-fn main() {}
+//! Stable Diffusion at real SD1.5 size on the CPU: pixelgen (candle) against diffusers
+//! (PyTorch) on the same random weights, the same inputs, the same machine, in one run.
+//! Prints a markdown table with both times and their ratio (pixelgen / diffusers).
+//!
+//! `cargo bench -p pixelgen-build --bench diffusion`
+//!
+//! - The model is SD1.5's architecture (UNet [320,640,1280,1280], VAE [128,256,512,512],
+//!   CLIP-L text encoder) with seeded random weights, made once by `diffusers_peer.py` into
+//!   `target/bench-sd15/` (about 2 GB, fp16 files, loaded as f32 by both sides).
+//! - UNet step: batch 2 (classifier-free guidance), 4×64×64 latents, timestep 500,
+//!   context 2×77×768. Whole image: 512×512, 4 Euler steps, guidance 7.5, from the same
+//!   initial latents on both sides; the two images are compared as a parity check.
+//! - Both sides use the same number of threads: candle's default (one per core), passed
+//!   to `torch.set_num_threads`.
+//!
+//! Environment: `PIXELGEN_BENCH_PYTHON` (default `/work/venv/bin/python`, with torch,
+//! diffusers, transformers and safetensors), `PIXELGEN_BENCH_RUNS` (timed UNet steps after
+//! one warm-up, default 3), `PIXELGEN_BENCH_IMAGE_RUNS` (whole images, default 1),
+//! `PIXELGEN_BENCH_MAX_LOAD` (wait until the 1-minute load average is below this before
+//! measuring, default 1.5; at most `PIXELGEN_BENCH_MAX_WAIT_S`, default 1800 s).
+//!
+//! Without Python or diffusers the bench still measures pixelgen, on the cached model if
+//! there is one, else on a model with candle's own random init in `target/bench-sd15-candle/`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
+use pixelgen_build::generate::diffusion::clip::ClipTextModel;
+use pixelgen_build::generate::diffusion::config::{ClipConfig, UnetConfig, VaeConfig};
+use pixelgen_build::generate::diffusion::noise::{Stream, gaussian};
+use pixelgen_build::generate::diffusion::unet::Unet;
+use pixelgen_build::generate::diffusion::{LoadedModel, ModelLocation, Noise, Request, Settings};
+use pixelgen_build::manifest::Scheduler;
+use serde_json::Value;
+
+// What both sides compute; `diffusers_peer.py` has the same constants.
+const PROMPT: &str = "pixel art knight";
+const SIZE: usize = 512;
+const STEPS: usize = 4;
+const GUIDANCE: f64 = 7.5;
+const TIMESTEP: f64 = 500.0;
+const LATENT: usize = SIZE / 8;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The workspace's `target/` (git-ignored), where the 2 GB model is cached between runs.
+fn target_dir() -> PathBuf {
+    manifest_dir()
+        .parent()
+        .expect("the crate sits in a workspace")
+        .join("target")
+}
+
+fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let n = samples.len();
+    if n % 2 == 1 {
+        samples[n / 2]
+    } else {
+        (samples[n / 2 - 1] + samples[n / 2]) / 2.0
+    }
+}
+
+fn min(samples: &[f64]) -> f64 {
+    samples.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The machine is shared with other builds: measure only once it is quiet, or say it was not.
+fn wait_for_quiet(max_load: f64, max_wait: Duration) -> bool {
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        let load = load_average();
+        if load < max_load {
+            return true;
+        }
+        if start.elapsed() >= max_wait {
+            eprintln!(
+                "bench: load average still {load:.2} after {:.0} s; measuring anyway",
+                max_wait.as_secs_f64()
+            );
+            return false;
+        }
+        if !said {
+            eprintln!(
+                "bench: waiting for the 1-minute load average ({load:.2}) to fall below {max_load}"
+            );
+            said = true;
+        }
+        std::thread::sleep(Duration::from_secs(10));
+    }
+}
+
+/// The process's peak resident memory (`VmHWM`), in bytes.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn gib(bytes: f64) -> String {
+    format!("{:.2} GiB", bytes / (1u64 << 30) as f64)
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+// ---------------------------------------------------------------------------------------
+// The diffusers peer, a Python subprocess.
+// ---------------------------------------------------------------------------------------
+
+struct Peer {
+    python: PathBuf,
+    script: PathBuf,
+}
+
+impl Peer {
+    /// Runs `diffusers_peer.py ARGS` and returns its last stdout line as JSON; on failure,
+    /// the reason in one line (the last line of its error output).
+    fn run(&self, args: &[&str]) -> Result<Value, String> {
+        let output = Command::new(&self.python)
+            .arg(&self.script)
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run `{}`: {e}", self.python.display()))?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let last = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no error output");
+            return Err(format!(
+                "`{} {}` failed ({}): {last}",
+                self.script
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy(),
+                args.join(" "),
+                output.status
+            ));
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
+        last.and_then(|l| serde_json::from_str(l).ok())
+            .ok_or_else(|| format!("no JSON result from `{}`", args.join(" ")))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The model and inputs.
+// ---------------------------------------------------------------------------------------
+
+/// What both sides are given.
+struct Inputs {
+    /// The image's initial latents, unit variance, 4×64×64.
+    latents: Vec<f32>,
+    /// One UNet step's input: 2×4×64×64 latents and 2×77×768 text context.
+    sample: Tensor,
+    context: Tensor,
+}
+
+impl Inputs {
+    /// The inputs `diffusers_peer.py prepare` wrote.
+    fn read(path: &Path) -> Inputs {
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu).expect("inputs file");
+        let take = |name: &str| {
+            tensors
+                .get(name)
+                .unwrap_or_else(|| panic!("{}: no tensor `{name}`", path.display()))
+                .to_dtype(DType::F32)
+                .expect("f32")
+        };
+        Inputs {
+            latents: take("latents")
+                .flatten_all()
+                .and_then(|t| t.to_vec1())
+                .expect("latents"),
+            sample: take("sample"),
+            context: take("context"),
+        }
+    }
+
+    /// Inputs from pixelgen's seeded noise, when there is no peer to share them with.
+    fn generated() -> Inputs {
+        let tensor = |stream, shape: &[usize]| {
+            let count = shape.iter().product();
+            Tensor::from_vec(gaussian(7, stream, count), shape, &Device::Cpu).expect("tensor")
+        };
+        Inputs {
+            latents: gaussian(0, Stream::InitialLatents, 4 * LATENT * LATENT),
+            sample: tensor(Stream::AncestralStep(0), &[2, 4, LATENT, LATENT]),
+            context: tensor(Stream::AncestralStep(1), &[2, 77, 768]),
+        }
+    }
+}
+
+// SD1.5's configs, only for the fallback model: the peer writes the real model's.
+const UNET_JSON: &str = r#"{"act_fn":"silu","attention_head_dim":8,"block_out_channels":[320,640,1280,1280],
+ "center_input_sample":false,"cross_attention_dim":768,"down_block_types":["CrossAttnDownBlock2D",
+ "CrossAttnDownBlock2D","CrossAttnDownBlock2D","DownBlock2D"],"downsample_padding":1,"flip_sin_to_cos":true,
+ "freq_shift":0,"in_channels":4,"layers_per_block":2,"mid_block_scale_factor":1,"norm_eps":1e-05,
+ "norm_num_groups":32,"out_channels":4,"sample_size":64,"up_block_types":["UpBlock2D","CrossAttnUpBlock2D",
+ "CrossAttnUpBlock2D","CrossAttnUpBlock2D"]}"#;
+const VAE_JSON: &str = r#"{"act_fn":"silu","block_out_channels":[128,256,512,512],"in_channels":3,
+ "latent_channels":4,"layers_per_block":2,"norm_num_groups":32,"out_channels":3,"sample_size":512}"#;
+const CLIP_JSON: &str = r#"{"architectures":["CLIPTextModel"],"eos_token_id":2,"hidden_act":"quick_gelu",
+ "hidden_size":768,"intermediate_size":3072,"layer_norm_eps":1e-05,"max_position_embeddings":77,
+ "num_attention_heads":12,"num_hidden_layers":12,"projection_dim":768,"vocab_size":49408}"#;
+const SCHEDULER_JSON: &str = r#"{"_class_name":"PNDMScheduler","beta_end":0.012,"beta_schedule":"scaled_linear",
+ "beta_start":0.00085,"clip_sample":false,"num_train_timesteps":1000,"set_alpha_to_one":false,
+ "skip_prk_steps":true,"steps_offset":1}"#;
+
+/// Saves the variables a module created in `vars` as an fp16 safetensors file.
+fn save_half(vars: &VarMap, path: &Path) {
+    let data = vars.data().lock().expect("var map");
+    let tensors: HashMap<String, Tensor> = data
+        .iter()
+        .map(|(name, var)| (name.clone(), var.to_dtype(DType::F16).expect("f16")))
+        .collect();
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("folder");
+    candle_core::safetensors::save(&tensors, path).expect("save weights");
+}
+
+/// An SD1.5-architecture model with candle's default random init (building each module
+/// from an empty `VarMap` creates its weights). Only used when Python cannot make the
+/// shared one, so diffusers never reads it.
+fn make_candle_model(dir: &Path) {
+    if dir.join("model_index.json").is_file() {
+        return;
+    }
+    eprintln!(
+        "bench: making a random SD1.5 model with candle in {}",
+        dir.display()
+    );
+    let partial = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    let write = |path: &str, text: &str| {
+        let path = partial.join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("folder");
+        std::fs::write(path, text).expect("write config");
+    };
+    let builder = |vars: &VarMap| VarBuilder::from_varmap(vars, DType::F32, &Device::Cpu);
+
+    let vars = VarMap::new();
+    let config: UnetConfig = serde_json::from_str(UNET_JSON).expect("unet config");
+    Unet::new(builder(&vars), &config).expect("unet");
+    save_half(
+        &vars,
+        &partial.join("unet/diffusion_pytorch_model.safetensors"),
+    );
+    write("unet/config.json", UNET_JSON);
+
+    let vars = VarMap::new();
+    let config: VaeConfig = serde_json::from_str(VAE_JSON).expect("vae config");
+    let vae_config = AutoEncoderKLConfig {
+        block_out_channels: config.block_out_channels.clone(),
+        layers_per_block: config.layers_per_block,
+        latent_channels: config.latent_channels,
+        norm_num_groups: config.norm_num_groups,
+        use_quant_conv: config.use_quant_conv,
+        use_post_quant_conv: config.use_post_quant_conv,
+    };
+    AutoEncoderKL::new(builder(&vars), 3, 3, vae_config).expect("vae");
+    save_half(
+        &vars,
+        &partial.join("vae/diffusion_pytorch_model.safetensors"),
+    );
+    write("vae/config.json", VAE_JSON);
+
+    let vars = VarMap::new();
+    let config: ClipConfig = serde_json::from_str(CLIP_JSON).expect("clip config");
+    ClipTextModel::new(builder(&vars), &config).expect("text encoder");
+    save_half(&vars, &partial.join("text_encoder/model.safetensors"));
+    write("text_encoder/config.json", CLIP_JSON);
+
+    write("scheduler/scheduler_config.json", SCHEDULER_JSON);
+    let tokenizer = manifest_dir().join("tests/fixtures/diffusion/sd1/model/tokenizer");
+    for file in [
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        let to = partial.join("tokenizer").join(file);
+        std::fs::create_dir_all(to.parent().expect("parent")).expect("folder");
+        std::fs::copy(tokenizer.join(file), to).expect("copy tokenizer");
+    }
+    // Written last: its presence marks the model complete.
+    write(
+        "model_index.json",
+        r#"{"_class_name":"StableDiffusionPipeline"}"#,
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&partial, dir).expect("move model into place");
+}
+
+// ---------------------------------------------------------------------------------------
+// pixelgen's side.
+// ---------------------------------------------------------------------------------------
+
+struct Measured {
+    load: f64,
+    steps: Vec<f64>,
+    images: Vec<f64>,
+    peak_rss: Option<u64>,
+}
+
+fn measure_pixelgen(
+    model_dir: &Path,
+    inputs: &Inputs,
+    runs: usize,
+    image_runs: usize,
+    run_dir: &Path,
+) -> (Measured, Tensor) {
+    let start = Instant::now();
+    let model = LoadedModel::load(
+        &ModelLocation::Folder(model_dir.to_path_buf()),
+        &[],
+        &Device::Cpu,
+        DType::F32,
+    )
+    .expect("pixelgen loads the model");
+    let load = seconds(start.elapsed());
+
+    let mut steps = Vec::new();
+    let mut output = None;
+    for i in 0..=runs {
+        let start = Instant::now();
+        let out = model
+            .unet()
+            .forward(&inputs.sample, TIMESTEP, &inputs.context, None)
+            .expect("UNet step");
+        let elapsed = seconds(start.elapsed());
+        // The first call is the warm-up (allocator, first touch of the weights).
+        if i > 0 {
+            steps.push(elapsed);
+        }
+        output = Some(out);
+    }
+
+    let settings = Settings {
+        width: SIZE,
+        height: SIZE,
+        steps: STEPS,
+        guidance: GUIDANCE,
+        scheduler: Scheduler::Euler,
+    };
+    let request = Request {
+        prompt: PROMPT.into(),
+        negative_prompt: None,
+        noise: Noise::Given {
+            latents: inputs.latents.clone(),
+            steps: None,
+            seed: 0,
+        },
+    };
+    let mut images = Vec::new();
+    for _ in 0..image_runs {
+        let start = Instant::now();
+        let image = model
+            .generate(&settings, std::slice::from_ref(&request))
+            .expect("whole image")
+            .remove(0);
+        images.push(seconds(start.elapsed()));
+        image
+            .save(run_dir.join("pixelgen.png"))
+            .expect("save pixelgen.png");
+    }
+    let measured = Measured {
+        load,
+        steps,
+        images,
+        peak_rss: peak_rss(),
+    };
+    (measured, output.expect("at least one UNet step"))
+}
+
+fn measured_from_peer(result: &Value) -> Option<Measured> {
+    let list = |key: &str| -> Option<Vec<f64>> {
+        result
+            .get(key)?
+            .as_array()?
+            .iter()
+            .map(Value::as_f64)
+            .collect()
+    };
+    Some(Measured {
+        load: result.get("load_seconds")?.as_f64()?,
+        steps: list("step_seconds")?,
+        images: list("image_seconds")?,
+        peak_rss: result.get("peak_rss_bytes").and_then(Value::as_u64),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Parity.
+// ---------------------------------------------------------------------------------------
+
+/// Mean and largest absolute difference of two same-sized images, in 0..=255 units.
+fn image_difference(a: &Path, b: &Path) -> Result<(f64, u8), String> {
+    let open = |p: &Path| {
+        image::open(p)
+            .map(|i| i.to_rgb8())
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let (a, b) = (open(a)?, open(b)?);
+    if a.dimensions() != b.dimensions() {
+        return Err(format!(
+            "sizes differ: {:?} and {:?}",
+            a.dimensions(),
+            b.dimensions()
+        ));
+    }
+    let mut sum = 0u64;
+    let mut largest = 0u8;
+    for (x, y) in a.as_raw().iter().zip(b.as_raw()) {
+        let d = x.abs_diff(*y);
+        sum += u64::from(d);
+        largest = largest.max(d);
+    }
+    Ok((sum as f64 / a.as_raw().len() as f64, largest))
+}
+
+/// Largest and mean absolute difference of the two UNet outputs, and the mean magnitude of
+/// diffusers' output for scale.
+fn tensor_difference(ours: &Tensor, path: &Path) -> Result<(f32, f32, f32), String> {
+    let err = |e: candle_core::Error| e.to_string();
+    let theirs = candle_core::safetensors::load(path, &Device::Cpu).map_err(err)?;
+    let theirs = theirs
+        .get("output")
+        .ok_or("no tensor `output`")?
+        .to_dtype(DType::F32)
+        .map_err(err)?;
+    let diff = (ours - &theirs).map_err(err)?.abs().map_err(err)?;
+    let scalar = |t: Tensor| t.to_scalar::<f32>().map_err(err);
+    Ok((
+        scalar(diff.flatten_all().map_err(err)?.max(0).map_err(err)?)?,
+        scalar(diff.mean_all().map_err(err)?)?,
+        scalar(theirs.abs().map_err(err)?.mean_all().map_err(err)?)?,
+    ))
+}
+
+/// One line of the table: both values and their ratio; a dash where one is missing.
+fn print_row(label: &str, ours: Option<f64>, theirs: Option<f64>, show: impl Fn(f64) -> String) {
+    let ratio = match (ours, theirs) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "—".into(),
+    };
+    let cell = |v: Option<f64>| v.map(&show).unwrap_or_else(|| "—".into());
+    println!("| {label} | {} | {} | {ratio} |", cell(ours), cell(theirs));
+}
+
+/// Mean and standard deviation of an image's values in 0..=1: a NaN in the model comes
+/// out as a flat image, so this says the picture is real.
+fn image_stats(path: &Path) -> Result<(f64, f64), String> {
+    let image = image::open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .to_rgb8();
+    let values: Vec<f64> = image
+        .as_raw()
+        .iter()
+        .map(|&v| f64::from(v) / 255.0)
+        .collect();
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    Ok((mean, variance.sqrt()))
+}
+
+// ---------------------------------------------------------------------------------------
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else to parse.
+    let runs = env_or("PIXELGEN_BENCH_RUNS", 3usize).max(1);
+    let image_runs = env_or("PIXELGEN_BENCH_IMAGE_RUNS", 1usize).max(1);
+    let max_load = env_or("PIXELGEN_BENCH_MAX_LOAD", 1.5f64);
+    let max_wait = Duration::from_secs(env_or("PIXELGEN_BENCH_MAX_WAIT_S", 1800u64));
+    let threads = candle_core::utils::get_num_threads();
+    let root = target_dir().join("bench-sd15");
+    let run_dir = root.join("run");
+    std::fs::create_dir_all(&run_dir).expect("run folder");
+    // Outputs of an earlier run must not be mistaken for this one's.
+    for stale in [
+        "pixelgen.png",
+        "diffusers.png",
+        "diffusers.json",
+        "diffusers_unet_output.safetensors",
+    ] {
+        let _ = std::fs::remove_file(run_dir.join(stale));
+    }
+
+    let peer = Peer {
+        python: std::env::var_os("PIXELGEN_BENCH_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/work/venv/bin/python".into()),
+        script: manifest_dir().join("benches/diffusers_peer.py"),
+    };
+    // The peer makes the shared model (once; later runs find it cached).
+    let peer_versions = peer.run(&["check"]).and_then(|versions| {
+        eprintln!("bench: preparing the model in {} (once)", root.display());
+        peer.run(&["prepare", &root.to_string_lossy()])?;
+        Ok(versions)
+    });
+    let shared_model = root.join("model/bench-stamp.json").is_file();
+    let (model_dir, inputs, weights) = if shared_model {
+        (
+            root.join("model"),
+            Inputs::read(&root.join("inputs.safetensors")),
+            "seeded random (diffusers_peer.py), fp16 files",
+        )
+    } else {
+        let dir = target_dir().join("bench-sd15-candle");
+        make_candle_model(&dir);
+        (
+            dir,
+            Inputs::generated(),
+            "candle's default random init (no peer to make shared ones), fp16 files",
+        )
+    };
+
+    let quiet = wait_for_quiet(max_load, max_wait);
+    let load_before = load_average();
+    eprintln!("bench: pixelgen ({threads} threads)");
+    let (ours, our_output) = measure_pixelgen(&model_dir, &inputs, runs, image_runs, &run_dir);
+    let load_between = load_average();
+
+    let theirs = peer_versions.and_then(|versions| {
+        eprintln!("bench: diffusers ({threads} threads)");
+        let out = run_dir.join("diffusers.json");
+        let result = peer.run(&[
+            "bench",
+            &root.to_string_lossy(),
+            "--out",
+            &out.to_string_lossy(),
+            "--threads",
+            &threads.to_string(),
+            "--runs",
+            &runs.to_string(),
+            "--image-runs",
+            &image_runs.to_string(),
+        ])?;
+        let measured = measured_from_peer(&result).ok_or("malformed result from the peer")?;
+        Ok((versions, result, measured))
+    });
+    let load_after = load_average();
+
+    // The table.
+    let step_label = format!(
+        "UNet step: batch 2 × 4×64×64, t={TIMESTEP}, context 2×77×768 (median of {runs}, after 1 warm-up)"
+    );
+    let image_label = format!(
+        "whole image: 512×512, {STEPS} Euler steps, guidance {GUIDANCE} (text encoder, {STEPS} UNet calls on batch 2, VAE decode; {})",
+        if image_runs == 1 {
+            "1 run".to_string()
+        } else {
+            format!("best of {image_runs}")
+        }
+    );
+    let their = theirs.as_ref().ok().map(|(_, _, m)| m);
+    let time = |s: f64| format!("{s:.2} s");
+    println!();
+    println!(
+        "| SD1.5 on the CPU, f32 | pixelgen (candle) | diffusers (PyTorch) | pixelgen / diffusers |"
+    );
+    println!("|---|---:|---:|---:|");
+    print_row(
+        &step_label,
+        Some(median(ours.steps.clone())),
+        their.map(|m| median(m.steps.clone())),
+        time,
+    );
+    print_row(
+        &image_label,
+        Some(min(&ours.images)),
+        their.map(|m| min(&m.images)),
+        time,
+    );
+    print_row(
+        "model load (fp16 safetensors → f32), not in the times above",
+        Some(ours.load),
+        their.map(|m| m.load),
+        time,
+    );
+    print_row(
+        "peak RSS of the process (load, steps, images)",
+        ours.peak_rss.map(|b| b as f64),
+        their.and_then(|m| m.peak_rss).map(|b| b as f64),
+        gib,
+    );
+
+    println!();
+    println!(
+        "- machine: {}, {} cores; 1-minute load average {load_before:.2} before pixelgen, {load_between:.2} before diffusers, {load_after:.2} at the end{}",
+        cpu_name(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if quiet {
+            String::new()
+        } else {
+            format!(" (did not fall below {max_load}: numbers may be inflated)")
+        }
+    );
+    println!(
+        "- threads: pixelgen {threads} (candle's default, one per core; AVX {}, F16C {}, MKL {}), diffusers {}",
+        candle_core::utils::with_avx(),
+        candle_core::utils::with_f16c(),
+        candle_core::utils::has_mkl(),
+        match &theirs {
+            Ok((_, result, _)) => format!(
+                "{} (torch.set_num_threads)",
+                result.get("threads").and_then(Value::as_u64).unwrap_or(0)
+            ),
+            Err(_) => "—".into(),
+        }
+    );
+    println!("- dtype: f32 on both sides; weights: {weights}");
+    println!(
+        "- samples (s): pixelgen steps {:.2?}, images {:.2?}{}",
+        ours.steps,
+        ours.images,
+        match &theirs {
+            Ok((_, _, m)) => format!("; diffusers steps {:.2?}, images {:.2?}", m.steps, m.images),
+            Err(_) => String::new(),
+        }
+    );
+    let finite = our_output
+        .abs()
+        .and_then(|t| t.mean_all())
+        .and_then(|t| t.to_scalar::<f32>())
+        .map_or(f32::NAN, |v| v);
+    match image_stats(&run_dir.join("pixelgen.png")) {
+        Ok((mean, std)) => println!(
+            "- sanity: pixelgen's image has mean {mean:.3}, std {std:.3} (0..1); its UNet step output mean |x| {finite:.3}{}",
+            if std < 0.03 || !finite.is_finite() {
+                " — degenerate (NaN or flat): check the weights"
+            } else {
+                ""
+            }
+        ),
+        Err(e) => println!("- sanity: {e}"),
+    }
+    match &theirs {
+        Ok((versions, result, _)) => {
+            let field = |v: &Value, key: &str| {
+                v.get(key)
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_string()
+            };
+            println!(
+                "- peer: Python {}, torch {}, diffusers {}, transformers {}; attention: {}",
+                field(versions, "python"),
+                field(versions, "torch"),
+                field(versions, "diffusers"),
+                field(versions, "transformers"),
+                field(result, "attention_processor"),
+            );
+            match image_difference(
+                &run_dir.join("pixelgen.png"),
+                &run_dir.join("diffusers.png"),
+            ) {
+                Ok((mean, largest)) => println!(
+                    "- parity, whole image: mean absolute pixel difference {mean:.3}/255 (largest {largest}/255)"
+                ),
+                Err(e) => println!("- parity, whole image: not compared ({e})"),
+            }
+            match tensor_difference(
+                &our_output,
+                &run_dir.join("diffusers_unet_output.safetensors"),
+            ) {
+                Ok((largest, mean, scale)) => println!(
+                    "- parity, UNet step output: mean absolute difference {mean:.2e}, largest {largest:.2e} (mean |output| {scale:.3})"
+                ),
+                Err(e) => println!("- parity, UNet step output: not compared ({e})"),
+            }
+        }
+        Err(reason) => println!("- diffusers: skipped: {reason}"),
+    }
+    println!(
+        "- images: {} (pixelgen.png, diffusers.png)",
+        run_dir.display()
+    );
+}

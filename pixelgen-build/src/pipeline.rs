@@ -317,6 +317,35 @@ impl Session {
                     *entry = self.sprite_status(i);
                 }
             }
+            // Models named by Hugging Face id are downloaded now, when something needs
+            // them; their files are part of the keys, so the plan is made again.
+            let manifest_dir = self
+                .project
+                .manifest_path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .to_path_buf();
+            let models: std::collections::BTreeSet<&str> = statuses
+                .iter()
+                .zip(&self.plan)
+                .filter(|((s, _), _)| s.status == Freshness::Stale)
+                .filter_map(
+                    |(_, planned)| match &self.manifest.sprites[planned.sprite].generator {
+                        manifest::GeneratorSpec::Diffusion { model, .. } => Some(model.as_str()),
+                        manifest::GeneratorSpec::Procedural => None,
+                    },
+                )
+                .collect();
+            let mut downloaded = false;
+            for model in models {
+                downloaded |= generate::prefetch_model(model, &manifest_dir)?;
+            }
+            if downloaded {
+                self.plan = plan::plan(&self.manifest, &mut self.hasher, &self.lock, offline)?;
+                statuses = (0..self.plan.len())
+                    .map(|i| self.sprite_status(i))
+                    .collect();
+            }
             generated = statuses
                 .iter()
                 .filter(|(s, _)| s.status == Freshness::Stale)
@@ -647,18 +676,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let project = project(
             dir.path(),
-            r#"(sprites: { "hero": (prompt: "knight", generator: Diffusion(model: "models/none")) })"#,
+            r#"(sprites: { "hero": (prompt: "knight", generator: Diffusion(model: "./models/none")) })"#,
         );
         let error = session(&project, false)
             .realize(false, &mut Quiet)
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("sprite `hero`") && error.contains("model `models/none` not found"),
+            error.contains("sprite `hero`") && error.contains("model `./models/none` not found"),
             "{error}"
         );
         assert!(
-            error.contains(&dir.path().join("models/none").display().to_string()),
+            error.contains(&dir.path().join("./models/none").display().to_string()),
             "{error}"
         );
     }

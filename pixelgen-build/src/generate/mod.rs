@@ -53,6 +53,8 @@ pub enum GenerateError {
     },
     #[error("sprite `{sprite}`: generation failed: {message}")]
     Failed { sprite: String, message: String },
+    #[error("model `{model}`: {message}")]
+    Model { model: String, message: String },
 }
 
 /// The embedded generator.
@@ -99,6 +101,29 @@ pub fn backend_for(
             })
         }
     }
+}
+
+/// Makes a Diffusion model that names a Hugging Face repo available locally, downloading it
+/// into the hub cache if it is not there. `Ok(true)` when it downloaded something (keys
+/// that depend on the model's files must then be computed again).
+pub fn prefetch_model(model: &str, manifest_dir: &Path) -> Result<bool, GenerateError> {
+    if model_files::locate(model, manifest_dir).is_ok() || !model_files::is_repo_id(model) {
+        return Ok(false);
+    }
+    #[cfg(feature = "diffusion")]
+    {
+        diffusion::download::download_model(model)
+            .map(|_| true)
+            .map_err(|e| GenerateError::Model {
+                model: model.to_string(),
+                message: format!(
+                    "no model folder or file at {}, and {e}",
+                    manifest_dir.join(model).display()
+                ),
+            })
+    }
+    #[cfg(not(feature = "diffusion"))]
+    Ok(false)
 }
 
 /// Jobs that can share one backend instance: same generator spec and LoRAs.

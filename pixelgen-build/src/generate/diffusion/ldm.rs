@@ -59,7 +59,7 @@ pub struct SingleFile {
 #[derive(Debug, thiserror::Error)]
 pub enum LdmError {
     #[error(
-        "not a single-file stable diffusion checkpoint: found tensors {found}; only sd1.x, sd2.x and sdxl single-file checkpoints are supported{hint}"
+        "not a single-file Stable Diffusion checkpoint: found tensors {found}; only SD1.x, SD2.x and SDXL single-file checkpoints are supported{hint}"
     )]
     UnknownLayout { found: String, hint: &'static str },
     #[error(
@@ -71,7 +71,7 @@ pub enum LdmError {
         names: Vec<String>,
     },
     #[error(
-        "the checkpoint's {component} has tensors a plain sd1.x/sd2.x/sdxl model does not have: {}; this model variant is not supported",
+        "the checkpoint's {component} has tensors a plain SD1.x/SD2.x/SDXL model does not have: {}; this model variant is not supported",
         list(names)
     )]
     Unexpected {
@@ -262,9 +262,9 @@ fn unknown_layout(tensors: &TensorMap, refiner: bool) -> LdmError {
         found.join(", ")
     };
     let hint = if refiner {
-        " (this looks like an sdxl refiner, which cannot generate on its own: use an sdxl base model)"
+        " (this looks like an SDXL refiner, which cannot generate on its own: use an SDXL base model)"
     } else if tensors.keys().any(|k| k.contains("lora_")) {
-        " (this looks like a lora: list it among the loras of an sd model instead)"
+        " (this looks like a LoRA: list it under `loras` of a sprite instead)"
     } else if tensors.keys().any(|k| k.starts_with("down_blocks.")) {
         " (this looks like one model of a diffusers folder: point at the folder instead)"
     } else {
@@ -1526,13 +1526,13 @@ mod tests {
         let err = convert_single_file(flux).unwrap_err().to_string();
         assert!(
             err.contains("`double_blocks.*` (3), `img_in.*` (1)")
-                && err.contains("only sd1.x, sd2.x and sdxl"),
+                && err.contains("only SD1.x, SD2.x and SDXL"),
             "{err}"
         );
 
         let lora = TensorMap::from([("lora_unet_x.lora_down.weight".to_owned(), zeros(&[1]))]);
         let err = convert_single_file(lora).unwrap_err().to_string();
-        assert!(err.contains("looks like a lora"), "{err}");
+        assert!(err.contains("looks like a LoRA"), "{err}");
 
         let mut refiner = TensorMap::new();
         add_unet(&mut refiner, &sdxl_spec());

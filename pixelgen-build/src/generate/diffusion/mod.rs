@@ -8,6 +8,7 @@
 
 pub mod clip;
 pub mod config;
+pub mod download;
 pub mod ldm;
 pub mod lora;
 pub mod model;
@@ -41,6 +42,8 @@ pub enum DiffusionError {
     Lora(String),
     #[error("{0}")]
     Request(String),
+    #[error("{0}")]
+    Download(String),
     #[error("{what} failed: {message}")]
     Compute { what: &'static str, message: String },
     #[error("{0}")]
