@@ -46,7 +46,7 @@ enum Command {
         target: Target,
     },
     /// Draw one raw image with Stable Diffusion (a model folder, .safetensors file or HF id).
-    Txt2img(txt2img::Txt2Img),
+    Txt2img(Box<txt2img::Txt2Img>),
 }
 
 #[derive(clap::Args)]
@@ -106,7 +106,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             );
             Ok(ExitCode::from(1))
         }
-        Command::Txt2img(args) => match txt2img::run(args) {
+        Command::Txt2img(args) => match txt2img::run(*args) {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(error) => {
                 eprintln!("error: {error}");

@@ -147,14 +147,14 @@ pub fn locate(model: &str, base: &Path) -> Result<ModelLocation, LocateError> {
         };
     }
     let mut searched = vec![path.display().to_string()];
-    if is_repo_id(model) {
-        if let Some(cache) = hub_cache_dir() {
-            if let Some(snapshot) = hub_snapshot(&cache, model) {
-                return Ok(ModelLocation::Folder(snapshot));
-            }
-            let repo_dir = cache.join(format!("models--{}", model.replace('/', "--")));
-            searched.push(format!("{} (Hugging Face cache)", repo_dir.display()));
+    if is_repo_id(model)
+        && let Some(cache) = hub_cache_dir()
+    {
+        if let Some(snapshot) = hub_snapshot(&cache, model) {
+            return Ok(ModelLocation::Folder(snapshot));
         }
+        let repo_dir = cache.join(format!("models--{}", model.replace('/', "--")));
+        searched.push(format!("{} (Hugging Face cache)", repo_dir.display()));
     }
     Err(LocateError::NotFound {
         model: model.to_string(),

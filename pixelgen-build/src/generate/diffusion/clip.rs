@@ -127,7 +127,11 @@ impl ClipTextModel {
             "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
             other => candle_core::bail!("text encoder config: unsupported hidden_act `{other}`"),
         };
-        if config.num_hidden_layers == 0 || config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_hidden_layers == 0
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
+        {
             candle_core::bail!(
                 "text encoder config: hidden_size {} is not a multiple of num_attention_heads {}",
                 config.hidden_size,

@@ -122,8 +122,8 @@ impl LoadedModel {
         let factor = self.latent_factor();
         if settings.width == 0
             || settings.height == 0
-            || settings.width % factor != 0
-            || settings.height % factor != 0
+            || !settings.width.is_multiple_of(factor)
+            || !settings.height.is_multiple_of(factor)
         {
             return Err(DiffusionError::Request(format!(
                 "{}×{} is not a multiple of {factor}, the size of one latent cell of this model",

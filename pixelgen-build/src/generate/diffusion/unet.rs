@@ -368,7 +368,7 @@ struct TransformerSpec {
 impl Transformer2D {
     fn new(vb: VarBuilder, spec: &TransformerSpec) -> Result<Self> {
         let c = spec.channels;
-        if spec.heads == 0 || c % spec.heads != 0 {
+        if spec.heads == 0 || !c.is_multiple_of(spec.heads) {
             bail!(
                 "unet config: {c} channels cannot be split into {} attention heads",
                 spec.heads
@@ -708,7 +708,7 @@ impl Unet {
         xs = self.mid_block.resnets[1].forward(&xs, &emb)?;
 
         let factor = 1usize << (self.shape.levels - 1);
-        let irregular = height % factor != 0 || width % factor != 0;
+        let irregular = !height.is_multiple_of(factor) || !width.is_multiple_of(factor);
         for block in &self.up_blocks {
             for i in 0..block.resnets.len() {
                 let Some(skip) = skips.pop() else {
