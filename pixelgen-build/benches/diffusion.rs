@@ -624,9 +624,17 @@ fn main() {
         gib,
     );
 
+    let peer_ran = theirs.is_ok();
+    let loads = if peer_ran {
+        format!(
+            "{load_before:.2} before pixelgen, {load_between:.2} before diffusers, {load_after:.2} at the end"
+        )
+    } else {
+        format!("{load_before:.2} before pixelgen, {load_after:.2} at the end")
+    };
     println!();
     println!(
-        "- machine: {}, {} cores; 1-minute load average {load_before:.2} before pixelgen, {load_between:.2} before diffusers, {load_after:.2} at the end{}",
+        "- machine: {}, {} cores; 1-minute load average {loads}{}",
         cpu_name(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         if quiet {
@@ -648,7 +656,10 @@ fn main() {
             Err(_) => "—".into(),
         }
     );
-    println!("- dtype: f32 on both sides; weights: {weights}");
+    println!(
+        "- dtype: f32{}; weights: {weights}",
+        if peer_ran { " on both sides" } else { "" }
+    );
     println!(
         "- samples (s): pixelgen steps {:.2?}, images {:.2?}{}",
         ours.steps,
@@ -712,7 +723,12 @@ fn main() {
         Err(reason) => println!("- diffusers: skipped: {reason}"),
     }
     println!(
-        "- images: {} (pixelgen.png, diffusers.png)",
-        run_dir.display()
+        "- images: {} ({})",
+        run_dir.display(),
+        if peer_ran {
+            "pixelgen.png, diffusers.png"
+        } else {
+            "pixelgen.png"
+        }
     );
 }
