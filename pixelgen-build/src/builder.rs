@@ -92,11 +92,7 @@ impl Build {
             println!("cargo:rerun-if-changed={}", path.display());
         }
         // A model's files are part of its sprites' keys: a changed model reruns the build.
-        let manifest_dir = session
-            .project
-            .manifest_path
-            .parent()
-            .unwrap_or(Path::new("."));
+        let manifest_dir = session.project.manifest_dir();
         let models: std::collections::BTreeSet<&str> = session
             .manifest
             .sprites

@@ -30,6 +30,11 @@ pub struct Project {
 }
 
 impl Project {
+    /// The folder of `sprites.ron`, which relative model and LoRA paths start from.
+    pub fn manifest_dir(&self) -> &Path {
+        self.manifest_path.parent().unwrap_or(Path::new("."))
+    }
+
     /// The project of the crate in `crate_dir`: `sprites.ron` and `sprites.lock` beside
     /// its Cargo.toml, and the cache in `cache/` at the root of its cargo workspace
     /// (`workspace_root`; `None` asks cargo).
@@ -319,12 +324,7 @@ impl Session {
             }
             // Models named by Hugging Face id are downloaded now, when something needs
             // them; their files are part of the keys, so the plan is made again.
-            let manifest_dir = self
-                .project
-                .manifest_path
-                .parent()
-                .unwrap_or(Path::new("."))
-                .to_path_buf();
+            let manifest_dir = self.project.manifest_dir().to_path_buf();
             let models: std::collections::BTreeSet<&str> = statuses
                 .iter()
                 .zip(&self.plan)
@@ -410,12 +410,7 @@ impl Session {
             }
         }
         progress.start(batches.values().map(Vec::len).sum());
-        let manifest_dir = self
-            .project
-            .manifest_path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
+        let manifest_dir = self.project.manifest_dir().to_path_buf();
         let mut notes = Vec::new();
         for jobs in batches.values() {
             // Frames whose raw image is cached (only the palette, size or background

@@ -102,7 +102,7 @@ impl Sampler {
         match kind {
             Scheduler::Ddim => {
                 sampler.timesteps =
-                    ddim_timesteps(spacing, train_steps, steps, config.steps_offset)?;
+                    timesteps(kind, spacing, train_steps, steps, config.steps_offset)?;
                 sampler.final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(true) {
                     1.0
                 } else {
@@ -133,7 +133,7 @@ impl Sampler {
                     .map(|a| ((1.0 - a) / a).sqrt())
                     .collect();
                 let mut timesteps =
-                    euler_timesteps(spacing, train_steps, steps, config.steps_offset)?;
+                    timesteps(kind, spacing, train_steps, steps, config.steps_offset)?;
                 let mut sigmas: Vec<f64> = timesteps
                     .iter()
                     .map(|&t| interpolate(&train_sigmas, t))
@@ -341,7 +341,10 @@ fn linspace(start: f64, end: f64, n: usize) -> Vec<f64> {
         .collect()
 }
 
-fn ddim_timesteps(
+/// The timesteps of `spacing`. Only `linspace` differs between samplers: DDIM rounds it to
+/// whole timesteps, diffusers' Euler samplers keep it fractional (in f32).
+fn timesteps(
+    kind: Scheduler,
     spacing: &str,
     train: usize,
     steps: usize,
@@ -359,36 +362,10 @@ fn ddim_timesteps(
         "linspace" => linspace(0.0, (train - 1) as f64, steps)
             .into_iter()
             .rev()
-            .map(|t| t.round_ties_even())
-            .collect(),
-        other => {
-            return Err(format!(
-                "unknown timestep_spacing `{other}` in scheduler config"
-            ));
-        }
-    })
-}
-
-fn euler_timesteps(
-    spacing: &str,
-    train: usize,
-    steps: usize,
-    offset: usize,
-) -> Result<Vec<f64>, String> {
-    Ok(match spacing {
-        "leading" => {
-            let ratio = (train / steps) as f64;
-            (0..steps)
-                .rev()
-                .map(|i| (i as f64 * ratio).round_ties_even() + offset as f64)
-                .collect()
-        }
-        "trailing" => trailing(train, steps),
-        // Not rounded: diffusers' Euler keeps fractional timesteps here.
-        "linspace" => linspace(0.0, (train - 1) as f64, steps)
-            .into_iter()
-            .rev()
-            .map(|t| t as f32 as f64)
+            .map(|t| match kind {
+                Scheduler::Ddim => t.round_ties_even(),
+                Scheduler::Euler | Scheduler::EulerAncestral => t as f32 as f64,
+            })
             .collect(),
         other => {
             return Err(format!(
