@@ -56,7 +56,11 @@ pub struct SpriteSpec {
     pub generator: GeneratorSpec,
     pub loras: Vec<LoraSpec>,
     pub palette: Option<Palette>,
+    /// At most this many colours when no palette is given (pixelized sprites).
+    pub max_colors: Option<u32>,
     pub background: Background,
+    /// A 1-pixel outline around the opaque pixels, drawn in the transparent area.
+    pub outline: Option<[u8; 3]>,
     /// Where the sprite's name is in the manifest, for later errors.
     pub span: Range<usize>,
 }
@@ -243,7 +247,9 @@ struct RawDefaults {
     generator: Option<GeneratorSpec>,
     loras: Option<Vec<RawLora>>,
     palette: Option<String>,
+    max_colors: Option<u32>,
     background: Option<RawBackground>,
+    outline: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -258,7 +264,9 @@ struct RawSprite {
     generator: Option<GeneratorSpec>,
     loras: Option<Vec<RawLora>>,
     palette: Option<String>,
+    max_colors: Option<u32>,
     background: Option<RawBackground>,
+    outline: Option<String>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -619,6 +627,42 @@ impl Validator<'_> {
             },
         };
 
+        let max_colors = raw.max_colors.or(defaults.max_colors);
+        if max_colors == Some(0) {
+            let at = self
+                .locator
+                .field_after(span.start, "max_colors")
+                .map(|f| self.locator.value_after(&f))
+                .unwrap_or(span.clone());
+            return Err(self
+                .error(
+                    at,
+                    format!("sprite `{name}`: `max_colors` must be at least 1"),
+                )
+                .label("zero colours")
+                .help("leave `max_colors` out to keep every colour the image needs")
+                .into());
+        }
+        let outline = match raw.outline.as_ref().or(defaults.outline.as_ref()) {
+            None => None,
+            Some(hex) => match parse_hex_color(hex) {
+                Some(rgb) => Some(rgb),
+                None => {
+                    let at = self
+                        .locator
+                        .string_literals(hex)
+                        .into_iter()
+                        .next()
+                        .unwrap_or(span.clone());
+                    return Err(self
+                        .error(at, format!("outline `{hex}` is not a colour"))
+                        .label("expected #RRGGBB")
+                        .help("write the outline colour as `outline: \"#1a1c2c\"`")
+                        .into());
+                }
+            },
+        };
+
         Ok(SpriteSpec {
             name: name.to_string(),
             constant,
@@ -636,7 +680,9 @@ impl Validator<'_> {
             generator,
             loras,
             palette,
+            max_colors,
             background,
+            outline,
             span,
         })
     }

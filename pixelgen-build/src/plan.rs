@@ -340,6 +340,22 @@ fn plan_sprite(
         ("background", background_group(sprite.background)),
         ("pipeline", Canonical::new().str(PIPELINE_VERSION).take()),
     ];
+    // Pixelizing options and the pixelizer's version matter where the raw image is
+    // pixelized or an option is set (procedural keys without options stay as they were).
+    let pixelized = matches!(sprite.generator, GeneratorSpec::Diffusion { .. });
+    if pixelized || sprite.max_colors.is_some() || sprite.outline.is_some() {
+        let mut c = Canonical::new();
+        c.str(crate::pixelize::PIXELIZE_VERSION);
+        match sprite.max_colors {
+            Some(n) => c.u64(n.into()),
+            None => c.str("all-colors"),
+        };
+        match sprite.outline {
+            Some(rgb) => c.str("outline").bytes(&rgb),
+            None => c.str("no-outline"),
+        };
+        groups.push(("pixelize", c));
+    }
     // Only diffusion sprites have a model (procedural keys stay as they were).
     if let GeneratorSpec::Diffusion { model, .. } = &sprite.generator {
         let hash = input_files.model_hash(model);

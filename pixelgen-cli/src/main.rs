@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod pixelize;
 mod txt2img;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +46,8 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Turn one raw image (pseudo pixel art) into exact-size pixel art, as the build does.
+    Pixelize(pixelize::Pixelize),
     /// Draw one raw image with Stable Diffusion (a model folder, .safetensors file or HF id).
     Txt2img(Box<txt2img::Txt2Img>),
 }
@@ -106,6 +109,13 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             );
             Ok(ExitCode::from(1))
         }
+        Command::Pixelize(args) => match pixelize::run(args) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(error) => {
+                eprintln!("error: {error}");
+                Ok(ExitCode::from(1))
+            }
+        },
         Command::Txt2img(args) => match txt2img::run(*args) {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(error) => {

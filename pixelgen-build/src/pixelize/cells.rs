@@ -1,0 +1,157 @@
+//! One robust colour per grid cell.
+//!
+//! A cell's core (its central part) is the least mixed with its neighbours, so its
+//! per-channel median is the observation; a mean would smear one-pixel details and
+//! a single noisy pixel would move it. The whole cell's pixels are kept addressable
+//! too: where all neighbours agree the whole cell is unmixed, and its many pixels pin
+//! the colour down exactly.
+
+use super::grid::Grid;
+use super::raster::Raster;
+
+/// Share of a cell's width (each side of its centre) that counts as its core.
+const CORE_HALF_WIDTH: f64 = 0.22;
+
+pub(crate) struct Cells {
+    pub columns: usize,
+    pub rows: usize,
+    /// Per cell, row-major: the core's per-channel median.
+    pub core: Vec<[f32; 3]>,
+    /// Per cell: the core's mean, which (unlike the median) is linear in the colours
+    /// that blur into it.
+    pub core_mean: Vec<[f32; 3]>,
+    /// Per cell: whether most of the core is opaque.
+    pub opaque: Vec<bool>,
+    /// Per axis, the pixel range `[from, to)` whose centres lie inside each cell.
+    column_pixels: Vec<(usize, usize)>,
+    row_pixels: Vec<(usize, usize)>,
+}
+
+impl Cells {
+    pub fn sample(raster: &Raster, grid: &Grid) -> Cells {
+        let column_core = core_ranges(&grid.columns, raster.width);
+        let row_core = core_ranges(&grid.rows, raster.height);
+        let (columns, rows) = (column_core.len(), row_core.len());
+        let mut core = Vec::with_capacity(columns * rows);
+        let mut core_mean = Vec::with_capacity(columns * rows);
+        let mut opaque = Vec::with_capacity(columns * rows);
+        let mut scratch: [Vec<f32>; 3] = Default::default();
+        for &(y0, y1) in &row_core {
+            for &(x0, x1) in &column_core {
+                scratch.iter_mut().for_each(Vec::clear);
+                let mut transparent = 0usize;
+                for y in y0..y1 {
+                    for x in x0..x1 {
+                        let i = y * raster.width + x;
+                        if raster.opaque[i] {
+                            for (c, values) in scratch.iter_mut().enumerate() {
+                                values.push(raster.rgb[i][c]);
+                            }
+                        } else {
+                            transparent += 1;
+                        }
+                    }
+                }
+                opaque.push(scratch[0].len() > transparent);
+                let n = scratch[0].len().max(1) as f32;
+                core_mean.push(std::array::from_fn(|c| scratch[c].iter().sum::<f32>() / n));
+                core.push(scratch.each_mut().map(|v| median(v)));
+            }
+        }
+        Cells {
+            columns,
+            rows,
+            core,
+            core_mean,
+            opaque,
+            column_pixels: inside_ranges(&grid.columns, raster.width),
+            row_pixels: inside_ranges(&grid.rows, raster.height),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.columns * self.rows
+    }
+
+    /// Indices of the (up to 8) neighbours of cell `i`, with their offsets.
+    pub fn neighbours(&self, i: usize) -> impl Iterator<Item = (isize, isize, usize)> + '_ {
+        let (cx, cy) = ((i % self.columns) as isize, (i / self.columns) as isize);
+        (-1isize..=1)
+            .flat_map(|dy| (-1isize..=1).map(move |dx| (dx, dy)))
+            .filter(|&d| d != (0, 0))
+            .filter_map(move |(dx, dy)| {
+                let (x, y) = (cx + dx, cy + dy);
+                (x >= 0 && y >= 0 && (x as usize) < self.columns && (y as usize) < self.rows)
+                    .then(|| (dx, dy, y as usize * self.columns + x as usize))
+            })
+    }
+
+    /// Every opaque pixel whose centre lies in cell `i`.
+    pub fn pixels<'a>(&self, raster: &'a Raster, i: usize) -> impl Iterator<Item = [f32; 3]> + 'a {
+        let (x0, x1) = self.column_pixels[i % self.columns];
+        let (y0, y1) = self.row_pixels[i / self.columns];
+        (y0..y1).flat_map(move |y| {
+            (x0..x1).filter_map(move |x| {
+                let p = y * raster.width + x;
+                raster.opaque[p].then(|| raster.rgb[p])
+            })
+        })
+    }
+}
+
+/// Pixel ranges of each cell's core: pixels whose centre is within
+/// `CORE_HALF_WIDTH` × width of the cell's centre (at least the nearest pixel).
+fn core_ranges(edges: &[f64], size: usize) -> Vec<(usize, usize)> {
+    edges
+        .windows(2)
+        .map(|e| {
+            let centre = (e[0] + e[1]) / 2.0;
+            let half = (CORE_HALF_WIDTH * (e[1] - e[0])).max(0.5);
+            let from = (centre - half - 0.5).ceil().max(0.0) as usize;
+            let to = ((centre + half - 0.5).floor() + 1.0).max(0.0) as usize;
+            clamp_range(from, to, centre, size)
+        })
+        .collect()
+}
+
+/// Share of a cell's width left out at each side of its "whole cell" pixels: a slightly
+/// misplaced edge must not bring in the cell beyond the neighbour.
+const INSET: f64 = 0.12;
+
+/// Pixel ranges of whole cells: pixels whose centre lies in `[start, end)`, inset.
+fn inside_ranges(edges: &[f64], size: usize) -> Vec<(usize, usize)> {
+    edges
+        .windows(2)
+        .map(|e| {
+            let inset = INSET * (e[1] - e[0]);
+            let from = (e[0] + inset - 0.5).ceil().max(0.0) as usize;
+            let to = (e[1] - inset - 0.5).ceil().max(0.0) as usize;
+            clamp_range(from, to, (e[0] + e[1]) / 2.0, size)
+        })
+        .collect()
+}
+
+/// `[from, to)` within `[0, size)`, never empty: at least the pixel nearest `centre`.
+fn clamp_range(from: usize, to: usize, centre: f64, size: usize) -> (usize, usize) {
+    let (from, to) = (from.min(size), to.min(size));
+    if from < to {
+        (from, to)
+    } else {
+        let nearest = (centre.floor().max(0.0) as usize).min(size - 1);
+        (nearest, nearest + 1)
+    }
+}
+
+/// Median of `values` (the mean of the middle two for an even count); 0 when empty.
+pub(crate) fn median(values: &mut [f32]) -> f32 {
+    let n = values.len();
+    if n == 0 {
+        return 0.0;
+    }
+    let (_, &mut upper, _) = values.select_nth_unstable_by(n / 2, f32::total_cmp);
+    if n % 2 == 1 {
+        return upper;
+    }
+    let lower = values[..n / 2].iter().copied().fold(f32::MIN, f32::max);
+    (lower + upper) / 2.0
+}

@@ -1,0 +1,234 @@
+//! Grid recovery: where the raw image's fake pixels are.
+//!
+//! A diffusion model draws each intended pixel as a blob of roughly `pitch` × `pitch`
+//! real pixels, at a non-integer pitch, a sub-pixel phase and slightly different pitches
+//! per axis. Each axis is fitted on its own: a candidate grid is scored by the variance
+//! left inside its cells (summed over the image), which is lowest when cells sit on
+//! the fake pixels, whether their edges are hard or blurred into ramps. The variance of
+//! any interval comes from prefix sums of squared differences between pixel columns
+//! (rows) at each lag, so a candidate costs O(cells × pitch), not a pass over the image.
+
+use super::raster::Raster;
+
+/// Cell boundaries per axis, in pixel-edge coordinates (0 is the image's left or top
+/// edge); `columns.len()` is the number of output columns plus one.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Grid {
+    pub columns: Vec<f64>,
+    pub rows: Vec<f64>,
+}
+
+impl Grid {
+    /// Evenly spaced cells over `[start, end)`.
+    pub fn uniform(start: f64, end: f64, cells: usize) -> Vec<f64> {
+        let step = (end - start) / cells as f64;
+        (0..=cells).map(|k| start + step * k as f64).collect()
+    }
+}
+
+/// Pitches above this are fitted on a shrunk copy: the fit's cost grows with the pitch,
+/// and a coarse grid needs no sub-pixel precision.
+const MAX_FIT_PITCH: f64 = 12.0;
+
+/// The fake-pixel grid of `raster` that yields `columns` × `rows` cells.
+///
+/// The cells cover the frame (the art fills it, as the manifest's size says). Where the
+/// fake pixels are smaller than that and the art sits inside a plain margin,
+/// [`fit_window`] places a window of fake pixels over the art instead.
+pub(crate) fn fit(raster: &Raster, columns: usize, rows: usize) -> Grid {
+    let pitch = (raster.width as f64 / columns as f64).min(raster.height as f64 / rows as f64);
+    let factor = ((pitch / MAX_FIT_PITCH).floor() as usize).max(1);
+    let shrunk;
+    let analysed = if factor > 1 {
+        shrunk = raster.shrink(factor);
+        &shrunk
+    } else {
+        raster
+    };
+    let scale = factor as f64;
+    let x = Profile::along_x(analysed, columns, rows);
+    let y = Profile::along_y(analysed, columns, rows);
+    let mut grid = Grid {
+        columns: x.fit_filling(columns),
+        rows: y.fit_filling(rows),
+    };
+    for edge in grid.columns.iter_mut().chain(grid.rows.iter_mut()) {
+        *edge *= scale;
+    }
+    // The shrunk copy drops a partial block: the last edge goes back to the frame's.
+    if factor > 1 {
+        stretch_last(
+            &mut grid.columns,
+            raster.width as f64,
+            analysed.width as f64 * scale,
+        );
+        stretch_last(
+            &mut grid.rows,
+            raster.height as f64,
+            analysed.height as f64 * scale,
+        );
+    }
+    grid
+}
+
+fn stretch_last(edges: &mut [f64], full: f64, analysed: f64) {
+    if let Some(last) = edges.last_mut()
+        && *last >= analysed - 0.5
+    {
+        *last += full - analysed;
+    }
+}
+
+/// Squared differences between pixel lines (columns for the x axis, rows for y) at
+/// every lag up to `max_lag`, as prefix sums along the axis.
+struct Profile {
+    len: usize,
+    max_lag: usize,
+    /// `prefix[(lag - 1) * (len + 1) + i]`: sum over lines `j < i` of ‖line_j − line_{j−lag}‖².
+    prefix: Vec<f64>,
+}
+
+impl Profile {
+    fn along_x(raster: &Raster, columns: usize, rows: usize) -> Profile {
+        let (w, h) = (raster.width, raster.height);
+        let max_lag = lag_limit(w, columns);
+        // Rows inside one fake pixel repeat each other; a few per fake pixel suffice.
+        let row_step = ((h as f64 / rows as f64 / 3.0).floor() as usize).max(1);
+        let mut lags = vec![0f32; max_lag * w];
+        for y in (0..h).step_by(row_step) {
+            let line = &raster.rgb[y * w..(y + 1) * w];
+            for lag in 1..=max_lag.min(w - 1) {
+                let out = &mut lags[(lag - 1) * w..lag * w];
+                for x in lag..w {
+                    out[x] += distance2(&line[x], &line[x - lag]);
+                }
+            }
+        }
+        Profile::from_lags(w, max_lag, &lags)
+    }
+
+    fn along_y(raster: &Raster, columns: usize, rows: usize) -> Profile {
+        let (w, h) = (raster.width, raster.height);
+        let max_lag = lag_limit(h, rows);
+        let column_step = ((w as f64 / columns as f64 / 3.0).floor() as usize).max(1);
+        let mut lags = vec![0f32; max_lag * h];
+        for y in 0..h {
+            let line = &raster.rgb[y * w..(y + 1) * w];
+            for lag in 1..=max_lag.min(y) {
+                let earlier = &raster.rgb[(y - lag) * w..(y - lag + 1) * w];
+                let mut sum = 0f32;
+                for x in (0..w).step_by(column_step) {
+                    sum += distance2(&line[x], &earlier[x]);
+                }
+                lags[(lag - 1) * h + y] = sum;
+            }
+        }
+        Profile::from_lags(h, max_lag, &lags)
+    }
+
+    fn from_lags(len: usize, max_lag: usize, lags: &[f32]) -> Profile {
+        let mut prefix = vec![0f64; max_lag * (len + 1)];
+        for lag in 0..max_lag {
+            let src = &lags[lag * len..(lag + 1) * len];
+            let dst = &mut prefix[lag * (len + 1)..(lag + 1) * (len + 1)];
+            for i in 0..len {
+                dst[i + 1] = dst[i] + f64::from(src[i]);
+            }
+        }
+        Profile {
+            len,
+            max_lag,
+            prefix,
+        }
+    }
+
+    /// Prefix sum at a fractional position (linear within a line), clamped to the axis.
+    fn at(&self, lag: usize, position: f64) -> f64 {
+        let row = &self.prefix[(lag - 1) * (self.len + 1)..lag * (self.len + 1)];
+        let p = position.clamp(0.0, self.len as f64);
+        let i = p.floor() as usize;
+        if i >= self.len {
+            return row[self.len];
+        }
+        let frac = p - i as f64;
+        row[i] + (row[i + 1] - row[i]) * frac
+    }
+
+    /// Sum of squared deviations from the mean inside the interval `[a, b)`:
+    /// (1/m) × the sum of all pairwise squared distances, m = b − a.
+    fn interval_cost(&self, a: f64, b: f64) -> f64 {
+        let (a, b) = (a.max(0.0), b.min(self.len as f64));
+        let m = b - a;
+        if m <= 1.0 {
+            return 0.0;
+        }
+        let mut sum = 0.0;
+        for lag in 1..=self.max_lag {
+            let lo = a + lag as f64;
+            if lo >= b {
+                break;
+            }
+            sum += self.at(lag, b) - self.at(lag, lo);
+        }
+        sum / m
+    }
+
+    /// Cost of `cells` equal cells over `[start, end)`, plus the uncovered margins.
+    fn cost(&self, start: f64, end: f64, cells: usize) -> f64 {
+        let step = (end - start) / cells as f64;
+        let mut total = self.interval_cost(0.0, start) + self.interval_cost(end, self.len as f64);
+        for k in 0..cells {
+            let a = start + step * k as f64;
+            total += self.interval_cost(a, a + step);
+        }
+        total
+    }
+
+    /// The best `cells` equal cells that cover the axis: the first edge within about
+    /// half a cell before the start, the last within half a cell after the end.
+    fn fit_filling(&self, cells: usize) -> Vec<f64> {
+        let n = self.len as f64;
+        let pitch = n / cells as f64;
+        if pitch < 1.5 {
+            // Finer than the image's own pixels can show: nothing to fit.
+            return Grid::uniform(0.0, n, cells);
+        }
+        let reach = 0.6 * pitch;
+        let mut step = (pitch / 6.0).min(0.5);
+        let (mut best_start, mut best_end) = (0.0, n);
+        let mut best = self.cost(0.0, n, cells);
+        let mut start_range = (-reach, 0.6);
+        let mut end_range = (n - 0.6, n + reach);
+        for _round in 0..3 {
+            let mut start = start_range.0;
+            while start <= start_range.1 + 1e-9 {
+                let mut end = end_range.0;
+                while end <= end_range.1 + 1e-9 {
+                    let cost = self.cost(start, end, cells);
+                    if cost < best {
+                        (best, best_start, best_end) = (cost, start, end);
+                    }
+                    end += step;
+                }
+                start += step;
+            }
+            start_range = (best_start - step, best_start + step);
+            end_range = (best_end - step, best_end + step);
+            step /= 5.0;
+        }
+        Grid::uniform(best_start, best_end, cells)
+    }
+}
+
+/// Lags needed to measure a cell of the expected pitch (with some slack for a larger one).
+fn lag_limit(len: usize, cells: usize) -> usize {
+    let pitch = len as f64 / cells as f64;
+    ((pitch * 1.25).ceil() as usize + 2)
+        .min(len.saturating_sub(1))
+        .max(1)
+}
+
+fn distance2(a: &[f32; 3], b: &[f32; 3]) -> f32 {
+    let d = [a[0] - b[0], a[1] - b[1], a[2] - b[2]];
+    d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
+}
