@@ -22,6 +22,9 @@ pub(crate) struct Cells {
     pub core_mean: Vec<[f32; 3]>,
     /// Per cell: whether most of the core is opaque.
     pub opaque: Vec<bool>,
+    /// Per cell, its 8 neighbours: left, right, above, below, then the corners; a
+    /// missing (past the edge) or transparent neighbour is the cell itself.
+    pub around: Vec<[usize; 8]>,
     /// Per axis, the pixel range `[from, to)` whose centres lie inside each cell.
     column_pixels: Vec<(usize, usize)>,
     row_pixels: Vec<(usize, usize)>,
@@ -58,9 +61,36 @@ impl Cells {
                 core.push(scratch.each_mut().map(|v| median(v)));
             }
         }
+        let around = (0..columns * rows)
+            .map(|i| {
+                let (x, y) = ((i % columns) as isize, (i / columns) as isize);
+                let at = |dx: isize, dy: isize| {
+                    let (nx, ny) = (x + dx, y + dy);
+                    let inside =
+                        nx >= 0 && ny >= 0 && (nx as usize) < columns && (ny as usize) < rows;
+                    let j = if inside {
+                        ny as usize * columns + nx as usize
+                    } else {
+                        i
+                    };
+                    if opaque[j] { j } else { i }
+                };
+                [
+                    at(-1, 0),
+                    at(1, 0),
+                    at(0, -1),
+                    at(0, 1),
+                    at(-1, -1),
+                    at(1, -1),
+                    at(-1, 1),
+                    at(1, 1),
+                ]
+            })
+            .collect();
         Cells {
             columns,
             rows,
+            around,
             core,
             core_mean,
             opaque,

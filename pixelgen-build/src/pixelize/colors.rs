@@ -18,8 +18,10 @@ use std::collections::HashMap;
 
 use super::cells::{Cells, median};
 use super::raster::Raster;
-use crate::palette::{Palette, Rgb, srgb_to_oklab};
+use crate::palette::{Palette, Rgb};
 
+/// Unmixed cells a colour needs to be found by clustering.
+const MIN_SUPPORT: usize = 2;
 /// Rounds of label refinement.
 const ROUNDS: usize = 4;
 /// RGB distance beyond which a lone deblurred cell is a colour of its own.
@@ -86,7 +88,32 @@ fn nearest_all(observed: &[[f32; 3]], colors: &[[f32; 3]]) -> Vec<usize> {
 }
 
 fn labs_of(colors: &[[f32; 3]]) -> Vec<[f32; 3]> {
-    colors.iter().map(|&c| srgb_to_oklab(to_rgb(c))).collect()
+    colors.iter().map(|&c| oklab(c)).collect()
+}
+
+/// OKLab of an RGB float colour (rounded to 8 bits first), in f32 with a table for the
+/// sRGB curve: the relabelling converts every cell several times.
+fn oklab(color: [f32; 3]) -> [f32; 3] {
+    static LINEAR: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
+    let table = LINEAR.get_or_init(|| {
+        std::array::from_fn(|v| {
+            let c = v as f64 / 255.0;
+            (if c <= 0.04045 {
+                c / 12.92
+            } else {
+                ((c + 0.055) / 1.055).powf(2.4)
+            }) as f32
+        })
+    });
+    let [r, g, b] = to_rgb(color).map(|c| table[c as usize]);
+    let l = (0.412_221_46 * r + 0.536_332_55 * g + 0.051_445_995 * b).cbrt();
+    let m = (0.211_903_5 * r + 0.680_699_5 * g + 0.107_396_96 * b).cbrt();
+    let s = (0.088_302_46 * r + 0.281_718_85 * g + 0.629_978_7 * b).cbrt();
+    [
+        0.210_454_26 * l + 0.793_617_8 * m - 0.004_072_047 * s,
+        1.977_998_5 * l - 2.428_592_2 * m + 0.450_593_7 * s,
+        0.025_904_037 * l + 0.782_771_77 * m - 0.808_675_77 * s,
+    ]
 }
 
 fn to_rgb(color: [f32; 3]) -> Rgb {
@@ -124,39 +151,17 @@ fn neighbour_sums(cells: &Cells, colors: &[[f32; 3]], labels: &[usize], i: usize
 }
 
 /// The labels of the 8 neighbours of cell `i` with their kind (0 side, 1 above or
-/// below, 2 corner); a missing or transparent neighbour counts as the cell itself.
+/// below, 2 corner); see [`Cells::around`].
 fn neighbour_labels<'a>(
     cells: &'a Cells,
     labels: &'a [usize],
     i: usize,
 ) -> impl Iterator<Item = (usize, usize)> + 'a {
-    let (cx, cy) = ((i % cells.columns) as isize, (i / cells.columns) as isize);
-    (-1isize..=1)
-        .flat_map(|dy| (-1isize..=1).map(move |dx| (dx, dy)))
-        .filter(|&d| d != (0, 0))
-        .map(move |(dx, dy)| {
-            let kind = match (dx, dy) {
-                (_, 0) => 0,
-                (0, _) => 1,
-                _ => 2,
-            };
-            let (x, y) = (cx + dx, cy + dy);
-            let inside =
-                x >= 0 && y >= 0 && (x as usize) < cells.columns && (y as usize) < cells.rows;
-            let j = if inside {
-                y as usize * cells.columns + x as usize
-            } else {
-                i
-            };
-            (
-                kind,
-                if cells.opaque[j] {
-                    labels[j]
-                } else {
-                    labels[i]
-                },
-            )
-        })
+    const KIND: [usize; 8] = [0, 0, 1, 1, 2, 2, 2, 2];
+    cells.around[i]
+        .iter()
+        .zip(KIND)
+        .map(move |(&j, kind)| (kind, labels[j]))
 }
 
 /// Robust least-squares fit of the blur from the current labels: a few rounds of
@@ -283,23 +288,33 @@ fn refine(cells: &Cells, observed: &[[f32; 3]], colors: &[[f32; 3]], labels: &mu
     // Fitted once, from the labels as they come: refitting after each round lets
     // overcorrected labels claim ever more blur.
     let blur = fit_blur(cells, observed, colors, labels);
+    // Only cells next to a change can change in the next round.
+    let mut dirty = vec![true; cells.len()];
     for _ in 0..ROUNDS {
+        let mut next = vec![false; cells.len()];
         let mut changed = false;
-        for i in (0..cells.len()).filter(|&i| cells.opaque[i]) {
+        for i in (0..cells.len()).filter(|&i| cells.opaque[i] && dirty[i]) {
             let own = deblur(cells, observed, colors, labels, blur, i);
             let label = nearest(&labs, own);
-            changed |= label != labels[i];
-            labels[i] = label;
+            if label != labels[i] {
+                labels[i] = label;
+                changed = true;
+                next[i] = true;
+                for &j in &cells.around[i] {
+                    next[j] = true;
+                }
+            }
         }
         if !changed {
             break;
         }
+        dirty = next;
     }
 }
 
 /// Index of the colour in `labs` nearest to `color` (RGB floats) in OKLab.
 fn nearest(labs: &[[f32; 3]], color: [f32; 3]) -> usize {
-    let lab = srgb_to_oklab(color.map(|c| c.round().clamp(0.0, 255.0) as u8));
+    let lab = oklab(color);
     let mut best = (f32::INFINITY, 0);
     for (k, l) in labs.iter().enumerate() {
         let d = distance2(l, &lab);
@@ -422,7 +437,7 @@ fn cluster_unmixed(raster: &Raster, cells: &Cells) -> Vec<Rgb> {
             }
             (!channels[0].is_empty()).then(|| {
                 let rgb = channels.each_mut().map(|v| median(v));
-                (i, srgb_to_oklab(rgb.map(|c| c.round() as u8)))
+                (i, oklab(rgb))
             })
         })
         .collect();
@@ -448,52 +463,79 @@ fn cluster_unmixed(raster: &Raster, cells: &Cells) -> Vec<Rgb> {
     // HashMap order is random; the result must not be.
     bins.sort_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal));
 
+    // A coarse grid of side `radius` finds the bins near a point in 27 lookups.
+    let coarse_key = |lab: &[f32; 3]| lab.map(|v| (v / radius).floor() as i32);
+    let mut coarse: HashMap<[i32; 3], Vec<usize>> = HashMap::new();
+    for (k, b) in bins.iter().enumerate() {
+        coarse.entry(coarse_key(&b.1)).or_default().push(k);
+    }
+    let near = |centre: &[f32; 3]| -> Vec<usize> {
+        let key = coarse_key(centre);
+        let mut found = Vec::new();
+        for dz in -1..=1 {
+            for dy in -1..=1 {
+                for dx in -1..=1 {
+                    if let Some(list) = coarse.get(&[key[0] + dx, key[1] + dy, key[2] + dz]) {
+                        found.extend(list.iter().copied());
+                    }
+                }
+            }
+        }
+        found
+    };
     let r2 = radius * radius;
+    let within = |bins: &[(usize, [f32; 3], Vec<usize>)], centre: &[f32; 3]| -> Vec<usize> {
+        near(centre)
+            .into_iter()
+            .filter(|&k| bins[k].0 > 0 && distance2(&bins[k].1, centre) <= r2)
+            .collect()
+    };
+    let mut support: Vec<usize> = (0..bins.len())
+        .map(|k| within(&bins, &bins[k].1).iter().map(|&j| bins[j].0).sum())
+        .collect();
     let mut clusters: Vec<(usize, [f32; 3], Vec<usize>)> = Vec::new();
     loop {
-        let support = |centre: &[f32; 3]| -> usize {
-            bins.iter()
-                .filter(|b| b.0 > 0 && distance2(&b.1, centre) <= r2)
-                .map(|b| b.0)
-                .sum()
-        };
         let Some(seed) = (0..bins.len())
             .filter(|&k| bins[k].0 > 0)
-            .max_by_key(|&k| (support(&bins[k].1), std::cmp::Reverse(k)))
+            .max_by_key(|&k| (support[k], std::cmp::Reverse(k)))
         else {
             break;
         };
+        // Colours with fewer unmixed cells are left to `discover`.
+        if support[seed] < MIN_SUPPORT {
+            break;
+        }
         // Two mean-shift steps centre the cluster on its mode.
         let mut centre = bins[seed].1;
         for _ in 0..2 {
             let (mut n, mut sum) = (0usize, [0f32; 3]);
-            for b in bins
-                .iter()
-                .filter(|b| b.0 > 0 && distance2(&b.1, &centre) <= r2)
-            {
-                n += b.0;
+            for k in within(&bins, &centre) {
+                n += bins[k].0;
                 for c in 0..3 {
-                    sum[c] += b.1[c] * b.0 as f32;
+                    sum[c] += bins[k].1[c] * bins[k].0 as f32;
                 }
             }
             if n > 0 {
                 centre = sum.map(|s| s / n as f32);
             }
         }
+        let mut taken_bins = within(&bins, &centre);
+        if taken_bins.is_empty() {
+            // The mode drifted off every bin: take the seed itself.
+            taken_bins.push(seed);
+        }
         let mut taken = Vec::new();
         let mut count = 0;
-        for b in bins.iter_mut() {
-            if b.0 > 0 && distance2(&b.1, &centre) <= r2 {
-                count += b.0;
-                b.0 = 0;
-                taken.append(&mut b.2);
+        for &k in &taken_bins {
+            let removed = bins[k].0;
+            count += removed;
+            bins[k].0 = 0;
+            taken.append(&mut bins[k].2);
+            for j in near(&bins[k].1) {
+                if distance2(&bins[j].1, &bins[k].1) <= r2 {
+                    support[j] = support[j].saturating_sub(removed);
+                }
             }
-        }
-        if count == 0 {
-            // The mode drifted off every bin: take the seed itself.
-            count = bins[seed].0;
-            bins[seed].0 = 0;
-            taken.append(&mut bins[seed].2);
         }
         clusters.push((count, centre, taken));
     }

@@ -26,6 +26,9 @@ impl Grid {
     }
 }
 
+/// The share of the filling grid's cost a window of smaller cells must get below.
+const WINDOW_GAIN: f64 = 0.4;
+
 /// Pitches above this are fitted on a shrunk copy: the fit's cost grows with the pitch,
 /// and a coarse grid needs no sub-pixel precision.
 const MAX_FIT_PITCH: f64 = 12.0;
@@ -48,9 +51,10 @@ pub(crate) fn fit(raster: &Raster, columns: usize, rows: usize) -> Grid {
     let scale = factor as f64;
     let x = Profile::along_x(analysed, columns, rows);
     let y = Profile::along_y(analysed, columns, rows);
+    let content = content_box(analysed);
     let mut grid = Grid {
-        columns: x.fit_filling(columns),
-        rows: y.fit_filling(rows),
+        columns: x.fit(columns, content.map(|c| c.0)),
+        rows: y.fit(rows, content.map(|c| c.1)),
     };
     for edge in grid.columns.iter_mut().chain(grid.rows.iter_mut()) {
         *edge *= scale;
@@ -184,6 +188,74 @@ impl Profile {
         total
     }
 
+    /// The best `cells` equal cells: filling the axis, or, where the art lies inside a
+    /// plain margin (`content` is its extent), smaller cells over the art when they
+    /// explain the image better.
+    fn fit(&self, cells: usize, content: Option<(f64, f64)>) -> Vec<f64> {
+        let filling = self.fit_filling(cells);
+        let n = self.len as f64;
+        let Some((from, to)) = content else {
+            return filling;
+        };
+        let low = ((to - from) / cells as f64).max(1.5);
+        let high = n / cells as f64;
+        if to - from > 0.8 * n || low >= 0.97 * high {
+            return filling;
+        }
+        let filling_pitch = (filling[cells] - filling[0]) / cells as f64;
+        let filling_cost = self.lattice_cost(filling[0], filling_pitch);
+        // Search pitch and phase of a lattice over the whole axis; the window is placed
+        // on the art afterwards.
+        let mut best = (f64::INFINITY, 0.0, high);
+        let mut pitch_step = (2.0 / cells as f64).max(0.01);
+        let mut pitches = (low, high);
+        let mut phases: Option<(f64, f64)> = None;
+        for _round in 0..3 {
+            let mut pitch = pitches.0;
+            while pitch <= pitches.1 + 1e-9 {
+                let (lo, hi) = phases.unwrap_or((0.0, pitch));
+                let phase_step = phases.map_or(0.5, |(a, b)| (b - a) / 6.0);
+                let mut phase = lo;
+                while phase <= hi + 1e-9 {
+                    let cost = self.lattice_cost(phase, pitch);
+                    if cost < best.0 {
+                        best = (cost, phase, pitch);
+                    }
+                    phase += phase_step;
+                }
+                pitch += pitch_step;
+            }
+            pitches = (best.2 - pitch_step, best.2 + pitch_step);
+            phases = Some((best.1 - 0.5, best.1 + 0.5));
+            pitch_step /= 5.0;
+        }
+        let (cost, phase, pitch) = best;
+        // Smaller cells always leave less variance inside soft, ramp-like fake pixels,
+        // so the smaller lattice must be far better than filling to be believed.
+        if cost > WINDOW_GAIN * filling_cost {
+            return filling;
+        }
+        // The window of `cells` lattice cells centred on the art, inside the frame if it fits.
+        let span = pitch * cells as f64;
+        let ideal = (from + to) / 2.0 - span / 2.0;
+        let k = ((ideal - phase) / pitch).round();
+        let start = phase + k * pitch;
+        Grid::uniform(start, start + span, cells)
+    }
+
+    /// Cost of a lattice of pitch `pitch` through `phase`, over the whole axis.
+    fn lattice_cost(&self, phase: f64, pitch: f64) -> f64 {
+        let n = self.len as f64;
+        let first = phase - ((phase / pitch).ceil()) * pitch;
+        let mut total = 0.0;
+        let mut a = first;
+        while a < n {
+            total += self.interval_cost(a, a + pitch);
+            a += pitch;
+        }
+        total
+    }
+
     /// The best `cells` equal cells that cover the axis: the first edge within about
     /// half a cell before the start, the last within half a cell after the end.
     fn fit_filling(&self, cells: usize) -> Vec<f64> {
@@ -218,6 +290,53 @@ impl Profile {
         }
         Grid::uniform(best_start, best_end, cells)
     }
+}
+
+/// The extent (x, then y, as `[from, to)` in pixels) of whatever differs from the
+/// colour of the image's border, when the border is one plain colour; `None` otherwise.
+fn content_box(raster: &Raster) -> Option<((f64, f64), (f64, f64))> {
+    let (w, h) = (raster.width, raster.height);
+    if w < 4 || h < 4 {
+        return None;
+    }
+    let border: Vec<[f32; 3]> = (0..w)
+        .flat_map(|x| [x, (h - 1) * w + x])
+        .chain((0..h).flat_map(|y| [y * w, y * w + w - 1]))
+        .map(|i| raster.rgb[i])
+        .collect();
+    let mut channel: Vec<f32> = Vec::with_capacity(border.len());
+    let background: [f32; 3] = std::array::from_fn(|c| {
+        channel.clear();
+        channel.extend(border.iter().map(|p| p[c]));
+        super::cells::median(&mut channel)
+    });
+    let mut distances: Vec<f32> = border
+        .iter()
+        .map(|p| distance2(p, &background).sqrt())
+        .collect();
+    let spread = super::cells::median(&mut distances);
+    // Most of the border must be the plain colour.
+    let threshold = (6.0 * spread).max(24.0);
+    let plain = distances.iter().filter(|&&d| d <= threshold).count();
+    if (plain as f64) < 0.95 * border.len() as f64 {
+        return None;
+    }
+    let (mut columns, mut rows) = (vec![0u32; w], vec![0u32; h]);
+    for y in 0..h {
+        for x in 0..w {
+            if distance2(&raster.rgb[y * w + x], &background) > threshold * threshold {
+                columns[x] += 1;
+                rows[y] += 1;
+            }
+        }
+    }
+    // A line belongs to the art when more than a stray pixel or two of it differ.
+    let extent = |counts: &[u32]| -> Option<(f64, f64)> {
+        let first = counts.iter().position(|&n| n > 2)?;
+        let last = counts.iter().rposition(|&n| n > 2)?;
+        Some((first as f64, last as f64 + 1.0))
+    };
+    Some((extent(&columns)?, extent(&rows)?))
 }
 
 /// Lags needed to measure a cell of the expected pitch (with some slack for a larger one).
