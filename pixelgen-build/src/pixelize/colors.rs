@@ -71,7 +71,18 @@ pub(crate) fn resolve(
             if let Some(max) = max_colors {
                 limit_colors(&mut floats, &mut current, cells, max.max(1));
             }
-            colors = settle_exact(raster, cells, &floats, &current);
+            let mut exact = settle_exact(raster, cells, &floats, &current);
+            // Labels that settled on (nearly) the same colour are one colour: pool them.
+            let mut settled: Vec<[f32; 3]> = exact.iter().map(|c| c.map(f32::from)).collect();
+            if merge_close(
+                &mut settled,
+                &mut current,
+                cells,
+                (2.5 * noise).clamp(2.0, 7.0),
+            ) {
+                exact = settle_exact(raster, cells, &settled, &current);
+            }
+            colors = exact;
             labels = current;
         }
     }
@@ -379,8 +390,7 @@ fn pixel_median(
 
 /// The centre of one channel's histogram: the mean of the values within three robust
 /// standard deviations of the median (the mean is less noisy than the median, and
-/// the window drops outliers), or the median itself where that window would reach a
-/// clipped end (0 or 255), which would bias the mean.
+/// the window drops outliers); the window shrinks to stay clear of 0 and 255.
 fn robust_centre(histogram: &[u32; 256], count: u32) -> u8 {
     let quantile = |q: f64| -> usize {
         let mut seen = 0u64;
@@ -405,8 +415,12 @@ fn robust_centre(histogram: &[u32; 256], count: u32) -> u8 {
             2 * seen >= count
         })
         .unwrap_or(0);
-    let window = (3.0 * 1.4826 * mad as f64).max(1.0).ceil() as usize;
-    if median < window || median + window > 255 {
+    // Symmetric about the median and clear of the clipped ends (a clipped end piles
+    // up values that belong further out).
+    let window = ((3.0 * 1.4826 * mad as f64).max(1.0).ceil() as usize)
+        .min(median.saturating_sub(1))
+        .min(254usize.saturating_sub(median));
+    if window == 0 {
         return median as u8;
     }
     let (mut sum, mut n) = (0f64, 0f64);

@@ -10,6 +10,8 @@ mod cells;
 mod colors;
 mod grid;
 mod raster;
+#[cfg(test)]
+mod tests;
 
 use image::{Rgba, RgbaImage};
 
@@ -124,7 +126,7 @@ fn fill_background(image: &mut RgbaImage, rgb: [u8; 3]) {
 }
 
 #[cfg(test)]
-mod tests {
+mod finish_tests {
     use super::*;
     use crate::manifest::parse;
     use std::path::Path;
