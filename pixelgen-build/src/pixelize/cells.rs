@@ -17,9 +17,9 @@ pub(crate) struct Cells {
     pub rows: usize,
     /// Per cell, row-major: the core's per-channel median.
     pub core: Vec<[f32; 3]>,
-    /// Per cell: the core's mean, which (unlike the median) is linear in the colours
-    /// that blur into it.
-    pub core_mean: Vec<[f32; 3]>,
+    /// Per cell: the image bilinearly interpolated at the cell's exact centre, the
+    /// least mixed single observation (noisier than the core's mean).
+    pub centre: Vec<[f32; 3]>,
     /// Per cell: whether most of the core is opaque.
     pub opaque: Vec<bool>,
     /// Per cell, its 8 neighbours: left, right, above, below, then the corners; a
@@ -36,7 +36,6 @@ impl Cells {
         let row_core = core_ranges(&grid.rows, raster.height);
         let (columns, rows) = (column_core.len(), row_core.len());
         let mut core = Vec::with_capacity(columns * rows);
-        let mut core_mean = Vec::with_capacity(columns * rows);
         let mut opaque = Vec::with_capacity(columns * rows);
         let mut scratch: [Vec<f32>; 3] = Default::default();
         for &(y0, y1) in &row_core {
@@ -56,11 +55,18 @@ impl Cells {
                     }
                 }
                 opaque.push(scratch[0].len() > transparent);
-                let n = scratch[0].len().max(1) as f32;
-                core_mean.push(std::array::from_fn(|c| scratch[c].iter().sum::<f32>() / n));
                 core.push(scratch.each_mut().map(|v| median(v)));
             }
         }
+        let centre = grid
+            .rows
+            .windows(2)
+            .flat_map(|ry| {
+                grid.columns.windows(2).map(move |cx| {
+                    interpolate(raster, (cx[0] + cx[1]) / 2.0, (ry[0] + ry[1]) / 2.0)
+                })
+            })
+            .collect();
         let around = (0..columns * rows)
             .map(|i| {
                 let (x, y) = ((i % columns) as isize, (i / columns) as isize);
@@ -92,7 +98,7 @@ impl Cells {
             rows,
             around,
             core,
-            core_mean,
+            centre,
             opaque,
             column_pixels: inside_ranges(&grid.columns, raster.width),
             row_pixels: inside_ranges(&grid.rows, raster.height),
@@ -127,6 +133,20 @@ impl Cells {
             })
         })
     }
+}
+
+/// Bilinear interpolation at a point in pixel-edge coordinates, clamped to the image.
+fn interpolate(raster: &Raster, x: f64, y: f64) -> [f32; 3] {
+    let fx = (x - 0.5).clamp(0.0, (raster.width - 1) as f64);
+    let fy = (y - 0.5).clamp(0.0, (raster.height - 1) as f64);
+    let (x0, y0) = (fx.floor() as usize, fy.floor() as usize);
+    let (x1, y1) = ((x0 + 1).min(raster.width - 1), (y0 + 1).min(raster.height - 1));
+    let (tx, ty) = ((fx - x0 as f64) as f32, (fy - y0 as f64) as f32);
+    let at = |x: usize, y: usize| raster.rgb[y * raster.width + x];
+    let (a, b, c, d) = (at(x0, y0), at(x1, y0), at(x0, y1), at(x1, y1));
+    std::array::from_fn(|k| {
+        (a[k] * (1.0 - tx) + b[k] * tx) * (1.0 - ty) + (c[k] * (1.0 - tx) + d[k] * tx) * ty
+    })
 }
 
 /// Pixel ranges of each cell's core: pixels whose centre is within

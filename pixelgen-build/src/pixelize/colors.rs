@@ -761,8 +761,8 @@ const EXACT_PIXELS: usize = 60;
 /// the least-squares colour that, blurred with its neighbours, best reproduces the
 /// cores of all of its cells.
 fn settle_exact(raster: &Raster, cells: &Cells, colors: &[[f32; 3]], labels: &[usize]) -> Vec<Rgb> {
-    let blur = fit_blur(cells, &cells.core_mean, colors, labels);
-    let fitted = fit_colors(cells, colors, labels, blur);
+    let blur = fit_blur(cells, &cells.centre, colors, labels);
+    let fitted = fit_colors(cells, &cells.centre, colors, labels, blur);
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); colors.len()];
     for i in (0..cells.len()).filter(|&i| cells.opaque[i]) {
         if cells
@@ -793,7 +793,13 @@ fn settle_exact(raster: &Raster, cells: &Cells, colors: &[[f32; 3]], labels: &[u
 
 /// Least squares for all colours at once: each cell's core mean is its own colour and
 /// its neighbours' colours mixed by `blur` (see [`neighbour_sums`]).
-fn fit_colors(cells: &Cells, colors: &[[f32; 3]], labels: &[usize], blur: Blur) -> Vec<[f32; 3]> {
+fn fit_colors(
+    cells: &Cells,
+    observed: &[[f32; 3]],
+    colors: &[[f32; 3]],
+    labels: &[usize],
+    blur: Blur,
+) -> Vec<[f32; 3]> {
     let k = colors.len();
     let mut normal = vec![0f64; k * k];
     let mut rhs = vec![[0f64; 3]; k];
@@ -813,7 +819,7 @@ fn fit_colors(cells: &Cells, colors: &[[f32; 3]], labels: &[usize], blur: Blur) 
                 normal[a * k + b] += row[a] * row[b];
             }
             for c in 0..3 {
-                rhs[a][c] += row[a] * f64::from(cells.core_mean[i][c]);
+                rhs[a][c] += row[a] * f64::from(observed[i][c]);
             }
         }
     }
