@@ -140,7 +140,10 @@ fn interpolate(raster: &Raster, x: f64, y: f64) -> [f32; 3] {
     let fx = (x - 0.5).clamp(0.0, (raster.width - 1) as f64);
     let fy = (y - 0.5).clamp(0.0, (raster.height - 1) as f64);
     let (x0, y0) = (fx.floor() as usize, fy.floor() as usize);
-    let (x1, y1) = ((x0 + 1).min(raster.width - 1), (y0 + 1).min(raster.height - 1));
+    let (x1, y1) = (
+        (x0 + 1).min(raster.width - 1),
+        (y0 + 1).min(raster.height - 1),
+    );
     let (tx, ty) = ((fx - x0 as f64) as f32, (fy - y0 as f64) as f32);
     let at = |x: usize, y: usize| raster.rgb[y * raster.width + x];
     let (a, b, c, d) = (at(x0, y0), at(x1, y0), at(x0, y1), at(x1, y1));
