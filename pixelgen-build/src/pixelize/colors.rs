@@ -56,9 +56,14 @@ pub(crate) fn resolve(
             }
             let observed = &cells.centre;
             let mut current = nearest_all(observed, &floats);
+            // Colours used only in thin lines are found before any blur is fitted:
+            // missing, their misfits would be taken for blur.
+            if discover(cells, observed, &mut floats, &mut current, false) {
+                current = nearest_all(observed, &floats);
+            }
             for _ in 0..3 {
                 refine(cells, observed, &floats, &mut current);
-                if !discover(cells, observed, &mut floats, &mut current) {
+                if !discover(cells, observed, &mut floats, &mut current, true) {
                     break;
                 }
             }
@@ -666,8 +671,13 @@ fn discover(
     observed: &[[f32; 3]],
     colors: &mut Vec<[f32; 3]>,
     labels: &mut [usize],
+    deblurred: bool,
 ) -> bool {
-    let blur = fit_blur(cells, observed, colors, labels);
+    let blur = if deblurred {
+        fit_blur(cells, observed, colors, labels)
+    } else {
+        Blur::NONE
+    };
     let mut misfits = Vec::new();
     let mut distances = Vec::new();
     for i in (0..cells.len()).filter(|&i| cells.opaque[i]) {
@@ -705,6 +715,11 @@ fn discover(
         if colors.iter().any(|c| distance2(c, &mean).sqrt() <= far) {
             continue;
         }
+        // Without deblurring, a cell between two colours looks like a new colour: a
+        // group that is a mix of two known colours is not one.
+        if !deblurred && is_mixture(colors, &mean, far) {
+            continue;
+        }
         colors.push(mean);
         for i in members {
             labels[i] = colors.len() - 1;
@@ -712,6 +727,24 @@ fn discover(
         added = true;
     }
     added
+}
+
+/// Whether `color` lies within `within` of the segment between two of `colors`
+/// (away from their ends).
+fn is_mixture(colors: &[[f32; 3]], color: &[f32; 3], within: f32) -> bool {
+    colors.iter().enumerate().any(|(k, a)| {
+        colors[k + 1..].iter().any(|b| {
+            let ab: [f32; 3] = std::array::from_fn(|c| b[c] - a[c]);
+            let length2 = ab.iter().map(|v| v * v).sum::<f32>();
+            if length2 == 0.0 {
+                return false;
+            }
+            let t =
+                ((0..3).map(|c| (color[c] - a[c]) * ab[c]).sum::<f32>() / length2).clamp(0.1, 0.9);
+            let point: [f32; 3] = std::array::from_fn(|c| a[c] + t * ab[c]);
+            distance2(&point, color).sqrt() <= within
+        })
+    })
 }
 
 /// Removes colours no cell uses.
@@ -819,6 +852,9 @@ fn limit_colors(colors: &mut Vec<[f32; 3]>, labels: &mut [usize], cells: &Cells,
     }
 }
 
+/// A fitted blur leaving a cell at least this much of its own colour is no blur.
+const CRISP: f32 = 0.97;
+
 /// Unmixed pixels needed before a colour is their median rather than the fit.
 const EXACT_PIXELS: usize = 60;
 
@@ -829,6 +865,9 @@ const EXACT_PIXELS: usize = 60;
 fn settle_exact(raster: &Raster, cells: &Cells, colors: &[[f32; 3]], labels: &[usize]) -> Vec<Rgb> {
     let blur = fit_blur(cells, &cells.centre, colors, labels);
     let fitted = fit_colors(cells, &cells.centre, colors, labels, blur);
+    // Crisp fake pixels (next to no blur) are pure across the whole cell, mixed with
+    // their neighbours or not: every cell of a colour then gives exact pixels.
+    let crisp = blur.own >= CRISP;
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); colors.len()];
     for i in (0..cells.len()).filter(|&i| cells.opaque[i]) {
         if cells
@@ -848,6 +887,14 @@ fn settle_exact(raster: &Raster, cells: &Cells, colors: &[[f32; 3]], labels: &[u
                 .sum();
             if pixels >= EXACT_PIXELS
                 && let Some(exact) = pixel_median(raster, cells, members.into_iter())
+            {
+                exact
+            } else if crisp
+                && let Some(exact) = pixel_median(
+                    raster,
+                    cells,
+                    (0..cells.len()).filter(|&i| cells.opaque[i] && labels[i] == k),
+                )
             {
                 exact
             } else {

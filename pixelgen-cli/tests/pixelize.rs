@@ -1,0 +1,200 @@
+//! `cargo pixelgen pixelize IN --size WxH -o OUT [--palette NAME|FILE] [--transparent]`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use image::{Rgba, RgbaImage};
+
+fn pixelize(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"))
+        .current_dir(dir)
+        .arg("pixelgen") // as cargo calls it
+        .arg("pixelize")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A 10×8 sprite on a dark background: a block, a stripe and a one-pixel highlight.
+fn sprite() -> RgbaImage {
+    RgbaImage::from_fn(10, 8, |x, y| match (x, y) {
+        (5, 4) => Rgba([255, 241, 232, 255]),
+        (2..=7, 2..=5) => Rgba([0, 135, 81, 255]),
+        (_, 6) => Rgba([255, 163, 0, 255]),
+        _ => Rgba([29, 43, 83, 255]),
+    })
+}
+
+/// `sprite` drawn with fake pixels of a non-integer size and a little noise.
+fn raw() -> RgbaImage {
+    let art = sprite();
+    let pitch = 6.6;
+    let (w, h) = ((10.0 * pitch) as u32, (8.0 * pitch) as u32);
+    RgbaImage::from_fn(w, h, |x, y| {
+        let cell = art.get_pixel(
+            ((x as f64 + 0.5) / pitch) as u32,
+            ((y as f64 + 0.5) / pitch).min(7.0) as u32,
+        );
+        let jitter = ((x * 7 + y * 13) % 5) as i16 - 2;
+        let mut p = *cell;
+        for c in 0..3 {
+            p[c] = (i16::from(p[c]) + jitter).clamp(0, 255) as u8;
+        }
+        p
+    })
+}
+
+#[test]
+fn pixelize_recovers_the_sprite_with_a_builtin_palette_and_a_palette_file() {
+    let dir = tempfile::tempdir().unwrap();
+    raw().save(dir.path().join("raw.png")).unwrap();
+    let out = pixelize(
+        dir.path(),
+        &[
+            "raw.png",
+            "--size",
+            "10x8",
+            "-o",
+            "out.png",
+            "--palette",
+            "pico-8",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = image::open(dir.path().join("out.png")).unwrap().to_rgba8();
+    assert_eq!(got, sprite());
+
+    std::fs::write(
+        dir.path().join("four.hex"),
+        "1d2b53\n008751\nffa300\nfff1e8\n",
+    )
+    .unwrap();
+    let out = pixelize(
+        dir.path(),
+        &[
+            "raw.png",
+            "--size",
+            "10x8",
+            "-o",
+            "file.png",
+            "--palette",
+            "four.hex",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = image::open(dir.path().join("file.png")).unwrap().to_rgba8();
+    assert_eq!(got, sprite());
+}
+
+#[test]
+fn pixelize_without_a_palette_finds_the_colours_and_transparent_removes_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    raw().save(dir.path().join("raw.png")).unwrap();
+    let out = pixelize(
+        dir.path(),
+        &[
+            "raw.png",
+            "--size",
+            "10x8",
+            "-o",
+            "out.png",
+            "--transparent",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = image::open(dir.path().join("out.png")).unwrap().to_rgba8();
+    assert_eq!(got.dimensions(), (10, 8));
+    assert_eq!(
+        got.get_pixel(0, 0),
+        &Rgba([0, 0, 0, 0]),
+        "background made transparent"
+    );
+    assert_eq!(
+        got.get_pixel(3, 3),
+        sprite().get_pixel(3, 3),
+        "block colour exact"
+    );
+    assert_eq!(
+        got.get_pixel(5, 4),
+        sprite().get_pixel(5, 4),
+        "one-pixel highlight kept"
+    );
+    assert_eq!(
+        got.get_pixel(0, 6),
+        sprite().get_pixel(0, 6),
+        "stripe reaching the edge stays"
+    );
+}
+
+#[test]
+fn pixelize_reports_bad_arguments_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    raw().save(dir.path().join("raw.png")).unwrap();
+    let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
+
+    let out = pixelize(dir.path(), &["raw.png", "--size", "10by8", "-o", "o.png"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("WIDTHxHEIGHT"), "{}", stderr(&out));
+
+    let out = pixelize(
+        dir.path(),
+        &[
+            "raw.png",
+            "--size",
+            "10x8",
+            "-o",
+            "o.png",
+            "--palette",
+            "pico-9",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown palette `pico-9`") && stderr(&out).contains("pico-8"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = pixelize(
+        dir.path(),
+        &["missing.png", "--size", "10x8", "-o", "o.png"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot read missing.png"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::write(dir.path().join("bad.hex"), "12345\n").unwrap();
+    let out = pixelize(
+        dir.path(),
+        &[
+            "raw.png",
+            "--size",
+            "10x8",
+            "-o",
+            "o.png",
+            "--palette",
+            "bad.hex",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("bad.hex is invalid: line 1"),
+        "{}",
+        stderr(&out)
+    );
+}
