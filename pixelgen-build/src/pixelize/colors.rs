@@ -366,9 +366,12 @@ fn smooth(cells: &Cells, observed: &[[f32; 3]], colors: &[[f32; 3]], labels: &mu
         SMOOTHNESS / 2.0,
         SMOOTHNESS / 2.0,
     ];
+    // Only cells next to a change can change in the next round.
+    let mut dirty = vec![true; cells.len()];
     for _ in 0..ROUNDS {
+        let mut next = vec![false; cells.len()];
         let mut changed = false;
-        for i in (0..cells.len()).filter(|&i| cells.opaque[i]) {
+        for i in (0..cells.len()).filter(|&i| cells.opaque[i] && dirty[i]) {
             let own = deblur(cells, observed, colors, labels, blur, i);
             let around = cells.around[i];
             let cost = |k: usize| -> f32 {
@@ -380,17 +383,31 @@ fn smooth(cells: &Cells, observed: &[[f32; 3]], colors: &[[f32; 3]], labels: &mu
                     .sum();
                 distance2(&own, &colors[k]) * scale + disagreement
             };
-            let best = (0..colors.len())
-                .min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
+            // Only the neighbours' labels and the best fit can win.
+            let nearest = (0..colors.len())
+                .min_by(|&a, &b| {
+                    distance2(&own, &colors[a]).total_cmp(&distance2(&own, &colors[b]))
+                })
+                .unwrap_or(labels[i]);
+            let best = around
+                .iter()
+                .map(|&j| labels[j])
+                .chain([labels[i], nearest])
+                .min_by(|&a, &b| cost(a).total_cmp(&cost(b)).then(a.cmp(&b)))
                 .unwrap_or(labels[i]);
             if best != labels[i] {
                 labels[i] = best;
                 changed = true;
+                next[i] = true;
+                for &j in &around {
+                    next[j] = true;
+                }
             }
         }
         if !changed {
             break;
         }
+        dirty = next;
     }
 }
 
@@ -772,7 +789,10 @@ fn pixel_noise(raster: &Raster, cells: &Cells) -> f32 {
     let unmixed = unmixed_cells(cells);
     let mut deviations = Vec::new();
     let mut channel: Vec<f32> = Vec::new();
-    for i in (0..cells.len()).filter(|&i| unmixed[i]) {
+    // A few hundred cells measure the noise as well as all of them.
+    let unmixed: Vec<usize> = (0..cells.len()).filter(|&i| unmixed[i]).collect();
+    let stride = (unmixed.len() / 400).max(1);
+    for &i in unmixed.iter().step_by(stride) {
         for c in 0..3 {
             channel.clear();
             channel.extend(cells.pixels(raster, i).map(|p| p[c]));
