@@ -1002,6 +1002,27 @@ mod tests {
     }
 
     #[test]
+    fn pixelize_options_are_read_with_defaults_and_checked() {
+        let m = parse(
+            Path::new("sprites.ron"),
+            "(defaults: (max_colors: 8, outline: \"#1a1c2c\"),\n sprites: { \"a\": (prompt: \"b\"), \"c\": (prompt: \"d\", max_colors: 3) })",
+        )
+        .unwrap();
+        assert_eq!(m.sprites[0].max_colors, Some(8));
+        assert_eq!(m.sprites[0].outline, Some([0x1a, 0x1c, 0x2c]));
+        assert_eq!(m.sprites[1].max_colors, Some(3));
+
+        let (text, (line, column)) =
+            parse_err("(sprites: {\n \"a\": (prompt: \"b\", max_colors: 0) })");
+        assert!(text.contains("`max_colors` must be at least 1"), "{text}");
+        assert_eq!((line, column), (2, 33));
+        let (text, (line, _)) =
+            parse_err("(sprites: {\n \"a\": (prompt: \"b\", outline: \"#12\") })");
+        assert!(text.contains("outline `#12` is not a colour"), "{text}");
+        assert_eq!(line, 2);
+    }
+
+    #[test]
     fn unknown_generator_variant_lists_the_known_ones() {
         let (text, _) = parse_err("(sprites: {\n \"a\": (prompt: \"b\", generator: Dalle) })");
         assert!(

@@ -527,6 +527,8 @@ mod tests {
             BASE.replace("seed: 1)", "seed: 1, negative_prompt: \"eyes\")"),
             BASE.replace("seed: 1)", "seed: 1, palette: \"pico-8\")"),
             BASE.replace("seed: 1)", "seed: 1, background: Color(\"#000000\"))"),
+            BASE.replace("seed: 1)", "seed: 1, max_colors: 4)"),
+            BASE.replace("seed: 1)", "seed: 1, outline: \"#000000\")"),
         ] {
             let now = keys(&changed);
             assert_ne!(now[0].1, base[0].1, "{changed}");

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 
 use super::cells::{Cells, median};
-use super::raster::Raster;
+use super::raster::{Raster, distance2};
 use crate::palette::{Palette, Rgb};
 
 /// Unmixed cells a colour needs to be found by clustering.
@@ -422,10 +422,6 @@ fn nearest(labs: &[[f32; 3]], color: [f32; 3]) -> usize {
         }
     }
     best.1
-}
-
-fn distance2(a: &[f32; 3], b: &[f32; 3]) -> f32 {
-    (0..3).map(|c| (a[c] - b[c]) * (a[c] - b[c])).sum()
 }
 
 /// Cells whose core looks like all of their opaque neighbours' (by RGB distance

@@ -8,7 +8,7 @@
 //! any interval comes from prefix sums of squared differences between pixel columns
 //! (rows) at each lag, so a candidate costs O(cells × pitch), not a pass over the image.
 
-use super::raster::Raster;
+use super::raster::{Raster, distance2};
 
 /// Cell boundaries per axis, in pixel-edge coordinates (0 is the image's left or top
 /// edge); `columns.len()` is the number of output columns plus one.
@@ -39,8 +39,8 @@ const MAX_FIT_PITCH: f64 = 12.0;
 /// The fake-pixel grid of `raster` that yields `columns` × `rows` cells.
 ///
 /// The cells cover the frame (the art fills it, as the manifest's size says). Where the
-/// fake pixels are smaller than that and the art sits inside a plain margin,
-/// [`fit_window`] places a window of fake pixels over the art instead.
+/// fake pixels are smaller than that and the art sits inside a plain margin, a window of
+/// fake pixels is placed over the art instead (see `Profile::fit`).
 pub(crate) fn fit(raster: &Raster, columns: usize, rows: usize) -> Grid {
     let pitch = (raster.width as f64 / columns as f64).min(raster.height as f64 / rows as f64);
     let factor = ((pitch / MAX_FIT_PITCH).floor() as usize).max(1);
@@ -52,12 +52,19 @@ pub(crate) fn fit(raster: &Raster, columns: usize, rows: usize) -> Grid {
         raster
     };
     let scale = factor as f64;
-    let x = Profile::along_x(analysed, columns, rows);
-    let y = Profile::along_y(analysed, columns, rows);
     let content = content_box(analysed);
+    // The axes are independent: fit them on two threads (the result does not depend
+    // on it).
+    let (columns_edges, rows_edges) = std::thread::scope(|scope| {
+        let x = scope
+            .spawn(|| Profile::along_x(analysed, columns, rows).fit(columns, content.map(|c| c.0)));
+        let y = Profile::along_y(analysed, columns, rows).fit(rows, content.map(|c| c.1));
+        // A panic in the other thread is a bug: surface it as one.
+        (x.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), y)
+    });
     let mut grid = Grid {
-        columns: x.fit(columns, content.map(|c| c.0)),
-        rows: y.fit(rows, content.map(|c| c.1)),
+        columns: columns_edges,
+        rows: rows_edges,
     };
     for edge in grid.columns.iter_mut().chain(grid.rows.iter_mut()) {
         *edge *= scale;
@@ -294,7 +301,8 @@ impl Profile {
             return (start, end);
         }
         let reach = pitch / 2.0;
-        let step = 0.1;
+        // About 40 steps across a cell: finer than any cell needs, and bounded cost.
+        let step = (pitch / 40.0).max(0.1);
         let steps = (reach / step).floor() as i64;
         let mut scored = Vec::new();
         for a in -steps..=steps {
@@ -392,9 +400,4 @@ fn lag_limit(len: usize, cells: usize) -> usize {
     ((pitch * 1.25).ceil() as usize + 2)
         .min(len.saturating_sub(1))
         .max(1)
-}
-
-fn distance2(a: &[f32; 3], b: &[f32; 3]) -> f32 {
-    let d = [a[0] - b[0], a[1] - b[1], a[2] - b[2]];
-    d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
 }

@@ -37,7 +37,8 @@ impl Raster {
     }
 
     /// Box-filtered copy, `factor` × `factor` pixels to one (the last partial block is
-    /// dropped). Transparent pixels count as black; only grid fitting reads the result.
+    /// dropped). Transparent pixels count with their stored colour: only grid fitting
+    /// reads the result.
     pub fn shrink(&self, factor: usize) -> Raster {
         let (width, height) = (self.width / factor, self.height / factor);
         let mut rgb = vec![[0.0f32; 3]; width * height];
@@ -59,4 +60,10 @@ impl Raster {
             opaque: vec![true; width * height],
         }
     }
+}
+
+/// Squared RGB distance.
+pub(crate) fn distance2(a: &[f32; 3], b: &[f32; 3]) -> f32 {
+    let d = [a[0] - b[0], a[1] - b[1], a[2] - b[2]];
+    d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
 }

@@ -344,3 +344,56 @@ fn max_colors_limits_the_found_palette() {
     let colors: std::collections::HashSet<[u8; 4]> = out.pixels().map(|p| p.0).collect();
     assert!(colors.len() <= 3, "{} colours", colors.len());
 }
+
+#[test]
+fn odd_inputs_give_the_asked_size_without_panicking() {
+    let mut rng = Rng(11);
+    let noise = RgbaImage::from_fn(64, 64, |_, _| {
+        Rgba([
+            (rng.next() % 256) as u8,
+            (rng.next() % 256) as u8,
+            (rng.next() % 256) as u8,
+            255,
+        ])
+    });
+    let flat = RgbaImage::from_pixel(40, 30, Rgba([10, 200, 30, 255]));
+    let clear = RgbaImage::from_pixel(32, 32, Rgba([0, 0, 0, 0]));
+    let tiny = RgbaImage::from_pixel(3, 2, Rgba([250, 250, 250, 255]));
+    let cases: [(&RgbaImage, u32, u32); 7] = [
+        (&noise, 16, 16), // a random-weight model's output
+        (&noise, 1, 1),
+        (&noise, 64, 64),
+        (&flat, 7, 5),
+        (&tiny, 16, 16), // smaller than asked: cells finer than pixels
+        (&clear, 8, 8),
+        (&noise, 63, 5), // very anisotropic
+    ];
+    for (raw, width, height) in cases {
+        for palette in [None, Some(Palette::builtin("pico-8").unwrap())] {
+            for background in [
+                Background::Transparent,
+                Background::Keep,
+                Background::Color([1, 2, 3]),
+            ] {
+                let options = Options {
+                    width,
+                    height,
+                    palette: palette.clone(),
+                    max_colors: Some(4),
+                    background,
+                    outline: Some([9, 9, 9]),
+                };
+                let out = pixelize(raw, &options);
+                assert_eq!(out.dimensions(), (width, height));
+                assert!(
+                    out.pixels().all(|p| p[3] == 0 || p[3] == 255),
+                    "binary alpha"
+                );
+            }
+        }
+    }
+    // A fully transparent raw image stays transparent (with no outline to draw).
+    let mut opts = options(&clear, None);
+    opts.background = Background::Transparent;
+    assert!(pixelize(&clear, &opts).pixels().all(|p| p[3] == 0));
+}
