@@ -301,8 +301,8 @@ impl Profile {
             return (start, end);
         }
         let reach = pitch / 2.0;
-        // About 40 steps across a cell: finer than any cell needs, and bounded cost.
-        let step = (pitch / 40.0).max(0.1);
+        // About 60 steps across a cell: finer than any cell needs, and bounded cost.
+        let step = (pitch / 60.0).max(0.1);
         let steps = (reach / step).floor() as i64;
         let mut scored = Vec::new();
         for a in -steps..=steps {
