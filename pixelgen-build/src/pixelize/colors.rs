@@ -592,13 +592,10 @@ fn cluster_unmixed(raster: &Raster, cells: &Cells) -> Vec<Rgb> {
         .map(|k| within(&bins, &bins[k].1).iter().map(|&j| bins[j].0).sum())
         .collect();
     let mut clusters: Vec<(usize, [f32; 3], Vec<usize>)> = Vec::new();
-    loop {
-        let Some(seed) = (0..bins.len())
-            .filter(|&k| bins[k].0 > 0)
-            .max_by_key(|&k| (support[k], std::cmp::Reverse(k)))
-        else {
-            break;
-        };
+    while let Some(seed) = (0..bins.len())
+        .filter(|&k| bins[k].0 > 0)
+        .max_by_key(|&k| (support[k], std::cmp::Reverse(k)))
+    {
         // Colours with fewer unmixed cells are left to `discover`.
         if support[seed] < MIN_SUPPORT {
             break;

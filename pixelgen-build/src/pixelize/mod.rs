@@ -5,6 +5,10 @@
 //! colour per fake pixel, [`colors`] maps cells onto a palette (given, or found), and
 //! [`background`] makes the background transparent and draws an optional outline.
 
+// Channel and matrix loops (`for c in 0..3`) index several arrays at once; they read
+// better as index loops than as zipped iterators.
+#![allow(clippy::needless_range_loop)]
+
 mod background;
 mod cells;
 mod colors;
