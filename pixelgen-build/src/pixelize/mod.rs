@@ -59,7 +59,8 @@ impl Options {
 /// Turns pseudo pixel art of any size into `options.width` × `options.height` pixel art.
 ///
 /// The raw image's own transparency, if it has any, is kept as the background; an
-/// opaque image's background is found by a flood fill from the border.
+/// opaque image's background is found by a flood fill from the border. Both the raw
+/// image and the output size must be at least 1×1 (the manifest and the CLI check it).
 pub fn pixelize(raw: &RgbaImage, options: &Options) -> RgbaImage {
     let raster = Raster::from_rgba(raw);
     let (columns, rows) = (options.width as usize, options.height as usize);
