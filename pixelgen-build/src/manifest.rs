@@ -609,22 +609,12 @@ impl Validator<'_> {
         let background = match raw.background.as_ref().or(defaults.background.as_ref()) {
             None | Some(RawBackground::Transparent) => Background::Transparent,
             Some(RawBackground::Keep) => Background::Keep,
-            Some(RawBackground::Color(hex)) => match parse_hex_color(hex) {
-                Some(rgb) => Background::Color(rgb),
-                None => {
-                    let at = self
-                        .locator
-                        .string_literals(hex)
-                        .into_iter()
-                        .next()
-                        .unwrap_or(span.clone());
-                    return Err(self
-                        .error(at, format!("`{hex}` is not a colour"))
-                        .label("expected #RRGGBB")
-                        .help("write the colour as `Color(\"#3a5f0b\")`")
-                        .into());
-                }
-            },
+            Some(RawBackground::Color(hex)) => Background::Color(self.color(
+                hex,
+                &span,
+                format!("`{hex}` is not a colour"),
+                "write the colour as `Color(\"#3a5f0b\")`",
+            )?),
         };
 
         let max_colors = raw.max_colors.or(defaults.max_colors);
@@ -645,22 +635,12 @@ impl Validator<'_> {
         }
         let outline = match raw.outline.as_ref().or(defaults.outline.as_ref()) {
             None => None,
-            Some(hex) => match parse_hex_color(hex) {
-                Some(rgb) => Some(rgb),
-                None => {
-                    let at = self
-                        .locator
-                        .string_literals(hex)
-                        .into_iter()
-                        .next()
-                        .unwrap_or(span.clone());
-                    return Err(self
-                        .error(at, format!("outline `{hex}` is not a colour"))
-                        .label("expected #RRGGBB")
-                        .help("write the outline colour as `outline: \"#1a1c2c\"`")
-                        .into());
-                }
-            },
+            Some(hex) => Some(self.color(
+                hex,
+                &span,
+                format!("outline `{hex}` is not a colour"),
+                "write the outline colour as `outline: \"#1a1c2c\"`",
+            )?),
         };
 
         Ok(SpriteSpec {
@@ -684,6 +664,28 @@ impl Validator<'_> {
             background,
             outline,
             span,
+        })
+    }
+
+    /// A `#RRGGBB` colour; an error at the string (or the sprite) otherwise.
+    fn color(
+        &self,
+        hex: &str,
+        sprite: &Range<usize>,
+        message: String,
+        help: &str,
+    ) -> Result<[u8; 3], Invalid> {
+        parse_hex_color(hex).ok_or_else(|| {
+            let at = self
+                .locator
+                .string_literals(hex)
+                .into_iter()
+                .next()
+                .unwrap_or(sprite.clone());
+            self.error(at, message)
+                .label("expected #RRGGBB")
+                .help(help)
+                .into()
         })
     }
 

@@ -44,77 +44,40 @@ fn raw() -> RgbaImage {
     })
 }
 
-#[test]
-fn pixelize_recovers_the_sprite_with_a_builtin_palette_and_a_palette_file() {
-    let dir = tempfile::tempdir().unwrap();
-    raw().save(dir.path().join("raw.png")).unwrap();
-    let out = pixelize(
-        dir.path(),
-        &[
-            "raw.png",
-            "--size",
-            "10x8",
-            "-o",
-            "out.png",
-            "--palette",
-            "pico-8",
-        ],
-    );
+/// Pixelizes `raw()` to 10×8 with `extra` arguments; the output image.
+fn pixelized(dir: &Path, extra: &[&str]) -> RgbaImage {
+    let mut args = vec!["raw.png", "--size", "10x8", "-o", "out.png"];
+    args.extend(extra);
+    let out = pixelize(dir, &args);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let got = image::open(dir.path().join("out.png")).unwrap().to_rgba8();
-    assert_eq!(got, sprite());
+    image::open(dir.join("out.png")).unwrap().to_rgba8()
+}
 
+#[test]
+fn pixelize_recovers_the_sprite_with_a_builtin_palette_and_palette_files() {
+    let dir = tempfile::tempdir().unwrap();
+    raw().save(dir.path().join("raw.png")).unwrap();
+    assert_eq!(pixelized(dir.path(), &["--palette", "pico-8"]), sprite());
     std::fs::write(
         dir.path().join("four.hex"),
         "1d2b53\n008751\nffa300\nfff1e8\n",
     )
     .unwrap();
-    let out = pixelize(
-        dir.path(),
-        &[
-            "raw.png",
-            "--size",
-            "10x8",
-            "-o",
-            "file.png",
-            "--palette",
-            "four.hex",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got = image::open(dir.path().join("file.png")).unwrap().to_rgba8();
-    assert_eq!(got, sprite());
+    assert_eq!(pixelized(dir.path(), &["--palette", "four.hex"]), sprite());
+    let gpl = "GIMP Palette\nName: four\n29 43 83 navy\n0 135 81\n255 163 0\n255 241 232\n";
+    std::fs::write(dir.path().join("four.gpl"), gpl).unwrap();
+    assert_eq!(pixelized(dir.path(), &["--palette", "four.gpl"]), sprite());
 }
 
 #[test]
 fn pixelize_without_a_palette_finds_the_colours_and_transparent_removes_the_background() {
     let dir = tempfile::tempdir().unwrap();
     raw().save(dir.path().join("raw.png")).unwrap();
-    let out = pixelize(
-        dir.path(),
-        &[
-            "raw.png",
-            "--size",
-            "10x8",
-            "-o",
-            "out.png",
-            "--transparent",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got = image::open(dir.path().join("out.png")).unwrap().to_rgba8();
+    let got = pixelized(dir.path(), &["--transparent"]);
     assert_eq!(got.dimensions(), (10, 8));
     assert_eq!(
         got.get_pixel(0, 0),
@@ -142,59 +105,31 @@ fn pixelize_without_a_palette_finds_the_colours_and_transparent_removes_the_back
 fn pixelize_reports_bad_arguments_plainly() {
     let dir = tempfile::tempdir().unwrap();
     raw().save(dir.path().join("raw.png")).unwrap();
-    let stderr = |out: &Output| String::from_utf8_lossy(&out.stderr).into_owned();
-
-    let out = pixelize(dir.path(), &["raw.png", "--size", "10by8", "-o", "o.png"]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("WIDTHxHEIGHT"), "{}", stderr(&out));
-
-    let out = pixelize(
-        dir.path(),
-        &[
-            "raw.png",
-            "--size",
-            "10x8",
-            "-o",
-            "o.png",
-            "--palette",
-            "pico-9",
-        ],
-    );
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("unknown palette `pico-9`") && stderr(&out).contains("pico-8"),
-        "{}",
-        stderr(&out)
-    );
-
-    let out = pixelize(
-        dir.path(),
-        &["missing.png", "--size", "10x8", "-o", "o.png"],
-    );
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("cannot read missing.png"),
-        "{}",
-        stderr(&out)
-    );
-
     std::fs::write(dir.path().join("bad.hex"), "12345\n").unwrap();
-    let out = pixelize(
-        dir.path(),
-        &[
-            "raw.png",
-            "--size",
-            "10x8",
-            "-o",
-            "o.png",
-            "--palette",
-            "bad.hex",
-        ],
-    );
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("bad.hex is invalid: line 1"),
-        "{}",
-        stderr(&out)
-    );
+    let cases: [(&[&str], &[&str]); 4] = [
+        (&["raw.png", "--size", "10by8"], &["WIDTHxHEIGHT"]),
+        (
+            &["raw.png", "--size", "10x8", "--palette", "pico-9"],
+            &["unknown palette `pico-9`", "pico-8"],
+        ),
+        (
+            &["missing.png", "--size", "10x8"],
+            &["cannot read missing.png"],
+        ),
+        (
+            &["raw.png", "--size", "10x8", "--palette", "bad.hex"],
+            &["bad.hex is invalid: line 1"],
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut args = args.to_vec();
+        args.extend(["-o", "o.png"]);
+        let out = pixelize(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        for text in expected {
+            assert!(stderr.contains(text), "{args:?}: {stderr}");
+        }
+    }
+    assert!(!dir.path().join("o.png").exists(), "no output on errors");
 }
