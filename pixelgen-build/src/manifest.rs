@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::atlas::AtlasOptions;
 use crate::diagnostics::{Diagnostic, Locator, SourceFile};
-use crate::palette::Palette;
+use crate::palette::{Palette, PaletteLoadError, parse_hex_color};
 
 /// The name of the atlas that sprites go to when the manifest declares none.
 pub const DEFAULT_ATLAS: &str = "main";
@@ -697,40 +697,32 @@ impl Validator<'_> {
                 .or_else(|| literals.into_iter().next())
                 .unwrap_or(0..0)
         };
-        let lower = name.to_ascii_lowercase();
-        if lower.ends_with(".hex") || lower.ends_with(".gpl") {
-            let path = self.dir.join(name);
-            self.input_files.borrow_mut().push(path.clone());
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                self.error(
-                    at(),
-                    format!("cannot read palette file {}: {e}", path.display()),
-                )
-                .label("palette file")
-                .help("the path is relative to the folder of sprites.ron; check it exists")
-            })?;
-            let parsed = if lower.ends_with(".hex") {
-                Palette::from_hex(name, &text)
-            } else {
-                Palette::from_gpl(name, &text)
-            };
-            return parsed.map_err(|e| {
-                self.error(
-                    at(),
-                    format!("palette file {} is invalid: {e}", path.display()),
-                )
-                .label("this palette")
-                .help("a .hex file has one RRGGBB colour per line; a .gpl file is a GIMP palette")
-                .into()
-            });
+        if let Some(path) = Palette::file_of(name, self.dir) {
+            // Even a missing or broken file must rerun the build when it changes.
+            self.input_files.borrow_mut().push(path);
         }
-        Palette::builtin(name).ok_or_else(|| {
-            self.error(at(), format!("unknown palette `{name}`"))
-                .label("not a built-in palette")
-                .help(format!(
-                    "use a built-in palette ({}) or a path to a .hex or .gpl file",
-                    Palette::BUILTIN_NAMES.join(", ")
-                ))
+        Palette::load(name, self.dir).map_err(|error| {
+            let (label, help) = match &error {
+                PaletteLoadError::Unreadable { .. } => (
+                    "palette file",
+                    "the path is relative to the folder of sprites.ron; check it exists".to_owned(),
+                ),
+                PaletteLoadError::Invalid { .. } => (
+                    "this palette",
+                    "a .hex file has one RRGGBB colour per line; a .gpl file is a GIMP palette"
+                        .to_owned(),
+                ),
+                PaletteLoadError::Unknown { .. } => (
+                    "not a built-in palette",
+                    format!(
+                        "use a built-in palette ({}) or a path to a .hex or .gpl file",
+                        Palette::BUILTIN_NAMES.join(", ")
+                    ),
+                ),
+            };
+            self.error(at(), error.to_string())
+                .label(label)
+                .help(help)
                 .into()
         })
     }
@@ -817,15 +809,6 @@ pub(crate) fn rust_identifier(name: &str, case: Case) -> Option<String> {
         return None;
     }
     Some(converted)
-}
-
-fn parse_hex_color(text: &str) -> Option<[u8; 3]> {
-    let hex = text.strip_prefix('#').unwrap_or(text);
-    if hex.len() != 6 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
-    let channel = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).ok();
-    Some([channel(0)?, channel(2)?, channel(4)?])
 }
 
 #[cfg(test)]

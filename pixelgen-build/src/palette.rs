@@ -4,6 +4,7 @@
 //! files, nearest-colour matching in OKLab, and whole-image remapping.
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 /// An sRGB colour, opaque.
 pub type Rgb = [u8; 3];
@@ -33,6 +34,23 @@ pub enum PaletteParseError {
     /// The source was well formed but listed no colours.
     #[error("the palette has no colours")]
     Empty,
+}
+
+/// Why [`Palette::load`] found no palette.
+#[derive(Debug, thiserror::Error)]
+pub enum PaletteLoadError {
+    #[error("cannot read palette file {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("palette file {} is invalid: {source}", path.display())]
+    Invalid {
+        path: PathBuf,
+        source: PaletteParseError,
+    },
+    #[error("unknown palette `{name}`")]
+    Unknown { name: String },
 }
 
 // PICO-8, by Lexaloffle Games (https://lospec.com/palette-list/pico-8).
@@ -261,6 +279,33 @@ impl Palette {
         })
     }
 
+    /// The file a palette spec names (`.hex` or `.gpl`, relative to `dir`), if any.
+    pub fn file_of(spec: &str, dir: &Path) -> Option<PathBuf> {
+        let lower = spec.to_ascii_lowercase();
+        (lower.ends_with(".hex") || lower.ends_with(".gpl")).then(|| dir.join(spec))
+    }
+
+    /// A palette spec as the manifest and the CLI take it: a `.hex` or `.gpl` file
+    /// (relative to `dir`), else a built-in name.
+    pub fn load(spec: &str, dir: &Path) -> Result<Palette, PaletteLoadError> {
+        let Some(path) = Palette::file_of(spec, dir) else {
+            return Palette::builtin(spec).ok_or_else(|| PaletteLoadError::Unknown {
+                name: spec.to_owned(),
+            });
+        };
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| PaletteLoadError::Unreadable {
+                path: path.clone(),
+                source,
+            })?;
+        let parsed = if spec.to_ascii_lowercase().ends_with(".hex") {
+            Palette::from_hex(spec, &text)
+        } else {
+            Palette::from_gpl(spec, &text)
+        };
+        parsed.map_err(|source| PaletteLoadError::Invalid { path, source })
+    }
+
     /// The palette's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -325,6 +370,16 @@ fn nearest_in(colors: &[Rgb], labs: &[[f32; 3]], color: Rgb) -> Rgb {
     }
     // Only reachable for an empty slice, which `Palette` never holds.
     best.map_or(color, |(_, c)| c)
+}
+
+/// A `#RRGGBB` (or `RRGGBB`) colour, as the manifest and the CLI write colours.
+pub fn parse_hex_color(text: &str) -> Option<Rgb> {
+    let hex = text.strip_prefix('#').unwrap_or(text);
+    if hex.len() != 6 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let channel = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).ok();
+    Some([channel(0)?, channel(2)?, channel(4)?])
 }
 
 /// OKLab (Björn Ottosson) of an sRGB colour, using the exact sRGB transfer

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use pixelgen_build::manifest::Background;
-use pixelgen_build::palette::{Palette, Rgb};
+use pixelgen_build::palette::{Palette, PaletteLoadError, Rgb, parse_hex_color};
 use pixelgen_build::pixelize::{Options, pixelize};
 
 #[derive(clap::Args)]
@@ -54,28 +54,14 @@ pub fn run(args: Pixelize) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", args.output.display()))
 }
 
-/// A .hex or .gpl file, else a built-in palette name.
+/// A .hex or .gpl file (relative to the current folder), else a built-in palette name.
 fn load_palette(spec: &str) -> Result<Palette, String> {
-    let path = Path::new(spec);
-    let extension = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
-    if matches!(extension.as_deref(), Some("hex" | "gpl")) {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read palette file {}: {e}", path.display()))?;
-        let parsed = if extension.as_deref() == Some("hex") {
-            Palette::from_hex(spec, &text)
-        } else {
-            Palette::from_gpl(spec, &text)
-        };
-        return parsed.map_err(|e| format!("palette file {} is invalid: {e}", path.display()));
-    }
-    Palette::builtin(spec).ok_or_else(|| {
-        format!(
-            "unknown palette `{spec}`: use a built-in palette ({}) or a .hex or .gpl file",
+    Palette::load(spec, Path::new("")).map_err(|error| match error {
+        PaletteLoadError::Unknown { .. } => format!(
+            "{error}: use a built-in palette ({}) or a .hex or .gpl file",
             Palette::BUILTIN_NAMES.join(", ")
-        )
+        ),
+        other => other.to_string(),
     })
 }
 
@@ -92,10 +78,5 @@ fn parse_size(text: &str) -> Result<(u32, u32), String> {
 }
 
 fn parse_color(text: &str) -> Result<Rgb, String> {
-    let hex = text.strip_prefix('#').unwrap_or(text);
-    let channel = |i: usize| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok();
-    match (hex.len(), channel(0), channel(2), channel(4)) {
-        (6, Some(r), Some(g), Some(b)) => Ok([r, g, b]),
-        _ => Err(format!("`{text}` is not a colour: write #RRGGBB")),
-    }
+    parse_hex_color(text).ok_or_else(|| format!("`{text}` is not a colour: write #RRGGBB"))
 }

@@ -109,17 +109,9 @@ impl Cells {
         self.columns * self.rows
     }
 
-    /// Indices of the (up to 8) neighbours of cell `i`, with their offsets.
-    pub fn neighbours(&self, i: usize) -> impl Iterator<Item = (isize, isize, usize)> + '_ {
-        let (cx, cy) = ((i % self.columns) as isize, (i / self.columns) as isize);
-        (-1isize..=1)
-            .flat_map(|dy| (-1isize..=1).map(move |dx| (dx, dy)))
-            .filter(|&d| d != (0, 0))
-            .filter_map(move |(dx, dy)| {
-                let (x, y) = (cx + dx, cy + dy);
-                (x >= 0 && y >= 0 && (x as usize) < self.columns && (y as usize) < self.rows)
-                    .then(|| (dx, dy, y as usize * self.columns + x as usize))
-            })
+    /// The opaque side neighbours (left, right, above, below) of cell `i`.
+    pub fn sides(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
+        self.around[i][..4].iter().copied().filter(move |&j| j != i)
     }
 
     /// Every opaque pixel whose centre lies in cell `i`.

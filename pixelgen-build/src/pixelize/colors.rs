@@ -47,7 +47,8 @@ pub(crate) fn resolve(
             labels = initial;
         }
         None => {
-            let mut floats: Vec<[f32; 3]> = cluster_unmixed(raster, cells)
+            let unmixed = unmixed_cells(cells);
+            let mut floats: Vec<[f32; 3]> = cluster_unmixed(raster, cells, &unmixed)
                 .iter()
                 .map(|c| c.map(f32::from))
                 .collect();
@@ -71,7 +72,7 @@ pub(crate) fn resolve(
             smooth(cells, observed, &floats, &mut current);
             drop_unused(&mut floats, &mut current, cells);
             // Splits of one colour by noise: closer than the noise can tell apart.
-            let noise = pixel_noise(raster, cells);
+            let noise = pixel_noise(raster, cells, &unmixed);
             if merge_close(&mut floats, &mut current, cells, (2.5 * noise).min(7.0)) {
                 refine(cells, observed, &floats, &mut current);
                 drop_unused(&mut floats, &mut current, cells);
@@ -431,9 +432,8 @@ fn unmixed_cells(cells: &Cells) -> Vec<bool> {
         .filter(|&i| cells.opaque[i])
         .filter_map(|i| {
             cells
-                .neighbours(i)
-                .filter(|&(dx, dy, j)| (dx == 0 || dy == 0) && cells.opaque[j])
-                .map(|(_, _, j)| distance2(&cells.core[i], &cells.core[j]).sqrt())
+                .sides(i)
+                .map(|j| distance2(&cells.core[i], &cells.core[j]).sqrt())
                 .min_by(f32::total_cmp)
         })
         .collect();
@@ -441,17 +441,17 @@ fn unmixed_cells(cells: &Cells) -> Vec<bool> {
     let tolerance = (3.0 * noise).max(1.5);
     (0..cells.len())
         .map(|i| {
+            // `around` counts a missing or transparent neighbour as the cell itself.
             cells.opaque[i]
-                && cells.neighbours(i).all(|(_, _, j)| {
-                    !cells.opaque[j]
-                        || distance2(&cells.core[i], &cells.core[j]).sqrt() <= tolerance
-                })
+                && cells.around[i]
+                    .iter()
+                    .all(|&j| distance2(&cells.core[i], &cells.core[j]).sqrt() <= tolerance)
         })
         .collect()
 }
 
-/// Per-channel median of the pixels of `members`, exactly (integer histogram).
-fn pixel_median(
+/// Per-channel [`robust_centre`] of the pixels of `members` (integer histograms).
+fn pixel_centre(
     raster: &Raster,
     cells: &Cells,
     members: impl Iterator<Item = usize>,
@@ -516,8 +516,7 @@ fn robust_centre(histogram: &[u32; 256], count: u32) -> u8 {
 }
 
 /// The palette of an image without one: clusters of unmixed cells (see module docs).
-fn cluster_unmixed(raster: &Raster, cells: &Cells) -> Vec<Rgb> {
-    let unmixed = unmixed_cells(cells);
+fn cluster_unmixed(raster: &Raster, cells: &Cells, unmixed: &[bool]) -> Vec<Rgb> {
     let mut members: Vec<usize> = (0..cells.len()).filter(|&i| unmixed[i]).collect();
     if members.is_empty() {
         // No flat area anywhere (a tiny or fully dithered image): every opaque cell votes.
@@ -651,7 +650,7 @@ fn cluster_unmixed(raster: &Raster, cells: &Cells) -> Vec<Rgb> {
     }
     clusters
         .iter()
-        .filter_map(|(_, _, members)| pixel_median(raster, cells, members.iter().copied()))
+        .filter_map(|(_, _, members)| pixel_centre(raster, cells, members.iter().copied()))
         .collect()
 }
 
@@ -662,9 +661,8 @@ fn cluster_radius(cells: &Cells, points: &[(usize, [f32; 3])]) -> f32 {
         .iter()
         .filter_map(|(i, lab)| {
             cells
-                .neighbours(*i)
-                .filter(|&(dx, dy, _)| dx == 0 || dy == 0)
-                .filter_map(|(_, _, j)| lab_of.get(&j))
+                .sides(*i)
+                .filter_map(|j| lab_of.get(&j))
                 .map(|other| distance2(lab, other).sqrt())
                 .min_by(f32::total_cmp)
         })
@@ -778,8 +776,7 @@ fn drop_unused(colors: &mut Vec<[f32; 3]>, labels: &mut [usize], cells: &Cells) 
 }
 
 /// The pixel noise (a robust standard deviation, RGB units) inside unmixed cells.
-fn pixel_noise(raster: &Raster, cells: &Cells) -> f32 {
-    let unmixed = unmixed_cells(cells);
+fn pixel_noise(raster: &Raster, cells: &Cells, unmixed: &[bool]) -> f32 {
     let mut deviations = Vec::new();
     let mut channel: Vec<f32> = Vec::new();
     // A few hundred cells measure the noise as well as all of them.
@@ -883,10 +880,7 @@ fn settle_exact(raster: &Raster, cells: &Cells, colors: &[[f32; 3]], labels: &[u
     let crisp = blur.own >= CRISP;
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); colors.len()];
     for i in (0..cells.len()).filter(|&i| cells.opaque[i]) {
-        if cells
-            .neighbours(i)
-            .all(|(_, _, j)| !cells.opaque[j] || labels[j] == labels[i])
-        {
+        if cells.around[i].iter().all(|&j| labels[j] == labels[i]) {
             members[labels[i]].push(i);
         }
     }
@@ -899,11 +893,11 @@ fn settle_exact(raster: &Raster, cells: &Cells, colors: &[[f32; 3]], labels: &[u
                 .map(|&i| cells.pixels(raster, i).count())
                 .sum();
             if pixels >= EXACT_PIXELS
-                && let Some(exact) = pixel_median(raster, cells, members.into_iter())
+                && let Some(exact) = pixel_centre(raster, cells, members.into_iter())
             {
                 exact
             } else if crisp
-                && let Some(exact) = pixel_median(
+                && let Some(exact) = pixel_centre(
                     raster,
                     cells,
                     (0..cells.len()).filter(|&i| cells.opaque[i] && labels[i] == k),
