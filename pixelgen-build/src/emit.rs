@@ -8,7 +8,7 @@ use image::RgbaImage;
 use crate::Error;
 use crate::atlas;
 use crate::cache::{encode_png, write_atomically};
-use crate::index::{INDEX_VERSION, Index, IndexedAtlas, IndexedSprite, OUT_SUBDIR};
+use crate::index::{INDEX_VERSION, Index, IndexedAtlas, IndexedPage, IndexedSprite, OUT_SUBDIR};
 use crate::pipeline::Session;
 
 /// Writes `OUT_DIR/pixelgen/{index.json, <atlas>.png}` for the session's sprites,
@@ -19,61 +19,98 @@ pub fn emit(session: &Session, out_dir: &Path) -> Result<Index, Error> {
     let index_path = Index::path_in(out_dir);
     if let Ok(existing) = Index::read(&index_path)
         && existing.stamp == stamp
-        && existing.atlases.iter().all(|a| a.image.is_file())
+        && existing
+            .atlases
+            .iter()
+            .flat_map(|a| &a.pages)
+            .all(|p| p.image.is_file())
     {
         return Ok(existing);
     }
 
     let mut atlases = Vec::new();
     for atlas_spec in &session.manifest.atlases {
-        // Layout order: sprites by name, then frames: independent of manifest order.
-        let mut frames: Vec<(String, RgbaImage)> = Vec::new();
+        // Sprites by name, then frames: independent of manifest order.
+        let mut frames: Vec<(String, &str, RgbaImage)> = Vec::new();
         let mut sprites = Vec::new();
         for (sprite, planned) in session
             .sprites_with_keys()
             .filter(|(s, _)| s.atlas == atlas_spec.name)
         {
-            let first = frames.len();
             for (frame, key) in planned.frames.iter().enumerate() {
                 let image = session.cache().read(key).map_err(|e| Error::Cache {
                     path: session.cache().path_of(key),
                     source: std::io::Error::other(e),
                 })?;
-                frames.push((format!("{}#{frame}", sprite.name), image));
+                frames.push((format!("{}#{frame}", sprite.name), &sprite.name, image));
             }
-            sprites.push(IndexedSprite {
-                name: sprite.name.clone(),
-                constant: sprite.constant.clone(),
-                frames: (first..frames.len()).collect(),
-                animated: sprite.frames > 1,
-            });
+            sprites.push((sprite, planned.frames.len()));
         }
-        let inputs: Vec<(&str, &RgbaImage)> = frames.iter().map(|(n, i)| (n.as_str(), i)).collect();
-        let packed = atlas::pack(&inputs, &atlas_spec.options).map_err(|source| Error::Atlas {
+        let sources: Vec<atlas::Source<'_>> = frames
+            .iter()
+            .map(|(name, group, image)| atlas::Source { name, group, image })
+            .collect();
+        let packed = atlas::pack(&sources, &atlas_spec.options).map_err(|source| Error::Atlas {
             atlas: atlas_spec.name.clone(),
             source,
         })?;
-        let image_path = dir.join(format!("{}.png", atlas_spec.module));
-        let bytes = encode_png(&packed.image).map_err(|source| Error::Cache {
-            path: image_path.clone(),
-            source,
-        })?;
-        write_atomically(&image_path, &bytes).map_err(|source| Error::Cache {
-            path: image_path.clone(),
-            source,
-        })?;
+        let mut pages: Vec<IndexedPage> = Vec::new();
+        for (p, image) in packed.pages.iter().enumerate() {
+            let file = match p {
+                0 => format!("{}.png", atlas_spec.module),
+                _ => format!("{}-{p}.png", atlas_spec.module),
+            };
+            let image_path = dir.join(file);
+            let bytes = encode_png(image).map_err(|source| Error::Cache {
+                path: image_path.clone(),
+                source,
+            })?;
+            write_atomically(&image_path, &bytes).map_err(|source| Error::Cache {
+                path: image_path.clone(),
+                source,
+            })?;
+            pages.push(IndexedPage {
+                image: image_path,
+                width: image.width(),
+                height: image.height(),
+                rects: Vec::new(),
+                trims: Vec::new(),
+            });
+        }
+        // Layout indices per page: sprites in name order, each one's frames
+        // contiguous on the page that holds them all.
+        let mut next_frame = 0;
+        let mut indexed = Vec::new();
+        for (sprite, count) in sprites {
+            let packed_frames = &packed.frames[next_frame..next_frame + count];
+            next_frame += count;
+            let page_index = packed_frames.first().map_or(0, |f| f.page);
+            let page = &mut pages[page_index];
+            let first = page.rects.len();
+            for f in packed_frames {
+                debug_assert_eq!(f.page, page_index, "a sprite's frames share a page");
+                page.rects
+                    .push([f.rect.x, f.rect.y, f.rect.width, f.rect.height]);
+                page.trims.push([
+                    f.trim.x,
+                    f.trim.y,
+                    f.trim.source_width,
+                    f.trim.source_height,
+                ]);
+            }
+            indexed.push(IndexedSprite {
+                name: sprite.name.clone(),
+                constant: sprite.constant.clone(),
+                page: page_index,
+                frames: (first..first + count).collect(),
+                animated: sprite.frames > 1,
+            });
+        }
         atlases.push(IndexedAtlas {
             name: atlas_spec.name.clone(),
             module: atlas_spec.module.clone(),
-            image: image_path,
-            width: packed.image.width(),
-            height: packed.image.height(),
-            rects: packed
-                .placements
-                .iter()
-                .map(|p| [p.x, p.y, p.width, p.height])
-                .collect(),
-            sprites,
+            pages,
+            sprites: indexed,
         });
     }
     let index = Index {
@@ -151,9 +188,14 @@ mod tests {
         assert_eq!(chars.sprites[0].frames, [0]);
         assert_eq!(chars.sprites[1].frames, [1, 2]);
         assert!(chars.sprites[1].animated);
-        assert_eq!(chars.rects[0][2..], [16, 24]);
-        let png = image::open(&chars.image).unwrap();
-        assert_eq!((png.width(), png.height()), (chars.width, chars.height));
+        assert_eq!(chars.pages.len(), 1);
+        let page = &chars.pages[0];
+        // The knight's trimmed rect lies inside its untrimmed 16x24 frame.
+        let ([_, _, w, h], [x, y, fw, fh]) = (page.rects[0], page.trims[0]);
+        assert_eq!((fw, fh), (16, 24));
+        assert!(x + w <= 16 && y + h <= 24 && w > 0 && h > 0);
+        let png = image::open(&page.image).unwrap();
+        assert_eq!((png.width(), png.height()), (page.width, page.height));
         assert_eq!(
             Index::read(&Index::path_in(&dir.path().join("out"))).unwrap(),
             index
@@ -172,11 +214,14 @@ mod tests {
         let first = build(one.path(), MANIFEST).unwrap();
         let second = build(two.path(), reordered).unwrap();
         for (a, b) in first.atlases.iter().zip(&second.atlases) {
-            assert_eq!((&a.rects, &a.sprites), (&b.rects, &b.sprites));
-            assert_eq!(
-                std::fs::read(&a.image).unwrap(),
-                std::fs::read(&b.image).unwrap()
-            );
+            assert_eq!(a.sprites, b.sprites);
+            for (pa, pb) in a.pages.iter().zip(&b.pages) {
+                assert_eq!((&pa.rects, &pa.trims), (&pb.rects, &pb.trims));
+                assert_eq!(
+                    std::fs::read(&pa.image).unwrap(),
+                    std::fs::read(&pb.image).unwrap()
+                );
+            }
         }
         assert_eq!(first.stamp, second.stamp);
     }

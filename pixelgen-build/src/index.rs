@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub const INDEX_VERSION: u32 = 1;
+pub const INDEX_VERSION: u32 = 2;
 /// Folder under OUT_DIR that holds pixelgen's outputs.
 pub const OUT_SUBDIR: &str = "pixelgen";
 pub const INDEX_FILE: &str = "index.json";
@@ -25,14 +25,25 @@ pub struct IndexedAtlas {
     pub name: String,
     /// Rust module name.
     pub module: String,
-    /// Absolute path of the atlas PNG (in OUT_DIR).
+    /// One image and layout per page; one page unless the sprites exceed the
+    /// atlas's maximum size.
+    pub pages: Vec<IndexedPage>,
+    /// Sorted by name.
+    pub sprites: Vec<IndexedSprite>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexedPage {
+    /// Absolute path of the page PNG (in OUT_DIR).
     pub image: PathBuf,
     pub width: u32,
     pub height: u32,
     /// `[x, y, width, height]` of each layout index, in the order of the layout.
+    /// Aliases (identical frames) have equal rects.
     pub rects: Vec<[u32; 4]>,
-    /// Sorted by name.
-    pub sprites: Vec<IndexedSprite>,
+    /// Per layout index, `[x, y, frame_width, frame_height]`: where the (trimmed)
+    /// rect lies within its untrimmed frame, and that frame's size.
+    pub trims: Vec<[u32; 4]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +51,9 @@ pub struct IndexedSprite {
     pub name: String,
     /// Rust constant name.
     pub constant: String,
-    /// Layout index of each frame, in frame order.
+    /// The page that holds all of its frames.
+    pub page: usize,
+    /// Layout index (in that page) of each frame, in frame order.
     pub frames: Vec<usize>,
     /// Declared with `frames:` (an animation), even if it has one frame.
     pub animated: bool,

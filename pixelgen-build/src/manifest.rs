@@ -288,6 +288,7 @@ struct RawAtlas {
     extrude: Option<u32>,
     max_size: Option<(u32, u32)>,
     power_of_two: Option<bool>,
+    trim: Option<bool>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -453,6 +454,7 @@ impl Validator<'_> {
                     max_width,
                     max_height,
                     power_of_two: atlas.power_of_two.unwrap_or(defaults.power_of_two),
+                    trim: atlas.trim.unwrap_or(defaults.trim),
                 },
             });
         }

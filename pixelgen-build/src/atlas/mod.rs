@@ -1,0 +1,491 @@
+//! Texture-atlas packing: many sprite frames into as few, as small atlas
+//! images as possible, plus where each frame went.
+//!
+//! Stages, in order: trim each frame's transparent border (keeping its offset
+//! within the frame), store identical trimmed frames once (aliases share a
+//! rect), lay the unique rects out ([`layout`]: MaxRects with global best fit,
+//! the smallest atlas found, more pages only past the maximum size), render
+//! with extrusion.
+//!
+//! Layout model: a unique rect with extrusion `e` occupies
+//! `(w + 2e) x (h + 2e)`; rects are `padding` apart, and the atlas's edges carry
+//! no padding. The extruded border stays inside the atlas even at its edges.
+//!
+//! Everything depends only on the set of `(name, group, pixels)`: inputs are
+//! sorted by name first, and the layout search picks its winner by a total
+//! order, so the output is byte-identical whatever the input order or the
+//! number of threads. Sprites are never rotated: Bevy's atlases cannot express
+//! rotation.
+
+mod layout;
+mod maxrects;
+
+pub use layout::{LayoutError, LayoutOptions, Page, RectLayout, pack_pages, pack_rects};
+
+use std::collections::HashMap;
+
+use image::{ImageBuffer, RgbaImage};
+
+/// How one atlas is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AtlasOptions {
+    /// Transparent pixels between neighbouring sprites (beyond extrusion).
+    pub padding: u32,
+    /// Pixels of each sprite's edge copied outward around it, against texture
+    /// bleeding when sampling (0 or 1 typically).
+    pub extrude: u32,
+    /// A page may not be wider than this; more sprites go onto more pages.
+    pub max_width: u32,
+    /// A page may not be taller than this.
+    pub max_height: u32,
+    /// Round page sizes up to powers of two (each no larger than the largest
+    /// power of two within the max size).
+    pub power_of_two: bool,
+    /// Cut each frame's fully transparent border off, keeping its offset in
+    /// [`PackedFrame::trim`].
+    pub trim: bool,
+}
+
+impl Default for AtlasOptions {
+    /// Padding 1, extrude 1, pages of at most 4096x4096 of any size, trimmed.
+    fn default() -> Self {
+        Self {
+            padding: 1,
+            extrude: 1,
+            max_width: 4096,
+            max_height: 4096,
+            power_of_two: false,
+            trim: true,
+        }
+    }
+}
+
+/// One frame to pack.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// Unique key of the frame.
+    pub name: &'a str,
+    /// Frames with the same group land on the same page (a sprite's frames).
+    pub group: &'a str,
+    pub image: &'a RgbaImage,
+}
+
+/// Where a frame's own (trimmed) pixels are on its page; extrusion and padding
+/// are outside this rect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Placement {
+    /// Left edge in page pixels.
+    pub x: u32,
+    /// Top edge in page pixels.
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Where a frame's packed rect lies within the untrimmed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Trim {
+    /// Offset of the rect's left edge from the frame's left edge.
+    pub x: u32,
+    /// Offset of the rect's top edge from the frame's top edge.
+    pub y: u32,
+    /// The untrimmed frame's width.
+    pub source_width: u32,
+    /// The untrimmed frame's height.
+    pub source_height: u32,
+}
+
+impl Trim {
+    /// Whether anything was cut off.
+    pub fn is_trimmed(&self, rect: &Placement) -> bool {
+        (rect.width, rect.height) != (self.source_width, self.source_height)
+    }
+}
+
+/// One packed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PackedFrame {
+    /// Index into [`PackedAtlas::pages`].
+    pub page: usize,
+    /// Its pixels on the page. Identical frames (aliases) share one rect. A
+    /// frame with no opaque pixel is trimmed to an empty rect at (0, 0).
+    pub rect: Placement,
+    pub trim: Trim,
+}
+
+/// Packed pages and where each frame went.
+#[derive(Debug)]
+pub struct PackedAtlas {
+    /// The page images: transparent (0, 0, 0, 0) except sprite pixels and
+    /// their extrusion. At least one, at least 1x1.
+    pub pages: Vec<RgbaImage>,
+    /// One per input frame, in the order of the input slice.
+    pub frames: Vec<PackedFrame>,
+}
+
+/// Why frames could not be packed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AtlasError {
+    /// A frame, trimmed and extruded, is larger than a page.
+    #[error(
+        "frame `{frame}` is {width}x{height} px ({extruded_width}x{extruded_height} with \
+         extrusion) and does not fit a page of at most {max_width}x{max_height} px; raise \
+         `max_size` or make the sprite smaller"
+    )]
+    FrameTooLarge {
+        frame: String,
+        width: u32,
+        height: u32,
+        extruded_width: u64,
+        extruded_height: u64,
+        max_width: u32,
+        max_height: u32,
+    },
+    /// The frames of one group do not fit together on one page.
+    #[error(
+        "the {frames} frames of `{group}` do not fit together on one page of at most \
+         {max_width}x{max_height} px (a sprite's frames share a page); raise `max_size`"
+    )]
+    GroupTooLarge {
+        group: String,
+        frames: usize,
+        max_width: u32,
+        max_height: u32,
+    },
+    /// Two frames share a name (the lexicographically first duplicate is named).
+    #[error("duplicate frame name {0}")]
+    DuplicateName(String),
+    /// A page image could not be allocated.
+    #[error("could not allocate a {width}x{height} px atlas image")]
+    TooLarge { width: u32, height: u32 },
+}
+
+/// Packs frames into pages.
+///
+/// Names are unique keys ([`AtlasError::DuplicateName`] otherwise). The result
+/// depends only on the set of sources, never on the slice's order or the
+/// thread count, and frames are never rotated. No frames (or only empty ones)
+/// give one 1x1 transparent page.
+pub fn pack(sources: &[Source<'_>], options: &AtlasOptions) -> Result<PackedAtlas, AtlasError> {
+    let mut order: Vec<usize> = (0..sources.len()).collect();
+    order.sort_by_key(|&i| sources[i].name);
+    if let Some(w) = order
+        .windows(2)
+        .find(|w| sources[w[0]].name == sources[w[1]].name)
+    {
+        return Err(AtlasError::DuplicateName(sources[w[0]].name.to_owned()));
+    }
+
+    // Trim, then deduplicate: `uniques` in name order of their first frame.
+    let mut uniques: Vec<Unique> = Vec::new();
+    let mut unique_of = vec![0; sources.len()];
+    let mut trims = vec![
+        Trim {
+            x: 0,
+            y: 0,
+            source_width: 0,
+            source_height: 0
+        };
+        sources.len()
+    ];
+    let mut seen: HashMap<(u32, u32, Vec<u8>), usize> = HashMap::new();
+    for &i in &order {
+        let image = sources[i].image;
+        let bounds = if options.trim {
+            opaque_bounds(image)
+        } else {
+            Some((0, 0, image.width(), image.height()))
+        };
+        let (x, y, w, h) = bounds.unwrap_or((0, 0, 0, 0));
+        trims[i] = Trim {
+            x,
+            y,
+            source_width: image.width(),
+            source_height: image.height(),
+        };
+        let pixels = crop(image, x, y, w, h);
+        let next = uniques.len();
+        let u = *seen.entry((w, h, pixels)).or_insert(next);
+        if u == next {
+            uniques.push(Unique {
+                source: i,
+                x,
+                y,
+                width: w,
+                height: h,
+            });
+        }
+        unique_of[i] = u;
+    }
+
+    // Groups by name; frames sharing a unique rect join their groups (union-find)
+    // so the shared rect is on every sharer's page.
+    let mut group_names: Vec<&str> = sources.iter().map(|s| s.group).collect();
+    group_names.sort_unstable();
+    group_names.dedup();
+    let group_id = |name: &str| group_names.binary_search(&name).unwrap_or(0);
+    let mut parent: Vec<usize> = (0..group_names.len()).collect();
+    let mut first_group: Vec<Option<usize>> = vec![None; uniques.len()];
+    for &i in &order {
+        let g = group_id(sources[i].group);
+        match first_group[unique_of[i]] {
+            None => first_group[unique_of[i]] = Some(g),
+            Some(other) => union(&mut parent, g, other),
+        }
+    }
+    let groups: Vec<usize> = first_group
+        .iter()
+        .map(|g| find(&mut parent, g.unwrap_or(0)))
+        .collect();
+
+    let e = options.extrude;
+    let extruded = |u: &Unique| {
+        if u.width == 0 || u.height == 0 {
+            (0, 0)
+        } else {
+            (
+                u64::from(u.width) + 2 * u64::from(e),
+                u64::from(u.height) + 2 * u64::from(e),
+            )
+        }
+    };
+    let (max_w, max_h) = if options.power_of_two {
+        (
+            layout::pow2_floor(options.max_width),
+            layout::pow2_floor(options.max_height),
+        )
+    } else {
+        (options.max_width, options.max_height)
+    };
+    if let Some(u) = uniques.iter().find(|u| {
+        let (w, h) = extruded(u);
+        w > u64::from(max_w) || h > u64::from(max_h)
+    }) {
+        let (extruded_width, extruded_height) = extruded(u);
+        return Err(AtlasError::FrameTooLarge {
+            frame: sources[u.source].name.to_owned(),
+            width: u.width,
+            height: u.height,
+            extruded_width,
+            extruded_height,
+            max_width: max_w,
+            max_height: max_h,
+        });
+    }
+    let sizes: Vec<(u32, u32)> = uniques
+        .iter()
+        .map(|u| {
+            let (w, h) = extruded(u);
+            // Checked against the u32 maximum size above.
+            (w as u32, h as u32)
+        })
+        .collect();
+    let layout_options = LayoutOptions {
+        padding: options.padding,
+        max_width: options.max_width,
+        max_height: options.max_height,
+        power_of_two: options.power_of_two,
+    };
+    let pages = pack_pages(&sizes, &groups, &layout_options).map_err(
+        |LayoutError::DoesNotFit { index }| {
+            let group = groups[index];
+            AtlasError::GroupTooLarge {
+                group: sources[order
+                    .iter()
+                    .copied()
+                    .find(|&i| find_const(&parent, group_id(sources[i].group)) == group)
+                    .unwrap_or(0)]
+                .group
+                .to_owned(),
+                frames: order
+                    .iter()
+                    .filter(|&&i| groups[unique_of[i]] == group)
+                    .count(),
+                max_width: max_w,
+                max_height: max_h,
+            }
+        },
+    )?;
+
+    // Each unique's page and rect.
+    let mut unique_place = vec![
+        (
+            0,
+            Placement {
+                x: 0,
+                y: 0,
+                width: 0,
+                height: 0
+            }
+        );
+        uniques.len()
+    ];
+    for (p, page) in pages.iter().enumerate() {
+        for (&u, &(x, y)) in page.rects.iter().zip(&page.layout.positions) {
+            let unique = &uniques[u];
+            let empty = unique.width == 0 || unique.height == 0;
+            unique_place[u] = (
+                p,
+                Placement {
+                    x: if empty { 0 } else { x + e },
+                    y: if empty { 0 } else { y + e },
+                    width: unique.width,
+                    height: unique.height,
+                },
+            );
+        }
+    }
+    let frames: Vec<PackedFrame> = (0..sources.len())
+        .map(|i| {
+            let (page, rect) = unique_place[unique_of[i]];
+            PackedFrame {
+                page,
+                rect,
+                trim: trims[i],
+            }
+        })
+        .collect();
+
+    let images = pages
+        .iter()
+        .enumerate()
+        .map(|(p, page)| {
+            let (w, h) = (page.layout.width.max(1), page.layout.height.max(1));
+            let drawn: Vec<(&RgbaImage, Placement, (u32, u32))> = page
+                .rects
+                .iter()
+                .map(|&u| {
+                    let unique = &uniques[u];
+                    (
+                        sources[unique.source].image,
+                        unique_place[u].1,
+                        (unique.x, unique.y),
+                    )
+                })
+                .collect();
+            debug_assert!(
+                drawn
+                    .iter()
+                    .all(|(_, _, _)| unique_place.iter().any(|(q, _)| *q == p))
+            );
+            render(w, h, &drawn, e).ok_or(AtlasError::TooLarge {
+                width: w,
+                height: h,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let pages = if images.is_empty() {
+        vec![RgbaImage::new(1, 1)]
+    } else {
+        images
+    };
+    Ok(PackedAtlas { pages, frames })
+}
+
+/// A distinct trimmed frame: its first source and the rect within it.
+struct Unique {
+    source: usize,
+    x: u32,
+    y: u32,
+    width: u32,
+    height: u32,
+}
+
+fn find(parent: &mut [usize], mut g: usize) -> usize {
+    while parent[g] != g {
+        parent[g] = parent[parent[g]];
+        g = parent[g];
+    }
+    g
+}
+
+fn find_const(parent: &[usize], mut g: usize) -> usize {
+    while parent[g] != g {
+        g = parent[g];
+    }
+    g
+}
+
+/// Joins two groups under the smaller id, so roots do not depend on the order
+/// of unions.
+fn union(parent: &mut [usize], a: usize, b: usize) {
+    let (ra, rb) = (find(parent, a), find(parent, b));
+    let (lo, hi) = (ra.min(rb), ra.max(rb));
+    parent[hi] = lo;
+}
+
+/// `(x, y, width, height)` of the pixels with non-zero alpha; `None` if none.
+pub fn opaque_bounds(image: &RgbaImage) -> Option<(u32, u32, u32, u32)> {
+    let (w, h) = image.dimensions();
+    let opaque = |x: u32, y: u32| image.get_pixel(x, y)[3] != 0;
+    let row = |y: u32| (0..w).any(|x| opaque(x, y));
+    let top = (0..h).find(|&y| row(y))?;
+    let bottom = (top..h).rev().find(|&y| row(y))?;
+    let column = |x: u32| (top..=bottom).any(|y| opaque(x, y));
+    let left = (0..w).find(|&x| column(x))?;
+    let right = (left..w).rev().find(|&x| column(x))?;
+    Some((left, top, right - left + 1, bottom - top + 1))
+}
+
+/// The raw RGBA bytes of a sub-rect.
+fn crop(image: &RgbaImage, x: u32, y: u32, w: u32, h: u32) -> Vec<u8> {
+    let stride = image.width() as usize * 4;
+    let raw = image.as_raw();
+    let mut out = Vec::with_capacity(w as usize * h as usize * 4);
+    for row in y..y + h {
+        let start = row as usize * stride + x as usize * 4;
+        out.extend_from_slice(&raw[start..start + w as usize * 4]);
+    }
+    out
+}
+
+/// Draws each `(image, rect on the page, rect's corner in the image)` and its
+/// extrusion into a transparent page. `None` when the buffer cannot be
+/// allocated.
+fn render(
+    width: u32,
+    height: u32,
+    drawn: &[(&RgbaImage, Placement, (u32, u32))],
+    extrude: u32,
+) -> Option<RgbaImage> {
+    let stride = usize::try_from(width).ok()?.checked_mul(4)?;
+    let len = stride.checked_mul(usize::try_from(height).ok()?)?;
+    let mut buf = Vec::new();
+    // try_reserve so a huge atlas is an error, not an abort.
+    buf.try_reserve_exact(len).ok()?;
+    buf.resize(len, 0u8);
+
+    let e = usize::try_from(extrude).ok()?;
+    for &(img, p, (ox, oy)) in drawn {
+        if p.width == 0 || p.height == 0 {
+            continue;
+        }
+        let (sw, sh) = (p.width as usize, p.height as usize);
+        let (x0, y0) = (p.x as usize - e, p.y as usize - e);
+        let raw = img.as_raw();
+        let img_stride = img.width() as usize * 4;
+        let src_len = sw * 4;
+        let out_len = (sw + 2 * e) * 4;
+        for dy in 0..sh + 2 * e {
+            // Rows above/below the sprite repeat its first/last row.
+            let sy = oy as usize + dy.saturating_sub(e).min(sh - 1);
+            let from = sy * img_stride + ox as usize * 4;
+            let src = &raw[from..from + src_len];
+            let start = (y0 + dy) * stride + x0 * 4;
+            let dst = &mut buf[start..start + out_len];
+            let (left, rest) = dst.split_at_mut(e * 4);
+            let (mid, right) = rest.split_at_mut(src_len);
+            mid.copy_from_slice(src);
+            for px in left.chunks_exact_mut(4) {
+                px.copy_from_slice(&src[..4]);
+            }
+            for px in right.chunks_exact_mut(4) {
+                px.copy_from_slice(&src[src_len - 4..]);
+            }
+        }
+    }
+    ImageBuffer::from_raw(width, height, buf)
+}
+
+#[cfg(test)]
+mod tests;
