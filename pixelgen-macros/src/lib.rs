@@ -76,22 +76,26 @@ fn expand(module: &syn::Ident, out_dir: Option<std::ffi::OsString>) -> Result<To
             // Makes the compiler rebuild this crate whenever the build writes a new index.
             const _: &[u8] = include_bytes!(#index_literal);
 
-            /// An atlas of this crate: its image, embedded in the binary, and its layout.
-            pub trait AtlasData: 'static {
-                /// Position in [`Atlases`].
-                const ORDINAL: usize;
-                const NAME: &'static str;
-                /// The atlas PNG.
-                const PNG: &'static [u8];
-                const SIZE: (u32, u32);
-                /// `[x, y, width, height]` of each layout index.
-                const RECTS: &'static [[u32; 4]];
+            /// One page (image and layout) of an atlas. An atlas has one page unless its
+            /// sprites exceed its `max_size`; a sprite's frames always share a page.
+            #[derive(Debug, Clone, Copy)]
+            pub struct Page {
+                /// The page PNG, embedded in the binary.
+                pub png: &'static [u8],
+                pub size: (u32, u32),
+                /// `[x, y, width, height]` of each layout index. Identical frames share a rect.
+                pub rects: &'static [[u32; 4]],
+                /// Per layout index, where its (trimmed) rect lies in the untrimmed frame.
+                pub trims: &'static [Trim],
+            }
 
-                /// The layout Bevy needs to draw this atlas's sprites.
-                fn layout() -> ::bevy::image::TextureAtlasLayout {
+            impl Page {
+                /// The layout Bevy needs to draw this page's sprites.
+                pub fn layout(&self) -> ::bevy::image::TextureAtlasLayout {
                     ::bevy::image::TextureAtlasLayout {
-                        size: ::bevy::math::UVec2::new(Self::SIZE.0, Self::SIZE.1),
-                        textures: Self::RECTS
+                        size: ::bevy::math::UVec2::new(self.size.0, self.size.1),
+                        textures: self
+                            .rects
                             .iter()
                             .map(|r| ::bevy::math::URect::new(r[0], r[1], r[0] + r[2], r[1] + r[3]))
                             .collect(),
@@ -99,25 +103,86 @@ fn expand(module: &syn::Ident, out_dir: Option<std::ffi::OsString>) -> Result<To
                 }
             }
 
-            /// A sprite of atlas `A`: an index into its layout that cannot be used with
-            /// another atlas.
+            /// Where a frame's packed rect lies within its untrimmed frame: the atlas
+            /// stores frames without their transparent border.
+            #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+            pub struct Trim {
+                /// Offset of the rect from the frame's left edge, in pixels.
+                pub x: u32,
+                /// Offset of the rect from the frame's top edge, in pixels.
+                pub y: u32,
+                /// The untrimmed frame's size.
+                pub frame_width: u32,
+                pub frame_height: u32,
+            }
+
+            impl Trim {
+                /// The `Anchor` that draws a trimmed `width`×`height` rect where it lies in
+                /// its frame, with the entity's transform at `pivot` of the untrimmed frame
+                /// (anchor units: -0.5..0.5, y up; `Vec2::ZERO` is the centre).
+                pub fn anchor(&self, width: u32, height: u32, pivot: ::bevy::math::Vec2) -> ::bevy::sprite::Anchor {
+                    if width == 0 || height == 0 {
+                        return ::bevy::sprite::Anchor(pivot);
+                    }
+                    // The pivot in frame pixels (y down), then relative to the rect.
+                    let px = (pivot.x + 0.5) * self.frame_width as f32 - self.x as f32;
+                    let py = (0.5 - pivot.y) * self.frame_height as f32 - self.y as f32;
+                    ::bevy::sprite::Anchor(::bevy::math::Vec2::new(
+                        px / width as f32 - 0.5,
+                        0.5 - py / height as f32,
+                    ))
+                }
+            }
+
+            /// An atlas of this crate: its pages, embedded in the binary.
+            pub trait AtlasData: 'static {
+                /// Position in [`Atlases`].
+                const ORDINAL: usize;
+                const NAME: &'static str;
+                const PAGES: &'static [Page];
+            }
+
+            /// Every atlas's pages, by ordinal.
+            const PAGES: [&[Page]; #atlas_count] = [#(<#atlas_types as AtlasData>::PAGES),*];
+
+            /// A sprite of atlas `A`: a page and an index into its layout, which cannot be
+            /// used with another atlas.
             pub struct SpriteIndex<A: AtlasData> {
+                page: usize,
                 index: usize,
                 atlas: ::core::marker::PhantomData<fn() -> A>,
             }
 
             impl<A: AtlasData> SpriteIndex<A> {
-                const fn new(index: usize) -> Self {
-                    SpriteIndex { index, atlas: ::core::marker::PhantomData }
+                const fn new(page: usize, index: usize) -> Self {
+                    SpriteIndex { page, index, atlas: ::core::marker::PhantomData }
                 }
-                /// The index in the atlas's `TextureAtlasLayout`.
+                /// The index in its page's `TextureAtlasLayout`.
                 pub const fn index(self) -> usize {
                     self.index
                 }
-                /// Where the sprite is in the atlas image.
+                /// The page that holds it (see [`Atlases::image`]).
+                pub const fn page(self) -> usize {
+                    self.page
+                }
+                /// Where its (trimmed) pixels are in the page image.
                 pub fn rect(self) -> ::bevy::math::URect {
-                    let r = A::RECTS[self.index];
+                    let r = A::PAGES[self.page].rects[self.index];
                     ::bevy::math::URect::new(r[0], r[1], r[0] + r[2], r[1] + r[3])
+                }
+                /// Where its rect lies in the untrimmed frame.
+                pub fn trim(self) -> Trim {
+                    A::PAGES[self.page].trims[self.index]
+                }
+                /// The `Anchor` that draws it at its untrimmed place, centred on the
+                /// transform ([`SpritesPlugin`] keeps this up to date by itself).
+                pub fn anchor(self) -> ::bevy::sprite::Anchor {
+                    self.anchor_at(::bevy::math::Vec2::ZERO)
+                }
+                /// The `Anchor` that puts `pivot` of the untrimmed frame on the transform.
+                pub fn anchor_at(self, pivot: ::bevy::math::Vec2) -> ::bevy::sprite::Anchor {
+                    let r = A::PAGES[self.page].rects[self.index];
+                    self.trim().anchor(r[2], r[3], pivot)
                 }
             }
             impl<A: AtlasData> Clone for SpriteIndex<A> {
@@ -125,28 +190,29 @@ fn expand(module: &syn::Ident, out_dir: Option<std::ffi::OsString>) -> Result<To
             }
             impl<A: AtlasData> Copy for SpriteIndex<A> {}
             impl<A: AtlasData> PartialEq for SpriteIndex<A> {
-                fn eq(&self, other: &Self) -> bool { self.index == other.index }
+                fn eq(&self, other: &Self) -> bool { (self.page, self.index) == (other.page, other.index) }
             }
             impl<A: AtlasData> Eq for SpriteIndex<A> {}
             impl<A: AtlasData> ::core::hash::Hash for SpriteIndex<A> {
-                fn hash<H: ::core::hash::Hasher>(&self, state: &mut H) { self.index.hash(state) }
+                fn hash<H: ::core::hash::Hasher>(&self, state: &mut H) { (self.page, self.index).hash(state) }
             }
             impl<A: AtlasData> ::core::fmt::Debug for SpriteIndex<A> {
                 fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                    write!(f, "SpriteIndex({}#{})", A::NAME, self.index)
+                    write!(f, "SpriteIndex({}#{}.{})", A::NAME, self.page, self.index)
                 }
             }
 
-            /// The frames of an animation of atlas `A`, in order.
+            /// The frames of an animation of atlas `A`, in order, all on one page.
             pub struct Animation<A: AtlasData> {
+                page: usize,
                 first: usize,
                 len: usize,
                 atlas: ::core::marker::PhantomData<fn() -> A>,
             }
 
             impl<A: AtlasData> Animation<A> {
-                const fn new(first: usize, len: usize) -> Self {
-                    Animation { first, len, atlas: ::core::marker::PhantomData }
+                const fn new(page: usize, first: usize, len: usize) -> Self {
+                    Animation { page, first, len, atlas: ::core::marker::PhantomData }
                 }
                 /// Number of frames.
                 pub const fn len(self) -> usize {
@@ -157,7 +223,7 @@ fn expand(module: &syn::Ident, out_dir: Option<std::ffi::OsString>) -> Result<To
                 }
                 /// Frame `i`, wrapping around, so `frame(tick)` loops the animation.
                 pub const fn frame(self, i: usize) -> SpriteIndex<A> {
-                    SpriteIndex::new(self.first + i % self.len)
+                    SpriteIndex::new(self.page, self.first + i % self.len)
                 }
                 pub fn frames(self) -> impl Iterator<Item = SpriteIndex<A>> {
                     (0..self.len).map(move |i| self.frame(i))
@@ -168,38 +234,57 @@ fn expand(module: &syn::Ident, out_dir: Option<std::ffi::OsString>) -> Result<To
             }
             impl<A: AtlasData> Copy for Animation<A> {}
             impl<A: AtlasData> PartialEq for Animation<A> {
-                fn eq(&self, other: &Self) -> bool { self.first == other.first && self.len == other.len }
+                fn eq(&self, other: &Self) -> bool {
+                    (self.page, self.first, self.len) == (other.page, other.first, other.len)
+                }
             }
             impl<A: AtlasData> Eq for Animation<A> {}
             impl<A: AtlasData> ::core::fmt::Debug for Animation<A> {
                 fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                    write!(f, "Animation({}#{}..{})", A::NAME, self.first, self.first + self.len)
+                    write!(f, "Animation({}#{}.{}..{})", A::NAME, self.page, self.first, self.first + self.len)
                 }
             }
 
             #(#atlas_modules)*
 
-            /// Handles to every atlas's image and layout; inserted by [`SpritesPlugin`].
+            /// Where a pixelgen sprite's transform sits in its *untrimmed* frame, in
+            /// anchor units (-0.5..0.5, y up); without it, the centre. Use this instead
+            /// of `Anchor`: [`SpritesPlugin`] sets the `Anchor` of every sprite showing
+            /// one of these atlases from its frame's trim and this pivot.
+            #[derive(::bevy::prelude::Component, Clone, Copy, Debug, Default, PartialEq)]
+            pub struct Pivot(pub ::bevy::math::Vec2);
+
+            /// Handles to every atlas page's image and layout; inserted by [`SpritesPlugin`].
             #[derive(::bevy::prelude::Resource, Clone, Debug)]
             pub struct Atlases {
-                images: [::bevy::prelude::Handle<::bevy::prelude::Image>; #atlas_count],
-                layouts: [::bevy::prelude::Handle<::bevy::image::TextureAtlasLayout>; #atlas_count],
+                images: [::std::vec::Vec<::bevy::prelude::Handle<::bevy::prelude::Image>>; #atlas_count],
+                layouts: [::std::vec::Vec<::bevy::prelude::Handle<::bevy::image::TextureAtlasLayout>>; #atlas_count],
             }
 
             impl Atlases {
-                /// A ready `Sprite` showing `index`.
+                /// A ready `Sprite` showing `index`. [`SpritesPlugin`] sets its `Anchor` so
+                /// that the trimmed frame is drawn at its untrimmed place.
                 pub fn sprite<A: AtlasData>(&self, index: SpriteIndex<A>) -> ::bevy::prelude::Sprite {
-                    ::bevy::prelude::Sprite::from_atlas_image(self.image::<A>(), self.texture_atlas(index))
+                    ::bevy::prelude::Sprite::from_atlas_image(self.image::<A>(index.page()), self.texture_atlas(index))
                 }
-                /// The `TextureAtlas` (layout and index) for `index`.
+                /// The `TextureAtlas` (page layout and index) for `index`.
                 pub fn texture_atlas<A: AtlasData>(&self, index: SpriteIndex<A>) -> ::bevy::image::TextureAtlas {
-                    ::bevy::image::TextureAtlas { layout: self.layout::<A>(), index: index.index() }
+                    ::bevy::image::TextureAtlas { layout: self.layout::<A>(index.page()), index: index.index() }
                 }
-                pub fn image<A: AtlasData>(&self) -> ::bevy::prelude::Handle<::bevy::prelude::Image> {
-                    self.images[A::ORDINAL].clone()
+                /// The image of page `page` of atlas `A`.
+                pub fn image<A: AtlasData>(&self, page: usize) -> ::bevy::prelude::Handle<::bevy::prelude::Image> {
+                    self.images[A::ORDINAL][page].clone()
                 }
-                pub fn layout<A: AtlasData>(&self) -> ::bevy::prelude::Handle<::bevy::image::TextureAtlasLayout> {
-                    self.layouts[A::ORDINAL].clone()
+                /// The layout of page `page` of atlas `A`.
+                pub fn layout<A: AtlasData>(&self, page: usize) -> ::bevy::prelude::Handle<::bevy::image::TextureAtlasLayout> {
+                    self.layouts[A::ORDINAL][page].clone()
+                }
+
+                /// `(atlas ordinal, page)` of a layout, if it is one of these atlases'.
+                fn locate(&self, layout: ::bevy::asset::AssetId<::bevy::image::TextureAtlasLayout>) -> ::core::option::Option<(usize, usize)> {
+                    self.layouts.iter().enumerate().find_map(|(ordinal, pages)| {
+                        pages.iter().position(|h| h.id() == layout).map(|page| (ordinal, page))
+                    })
                 }
 
                 /// Decodes the embedded atlases into `images` and `layouts`.
@@ -208,28 +293,69 @@ fn expand(module: &syn::Ident, out_dir: Option<std::ffi::OsString>) -> Result<To
                     layouts: &mut ::bevy::prelude::Assets<::bevy::image::TextureAtlasLayout>,
                 ) -> Atlases {
                     Atlases {
-                        images: [#(images.add(decode::<#atlas_types>())),*],
-                        layouts: [#(layouts.add(<#atlas_types as AtlasData>::layout())),*],
+                        images: [#(
+                            <#atlas_types as AtlasData>::PAGES
+                                .iter()
+                                .map(|page| images.add(decode(<#atlas_types as AtlasData>::NAME, page)))
+                                .collect()
+                        ),*],
+                        layouts: [#(
+                            <#atlas_types as AtlasData>::PAGES.iter().map(|page| layouts.add(page.layout())).collect()
+                        ),*],
                     }
                 }
             }
 
-            fn decode<A: AtlasData>() -> ::bevy::prelude::Image {
+            fn decode(atlas: &str, page: &Page) -> ::bevy::prelude::Image {
                 // The PNG was written by the build in this same compilation: failing to
                 // decode it is a broken build, not a runtime condition.
                 ::bevy::prelude::Image::from_buffer(
-                    A::PNG,
+                    page.png,
                     ::bevy::image::ImageType::Extension("png"),
                     ::bevy::image::CompressedImageFormats::NONE,
                     true,
                     ::bevy::image::ImageSampler::nearest(),
                     ::bevy::asset::RenderAssetUsages::default(),
                 )
-                .unwrap_or_else(|e| panic!("pixelgen: the embedded atlas `{}` does not decode: {e}", A::NAME))
+                .unwrap_or_else(|e| panic!("pixelgen: the embedded atlas `{atlas}` does not decode: {e}"))
             }
 
-            /// Adds the [`Atlases`] resource. Needs `ImagePlugin` (part of `DefaultPlugins`);
-            /// add it with `ImagePlugin::default_nearest()` for crisp pixels.
+            /// Keeps every sprite that shows one of these atlases drawn at its untrimmed
+            /// place: its `Anchor` follows the frame's trim (and [`Pivot`]), and its image
+            /// follows the page of its layout.
+            fn place_trimmed_sprites(
+                atlases: ::core::option::Option<::bevy::prelude::Res<Atlases>>,
+                mut sprites: ::bevy::prelude::Query<
+                    (
+                        &mut ::bevy::prelude::Sprite,
+                        &mut ::bevy::sprite::Anchor,
+                        ::core::option::Option<&Pivot>,
+                    ),
+                    ::bevy::prelude::Or<(::bevy::prelude::Changed<::bevy::prelude::Sprite>, ::bevy::prelude::Changed<Pivot>)>,
+                >,
+            ) {
+                let ::core::option::Option::Some(atlases) = atlases else { return };
+                for (mut sprite, mut anchor, pivot) in &mut sprites {
+                    let ::core::option::Option::Some(atlas) = sprite.texture_atlas.as_ref() else { continue };
+                    let ::core::option::Option::Some((ordinal, page)) = atlases.locate(atlas.layout.id()) else { continue };
+                    let data = &PAGES[ordinal][page];
+                    let (::core::option::Option::Some(rect), ::core::option::Option::Some(trim)) =
+                        (data.rects.get(atlas.index), data.trims.get(atlas.index)) else { continue };
+                    let wanted = trim.anchor(rect[2], rect[3], pivot.map_or(::bevy::math::Vec2::ZERO, |p| p.0));
+                    // Write only on change, so that this does not retrigger itself.
+                    if *anchor != wanted {
+                        *anchor = wanted;
+                    }
+                    let image = &atlases.images[ordinal][page];
+                    if sprite.image != *image {
+                        sprite.image = image.clone();
+                    }
+                }
+            }
+
+            /// Adds the [`Atlases`] resource, and keeps trimmed sprites at their untrimmed
+            /// place. Needs `ImagePlugin` (part of `DefaultPlugins`); add it with
+            /// `ImagePlugin::default_nearest()` for crisp pixels.
             pub struct SpritesPlugin;
 
             impl ::bevy::app::Plugin for SpritesPlugin {
@@ -237,6 +363,10 @@ fn expand(module: &syn::Ident, out_dir: Option<std::ffi::OsString>) -> Result<To
                     if !app.is_plugin_added::<::bevy::image::TextureAtlasPlugin>() {
                         app.add_plugins(::bevy::image::TextureAtlasPlugin);
                     }
+                    app.add_systems(
+                        ::bevy::app::PostUpdate,
+                        place_trimmed_sprites.before(::bevy::camera::visibility::VisibilitySystems::CalculateBounds),
+                    );
                 }
 
                 fn finish(&self, app: &mut ::bevy::app::App) {
@@ -259,12 +389,33 @@ fn atlas_module(ordinal: usize, atlas: &IndexedAtlas) -> Result<TokenStream, Str
     let module = syn::parse_str::<syn::Ident>(&atlas.module)
         .map_err(|e| format!("pixelgen: atlas module `{}`: {e}", atlas.module))?;
     let name = &atlas.name;
-    let png = path_literal(&atlas.image)?;
-    let (width, height) = (atlas.width, atlas.height);
-    let rects = atlas
-        .rects
-        .iter()
-        .map(|[x, y, w, h]| quote!([#x, #y, #w, #h]));
+    let mut pages = Vec::new();
+    for page in &atlas.pages {
+        let png = path_literal(&page.image)?;
+        let (width, height) = (page.width, page.height);
+        let rects = page
+            .rects
+            .iter()
+            .map(|[x, y, w, h]| quote!([#x, #y, #w, #h]));
+        if page.trims.len() != page.rects.len() {
+            return Err(format!(
+                "pixelgen: atlas `{name}`: a page has {} rects but {} trims; rebuild",
+                page.rects.len(),
+                page.trims.len()
+            ));
+        }
+        let trims = page.trims.iter().map(
+            |[x, y, w, h]| quote!(super::Trim { x: #x, y: #y, frame_width: #w, frame_height: #h }),
+        );
+        pages.push(quote! {
+            super::Page {
+                png: include_bytes!(#png),
+                size: (#width, #height),
+                rects: &[#(#rects),*],
+                trims: &[#(#trims),*],
+            }
+        });
+    }
     let mut constants = Vec::new();
     for sprite in &atlas.sprites {
         let constant = syn::parse_str::<syn::Ident>(&sprite.constant)
@@ -274,6 +425,13 @@ fn atlas_module(ordinal: usize, atlas: &IndexedAtlas) -> Result<TokenStream, Str
             sprite.name,
             sprite.frames.len()
         );
+        let page = sprite.page;
+        let layout_len = atlas
+            .pages
+            .get(page)
+            .ok_or_else(|| format!("pixelgen: sprite `{}` is on a missing page", sprite.name))?
+            .rects
+            .len();
         let first = *sprite
             .frames
             .first()
@@ -282,7 +440,7 @@ fn atlas_module(ordinal: usize, atlas: &IndexedAtlas) -> Result<TokenStream, Str
             .frames
             .iter()
             .enumerate()
-            .any(|(i, f)| *f != first + i)
+            .any(|(i, f)| *f != first + i || *f >= layout_len)
         {
             return Err(format!(
                 "pixelgen: the frames of `{}` are not contiguous in the index",
@@ -293,18 +451,25 @@ fn atlas_module(ordinal: usize, atlas: &IndexedAtlas) -> Result<TokenStream, Str
             let len = sprite.frames.len();
             constants.push(quote! {
                 #[doc = #doc]
-                pub const #constant: super::Animation<Atlas> = super::Animation::new(#first, #len);
+                pub const #constant: super::Animation<Atlas> = super::Animation::new(#page, #first, #len);
             });
         } else {
             constants.push(quote! {
                 #[doc = #doc]
-                pub const #constant: super::SpriteIndex<Atlas> = super::SpriteIndex::new(#first);
+                pub const #constant: super::SpriteIndex<Atlas> = super::SpriteIndex::new(#page, #first);
             });
         }
     }
+    let sizes: Vec<String> = atlas
+        .pages
+        .iter()
+        .map(|p| format!("{}×{}", p.width, p.height))
+        .collect();
     let doc = format!(
-        "Atlas `{name}`: {width}×{height} pixels, {} sprites.",
-        atlas.sprites.len()
+        "Atlas `{name}`: {} sprites on {} page(s) of {} pixels.",
+        atlas.sprites.len(),
+        atlas.pages.len(),
+        sizes.join(", ")
     );
     Ok(quote! {
         #[doc = #doc]
@@ -315,9 +480,7 @@ fn atlas_module(ordinal: usize, atlas: &IndexedAtlas) -> Result<TokenStream, Str
             impl super::AtlasData for Atlas {
                 const ORDINAL: usize = #ordinal;
                 const NAME: &'static str = #name;
-                const PNG: &'static [u8] = include_bytes!(#png);
-                const SIZE: (u32, u32) = (#width, #height);
-                const RECTS: &'static [[u32; 4]] = &[#(#rects),*];
+                const PAGES: &'static [super::Page] = &[#(#pages),*];
             }
             #(#constants)*
         }
@@ -337,7 +500,7 @@ fn path_literal(path: &std::path::Path) -> Result<syn::LitStr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pixelgen_build::index::{INDEX_VERSION, IndexedSprite};
+    use pixelgen_build::index::{INDEX_VERSION, IndexedPage, IndexedSprite};
 
     fn module() -> syn::Ident {
         syn::Ident::new("sprites", Span::call_site())
@@ -371,20 +534,25 @@ mod tests {
             atlases: vec![IndexedAtlas {
                 name: "characters".into(),
                 module: "characters".into(),
-                image: png,
-                width: 64,
-                height: 32,
-                rects: vec![[0, 0, 32, 32], [32, 0, 16, 16], [48, 0, 16, 16]],
+                pages: vec![IndexedPage {
+                    image: png,
+                    width: 64,
+                    height: 32,
+                    rects: vec![[0, 0, 32, 32], [32, 0, 16, 16], [48, 0, 16, 16]],
+                    trims: vec![[0, 0, 32, 32], [1, 2, 18, 20], [0, 0, 16, 16]],
+                }],
                 sprites: vec![
                     IndexedSprite {
                         name: "hero".into(),
                         constant: "HERO".into(),
+                        page: 0,
                         frames: vec![0],
                         animated: false,
                     },
                     IndexedSprite {
                         name: "hero-walk".into(),
                         constant: "HERO_WALK".into(),
+                        page: 0,
                         frames: vec![1, 2],
                         animated: true,
                     },
@@ -396,9 +564,15 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(code.contains("pub mod characters"), "{code}");
-        assert!(code.contains("pub const HERO : super :: SpriteIndex < Atlas > = super :: SpriteIndex :: new (0usize)"), "{code}");
-        assert!(code.contains("pub const HERO_WALK : super :: Animation < Atlas > = super :: Animation :: new (1usize , 2usize)"), "{code}");
+        assert!(code.contains("pub const HERO : super :: SpriteIndex < Atlas > = super :: SpriteIndex :: new (0usize , 0usize)"), "{code}");
+        assert!(code.contains("pub const HERO_WALK : super :: Animation < Atlas > = super :: Animation :: new (0usize , 1usize , 2usize)"), "{code}");
         assert!(code.contains("[32u32 , 0u32 , 16u32 , 16u32]"), "{code}");
+        assert!(
+            code.contains(
+                "super :: Trim { x : 1u32 , y : 2u32 , frame_width : 18u32 , frame_height : 20u32 }"
+            ),
+            "{code}"
+        );
     }
 
     #[test]
@@ -406,13 +580,17 @@ mod tests {
         let atlas = IndexedAtlas {
             name: "a".into(),
             module: "a".into(),
-            image: "/x.png".into(),
-            width: 1,
-            height: 1,
-            rects: vec![],
+            pages: vec![IndexedPage {
+                image: "/x.png".into(),
+                width: 1,
+                height: 1,
+                rects: vec![[0, 0, 1, 1]; 3],
+                trims: vec![[0, 0, 1, 1]; 3],
+            }],
             sprites: vec![IndexedSprite {
                 name: "s".into(),
                 constant: "S".into(),
+                page: 0,
                 frames: vec![0, 2],
                 animated: true,
             }],

@@ -1,7 +1,7 @@
 //! Rect-level packing: sizes in, the smallest atlas (or pages of atlases) out.
 //! No pixels here; [`super::pack`] adds trimming, aliasing and rendering.
 
-use super::maxrects::{Heuristic, Kinds, MaxRects};
+use super::maxrects::{Heuristic, Kinds, MaxRects, Order, Strategy};
 
 /// Limits and spacing for [`pack_rects`] and [`pack_pages`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,7 +101,7 @@ pub fn pack_pages(
         let kinds = Kinds::new(&problem.cells, left.iter().copied());
         MaxRects::default().run(
             &kinds,
-            Heuristic::ShortSide,
+            GLOBAL_SHORT_SIDE,
             problem.bin_w,
             problem.bin_h,
             &mut out,
@@ -174,7 +174,7 @@ fn grow(problem: &Problem, left: &[usize], groups: &[usize], taken: &mut Vec<usi
         let mut out = vec![None; problem.cells.len()];
         let placed = MaxRects::default().run(
             &kinds,
-            Heuristic::ShortSide,
+            GLOBAL_SHORT_SIDE,
             problem.bin_w,
             problem.bin_h,
             &mut out,
@@ -292,13 +292,7 @@ impl Problem {
     fn first_misfit(&self) -> usize {
         let kinds = Kinds::new(&self.cells, self.members.iter().copied());
         let mut out = vec![None; self.cells.len()];
-        MaxRects::default().run(
-            &kinds,
-            Heuristic::ShortSide,
-            self.bin_w,
-            self.bin_h,
-            &mut out,
-        );
+        MaxRects::default().run(&kinds, GLOBAL_SHORT_SIDE, self.bin_w, self.bin_h, &mut out);
         let mut order = self.members.clone();
         order.sort_by_key(|&i| {
             (
@@ -351,61 +345,34 @@ impl Problem {
             });
         }
         let kinds = Kinds::new(&self.cells, self.members.iter().copied());
-        let effort = Effort::for_rects(self.members.len());
-        let jobs: Vec<(Heuristic, u64)> = effort
-            .heuristics
+        let effort = Effort::for_rects(self.members.len(), kinds.len());
+        let jobs: Vec<(Strategy, u64)> = effort
+            .strategies
             .iter()
             .flat_map(|&h| self.widths(effort.widths).into_iter().map(move |w| (h, w)))
             .collect();
-        // Jobs are independent; the winner is chosen by (key, job index), so
-        // the thread count cannot change the result.
-        let threads = threads.min(jobs.len()).max(1);
-        let results: Vec<Option<(Key, Found)>> = if threads == 1 {
-            jobs.iter()
-                .map(|&(h, w)| self.best_height(&kinds, h, w, effort.tolerance))
-                .collect()
-        } else {
-            let mut results = vec![None; jobs.len()];
-            std::thread::scope(|scope| {
-                let chunks: Vec<_> = (0..threads)
-                    .map(|t| {
-                        let (kinds, jobs) = (&kinds, &jobs);
-                        scope.spawn(move || {
-                            (t..jobs.len())
-                                .step_by(threads)
-                                .map(|j| {
-                                    (
-                                        j,
-                                        self.best_height(
-                                            kinds,
-                                            jobs[j].0,
-                                            jobs[j].1,
-                                            effort.tolerance,
-                                        ),
-                                    )
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                for handle in chunks {
-                    // A panic in a worker is a bug; re-raise it here.
-                    for (j, r) in handle
-                        .join()
-                        .unwrap_or_else(|e| std::panic::resume_unwind(e))
-                    {
-                        results[j] = r;
-                    }
-                }
-            });
-            results
-        };
-        let mut best: Option<(Key, Found)> = results
+        // Two phases: every (strategy, width) finds its first height that
+        // packs, then only the most promising bisect down to the tolerance.
+        // The winner is chosen by (key, job index), so the thread count
+        // cannot change the result.
+        let scouts = parallel_map(&jobs, threads, |&(strategy, w)| {
+            self.scout(&kinds, strategy, w)
+        });
+        let mut ranked: Vec<usize> = (0..jobs.len()).filter(|&j| scouts[j].is_some()).collect();
+        ranked.sort_by_key(|&j| (scouts[j].as_ref().map(|s| s.best.0), j));
+        ranked.truncate(effort.refine);
+        let refined = parallel_map(&ranked, threads, |&j| {
+            let scout = scouts[j].as_ref()?;
+            self.refine(&kinds, jobs[j], scout, effort.tolerance)
+        });
+        let mut best: Option<(Key, Found)> = scouts
             .into_iter()
             .flatten()
+            .map(|s| s.best)
+            .chain(refined.into_iter().flatten())
             .reduce(|a, b| if b.0 < a.0 { b } else { a });
         if best.is_none() {
-            best = self.attempt(&kinds, Heuristic::ShortSide, self.bin_w, self.bin_h);
+            best = self.attempt(&kinds, GLOBAL_SHORT_SIDE, self.bin_w, self.bin_h);
         }
         best.map(|(_, found)| found)
     }
@@ -470,15 +437,8 @@ impl Problem {
         widths
     }
 
-    /// Packs at bin width `w`, bisecting the least height that succeeds;
-    /// returns the best layout seen.
-    fn best_height(
-        &self,
-        kinds: &Kinds,
-        heuristic: Heuristic,
-        w: u64,
-        tolerance: u64,
-    ) -> Option<(Key, Found)> {
+    /// Packs at bin width `w` from the area bound up until a height packs.
+    fn scout(&self, kinds: &Kinds, strategy: Strategy, w: u64) -> Option<Scout> {
         let tallest = self
             .members
             .iter()
@@ -489,40 +449,37 @@ impl Problem {
         if lower > self.bin_h {
             return None;
         }
-        let step = self
-            .members
-            .iter()
-            .fold(0, |g, &i| gcd(g, self.cells[i].1))
-            .max(1);
-        let mut best: Option<(Key, Found)> = None;
-        let mut keep = |found: Option<(Key, Found)>| -> Option<u64> {
-            let (key, found) = found?;
-            let used = found.height + self.pad;
-            if best.as_ref().is_none_or(|(k, _)| key < *k) {
-                best = Some((key, found));
-            }
-            Some(used)
-        };
         if self.pow2 {
-            // Powers of two: bisect over exponents.
+            // Powers of two: bisect over exponents right away (a few tries).
+            let mut best: Option<(Key, Found)> = None;
             let (mut lo, mut hi) = (
                 pow2_ceil(lower - self.pad).max(1).trailing_zeros(),
                 (self.bin_h - self.pad).max(1).ilog2(),
             );
             while lo <= hi {
                 let mid = lo + (hi - lo) / 2;
-                if keep(self.attempt(kinds, heuristic, w, (1u64 << mid) + self.pad)).is_some() {
-                    if mid == 0 {
-                        break;
+                match self.attempt(kinds, strategy, w, (1u64 << mid) + self.pad) {
+                    Some(found) => {
+                        if best.as_ref().is_none_or(|(k, _)| found.0 < *k) {
+                            best = Some(found);
+                        }
+                        if mid == 0 {
+                            break;
+                        }
+                        hi = mid - 1;
                     }
-                    hi = mid - 1;
-                } else {
-                    lo = mid + 1;
+                    None => lo = mid + 1,
                 }
             }
-            return best;
+            let best = best?;
+            let ok = best.1.height + self.pad;
+            return Some(Scout {
+                best,
+                failed: ok,
+                ok,
+            });
         }
-        // Gallop up from the area bound, then bisect down to the tolerance.
+        let step = self.height_step();
         let mut failed = lower - 1;
         let mut gallop = (lower / 128).max(step);
         // The area bound itself only packs when a few sizes tile the bin
@@ -532,32 +489,64 @@ impl Problem {
         } else {
             lower.saturating_add(gallop).min(self.bin_h)
         };
-        let mut ok = loop {
-            if let Some(used) = keep(self.attempt(kinds, heuristic, w, h)) {
-                break used;
+        loop {
+            if let Some(found) = self.attempt(kinds, strategy, w, h) {
+                let ok = found.1.height + self.pad;
+                return Some(Scout {
+                    best: found,
+                    failed,
+                    ok,
+                });
             }
             failed = h;
             if h >= self.bin_h {
-                return best;
+                return None;
             }
             h = h.saturating_add(gallop).min(self.bin_h);
             gallop = gallop.saturating_mul(2);
-        };
+        }
+    }
+
+    /// Bisects the bin height between a scout's failure and success down to
+    /// `tolerance`; returns the best layout met.
+    fn refine(
+        &self,
+        kinds: &Kinds,
+        (strategy, w): (Strategy, u64),
+        scout: &Scout,
+        tolerance: u64,
+    ) -> Option<(Key, Found)> {
+        let step = self.height_step();
+        let (mut failed, mut ok) = (scout.failed, scout.ok);
+        let mut best: Option<(Key, Found)> = None;
         // (`ok` may drop below `failed`: packing is not monotone in height.)
         while ok.saturating_sub(failed) > tolerance.max(step) {
             let mid = failed + (ok - failed) / 2;
-            match keep(self.attempt(kinds, heuristic, w, mid)) {
-                Some(used) => ok = used.min(mid),
+            match self.attempt(kinds, strategy, w, mid) {
+                Some(found) => {
+                    ok = (found.1.height + self.pad).min(mid);
+                    if best.as_ref().is_none_or(|(k, _)| found.0 < *k) {
+                        best = Some(found);
+                    }
+                }
                 None => failed = mid,
             }
         }
         best
     }
 
+    /// Heights that are sums of cell heights: their greatest common divisor.
+    fn height_step(&self) -> u64 {
+        self.members
+            .iter()
+            .fold(0, |g, &i| gcd(g, self.cells[i].1))
+            .max(1)
+    }
+
     /// One pack into a `w x h` bin; `None` unless every cell is placed.
-    fn attempt(&self, kinds: &Kinds, heuristic: Heuristic, w: u64, h: u64) -> Option<(Key, Found)> {
+    fn attempt(&self, kinds: &Kinds, strategy: Strategy, w: u64, h: u64) -> Option<(Key, Found)> {
         let mut out = vec![None; self.cells.len()];
-        let placed = MaxRects::default().run(kinds, heuristic, w, h, &mut out);
+        let placed = MaxRects::default().run(kinds, strategy, w, h, &mut out);
         if placed < self.members.len() {
             return None;
         }
@@ -584,6 +573,50 @@ impl Problem {
     }
 }
 
+/// A width's first packing height: the layout, the highest height known
+/// to fail (or the area bound minus one), and the height used.
+struct Scout {
+    best: (Key, Found),
+    failed: u64,
+    ok: u64,
+}
+
+/// `f` over `items` on up to `threads` threads, results in `items`' order.
+fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.min(items.len()).max(1);
+    if threads == 1 {
+        return items.iter().map(f).collect();
+    }
+    let f = &f;
+    let mut results: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    (t..items.len())
+                        .step_by(threads)
+                        .map(|j| (j, f(&items[j])))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for worker in workers {
+            // A panic in a worker is a bug; re-raise it here.
+            for (j, r) in worker
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e))
+            {
+                results[j] = Some(r);
+            }
+        }
+    });
+    results.into_iter().flatten().collect()
+}
+
 /// Orders layouts: smaller area first, then squarer, then narrower. The area
 /// counts one padding row and column, as if every cell carried its own:
 /// otherwise a one-row strip always wins by saving the padding between rows.
@@ -604,32 +637,63 @@ impl Key {
     }
 }
 
+/// Global best fit, best short side: the page filler and fallback.
+const GLOBAL_SHORT_SIDE: Strategy = Strategy {
+    order: Order::Global,
+    heuristic: Heuristic::ShortSide,
+};
+
+const fn strategy(order: Order, heuristic: Heuristic) -> Strategy {
+    Strategy { order, heuristic }
+}
+
+/// Every strategy worth trying when time allows: global best fit wins most
+/// often, sorted orders (bottom-left above all) on sets of a few sizes.
+const ALL_STRATEGIES: [Strategy; 9] = [
+    GLOBAL_SHORT_SIDE,
+    strategy(Order::Global, Heuristic::LongSide),
+    strategy(Order::Global, Heuristic::Area),
+    strategy(Order::Tallest, Heuristic::ShortSide),
+    strategy(Order::Tallest, Heuristic::LongSide),
+    strategy(Order::Tallest, Heuristic::Area),
+    strategy(Order::Tallest, Heuristic::BottomLeft),
+    strategy(Order::Largest, Heuristic::ShortSide),
+    strategy(Order::Largest, Heuristic::BottomLeft),
+];
+
 /// How hard [`Problem::search`] tries, by the number of rects.
 struct Effort {
-    heuristics: &'static [Heuristic],
+    strategies: &'static [Strategy],
     widths: usize,
+    /// How many of the best (strategy, width) scouts bisect their height.
+    refine: usize,
     /// Stop bisecting heights this close.
     tolerance: u64,
 }
 
 impl Effort {
-    fn for_rects(n: usize) -> Effort {
+    /// For `n` rects of `kinds` distinct sizes. Few sizes make tries cheap
+    /// and the best width a matter of exact sums, so more widths are tried.
+    fn for_rects(n: usize, kinds: usize) -> Effort {
         match n {
             0..=1000 => Effort {
-                heuristics: &Heuristic::ALL,
-                widths: 14,
+                strategies: &ALL_STRATEGIES,
+                widths: if kinds <= 64 { 64 } else { 24 },
+                refine: 16,
                 tolerance: 1,
             },
             1001..=4000 => Effort {
-                heuristics: &Heuristic::ALL[..1],
+                strategies: &ALL_STRATEGIES[..1],
                 widths: 6,
+                refine: 6,
                 tolerance: 2,
             },
             // One try per width, two widths (one per thread on two cores):
             // a try costs ~25 ms at 10,000 rects, and bisecting gains <0.5 %.
             _ => Effort {
-                heuristics: &Heuristic::ALL[..1],
+                strategies: &ALL_STRATEGIES[..1],
                 widths: 2,
+                refine: 0,
                 tolerance: u64::MAX,
             },
         }

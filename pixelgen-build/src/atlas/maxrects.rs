@@ -8,6 +8,10 @@
 //! out. A free rect that no remaining kind fits is dropped at once (kinds only
 //! ever run out, so it could never be used), which keeps the free list short.
 //!
+//! The same machinery also runs the classic sorted orders (tallest or largest
+//! first, each cell to its best free rect), which win on some inputs; the
+//! layout search tries both.
+//!
 //! Every tie is broken on geometry and kind order, never on the free list's
 //! order, so a layout depends only on the multiset of sizes.
 
@@ -20,12 +24,30 @@ pub(super) enum Heuristic {
     LongSide,
     /// Best area fit: the leftover area, then the smaller leftover side.
     Area,
+    /// Bottom-left (here top-left, y down): the lowest bottom edge, then the
+    /// leftmost. Sorted orders only: globally it would place small cells first.
+    BottomLeft,
+}
+
+/// Which cell is placed next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Order {
+    /// The best-scoring (cell, free rect) pair over all cells.
+    Global,
+    /// Tallest first (then widest), each to its best free rect.
+    Tallest,
+    /// Largest area first (then tallest, widest), each to its best free rect.
+    Largest,
+}
+
+/// One way of packing: an order and a score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Strategy {
+    pub(super) order: Order,
+    pub(super) heuristic: Heuristic,
 }
 
 impl Heuristic {
-    pub(super) const ALL: [Heuristic; 3] =
-        [Heuristic::ShortSide, Heuristic::LongSide, Heuristic::Area];
-
     /// A lower bound of the score of any cell with leftover width `dw` in a
     /// free rect of height `fh`. Equal scores lose to the cells already seen
     /// (wider ones, at equal height).
@@ -34,15 +56,19 @@ impl Heuristic {
             Heuristic::ShortSide => (0, dw),
             Heuristic::LongSide => (dw, 0),
             Heuristic::Area => (dw * fh, 0),
+            Heuristic::BottomLeft => (0, 0),
         }
     }
 
-    fn score(self, fw: u64, fh: u64, w: u64, h: u64) -> (u64, u64) {
+    /// The score of a `w x h` cell at the corner of free rect `f`.
+    fn score(self, f: &Rect, w: u64, h: u64) -> (u64, u64) {
+        let (fw, fh) = (f.x1 - f.x0, f.y1 - f.y0);
         let (dw, dh) = (fw - w, fh - h);
         match self {
             Heuristic::ShortSide => (dw.min(dh), dw.max(dh)),
             Heuristic::LongSide => (dw.max(dh), dw.min(dh)),
             Heuristic::Area => (fw * fh - w * h, dw.min(dh)),
+            Heuristic::BottomLeft => (f.y0 + h, f.x0),
         }
     }
 }
@@ -62,6 +88,8 @@ pub(super) struct Kinds {
     columns: Vec<Vec<(usize, usize)>>,
     /// Per kind, `(width index, height index)`.
     ranks: Vec<(usize, usize)>,
+    /// Kinds by area, largest first (then kind order).
+    largest: Vec<usize>,
 }
 
 impl Kinds {
@@ -111,7 +139,10 @@ impl Kinds {
         for column in &mut columns {
             column.sort_unstable();
         }
+        let mut largest: Vec<usize> = (0..sizes.len()).collect();
+        largest.sort_by_key(|&k| (std::cmp::Reverse(sizes[k].0 * sizes[k].1), k));
         Kinds {
+            largest,
             sizes,
             members,
             widths,
@@ -247,14 +278,15 @@ pub(super) struct MaxRects {
 }
 
 impl MaxRects {
-    /// Places as many of `kinds`' cells as fit into a `w x h` bin, in global
-    /// best-fit order, writing each placed cell's top-left corner into
-    /// `out[cell]` (which must be long enough; unplaced cells are untouched).
-    /// Returns how many cells were placed.
+    /// Places `kinds`' cells into a `w x h` bin by `strategy`, writing each
+    /// placed cell's top-left corner into `out[cell]` (which must be long
+    /// enough; unplaced cells are untouched), and returns how many it placed.
+    /// Global best fit places as many as fit; a sorted order stops at the
+    /// first cell that does not fit.
     pub(super) fn run(
         &mut self,
         kinds: &Kinds,
-        heuristic: Heuristic,
+        strategy: Strategy,
         w: u64,
         h: u64,
         out: &mut [Option<(u64, u64)>],
@@ -268,6 +300,22 @@ impl MaxRects {
         }
         self.left.clear();
         self.left.extend(kinds.members.iter().map(Vec::len));
+        // Free rects cache their best kind under this score: the global order
+        // picks by it; sorted orders use it only to drop rects nothing fits.
+        let heuristic = match strategy.order {
+            Order::Global => strategy.heuristic,
+            Order::Tallest | Order::Largest => Heuristic::ShortSide,
+        };
+        let tallest: Vec<usize>;
+        let sequence: Option<&[usize]> = match strategy.order {
+            Order::Global => None,
+            Order::Tallest => {
+                tallest = (0..kinds.sizes.len()).collect();
+                Some(&tallest)
+            }
+            Order::Largest => Some(&kinds.largest),
+        };
+        let mut cursor = 0;
         self.free.clear();
         let bin = Rect {
             x0: 0,
@@ -281,12 +329,33 @@ impl MaxRects {
         let mut placed = 0;
         let mut fsum = 0usize;
         let t0 = std::time::Instant::now();
-        while let Some(at) = self.next() {
+        loop {
+            let (at, kind) = match sequence {
+                None => {
+                    let Some(at) = self.next() else { break };
+                    let best = self.free[at].best;
+                    let column = &kinds.columns[best.at.0];
+                    (
+                        at,
+                        column[column.partition_point(|&(hi, _)| hi < best.at.1)].1,
+                    )
+                }
+                Some(sequence) => {
+                    while sequence.get(cursor).is_some_and(|&k| self.left[k] == 0) {
+                        cursor += 1;
+                    }
+                    let Some(&kind) = sequence.get(cursor) else {
+                        break;
+                    };
+                    let Some(at) = self.next_for(kinds.sizes[kind], strategy.heuristic) else {
+                        break;
+                    };
+                    (at, kind)
+                }
+            };
             fsum += self.free.len();
             SPLITS.with(|c| c.set(c.get() + self.split.len()));
-            let Free { rect, best } = self.free[at];
-            let column = &kinds.columns[best.at.0];
-            let kind = column[column.partition_point(|&(hi, _)| hi < best.at.1)].1;
+            let rect = self.free[at].rect;
             let (cw, ch) = kinds.sizes[kind];
             let taken = kinds.members[kind].len() - self.left[kind];
             out[kinds.members[kind][taken]] = Some((rect.x0, rect.y0));
@@ -299,8 +368,8 @@ impl MaxRects {
                 y1: rect.y0 + ch,
             };
             if self.left[kind] == 0 {
-                self.kill(best.at);
-                self.rescore(kinds, heuristic, best.at);
+                self.kill(kinds.ranks[kind]);
+                self.rescore(kinds, heuristic, kinds.ranks[kind]);
             }
             self.place(kinds, heuristic, used);
         }
@@ -314,6 +383,20 @@ impl MaxRects {
             );
         }
         placed
+    }
+
+    /// Index of the free rect where a `w x h` cell scores best (then topmost,
+    /// leftmost).
+    fn next_for(&self, (w, h): (u64, u64), heuristic: Heuristic) -> Option<usize> {
+        (0..self.free.len())
+            .filter(|&i| {
+                let f = &self.free[i].rect;
+                f.x1 - f.x0 >= w && f.y1 - f.y0 >= h
+            })
+            .min_by_key(|&i| {
+                let f = &self.free[i].rect;
+                (heuristic.score(f, w, h), f.y0, f.x0)
+            })
     }
 
     /// Index of the free rect holding the globally best choice.
@@ -338,7 +421,7 @@ impl MaxRects {
         let choice = |wi: usize, hi: usize| {
             let (w, h) = (kinds.widths[wi], kinds.heights[hi]);
             Choice {
-                score: heuristic.score(fw, fh, w, h),
+                score: heuristic.score(rect, w, h),
                 width: std::cmp::Reverse(w),
                 height: std::cmp::Reverse(h),
                 at: (wi, hi),
