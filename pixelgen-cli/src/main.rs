@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod pack;
 mod pixelize;
 mod txt2img;
 
@@ -46,6 +47,8 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Pack a folder of PNGs into an atlas and TexturePacker JSON (hash), as the build packs.
+    Pack(pack::Pack),
     /// Turn one raw image (pseudo pixel art) into exact-size pixel art, as the build does.
     Pixelize(pixelize::Pixelize),
     /// Draw one raw image with Stable Diffusion (a model folder, .safetensors file or HF id).
@@ -109,6 +112,13 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             );
             Ok(ExitCode::from(1))
         }
+        Command::Pack(args) => match pack::run(args) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(error) => {
+                eprintln!("error: {error}");
+                Ok(ExitCode::from(1))
+            }
+        },
         Command::Pixelize(args) => match pixelize::run(args) {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(error) => {

@@ -66,13 +66,18 @@ fn load_palette(spec: &str) -> Result<Palette, String> {
 }
 
 fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    parse_dimensions(text, 4096)
+}
+
+/// `WIDTHxHEIGHT`, each from 1 to `limit`.
+pub(crate) fn parse_dimensions(text: &str, limit: u32) -> Result<(u32, u32), String> {
     let parsed = text
         .split_once(['x', 'X'])
         .and_then(|(w, h)| Some((w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?)));
     match parsed {
-        Some((w, h)) if w > 0 && h > 0 && w <= 4096 && h <= 4096 => Ok((w, h)),
+        Some((w, h)) if w > 0 && h > 0 && w <= limit && h <= limit => Ok((w, h)),
         _ => Err(format!(
-            "`{text}` is not a size: write WIDTHxHEIGHT, e.g. 32x32 (1 to 4096 each)"
+            "`{text}` is not a size: write WIDTHxHEIGHT, e.g. 32x32 (1 to {limit} each)"
         )),
     }
 }

@@ -363,6 +363,7 @@ fn expand(module: &syn::Ident, out_dir: Option<std::ffi::OsString>) -> Result<To
                     if !app.is_plugin_added::<::bevy::image::TextureAtlasPlugin>() {
                         app.add_plugins(::bevy::image::TextureAtlasPlugin);
                     }
+                    use ::bevy::ecs::schedule::IntoScheduleConfigs as _;
                     app.add_systems(
                         ::bevy::app::PostUpdate,
                         place_trimmed_sprites.before(::bevy::camera::visibility::VisibilitySystems::CalculateBounds),

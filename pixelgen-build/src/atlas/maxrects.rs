@@ -327,8 +327,6 @@ impl MaxRects {
             self.free.push(Free { rect: bin, best });
         }
         let mut placed = 0;
-        let mut fsum = 0usize;
-        let t0 = std::time::Instant::now();
         loop {
             let (at, kind) = match sequence {
                 None => {
@@ -353,8 +351,6 @@ impl MaxRects {
                     (at, kind)
                 }
             };
-            fsum += self.free.len();
-            SPLITS.with(|c| c.set(c.get() + self.split.len()));
             let rect = self.free[at].rect;
             let (cw, ch) = kinds.sizes[kind];
             let taken = kinds.members[kind].len() - self.left[kind];
@@ -372,15 +368,6 @@ impl MaxRects {
                 self.rescore(kinds, heuristic, kinds.ranks[kind]);
             }
             self.place(kinds, heuristic, used);
-        }
-        if std::env::var_os("PROBE").is_some() {
-            eprintln!(
-                "run {w}x{h}: placed {placed} avg F {} splits {} calls {} in {:?}",
-                fsum / placed.max(1),
-                SPLITS.with(|c| c.replace(0)) / placed.max(1),
-                CALLS.with(|c| c.replace(0)) as f64 / placed.max(1) as f64,
-                t0.elapsed()
-            );
         }
         placed
     }
@@ -561,5 +548,4 @@ impl MaxRects {
     }
 }
 
-thread_local! { static SPLITS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) }; }
 thread_local! { static CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) }; }
