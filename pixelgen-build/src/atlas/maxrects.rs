@@ -547,5 +547,3 @@ impl MaxRects {
         }
     }
 }
-
-thread_local! { static CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) }; }
