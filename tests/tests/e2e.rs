@@ -87,8 +87,12 @@ fn reordering_the_manifest_regenerates_nothing_and_keeps_every_index() {
     let first = game.build(&[]);
     assert!(first.success, "{}", first.stderr);
     let index_before = game.index(&first);
-    let atlas_before =
-        std::fs::read(index_before["atlases"][0]["image"].as_str().unwrap()).unwrap();
+    let atlas_before = std::fs::read(
+        index_before["atlases"][0]["pages"][0]["image"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
 
     let reordered = r#"(
     sprites: {
@@ -105,7 +109,12 @@ fn reordering_the_manifest_regenerates_nothing_and_keeps_every_index() {
     assert_eq!(second.summary, Some((3, 0, 3)), "{}", second.stderr);
     let index_after = game.index(&second);
     assert_eq!(index_after, index_before);
-    let atlas_after = std::fs::read(index_after["atlases"][0]["image"].as_str().unwrap()).unwrap();
+    let atlas_after = std::fs::read(
+        index_after["atlases"][0]["pages"][0]["image"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(atlas_after, atlas_before, "byte-identical atlas");
 }
 
@@ -230,10 +239,16 @@ fn a_diffusion_sprite_builds_through_cargo_build_from_a_local_model() {
         .iter()
         .find(|s| s["name"] == "knight")
         .expect("knight in the index");
-    let rect = &atlas["rects"][knight["frames"][0].as_u64().unwrap() as usize];
+    let page = &atlas["pages"][knight["page"].as_u64().unwrap() as usize];
+    let layout_index = knight["frames"][0].as_u64().unwrap() as usize;
+    let (rect, trim) = (&page["rects"][layout_index], &page["trims"][layout_index]);
     assert_eq!(
-        (rect[2].as_u64(), rect[3].as_u64()),
+        (trim[2].as_u64(), trim[3].as_u64()),
         (Some(16), Some(16)),
+        "{trim}"
+    );
+    assert!(
+        rect[2].as_u64().unwrap() <= 16 && rect[3].as_u64().unwrap() <= 16,
         "{rect}"
     );
 
