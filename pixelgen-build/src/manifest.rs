@@ -838,7 +838,7 @@ mod tests {
         palette: "endesga-32",
         background: Transparent,
     ),
-    atlases: { "characters": (padding: 2, extrude: 1), "items": () },
+    atlases: { "characters": (padding: 2, extrude: 1), "items": (trim: false, max_size: (256, 128)) },
     sprites: {
         "potion":    (prompt: "red potion bottle", seed: 7, atlas: "items", size: (16, 16)),
         "hero":      (prompt: "knight with a red cape", seed: 42, atlas: "characters"),
@@ -863,6 +863,10 @@ mod tests {
         assert_eq!(m.sprites[2].generator, GeneratorSpec::Procedural);
         assert_eq!(m.atlases.len(), 2);
         assert_eq!(m.atlases[0].options.padding, 2);
+        assert!(m.atlases[0].options.trim, "trimmed by default");
+        let items = m.atlases[1].options;
+        assert!(!items.trim);
+        assert_eq!((items.max_width, items.max_height), (256, 128));
     }
 
     #[test]

@@ -337,6 +337,9 @@ impl Problem {
 
     /// The smallest layout found, or `None` if even the largest bin fails.
     fn search(&self, threads: usize) -> Option<Found> {
+        if self.area > self.bin_w.saturating_mul(self.bin_h) {
+            return None; // more cells than the largest bin holds
+        }
         if self.members.is_empty() {
             return Some(Found {
                 width: 0,
