@@ -176,67 +176,12 @@ pub fn pack(sources: &[Source<'_>], options: &AtlasOptions) -> Result<PackedAtla
         return Err(AtlasError::DuplicateName(sources[w[0]].name.to_owned()));
     }
 
-    // Trim, then deduplicate: `uniques` in name order of their first frame.
-    let mut uniques: Vec<Unique> = Vec::new();
-    let mut unique_of = vec![0; sources.len()];
-    let mut trims = vec![
-        Trim {
-            x: 0,
-            y: 0,
-            source_width: 0,
-            source_height: 0
-        };
-        sources.len()
-    ];
-    let mut seen: HashMap<(u32, u32, Vec<u8>), usize> = HashMap::new();
-    for &i in &order {
-        let image = sources[i].image;
-        let bounds = if options.trim {
-            opaque_bounds(image)
-        } else {
-            Some((0, 0, image.width(), image.height()))
-        };
-        let (x, y, w, h) = bounds.unwrap_or((0, 0, 0, 0));
-        trims[i] = Trim {
-            x,
-            y,
-            source_width: image.width(),
-            source_height: image.height(),
-        };
-        let pixels = crop(image, x, y, w, h);
-        let next = uniques.len();
-        let u = *seen.entry((w, h, pixels)).or_insert(next);
-        if u == next {
-            uniques.push(Unique {
-                source: i,
-                x,
-                y,
-                width: w,
-                height: h,
-            });
-        }
-        unique_of[i] = u;
-    }
-
-    // Groups by name; frames sharing a unique rect join their groups (union-find)
-    // so the shared rect is on every sharer's page.
-    let mut group_names: Vec<&str> = sources.iter().map(|s| s.group).collect();
-    group_names.sort_unstable();
-    group_names.dedup();
-    let group_id = |name: &str| group_names.binary_search(&name).unwrap_or(0);
-    let mut parent: Vec<usize> = (0..group_names.len()).collect();
-    let mut first_group: Vec<Option<usize>> = vec![None; uniques.len()];
-    for &i in &order {
-        let g = group_id(sources[i].group);
-        match first_group[unique_of[i]] {
-            None => first_group[unique_of[i]] = Some(g),
-            Some(other) => union(&mut parent, g, other),
-        }
-    }
-    let groups: Vec<usize> = first_group
-        .iter()
-        .map(|g| find(&mut parent, g.unwrap_or(0)))
-        .collect();
+    let Deduped {
+        uniques,
+        unique_of,
+        trims,
+    } = trim_and_dedupe(sources, &order, options.trim);
+    let groups = page_groups(sources, &order, &unique_of, uniques.len());
 
     let e = options.extrude;
     let extruded = |u: &Unique| {
@@ -289,18 +234,14 @@ pub fn pack(sources: &[Source<'_>], options: &AtlasOptions) -> Result<PackedAtla
     let pages = pack_pages(&sizes, &groups, &layout_options).map_err(
         |LayoutError::DoesNotFit { index }| {
             let group = groups[index];
+            let members: Vec<usize> = order
+                .iter()
+                .copied()
+                .filter(|&i| groups[unique_of[i]] == group)
+                .collect();
             AtlasError::GroupTooLarge {
-                group: sources[order
-                    .iter()
-                    .copied()
-                    .find(|&i| find_const(&parent, group_id(sources[i].group)) == group)
-                    .unwrap_or(0)]
-                .group
-                .to_owned(),
-                frames: order
-                    .iter()
-                    .filter(|&&i| groups[unique_of[i]] == group)
-                    .count(),
+                group: members.first().map_or("", |&i| sources[i].group).to_owned(),
+                frames: members.len(),
                 max_width: max_w,
                 max_height: max_h,
             }
@@ -348,8 +289,7 @@ pub fn pack(sources: &[Source<'_>], options: &AtlasOptions) -> Result<PackedAtla
 
     let images = pages
         .iter()
-        .enumerate()
-        .map(|(p, page)| {
+        .map(|page| {
             let (w, h) = (page.layout.width.max(1), page.layout.height.max(1));
             let drawn: Vec<(&RgbaImage, Placement, (u32, u32))> = page
                 .rects
@@ -363,11 +303,6 @@ pub fn pack(sources: &[Source<'_>], options: &AtlasOptions) -> Result<PackedAtla
                     )
                 })
                 .collect();
-            debug_assert!(
-                drawn
-                    .iter()
-                    .all(|(_, _, _)| unique_place.iter().any(|(q, _)| *q == p))
-            );
             render(w, h, &drawn, e).ok_or(AtlasError::TooLarge {
                 width: w,
                 height: h,
@@ -382,6 +317,90 @@ pub fn pack(sources: &[Source<'_>], options: &AtlasOptions) -> Result<PackedAtla
     Ok(PackedAtlas { pages, frames })
 }
 
+/// Each source's trim, and its frames deduplicated.
+struct Deduped {
+    /// Distinct trimmed frames, in name order of their first source.
+    uniques: Vec<Unique>,
+    /// Per source, its index in `uniques`.
+    unique_of: Vec<usize>,
+    /// Per source, where its rect lies in the frame.
+    trims: Vec<Trim>,
+}
+
+/// Trims every source (in name `order`) and numbers identical trimmed pixels once.
+fn trim_and_dedupe(sources: &[Source<'_>], order: &[usize], trim: bool) -> Deduped {
+    let mut uniques: Vec<Unique> = Vec::new();
+    let mut unique_of = vec![0; sources.len()];
+    let empty = Trim {
+        x: 0,
+        y: 0,
+        source_width: 0,
+        source_height: 0,
+    };
+    let mut trims = vec![empty; sources.len()];
+    let mut seen: HashMap<(u32, u32, Vec<u8>), usize> = HashMap::new();
+    for &i in order {
+        let image = sources[i].image;
+        let bounds = if trim {
+            opaque_bounds(image)
+        } else {
+            Some((0, 0, image.width(), image.height()))
+        };
+        // Nothing opaque: an empty rect that takes no space.
+        let (x, y, w, h) = bounds.unwrap_or((0, 0, 0, 0));
+        trims[i] = Trim {
+            x,
+            y,
+            source_width: image.width(),
+            source_height: image.height(),
+        };
+        let next = uniques.len();
+        let u = *seen.entry((w, h, crop(image, x, y, w, h))).or_insert(next);
+        if u == next {
+            uniques.push(Unique {
+                source: i,
+                x,
+                y,
+                width: w,
+                height: h,
+            });
+        }
+        unique_of[i] = u;
+    }
+    Deduped {
+        uniques,
+        unique_of,
+        trims,
+    }
+}
+
+/// Per unique rect, its page group: groups are numbered by name, and groups
+/// that share a rect are merged (union-find) so the rect is on every sharer's
+/// page.
+fn page_groups(
+    sources: &[Source<'_>],
+    order: &[usize],
+    unique_of: &[usize],
+    uniques: usize,
+) -> Vec<usize> {
+    let mut names: Vec<&str> = sources.iter().map(|s| s.group).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut parent: Vec<usize> = (0..names.len()).collect();
+    let mut first: Vec<Option<usize>> = vec![None; uniques];
+    for &i in order {
+        let g = names.binary_search(&sources[i].group).unwrap_or(0);
+        match first[unique_of[i]] {
+            None => first[unique_of[i]] = Some(g),
+            Some(other) => union(&mut parent, g, other),
+        }
+    }
+    first
+        .iter()
+        .map(|g| find(&mut parent, g.unwrap_or(0)))
+        .collect()
+}
+
 /// A distinct trimmed frame: its first source and the rect within it.
 struct Unique {
     source: usize,
@@ -394,13 +413,6 @@ struct Unique {
 fn find(parent: &mut [usize], mut g: usize) -> usize {
     while parent[g] != g {
         parent[g] = parent[parent[g]];
-        g = parent[g];
-    }
-    g
-}
-
-fn find_const(parent: &[usize], mut g: usize) -> usize {
-    while parent[g] != g {
         g = parent[g];
     }
     g
