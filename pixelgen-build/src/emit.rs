@@ -227,6 +227,39 @@ mod tests {
     }
 
     #[test]
+    fn sprites_beyond_max_size_spill_onto_pages_with_their_frames_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = r#"(atlases: { "small": (max_size: (40, 40), trim: false) }, sprites: {
+            "a": (prompt: "knight", atlas: "small", size: (16, 16), frames: 3),
+            "b": (prompt: "slime", atlas: "small", size: (16, 16), frames: 3),
+            "c": (prompt: "bat", atlas: "small", size: (16, 16), frames: 2),
+        })"#;
+        let index = build(dir.path(), manifest).unwrap();
+        let atlas = &index.atlases[0];
+        assert!(atlas.pages.len() >= 2, "{} pages", atlas.pages.len());
+        for (p, page) in atlas.pages.iter().enumerate() {
+            assert!(page.width <= 40 && page.height <= 40);
+            let png = image::open(&page.image).unwrap();
+            assert_eq!((png.width(), png.height()), (page.width, page.height));
+            let on_page: usize = atlas
+                .sprites
+                .iter()
+                .filter(|s| s.page == p)
+                .map(|s| s.frames.len())
+                .sum();
+            assert_eq!(
+                on_page,
+                page.rects.len(),
+                "page {p} holds its sprites' frames"
+            );
+        }
+        for sprite in &atlas.sprites {
+            let last = *sprite.frames.last().unwrap();
+            assert!(last < atlas.pages[sprite.page].rects.len());
+        }
+    }
+
+    #[test]
     fn sprites_that_do_not_fit_name_the_atlas_and_sprite() {
         let dir = tempfile::tempdir().unwrap();
         let manifest = r#"(atlases: { "tiny": (max_size: (20, 20)) }, sprites: { "big": (prompt: "tree", atlas: "tiny", size: (32, 32)) })"#;

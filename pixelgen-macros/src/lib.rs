@@ -577,6 +577,35 @@ mod tests {
     }
 
     #[test]
+    fn a_sprite_on_a_later_page_carries_its_page() {
+        let page = |image: &str| IndexedPage {
+            image: image.into(),
+            width: 8,
+            height: 8,
+            rects: vec![[0, 0, 8, 8]],
+            trims: vec![[0, 0, 8, 8]],
+        };
+        let atlas = IndexedAtlas {
+            name: "big".into(),
+            module: "big".into(),
+            pages: vec![page("/big.png"), page("/big-1.png")],
+            sprites: vec![IndexedSprite {
+                name: "tree".into(),
+                constant: "TREE".into(),
+                page: 1,
+                frames: vec![0],
+                animated: false,
+            }],
+        };
+        let code = atlas_module(0, &atlas).unwrap().to_string();
+        assert!(
+            code.contains("SpriteIndex :: new (1usize , 0usize)"),
+            "{code}"
+        );
+        assert!(code.contains("\"/big-1.png\""), "{code}");
+    }
+
+    #[test]
     fn non_contiguous_frames_are_refused() {
         let atlas = IndexedAtlas {
             name: "a".into(),
