@@ -55,6 +55,16 @@ fn sprites(dir: &Path) -> Vec<(String, RgbaImage)> {
     out
 }
 
+/// Runs `pack` and asserts it succeeded.
+fn pack_ok(dir: &Path, args: &[&str]) {
+    let out = pack(dir, args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -134,7 +144,7 @@ fn a_folder_becomes_an_atlas_and_texture_packer_json() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("sprites");
     let sprites = sprites(&input);
-    let out = pack(
+    pack_ok(
         dir.path(),
         &[
             "sprites",
@@ -145,11 +155,6 @@ fn a_folder_becomes_an_atlas_and_texture_packer_json() {
             "--padding",
             "2",
         ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let json = read_json(&dir.path().join("atlas.json"));
     let png = image::open(dir.path().join("atlas.png"))
@@ -200,7 +205,7 @@ fn trimming_records_where_each_frame_was_cut() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     let sprites = sprites(&input);
-    let out = pack(
+    pack_ok(
         dir.path(),
         &[
             "in",
@@ -212,11 +217,6 @@ fn trimming_records_where_each_frame_was_cut() {
             "--extrude",
             "1",
         ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let json = read_json(&dir.path().join("a.json"));
     let png = image::open(dir.path().join("a.png")).unwrap().into_rgba8();
@@ -232,7 +232,7 @@ fn sprites_beyond_max_size_go_onto_more_pages() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     let sprites = sprites(&input);
-    let out = pack(
+    pack_ok(
         dir.path(),
         &[
             "in",
@@ -243,11 +243,6 @@ fn sprites_beyond_max_size_go_onto_more_pages() {
             "--max-size",
             "80x64",
         ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let mut seen = Vec::new();
     for page in 0.. {

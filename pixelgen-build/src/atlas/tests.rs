@@ -458,22 +458,3 @@ fn empty_and_transparent_inputs_give_a_transparent_page() {
     assert_eq!(atlas.frames[0].trim.source_width, 8);
     assert_eq!(atlas.pages[0].dimensions(), (3, 3));
 }
-
-#[test]
-#[ignore = "timing probe"]
-fn timing_probe() {
-    for (n, lo, hi) in [(300, 8, 64), (1000, 4, 32), (10_000, 4, 32)] {
-        let sizes = random_sizes(n, lo, hi, 7);
-        let area: u64 = sizes.iter().map(|&(w, h)| u64::from(w * h)).sum();
-        let options = layout_options(0, 8192);
-        let t = std::time::Instant::now();
-        let layout = pack_rects(&sizes, &options).unwrap();
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        println!(
-            "{n} rects: {}x{} occupancy {:.4} in {ms:.1} ms",
-            layout.width,
-            layout.height,
-            area as f64 / (u64::from(layout.width) * u64::from(layout.height)) as f64
-        );
-    }
-}
