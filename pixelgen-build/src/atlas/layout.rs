@@ -81,6 +81,10 @@ pub(super) fn pack_rects_with_threads(
 /// stay on one page (the frames of one animation, say). Pages are filled in
 /// turn: each takes the groups that global best fit places completely into a
 /// maximum-size bin, and is then shrunk like [`pack_rects`].
+///
+/// # Panics
+///
+/// If `groups` and `sizes` differ in length.
 pub fn pack_pages(
     sizes: &[(u32, u32)],
     groups: &[usize],
@@ -113,11 +117,6 @@ pub fn pack_pages(
         }
         grow(&problem, &left, groups, &mut taken);
         let page = loop {
-            if taken.is_empty() {
-                // Not even one group fits a page by itself: name its first rect.
-                let index = first_of_unplaceable_group(&left, groups, &out);
-                return Err(LayoutError::DoesNotFit { index });
-            }
             let members: Vec<usize> = left
                 .iter()
                 .copied()
@@ -126,6 +125,12 @@ pub fn pack_pages(
             let sub = Problem::new(sizes, options, members.iter().copied())?;
             if let Some(best) = sub.search(available_threads()) {
                 break sub.page(&best, &members);
+            }
+            if let [group] = taken[..] {
+                // Not even one group fits a page by itself: name its first rect.
+                let index = members.first().copied().unwrap_or(left[0]);
+                debug_assert_eq!(groups[index], group);
+                return Err(LayoutError::DoesNotFit { index });
             }
             // Repacking alone can fail where the fill pass succeeded (MaxRects
             // is not monotone): give up the last group and try again.
@@ -202,23 +207,6 @@ fn groups_placed(left: &[usize], groups: &[usize], out: &[Option<(u64, u64)>]) -
     missing.sort_unstable();
     all.retain(|g| missing.binary_search(g).is_err());
     all
-}
-
-/// The first rect of the first group in `left` that was not placed whole.
-fn first_of_unplaceable_group(
-    left: &[usize],
-    groups: &[usize],
-    out: &[Option<(u64, u64)>],
-) -> usize {
-    let unplaced = left
-        .iter()
-        .find(|&&i| out[i].is_none())
-        .copied()
-        .unwrap_or(left[0]);
-    left.iter()
-        .copied()
-        .find(|&i| groups[i] == groups[unplaced])
-        .unwrap_or(unplaced)
 }
 
 /// A set of rects to pack, in bin units: each cell is its rect plus the
