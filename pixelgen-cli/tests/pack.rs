@@ -65,6 +65,12 @@ fn pack_ok(dir: &Path, args: &[&str]) {
     );
 }
 
+fn sorted_names(sprites: &[(String, RgbaImage)]) -> Vec<String> {
+    let mut names: Vec<String> = sprites.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    names
+}
+
 fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -163,8 +169,7 @@ fn a_folder_becomes_an_atlas_and_texture_packer_json() {
     assert_eq!(json["meta"]["image"], "atlas.png");
     let mut names = check_page(&json, &png, &sprites, 2);
     names.sort();
-    let mut expected: Vec<String> = sprites.iter().map(|(n, _)| n.clone()).collect();
-    expected.sort();
+    let expected = sorted_names(&sprites);
     assert_eq!(names, expected, "every PNG, named by its relative path");
     // Untrimmed by default: frames are the whole images; identical images share a rect.
     let frames = &json["frames"];
@@ -261,8 +266,7 @@ fn sprites_beyond_max_size_go_onto_more_pages() {
     }
     assert!(dir.path().join("a-1.png").exists(), "more than one page");
     seen.sort();
-    let mut expected: Vec<String> = sprites.iter().map(|(n, _)| n.clone()).collect();
-    expected.sort();
+    let expected = sorted_names(&sprites);
     assert_eq!(seen, expected, "every sprite on exactly one page");
 }
 

@@ -101,15 +101,7 @@ pub fn pack_pages(
             break;
         }
         // Fill one maximum-size bin; keep only the groups placed completely.
-        let mut out = vec![None; sizes.len()];
-        let kinds = Kinds::new(&problem.cells, left.iter().copied());
-        MaxRects::default().run(
-            &kinds,
-            GLOBAL_SHORT_SIDE,
-            problem.bin_w,
-            problem.bin_h,
-            &mut out,
-        );
+        let out = problem.fill(left.iter().copied());
         let mut taken: Vec<usize> = groups_placed(&left, groups, &out);
         if taken.is_empty() {
             // Global best fit scattered every group: start from the first.
@@ -167,24 +159,13 @@ fn grow(problem: &Problem, left: &[usize], groups: &[usize], taken: &mut Vec<usi
     for group in candidates {
         let at = taken.partition_point(|&g| g < group);
         taken.insert(at, group);
-        let members = left
+        let members: Vec<usize> = left
             .iter()
             .copied()
-            .filter(|&i| taken.binary_search(&groups[i]).is_ok());
-        let kinds = Kinds::new(&problem.cells, members);
-        let count = left
-            .iter()
-            .filter(|&&i| taken.binary_search(&groups[i]).is_ok())
-            .count();
-        let mut out = vec![None; problem.cells.len()];
-        let placed = MaxRects::default().run(
-            &kinds,
-            GLOBAL_SHORT_SIDE,
-            problem.bin_w,
-            problem.bin_h,
-            &mut out,
-        );
-        if placed < count {
+            .filter(|&i| taken.binary_search(&groups[i]).is_ok())
+            .collect();
+        let out = problem.fill(members.iter().copied());
+        if members.iter().any(|&i| out[i].is_none()) {
             taken.remove(at);
             misses += 1;
             if misses == MISSES {
@@ -276,11 +257,27 @@ impl Problem {
         })
     }
 
-    /// The first member (in kind order) that the largest bin leaves out.
-    fn first_misfit(&self) -> usize {
-        let kinds = Kinds::new(&self.cells, self.members.iter().copied());
+    /// Global best short side fit of `members` into the largest bin: each
+    /// cell's corner, or `None` where no room was left (indexed like `cells`).
+    fn fill(&self, members: impl IntoIterator<Item = usize>) -> Vec<Option<(u64, u64)>> {
+        let kinds = Kinds::new(&self.cells, members);
         let mut out = vec![None; self.cells.len()];
         MaxRects::default().run(&kinds, GLOBAL_SHORT_SIDE, self.bin_w, self.bin_h, &mut out);
+        out
+    }
+
+    /// The widest and tallest cell, and the greatest common divisor of the
+    /// cells' widths and of their heights (sums of cells are multiples of it).
+    fn extent(&self, axis: fn(&(u64, u64)) -> u64) -> (u64, u64) {
+        self.members.iter().fold((1, 0), |(most, g), &i| {
+            let v = axis(&self.cells[i]);
+            (most.max(v), gcd(g, v))
+        })
+    }
+
+    /// The first member (in kind order) that the largest bin leaves out.
+    fn first_misfit(&self) -> usize {
+        let out = self.fill(self.members.iter().copied());
         let mut order = self.members.clone();
         order.sort_by_key(|&i| {
             (
@@ -370,12 +367,7 @@ impl Problem {
 
     /// Candidate bin widths (including one padding).
     fn widths(&self, count: usize) -> Vec<u64> {
-        let widest = self
-            .members
-            .iter()
-            .map(|&i| self.cells[i].0)
-            .max()
-            .unwrap_or(1);
+        let (widest, step) = self.extent(|c| c.0);
         if self.pow2 {
             let mut widths = Vec::new();
             let mut w = pow2_ceil(widest - self.pad).max(1);
@@ -408,11 +400,6 @@ impl Problem {
             *w = (*w).clamp(narrowest, widest_useful);
         }
         // Multiples of the cells' common width pack equal cells exactly.
-        let step = self
-            .members
-            .iter()
-            .fold(0, |g, &i| gcd(g, self.cells[i].0))
-            .max(1);
         if step > 1 {
             for w in widths.iter_mut() {
                 let up = w.div_ceil(step) * step;
@@ -430,12 +417,7 @@ impl Problem {
 
     /// Packs at bin width `w` from the area bound up until a height packs.
     fn scout(&self, kinds: &Kinds, strategy: Strategy, w: u64) -> Option<Scout> {
-        let tallest = self
-            .members
-            .iter()
-            .map(|&i| self.cells[i].1)
-            .max()
-            .unwrap_or(1);
+        let (tallest, _) = self.extent(|c| c.1);
         let lower = tallest.max(self.area.div_ceil(w.max(1)));
         if lower > self.bin_h {
             return None;
@@ -528,10 +510,7 @@ impl Problem {
 
     /// Heights that are sums of cell heights: their greatest common divisor.
     fn height_step(&self) -> u64 {
-        self.members
-            .iter()
-            .fold(0, |g, &i| gcd(g, self.cells[i].1))
-            .max(1)
+        self.extent(|c| c.1).1.max(1)
     }
 
     /// One pack into a `w x h` bin; `None` unless every cell is placed.
