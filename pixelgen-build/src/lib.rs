@@ -22,6 +22,7 @@ pub mod palette;
 pub mod pipeline;
 pub mod pixelize;
 pub mod plan;
+pub mod timings;
 
 mod builder;
 

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 mod pack;
 mod pixelize;
@@ -46,6 +46,9 @@ enum Command {
     Generate {
         #[command(flatten)]
         target: Target,
+        /// Print where the time went, stage by stage (also: PIXELGEN_TIMINGS=1).
+        #[arg(long)]
+        timings: bool,
     },
     /// Pack a folder of PNGs into an atlas and TexturePacker JSON (hash), as the build packs.
     Pack(pack::Pack),
@@ -63,6 +66,8 @@ struct Target {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: the first thing `main` does, before any other thread exists.
+    unsafe { pixelgen_build::generate::settle_cpu_threads() };
     let mut args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("pixelgen") {
         args.remove(1);
@@ -133,7 +138,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 Ok(ExitCode::from(1))
             }
         },
-        Command::Generate { target } => {
+        Command::Generate { target, timings } => {
+            let started = Instant::now();
+            let show_timings = timings || env_flag("PIXELGEN_TIMINGS");
             let mut session = open(&target, false)?;
             let mut bar = Bar(None);
             let summary = session.realize(false, &mut bar)?;
@@ -143,6 +150,10 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             println!("{summary}");
             for note in &summary.notes {
                 eprintln!("{note}");
+            }
+            if show_timings {
+                session.timings.set_wall(started.elapsed());
+                eprint!("{}", session.timings);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -161,6 +172,14 @@ fn open(target: &Target, offline: bool) -> Result<Session, Error> {
     let tag = path_tag(&crate_dir);
     let state = std::env::temp_dir().join(format!("pixelgen-cli-stamps-{tag}.json"));
     Session::open(project, FileHasher::persistent(state), offline)
+}
+
+/// Whether an environment variable is set to something other than empty, 0, false or no.
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| {
+        let v = v.trim().to_ascii_lowercase();
+        !v.is_empty() && v != "0" && v != "false" && v != "no"
+    })
 }
 
 /// A file-name-safe tag for a folder (no hashing crate needed for this).

@@ -30,6 +30,7 @@ pub use sample::{Noise, Request, Settings};
 
 use super::{GenerateError, Generator, Job};
 use crate::manifest::{GeneratorSpec, SpriteSpec};
+use crate::timings::Timings;
 
 /// Why a model could not be found, loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +235,11 @@ pub fn frame_seed(seed: u64, frame: u32) -> u64 {
 }
 
 impl Generator for Diffusion {
-    fn generate(&mut self, jobs: &[Job<'_>]) -> Result<Vec<RgbaImage>, GenerateError> {
+    fn generate(
+        &mut self,
+        jobs: &[Job<'_>],
+        timings: &mut Timings,
+    ) -> Result<Vec<RgbaImage>, GenerateError> {
         let mut images = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(self.batch) {
             let requests: Vec<Request> = chunk
@@ -248,7 +253,7 @@ impl Generator for Diffusion {
                 .collect();
             let drawn = self
                 .model
-                .generate(&self.settings, &requests)
+                .generate_timed(&self.settings, &requests, timings)
                 .map_err(|e| GenerateError::Failed {
                     sprite: chunk[0].sprite.name.clone(),
                     message: e.to_string(),
