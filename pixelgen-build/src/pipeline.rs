@@ -158,6 +158,9 @@ pub struct Session {
     pub plan: Vec<PlannedSprite>,
     cache: Cache,
     hasher: FileHasher,
+    /// Where to look for `cargo pixelgen serve`; `None`: always in-process.
+    #[cfg(unix)]
+    server: Option<crate::serve::WarmServer>,
 }
 
 impl Session {
@@ -174,7 +177,18 @@ impl Session {
             lock,
             plan,
             hasher,
+            #[cfg(unix)]
+            server: None,
         })
+    }
+
+    /// Sends Diffusion frames to the warm server at this address when one answers there
+    /// (else, or when it fails, they are drawn in-process). Keys and cache files are the
+    /// same either way.
+    #[cfg(unix)]
+    pub fn with_server(mut self, server: Option<crate::serve::WarmServer>) -> Session {
+        self.server = server;
+        self
     }
 
     pub fn cache(&self) -> &Cache {
@@ -428,12 +442,15 @@ impl Session {
                 continue;
             }
             let first = &self.manifest.sprites[self.plan[jobs[0].0].sprite];
+            #[cfg(unix)]
+            let mut backend = generate::remote::backend_for(
+                first,
+                &manifest_dir,
+                self.server.as_ref(),
+                &self.plan[jobs[0].0].files,
+            )?;
+            #[cfg(not(unix))]
             let mut backend = generate::backend_for(first, &manifest_dir)?;
-            if let Some(note) = backend.take_note()
-                && !notes.contains(&note)
-            {
-                notes.push(note);
-            }
             for chunk in jobs.chunks(backend.batch_size().max(1)) {
                 let batch: Vec<Job> = chunk
                     .iter()
@@ -443,6 +460,12 @@ impl Session {
                     })
                     .collect();
                 let raws = backend.generate(&batch)?;
+                // Notes come when a backend loads, or falls back from the warm server.
+                while let Some(note) = backend.take_note() {
+                    if !notes.contains(&note) {
+                        notes.push(note);
+                    }
+                }
                 if raws.len() != batch.len() {
                     return Err(generate::GenerateError::Failed {
                         sprite: batch[0].sprite.name.clone(),
