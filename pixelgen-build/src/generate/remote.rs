@@ -55,7 +55,9 @@ pub fn backend_for(
     match Remote::connect(server, template) {
         Ok(remote) => backend.remote = Some(remote),
         Err(Connect::Unreachable(e)) => {
-            // The default address without a server is the normal case; a named one is not.
+            // Not asked again this run. The default address without a server is the
+            // normal case; a named one is not.
+            server.mark_failed();
             if server.explicit {
                 backend.notes.push(format!(
                     "pixelgen: no warm server answers at {} ({e}); generated in-process",

@@ -160,6 +160,8 @@ pub struct StatusReply {
     pub models: Vec<String>,
     /// The batch size for the asked-for device (what an in-process backend would use).
     pub batch: Option<usize>,
+    /// The stages of the last generate request served, in seconds (as in `Done`).
+    pub last_timings: Vec<(String, f64)>,
 }
 
 /// Why a frame could not be read.

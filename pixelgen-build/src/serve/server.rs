@@ -132,6 +132,7 @@ pub struct Server {
     devices: Vec<((String, Option<String>), Device, DType)>,
     loads: u64,
     requests: u64,
+    last_timings: Vec<(String, f64)>,
     last_request: Instant,
     stop: Arc<AtomicBool>,
     log: Box<dyn FnMut(&str) + Send>,
@@ -237,6 +238,7 @@ impl Server {
             devices: Vec::new(),
             loads: 0,
             requests: 0,
+            last_timings: Vec::new(),
             last_request: Instant::now(),
             stop: Arc::new(AtomicBool::new(false)),
             log: Box::new(|_| {}),
@@ -353,6 +355,8 @@ impl Server {
                     Some(asked) => match self.device(&asked) {
                         Ok((device, _)) => Some(batch_for(&device, asked.batch)),
                         Err(e) => {
+                            // The client will generate in-process and needs the device.
+                            self.release();
                             send(
                                 &mut stream,
                                 &Response::Error {
@@ -371,6 +375,7 @@ impl Server {
                     requests: self.requests,
                     models: self.models.iter().map(|h| describe(&h.key)).collect(),
                     batch,
+                    last_timings: self.last_timings.clone(),
                 };
                 send(&mut stream, &Response::Status(reply));
             }
@@ -384,6 +389,7 @@ impl Server {
                             request.jobs.len(),
                             started.elapsed().as_secs_f64()
                         ));
+                        self.last_timings = timings.clone();
                         send(&mut stream, &Response::Done { timings });
                     }
                     Err(Failure::Client(e)) => {
