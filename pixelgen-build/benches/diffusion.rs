@@ -22,18 +22,12 @@
 //! Without Python or diffusers the bench still measures pixelgen, on the cached model if
 //! there is one, else on a model with candle's own random init in `target/bench-sd15-candle/`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
-use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
-use pixelgen_build::generate::diffusion::clip::ClipTextModel;
-use pixelgen_build::generate::diffusion::config::{ClipConfig, UnetConfig, VaeConfig};
 use pixelgen_build::generate::diffusion::noise::{Stream, gaussian};
-use pixelgen_build::generate::diffusion::unet::Unet;
 use pixelgen_build::generate::diffusion::{LoadedModel, ModelLocation, Noise, Request, Settings};
 use pixelgen_build::manifest::Scheduler;
 use serde_json::Value;

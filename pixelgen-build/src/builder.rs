@@ -2,11 +2,13 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use crate::Error;
 use crate::index::OUT_SUBDIR;
 use crate::pipeline::{self, Project, Quiet, Session, Summary};
 use crate::plan::FileHasher;
+use crate::timings::Stage;
 
 /// Runs the pipeline for the crate whose build script calls it.
 ///
@@ -18,12 +20,17 @@ use crate::plan::FileHasher;
 ///   frames to (default: `$XDG_RUNTIME_DIR/pixelgen/serve.sock`, else
 ///   `<temp>/pixelgen-<uid>/serve.sock`), or `off`. Without a server there, generation
 ///   runs in-process; the results are the same.
+/// - `RAYON_NUM_THREADS`: CPU threads for Stable Diffusion (default: physical cores);
+///   set once here if unset, see [`crate::generate::settle_cpu_threads`].
+/// - `PIXELGEN_TIMINGS=1`: print where the build script's time went, stage by stage, as
+///   cargo warnings (cargo shows them after the build).
 #[derive(Debug, Clone, Default)]
 pub struct Build {
     crate_dir: Option<PathBuf>,
     out_dir: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
     offline: Option<bool>,
+    timings: Option<bool>,
 }
 
 impl Build {
@@ -55,8 +62,19 @@ impl Build {
         self
     }
 
+    /// Print the per-stage timings (or not) instead of reading `PIXELGEN_TIMINGS`.
+    pub fn timings(mut self, timings: bool) -> Self {
+        self.timings = Some(timings);
+        self
+    }
+
     /// Runs the build, prints the summary line as a cargo warning and returns the counts.
     pub fn run(self) -> Result<Summary, Error> {
+        let started = Instant::now();
+        // SAFETY: a build script calls `run` from its main thread, which is the only one
+        // then (pixelgen starts its own threads later, and cargo runs each build script
+        // as its own process).
+        unsafe { crate::generate::settle_cpu_threads() };
         let crate_dir = match self.crate_dir {
             Some(dir) => dir,
             None => required_env("CARGO_MANIFEST_DIR")?,
@@ -68,6 +86,9 @@ impl Build {
         let offline = self.offline.unwrap_or_else(|| {
             truthy(declared_env("PIXELGEN_OFFLINE")) || truthy(declared_env("CI"))
         });
+        let show_timings = self
+            .timings
+            .unwrap_or_else(|| truthy(declared_env("PIXELGEN_TIMINGS")));
         let cache_dir = self
             .cache_dir
             .or_else(|| declared_env("PIXELGEN_CACHE_DIR").map(|dir| crate_dir.join(dir)));
@@ -121,7 +142,9 @@ impl Build {
             }
         }
         let summary = session.realize(offline, &mut Quiet)?;
+        let emitting = Instant::now();
         crate::emit::emit(&session, &out_dir)?;
+        session.timings.add(Stage::Emit, emitting.elapsed());
         // cargo replays a build script's warnings while it is fresh: after a run that
         // generated, make the next build run again, so that its line says what it did.
         let marker = state_dir.join("generated");
@@ -132,6 +155,12 @@ impl Build {
         println!("cargo:warning={summary}");
         for note in &summary.notes {
             println!("cargo:warning={note}");
+        }
+        if show_timings {
+            session.timings.set_wall(started.elapsed());
+            for line in session.timings.to_string().lines() {
+                println!("cargo:warning={line}");
+            }
         }
         if env!("PIXELGEN_BUILD_OPT_LEVEL") == "0" {
             println!(

@@ -12,7 +12,10 @@ use crate::plan::{FileHasher, Key};
 
 /// The file whose advisory lock serialises generation into one cache folder.
 pub const LOCK_NAME: &str = ".pixelgen-lock";
-const GITIGNORE: &str = "# Written by pixelgen: commit the PNGs, not these.\n.tmp-pixelgen-*\n.pixelgen-lock\n# Raw diffusion output (large; lets a palette or size change skip the GPU).\nraw/\n";
+/// Content hashes of large input files (models) by (path, size, mtime), shared by every
+/// process that uses this cache; machine-specific, so never committed.
+pub const SHARED_STAMPS_NAME: &str = ".pixelgen-stamps.json";
+const GITIGNORE: &str = "# Written by pixelgen: commit the PNGs, not these.\n.tmp-pixelgen-*\n.pixelgen-lock\n.pixelgen-stamps.json\n# Raw diffusion output (large; lets a palette or size change skip the GPU).\nraw/\n";
 /// Where raw generator output lives, under the cache folder.
 const RAW_DIR: &str = "raw";
 

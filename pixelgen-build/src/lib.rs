@@ -24,6 +24,7 @@ pub mod pixelize;
 pub mod plan;
 #[cfg(unix)]
 pub mod serve;
+pub mod timings;
 
 mod builder;
 

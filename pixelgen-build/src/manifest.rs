@@ -91,7 +91,7 @@ fn default_steps() -> u32 {
     4
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Deserialize)]
 pub enum Scheduler {
     Ddim,
     Euler,

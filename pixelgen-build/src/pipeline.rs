@@ -10,12 +10,13 @@ use serde::Serialize;
 use crate::Error;
 #[cfg(test)]
 use crate::cache::LOCK_NAME;
-use crate::cache::{Cache, Lookup};
-use crate::generate::{self, Job};
+use crate::cache::{Cache, Lookup, SHARED_STAMPS_NAME};
+use crate::generate::{self, BatchKey, Job};
 use crate::lock::{LockFile, LockedSprite};
 use crate::manifest::{self, Manifest};
 use crate::pixelize;
 use crate::plan::{self, FileHasher, PlannedSprite};
+use crate::timings::{Stage, Timings};
 
 pub const MANIFEST_FILE: &str = "sprites.ron";
 pub const LOCK_FILE: &str = "sprites.lock";
@@ -156,6 +157,8 @@ pub struct Session {
     pub manifest: Manifest,
     pub lock: LockFile,
     pub plan: Vec<PlannedSprite>,
+    /// Where this session's time went so far, by stage.
+    pub timings: Timings,
     cache: Cache,
     hasher: FileHasher,
     /// Where to look for `cargo pixelgen serve`; `None`: always in-process.
@@ -167,15 +170,25 @@ impl Session {
     /// Reads the manifest and lock file and computes every key. `offline` lets LoRA
     /// files be absent (their hashes then come from the lock file).
     pub fn open(project: Project, mut hasher: FileHasher, offline: bool) -> Result<Session, Error> {
-        let manifest = manifest::load(&project.manifest_path)?;
-        let lock = LockFile::load(&project.lock_path)?;
-        let plan = plan::plan(&manifest, &mut hasher, &lock, offline)?;
+        hasher.share_large_files(
+            project.cache_dir.join(SHARED_STAMPS_NAME),
+            plan::SHARED_STAMP_MIN_SIZE,
+        );
+        let mut timings = Timings::new();
+        let (manifest, lock) = timings.time(Stage::Manifest, || {
+            Ok::<_, Error>((
+                manifest::load(&project.manifest_path)?,
+                LockFile::load(&project.lock_path)?,
+            ))
+        })?;
+        let plan = plan_timed(&manifest, &mut hasher, &lock, offline, &mut timings)?;
         Ok(Session {
             cache: Cache::new(&project.cache_dir),
             project,
             manifest,
             lock,
             plan,
+            timings,
             hasher,
             #[cfg(unix)]
             server: None,
@@ -197,9 +210,19 @@ impl Session {
 
     /// Every sprite's freshness, with reasons, sorted by name.
     pub fn status(&mut self) -> Vec<SpriteStatus> {
-        (0..self.plan.len())
-            .map(|i| self.sprite_status(i).0)
-            .collect()
+        self.all_statuses().into_iter().map(|(s, _)| s).collect()
+    }
+
+    /// Every sprite's status and its frames' lookups (one cache check).
+    fn all_statuses(&mut self) -> Vec<(SpriteStatus, Vec<Lookup>)> {
+        let start = std::time::Instant::now();
+        let statuses = (0..self.plan.len())
+            .map(|i| self.sprite_status(i))
+            .collect();
+        // Cache files hashed on the way are part of the check, not of `Stage::Hash`.
+        self.hasher.take_reading_time();
+        self.timings.add(Stage::CacheCheck, start.elapsed());
+        statuses
     }
 
     /// The status of one planned sprite, and its frames' lookups.
@@ -307,9 +330,7 @@ impl Session {
         offline: bool,
         progress: &mut dyn Progress,
     ) -> Result<Summary, Error> {
-        let mut statuses: Vec<(SpriteStatus, Vec<Lookup>)> = (0..self.plan.len())
-            .map(|i| self.sprite_status(i))
-            .collect();
+        let mut statuses = self.all_statuses();
         let stale_count = statuses
             .iter()
             .filter(|(s, _)| s.status == Freshness::Stale)
@@ -355,10 +376,14 @@ impl Session {
                 downloaded |= generate::prefetch_model(model, &manifest_dir)?;
             }
             if downloaded {
-                self.plan = plan::plan(&self.manifest, &mut self.hasher, &self.lock, offline)?;
-                statuses = (0..self.plan.len())
-                    .map(|i| self.sprite_status(i))
-                    .collect();
+                self.plan = plan_timed(
+                    &self.manifest,
+                    &mut self.hasher,
+                    &self.lock,
+                    offline,
+                    &mut self.timings,
+                )?;
+                statuses = self.all_statuses();
             }
             generated = statuses
                 .iter()
@@ -392,6 +417,10 @@ impl Session {
             lock.save(&self.project.lock_path)?;
         }
         self.lock = lock;
+        // The shared stamps live in the cache folder: make sure its .gitignore covers them.
+        if self.hasher.has_unsaved_shared_stamps() && self.cache.dir().is_dir() {
+            let _ = self.cache.prepare();
+        }
         self.hasher.save();
         Ok(Summary {
             sprites: self.plan.len(),
@@ -402,13 +431,14 @@ impl Session {
     }
 
     /// Generates every stale frame, one backend per group of sprites that share a
-    /// generator and LoRAs, in the backend's batch size. Returns the backends' notes.
+    /// generator, its settings and LoRAs ([`BatchKey`]), in the backend's batch size.
+    /// Returns the backends' notes.
     fn generate_stale(
         &mut self,
         statuses: &mut [(SpriteStatus, Vec<Lookup>)],
         progress: &mut dyn Progress,
     ) -> Result<Vec<String>, Error> {
-        let mut batches: BTreeMap<String, Vec<(usize, u32)>> = BTreeMap::new();
+        let mut batches: BTreeMap<BatchKey, Vec<(usize, u32)>> = BTreeMap::new();
         for (i, (status, lookups)) in statuses.iter().enumerate() {
             if status.status == Freshness::Fresh {
                 continue;
@@ -417,7 +447,7 @@ impl Session {
             for (frame, lookup) in lookups.iter().enumerate() {
                 if !matches!(lookup, Lookup::Hit { .. }) {
                     batches
-                        .entry(generate::batch_key(sprite))
+                        .entry(BatchKey::of(sprite))
                         .or_default()
                         .push((i, frame as u32));
                 }
@@ -426,6 +456,7 @@ impl Session {
         progress.start(batches.values().map(Vec::len).sum());
         let manifest_dir = self.project.manifest_dir().to_path_buf();
         let mut notes = Vec::new();
+        let mut timings = Timings::new();
         for jobs in batches.values() {
             // Frames whose raw image is cached (only the palette, size or background
             // changed) are finished from it without the generator.
@@ -433,65 +464,126 @@ impl Session {
             for &(i, frame) in jobs {
                 let raw_key = self.plan[i].raw_frames.as_ref().map(|k| k[frame as usize]);
                 match raw_key.and_then(|key| self.cache.read_raw(&key)) {
-                    Some(raw) => self.store_finished(statuses, i, frame, raw, progress)?,
+                    Some(raw) => {
+                        self.store_finished(statuses, i, frame, raw, progress, &mut timings)?
+                    }
                     None => to_generate.push((i, frame)),
                 }
             }
-            let jobs = to_generate;
-            if jobs.is_empty() {
+            if to_generate.is_empty() {
                 continue;
             }
-            let first = &self.manifest.sprites[self.plan[jobs[0].0].sprite];
+            let first = &self.manifest.sprites[self.plan[to_generate[0].0].sprite];
             #[cfg(unix)]
-            let mut backend = generate::remote::backend_for(
+            let backend = generate::remote::backend_for(
                 first,
                 &manifest_dir,
                 self.server.as_ref(),
-                &self.plan[jobs[0].0].files,
+                &self.plan[to_generate[0].0].files,
+                &mut timings,
             )?;
             #[cfg(not(unix))]
-            let mut backend = generate::backend_for(first, &manifest_dir)?;
-            for chunk in jobs.chunks(backend.batch_size().max(1)) {
-                let batch: Vec<Job> = chunk
-                    .iter()
-                    .map(|&(i, frame)| Job {
-                        sprite: &self.manifest.sprites[self.plan[i].sprite],
-                        frame,
-                    })
-                    .collect();
-                let raws = backend.generate(&batch)?;
-                // Notes come when a backend loads, or falls back from the warm server.
-                while let Some(note) = backend.take_note() {
-                    if !notes.contains(&note) {
-                        notes.push(note);
-                    }
-                }
-                if raws.len() != batch.len() {
-                    return Err(generate::GenerateError::Failed {
-                        sprite: batch[0].sprite.name.clone(),
-                        message: format!(
-                            "the backend returned {} images for {} jobs",
-                            raws.len(),
-                            batch.len()
-                        ),
-                    }
-                    .into());
-                }
-                for (raw, &(i, frame)) in raws.into_iter().zip(chunk) {
-                    if let Some(keys) = &self.plan[i].raw_frames {
-                        let key = keys[frame as usize];
-                        self.cache
-                            .write_raw(&key, &raw)
-                            .map_err(|source| Error::Cache {
-                                path: self.cache.raw_path_of(&key),
-                                source,
-                            })?;
-                    }
-                    self.store_finished(statuses, i, frame, raw, progress)?;
+            let backend = generate::backend_for(first, &manifest_dir, &mut timings)?;
+            let sampled = self.sample_and_store(backend, &to_generate, statuses, progress)?;
+            timings.merge(&sampled.timings);
+            for note in sampled.notes {
+                if !notes.contains(&note) {
+                    notes.push(note);
                 }
             }
         }
+        self.timings.merge(&timings);
         Ok(notes)
+    }
+
+    /// Samples `jobs` with `backend` batch by batch on a second thread while this one
+    /// pixelizes, writes and reports each finished batch, so the device never waits for
+    /// the CPU work of the batch before. The sampler runs at most one batch ahead; when
+    /// storing fails it stops after the batch in hand, and nothing it drew is stored
+    /// unless the whole image arrived (the cache only ever sees complete images).
+    fn sample_and_store(
+        &self,
+        mut backend: Box<dyn generate::Generator>,
+        jobs: &[(usize, u32)],
+        statuses: &mut [(SpriteStatus, Vec<Lookup>)],
+        progress: &mut dyn Progress,
+    ) -> Result<Sampled, Error> {
+        let mut notes: Vec<String> = backend.take_note().into_iter().collect();
+        let batch_size = backend.batch_size().max(1);
+        let sprites = &self.manifest.sprites;
+        let plan = &self.plan;
+        let mut timings = Timings::new();
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        let (sampler_timings, sampler_notes) = std::thread::scope(|scope| {
+            let sampler = scope.spawn(move || {
+                let mut timings = Timings::new();
+                let mut notes = Vec::new();
+                for (index, chunk) in jobs.chunks(batch_size).enumerate() {
+                    let batch: Vec<Job> = chunk
+                        .iter()
+                        .map(|&(i, frame)| Job {
+                            sprite: &sprites[plan[i].sprite],
+                            frame,
+                        })
+                        .collect();
+                    let drawn = backend.generate(&batch, &mut timings).and_then(|raws| {
+                        if raws.len() == batch.len() {
+                            Ok(raws)
+                        } else {
+                            Err(generate::GenerateError::Failed {
+                                sprite: batch[0].sprite.name.clone(),
+                                message: format!(
+                                    "the backend returned {} images for {} jobs",
+                                    raws.len(),
+                                    batch.len()
+                                ),
+                            })
+                        }
+                    });
+                    // A backend may fall back from the warm server mid-group, with a note.
+                    notes.extend(std::iter::from_fn(|| backend.take_note()));
+                    let failed = drawn.is_err();
+                    if sender.send((index, drawn)).is_err() || failed {
+                        break;
+                    }
+                }
+                // Dropping the backend here releases the model (and the device lock)
+                // before this group's last batch is stored.
+                drop(backend);
+                (timings, notes)
+            });
+            let stored = (|| -> Result<(), Error> {
+                for (index, drawn) in receiver {
+                    let chunk = jobs.chunks(batch_size).nth(index).unwrap_or_default();
+                    for (raw, &(i, frame)) in drawn?.into_iter().zip(chunk) {
+                        if let Some(keys) = &self.plan[i].raw_frames {
+                            let key = keys[frame as usize];
+                            let start = std::time::Instant::now();
+                            self.cache
+                                .write_raw(&key, &raw)
+                                .map_err(|source| Error::Cache {
+                                    path: self.cache.raw_path_of(&key),
+                                    source,
+                                })?;
+                            timings.add(Stage::EncodeWrite, start.elapsed());
+                        }
+                        self.store_finished(statuses, i, frame, raw, progress, &mut timings)?;
+                    }
+                }
+                Ok(())
+            })();
+            // On an error, `receiver` is dropped above, so the sampler stops at its next send.
+            let sampler_timings = sampler.join().map_err(|_| {
+                Error::Generate(generate::GenerateError::Failed {
+                    sprite: sprites[plan[jobs[0].0].sprite].name.clone(),
+                    message: "the sampling thread panicked".into(),
+                })
+            })?;
+            stored.map(|()| sampler_timings)
+        })?;
+        timings.merge(&sampler_timings);
+        notes.extend(sampler_notes);
+        Ok(Sampled { timings, notes })
     }
 
     /// Pixelizes a raw frame and stores the finished sprite frame in the cache.
@@ -502,13 +594,13 @@ impl Session {
         frame: u32,
         raw: image::RgbaImage,
         progress: &mut dyn Progress,
+        timings: &mut Timings,
     ) -> Result<(), Error> {
         let sprite = &self.manifest.sprites[self.plan[i].sprite];
-        let finished = pixelize::finish(raw, sprite);
+        let finished = timings.time(Stage::Pixelize, || pixelize::finish(raw, sprite));
         let key = &self.plan[i].frames[frame as usize];
-        let output = self
-            .cache
-            .write(key, &finished)
+        let output = timings
+            .time(Stage::EncodeWrite, || self.cache.write(key, &finished))
             .map_err(|source| Error::Cache {
                 path: self.cache.path_of(key),
                 source,
@@ -526,6 +618,29 @@ impl Session {
             .iter()
             .map(|p| (&self.manifest.sprites[p.sprite], p))
     }
+}
+
+/// What one group's sampling left besides cache entries.
+struct Sampled {
+    timings: Timings,
+    notes: Vec<String>,
+}
+
+/// `plan::plan`, with the time spent reading files to hash them counted apart.
+fn plan_timed(
+    manifest: &Manifest,
+    hasher: &mut FileHasher,
+    lock: &LockFile,
+    offline: bool,
+    timings: &mut Timings,
+) -> Result<Vec<PlannedSprite>, Error> {
+    hasher.take_reading_time();
+    let start = std::time::Instant::now();
+    let plan = plan::plan(manifest, hasher, lock, offline)?;
+    let hashing = hasher.take_reading_time();
+    timings.add(Stage::Hash, hashing);
+    timings.add(Stage::Plan, start.elapsed().saturating_sub(hashing));
+    Ok(plan)
 }
 
 /// An exclusive advisory lock, held while generating into one cache folder.
@@ -675,6 +790,86 @@ mod tests {
             })
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    /// A backend that draws `good` batches, then fails.
+    struct FailsAfter {
+        good: usize,
+    }
+
+    impl generate::Generator for FailsAfter {
+        fn generate(
+            &mut self,
+            jobs: &[Job<'_>],
+            _timings: &mut Timings,
+        ) -> Result<Vec<image::RgbaImage>, generate::GenerateError> {
+            if self.good == 0 {
+                return Err(generate::GenerateError::Failed {
+                    sprite: jobs[0].sprite.name.clone(),
+                    message: "device lost".into(),
+                });
+            }
+            self.good -= 1;
+            Ok(jobs
+                .iter()
+                .map(|j| {
+                    image::RgbaImage::from_pixel(
+                        j.sprite.width,
+                        j.sprite.height,
+                        image::Rgba([200, 10, 10, 255]),
+                    )
+                })
+                .collect())
+        }
+
+        fn batch_size(&self) -> usize {
+            1
+        }
+    }
+
+    /// Batches that arrived before the backend failed are stored whole; the failure is
+    /// reported naming the sprite; nothing partial or temporary is left in the cache.
+    #[test]
+    fn a_backend_failing_midway_keeps_finished_batches_and_leaves_no_litter() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = project(dir.path(), MANIFEST);
+        let mut s = session(&project, false);
+        let mut statuses = s.all_statuses();
+        let jobs: Vec<(usize, u32)> = statuses
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, lookups))| (0..lookups.len() as u32).map(move |f| (i, f)))
+            .collect();
+        assert_eq!(jobs.len(), 3);
+        let error = s
+            .sample_and_store(
+                Box::new(FailsAfter { good: 2 }),
+                &jobs,
+                &mut statuses,
+                &mut Quiet,
+            )
+            .err()
+            .expect("the third batch fails")
+            .to_string();
+        assert!(error.contains("device lost"), "{error}");
+        let stored: Vec<_> = statuses
+            .iter()
+            .flat_map(|(_, l)| l)
+            .filter(|l| matches!(l, Lookup::Hit { .. }))
+            .collect();
+        assert_eq!(stored.len(), 2);
+        let files: Vec<PathBuf> = walk(&dir.path().join("cache"));
+        let pngs = files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "png"))
+            .count();
+        assert_eq!(pngs, 2, "{files:?}");
+        assert!(
+            files
+                .iter()
+                .all(|p| !p.to_string_lossy().contains(".tmp-pixelgen")),
+            "{files:?}"
+        );
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {

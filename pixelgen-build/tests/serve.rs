@@ -311,7 +311,7 @@ fn impostor(socket: &Path) -> JoinHandle<()> {
                 requests: 0,
                 models: Vec::new(),
                 batch: Some(1),
-                last_timings: Vec::new(),
+                last_timings: pixelgen_build::timings::Timings::new(),
             });
             let _ = protocol::write_frame(&mut stream, &reply, &[]);
         }

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 mod pack;
 mod pixelize;
@@ -48,6 +48,9 @@ enum Command {
     Generate {
         #[command(flatten)]
         target: Target,
+        /// Print where the time went, stage by stage (also: PIXELGEN_TIMINGS=1).
+        #[arg(long)]
+        timings: bool,
         /// Send Stable Diffusion frames to the `cargo pixelgen serve` at this socket
         /// (default: PIXELGEN_SERVER, else the default socket; in-process when none answers)
         #[arg(long, value_name = "PATH", conflicts_with = "no_server")]
@@ -76,6 +79,8 @@ struct Target {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: the first thing `main` does, before any other thread exists.
+    unsafe { pixelgen_build::generate::settle_cpu_threads() };
     let mut args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("pixelgen") {
         args.remove(1);
@@ -156,9 +161,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         },
         Command::Generate {
             target,
+            timings,
             server,
             no_server,
         } => {
+            let started = Instant::now();
+            let show_timings = timings || env_flag("PIXELGEN_TIMINGS");
             let session = open(&target, false)?;
             #[cfg(unix)]
             let session = session.with_server(if no_server {
@@ -185,6 +193,10 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             for note in &summary.notes {
                 eprintln!("{note}");
             }
+            if show_timings {
+                session.timings.set_wall(started.elapsed());
+                eprint!("{}", session.timings);
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -202,6 +214,14 @@ fn open(target: &Target, offline: bool) -> Result<Session, Error> {
     let tag = path_tag(&crate_dir);
     let state = std::env::temp_dir().join(format!("pixelgen-cli-stamps-{tag}.json"));
     Session::open(project, FileHasher::persistent(state), offline)
+}
+
+/// Whether an environment variable is set to something other than empty, 0, false or no.
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| {
+        let v = v.trim().to_ascii_lowercase();
+        !v.is_empty() && v != "0" && v != "false" && v != "no"
+    })
 }
 
 /// A file-name-safe tag for a folder (no hashing crate needed for this).

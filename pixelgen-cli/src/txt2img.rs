@@ -8,6 +8,7 @@ use pixelgen_build::generate::diffusion::{
     DiffusionError, LoadedModel, LoraFile, Noise, Request, Settings, locate, select_device,
 };
 use pixelgen_build::manifest::Scheduler;
+use pixelgen_build::timings::{Stage, Timings};
 
 #[derive(clap::Args)]
 pub struct Txt2Img {
@@ -43,6 +44,9 @@ pub struct Txt2Img {
     /// Where to write the PNG.
     #[arg(short = 'o', long = "output", value_name = "OUT.png")]
     output: PathBuf,
+    /// Print the time of each stage (load, text encoding, UNet steps, VAE decode, write).
+    #[arg(long)]
+    timings: bool,
 }
 
 fn parse_lora(arg: &str) -> Result<LoraFile, DiffusionError> {
@@ -72,6 +76,8 @@ pub fn run(args: Txt2Img) -> Result<(), DiffusionError> {
         .collect::<Result<Vec<_>, _>>()?;
     let model = LoadedModel::load(&location, &loras, &device, dtype)?;
     let loaded = started.elapsed();
+    let mut timings = Timings::new();
+    timings.add(Stage::Load, loaded);
     let size = model.default_resolution().unwrap_or(512);
     let settings = Settings {
         width: args.width.unwrap_or(size),
@@ -92,9 +98,11 @@ pub fn run(args: Txt2Img) -> Result<(), DiffusionError> {
         negative_prompt: args.negative_prompt,
         noise,
     };
-    let image = model.generate(&settings, &[request])?.remove(0);
-    image
-        .save(&args.output)
+    let image = model
+        .generate_timed(&settings, &[request], &mut timings)?
+        .remove(0);
+    timings
+        .time(Stage::EncodeWrite, || image.save(&args.output))
         .map_err(|e| DiffusionError::Invalid {
             path: args.output.clone(),
             message: format!("cannot write the image: {e}"),
@@ -112,6 +120,10 @@ pub fn run(args: Txt2Img) -> Result<(), DiffusionError> {
         (total - loaded).as_secs_f64(),
         args.output.display()
     );
+    if args.timings {
+        timings.set_wall(total);
+        eprint!("{timings}");
+    }
     Ok(())
 }
 

@@ -258,3 +258,88 @@ fn txt2img_seeds_loras_and_errors() {
         "the error names the LoRA file: {message}"
     );
 }
+
+/// The stage table's row for `label`: (total text, runs).
+fn timing_row(table: &str, label: &str) -> Option<u64> {
+    let line = table.lines().find(|l| l.trim_start().starts_with(label))?;
+    let fields: Vec<&str> = line[line.find(label)? + label.len()..]
+        .split_whitespace()
+        .collect();
+    // total value, total unit, runs, per-run value, per-run unit
+    fields.get(2)?.parse().ok()
+}
+
+/// Two Diffusion sprites that name the same model, settings and LoRA (spelled
+/// differently) are one group: one model load, frames sampled in batches across the
+/// sprites, and `--timings` shows each stage with its count of runs.
+#[test]
+fn generate_batches_frames_across_sprites_and_shows_timings() {
+    let dir = game();
+    let lora = fixtures().join("sd1/lora_kohya.safetensors");
+    std::fs::create_dir_all(dir.path().join("art")).unwrap();
+    std::fs::copy(&lora, dir.path().join("art/style.safetensors")).unwrap();
+    let model = fixtures().join("sd1/model").canonicalize().unwrap();
+    let generator = format!(
+        "Diffusion(model: {:?}, steps: 3, guidance: 4.0, scheduler: Euler, resolution: (64, 64))",
+        model.display().to_string()
+    );
+    std::fs::write(
+        dir.path().join("sprites.ron"),
+        format!(
+            r#"(
+    defaults: (size: (16, 16), palette: "db16", generator: {generator}),
+    sprites: {{
+        "knight": (prompt: "knight", seed: 1, frames: 2, loras: [(path: "art/style.safetensors", weight: 0.7)]),
+        "slime":  (prompt: "slime", seed: 5, loras: [(path: "./art/style.safetensors", weight: 0.7)]),
+        "coin":   (prompt: "coin", seed: 3, generator: Procedural),
+    }},
+)"#
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"))
+        .args(["pixelgen", "generate", "--timings", "--manifest-path"])
+        .arg(dir.path().join("Cargo.toml"))
+        .env("PIXELGEN_BATCH", "2")
+        .env("PIXELGEN_DEVICE", "cpu")
+        .env("PIXELGEN_LOCK_DIR", dir.path())
+        .env_remove("PIXELGEN_CACHE_DIR")
+        .env_remove("PIXELGEN_OFFLINE")
+        .env_remove("CI")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("3 sprites: 3 generated, 0 cached"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(stderr.contains("pixelgen timings"), "{stderr}");
+    assert_eq!(timing_row(&stderr, "model load"), Some(1), "{stderr}");
+    // 3 frames in batches of 2 → 2 batches, each 3 steps and one text encoding.
+    assert_eq!(timing_row(&stderr, "text encoding"), Some(2), "{stderr}");
+    assert_eq!(timing_row(&stderr, "unet steps"), Some(6), "{stderr}");
+    assert_eq!(timing_row(&stderr, "vae decode"), Some(2), "{stderr}");
+    assert_eq!(timing_row(&stderr, "procedural draw"), Some(1), "{stderr}");
+    assert_eq!(timing_row(&stderr, "pixelize"), Some(4), "{stderr}");
+    // Each frame's PNG, and each Diffusion frame's raw image.
+    assert_eq!(timing_row(&stderr, "encode/write"), Some(7), "{stderr}");
+    assert_eq!(timing_row(&stderr, "manifest"), Some(1), "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.trim_start().starts_with("wall")),
+        "{stderr}"
+    );
+
+    // Without --timings, no table.
+    std::fs::write(
+        dir.path().join("sprites.ron"),
+        std::fs::read_to_string(dir.path().join("sprites.ron"))
+            .unwrap()
+            .replace("\"coin\", seed: 3", "\"coin\", seed: 4"),
+    )
+    .unwrap();
+    let quiet = pixelgen(dir.path(), &["generate"]);
+    assert!(quiet.status.success());
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("pixelgen timings"));
+}

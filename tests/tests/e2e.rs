@@ -261,7 +261,27 @@ fn a_diffusion_sprite_builds_through_cargo_build_from_a_local_model() {
         "{}",
         offline.stderr
     );
-    let online = game.build(&[]);
+    // PIXELGEN_TIMINGS=1 makes the build script print its stage table as warnings.
+    let online = game.build(&[("PIXELGEN_TIMINGS", "1")]);
     assert!(online.success, "{}", online.stderr);
     assert_eq!(online.summary, Some((2, 1, 1)), "{}", online.stderr);
+    let table: Vec<&str> = online
+        .stderr
+        .lines()
+        .skip_while(|l| !l.contains("pixelgen timings"))
+        .collect();
+    for stage in [
+        "manifest",
+        "model load",
+        "unet steps",
+        "vae decode",
+        "atlases/index",
+        "wall",
+    ] {
+        assert!(
+            table.iter().any(|l| l.contains(stage)),
+            "no `{stage}` row: {}",
+            online.stderr
+        );
+    }
 }

@@ -8,11 +8,12 @@ pub mod procedural;
 #[cfg(unix)]
 pub mod remote;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use image::RgbaImage;
 
-use crate::manifest::{GeneratorSpec, SpriteSpec};
+use crate::manifest::{GeneratorSpec, Scheduler, SpriteSpec};
+use crate::timings::{Stage, Timings};
 
 /// Version of the procedural generator's drawing code, part of every key it makes:
 /// bump it when its pixels change.
@@ -27,10 +28,17 @@ pub struct Job<'a> {
 
 /// A backend. `generate` takes a batch of jobs that share the backend's model and
 /// settings, so that backends with a costly setup (a diffusion model) pay it once.
-pub trait Generator {
+/// Backends are `Send`: the pipeline samples on one thread while it pixelizes and writes
+/// the previous batch on another.
+pub trait Generator: Send {
     /// Draws each job; the images may be any size (the pixelize stage brings them to the
-    /// sprite's size) and are returned in job order.
-    fn generate(&mut self, jobs: &[Job<'_>]) -> Result<Vec<RgbaImage>, GenerateError>;
+    /// sprite's size) and are returned in job order. The time of each stage it runs is
+    /// added to `timings`.
+    fn generate(
+        &mut self,
+        jobs: &[Job<'_>],
+        timings: &mut Timings,
+    ) -> Result<Vec<RgbaImage>, GenerateError>;
 
     /// How many jobs to give `generate` at once (progress is reported between batches).
     fn batch_size(&self) -> usize {
@@ -95,8 +103,13 @@ pub fn frame_seed(seed: u64, frame: u32) -> u64 {
 pub struct Procedural;
 
 impl Generator for Procedural {
-    fn generate(&mut self, jobs: &[Job<'_>]) -> Result<Vec<RgbaImage>, GenerateError> {
-        Ok(jobs
+    fn generate(
+        &mut self,
+        jobs: &[Job<'_>],
+        timings: &mut Timings,
+    ) -> Result<Vec<RgbaImage>, GenerateError> {
+        let start = std::time::Instant::now();
+        let images = jobs
             .iter()
             .map(|job| {
                 procedural::render(&procedural::ProceduralRequest {
@@ -109,30 +122,58 @@ impl Generator for Procedural {
                     frames: job.sprite.frames,
                 })
             })
-            .collect())
+            .collect();
+        timings.add_runs(Stage::Draw, start.elapsed(), jobs.len() as u64);
+        Ok(images)
     }
 }
 
 /// The backend for a sprite's generator spec; `manifest_dir` anchors relative model paths.
+/// A model's loading time goes to `timings`.
 pub fn backend_for(
     sprite: &SpriteSpec,
     manifest_dir: &Path,
+    timings: &mut Timings,
 ) -> Result<Box<dyn Generator>, GenerateError> {
     match &sprite.generator {
         GeneratorSpec::Procedural => Ok(Box::new(Procedural)),
         #[cfg(feature = "diffusion")]
         GeneratorSpec::Diffusion { .. } => {
-            Ok(Box::new(diffusion::Diffusion::load(sprite, manifest_dir)?))
+            let start = std::time::Instant::now();
+            let backend = diffusion::Diffusion::load(sprite, manifest_dir)?;
+            timings.add(Stage::Load, start.elapsed());
+            Ok(Box::new(backend))
         }
         #[cfg(not(feature = "diffusion"))]
         GeneratorSpec::Diffusion { .. } => {
-            let _ = manifest_dir;
+            let _ = (manifest_dir, timings);
             Err(GenerateError::Unavailable {
                 sprite: sprite.name.clone(),
                 generator: "Diffusion",
                 help: "enable pixelgen-build's `diffusion` feature (on by default) to run Stable Diffusion; sprites already in cache/ still build offline".to_string(),
             })
         }
+    }
+}
+
+/// Settles the number of CPU threads candle computes with, once per process.
+///
+/// candle asks for its thread count on every CPU matrix product, and unless
+/// `RAYON_NUM_THREADS` is set each answer re-reads `/proc/cpuinfo` (about a thousand reads
+/// per image). This sets `RAYON_NUM_THREADS` to the count candle would pick anyway, unless
+/// the user set it. The rayon pools pixelgen uses (weight conversion, hashing) follow it.
+///
+/// # Safety
+///
+/// It writes the process environment, so no other thread may read or write the
+/// environment while it runs: call it at the start of `main` (the CLI) or of
+/// `Build::run` (a build script's main thread, before it starts any).
+pub unsafe fn settle_cpu_threads() {
+    #[cfg(feature = "diffusion")]
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = candle_core::utils::get_num_threads();
+        // SAFETY: the caller guarantees no other thread touches the environment now.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
     }
 }
 
@@ -159,7 +200,92 @@ pub fn prefetch_model(model: &str, manifest_dir: &Path) -> Result<bool, Generate
     Ok(false)
 }
 
-/// Jobs that can share one backend instance: same generator spec and LoRAs.
-pub fn batch_key(sprite: &SpriteSpec) -> String {
-    format!("{:?}|{:?}", sprite.generator, sprite.loras)
+/// What decides whether two sprites' frames can share one backend instance and one batch:
+/// the generator, every setting that shapes sampling, and the LoRAs by resolved file and
+/// weight. Where in the manifest they were written plays no part, so sprites that name
+/// the same model and LoRAs load it once and are sampled together.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BatchKey {
+    Procedural,
+    Diffusion {
+        model: String,
+        steps: u32,
+        /// The guidance scale's bits: floats have no total order, their bits do.
+        guidance_bits: u32,
+        scheduler: Scheduler,
+        resolution: Option<(u32, u32)>,
+        /// (resolved file, weight bits), in manifest order (merging order matters).
+        loras: Vec<(PathBuf, u32)>,
+    },
+}
+
+impl BatchKey {
+    pub fn of(sprite: &SpriteSpec) -> BatchKey {
+        match &sprite.generator {
+            GeneratorSpec::Procedural => BatchKey::Procedural,
+            GeneratorSpec::Diffusion {
+                model,
+                steps,
+                guidance,
+                scheduler,
+                resolution,
+            } => BatchKey::Diffusion {
+                model: model.clone(),
+                steps: *steps,
+                guidance_bits: guidance.to_bits(),
+                scheduler: *scheduler,
+                resolution: *resolution,
+                loras: sprite
+                    .loras
+                    .iter()
+                    .map(|l| (l.resolved.clone(), l.weight.to_bits()))
+                    .collect(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::parse;
+
+    fn keys(text: &str) -> Vec<BatchKey> {
+        let manifest = parse(Path::new("/game/sprites.ron"), text).unwrap();
+        manifest.sprites.iter().map(BatchKey::of).collect()
+    }
+
+    #[test]
+    fn sprites_naming_the_same_model_and_loras_share_a_batch() {
+        // Same LoRA written at different places (and spelled differently) in the file.
+        let k = keys(
+            r#"(sprites: {
+                "a": (prompt: "a", generator: Diffusion(model: "m", steps: 4), loras: [(path: "style.safetensors", weight: 0.8)]),
+                "b": (prompt: "b", seed: 9, size: (8, 8), generator: Diffusion(model: "m", steps: 4),
+                      loras: [(path: "./style.safetensors", weight: 0.8)]),
+            })"#,
+        );
+        assert_eq!(k[0], k[1]);
+    }
+
+    #[test]
+    fn any_sampling_setting_or_lora_weight_splits_batches() {
+        let k = keys(
+            r#"(sprites: {
+                "a": (prompt: "a", generator: Diffusion(model: "m", steps: 4)),
+                "b": (prompt: "a", generator: Diffusion(model: "m", steps: 5)),
+                "c": (prompt: "a", generator: Diffusion(model: "m", steps: 4, guidance: 7.5)),
+                "d": (prompt: "a", generator: Diffusion(model: "m", steps: 4, scheduler: Ddim)),
+                "e": (prompt: "a", generator: Diffusion(model: "m", steps: 4), loras: [(path: "s.safetensors", weight: 0.5)]),
+                "f": (prompt: "a", generator: Diffusion(model: "m", steps: 4), loras: [(path: "s.safetensors", weight: 0.6)]),
+                "g": (prompt: "a", generator: Diffusion(model: "other", steps: 4)),
+                "h": (prompt: "a", generator: Diffusion(model: "m", steps: 4, resolution: (256, 256))),
+            })"#,
+        );
+        for i in 0..k.len() {
+            for j in i + 1..k.len() {
+                assert_ne!(k[i], k[j], "sprites {i} and {j}");
+            }
+        }
+    }
 }

@@ -27,6 +27,7 @@ use crate::serve::protocol::{
     self, GenerateRequest, JobRef, LoraRef, ModelRef, Request, RequestHeader, Response,
     StatusReply, Versions,
 };
+use crate::timings::Timings;
 
 /// The longest a send to the server may block (it reads requests at once when idle).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,11 +40,12 @@ pub fn backend_for(
     manifest_dir: &Path,
     server: Option<&WarmServer>,
     files: &BTreeMap<String, String>,
+    timings: &mut Timings,
 ) -> Result<Box<dyn Generator>, GenerateError> {
     let server = server.filter(|s| !s.has_failed());
     let template = server.and_then(|_| template(sprite, manifest_dir, files));
     let (Some(server), Some(template)) = (server, template) else {
-        return super::backend_for(sprite, manifest_dir);
+        return super::backend_for(sprite, manifest_dir, timings);
     };
     let mut backend = WithFallback {
         remote: None,
@@ -64,11 +66,11 @@ pub fn backend_for(
                     server.path.display()
                 ));
             }
-            backend.load_local()?;
+            backend.load_local(timings)?;
         }
         Err(Connect::Failed(message)) => {
             backend.server_failed(server, &message);
-            backend.load_local()?;
+            backend.load_local(timings)?;
         }
     }
     Ok(Box::new(backend))
@@ -129,9 +131,16 @@ struct WithFallback {
 }
 
 impl WithFallback {
-    fn load_local(&mut self) -> Result<&mut Box<dyn Generator>, GenerateError> {
+    fn load_local(
+        &mut self,
+        timings: &mut Timings,
+    ) -> Result<&mut Box<dyn Generator>, GenerateError> {
         if self.local.is_none() {
-            self.local = Some(super::backend_for(&self.sprite, &self.manifest_dir)?);
+            self.local = Some(super::backend_for(
+                &self.sprite,
+                &self.manifest_dir,
+                timings,
+            )?);
         }
         Ok(self.local.as_mut().expect("just set"))
     }
@@ -156,9 +165,13 @@ impl std::fmt::Display for Connect {
 }
 
 impl Generator for WithFallback {
-    fn generate(&mut self, jobs: &[Job<'_>]) -> Result<Vec<RgbaImage>, GenerateError> {
+    fn generate(
+        &mut self,
+        jobs: &[Job<'_>],
+        timings: &mut Timings,
+    ) -> Result<Vec<RgbaImage>, GenerateError> {
         if let Some(remote) = &mut self.remote {
-            match remote.generate(jobs) {
+            match remote.generate(jobs, timings) {
                 Ok(images) => return Ok(images),
                 Err(message) => {
                     let server = remote.server.clone();
@@ -166,7 +179,7 @@ impl Generator for WithFallback {
                 }
             }
         }
-        self.load_local()?.generate(jobs)
+        self.load_local(timings)?.generate(jobs, timings)
     }
 
     fn batch_size(&self) -> usize {
@@ -231,8 +244,14 @@ impl Remote {
         })
     }
 
-    /// Draws `jobs` on the server: all of their images, or an error saying why not.
-    fn generate(&mut self, jobs: &[Job<'_>]) -> Result<Vec<RgbaImage>, String> {
+    /// Draws `jobs` on the server: all of their images, or an error saying why not. The
+    /// server's stage times (its model load, text encoding, UNet steps, VAE decode) are
+    /// merged into `timings`.
+    fn generate(
+        &mut self,
+        jobs: &[Job<'_>],
+        timings: &mut Timings,
+    ) -> Result<Vec<RgbaImage>, String> {
         let mut request = self.template.clone();
         request.jobs = jobs
             .iter()
@@ -275,7 +294,10 @@ impl Remote {
                     // As the in-process backend converts its images.
                     images.push(image::DynamicImage::ImageRgb8(rgb).into_rgba8());
                 }
-                Response::Done { .. } if images.len() == jobs.len() => return Ok(images),
+                Response::Done { timings: server } if images.len() == jobs.len() => {
+                    timings.merge(&server);
+                    return Ok(images);
+                }
                 Response::Done { .. } => {
                     return Err(format!(
                         "it sent {} images for {} jobs",

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::generate::DeviceRequest;
+use crate::timings::Timings;
 
 /// Bumped when the messages below change shape or meaning.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -136,10 +137,11 @@ pub enum Response {
         width: u32,
         height: u32,
     },
-    /// Every image was sent. `timings` are the server's stages in seconds (`load` when
-    /// it loaded the model for this request, `sample`, `send`).
+    /// Every image was sent. `timings` are the server's stages for this request (model
+    /// load when it loaded one, text encoding, UNet steps, VAE decode), for the client to
+    /// merge into its own.
     Done {
-        timings: Vec<(String, f64)>,
+        timings: Timings,
     },
     /// The request failed; nothing more follows. The server has let go of the device.
     Error {
@@ -160,8 +162,8 @@ pub struct StatusReply {
     pub models: Vec<String>,
     /// The batch size for the asked-for device (what an in-process backend would use).
     pub batch: Option<usize>,
-    /// The stages of the last generate request served, in seconds (as in `Done`).
-    pub last_timings: Vec<(String, f64)>,
+    /// The stages of the last generate request served (as in `Done`).
+    pub last_timings: Timings,
 }
 
 /// Why a frame could not be read.

@@ -34,6 +34,7 @@ use crate::generate::diffusion::{
     batch_for, request_for, select_device_for, settings_for,
 };
 use crate::manifest::Scheduler;
+use crate::timings::{Stage, Timings};
 
 /// How often the accept loop looks at its stop flag and idle timer.
 const POLL: Duration = Duration::from_millis(20);
@@ -132,7 +133,7 @@ pub struct Server {
     devices: Vec<((String, Option<String>), Device, DType)>,
     loads: u64,
     requests: u64,
-    last_timings: Vec<(String, f64)>,
+    last_timings: Timings,
     last_request: Instant,
     stop: Arc<AtomicBool>,
     log: Box<dyn FnMut(&str) + Send>,
@@ -238,7 +239,7 @@ impl Server {
             devices: Vec::new(),
             loads: 0,
             requests: 0,
-            last_timings: Vec::new(),
+            last_timings: Timings::new(),
             last_request: Instant::now(),
             stop: Arc::new(AtomicBool::new(false)),
             log: Box::new(|_| {}),
@@ -409,7 +410,7 @@ impl Server {
         &mut self,
         stream: &mut UnixStream,
         request: &GenerateRequest,
-    ) -> Result<Vec<(String, f64)>, Failure> {
+    ) -> Result<Timings, Failure> {
         let server = |message: String| Failure::Server(message);
         let scheduler = Scheduler::from_name(&request.scheduler)
             .ok_or_else(|| server(format!("unknown scheduler `{}`", request.scheduler)))?;
@@ -422,7 +423,7 @@ impl Server {
             device: format!("{:?}", device.location()),
             dtype: dtype_name(dtype).to_string(),
         };
-        let mut timings = Vec::new();
+        let mut timings = Timings::new();
         let held = match self.models.iter().position(|h| h.key == key) {
             Some(i) => {
                 let held = self.models.remove(i);
@@ -457,9 +458,13 @@ impl Server {
                 let model = LoadedModel::load(&location, &loras, &device, dtype)
                     .map_err(|e| server(e.to_string()))?;
                 self.loads += 1;
-                let seconds = started.elapsed().as_secs_f64();
-                (self.log)(&format!("loaded {} in {seconds:.2} s", describe(&key)));
-                timings.push(("load".to_string(), seconds));
+                let took = started.elapsed();
+                (self.log)(&format!(
+                    "loaded {} in {:.2} s",
+                    describe(&key),
+                    took.as_secs_f64()
+                ));
+                timings.add(Stage::Load, took);
                 self.models.push(Held { key, model });
                 self.models.len() - 1
             }
@@ -474,18 +479,14 @@ impl Server {
         )
         .map_err(|e| server(e.to_string()))?;
         let batch = batch_for(&device, request.device.batch);
-        let (mut sampling, mut sending) = (0.0, 0.0);
         for (chunk_index, chunk) in request.jobs.chunks(batch).enumerate() {
-            let started = Instant::now();
             let requests: Vec<SampleRequest> = chunk
                 .iter()
                 .map(|job| request_for(&job.prompt, &job.negative_prompt, job.seed))
                 .collect();
             let images = model
-                .generate(&settings, &requests)
+                .generate_timed(&settings, &requests, &mut timings)
                 .map_err(|e| server(e.to_string()))?;
-            sampling += started.elapsed().as_secs_f64();
-            let started = Instant::now();
             for (offset, image) in images.into_iter().enumerate() {
                 let header = Response::Image {
                     index: chunk_index * batch + offset,
@@ -494,10 +495,7 @@ impl Server {
                 };
                 protocol::write_frame(stream, &header, image.as_raw()).map_err(Failure::Client)?;
             }
-            sending += started.elapsed().as_secs_f64();
         }
-        timings.push(("sample".to_string(), sampling));
-        timings.push(("send".to_string(), sending));
         Ok(timings)
     }
 }

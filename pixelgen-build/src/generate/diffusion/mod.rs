@@ -31,6 +31,7 @@ pub use sample::{Noise, Request, Settings};
 pub use super::{DeviceRequest, frame_seed};
 use super::{GenerateError, Generator, Job};
 use crate::manifest::{GeneratorSpec, SpriteSpec};
+use crate::timings::Timings;
 
 /// Why a model could not be found, loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -267,7 +268,11 @@ pub fn lora_files(sprite: &SpriteSpec) -> Vec<LoraFile> {
 }
 
 impl Generator for Diffusion {
-    fn generate(&mut self, jobs: &[Job<'_>]) -> Result<Vec<RgbaImage>, GenerateError> {
+    fn generate(
+        &mut self,
+        jobs: &[Job<'_>],
+        timings: &mut Timings,
+    ) -> Result<Vec<RgbaImage>, GenerateError> {
         let mut images = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(self.batch) {
             let requests: Vec<Request> = chunk
@@ -282,7 +287,7 @@ impl Generator for Diffusion {
                 .collect();
             let drawn = self
                 .model
-                .generate(&self.settings, &requests)
+                .generate_timed(&self.settings, &requests, timings)
                 .map_err(|e| GenerateError::Failed {
                     sprite: chunk[0].sprite.name.clone(),
                     message: e.to_string(),

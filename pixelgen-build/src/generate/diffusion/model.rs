@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 use serde::de::DeserializeOwned;
@@ -42,22 +42,112 @@ fn from_value<T: DeserializeOwned>(
     })
 }
 
-/// Reads one safetensors file into host memory.
+/// Reads one safetensors file into host memory, each tensor as stored.
 pub fn read_safetensors(path: &Path) -> Result<TensorMap, DiffusionError> {
-    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| DiffusionError::Invalid {
-        path: path.to_path_buf(),
-        message: format!("cannot read safetensors: {e}"),
-    })
+    load_weights(&[path.to_path_buf()], None, &Device::Cpu)
 }
 
-/// The weights of one component folder: a (possibly fp16-variant or sharded) safetensors
-/// file. Pickle files are refused, not read.
-fn component_weights(dir: &Path) -> Result<TensorMap, DiffusionError> {
+/// Reads the tensors of safetensors `files` straight into `dtype` (floating-point tensors;
+/// others keep theirs) on `device`.
+///
+/// The files are memory-mapped and each tensor is copied once out of the map: on the CPU,
+/// half-precision weights are widened to f32 on the way (F16C/SIMD through `half`, in
+/// parallel); on a GPU they are uploaded as stored and converted there. Nothing is read
+/// whole into memory first, so a model costs its loaded size, not that plus its files.
+pub fn load_weights(
+    files: &[PathBuf],
+    dtype: Option<DType>,
+    device: &Device,
+) -> Result<TensorMap, DiffusionError> {
+    let invalid = |message: String| DiffusionError::Invalid {
+        path: files.first().cloned().unwrap_or_default(),
+        message,
+    };
+    // SAFETY: the map is only read, and every tensor is copied out of it before it is
+    // dropped at the end of this function. A file truncated by another process while
+    // mapped would fault; pixelgen never writes model files, and their users replace
+    // them by rename, which leaves this mapping intact.
+    let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files) }
+        .map_err(|e| invalid(format!("cannot read safetensors: {e}")))?;
+    let views = mapped.tensors();
+    let load_one = |(name, view): &(String, safetensors::tensor::TensorView<'_>)| {
+        weight_from_view(view, dtype, device)
+            .map(|tensor| (name.clone(), tensor))
+            .map_err(|e| invalid(format!("tensor `{name}`: {e}")))
+    };
+    if device.is_cpu() {
+        use rayon::prelude::*;
+        views.par_iter().map(load_one).collect()
+    } else {
+        views.iter().map(load_one).collect()
+    }
+}
+
+/// One tensor out of a mapped file, converted to `dtype` if it is floating point.
+fn weight_from_view(
+    view: &safetensors::tensor::TensorView<'_>,
+    dtype: Option<DType>,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    use safetensors::Dtype as Stored;
+    let shape = view.shape();
+    let stored = match view.dtype() {
+        Stored::F16 => DType::F16,
+        Stored::BF16 => DType::BF16,
+        Stored::F32 => DType::F32,
+        Stored::F64 => DType::F64,
+        Stored::I64 => DType::I64,
+        Stored::I32 => DType::I32,
+        Stored::I16 => DType::I16,
+        Stored::U32 => DType::U32,
+        Stored::U8 => DType::U8,
+        other => candle_core::bail!("stored as {other:?}, which pixelgen does not load"),
+    };
+    let target = match dtype {
+        Some(target) if stored.is_float() => target,
+        _ => stored,
+    };
+    if device.is_cpu() && target == DType::F32 && matches!(stored, DType::F16 | DType::BF16) {
+        let widened = widen_to_f32(view.data(), stored);
+        return Tensor::from_vec(widened, shape, device);
+    }
+    Tensor::from_raw_buffer(view.data(), stored, shape, device)?.to_dtype(target)
+}
+
+/// Little-endian f16 or bf16 bytes → f32, in parallel chunks (results do not depend on
+/// the split: each value converts on its own).
+fn widen_to_f32(bytes: &[u8], stored: DType) -> Vec<f32> {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    let count = bytes.len() / 2;
+    let mut out = vec![0f32; count];
+    out.par_chunks_mut(CHUNK)
+        .zip(bytes.par_chunks(CHUNK * 2))
+        .for_each(|(dst, src)| {
+            let bits: Vec<u16> = src
+                .chunks_exact(2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            if stored == DType::BF16 {
+                bits.reinterpret_cast::<half::bf16>()
+                    .convert_to_f32_slice(dst);
+            } else {
+                bits.reinterpret_cast::<half::f16>()
+                    .convert_to_f32_slice(dst);
+            }
+        });
+    out
+}
+
+/// The weight files of one component folder: a (possibly fp16-variant or sharded)
+/// safetensors file. Pickle files are refused, not read.
+fn component_files(dir: &Path) -> Result<Vec<PathBuf>, DiffusionError> {
     for stem in ["diffusion_pytorch_model", "model"] {
         for variant in ["", ".fp16"] {
             let file = dir.join(format!("{stem}{variant}.safetensors"));
             if file.is_file() {
-                return read_safetensors(&file);
+                return Ok(vec![file]);
             }
             let index = dir.join(format!("{stem}{variant}.safetensors.index.json"));
             if index.is_file() {
@@ -69,11 +159,7 @@ fn component_weights(dir: &Path) -> Result<TensorMap, DiffusionError> {
                     .unwrap_or_default();
                 files.sort_unstable();
                 files.dedup();
-                let mut all = TensorMap::new();
-                for shard in files {
-                    all.extend(read_safetensors(&dir.join(shard))?);
-                }
-                return Ok(all);
+                return Ok(files.into_iter().map(|shard| dir.join(shard)).collect());
             }
         }
     }
@@ -90,6 +176,15 @@ fn component_weights(dir: &Path) -> Result<TensorMap, DiffusionError> {
             message: "no .safetensors weights in this folder".into(),
         }),
     }
+}
+
+/// The weights of one component folder, loaded in `dtype` on `device`.
+fn component_weights(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+) -> Result<TensorMap, DiffusionError> {
+    load_weights(&component_files(dir)?, Some(dtype), device)
 }
 
 /// transformers ≥ 5.6 saves CLIP text models without the `text_model.` prefix that every
@@ -128,7 +223,14 @@ struct ModelParts {
     weights: PipelineWeights,
 }
 
-fn folder_parts(dir: &Path) -> Result<ModelParts, DiffusionError> {
+/// A diffusers folder's configs, and its weights already in their final dtype on `device`
+/// (the VAE's in `vae_dtype`).
+fn folder_parts(
+    dir: &Path,
+    dtype: DType,
+    vae_dtype: DType,
+    device: &Device,
+) -> Result<ModelParts, DiffusionError> {
     let index_path = dir.join("model_index.json");
     let index: ModelIndex = if index_path.is_file() {
         read_json(&index_path)?
@@ -155,14 +257,18 @@ fn folder_parts(dir: &Path) -> Result<ModelParts, DiffusionError> {
         tokenizer_dir: dir.join("tokenizer"),
         tokenizer_2_dir: has_second.then(|| dir.join("tokenizer_2")),
         weights: PipelineWeights {
-            unet: component_weights(&dir.join("unet"))?,
-            vae: component_weights(&dir.join("vae"))?,
+            unet: component_weights(&dir.join("unet"), dtype, device)?,
+            vae: component_weights(&dir.join("vae"), vae_dtype, device)?,
             text_encoder: Some(with_text_model_prefix(component_weights(
                 &dir.join("text_encoder"),
+                dtype,
+                device,
             )?)),
             text_encoder_2: if has_second {
                 Some(with_text_model_prefix(component_weights(
                     &dir.join("text_encoder_2"),
+                    dtype,
+                    device,
                 )?))
             } else {
                 None
@@ -197,12 +303,14 @@ fn single_file_tokenizer(file: &Path, folder: &str, repo: &str) -> Result<PathBu
     })
 }
 
-fn single_file_parts(file: &Path) -> Result<ModelParts, DiffusionError> {
-    let converted =
-        ldm::convert_single_file(read_safetensors(file)?).map_err(|e| DiffusionError::Invalid {
-            path: file.to_path_buf(),
-            message: e.to_string(),
-        })?;
+/// A single file's configs (inferred) and weights, on `device` as stored (each component
+/// is converted to its dtype there afterwards: the VAE keeps f32 from an f32 file).
+fn single_file_parts(file: &Path, device: &Device) -> Result<ModelParts, DiffusionError> {
+    let stored = load_weights(&[file.to_path_buf()], None, device)?;
+    let converted = ldm::convert_single_file(stored).map_err(|e| DiffusionError::Invalid {
+        path: file.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let sdxl = converted.text_encoder_2_config.is_some();
     let Some(text_encoder) = converted.text_encoder_config else {
         return Err(DiffusionError::Invalid {
@@ -294,9 +402,11 @@ impl LoadedModel {
         device: &Device,
         dtype: DType,
     ) -> Result<Self, DiffusionError> {
+        // The VAE overflows in half precision (diffusers' `force_upcast`): it runs in f32.
+        let vae_dtype = DType::F32;
         let parts = match location {
-            ModelLocation::Folder(dir) => folder_parts(dir)?,
-            ModelLocation::SingleFile(file) => single_file_parts(file)?,
+            ModelLocation::Folder(dir) => folder_parts(dir, dtype, vae_dtype, device)?,
+            ModelLocation::SingleFile(file) => single_file_parts(file, device)?,
         };
         let in_component = |component: &'static str| {
             move |e: candle_core::Error| DiffusionError::Invalid {
@@ -361,8 +471,6 @@ impl LoadedModel {
         };
         let unet = Unet::new(builder(weights.unet, dtype, device), &parts.unet)
             .map_err(in_component("unet"))?;
-        // The VAE overflows in half precision (diffusers' `force_upcast`): it runs in f32.
-        let vae_dtype = DType::F32;
         let vae = AutoEncoderKL::new(
             builder(weights.vae, vae_dtype, device),
             3,
@@ -421,5 +529,86 @@ impl LoadedModel {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(path: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/diffusion")
+            .join(path)
+    }
+
+    /// The memory-mapped loader gives exactly what reading the file whole and converting
+    /// with candle gives, for every tensor, in the stored dtype and widened to f32.
+    #[test]
+    fn mapped_weights_equal_candles_own_loading() {
+        let file = fixture("sd1/model/unet/diffusion_pytorch_model.safetensors");
+        let reference = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+        for dtype in [None, Some(DType::F32), Some(DType::BF16)] {
+            let loaded = load_weights(std::slice::from_ref(&file), dtype, &Device::Cpu).unwrap();
+            assert_eq!(loaded.len(), reference.len());
+            for (name, expected) in &reference {
+                let expected = match dtype {
+                    Some(d) => expected.to_dtype(d).unwrap(),
+                    None => expected.clone(),
+                };
+                let got = &loaded[name];
+                assert_eq!(got.dtype(), expected.dtype(), "{name}");
+                assert_eq!(got.dims(), expected.dims(), "{name}");
+                let bits = |t: &Tensor| {
+                    t.to_dtype(DType::F64)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f64>()
+                        .unwrap()
+                        .into_iter()
+                        .map(f64::to_bits)
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(bits(got), bits(&expected), "{name} as {dtype:?}");
+            }
+        }
+    }
+
+    /// Widening matches `half`'s scalar conversion for every f16 and bf16 bit pattern
+    /// (NaN payloads, infinities, subnormals, both zeros), across chunk boundaries.
+    #[test]
+    fn widening_is_exact_for_every_half_value() {
+        let bytes: Vec<u8> = (0..=u16::MAX)
+            .chain(0..=u16::MAX)
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let widened = widen_to_f32(&bytes, DType::F16);
+        let widened_bf = widen_to_f32(&bytes, DType::BF16);
+        for (i, pair) in bytes.chunks_exact(2).enumerate() {
+            let bits = u16::from_le_bytes([pair[0], pair[1]]);
+            let f = half::f16::from_bits(bits).to_f32();
+            let b = half::bf16::from_bits(bits).to_f32();
+            assert!(
+                widened[i].to_bits() == f.to_bits() || (f.is_nan() && widened[i].is_nan()),
+                "f16 {bits:#06x}"
+            );
+            assert!(
+                widened_bf[i].to_bits() == b.to_bits() || (b.is_nan() && widened_bf[i].is_nan()),
+                "bf16 {bits:#06x}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_safetensors_names_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("unet.safetensors");
+        std::fs::write(&file, b"not a safetensors file").unwrap();
+        let error = load_weights(&[file.clone()], Some(DType::F32), &Device::Cpu)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains(&file.display().to_string()), "{error}");
     }
 }

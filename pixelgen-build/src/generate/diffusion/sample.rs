@@ -3,6 +3,8 @@
 //! `StableDiffusionXLPipeline` step by step so that the same weights and noise give the
 //! same pixels.
 
+use std::time::Instant;
+
 use candle_core::{D, DType, Tensor};
 use image::RgbImage;
 
@@ -12,6 +14,7 @@ use super::noise::{self, Stream};
 use super::scheduler::Sampler;
 use super::unet::AddedConditioning;
 use crate::manifest::Scheduler;
+use crate::timings::{Stage, Timings};
 
 /// Settings shared by every image of one batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -141,14 +144,38 @@ impl LoadedModel {
         settings: &Settings,
         requests: &[Request],
     ) -> Result<Vec<RgbImage>, DiffusionError> {
+        self.generate_timed(settings, requests, &mut Timings::new())
+    }
+
+    /// [`generate`](Self::generate), adding the time of text encoding, each UNet step
+    /// and the VAE decode to `timings`. Each stage ends by waiting for the device, so a
+    /// GPU's queued work is counted in the stage that queued it.
+    pub fn generate_timed(
+        &self,
+        settings: &Settings,
+        requests: &[Request],
+        timings: &mut Timings,
+    ) -> Result<Vec<RgbImage>, DiffusionError> {
         self.check(settings)?;
         if requests.is_empty() {
             return Ok(Vec::new());
         }
         let guided = settings.guidance > 1.0;
+        let start = Instant::now();
         let conditioning = self.encode(requests, guided, settings)?;
-        let latents = self.denoise(settings, requests, &conditioning, |_, _| {})?;
-        self.decode(&latents)
+        self.synchronize()?;
+        timings.add(Stage::TextEncode, start.elapsed());
+        let latents = self.denoise(settings, requests, &conditioning, timings)?;
+        let start = Instant::now();
+        // `decode` ends by copying the pixels to the host, which waits for the device.
+        let images = self.decode(&latents)?;
+        timings.add(Stage::VaeDecode, start.elapsed());
+        Ok(images)
+    }
+
+    /// Waits for the device's queued work (a no-op on the CPU).
+    fn synchronize(&self) -> Result<(), DiffusionError> {
+        self.device.synchronize().map_err(compute("device"))
     }
 
     fn encode_ids(
@@ -301,13 +328,14 @@ impl LoadedModel {
             .map_err(compute("noise"))
     }
 
-    /// Runs the sampler; `on_step(index, unet_output)` sees each raw UNet output.
+    /// Runs the sampler; each step (UNet, guidance and sampler update, waited for on the
+    /// device) is one run of [`Stage::Unet`].
     pub(crate) fn denoise(
         &self,
         settings: &Settings,
         requests: &[Request],
         conditioning: &Conditioning,
-        mut on_step: impl FnMut(usize, &Tensor),
+        timings: &mut Timings,
     ) -> Result<Tensor, DiffusionError> {
         let sampler = Sampler::new(&self.scheduler, settings.scheduler, settings.steps)
             .map_err(DiffusionError::Request)?;
@@ -339,7 +367,8 @@ impl LoadedModel {
             .map_err(compute("noise"))?;
         let guided = settings.guidance > 1.0;
         for (index, &timestep) in sampler.timesteps().iter().enumerate() {
-            let mut step = || -> candle_core::Result<Tensor> {
+            let start = Instant::now();
+            let step = || -> candle_core::Result<Tensor> {
                 let input = if guided {
                     Tensor::cat(&[&latents, &latents], 0)?
                 } else {
@@ -357,7 +386,6 @@ impl LoadedModel {
                         conditioning.added.as_ref(),
                     )?
                     .to_dtype(DType::F32)?;
-                on_step(index, &output);
                 if guided {
                     let halves = output.chunk(2, 0)?;
                     let (unconditional, text) = (&halves[0], &halves[1]);
@@ -394,6 +422,8 @@ impl LoadedModel {
             latents = sampler
                 .step(&guided_output, index, &latents, step_noise.as_ref())
                 .map_err(compute("sampler"))?;
+            self.synchronize()?;
+            timings.add(Stage::Unet, start.elapsed());
         }
         Ok(latents)
     }
