@@ -16,6 +16,10 @@ use crate::timings::Stage;
 /// - `PIXELGEN_OFFLINE=1` (or `CI=true`): never generate; a stale sprite fails the build
 ///   with the list of stale sprites and the command that fixes it.
 /// - `PIXELGEN_CACHE_DIR`: the sprite cache folder (default: `cache/` at the workspace root).
+/// - `PIXELGEN_SERVER`: the socket of a warm `cargo pixelgen serve` to send Diffusion
+///   frames to (default: `$XDG_RUNTIME_DIR/pixelgen/serve.sock`, else
+///   `<temp>/pixelgen-<uid>/serve.sock`), or `off`. Without a server there, generation
+///   runs in-process; the results are the same.
 /// - `RAYON_NUM_THREADS`: CPU threads for Stable Diffusion (default: physical cores);
 ///   set once here if unset, see [`crate::generate::settle_cpu_threads`].
 /// - `PIXELGEN_TIMINGS=1`: print where the build script's time went, stage by stage, as
@@ -98,7 +102,14 @@ impl Build {
         println!("cargo:rerun-if-changed={}", project.lock_path.display());
 
         let hasher = FileHasher::persistent(state_dir.join("file-stamps.json"));
-        let mut session = Session::open(project, hasher, offline)?;
+        let session = Session::open(project, hasher, offline)?;
+        #[cfg(unix)]
+        let session = session.with_server(crate::serve::server_from(
+            declared_env("PIXELGEN_SERVER").as_deref(),
+            declared_env("XDG_RUNTIME_DIR").as_deref(),
+            &std::env::temp_dir(),
+        ));
+        let mut session = session;
         for path in &session.manifest.input_files {
             println!("cargo:rerun-if-changed={}", path.display());
         }

@@ -22,6 +22,8 @@ pub mod palette;
 pub mod pipeline;
 pub mod pixelize;
 pub mod plan;
+#[cfg(unix)]
+pub mod serve;
 pub mod timings;
 
 mod builder;

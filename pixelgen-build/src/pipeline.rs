@@ -161,6 +161,9 @@ pub struct Session {
     pub timings: Timings,
     cache: Cache,
     hasher: FileHasher,
+    /// Where to look for `cargo pixelgen serve`; `None`: always in-process.
+    #[cfg(unix)]
+    server: Option<crate::serve::WarmServer>,
 }
 
 impl Session {
@@ -187,7 +190,18 @@ impl Session {
             plan,
             timings,
             hasher,
+            #[cfg(unix)]
+            server: None,
         })
+    }
+
+    /// Sends Diffusion frames to the warm server at this address when one answers there
+    /// (else, or when it fails, they are drawn in-process). Keys and cache files are the
+    /// same either way.
+    #[cfg(unix)]
+    pub fn with_server(mut self, server: Option<crate::serve::WarmServer>) -> Session {
+        self.server = server;
+        self
     }
 
     pub fn cache(&self) -> &Cache {
@@ -460,13 +474,22 @@ impl Session {
                 continue;
             }
             let first = &self.manifest.sprites[self.plan[to_generate[0].0].sprite];
+            #[cfg(unix)]
+            let backend = generate::remote::backend_for(
+                first,
+                &manifest_dir,
+                self.server.as_ref(),
+                &self.plan[to_generate[0].0].files,
+                &mut timings,
+            )?;
+            #[cfg(not(unix))]
             let backend = generate::backend_for(first, &manifest_dir, &mut timings)?;
             let sampled = self.sample_and_store(backend, &to_generate, statuses, progress)?;
             timings.merge(&sampled.timings);
-            if let Some(note) = sampled.note
-                && !notes.contains(&note)
-            {
-                notes.push(note);
+            for note in sampled.notes {
+                if !notes.contains(&note) {
+                    notes.push(note);
+                }
             }
         }
         self.timings.merge(&timings);
@@ -485,15 +508,16 @@ impl Session {
         statuses: &mut [(SpriteStatus, Vec<Lookup>)],
         progress: &mut dyn Progress,
     ) -> Result<Sampled, Error> {
-        let note = backend.take_note();
+        let mut notes: Vec<String> = backend.take_note().into_iter().collect();
         let batch_size = backend.batch_size().max(1);
         let sprites = &self.manifest.sprites;
         let plan = &self.plan;
         let mut timings = Timings::new();
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-        let sampler_timings = std::thread::scope(|scope| {
+        let (sampler_timings, sampler_notes) = std::thread::scope(|scope| {
             let sampler = scope.spawn(move || {
                 let mut timings = Timings::new();
+                let mut notes = Vec::new();
                 for (index, chunk) in jobs.chunks(batch_size).enumerate() {
                     let batch: Vec<Job> = chunk
                         .iter()
@@ -516,6 +540,8 @@ impl Session {
                             })
                         }
                     });
+                    // A backend may fall back from the warm server mid-group, with a note.
+                    notes.extend(std::iter::from_fn(|| backend.take_note()));
                     let failed = drawn.is_err();
                     if sender.send((index, drawn)).is_err() || failed {
                         break;
@@ -524,7 +550,7 @@ impl Session {
                 // Dropping the backend here releases the model (and the device lock)
                 // before this group's last batch is stored.
                 drop(backend);
-                timings
+                (timings, notes)
             });
             let stored = (|| -> Result<(), Error> {
                 for (index, drawn) in receiver {
@@ -556,7 +582,8 @@ impl Session {
             stored.map(|()| sampler_timings)
         })?;
         timings.merge(&sampler_timings);
-        Ok(Sampled { timings, note })
+        notes.extend(sampler_notes);
+        Ok(Sampled { timings, notes })
     }
 
     /// Pixelizes a raw frame and stores the finished sprite frame in the cache.
@@ -596,7 +623,7 @@ impl Session {
 /// What one group's sampling left besides cache entries.
 struct Sampled {
     timings: Timings,
-    note: Option<String>,
+    notes: Vec<String>,
 }
 
 /// `plan::plan`, with the time spent reading files to hash them counted apart.

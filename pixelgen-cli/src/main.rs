@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 mod pack;
 mod pixelize;
+#[cfg(unix)]
+mod serve;
 mod txt2img;
 
 use clap::{Parser, Subcommand};
@@ -49,7 +51,18 @@ enum Command {
         /// Print where the time went, stage by stage (also: PIXELGEN_TIMINGS=1).
         #[arg(long)]
         timings: bool,
+        /// Send Stable Diffusion frames to the `cargo pixelgen serve` at this socket
+        /// (default: PIXELGEN_SERVER, else the default socket; in-process when none answers)
+        #[arg(long, value_name = "PATH", conflicts_with = "no_server")]
+        server: Option<PathBuf>,
+        /// Never use a warm server: draw in-process
+        #[arg(long)]
+        no_server: bool,
     },
+    /// Keep Stable Diffusion models loaded between builds: builds and `generate` send
+    /// their frames here while it runs.
+    #[cfg(unix)]
+    Serve(serve::Serve),
     /// Pack a folder of PNGs into an atlas and TexturePacker JSON (hash), as the build packs.
     Pack(pack::Pack),
     /// Turn one raw image (pseudo pixel art) into exact-size pixel art, as the build does.
@@ -138,10 +151,39 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 Ok(ExitCode::from(1))
             }
         },
-        Command::Generate { target, timings } => {
+        #[cfg(unix)]
+        Command::Serve(args) => match serve::run(args) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(error) => {
+                eprintln!("error: {error}");
+                Ok(ExitCode::from(1))
+            }
+        },
+        Command::Generate {
+            target,
+            timings,
+            server,
+            no_server,
+        } => {
             let started = Instant::now();
             let show_timings = timings || env_flag("PIXELGEN_TIMINGS");
-            let mut session = open(&target, false)?;
+            let session = open(&target, false)?;
+            #[cfg(unix)]
+            let session = session.with_server(if no_server {
+                None
+            } else {
+                match server {
+                    Some(path) => Some(pixelgen_build::serve::WarmServer::new(path, true)),
+                    None => pixelgen_build::serve::server_from(
+                        std::env::var_os("PIXELGEN_SERVER").as_deref(),
+                        std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
+                        &std::env::temp_dir(),
+                    ),
+                }
+            });
+            #[cfg(not(unix))]
+            let _ = (server, no_server);
+            let mut session = session;
             let mut bar = Bar(None);
             let summary = session.realize(false, &mut bar)?;
             if let Some(bar) = bar.0 {

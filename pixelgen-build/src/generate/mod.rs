@@ -5,6 +5,8 @@
 pub mod diffusion;
 pub mod model_files;
 pub mod procedural;
+#[cfg(unix)]
+pub mod remote;
 
 use std::path::{Path, PathBuf};
 
@@ -63,6 +65,37 @@ pub enum GenerateError {
     Failed { sprite: String, message: String },
     #[error("model `{model}`: {message}")]
     Model { model: String, message: String },
+}
+
+/// Which device, precision and batch size a Diffusion run asks for, as the environment
+/// says (`PIXELGEN_DEVICE`, `PIXELGEN_DTYPE`, `PIXELGEN_BATCH`). The warm server is sent
+/// this rather than using its own environment, so a build gets the same pixels through
+/// it as in-process.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct DeviceRequest {
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// `f32`, `f16` or `bf16`; `None` takes the device's default.
+    pub dtype: Option<String>,
+    /// Images per UNet batch; `None` takes the device's default.
+    pub batch: Option<usize>,
+}
+
+impl DeviceRequest {
+    pub fn from_env() -> Self {
+        DeviceRequest {
+            device: std::env::var("PIXELGEN_DEVICE").unwrap_or_else(|_| "auto".to_string()),
+            dtype: std::env::var("PIXELGEN_DTYPE").ok(),
+            batch: std::env::var("PIXELGEN_BATCH")
+                .ok()
+                .and_then(|b| b.parse().ok()),
+        }
+    }
+}
+
+/// The seed of frame `frame` of a Diffusion sprite: frames are drawn from consecutive seeds.
+pub fn frame_seed(seed: u64, frame: u32) -> u64 {
+    seed.wrapping_add(u64::from(frame))
 }
 
 /// The embedded generator.

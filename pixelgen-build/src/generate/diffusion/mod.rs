@@ -28,6 +28,7 @@ pub use crate::generate::model_files::{ModelLocation, locate};
 pub use model::{LoadedModel, LoraFile};
 pub use sample::{Noise, Request, Settings};
 
+pub use super::{DeviceRequest, frame_seed};
 use super::{GenerateError, Generator, Job};
 use crate::manifest::{GeneratorSpec, SpriteSpec};
 use crate::timings::Timings;
@@ -56,8 +57,15 @@ pub enum DiffusionError {
 /// this build has CUDA and one is there, else the CPU. Half precision is the default on a
 /// GPU, f32 on the CPU. The note, when there is one, is for the user (said once per build).
 pub fn select_device() -> Result<(Device, DType, Option<String>), DiffusionError> {
-    let requested = std::env::var("PIXELGEN_DEVICE").unwrap_or_else(|_| "auto".to_string());
-    let device = match requested.trim() {
+    select_device_for(&DeviceRequest::from_env())
+}
+
+/// [`select_device`] for a request made elsewhere (the warm server resolves its clients'
+/// requests with this, so that a build gets the device and precision it asked for).
+pub fn select_device_for(
+    request: &DeviceRequest,
+) -> Result<(Device, DType, Option<String>), DiffusionError> {
+    let device = match request.device.trim() {
         "auto" | "" => {
             if cfg!(feature = "cuda") && candle_core::utils::cuda_is_available() {
                 cuda(0)?
@@ -76,11 +84,7 @@ pub fn select_device() -> Result<(Device, DType, Option<String>), DiffusionError
             }
         },
     };
-    let dtype = match std::env::var("PIXELGEN_DTYPE")
-        .ok()
-        .as_deref()
-        .map(str::trim)
-    {
+    let dtype = match request.dtype.as_deref().map(str::trim) {
         None | Some("") => {
             if device.is_cpu() {
                 DType::F32
@@ -101,6 +105,48 @@ pub fn select_device() -> Result<(Device, DType, Option<String>), DiffusionError
         "pixelgen: this machine has an NVIDIA GPU but pixelgen-build was built without its `cuda` feature, so Stable Diffusion runs on the CPU (slowly): add `features = [\"cuda\"]` to the pixelgen-build build-dependency (needs the CUDA toolkit's nvcc)".to_string()
     });
     Ok((device, dtype, note))
+}
+
+/// How many images go through the UNet together: `requested` (`PIXELGEN_BATCH`) when
+/// given, else 1 on the CPU and 4 on a GPU.
+pub fn batch_for(device: &Device, requested: Option<usize>) -> usize {
+    requested
+        .filter(|&b| b > 0)
+        .unwrap_or(if device.is_cpu() { 1 } else { 4 })
+}
+
+/// The sampling settings of a sprite's generator on `loaded` (its training size when the
+/// sprite gives no resolution), checked against the model.
+pub fn settings_for(
+    loaded: &LoadedModel,
+    resolution: Option<(u32, u32)>,
+    steps: u32,
+    guidance: f32,
+    scheduler: crate::manifest::Scheduler,
+) -> Result<Settings, DiffusionError> {
+    let default = loaded.default_resolution().unwrap_or(512);
+    let (width, height) = resolution
+        .map(|(w, h)| (w as usize, h as usize))
+        .unwrap_or((default, default));
+    let settings = Settings {
+        width,
+        height,
+        steps: steps as usize,
+        guidance: f64::from(guidance),
+        scheduler,
+    };
+    loaded.check(&settings)?;
+    Ok(settings)
+}
+
+/// The sampling request of one frame: frame `frame` of a sprite is drawn from seed
+/// `seed + frame`, and an empty negative prompt is no negative prompt.
+pub fn request_for(prompt: &str, negative_prompt: &str, seed: u64) -> Request {
+    Request {
+        prompt: prompt.to_string(),
+        negative_prompt: (!negative_prompt.is_empty()).then(|| negative_prompt.to_string()),
+        noise: Noise::Seed(seed),
+    }
 }
 
 fn cuda(ordinal: usize) -> Result<Device, DiffusionError> {
@@ -190,35 +236,15 @@ impl Diffusion {
                 message: "not a Diffusion sprite".into(),
             });
         };
-        let (device, dtype, note) = select_device().map_err(failed)?;
+        let request = DeviceRequest::from_env();
+        let (device, dtype, note) = select_device_for(&request).map_err(failed)?;
         let location = locate(model, manifest_dir).map_err(|e| failed(e.into()))?;
         let lock = DeviceLock::acquire(&DeviceLock::dir()).map_err(failed)?;
-        let loras: Vec<LoraFile> = sprite
-            .loras
-            .iter()
-            .map(|l| LoraFile {
-                path: l.resolved.clone(),
-                weight: f64::from(l.weight),
-            })
-            .collect();
-        let loaded = LoadedModel::load(&location, &loras, &device, dtype).map_err(failed)?;
-        let default = loaded.default_resolution().unwrap_or(512);
-        let (width, height) = resolution
-            .map(|(w, h)| (w as usize, h as usize))
-            .unwrap_or((default, default));
-        let settings = Settings {
-            width,
-            height,
-            steps: *steps as usize,
-            guidance: f64::from(*guidance),
-            scheduler: *scheduler,
-        };
-        loaded.check(&settings).map_err(failed)?;
-        let batch = std::env::var("PIXELGEN_BATCH")
-            .ok()
-            .and_then(|b| b.parse().ok())
-            .filter(|&b: &usize| b > 0)
-            .unwrap_or(if device.is_cpu() { 1 } else { 4 });
+        let loaded =
+            LoadedModel::load(&location, &lora_files(sprite), &device, dtype).map_err(failed)?;
+        let settings =
+            settings_for(&loaded, *resolution, *steps, *guidance, *scheduler).map_err(failed)?;
+        let batch = batch_for(&device, request.batch);
         Ok(Self {
             model: loaded,
             _lock: lock,
@@ -229,9 +255,16 @@ impl Diffusion {
     }
 }
 
-/// The seed of frame `frame` of a sprite: frames are drawn from consecutive seeds.
-pub fn frame_seed(seed: u64, frame: u32) -> u64 {
-    seed.wrapping_add(u64::from(frame))
+/// A sprite's LoRAs as the loader takes them (resolved paths, weights in order).
+pub fn lora_files(sprite: &SpriteSpec) -> Vec<LoraFile> {
+    sprite
+        .loras
+        .iter()
+        .map(|l| LoraFile {
+            path: l.resolved.clone(),
+            weight: f64::from(l.weight),
+        })
+        .collect()
 }
 
 impl Generator for Diffusion {
@@ -244,11 +277,12 @@ impl Generator for Diffusion {
         for chunk in jobs.chunks(self.batch) {
             let requests: Vec<Request> = chunk
                 .iter()
-                .map(|job| Request {
-                    prompt: job.sprite.prompt.clone(),
-                    negative_prompt: (!job.sprite.negative_prompt.is_empty())
-                        .then(|| job.sprite.negative_prompt.clone()),
-                    noise: Noise::Seed(frame_seed(job.sprite.seed, job.frame)),
+                .map(|job| {
+                    request_for(
+                        &job.sprite.prompt,
+                        &job.sprite.negative_prompt,
+                        frame_seed(job.sprite.seed, job.frame),
+                    )
                 })
                 .collect();
             let drawn = self

@@ -1,0 +1,330 @@
+//! The warm server's client (`cargo pixelgen serve`, see [`crate::serve`]): a
+//! [`Generator`] that sends a Diffusion sprite's frames to the server and, when there is
+//! no server or it fails, draws them in-process as before.
+//!
+//! Invariants:
+//! - Same pixels either way: the client sends what the in-process backend would use
+//!   (model, LoRAs with their weights' bits, settings, device request), one request per
+//!   batch of the server's batch size (the in-process batch size for that device), so
+//!   the server's batches are the in-process batches.
+//! - A request's images are used only when all of them arrived: when the server fails
+//!   mid-request, that whole batch and everything after it are drawn in-process (a
+//!   partial batch drawn again as a smaller one could differ on a GPU).
+//! - After a failure the server is not asked again in this run ([`WarmServer`] clones
+//!   share the flag), and the summary gets one note saying so.
+
+use std::collections::BTreeMap;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use image::RgbaImage;
+
+use super::{DeviceRequest, GenerateError, Generator, Job};
+use crate::manifest::{GeneratorSpec, SpriteSpec};
+use crate::serve::WarmServer;
+use crate::serve::protocol::{
+    self, GenerateRequest, JobRef, LoraRef, ModelRef, Request, RequestHeader, Response,
+    StatusReply, Versions,
+};
+use crate::timings::Timings;
+
+/// The longest a send to the server may block (it reads requests at once when idle).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The backend for a group of sprites like `sprite`: through the warm server when one is
+/// configured, answers and the sprite is a Diffusion sprite; else in-process. `files` are
+/// the sprite's content hashes from the plan (`model:<name>` and each LoRA path).
+pub fn backend_for(
+    sprite: &SpriteSpec,
+    manifest_dir: &Path,
+    server: Option<&WarmServer>,
+    files: &BTreeMap<String, String>,
+    timings: &mut Timings,
+) -> Result<Box<dyn Generator>, GenerateError> {
+    let server = server.filter(|s| !s.has_failed());
+    let template = server.and_then(|_| template(sprite, manifest_dir, files));
+    let (Some(server), Some(template)) = (server, template) else {
+        return super::backend_for(sprite, manifest_dir, timings);
+    };
+    let mut backend = WithFallback {
+        remote: None,
+        local: None,
+        sprite: sprite.clone(),
+        manifest_dir: manifest_dir.to_path_buf(),
+        notes: Vec::new(),
+    };
+    match Remote::connect(server, template) {
+        Ok(remote) => backend.remote = Some(remote),
+        Err(Connect::Unreachable(e)) => {
+            // Not asked again this run. The default address without a server is the
+            // normal case; a named one is not.
+            server.mark_failed();
+            if server.explicit {
+                backend.notes.push(format!(
+                    "pixelgen: no warm server answers at {} ({e}); generated in-process",
+                    server.path.display()
+                ));
+            }
+            backend.load_local(timings)?;
+        }
+        Err(Connect::Failed(message)) => {
+            backend.server_failed(server, &message);
+            backend.load_local(timings)?;
+        }
+    }
+    Ok(Box::new(backend))
+}
+
+/// The request for `sprite`'s generator, without jobs; `None` when the plan lacks a hash
+/// or the model cannot be found (the in-process backend then says why).
+fn template(
+    sprite: &SpriteSpec,
+    manifest_dir: &Path,
+    files: &BTreeMap<String, String>,
+) -> Option<GenerateRequest> {
+    let GeneratorSpec::Diffusion {
+        model,
+        steps,
+        guidance,
+        scheduler,
+        resolution,
+    } = &sprite.generator
+    else {
+        return None;
+    };
+    let location = super::model_files::locate(model, manifest_dir).ok()?;
+    let loras = sprite
+        .loras
+        .iter()
+        .map(|lora| {
+            Some(LoraRef {
+                path: std::path::absolute(&lora.resolved).ok()?,
+                weight_bits: lora.weight.to_bits(),
+                hash: files.get(&lora.path)?.clone(),
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(GenerateRequest {
+        model: ModelRef {
+            path: std::path::absolute(location.path()).ok()?,
+            single_file: matches!(location, super::model_files::ModelLocation::SingleFile(_)),
+            hash: files.get(&crate::plan::model_file_key(model))?.clone(),
+        },
+        loras,
+        device: DeviceRequest::from_env(),
+        resolution: *resolution,
+        steps: *steps,
+        guidance_bits: guidance.to_bits(),
+        scheduler: scheduler.name().to_string(),
+        jobs: Vec::new(),
+    })
+}
+
+/// The warm server for one group of sprites, falling back to an in-process backend.
+struct WithFallback {
+    remote: Option<Remote>,
+    local: Option<Box<dyn Generator>>,
+    sprite: SpriteSpec,
+    manifest_dir: PathBuf,
+    notes: Vec<String>,
+}
+
+impl WithFallback {
+    fn load_local(
+        &mut self,
+        timings: &mut Timings,
+    ) -> Result<&mut Box<dyn Generator>, GenerateError> {
+        if self.local.is_none() {
+            self.local = Some(super::backend_for(
+                &self.sprite,
+                &self.manifest_dir,
+                timings,
+            )?);
+        }
+        Ok(self.local.as_mut().expect("just set"))
+    }
+
+    fn server_failed(&mut self, server: &WarmServer, message: &str) {
+        server.mark_failed();
+        self.remote = None;
+        self.notes.push(format!(
+            "pixelgen: the warm server at {} failed ({message}); generated in-process",
+            server.path.display()
+        ));
+    }
+}
+
+impl std::fmt::Display for Connect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Connect::Unreachable(e) => write!(f, "no server answers there: {e}"),
+            Connect::Failed(message) => f.write_str(message),
+        }
+    }
+}
+
+impl Generator for WithFallback {
+    fn generate(
+        &mut self,
+        jobs: &[Job<'_>],
+        timings: &mut Timings,
+    ) -> Result<Vec<RgbaImage>, GenerateError> {
+        if let Some(remote) = &mut self.remote {
+            match remote.generate(jobs, timings) {
+                Ok(images) => return Ok(images),
+                Err(message) => {
+                    let server = remote.server.clone();
+                    self.server_failed(&server, &message);
+                }
+            }
+        }
+        self.load_local(timings)?.generate(jobs, timings)
+    }
+
+    fn batch_size(&self) -> usize {
+        match (&self.remote, &self.local) {
+            (Some(remote), _) => remote.batch,
+            (None, Some(local)) => local.batch_size(),
+            (None, None) => 1,
+        }
+    }
+
+    fn take_note(&mut self) -> Option<String> {
+        if !self.notes.is_empty() {
+            return Some(self.notes.remove(0));
+        }
+        self.local.as_mut().and_then(|local| local.take_note())
+    }
+}
+
+/// The state of the server at `path` (`cargo pixelgen serve --status`); with `device`,
+/// also its batch size for that device request. Refuses a server of another version.
+pub fn status(path: &Path, device: Option<DeviceRequest>) -> Result<StatusReply, Connect> {
+    let mut stream = UnixStream::connect(path).map_err(Connect::Unreachable)?;
+    match exchange(&mut stream, Request::Status { device }) {
+        Ok(Response::Status(reply)) => match reply.versions.refuse(&Versions::ours()) {
+            Some(why) => Err(Connect::Failed(why)),
+            None => Ok(reply),
+        },
+        Ok(Response::Error { message }) => Err(Connect::Failed(message)),
+        Ok(other) => Err(Connect::Failed(format!(
+            "it answered a status request with {other:?}"
+        ))),
+        Err(message) => Err(Connect::Failed(message)),
+    }
+}
+
+/// Why the server could not be asked.
+#[derive(Debug)]
+pub enum Connect {
+    /// Nothing listens there (no server running): not worth a note by default.
+    Unreachable(std::io::Error),
+    /// Something answered but cannot serve this build.
+    Failed(String),
+}
+
+/// One group's connection details to the server.
+struct Remote {
+    server: WarmServer,
+    template: GenerateRequest,
+    /// The server's batch size for this device request.
+    batch: usize,
+}
+
+impl Remote {
+    /// Asks the server for its state: it answers at once (or after the request it is
+    /// serving), checks the versions, and says its batch size for this device.
+    fn connect(server: &WarmServer, template: GenerateRequest) -> Result<Remote, Connect> {
+        let reply = status(&server.path, Some(template.device.clone()))?;
+        Ok(Remote {
+            server: server.clone(),
+            template,
+            batch: reply.batch.unwrap_or(1).max(1),
+        })
+    }
+
+    /// Draws `jobs` on the server: all of their images, or an error saying why not. The
+    /// server's stage times (its model load, text encoding, UNet steps, VAE decode) are
+    /// merged into `timings`.
+    fn generate(
+        &mut self,
+        jobs: &[Job<'_>],
+        timings: &mut Timings,
+    ) -> Result<Vec<RgbaImage>, String> {
+        let mut request = self.template.clone();
+        request.jobs = jobs
+            .iter()
+            .map(|job| JobRef {
+                prompt: job.sprite.prompt.clone(),
+                negative_prompt: job.sprite.negative_prompt.clone(),
+                seed: super::frame_seed(job.sprite.seed, job.frame),
+            })
+            .collect();
+        let mut stream =
+            UnixStream::connect(&self.server.path).map_err(|e| format!("cannot connect: {e}"))?;
+        send(&mut stream, Request::Generate(request))?;
+        let mut images = Vec::with_capacity(jobs.len());
+        loop {
+            let (response, payload) =
+                protocol::read_frame::<Response>(&mut stream).map_err(|e| {
+                    format!(
+                        "the connection broke after {} of {} images: {e}",
+                        images.len(),
+                        jobs.len()
+                    )
+                })?;
+            match response {
+                Response::Image {
+                    index,
+                    width,
+                    height,
+                } => {
+                    if index != images.len() || index >= jobs.len() {
+                        return Err(format!(
+                            "it sent image {index} when image {} of {} was due",
+                            images.len(),
+                            jobs.len()
+                        ));
+                    }
+                    let rgb =
+                        image::RgbImage::from_raw(width, height, payload).ok_or_else(|| {
+                            format!("image {index} is not {width}×{height} RGB pixels")
+                        })?;
+                    // As the in-process backend converts its images.
+                    images.push(image::DynamicImage::ImageRgb8(rgb).into_rgba8());
+                }
+                Response::Done { timings: server } if images.len() == jobs.len() => {
+                    timings.merge(&server);
+                    return Ok(images);
+                }
+                Response::Done { .. } => {
+                    return Err(format!(
+                        "it sent {} images for {} jobs",
+                        images.len(),
+                        jobs.len()
+                    ));
+                }
+                Response::Error { message } => return Err(message),
+                Response::Status(_) => return Err("it answered with its status".into()),
+            }
+        }
+    }
+}
+
+fn send(stream: &mut UnixStream, request: Request) -> Result<(), String> {
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let header = RequestHeader {
+        versions: Versions::ours(),
+        request,
+    };
+    protocol::write_frame(stream, &header, &[]).map_err(|e| format!("cannot send the request: {e}"))
+}
+
+/// Sends one request and reads the first answer.
+fn exchange(stream: &mut UnixStream, request: Request) -> Result<Response, String> {
+    send(stream, request)?;
+    protocol::read_frame::<Response>(stream)
+        .map(|(response, _)| response)
+        .map_err(|e| format!("no answer: {e}"))
+}

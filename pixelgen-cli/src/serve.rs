@@ -1,0 +1,79 @@
+//! `cargo pixelgen serve`: keeps Stable Diffusion models loaded between builds.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pixelgen_build::generate::diffusion::DeviceLock;
+use pixelgen_build::generate::remote;
+use pixelgen_build::serve::server::{ServeOptions, Server};
+
+#[derive(clap::Args)]
+pub struct Serve {
+    /// The socket to listen on. Default: PIXELGEN_SERVER, else
+    /// $XDG_RUNTIME_DIR/pixelgen/serve.sock, else <temp>/pixelgen-<uid>/serve.sock
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Drop the models and release the device after this many seconds without a request
+    /// (0: never)
+    #[arg(long, value_name = "SECS", default_value_t = 900)]
+    idle_timeout: u64,
+    /// Models kept loaded at once (the least recently used is dropped first)
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_models: u64,
+    /// Print the running server's state as JSON (models held, loads so far) and exit
+    #[arg(long)]
+    status: bool,
+}
+
+/// The socket path: `--socket`, else where builds look (`off` does not apply here).
+fn socket_path(socket: Option<PathBuf>) -> PathBuf {
+    socket.unwrap_or_else(|| {
+        let xdg = std::env::var_os("XDG_RUNTIME_DIR");
+        match pixelgen_build::serve::server_from(
+            std::env::var_os("PIXELGEN_SERVER").as_deref(),
+            xdg.as_deref(),
+            &std::env::temp_dir(),
+        ) {
+            Some(server) => server.path,
+            None => {
+                pixelgen_build::serve::default_socket_path(xdg.as_deref(), &std::env::temp_dir())
+            }
+        }
+    })
+}
+
+pub fn run(args: Serve) -> Result<(), String> {
+    let path = socket_path(args.socket);
+    if args.status {
+        let reply = remote::status(&path, None)
+            .map_err(|e| format!("the pixelgen server at {}: {e}", path.display()))?;
+        let text = serde_json::to_string_pretty(&reply).map_err(|e| e.to_string())?;
+        println!("{text}");
+        return Ok(());
+    }
+    let options = ServeOptions {
+        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+        max_models: args.max_models as usize,
+        ..ServeOptions::new(path, DeviceLock::dir())
+    };
+    let server = Server::bind(options)
+        .map_err(|e| e.to_string())?
+        .on_event(|line| eprintln!("pixelgen serve: {line}"));
+    let socket = server.socket_file();
+    // Ctrl-C, SIGTERM, SIGHUP: remove the socket so builds stop trying it, and exit
+    // (a request in progress ends; its client draws in-process).
+    let on_signal = socket.clone();
+    ctrlc::set_handler(move || {
+        on_signal.remove();
+        eprintln!("pixelgen serve: stopped");
+        std::process::exit(0);
+    })
+    .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?;
+    eprintln!(
+        "pixelgen serve: listening on {} (pid {}); builds and `cargo pixelgen generate` send their Stable Diffusion frames here while it runs. Ctrl-C stops it.",
+        socket.path().display(),
+        std::process::id()
+    );
+    server.run().map_err(|e| e.to_string())
+}
