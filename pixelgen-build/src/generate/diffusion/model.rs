@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 use serde::de::DeserializeOwned;
 
 use super::DiffusionError;
@@ -16,6 +15,7 @@ use super::ldm;
 use super::lora::{self, PipelineWeights, TensorMap, UnetLayout};
 use super::tokenizer::ClipTokenizer;
 use super::unet::{Unet, UnetShape};
+use super::vae::VaeDecoder;
 use crate::generate::model_files::{
     LocateError, ModelLocation, hub_cache_dir, hub_snapshot, is_pickle,
 };
@@ -372,7 +372,7 @@ pub struct LoadedModel {
     pub(super) text_encoder: ClipTextModel,
     pub(super) text_encoder_2: Option<ClipTextModel>,
     pub(super) unet: Unet,
-    pub(super) vae: AutoEncoderKL,
+    pub(super) vae: VaeDecoder,
     pub(super) vae_config: VaeConfig,
     pub(super) vae_dtype: DType,
     pub(super) scheduler: SchedulerConfig,
@@ -482,20 +482,8 @@ impl LoadedModel {
         };
         let unet = Unet::new(builder(weights.unet, dtype, device), &parts.unet)
             .map_err(in_component("unet"))?;
-        let vae = AutoEncoderKL::new(
-            builder(weights.vae, vae_dtype, device),
-            3,
-            3,
-            AutoEncoderKLConfig {
-                block_out_channels: parts.vae.block_out_channels.clone(),
-                layers_per_block: parts.vae.layers_per_block,
-                latent_channels: parts.vae.latent_channels,
-                norm_num_groups: parts.vae.norm_num_groups,
-                use_quant_conv: parts.vae.use_quant_conv,
-                use_post_quant_conv: parts.vae.use_post_quant_conv,
-            },
-        )
-        .map_err(in_component("vae"))?;
+        let vae = VaeDecoder::new(builder(weights.vae, vae_dtype, device), &parts.vae, 3)
+            .map_err(in_component("vae"))?;
         Ok(Self {
             index: parts.index,
             tokenizer,
