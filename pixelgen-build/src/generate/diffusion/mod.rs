@@ -8,6 +8,7 @@
 
 pub mod clip;
 pub mod config;
+pub mod cpu_ops;
 pub mod download;
 pub mod ldm;
 pub mod lora;
@@ -18,6 +19,7 @@ pub mod scheduler;
 pub mod sgm;
 pub mod tokenizer;
 pub mod unet;
+pub mod vae;
 
 use std::path::{Path, PathBuf};
 

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 use serde::de::DeserializeOwned;
 
 use super::DiffusionError;
@@ -16,6 +15,7 @@ use super::ldm;
 use super::lora::{self, PipelineWeights, TensorMap, UnetLayout};
 use super::tokenizer::ClipTokenizer;
 use super::unet::{Unet, UnetShape};
+use super::vae::VaeDecoder;
 use crate::generate::model_files::{
     LocateError, ModelLocation, hub_cache_dir, hub_snapshot, is_pickle,
 };
@@ -125,10 +125,21 @@ fn widen_to_f32(bytes: &[u8], stored: DType) -> Vec<f32> {
     out.par_chunks_mut(CHUNK)
         .zip(bytes.par_chunks(CHUNK * 2))
         .for_each(|(dst, src)| {
-            let bits: Vec<u16> = src
-                .chunks_exact(2)
-                .map(|b| u16::from_le_bytes([b[0], b[1]]))
-                .collect();
+            // SAFETY: every bit pattern is a valid u16; `align_to` only hands out the
+            // aligned middle. Safetensors stores little-endian values, so the in-place
+            // view is used only on little-endian machines.
+            let (head, aligned, tail) = unsafe { src.align_to::<u16>() };
+            let copied: Vec<u16>;
+            let bits: &[u16] =
+                if cfg!(target_endian = "little") && head.is_empty() && tail.is_empty() {
+                    aligned
+                } else {
+                    copied = src
+                        .chunks_exact(2)
+                        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                        .collect();
+                    &copied
+                };
             if stored == DType::BF16 {
                 bits.reinterpret_cast::<half::bf16>()
                     .convert_to_f32_slice(dst);
@@ -361,7 +372,7 @@ pub struct LoadedModel {
     pub(super) text_encoder: ClipTextModel,
     pub(super) text_encoder_2: Option<ClipTextModel>,
     pub(super) unet: Unet,
-    pub(super) vae: AutoEncoderKL,
+    pub(super) vae: VaeDecoder,
     pub(super) vae_config: VaeConfig,
     pub(super) vae_dtype: DType,
     pub(super) scheduler: SchedulerConfig,
@@ -471,20 +482,8 @@ impl LoadedModel {
         };
         let unet = Unet::new(builder(weights.unet, dtype, device), &parts.unet)
             .map_err(in_component("unet"))?;
-        let vae = AutoEncoderKL::new(
-            builder(weights.vae, vae_dtype, device),
-            3,
-            3,
-            AutoEncoderKLConfig {
-                block_out_channels: parts.vae.block_out_channels.clone(),
-                layers_per_block: parts.vae.layers_per_block,
-                latent_channels: parts.vae.latent_channels,
-                norm_num_groups: parts.vae.norm_num_groups,
-                use_quant_conv: parts.vae.use_quant_conv,
-                use_post_quant_conv: parts.vae.use_post_quant_conv,
-            },
-        )
-        .map_err(in_component("vae"))?;
+        let vae = VaeDecoder::new(builder(weights.vae, vae_dtype, device), &parts.vae, 3)
+            .map_err(in_component("vae"))?;
         Ok(Self {
             index: parts.index,
             tokenizer,
@@ -583,8 +582,17 @@ mod tests {
             .chain(0..=u16::MAX)
             .flat_map(u16::to_le_bytes)
             .collect();
+        // The same values one byte off their alignment, as a file may store them.
+        let shifted: Vec<u8> = std::iter::once(0).chain(bytes.iter().copied()).collect();
         let widened = widen_to_f32(&bytes, DType::F16);
         let widened_bf = widen_to_f32(&bytes, DType::BF16);
+        assert_eq!(
+            widen_to_f32(&shifted[1..], DType::F16)
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>(),
+            widened.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
         for (i, pair) in bytes.chunks_exact(2).enumerate() {
             let bits = u16::from_le_bytes([pair[0], pair[1]]);
             let f = half::f16::from_bits(bits).to_f32();

@@ -7,9 +7,10 @@
 //! so diffusers-layout weights load as they are.
 
 use candle_core::{D, DType, Module, Result, Tensor, bail};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
 
 use super::config::UnetConfig;
+use super::cpu_ops::{self, GroupNorm, conv2d};
 
 /// SDXL's extra conditioning: the pooled text embedding and the size/crop time ids.
 #[derive(Debug, Clone)]
@@ -220,10 +221,10 @@ impl Resnet {
         scale: f64,
     ) -> Result<Self> {
         Ok(Self {
-            norm1: candle_nn::group_norm(groups, in_c, eps, vb.pp("norm1"))?,
+            norm1: GroupNorm::new(groups, in_c, eps, vb.pp("norm1"))?,
             conv1: conv(vb.pp("conv1"), in_c, out_c, 3, 1, 1)?,
             time_emb_proj: candle_nn::linear(temb, out_c, vb.pp("time_emb_proj"))?,
-            norm2: candle_nn::group_norm(groups, out_c, eps, vb.pp("norm2"))?,
+            norm2: GroupNorm::new(groups, out_c, eps, vb.pp("norm2"))?,
             conv2: conv(vb.pp("conv2"), out_c, out_c, 3, 1, 1)?,
             conv_shortcut: if in_c != out_c {
                 Some(conv(vb.pp("conv_shortcut"), in_c, out_c, 1, 1, 0)?)
@@ -235,20 +236,16 @@ impl Resnet {
     }
 
     fn forward(&self, xs: &Tensor, temb: &Tensor) -> Result<Tensor> {
-        let h = self
-            .conv1
-            .forward(&candle_nn::ops::silu(&self.norm1.forward(xs)?)?)?;
+        let h = conv2d(&self.conv1, &self.norm1.forward_silu(xs)?)?;
         let t = self
             .time_emb_proj
             .forward(&candle_nn::ops::silu(temb)?)?
             .unsqueeze(2)?
             .unsqueeze(3)?;
         let h = h.broadcast_add(&t)?;
-        let h = self
-            .conv2
-            .forward(&candle_nn::ops::silu(&self.norm2.forward(&h)?)?)?;
+        let h = conv2d(&self.conv2, &self.norm2.forward_silu(&h)?)?;
         let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(xs)?,
+            Some(conv) => conv2d(conv, xs)?,
             None => xs.clone(),
         };
         let out = (shortcut + h)?;
@@ -281,28 +278,11 @@ impl Attention {
     }
 
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let (batch, tokens, dim) = xs.dims3()?;
-        let head_dim = dim / self.heads;
-        let split = |t: Tensor| -> Result<Tensor> {
-            let n = t.dim(1)?;
-            t.reshape((batch, n, self.heads, head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = split(self.to_q.forward(xs)?)?;
-        let k = split(self.to_k.forward(context)?)?;
-        let v = split(self.to_v.forward(context)?)?;
-        // Attention weights in f32 even when the model runs in half precision.
-        let scores = (q
-            .to_dtype(DType::F32)?
-            .matmul(&k.to_dtype(DType::F32)?.t()?)?
-            * (head_dim as f64).powf(-0.5))?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        let out = weights
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((batch, tokens, dim))?;
-        self.to_out.forward(&out)
+        let q = self.to_q.forward(xs)?;
+        let k = self.to_k.forward(context)?;
+        let v = self.to_v.forward(context)?;
+        self.to_out
+            .forward(&cpu_ops::attention(&q, &k, &v, self.heads)?)
     }
 }
 
@@ -336,9 +316,7 @@ impl TransformerBlock {
         let xs = (self.attn1.forward(&normed, &normed)? + xs)?;
         let xs = (self.attn2.forward(&self.norm2.forward(&xs)?, context)? + &xs)?;
         let projected = self.geglu.forward(&self.norm3.forward(&xs)?)?;
-        let halves = projected.chunk(2, D::Minus1)?;
-        let gated = (&halves[0] * halves[1].gelu_erf()?)?;
-        self.ff_out.forward(&gated)? + xs
+        self.ff_out.forward(&cpu_ops::geglu(&projected)?)? + xs
     }
 }
 
@@ -382,7 +360,7 @@ impl Transformer2D {
             }
         };
         Ok(Self {
-            norm: candle_nn::group_norm(spec.groups, c, 1e-6, vb.pp("norm"))?,
+            norm: GroupNorm::new(spec.groups, c, 1e-6, vb.pp("norm"))?,
             proj_in: projection("proj_in")?,
             blocks: (0..spec.depth)
                 .map(|i| {
@@ -406,7 +384,7 @@ impl Transformer2D {
                 .reshape((batch, height * width, channels))
         };
         let mut tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(conv.forward(&normed)?)?,
+            Projection::Conv(conv) => to_tokens(conv2d(conv, &normed)?)?,
             Projection::Linear(linear) => linear.forward(&to_tokens(normed)?)?,
         };
         for block in &self.blocks {
@@ -418,7 +396,7 @@ impl Transformer2D {
                 .contiguous()
         };
         let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(&to_image(tokens)?)?,
+            Projection::Conv(conv) => conv2d(conv, &to_image(tokens)?)?,
             Projection::Linear(linear) => to_image(linear.forward(&tokens)?)?,
         };
         out + xs
@@ -627,7 +605,7 @@ impl Unet {
             down_blocks,
             mid_block,
             up_blocks,
-            conv_norm_out: candle_nn::group_norm(groups, channels[0], eps, vb.pp("conv_norm_out"))?,
+            conv_norm_out: GroupNorm::new(groups, channels[0], eps, vb.pp("conv_norm_out"))?,
             conv_out: conv(vb.pp("conv_out"), channels[0], config.out_channels, 3, 1, 1)?,
             center_input_sample: config.center_input_sample,
             shape,
@@ -684,7 +662,7 @@ impl Unet {
         } else {
             sample.clone()
         };
-        let mut xs = self.conv_in.forward(&sample)?;
+        let mut xs = conv2d(&self.conv_in, &sample)?;
         let mut skips = vec![xs.clone()];
         for block in &self.down_blocks {
             for i in 0..block.resnets.len() {
@@ -698,7 +676,7 @@ impl Unet {
                 } else {
                     xs.clone()
                 };
-                xs = downsampler.forward(&padded)?;
+                xs = conv2d(downsampler, &padded)?;
                 skips.push(xs.clone());
             }
         }
@@ -722,11 +700,10 @@ impl Unet {
                     (true, Some(next)) => (next.dim(2)?, next.dim(3)?),
                     _ => (xs.dim(2)? * 2, xs.dim(3)? * 2),
                 };
-                xs = upsampler.forward(&xs.upsample_nearest2d(h, w)?)?;
+                xs = conv2d(upsampler, &xs.upsample_nearest2d(h, w)?)?;
             }
         }
 
-        let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
-        self.conv_out.forward(&xs)
+        conv2d(&self.conv_out, &self.conv_norm_out.forward_silu(&xs)?)
     }
 }
