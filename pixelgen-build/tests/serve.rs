@@ -181,7 +181,7 @@ fn through_the_server_a_build_writes_the_same_cache_and_lock_file() {
 fn a_prompt_edit_reuses_the_loaded_model_and_the_device_lock_follows_the_models() {
     let server = Running::start(|o| {
         o.max_models = 2;
-        o.idle_timeout = Some(Duration::from_millis(300));
+        o.idle_timeout = Some(Duration::from_secs(2));
     });
     assert!(server.device_is_free(), "no model, no lock");
     let (_dir, project) = game(MANIFEST);
