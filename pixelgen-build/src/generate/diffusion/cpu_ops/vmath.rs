@@ -60,7 +60,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let y = p * (r * r) + r + 1.0;
     // 2^k as two factors, each a normal f32 for k in [-126, 128]; multiplying by powers
     // of two is exact, so this is y · 2^k rounded once.
@@ -83,7 +83,7 @@ pub fn exp(x: f32) -> f32 {
 fn erf_series(x: f32) -> f32 {
     // 2/√π · (-1)^n / (n! (2n + 1)), n = 0..=9: the next term is below 2e-10 at 0.8.
     const TAYLOR: [f32; 10] = [
-        1.128_379_2,
+        std::f32::consts::FRAC_2_SQRT_PI,
         -0.376_126_4,
         0.112_837_92,
         -0.026_866_17,

@@ -219,12 +219,10 @@ fn transform_output(
             let (ty, tx) = (tile / tiles_w, tile % tiles_w);
             let at = |xi: usize| m[xi * plane + o * count + t];
             // Aᵀ M: rows m0 + m1 + m2, m1 - m2 - m3.
-            let mut am = [[0f32; 4]; 2];
-            for q in 0..4 {
-                let (m0, m1, m2, m3) = (at(q), at(4 + q), at(8 + q), at(12 + q));
-                am[0][q] = m0 + m1 + m2;
-                am[1][q] = m1 - m2 - m3;
-            }
+            let am: [[f32; 4]; 2] = [
+                std::array::from_fn(|q| at(q) + at(4 + q) + at(8 + q)),
+                std::array::from_fn(|q| at(4 + q) - at(8 + q) - at(12 + q)),
+            ];
             for (r, row) in am.iter().enumerate() {
                 let y = 2 * ty + r;
                 if y >= out_h {
