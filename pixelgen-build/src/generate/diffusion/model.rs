@@ -613,9 +613,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("unet.safetensors");
         std::fs::write(&file, b"not a safetensors file").unwrap();
-        let error = load_weights(&[file.clone()], Some(DType::F32), &Device::Cpu)
-            .err()
-            .expect("refused")
+        let error = load_weights(std::slice::from_ref(&file), Some(DType::F32), &Device::Cpu)
+            .expect_err("refused")
             .to_string();
         assert!(error.contains(&file.display().to_string()), "{error}");
     }
