@@ -35,7 +35,7 @@ use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured};
 use bevy::window::{ExitCondition, WindowResolution};
 use bevy::winit::WinitPlugin;
 
-pixelgen_macros::sprites!();
+pixelgen::sprites!();
 
 use sprites::{AtlasData, Atlases, SpritesPlugin, characters, items, tiles};
 

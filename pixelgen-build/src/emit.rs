@@ -103,7 +103,7 @@ pub fn emit(session: &Session, out_dir: &Path) -> Result<Index, Error> {
                 constant: sprite.constant.clone(),
                 page: page_index,
                 frames: (first..first + count).collect(),
-                animated: sprite.frames > 1,
+                animated: sprite.animated,
             });
         }
         atlases.push(IndexedAtlas {
@@ -177,6 +177,18 @@ mod tests {
     })"#;
 
     #[test]
+    fn a_sprite_declared_with_one_frame_is_still_an_animation() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = build(
+            dir.path(),
+            r#"(sprites: { "torch": (prompt: "torch", frames: 1, size: (8, 8)) })"#,
+        )
+        .unwrap();
+        let torch = &index.atlases[0].sprites[0];
+        assert_eq!((torch.frames.len(), torch.animated), (1, true));
+    }
+
+    #[test]
     fn writes_atlases_and_an_index_in_name_order() {
         let dir = tempfile::tempdir().unwrap();
         let index = build(dir.path(), MANIFEST).unwrap();
@@ -188,6 +200,7 @@ mod tests {
         assert_eq!(chars.sprites[0].frames, [0]);
         assert_eq!(chars.sprites[1].frames, [1, 2]);
         assert!(chars.sprites[1].animated);
+        assert!(!chars.sprites[0].animated, "no `frames:`, a still sprite");
         assert_eq!(chars.pages.len(), 1);
         let page = &chars.pages[0];
         // The knight's trimmed rect lies inside its untrimmed 16x24 frame.

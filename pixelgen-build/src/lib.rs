@@ -6,7 +6,7 @@
 //!
 //! It reads `sprites.ron` beside the crate's Cargo.toml, generates only the sprites whose
 //! inputs changed into the workspace's content-addressed `cache/`, packs atlases into
-//! OUT_DIR and writes the index that `pixelgen_macros::sprites!()` turns into typed code.
+//! OUT_DIR and writes the index that `pixelgen::sprites!()` turns into typed code.
 //! The stages, in the order data flows: [`manifest`] → [`plan`] → [`cache`] →
 //! [`generate`] → [`pixelize`] → [`atlas`] → [`emit`]; [`pipeline`] wires them.
 
@@ -15,7 +15,8 @@ pub mod cache;
 pub mod diagnostics;
 pub mod emit;
 pub mod generate;
-pub mod index;
+/// The index format, shared with the `sprites!` macro (crate `pixelgen-index`).
+pub use pixelgen_index as index;
 pub mod lock;
 pub mod manifest;
 pub mod palette;

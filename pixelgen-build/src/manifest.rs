@@ -52,6 +52,9 @@ pub struct SpriteSpec {
     pub width: u32,
     pub height: u32,
     pub frames: u32,
+    /// Declared with `frames:` (even `frames: 1`): the game gets an `Animation` constant,
+    /// so adding frames later does not change the constant's type.
+    pub animated: bool,
     pub atlas: String,
     pub generator: GeneratorSpec,
     pub loras: Vec<LoraSpec>,
@@ -658,6 +661,7 @@ impl Validator<'_> {
             width,
             height,
             frames,
+            animated: raw.frames.is_some(),
             atlas,
             generator,
             loras,

@@ -1,5 +1,13 @@
-//! The index that the build writes to OUT_DIR and the `sprites!` macro reads: atlases,
-//! their images and rects, and which rects belong to which sprite.
+//! The index that `pixelgen-build` writes to OUT_DIR and the `sprites!` macro reads:
+//! atlases, their images and rects, and which rects belong to which sprite.
+//!
+//! This crate is the contract between the two sides, and serde only, because every game
+//! compiles the macro. Invariants:
+//! - [`INDEX_VERSION`] changes whenever the meaning or shape of a field changes; a reader
+//!   refuses any other version with a message that says to align the crates' versions.
+//! - Atlases and the sprites in each are sorted by name, so equal inputs give an equal
+//!   file, byte for byte.
+//! - A sprite's frames are contiguous layout indices on one page.
 
 use std::path::{Path, PathBuf};
 
@@ -77,7 +85,7 @@ impl Index {
             .map_err(|e| format!("{} is not a pixelgen index: {e}", path.display()))?;
         if index.version != INDEX_VERSION {
             return Err(format!(
-                "{} has index version {}, this pixelgen reads version {INDEX_VERSION}: pixelgen-build and pixelgen-macros must be the same version",
+                "{} has index version {}, this pixelgen reads version {INDEX_VERSION}: pixelgen-build, pixelgen and pixelgen-macros must be the same version",
                 path.display(),
                 index.version
             ));
