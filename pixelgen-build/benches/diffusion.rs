@@ -252,6 +252,7 @@ fn measure_pixelgen(
         &[],
         &Device::Cpu,
         DType::F32,
+        None,
     )
     .expect("pixelgen loads the model");
     let load = seconds(start.elapsed());

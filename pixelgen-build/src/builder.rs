@@ -1,10 +1,10 @@
 //! `Build`: the small builder a game's build.rs calls.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::Error;
+use crate::environment::Environment;
 use crate::index::OUT_SUBDIR;
 use crate::pipeline::{self, Project, Quiet, Session, Summary};
 use crate::plan::FileHasher;
@@ -12,7 +12,8 @@ use crate::timings::Stage;
 
 /// Runs the pipeline for the crate whose build script calls it.
 ///
-/// Environment (each declared with `rerun-if-env-changed`):
+/// Environment (read once by [`Environment::read`]; every variable it reads is declared
+/// with `rerun-if-env-changed`, so changing one runs the build script again):
 /// - `PIXELGEN_OFFLINE=1` (or `CI=true`): never generate; a stale sprite fails the build
 ///   with the list of stale sprites and the command that fixes it.
 /// - `PIXELGEN_CACHE_DIR`: the sprite cache folder (default: `cache/` at the workspace root).
@@ -24,6 +25,10 @@ use crate::timings::Stage;
 ///   set once here if unset, see [`crate::generate::settle_cpu_threads`].
 /// - `PIXELGEN_TIMINGS=1`: print where the build script's time went, stage by stage, as
 ///   cargo warnings (cargo shows them after the build).
+/// - `PIXELGEN_DEVICE`, `PIXELGEN_DTYPE`, `PIXELGEN_BATCH`, `PIXELGEN_LOCK_DIR`: where and
+///   how Stable Diffusion runs; `HF_HUB_CACHE`, `HF_HOME`, `XDG_CACHE_HOME`, `HOME`,
+///   `HF_HUB_OFFLINE`, `HF_ENDPOINT`, `HF_TOKEN`: where models named by Hugging Face id
+///   are found and downloaded from.
 #[derive(Debug, Clone, Default)]
 pub struct Build {
     crate_dir: Option<PathBuf>,
@@ -75,23 +80,23 @@ impl Build {
         // then (pixelgen starts its own threads later, and cargo runs each build script
         // as its own process).
         unsafe { crate::generate::settle_cpu_threads() };
+        for name in crate::environment::VARIABLES {
+            println!("cargo:rerun-if-env-changed={name}");
+        }
+        let environment = Environment::read();
         let crate_dir = match self.crate_dir {
             Some(dir) => dir,
-            None => required_env("CARGO_MANIFEST_DIR")?,
+            None => required(&environment.cargo_manifest_dir, "CARGO_MANIFEST_DIR")?,
         };
         let out_dir = match self.out_dir {
             Some(dir) => dir,
-            None => required_env("OUT_DIR")?,
+            None => required(&environment.out_dir, "OUT_DIR")?,
         };
-        let offline = self.offline.unwrap_or_else(|| {
-            truthy(declared_env("PIXELGEN_OFFLINE")) || truthy(declared_env("CI"))
-        });
-        let show_timings = self
-            .timings
-            .unwrap_or_else(|| truthy(declared_env("PIXELGEN_TIMINGS")));
+        let offline = self.offline.unwrap_or(environment.offline);
+        let show_timings = self.timings.unwrap_or(environment.timings);
         let cache_dir = self
             .cache_dir
-            .or_else(|| declared_env("PIXELGEN_CACHE_DIR").map(|dir| crate_dir.join(dir)));
+            .or_else(|| environment.cache_dir_for(&crate_dir));
         let state_dir = out_dir.join(OUT_SUBDIR);
         let workspace_root = match &cache_dir {
             Some(_) => None,
@@ -102,12 +107,12 @@ impl Build {
         println!("cargo:rerun-if-changed={}", project.lock_path.display());
 
         let hasher = FileHasher::persistent(state_dir.join("file-stamps.json"));
-        let session = Session::open(project, hasher, offline)?;
+        let session = Session::open(project, hasher, &environment, offline)?;
         #[cfg(unix)]
         let session = session.with_server(crate::serve::server_from(
-            declared_env("PIXELGEN_SERVER").as_deref(),
-            declared_env("XDG_RUNTIME_DIR").as_deref(),
-            &std::env::temp_dir(),
+            environment.server.socket(),
+            environment.server.runtime_dir(),
+            &environment.temp_dir,
         ));
         let mut session = session;
         for path in &session.manifest.input_files {
@@ -135,7 +140,11 @@ impl Build {
             })
             .collect();
         for model in models {
-            if let Ok(location) = crate::generate::model_files::locate(model, manifest_dir) {
+            if let Ok(location) = crate::generate::model_files::locate(
+                model,
+                manifest_dir,
+                environment.hub.cache_dir.as_deref(),
+            ) {
                 for path in location.content_files() {
                     println!("cargo:rerun-if-changed={}", path.display());
                 }
@@ -191,23 +200,11 @@ fn write_marker(marker: &Path) -> Result<(), Error> {
     )
 }
 
-fn declared_env(name: &str) -> Option<OsString> {
-    println!("cargo:rerun-if-env-changed={name}");
-    std::env::var_os(name)
-}
-
-fn required_env(name: &str) -> Result<PathBuf, Error> {
-    std::env::var_os(name).map(PathBuf::from).ok_or_else(|| {
+fn required(value: &Option<PathBuf>, name: &str) -> Result<PathBuf, Error> {
+    value.clone().ok_or_else(|| {
         Error::Environment(format!(
             "{name} is not set: pixelgen_build::Build::run is meant to be called from a build script (build.rs), where cargo sets it"
         ))
-    })
-}
-
-fn truthy(value: Option<OsString>) -> bool {
-    value.is_some_and(|v| {
-        let v = v.to_string_lossy().to_ascii_lowercase();
-        !v.is_empty() && v != "0" && v != "false" && v != "no"
     })
 }
 
@@ -228,18 +225,4 @@ fn cached_workspace_root(crate_dir: &Path, state_dir: &Path) -> Result<PathBuf, 
         format!("{}\n{}", crate_dir.display(), root.display()).as_bytes(),
     );
     Ok(root)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn truthy_values() {
-        assert!(truthy(Some("1".into())));
-        assert!(truthy(Some("true".into())));
-        assert!(!truthy(Some("0".into())));
-        assert!(!truthy(Some("false".into())));
-        assert!(!truthy(None));
-    }
 }

@@ -165,7 +165,12 @@ mod tests {
     fn build(dir: &Path, manifest: &str) -> Result<Index, Error> {
         std::fs::write(dir.join(MANIFEST_FILE), manifest).unwrap();
         let project = Project::for_crate(dir, Some(dir.join("cache")), None).unwrap();
-        let mut session = Session::open(project, FileHasher::in_memory(), false)?;
+        let mut session = Session::open(
+            project,
+            FileHasher::in_memory(),
+            &crate::Environment::default(),
+            false,
+        )?;
         session.realize(false, &mut Quiet)?;
         emit(&session, &dir.join("out"))
     }

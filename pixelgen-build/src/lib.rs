@@ -14,6 +14,8 @@ pub mod atlas;
 pub mod cache;
 pub mod diagnostics;
 pub mod emit;
+pub mod environment;
+pub use environment::Environment;
 pub mod generate;
 /// The index format, shared with the `sprites!` macro (crate `pixelgen-index`).
 pub use pixelgen_index as index;

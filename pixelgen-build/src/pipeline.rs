@@ -11,6 +11,7 @@ use crate::Error;
 #[cfg(test)]
 use crate::cache::LOCK_NAME;
 use crate::cache::{Cache, Lookup, SHARED_STAMPS_NAME};
+use crate::environment::Environment;
 use crate::generate::{self, BatchKey, Job};
 use crate::lock::{LockFile, LockedSprite};
 use crate::manifest::{self, Manifest};
@@ -161,6 +162,8 @@ pub struct Session {
     pub timings: Timings,
     cache: Cache,
     hasher: FileHasher,
+    /// Device, lock folder and hub cache for generating (read by the caller).
+    environment: Environment,
     /// Where to look for `cargo pixelgen serve`; `None`: always in-process.
     #[cfg(unix)]
     server: Option<crate::serve::WarmServer>,
@@ -168,8 +171,15 @@ pub struct Session {
 
 impl Session {
     /// Reads the manifest and lock file and computes every key. `offline` lets LoRA
-    /// files be absent (their hashes then come from the lock file).
-    pub fn open(project: Project, mut hasher: FileHasher, offline: bool) -> Result<Session, Error> {
+    /// files be absent (their hashes then come from the lock file). `environment` is the
+    /// caller's (the builder and the CLI read it once; tests pass
+    /// `Environment::default()`).
+    pub fn open(
+        project: Project,
+        mut hasher: FileHasher,
+        environment: &Environment,
+        offline: bool,
+    ) -> Result<Session, Error> {
         hasher.share_large_files(
             project.cache_dir.join(SHARED_STAMPS_NAME),
             plan::SHARED_STAMP_MIN_SIZE,
@@ -181,7 +191,15 @@ impl Session {
                 LockFile::load(&project.lock_path)?,
             ))
         })?;
-        let plan = plan_timed(&manifest, &mut hasher, &lock, offline, &mut timings)?;
+        let hub_cache = environment.hub.cache_dir.as_deref();
+        let plan = plan_timed(
+            &manifest,
+            &mut hasher,
+            &lock,
+            offline,
+            hub_cache,
+            &mut timings,
+        )?;
         Ok(Session {
             cache: Cache::new(&project.cache_dir),
             project,
@@ -190,6 +208,7 @@ impl Session {
             plan,
             timings,
             hasher,
+            environment: environment.clone(),
             #[cfg(unix)]
             server: None,
         })
@@ -373,7 +392,8 @@ impl Session {
                 .collect();
             let mut downloaded = false;
             for model in models {
-                downloaded |= generate::prefetch_model(model, &manifest_dir)?;
+                downloaded |=
+                    generate::prefetch_model(model, &manifest_dir, &self.environment.hub)?;
             }
             if downloaded {
                 self.plan = plan_timed(
@@ -381,6 +401,7 @@ impl Session {
                     &mut self.hasher,
                     &self.lock,
                     offline,
+                    self.environment.hub.cache_dir.as_deref(),
                     &mut self.timings,
                 )?;
                 statuses = self.all_statuses();
@@ -478,12 +499,14 @@ impl Session {
             let backend = generate::remote::backend_for(
                 first,
                 &manifest_dir,
+                &self.environment,
                 self.server.as_ref(),
                 &self.plan[to_generate[0].0].files,
                 &mut timings,
             )?;
             #[cfg(not(unix))]
-            let backend = generate::backend_for(first, &manifest_dir, &mut timings)?;
+            let backend =
+                generate::backend_for(first, &manifest_dir, &self.environment, &mut timings)?;
             let sampled = self.sample_and_store(backend, &to_generate, statuses, progress)?;
             timings.merge(&sampled.timings);
             for note in sampled.notes {
@@ -632,11 +655,12 @@ fn plan_timed(
     hasher: &mut FileHasher,
     lock: &LockFile,
     offline: bool,
+    hub_cache: Option<&Path>,
     timings: &mut Timings,
 ) -> Result<Vec<PlannedSprite>, Error> {
     hasher.take_reading_time();
     let start = std::time::Instant::now();
-    let plan = plan::plan(manifest, hasher, lock, offline)?;
+    let plan = plan::plan(manifest, hasher, lock, offline, hub_cache)?;
     let hashing = hasher.take_reading_time();
     timings.add(Stage::Hash, hashing);
     timings.add(Stage::Plan, start.elapsed().saturating_sub(hashing));
@@ -687,7 +711,13 @@ mod tests {
     }
 
     fn session(project: &Project, offline: bool) -> Session {
-        Session::open(project.clone(), FileHasher::in_memory(), offline).unwrap()
+        Session::open(
+            project.clone(),
+            FileHasher::in_memory(),
+            &Environment::default(),
+            offline,
+        )
+        .unwrap()
     }
 
     #[test]

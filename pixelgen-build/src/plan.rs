@@ -266,17 +266,20 @@ pub trait KnownFileHashes {
     fn known_hash(&self, manifest_path: &str) -> Option<blake3::Hash>;
 }
 
-/// Computes the key of every frame of every sprite.
+/// Computes the key of every frame of every sprite. Models named by Hugging Face id are
+/// looked up in `hub_cache`.
 pub fn plan(
     manifest: &Manifest,
     hasher: &mut FileHasher,
     known: &dyn KnownFileHashes,
     allow_missing_files: bool,
+    hub_cache: Option<&Path>,
 ) -> Result<Vec<PlannedSprite>, PlanError> {
     let mut files = InputFiles {
         hasher,
         known,
         allow_missing_files,
+        hub_cache,
         memo: HashMap::new(),
         models: HashMap::new(),
         manifest_dir: manifest
@@ -300,6 +303,7 @@ struct InputFiles<'a> {
     hasher: &'a mut FileHasher,
     known: &'a dyn KnownFileHashes,
     allow_missing_files: bool,
+    hub_cache: Option<&'a Path>,
     memo: HashMap<PathBuf, blake3::Hash>,
     /// Identity of each model named in the manifest.
     models: HashMap<String, blake3::Hash>,
@@ -331,7 +335,8 @@ impl InputFiles<'_> {
         if let Some(hash) = self.models.get(model) {
             return *hash;
         }
-        let located = crate::generate::model_files::locate(model, &self.manifest_dir);
+        let located =
+            crate::generate::model_files::locate(model, &self.manifest_dir, self.hub_cache);
         let hash = match located {
             Ok(location) => {
                 let root = location.path().to_path_buf();
@@ -583,7 +588,7 @@ mod tests {
 
     fn keys(text: &str) -> Vec<(String, Vec<Key>)> {
         let m = parse(Path::new("sprites.ron"), text).unwrap();
-        plan(&m, &mut FileHasher::in_memory(), &NoneKnown, false)
+        plan(&m, &mut FileHasher::in_memory(), &NoneKnown, false, None)
             .unwrap()
             .into_iter()
             .map(|p| (m.sprites[p.sprite].name.clone(), p.frames))
@@ -634,7 +639,7 @@ mod tests {
         let manifest_path = dir.path().join("sprites.ron");
         let run = |text: &str| {
             let m = parse(&manifest_path, text).unwrap();
-            plan(&m, &mut FileHasher::in_memory(), &NoneKnown, false).unwrap()
+            plan(&m, &mut FileHasher::in_memory(), &NoneKnown, false, None).unwrap()
         };
         let before = run(text);
         std::fs::write(&lora, b"two").unwrap();
@@ -645,7 +650,7 @@ mod tests {
         assert_ne!(run(&text.replace("0.5", "0.6"))[0].frames, after[0].frames);
         std::fs::remove_file(&lora).unwrap();
         let m = parse(&manifest_path, text).unwrap();
-        let error = plan(&m, &mut FileHasher::in_memory(), &NoneKnown, true)
+        let error = plan(&m, &mut FileHasher::in_memory(), &NoneKnown, true, None)
             .unwrap_err()
             .to_string();
         assert!(error.contains("style.safetensors"), "{error}");

@@ -100,7 +100,7 @@ fn load(location: &ModelLocation, family: &Path, loras: &[CaseLora]) -> LoadedMo
             weight: l.weight,
         })
         .collect();
-    LoadedModel::load(location, &loras, &Device::Cpu, DType::F32)
+    LoadedModel::load(location, &loras, &Device::Cpu, DType::F32, None)
         .unwrap_or_else(|e| panic!("loading {}: {e}", location.path().display()))
 }
 

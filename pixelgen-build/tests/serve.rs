@@ -63,11 +63,16 @@ fn game(manifest: &str) -> (tempfile::TempDir, Project) {
 }
 
 fn realize(project: &Project, server: Option<WarmServer>) -> Summary {
-    Session::open(project.clone(), FileHasher::in_memory(), false)
-        .unwrap()
-        .with_server(server)
-        .realize(false, &mut Quiet)
-        .unwrap()
+    Session::open(
+        project.clone(),
+        FileHasher::in_memory(),
+        &pixelgen_build::Environment::default(),
+        false,
+    )
+    .unwrap()
+    .with_server(server)
+    .realize(false, &mut Quiet)
+    .unwrap()
 }
 
 /// Every file under `dir` by relative path, with its bytes.

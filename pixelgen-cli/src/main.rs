@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use pixelgen_build::pipeline::{Freshness, Progress, SpriteStatus, workspace_root_of};
 use pixelgen_build::plan::FileHasher;
-use pixelgen_build::{Error, Project, Session};
+use pixelgen_build::{Environment, Error, Project, Session};
 
 /// cargo runs `cargo-pixelgen pixelgen ARGS`; the extra word is accepted and dropped.
 #[derive(Parser)]
@@ -86,7 +86,9 @@ fn main() -> ExitCode {
         args.remove(1);
     }
     let cli = Cli::parse_from(args);
-    match run(cli) {
+    // The only place the CLI reads the environment.
+    let environment = Environment::read();
+    match run(cli, &environment) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error}");
@@ -95,10 +97,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode, Error> {
+fn run(cli: Cli, environment: &Environment) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Status { target, json } => {
-            let statuses = open(&target, true)?.status();
+            let statuses = open(&target, environment, true)?.status();
             if json {
                 print_json(&statuses)?;
             } else {
@@ -107,7 +109,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { target } => {
-            let statuses = open(&target, true)?.status();
+            let statuses = open(&target, environment, true)?.status();
             let stale: Vec<&SpriteStatus> = statuses
                 .iter()
                 .filter(|s| s.status == Freshness::Stale)
@@ -144,7 +146,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 Ok(ExitCode::from(1))
             }
         },
-        Command::Txt2img(args) => match txt2img::run(*args) {
+        Command::Txt2img(args) => match txt2img::run(*args, environment) {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(error) => {
                 eprintln!("error: {error}");
@@ -152,7 +154,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
         },
         #[cfg(unix)]
-        Command::Serve(args) => match serve::run(args) {
+        Command::Serve(args) => match serve::run(args, environment) {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(error) => {
                 eprintln!("error: {error}");
@@ -166,8 +168,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             no_server,
         } => {
             let started = Instant::now();
-            let show_timings = timings || env_flag("PIXELGEN_TIMINGS");
-            let session = open(&target, false)?;
+            let show_timings = timings || environment.timings;
+            let session = open(&target, environment, false)?;
             #[cfg(unix)]
             let session = session.with_server(if no_server {
                 None
@@ -175,9 +177,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 match server {
                     Some(path) => Some(pixelgen_build::serve::WarmServer::new(path, true)),
                     None => pixelgen_build::serve::server_from(
-                        std::env::var_os("PIXELGEN_SERVER").as_deref(),
-                        std::env::var_os("XDG_RUNTIME_DIR").as_deref(),
-                        &std::env::temp_dir(),
+                        environment.server.socket(),
+                        environment.server.runtime_dir(),
+                        &environment.temp_dir,
                     ),
                 }
             });
@@ -202,9 +204,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
     }
 }
 
-fn open(target: &Target, offline: bool) -> Result<Session, Error> {
+fn open(target: &Target, environment: &Environment, offline: bool) -> Result<Session, Error> {
     let crate_dir = crate_dir(target.manifest_path.as_deref());
-    let cache_dir = std::env::var_os("PIXELGEN_CACHE_DIR").map(|d| crate_dir.join(d));
+    let cache_dir = environment.cache_dir_for(&crate_dir);
     let workspace_root = match &cache_dir {
         Some(_) => None,
         None => Some(workspace_root_of(&crate_dir)?),
@@ -212,16 +214,10 @@ fn open(target: &Target, offline: bool) -> Result<Session, Error> {
     let project = Project::for_crate(&crate_dir, cache_dir, workspace_root)?;
     // The CLI's own (path, size, mtime) stamps, apart from any build's OUT_DIR.
     let tag = path_tag(&crate_dir);
-    let state = std::env::temp_dir().join(format!("pixelgen-cli-stamps-{tag}.json"));
-    Session::open(project, FileHasher::persistent(state), offline)
-}
-
-/// Whether an environment variable is set to something other than empty, 0, false or no.
-fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| {
-        let v = v.trim().to_ascii_lowercase();
-        !v.is_empty() && v != "0" && v != "false" && v != "no"
-    })
+    let state = environment
+        .temp_dir
+        .join(format!("pixelgen-cli-stamps-{tag}.json"));
+    Session::open(project, FileHasher::persistent(state), environment, offline)
 }
 
 /// A file-name-safe tag for a folder (no hashing crate needed for this).

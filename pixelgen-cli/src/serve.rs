@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pixelgen_build::generate::diffusion::DeviceLock;
+use pixelgen_build::Environment;
 use pixelgen_build::generate::remote;
 use pixelgen_build::serve::server::{ServeOptions, Server};
 
@@ -27,24 +27,22 @@ pub struct Serve {
 }
 
 /// The socket path: `--socket`, else where builds look (`off` does not apply here).
-fn socket_path(socket: Option<PathBuf>) -> PathBuf {
+fn socket_path(socket: Option<PathBuf>, environment: &Environment) -> PathBuf {
     socket.unwrap_or_else(|| {
-        let xdg = std::env::var_os("XDG_RUNTIME_DIR");
+        let runtime_dir = environment.server.runtime_dir();
         match pixelgen_build::serve::server_from(
-            std::env::var_os("PIXELGEN_SERVER").as_deref(),
-            xdg.as_deref(),
-            &std::env::temp_dir(),
+            environment.server.socket(),
+            runtime_dir,
+            &environment.temp_dir,
         ) {
             Some(server) => server.path,
-            None => {
-                pixelgen_build::serve::default_socket_path(xdg.as_deref(), &std::env::temp_dir())
-            }
+            None => pixelgen_build::serve::default_socket_path(runtime_dir, &environment.temp_dir),
         }
     })
 }
 
-pub fn run(args: Serve) -> Result<(), String> {
-    let path = socket_path(args.socket);
+pub fn run(args: Serve, environment: &Environment) -> Result<(), String> {
+    let path = socket_path(args.socket, environment);
     if args.status {
         let reply = remote::status(&path, None)
             .map_err(|e| format!("the pixelgen server at {}: {e}", path.display()))?;
@@ -55,7 +53,8 @@ pub fn run(args: Serve) -> Result<(), String> {
     let options = ServeOptions {
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
         max_models: args.max_models as usize,
-        ..ServeOptions::new(path, DeviceLock::dir())
+        hub_cache: environment.hub.cache_dir.clone(),
+        ..ServeOptions::new(path, environment.lock_dir.clone())
     };
     let server = Server::bind(options)
         .map_err(|e| e.to_string())?

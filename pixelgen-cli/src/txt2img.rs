@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use pixelgen_build::Environment;
 use pixelgen_build::generate::diffusion::{
-    DiffusionError, LoadedModel, LoraFile, Noise, Request, Settings, locate, select_device,
+    DiffusionError, LoadedModel, LoraFile, Noise, Request, Settings, locate, select_device_for,
 };
 use pixelgen_build::manifest::Scheduler;
 use pixelgen_build::timings::{Stage, Timings};
@@ -62,19 +63,20 @@ fn parse_lora(arg: &str) -> Result<LoraFile, DiffusionError> {
     })
 }
 
-pub fn run(args: Txt2Img) -> Result<(), DiffusionError> {
+pub fn run(args: Txt2Img, environment: &Environment) -> Result<(), DiffusionError> {
     let started = Instant::now();
-    let (device, dtype, note) = select_device()?;
+    let (device, dtype, note) = select_device_for(&environment.device)?;
     if let Some(note) = note {
         eprintln!("{note}");
     }
-    let location = locate(&args.model, std::path::Path::new("."))?;
+    let hub_cache = environment.hub.cache_dir.as_deref();
+    let location = locate(&args.model, std::path::Path::new("."), hub_cache)?;
     let loras = args
         .lora
         .iter()
         .map(|l| parse_lora(l))
         .collect::<Result<Vec<_>, _>>()?;
-    let model = LoadedModel::load(&location, &loras, &device, dtype)?;
+    let model = LoadedModel::load(&location, &loras, &device, dtype, hub_cache)?;
     let loaded = started.elapsed();
     let mut timings = Timings::new();
     timings.add(Stage::Load, loaded);

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use image::RgbaImage;
 
+use crate::environment::{Environment, HubSettings};
 use crate::manifest::{GeneratorSpec, Scheduler, SpriteSpec};
 use crate::timings::{Stage, Timings};
 
@@ -67,31 +68,7 @@ pub enum GenerateError {
     Model { model: String, message: String },
 }
 
-/// Which device, precision and batch size a Diffusion run asks for, as the environment
-/// says (`PIXELGEN_DEVICE`, `PIXELGEN_DTYPE`, `PIXELGEN_BATCH`). The warm server is sent
-/// this rather than using its own environment, so a build gets the same pixels through
-/// it as in-process.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct DeviceRequest {
-    /// `auto`, `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
-    /// `f32`, `f16` or `bf16`; `None` takes the device's default.
-    pub dtype: Option<String>,
-    /// Images per UNet batch; `None` takes the device's default.
-    pub batch: Option<usize>,
-}
-
-impl DeviceRequest {
-    pub fn from_env() -> Self {
-        DeviceRequest {
-            device: std::env::var("PIXELGEN_DEVICE").unwrap_or_else(|_| "auto".to_string()),
-            dtype: std::env::var("PIXELGEN_DTYPE").ok(),
-            batch: std::env::var("PIXELGEN_BATCH")
-                .ok()
-                .and_then(|b| b.parse().ok()),
-        }
-    }
-}
+pub use crate::environment::DeviceRequest;
 
 /// The seed of frame `frame` of a Diffusion sprite: frames are drawn from consecutive seeds.
 pub fn frame_seed(seed: u64, frame: u32) -> u64 {
@@ -128,11 +105,13 @@ impl Generator for Procedural {
     }
 }
 
-/// The backend for a sprite's generator spec; `manifest_dir` anchors relative model paths.
-/// A model's loading time goes to `timings`.
+/// The backend for a sprite's generator spec; `manifest_dir` anchors relative model paths,
+/// `environment` gives the device, lock folder and hub cache. A model's loading time goes
+/// to `timings`.
 pub fn backend_for(
     sprite: &SpriteSpec,
     manifest_dir: &Path,
+    environment: &Environment,
     timings: &mut Timings,
 ) -> Result<Box<dyn Generator>, GenerateError> {
     match &sprite.generator {
@@ -140,13 +119,13 @@ pub fn backend_for(
         #[cfg(feature = "diffusion")]
         GeneratorSpec::Diffusion { .. } => {
             let start = std::time::Instant::now();
-            let backend = diffusion::Diffusion::load(sprite, manifest_dir)?;
+            let backend = diffusion::Diffusion::load(sprite, manifest_dir, environment)?;
             timings.add(Stage::Load, start.elapsed());
             Ok(Box::new(backend))
         }
         #[cfg(not(feature = "diffusion"))]
         GeneratorSpec::Diffusion { .. } => {
-            let _ = (manifest_dir, timings);
+            let _ = (manifest_dir, environment, timings);
             Err(GenerateError::Unavailable {
                 sprite: sprite.name.clone(),
                 generator: "Diffusion",
@@ -180,13 +159,19 @@ pub unsafe fn settle_cpu_threads() {
 /// Makes a Diffusion model that names a Hugging Face repo available locally, downloading it
 /// into the hub cache if it is not there. `Ok(true)` when it downloaded something (keys
 /// that depend on the model's files must then be computed again).
-pub fn prefetch_model(model: &str, manifest_dir: &Path) -> Result<bool, GenerateError> {
-    if model_files::locate(model, manifest_dir).is_ok() || !model_files::is_repo_id(model) {
+pub fn prefetch_model(
+    model: &str,
+    manifest_dir: &Path,
+    hub: &HubSettings,
+) -> Result<bool, GenerateError> {
+    if model_files::locate(model, manifest_dir, hub.cache_dir.as_deref()).is_ok()
+        || !model_files::is_repo_id(model)
+    {
         return Ok(false);
     }
     #[cfg(feature = "diffusion")]
     {
-        diffusion::download::download_model(model)
+        diffusion::download::download_model(model, hub)
             .map(|_| true)
             .map_err(|e| GenerateError::Model {
                 model: model.to_string(),
@@ -197,7 +182,10 @@ pub fn prefetch_model(model: &str, manifest_dir: &Path) -> Result<bool, Generate
             })
     }
     #[cfg(not(feature = "diffusion"))]
-    Ok(false)
+    {
+        let _ = hub;
+        Ok(false)
+    }
 }
 
 /// What decides whether two sprites' frames can share one backend instance and one batch:

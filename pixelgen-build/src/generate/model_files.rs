@@ -84,20 +84,6 @@ pub fn is_pickle(path: &Path) -> bool {
         .is_some_and(|e| PICKLE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-/// The Hugging Face hub cache folder, found as huggingface_hub finds it.
-pub fn hub_cache_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("HF_HUB_CACHE") {
-        return Some(PathBuf::from(dir));
-    }
-    if let Some(home) = std::env::var_os("HF_HOME") {
-        return Some(PathBuf::from(home).join("hub"));
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(cache.join("huggingface").join("hub"))
-}
-
 /// The snapshot folder of `repo` (`owner/name`) in a hub cache, if it is there.
 pub fn hub_snapshot(cache: &Path, repo: &str) -> Option<PathBuf> {
     let root = cache.join(format!("models--{}", repo.replace('/', "--")));
@@ -131,8 +117,13 @@ pub fn is_repo_id(model: &str) -> bool {
 }
 
 /// Resolves a manifest's `model` string: a path (relative to `base`) to a folder or a
-/// `.safetensors` file, or a Hugging Face repo id looked up in the hub cache.
-pub fn locate(model: &str, base: &Path) -> Result<ModelLocation, LocateError> {
+/// `.safetensors` file, or a Hugging Face repo id looked up in the hub cache `hub_cache`
+/// (the environment's, see [`crate::environment::HubSettings`]).
+pub fn locate(
+    model: &str,
+    base: &Path,
+    hub_cache: Option<&Path>,
+) -> Result<ModelLocation, LocateError> {
     let path = base.join(model);
     if is_pickle(&path) {
         return Err(LocateError::Pickle { path });
@@ -148,9 +139,9 @@ pub fn locate(model: &str, base: &Path) -> Result<ModelLocation, LocateError> {
     }
     let mut searched = vec![path.display().to_string()];
     if is_repo_id(model)
-        && let Some(cache) = hub_cache_dir()
+        && let Some(cache) = hub_cache
     {
-        if let Some(snapshot) = hub_snapshot(&cache, model) {
+        if let Some(snapshot) = hub_snapshot(cache, model) {
             return Ok(ModelLocation::Folder(snapshot));
         }
         let repo_dir = cache.join(format!("models--{}", model.replace('/', "--")));
@@ -176,7 +167,7 @@ mod tests {
         std::fs::write(dir.path().join("one.safetensors"), "x").unwrap();
         std::fs::write(dir.path().join("old.ckpt"), "x").unwrap();
 
-        let folder = locate("models/tiny", dir.path()).unwrap();
+        let folder = locate("models/tiny", dir.path(), None).unwrap();
         assert_eq!(
             folder,
             ModelLocation::Folder(dir.path().join("models/tiny"))
@@ -194,10 +185,12 @@ mod tests {
             ]
         );
         assert_eq!(
-            locate("one.safetensors", dir.path()).unwrap(),
+            locate("one.safetensors", dir.path(), None).unwrap(),
             ModelLocation::SingleFile(dir.path().join("one.safetensors"))
         );
-        let pickle = locate("old.ckpt", dir.path()).unwrap_err().to_string();
+        let pickle = locate("old.ckpt", dir.path(), None)
+            .unwrap_err()
+            .to_string();
         assert!(pickle.contains("arbitrary code"), "{pickle}");
 
         let snapshot = dir.path().join("hub/models--owner--model/snapshots/abc123");
@@ -210,8 +203,18 @@ mod tests {
         .unwrap();
         assert_eq!(
             hub_snapshot(&dir.path().join("hub"), "owner/model"),
-            Some(snapshot)
+            Some(snapshot.clone())
         );
+        let hub = dir.path().join("hub");
+        assert_eq!(
+            locate("owner/model", dir.path(), Some(&hub)).unwrap(),
+            ModelLocation::Folder(snapshot)
+        );
+        let missing = locate("owner/other", dir.path(), Some(&hub))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("models--owner--other"), "{missing}");
+        assert!(locate("owner/model", dir.path(), None).is_err());
         assert!(is_repo_id("stabilityai/sd-turbo"));
         assert!(!is_repo_id("./models/x"));
         assert!(!is_repo_id("models/x.safetensors"));

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use image::RgbaImage;
 
-use super::{DeviceRequest, GenerateError, Generator, Job};
+use super::{GenerateError, Generator, Job};
+use crate::environment::{DeviceRequest, Environment};
 use crate::manifest::{GeneratorSpec, SpriteSpec};
 use crate::serve::WarmServer;
 use crate::serve::protocol::{
@@ -38,20 +39,22 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn backend_for(
     sprite: &SpriteSpec,
     manifest_dir: &Path,
+    environment: &Environment,
     server: Option<&WarmServer>,
     files: &BTreeMap<String, String>,
     timings: &mut Timings,
 ) -> Result<Box<dyn Generator>, GenerateError> {
     let server = server.filter(|s| !s.has_failed());
-    let template = server.and_then(|_| template(sprite, manifest_dir, files));
+    let template = server.and_then(|_| template(sprite, manifest_dir, environment, files));
     let (Some(server), Some(template)) = (server, template) else {
-        return super::backend_for(sprite, manifest_dir, timings);
+        return super::backend_for(sprite, manifest_dir, environment, timings);
     };
     let mut backend = WithFallback {
         remote: None,
         local: None,
         sprite: sprite.clone(),
         manifest_dir: manifest_dir.to_path_buf(),
+        environment: environment.clone(),
         notes: Vec::new(),
     };
     match Remote::connect(server, template) {
@@ -81,6 +84,7 @@ pub fn backend_for(
 fn template(
     sprite: &SpriteSpec,
     manifest_dir: &Path,
+    environment: &Environment,
     files: &BTreeMap<String, String>,
 ) -> Option<GenerateRequest> {
     let GeneratorSpec::Diffusion {
@@ -93,7 +97,9 @@ fn template(
     else {
         return None;
     };
-    let location = super::model_files::locate(model, manifest_dir).ok()?;
+    let location =
+        super::model_files::locate(model, manifest_dir, environment.hub.cache_dir.as_deref())
+            .ok()?;
     let loras = sprite
         .loras
         .iter()
@@ -112,7 +118,7 @@ fn template(
             hash: files.get(&crate::plan::model_file_key(model))?.clone(),
         },
         loras,
-        device: DeviceRequest::from_env(),
+        device: environment.device.clone(),
         resolution: *resolution,
         steps: *steps,
         guidance_bits: guidance.to_bits(),
@@ -127,6 +133,7 @@ struct WithFallback {
     local: Option<Box<dyn Generator>>,
     sprite: SpriteSpec,
     manifest_dir: PathBuf,
+    environment: Environment,
     notes: Vec<String>,
 }
 
@@ -139,6 +146,7 @@ impl WithFallback {
             self.local = Some(super::backend_for(
                 &self.sprite,
                 &self.manifest_dir,
+                &self.environment,
                 timings,
             )?);
         }

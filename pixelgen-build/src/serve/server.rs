@@ -48,8 +48,10 @@ pub struct ServeOptions {
     pub idle_timeout: Option<Duration>,
     /// Models kept loaded at once (least recently used goes first); at least 1.
     pub max_models: usize,
-    /// The folder of the machine-wide device lock (`DeviceLock::dir()`).
+    /// The folder of the machine-wide device lock (the environment's `lock_dir`).
     pub lock_dir: PathBuf,
+    /// The Hugging Face cache, where single files find their tokenizers.
+    pub hub_cache: Option<PathBuf>,
     /// The longest a client may take to send its request.
     pub request_timeout: Duration,
     /// The longest a client may take to accept one message (it reads them promptly).
@@ -63,6 +65,7 @@ impl ServeOptions {
             idle_timeout: Some(Duration::from_secs(15 * 60)),
             max_models: 1,
             lock_dir,
+            hub_cache: None,
             request_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(120),
         }
@@ -455,8 +458,14 @@ impl Server {
                         weight: f64::from(f32::from_bits(l.weight_bits)),
                     })
                     .collect();
-                let model = LoadedModel::load(&location, &loras, &device, dtype)
-                    .map_err(|e| server(e.to_string()))?;
+                let model = LoadedModel::load(
+                    &location,
+                    &loras,
+                    &device,
+                    dtype,
+                    self.options.hub_cache.as_deref(),
+                )
+                .map_err(|e| server(e.to_string()))?;
                 self.loads += 1;
                 let took = started.elapsed();
                 (self.log)(&format!(

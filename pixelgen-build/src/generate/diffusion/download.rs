@@ -7,18 +7,8 @@ use std::path::PathBuf;
 use hf_hub::api::sync::ApiBuilder;
 
 use super::DiffusionError;
-use crate::generate::model_files::{hub_cache_dir, hub_snapshot};
-
-/// Whether downloading is allowed at all (huggingface_hub's own switch).
-pub fn downloads_allowed() -> bool {
-    !matches!(
-        std::env::var("HF_HUB_OFFLINE")
-            .ok()
-            .as_deref()
-            .map(str::trim),
-        Some("1" | "true" | "TRUE" | "True" | "yes" | "on")
-    )
-}
+use crate::environment::HubSettings;
+use crate::generate::model_files::hub_snapshot;
 
 /// The files of a diffusers repository that pixelgen loads: configs, tokenizers and one
 /// safetensors set per component (full precision if the repo has it, else the fp16
@@ -91,20 +81,29 @@ pub fn files_to_download<'a>(listing: impl IntoIterator<Item = &'a str>) -> Vec<
 }
 
 /// Downloads `repo` (`owner/name`) into the hub cache and returns its snapshot folder.
-pub fn download_model(repo: &str) -> Result<PathBuf, DiffusionError> {
+pub fn download_model(repo: &str, hub: &HubSettings) -> Result<PathBuf, DiffusionError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         DiffusionError::Download(format!(
             "cannot download `{repo}` from the Hugging Face hub ({what}: {e}); download it yourself with `huggingface-cli download {repo}`, or set `model` to a local folder"
         ))
     };
-    if !downloads_allowed() {
+    if !hub.downloads_allowed {
         return Err(DiffusionError::Download(format!(
             "`{repo}` is not in the Hugging Face cache and HF_HUB_OFFLINE forbids downloading it"
         )));
     }
-    let cache = hub_cache_dir().ok_or_else(|| failed("cache folder", &"no HOME or HF_HOME"))?;
-    let api = ApiBuilder::from_env()
-        .with_cache_dir(cache.clone())
+    let cache = hub
+        .cache_dir
+        .clone()
+        .ok_or_else(|| failed("cache folder", &"no HOME, HF_HOME or HF_HUB_CACHE"))?;
+    let mut builder = ApiBuilder::from_cache(hf_hub::Cache::new(cache.clone()));
+    if let Some(endpoint) = &hub.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
+    }
+    if let Some(token) = &hub.token {
+        builder = builder.with_token(Some(token.expose().to_string()));
+    }
+    let api = builder
         .with_progress(false)
         .build()
         .map_err(|e| failed("client", &e))?;

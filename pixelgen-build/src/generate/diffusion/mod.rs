@@ -32,6 +32,7 @@ pub use sample::{Noise, Request, Settings};
 
 pub use super::{DeviceRequest, frame_seed};
 use super::{GenerateError, Generator, Job};
+use crate::environment::Environment;
 use crate::manifest::{GeneratorSpec, SpriteSpec};
 use crate::timings::Timings;
 
@@ -54,16 +55,12 @@ pub enum DiffusionError {
     Device(String),
 }
 
-/// The device and precision to run on, from `PIXELGEN_DEVICE` (`auto`, `cpu`, `cuda`,
-/// `cuda:N`) and `PIXELGEN_DTYPE` (`f32`, `f16`, `bf16`). `auto` takes the first GPU when
-/// this build has CUDA and one is there, else the CPU. Half precision is the default on a
-/// GPU, f32 on the CPU. The note, when there is one, is for the user (said once per build).
-pub fn select_device() -> Result<(Device, DType, Option<String>), DiffusionError> {
-    select_device_for(&DeviceRequest::from_env())
-}
-
-/// [`select_device`] for a request made elsewhere (the warm server resolves its clients'
-/// requests with this, so that a build gets the device and precision it asked for).
+/// The device and precision to run on, as `request` asks (`PIXELGEN_DEVICE`: `auto`,
+/// `cpu`, `cuda`, `cuda:N`; `PIXELGEN_DTYPE`: `f32`, `f16`, `bf16`). `auto` takes the first
+/// GPU when this build has CUDA and one is there, else the CPU. Half precision is the
+/// default on a GPU, f32 on the CPU. The note, when there is one, is for the user (said
+/// once per build). The warm server resolves its clients' requests with this too, so
+/// that a build gets the device and precision it asked for.
 pub fn select_device_for(
     request: &DeviceRequest,
 ) -> Result<(Device, DType, Option<String>), DiffusionError> {
@@ -175,14 +172,8 @@ pub struct DeviceLock {
 }
 
 impl DeviceLock {
-    /// The lock file's folder: `PIXELGEN_LOCK_DIR`, else the system's temporary folder.
-    pub fn dir() -> PathBuf {
-        std::env::var_os("PIXELGEN_LOCK_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir)
-    }
-
-    /// Waits for the lock in `dir`.
+    /// Waits for the lock in `dir` (the environment's `lock_dir`: `PIXELGEN_LOCK_DIR`, else
+    /// the temporary folder).
     pub fn acquire(dir: &Path) -> Result<DeviceLock, DiffusionError> {
         let path = dir.join("pixelgen-diffusion.lock");
         let file = std::fs::OpenOptions::new()
@@ -220,7 +211,11 @@ pub struct Diffusion {
 impl Diffusion {
     /// Loads the model and LoRAs of `sprite` (whose generator must be `Diffusion`); a
     /// relative model path is taken from `manifest_dir`.
-    pub fn load(sprite: &SpriteSpec, manifest_dir: &Path) -> Result<Self, GenerateError> {
+    pub fn load(
+        sprite: &SpriteSpec,
+        manifest_dir: &Path,
+        environment: &Environment,
+    ) -> Result<Self, GenerateError> {
         let failed = |e: DiffusionError| GenerateError::Failed {
             sprite: sprite.name.clone(),
             message: e.to_string(),
@@ -238,12 +233,13 @@ impl Diffusion {
                 message: "not a Diffusion sprite".into(),
             });
         };
-        let request = DeviceRequest::from_env();
-        let (device, dtype, note) = select_device_for(&request).map_err(failed)?;
-        let location = locate(model, manifest_dir).map_err(|e| failed(e.into()))?;
-        let lock = DeviceLock::acquire(&DeviceLock::dir()).map_err(failed)?;
-        let loaded =
-            LoadedModel::load(&location, &lora_files(sprite), &device, dtype).map_err(failed)?;
+        let request = &environment.device;
+        let hub_cache = environment.hub.cache_dir.as_deref();
+        let (device, dtype, note) = select_device_for(request).map_err(failed)?;
+        let location = locate(model, manifest_dir, hub_cache).map_err(|e| failed(e.into()))?;
+        let lock = DeviceLock::acquire(&environment.lock_dir).map_err(failed)?;
+        let loaded = LoadedModel::load(&location, &lora_files(sprite), &device, dtype, hub_cache)
+            .map_err(failed)?;
         let settings =
             settings_for(&loaded, *resolution, *steps, *guidance, *scheduler).map_err(failed)?;
         let batch = batch_for(&device, request.batch);

@@ -16,9 +16,7 @@ use super::lora::{self, PipelineWeights, TensorMap, UnetLayout};
 use super::tokenizer::ClipTokenizer;
 use super::unet::{Unet, UnetShape};
 use super::vae::VaeDecoder;
-use crate::generate::model_files::{
-    LocateError, ModelLocation, hub_cache_dir, hub_snapshot, is_pickle,
-};
+use crate::generate::model_files::{LocateError, ModelLocation, hub_snapshot, is_pickle};
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, DiffusionError> {
     let text = std::fs::read_to_string(path).map_err(|e| DiffusionError::Invalid {
@@ -291,12 +289,17 @@ fn folder_parts(
 
 /// Tokenizers for a single file, which carries none: a `tokenizer/` (and `tokenizer_2/`)
 /// folder beside the file, else the standard CLIP tokenizers in the hub cache.
-fn single_file_tokenizer(file: &Path, folder: &str, repo: &str) -> Result<PathBuf, DiffusionError> {
+fn single_file_tokenizer(
+    file: &Path,
+    folder: &str,
+    repo: &str,
+    hub_cache: Option<&Path>,
+) -> Result<PathBuf, DiffusionError> {
     let beside = file.parent().unwrap_or(Path::new(".")).join(folder);
     if beside.join("vocab.json").is_file() {
         return Ok(beside);
     }
-    if let Some(snapshot) = hub_cache_dir().and_then(|cache| hub_snapshot(&cache, repo)) {
+    if let Some(snapshot) = hub_cache.and_then(|cache| hub_snapshot(cache, repo)) {
         let dir = if snapshot.join("vocab.json").is_file() {
             snapshot
         } else {
@@ -316,7 +319,11 @@ fn single_file_tokenizer(file: &Path, folder: &str, repo: &str) -> Result<PathBu
 
 /// A single file's configs (inferred) and weights, on `device` as stored (each component
 /// is converted to its dtype there afterwards: the VAE keeps f32 from an f32 file).
-fn single_file_parts(file: &Path, device: &Device) -> Result<ModelParts, DiffusionError> {
+fn single_file_parts(
+    file: &Path,
+    device: &Device,
+    hub_cache: Option<&Path>,
+) -> Result<ModelParts, DiffusionError> {
     let stored = load_weights(&[file.to_path_buf()], None, device)?;
     let converted = ldm::convert_single_file(stored).map_err(|e| DiffusionError::Invalid {
         path: file.to_path_buf(),
@@ -343,12 +350,18 @@ fn single_file_parts(file: &Path, device: &Device) -> Result<ModelParts, Diffusi
             None => None,
         },
         scheduler: from_value(converted.scheduler_config, file, "scheduler")?,
-        tokenizer_dir: single_file_tokenizer(file, "tokenizer", "openai/clip-vit-large-patch14")?,
+        tokenizer_dir: single_file_tokenizer(
+            file,
+            "tokenizer",
+            "openai/clip-vit-large-patch14",
+            hub_cache,
+        )?,
         tokenizer_2_dir: if sdxl {
             Some(single_file_tokenizer(
                 file,
                 "tokenizer_2",
                 "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k",
+                hub_cache,
             )?)
         } else {
             None
@@ -407,17 +420,20 @@ fn builder(map: TensorMap, dtype: DType, device: &Device) -> VarBuilder<'static>
 
 impl LoadedModel {
     /// Loads the model at `location` onto `device` in `dtype`, merging `loras` in order.
+    /// A single file, which carries no tokenizer, takes the standard CLIP tokenizers from
+    /// the Hugging Face cache `hub_cache` unless a `tokenizer/` folder lies beside it.
     pub fn load(
         location: &ModelLocation,
         loras: &[LoraFile],
         device: &Device,
         dtype: DType,
+        hub_cache: Option<&Path>,
     ) -> Result<Self, DiffusionError> {
         // The VAE overflows in half precision (diffusers' `force_upcast`): it runs in f32.
         let vae_dtype = DType::F32;
         let parts = match location {
             ModelLocation::Folder(dir) => folder_parts(dir, dtype, vae_dtype, device)?,
-            ModelLocation::SingleFile(file) => single_file_parts(file, device)?,
+            ModelLocation::SingleFile(file) => single_file_parts(file, device, hub_cache)?,
         };
         let in_component = |component: &'static str| {
             move |e: candle_core::Error| DiffusionError::Invalid {
