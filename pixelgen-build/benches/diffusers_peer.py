@@ -118,7 +118,7 @@ MODEL_INDEX = {
 
 # A tiny CLIP BPE vocabulary (ids < 914, inside CLIP-L's 49408 embeddings) that transformers
 # and pixelgen both read: the SD1 test fixture's.
-FIXTURE_TOKENIZER = Path(__file__).resolve().parent.parent / "tests/fixtures/diffusion/sd1/model/tokenizer"
+FIXTURE_TOKENIZER = Path(__file__).resolve().parent.parent.parent / "pixelgen-diffusion/tests/fixtures/diffusion/sd1/model/tokenizer"
 
 # What both sides compute.
 PROMPT = "pixel art knight"

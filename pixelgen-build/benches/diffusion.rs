@@ -447,7 +447,8 @@ fn main() {
         let dir = target_dir().join("bench-sd15-candle");
         sd15::make_candle_model(
             &dir,
-            &manifest_dir().join("tests/fixtures/diffusion/sd1/model/tokenizer"),
+            &manifest_dir()
+                .join("../pixelgen-diffusion/tests/fixtures/diffusion/sd1/model/tokenizer"),
         );
         (
             dir,

@@ -14,6 +14,8 @@
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
+pub use pixelgen_diffusion::files::{HubSettings, Secret};
+
 /// Every variable [`Environment::read`] reads.
 pub const VARIABLES: &[&str] = &[
     "PIXELGEN_OFFLINE",
@@ -167,38 +169,6 @@ impl Default for DeviceRequest {
             dtype: None,
             batch: None,
         }
-    }
-}
-
-/// The Hugging Face hub cache (shared with Python tools) and huggingface_hub's offline
-/// switch.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct HubSettings {
-    /// `HF_HUB_CACHE`, else `HF_HOME/hub`, else `XDG_CACHE_HOME` (or `~/.cache`)
-    /// `/huggingface/hub`; `None` without any of them.
-    pub cache_dir: Option<PathBuf>,
-    /// False when `HF_HUB_OFFLINE` is set.
-    pub downloads_allowed: bool,
-    /// `HF_ENDPOINT`: another hub (a mirror); `None` is huggingface.co.
-    pub endpoint: Option<String>,
-    /// `HF_TOKEN`, for gated or private repositories; without it, the token file that
-    /// `huggingface-cli login` wrote beside the cache, if any.
-    pub token: Option<Secret>,
-}
-
-/// A value that is never printed: its `Debug` says only that it is set.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(..)")
     }
 }
 

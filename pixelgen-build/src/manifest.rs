@@ -94,31 +94,8 @@ fn default_steps() -> u32 {
     4
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Deserialize)]
-pub enum Scheduler {
-    Ddim,
-    Euler,
-    #[default]
-    EulerAncestral,
-}
-
-impl Scheduler {
-    /// The command-line and lock-file name: `ddim`, `euler`, `euler-a`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Scheduler::Ddim => "ddim",
-            Scheduler::Euler => "euler",
-            Scheduler::EulerAncestral => "euler-a",
-        }
-    }
-
-    /// The scheduler called `name` (see [`Scheduler::name`]).
-    pub fn from_name(name: &str) -> Option<Self> {
-        [Scheduler::Ddim, Scheduler::Euler, Scheduler::EulerAncestral]
-            .into_iter()
-            .find(|s| s.name() == name)
-    }
-}
+/// The sampler of a Diffusion sprite (defined beside the samplers, in `pixelgen-diffusion`).
+pub use pixelgen_diffusion::Scheduler;
 
 /// A LoRA adapter applied to the model, with its weight.
 #[derive(Debug, Clone, PartialEq)]

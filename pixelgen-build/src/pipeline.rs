@@ -935,6 +935,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "diffusion")]
     fn copy_dir(from: &Path, to: &Path) {
         std::fs::create_dir_all(to).unwrap();
         for entry in std::fs::read_dir(from).unwrap() {
@@ -954,8 +955,8 @@ mod tests {
     #[test]
     fn a_palette_change_reuses_the_raw_diffusion_image() {
         let dir = tempfile::tempdir().unwrap();
-        let fixture =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusion/sd1/model");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../pixelgen-diffusion/tests/fixtures/diffusion/sd1/model");
         copy_dir(&fixture, &dir.path().join("model"));
         let manifest = |palette: &str| {
             format!(

@@ -168,6 +168,20 @@ impl Timings {
 ///   unet steps            38.1 s         20    1.90 s
 ///   wall                  41.0 s
 /// ```
+/// The Diffusion backend reports its sampling phases as these stages.
+#[cfg(feature = "diffusion")]
+impl pixelgen_diffusion::PhaseTimes for Timings {
+    fn record(&mut self, phase: pixelgen_diffusion::Phase, took: Duration) {
+        use pixelgen_diffusion::Phase;
+        let stage = match phase {
+            Phase::TextEncode => Stage::TextEncode,
+            Phase::UnetStep => Stage::Unet,
+            Phase::VaeDecode => Stage::VaeDecode,
+        };
+        self.add(stage, took);
+    }
+}
+
 impl fmt::Display for Timings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(

@@ -32,7 +32,7 @@ const MANIFEST: &str = r#"(sprites: {
 })"#;
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusion/sd1")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pixelgen-diffusion/tests/fixtures/diffusion/sd1")
 }
 
 fn copy_dir(from: &Path, to: &Path) {

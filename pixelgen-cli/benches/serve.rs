@@ -58,7 +58,7 @@ fn model_dir() -> PathBuf {
     let dir = target.join("bench-sd15-candle");
     sd15::make_candle_model(
         &dir,
-        &workspace().join("pixelgen-build/tests/fixtures/diffusion/sd1/model/tokenizer"),
+        &workspace().join("pixelgen-diffusion/tests/fixtures/diffusion/sd1/model/tokenizer"),
     );
     dir
 }

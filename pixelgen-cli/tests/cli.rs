@@ -136,7 +136,7 @@ fn human_status_and_errors() {
 }
 
 fn fixtures() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pixelgen-build/tests/fixtures/diffusion")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pixelgen-diffusion/tests/fixtures/diffusion")
 }
 
 /// `txt2img` with the initial latents diffusers used gives diffusers' image (the tiny SD1

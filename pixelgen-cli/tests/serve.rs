@@ -18,7 +18,7 @@ const MANIFEST: &str = r#"(sprites: {
 
 fn fixture_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../pixelgen-build/tests/fixtures/diffusion/sd1/model")
+        .join("../pixelgen-diffusion/tests/fixtures/diffusion/sd1/model")
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -202,7 +202,7 @@ fn a_malformed_manifest_fails_with_line_and_column() {
 #[test]
 fn a_diffusion_sprite_builds_through_cargo_build_from_a_local_model() {
     let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../pixelgen-build/tests/fixtures/diffusion/sd1/model")
+        .join("../pixelgen-diffusion/tests/fixtures/diffusion/sd1/model")
         .canonicalize()
         .expect("the tiny SD1 fixture model");
     let manifest = format!(

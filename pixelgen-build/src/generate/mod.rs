@@ -3,7 +3,8 @@
 
 #[cfg(feature = "diffusion")]
 pub mod diffusion;
-pub mod model_files;
+/// Where a model's files are (from `pixelgen-diffusion`, compiled without candle too).
+pub use pixelgen_diffusion::files as model_files;
 pub mod procedural;
 #[cfg(unix)]
 pub mod remote;
@@ -150,7 +151,7 @@ pub fn backend_for(
 pub unsafe fn settle_cpu_threads() {
     #[cfg(feature = "diffusion")]
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let threads = candle_core::utils::get_num_threads();
+        let threads = diffusion::candle_core::utils::get_num_threads();
         // SAFETY: the caller guarantees no other thread touches the environment now.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
     }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device};
+use crate::generate::diffusion::candle_core::{DType, Device};
 
 use super::protocol::{
     self, FrameError, GenerateRequest, Request, RequestHeader, Response, StatusReply, Versions,

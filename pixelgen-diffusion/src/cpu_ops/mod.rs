@@ -70,7 +70,7 @@ unsafe impl Sync for SharedMut {}
 pub(crate) mod tests {
     use candle_core::{Device, Tensor};
 
-    use crate::generate::diffusion::noise::{Stream, gaussian};
+    use crate::noise::{Stream, gaussian};
 
     /// Seeded Gaussian values of the given shape, times `scale`, as a CPU f32 tensor.
     pub fn random(dims: &[usize], seed: u64, scale: f32) -> Tensor {

@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use hf_hub::api::sync::ApiBuilder;
 
 use super::DiffusionError;
-use crate::environment::HubSettings;
-use crate::generate::model_files::hub_snapshot;
+use crate::files::{HubSettings, hub_snapshot};
 
 /// The files of a diffusers repository that pixelgen loads: configs, tokenizers and one
 /// safetensors set per component (full precision if the repo has it, else the fp16

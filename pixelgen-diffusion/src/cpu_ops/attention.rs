@@ -290,7 +290,7 @@ mod tests {
     use candle_core::{DType, Tensor};
 
     use super::{KEY_BLOCK, QUERY_BLOCK, attention};
-    use crate::generate::diffusion::cpu_ops::tests::{assert_close, random, with_threads};
+    use crate::cpu_ops::tests::{assert_close, random, with_threads};
 
     /// The composition the UNet used before the kernel (via f64 so it is not itself
     /// the kernel).

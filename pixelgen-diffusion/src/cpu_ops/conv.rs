@@ -322,7 +322,7 @@ mod tests {
     use candle_nn::{Conv2d, Conv2dConfig};
 
     use super::conv2d;
-    use crate::generate::diffusion::cpu_ops::tests::{assert_close, random, with_threads};
+    use crate::cpu_ops::tests::{assert_close, random, with_threads};
 
     fn make(
         c_in: usize,

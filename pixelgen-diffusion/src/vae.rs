@@ -217,8 +217,8 @@ mod tests {
     use candle_transformers::models::stable_diffusion::vae::{AutoEncoderKL, AutoEncoderKLConfig};
 
     use super::VaeDecoder;
-    use crate::generate::diffusion::config::VaeConfig;
-    use crate::generate::diffusion::cpu_ops::tests::{assert_close, random};
+    use crate::config::VaeConfig;
+    use crate::cpu_ops::tests::{assert_close, random};
 
     /// On the same random weights, the decoder computes what candle-transformers' VAE does
     /// (in f64 there, so the reference does not run pixelgen's kernels).

@@ -8,7 +8,7 @@
 use candle_core::{Result as CandleResult, Tensor};
 
 use super::config::SchedulerConfig;
-use crate::manifest::Scheduler;
+use crate::Scheduler;
 
 /// What the UNet was trained to predict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

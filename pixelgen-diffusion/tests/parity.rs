@@ -3,16 +3,15 @@
 //! `tests/fixtures/diffusion/make_fixtures.py` made the models and ran diffusers on the
 //! same weights, prompts and noise; its images are the reference. The promise checked:
 //! identical token ids, and images within 1/255 mean absolute difference.
-#![cfg(feature = "diffusion")]
+#![cfg(feature = "backend")]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use pixelgen_build::generate::diffusion::{
-    LoadedModel, LoraFile, ModelLocation, Noise, Request, Settings,
+use pixelgen_diffusion::{
+    LoadedModel, LoraFile, ModelLocation, Noise, Request, Scheduler, Settings,
 };
-use pixelgen_build::manifest::Scheduler;
 use serde::Deserialize;
 
 fn fixtures() -> PathBuf {
@@ -232,8 +231,7 @@ fn tokenizer_matches_transformers() {
             "tokenizer" => fixtures().join("sd1/model/tokenizer"),
             _ => fixtures().join("sdxl/model/tokenizer_2"),
         };
-        let tokenizer =
-            pixelgen_build::generate::diffusion::tokenizer::ClipTokenizer::from_dir(&dir).unwrap();
+        let tokenizer = pixelgen_diffusion::tokenizer::ClipTokenizer::from_dir(&dir).unwrap();
         assert_eq!(
             tokenizer.encode(&case.text).unwrap(),
             case.ids,

@@ -13,8 +13,28 @@ use super::model::LoadedModel;
 use super::noise::{self, Stream};
 use super::scheduler::Sampler;
 use super::unet::AddedConditioning;
-use crate::manifest::Scheduler;
-use crate::timings::{Stage, Timings};
+use crate::Scheduler;
+
+/// A part of sampling whose time [`LoadedModel::generate_timed`] reports. Each ends by
+/// waiting for the device, so a GPU's queued work counts in the phase that queued it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Tokenizing and encoding the prompts (once per batch).
+    TextEncode,
+    /// One denoising step: the UNet, guidance and the sampler's update.
+    UnetStep,
+    /// Decoding the latents to pixels and copying them to the host.
+    VaeDecode,
+}
+
+/// Where [`LoadedModel::generate_timed`] reports the time of each [`Phase`]; `()` drops them.
+pub trait PhaseTimes {
+    fn record(&mut self, phase: Phase, took: std::time::Duration);
+}
+
+impl PhaseTimes for () {
+    fn record(&mut self, _: Phase, _: std::time::Duration) {}
+}
 
 /// Settings shared by every image of one batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,7 +164,7 @@ impl LoadedModel {
         settings: &Settings,
         requests: &[Request],
     ) -> Result<Vec<RgbImage>, DiffusionError> {
-        self.generate_timed(settings, requests, &mut Timings::new())
+        self.generate_timed(settings, requests, &mut ())
     }
 
     /// [`generate`](Self::generate), adding the time of text encoding, each UNet step
@@ -154,7 +174,7 @@ impl LoadedModel {
         &self,
         settings: &Settings,
         requests: &[Request],
-        timings: &mut Timings,
+        timings: &mut dyn PhaseTimes,
     ) -> Result<Vec<RgbImage>, DiffusionError> {
         self.check(settings)?;
         if requests.is_empty() {
@@ -164,12 +184,12 @@ impl LoadedModel {
         let start = Instant::now();
         let conditioning = self.encode(requests, guided, settings)?;
         self.synchronize()?;
-        timings.add(Stage::TextEncode, start.elapsed());
+        timings.record(Phase::TextEncode, start.elapsed());
         let latents = self.denoise(settings, requests, &conditioning, timings)?;
         let start = Instant::now();
         // `decode` ends by copying the pixels to the host, which waits for the device.
         let images = self.decode(&latents)?;
-        timings.add(Stage::VaeDecode, start.elapsed());
+        timings.record(Phase::VaeDecode, start.elapsed());
         Ok(images)
     }
 
@@ -329,13 +349,13 @@ impl LoadedModel {
     }
 
     /// Runs the sampler; each step (UNet, guidance and sampler update, waited for on the
-    /// device) is one run of [`Stage::Unet`].
+    /// device) is one [`Phase::UnetStep`].
     pub(crate) fn denoise(
         &self,
         settings: &Settings,
         requests: &[Request],
         conditioning: &Conditioning,
-        timings: &mut Timings,
+        timings: &mut dyn PhaseTimes,
     ) -> Result<Tensor, DiffusionError> {
         let sampler = Sampler::new(&self.scheduler, settings.scheduler, settings.steps)
             .map_err(DiffusionError::Request)?;
@@ -423,7 +443,7 @@ impl LoadedModel {
                 .step(&guided_output, index, &latents, step_noise.as_ref())
                 .map_err(compute("sampler"))?;
             self.synchronize()?;
-            timings.add(Stage::Unet, start.elapsed());
+            timings.record(Phase::UnetStep, start.elapsed());
         }
         Ok(latents)
     }
@@ -460,5 +480,39 @@ impl LoadedModel {
                 })
             })
             .collect()
+    }
+}
+
+/// The sampling settings of a sprite's generator on `loaded` (its training size when the
+/// sprite gives no resolution), checked against the model.
+pub fn settings_for(
+    loaded: &LoadedModel,
+    resolution: Option<(u32, u32)>,
+    steps: u32,
+    guidance: f32,
+    scheduler: crate::Scheduler,
+) -> Result<Settings, DiffusionError> {
+    let default = loaded.default_resolution().unwrap_or(512);
+    let (width, height) = resolution
+        .map(|(w, h)| (w as usize, h as usize))
+        .unwrap_or((default, default));
+    let settings = Settings {
+        width,
+        height,
+        steps: steps as usize,
+        guidance: f64::from(guidance),
+        scheduler,
+    };
+    loaded.check(&settings)?;
+    Ok(settings)
+}
+
+/// The sampling request of one frame: frame `frame` of a sprite is drawn from seed
+/// `seed + frame`, and an empty negative prompt is no negative prompt.
+pub fn request_for(prompt: &str, negative_prompt: &str, seed: u64) -> Request {
+    Request {
+        prompt: prompt.to_string(),
+        negative_prompt: (!negative_prompt.is_empty()).then(|| negative_prompt.to_string()),
+        noise: Noise::Seed(seed),
     }
 }

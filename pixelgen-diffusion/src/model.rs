@@ -16,7 +16,7 @@ use super::lora::{self, PipelineWeights, TensorMap, UnetLayout};
 use super::tokenizer::ClipTokenizer;
 use super::unet::{Unet, UnetShape};
 use super::vae::VaeDecoder;
-use crate::generate::model_files::{LocateError, ModelLocation, hub_snapshot, is_pickle};
+use crate::files::{LocateError, ModelLocation, hub_snapshot, is_pickle};
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, DiffusionError> {
     let text = std::fs::read_to_string(path).map_err(|e| DiffusionError::Invalid {

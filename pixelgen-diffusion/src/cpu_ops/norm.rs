@@ -182,7 +182,7 @@ mod tests {
     use candle_core::Module;
 
     use super::GroupNorm;
-    use crate::generate::diffusion::cpu_ops::tests::{assert_close, random, with_threads};
+    use crate::cpu_ops::tests::{assert_close, random, with_threads};
 
     fn norm(channels: usize, groups: usize, seed: u64) -> GroupNorm {
         let weight = random(&[channels], seed, 1.0).affine(1.0, 1.0).unwrap();

@@ -66,7 +66,7 @@ mod tests {
     use candle_core::D;
 
     use super::geglu;
-    use crate::generate::diffusion::cpu_ops::tests::{assert_close, random, with_threads};
+    use crate::cpu_ops::tests::{assert_close, random, with_threads};
 
     fn reference(projected: &candle_core::Tensor) -> candle_core::Tensor {
         let halves = projected.chunk(2, D::Minus1).unwrap();

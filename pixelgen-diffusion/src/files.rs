@@ -60,6 +60,38 @@ fn collect_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// The Hugging Face hub cache (shared with Python tools) and huggingface_hub's offline
+/// switch.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HubSettings {
+    /// `HF_HUB_CACHE`, else `HF_HOME/hub`, else `XDG_CACHE_HOME` (or `~/.cache`)
+    /// `/huggingface/hub`; `None` without any of them.
+    pub cache_dir: Option<PathBuf>,
+    /// False when `HF_HUB_OFFLINE` is set.
+    pub downloads_allowed: bool,
+    /// `HF_ENDPOINT`: another hub (a mirror); `None` is huggingface.co.
+    pub endpoint: Option<String>,
+    /// `HF_TOKEN`, for gated or private repositories; without it, the token file that
+    /// `huggingface-cli login` wrote beside the cache, if any.
+    pub token: Option<Secret>,
+}
+
+/// A value that is never printed: its `Debug` says only that it is set.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LocateError {
     #[error(
@@ -118,7 +150,7 @@ pub fn is_repo_id(model: &str) -> bool {
 
 /// Resolves a manifest's `model` string: a path (relative to `base`) to a folder or a
 /// `.safetensors` file, or a Hugging Face repo id looked up in the hub cache `hub_cache`
-/// (the environment's, see [`crate::environment::HubSettings`]).
+/// (the caller reads it from the environment: `HF_HUB_CACHE`, `HF_HOME`, ...).
 pub fn locate(
     model: &str,
     base: &Path,

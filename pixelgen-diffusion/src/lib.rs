@@ -1,0 +1,125 @@
+//! pixelgen's Stable Diffusion backend: SD 1.x, 2.x (v-prediction, Turbo) and XL through
+//! candle, on the CPU (with pixelgen's own kernels in [`cpu_ops`]) or, with the `cuda`
+//! feature, an NVIDIA GPU, with LoRAs merged at load.
+//!
+//! Data flows: [`files::locate`] finds the files → [`model::LoadedModel::load`] reads the
+//! configs and safetensors (a single file goes through [`ldm`]), merges LoRAs ([`lora`])
+//! and builds [`clip`], [`unet`] and the [`vae`] decoder → [`sample`] encodes prompts
+//! ([`tokenizer`]), denoises from [`noise`] with a [`scheduler`] and decodes.
+//!
+//! API boundary: this crate knows models, not sprites. `pixelgen-build` turns a sprite's
+//! manifest entry into a [`sample::Settings`] and [`sample::Request`]s, reads the
+//! environment and passes in what it says (device, lock folder, hub cache), and keeps
+//! keys, cache and pixelizing to itself. Nothing here reads environment variables.
+//!
+//! Without the default `backend` feature only [`files`] and [`Scheduler`] are compiled:
+//! what a key needs to know about a model, without candle.
+
+pub mod files;
+
+#[cfg(feature = "backend")]
+pub mod clip;
+#[cfg(feature = "backend")]
+pub mod config;
+#[cfg(feature = "backend")]
+pub mod cpu_ops;
+#[cfg(feature = "backend")]
+pub mod download;
+#[cfg(feature = "backend")]
+pub mod ldm;
+#[cfg(feature = "backend")]
+pub mod lora;
+#[cfg(feature = "backend")]
+pub mod model;
+#[cfg(feature = "backend")]
+pub mod noise;
+#[cfg(feature = "backend")]
+pub mod sample;
+#[cfg(feature = "backend")]
+pub mod scheduler;
+#[cfg(feature = "backend")]
+pub mod sgm;
+#[cfg(feature = "backend")]
+pub mod tokenizer;
+#[cfg(feature = "backend")]
+pub mod unet;
+#[cfg(feature = "backend")]
+pub mod vae;
+
+#[cfg(feature = "backend")]
+mod device;
+
+/// candle, as this crate was built with it (its `Device` and `DType` are in the API).
+#[cfg(feature = "backend")]
+pub use candle_core;
+#[cfg(feature = "backend")]
+pub use device::{DeviceLock, batch_for, select_device};
+pub use files::{LocateError, ModelLocation, locate};
+#[cfg(feature = "backend")]
+pub use model::{LoadedModel, LoraFile};
+#[cfg(feature = "backend")]
+pub use sample::{Noise, Phase, PhaseTimes, Request, Settings, request_for, settings_for};
+
+use std::path::PathBuf;
+
+/// The sampler a sprite asks for, by the names diffusers gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Deserialize)]
+pub enum Scheduler {
+    /// `DDIMScheduler`.
+    Ddim,
+    /// `EulerDiscreteScheduler`.
+    Euler,
+    /// `EulerAncestralDiscreteScheduler`.
+    #[default]
+    EulerAncestral,
+}
+
+impl Scheduler {
+    /// The command-line and lock-file name: `ddim`, `euler`, `euler-a`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::Ddim => "ddim",
+            Scheduler::Euler => "euler",
+            Scheduler::EulerAncestral => "euler-a",
+        }
+    }
+
+    /// The scheduler called `name` (see [`Scheduler::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Scheduler::Ddim, Scheduler::Euler, Scheduler::EulerAncestral]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
+}
+
+/// Why a model could not be found, loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffusionError {
+    #[error(transparent)]
+    Locate(#[from] LocateError),
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+    #[error("{0}")]
+    Lora(String),
+    #[error("{0}")]
+    Request(String),
+    #[error("{0}")]
+    Download(String),
+    #[error("{what} failed: {message}")]
+    Compute { what: &'static str, message: String },
+    #[error("{0}")]
+    Device(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheduler_names_round_trip() {
+        for s in [Scheduler::Ddim, Scheduler::Euler, Scheduler::EulerAncestral] {
+            assert_eq!(Scheduler::from_name(s.name()), Some(s));
+        }
+        assert_eq!(Scheduler::from_name("dpm"), None);
+    }
+}
