@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{InputHashes, KnownFileHashes};
+use crate::plan::{InputFile, InputHashes, KnownFileHashes};
 
 pub const LOCK_VERSION: u32 = 1;
 const NOTE: &str = "Written by pixelgen. Commit it with the cache/ folder; do not edit.";
@@ -31,8 +31,10 @@ pub struct LockFile {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockedSprite {
-    /// Short hash of each input group (prompt, seed, loras, …).
-    pub inputs: InputHashes,
+    /// Short hash of each input group (prompt, seed, loras, …), by the group's name. Kept
+    /// as names, not [`crate::plan::InputGroup`]s, so that a lock file written by another
+    /// version of pixelgen still reads (its groups then simply differ).
+    pub inputs: BTreeMap<String, String>,
     /// The key of each frame, in frame order.
     pub keys: Vec<String>,
     /// blake3 of each frame's cached PNG, in frame order.
@@ -116,10 +118,20 @@ impl LockFile {
     }
 }
 
+impl LockedSprite {
+    /// The lock file's record of a sprite's input groups.
+    pub fn inputs_of(inputs: &InputHashes) -> BTreeMap<String, String> {
+        inputs
+            .iter()
+            .map(|(group, hash)| (group.name().to_string(), hash.clone()))
+            .collect()
+    }
+}
+
 impl KnownFileHashes for LockFile {
-    fn known_hash(&self, manifest_path: &str) -> Option<blake3::Hash> {
+    fn known_hash(&self, file: &InputFile) -> Option<blake3::Hash> {
         self.files
-            .get(manifest_path)
+            .get(&file.lock_key())
             .and_then(|h| blake3::Hash::from_hex(h).ok())
     }
 }

@@ -16,7 +16,7 @@ use crate::generate::{self, BatchKey, Job};
 use crate::lock::{LockFile, LockedSprite};
 use crate::manifest::{self, Manifest};
 use crate::pixelize;
-use crate::plan::{self, FileHasher, PlannedSprite};
+use crate::plan::{self, FileHasher, InputFile, InputGroup, PlannedSprite};
 use crate::timings::{Stage, Timings};
 
 pub const MANIFEST_FILE: &str = "sprites.ron";
@@ -291,18 +291,25 @@ impl Session {
             None => reasons.push("new sprite (not in sprites.lock)".to_string()),
             Some(locked) => {
                 for (group, hash) in &planned.inputs {
-                    if locked.inputs.get(group) == Some(hash) {
+                    if locked.inputs.get(group.name()) == Some(hash) {
                         continue;
                     }
-                    if group == "loras" {
+                    if *group == InputGroup::Loras {
                         let changed_files: Vec<&String> = planned
                             .files
                             .iter()
-                            .filter(|(path, hash)| {
-                                !path.starts_with("model:")
-                                    && self.lock.files.get(*path).is_some_and(|old| old != *hash)
+                            .filter_map(|(file, hash)| match file {
+                                InputFile::Lora(path)
+                                    if self
+                                        .lock
+                                        .files
+                                        .get(&file.lock_key())
+                                        .is_some_and(|old| old != hash) =>
+                                {
+                                    Some(path)
+                                }
+                                _ => None,
                             })
-                            .map(|(path, _)| path)
                             .collect();
                         if changed_files.is_empty() {
                             reasons.push("LoRAs changed (list or weights)".to_string());
@@ -311,10 +318,10 @@ impl Session {
                                 reasons.push(format!("LoRA file changed ({path})"));
                             }
                         }
-                    } else if group == "model" {
+                    } else if *group == InputGroup::Model {
                         reasons.push("model changed (its files differ from the ones the cache was made with)".to_string());
                     } else {
-                        reasons.push(format!("{} changed", group.replace('_', " ")));
+                        reasons.push(format!("{} changed", group.name().replace('_', " ")));
                     }
                 }
             }
@@ -416,7 +423,12 @@ impl Session {
         let mut lock = LockFile::empty();
         for (planned, (_, lookups)) in self.plan.iter().zip(&statuses) {
             let sprite = &self.manifest.sprites[planned.sprite];
-            lock.files.extend(planned.files.clone());
+            lock.files.extend(
+                planned
+                    .files
+                    .iter()
+                    .map(|(file, hash)| (file.lock_key(), hash.clone())),
+            );
             let outputs = lookups
                 .iter()
                 .map(|l| match l {
@@ -427,7 +439,7 @@ impl Session {
             lock.sprites.insert(
                 sprite.name.clone(),
                 LockedSprite {
-                    inputs: planned.inputs.clone(),
+                    inputs: LockedSprite::inputs_of(&planned.inputs),
                     keys: planned.frames.iter().map(|k| k.to_hex()).collect(),
                     outputs,
                 },

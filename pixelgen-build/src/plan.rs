@@ -47,8 +47,99 @@ impl fmt::Debug for Key {
     }
 }
 
-/// The named input groups of a sprite, each with a short hash; sorted by name.
-pub type InputHashes = BTreeMap<String, String>;
+/// A named group of a sprite's inputs. A frame's key hashes each group's name and
+/// content in name order, and `sprites.lock` records a short hash per group, so that a
+/// stale sprite can say which group changed.
+///
+/// Invariant: the variants are declared in the alphabetical order of their names, so the
+/// derived `Ord` (the order of `InputHashes` and of hashing) is the order of the names
+/// that keys were made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum InputGroup {
+    Background,
+    Frames,
+    Generator,
+    Loras,
+    Model,
+    NegativePrompt,
+    Palette,
+    Pipeline,
+    Pixelize,
+    Prompt,
+    Seed,
+    Size,
+}
+
+impl InputGroup {
+    pub const ALL: [InputGroup; 12] = [
+        InputGroup::Background,
+        InputGroup::Frames,
+        InputGroup::Generator,
+        InputGroup::Loras,
+        InputGroup::Model,
+        InputGroup::NegativePrompt,
+        InputGroup::Palette,
+        InputGroup::Pipeline,
+        InputGroup::Pixelize,
+        InputGroup::Prompt,
+        InputGroup::Seed,
+        InputGroup::Size,
+    ];
+
+    /// The name hashed into keys and written in `sprites.lock`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            InputGroup::Background => "background",
+            InputGroup::Frames => "frames",
+            InputGroup::Generator => "generator",
+            InputGroup::Loras => "loras",
+            InputGroup::Model => "model",
+            InputGroup::NegativePrompt => "negative_prompt",
+            InputGroup::Palette => "palette",
+            InputGroup::Pipeline => "pipeline",
+            InputGroup::Pixelize => "pixelize",
+            InputGroup::Prompt => "prompt",
+            InputGroup::Seed => "seed",
+            InputGroup::Size => "size",
+        }
+    }
+
+    /// Whether a generated raw image depends on this group (its raw key covers it); size,
+    /// palette, background and pixelizing act after generation.
+    pub const fn shapes_raw_image(self) -> bool {
+        matches!(
+            self,
+            InputGroup::Generator
+                | InputGroup::Loras
+                | InputGroup::Model
+                | InputGroup::NegativePrompt
+                | InputGroup::Prompt
+                | InputGroup::Seed
+        )
+    }
+}
+
+/// The input groups of a sprite, each with a short hash.
+pub type InputHashes = BTreeMap<InputGroup, String>;
+
+/// An input file of a sprite, as `sprites.lock` records its content hash.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum InputFile {
+    /// A LoRA, by the path written in the manifest.
+    Lora(String),
+    /// A Diffusion model (all its files as one identity), by the name in the manifest.
+    Model(String),
+}
+
+impl InputFile {
+    /// The entry's name in the lock file's `files`: the LoRA's path, or `model:<name>`.
+    pub fn lock_key(&self) -> String {
+        match self {
+            InputFile::Lora(path) => path.clone(),
+            InputFile::Model(model) => format!("model:{model}"),
+        }
+    }
+}
 
 /// The plan for one sprite: its input groups and one key per frame.
 #[derive(Debug, Clone)]
@@ -60,8 +151,8 @@ pub struct PlannedSprite {
     /// Diffusion sprites: one key per frame over only what the raw generated image depends
     /// on (not size, palette or background), so a post-processing change reuses it.
     pub raw_frames: Option<Vec<Key>>,
-    /// Content hash of each input file (LoRAs), by the path written in the manifest.
-    pub files: BTreeMap<String, String>,
+    /// Content hash (hex) of each input file: LoRAs and the model.
+    pub files: BTreeMap<InputFile, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -263,7 +354,7 @@ impl FileHasher {
 /// Where a LoRA's content hash comes from when the file itself is absent (offline
 /// builds need not have the LoRA files): the hashes recorded in the lock file.
 pub trait KnownFileHashes {
-    fn known_hash(&self, manifest_path: &str) -> Option<blake3::Hash>;
+    fn known_hash(&self, file: &InputFile) -> Option<blake3::Hash>;
 }
 
 /// Computes the key of every frame of every sprite. Models named by Hugging Face id are
@@ -317,7 +408,7 @@ impl InputFiles<'_> {
         }
         let hash = match self.hasher.hash(&lora.resolved) {
             Ok(hash) => hash,
-            Err(error) => match self.known.known_hash(&lora.path) {
+            Err(error) => match self.known.known_hash(&InputFile::Lora(lora.path.clone())) {
                 Some(hash) if self.allow_missing_files => hash,
                 _ => return Err(error),
             },
@@ -357,14 +448,17 @@ impl InputFiles<'_> {
                         Err(_) => complete = false,
                     }
                 }
-                match (complete, self.known.known_hash(&model_file_key(model))) {
+                match (
+                    complete,
+                    self.known.known_hash(&InputFile::Model(model.to_string())),
+                ) {
                     (false, Some(known)) => known,
                     _ => all.finalize(),
                 }
             }
             Err(_) => self
                 .known
-                .known_hash(&model_file_key(model))
+                .known_hash(&InputFile::Model(model.to_string()))
                 .unwrap_or_else(|| {
                     blake3::hash(format!("pixelgen unresolved model {model}").as_bytes())
                 }),
@@ -372,11 +466,6 @@ impl InputFiles<'_> {
         self.models.insert(model.to_string(), hash);
         hash
     }
-}
-
-/// The lock file's entry for a model's identity (beside the LoRA files' hashes).
-pub fn model_file_key(model: &str) -> String {
-    format!("model:{model}")
 }
 
 fn plan_sprite(
@@ -400,36 +489,48 @@ fn plan_sprite(
                     .help("LoRA paths are relative to the folder of sprites.ron; offline builds also accept a missing file whose hash is in sprites.lock"),
             ))
         })?;
-        files.insert(lora.path.clone(), hash.to_hex().to_string());
+        files.insert(
+            InputFile::Lora(lora.path.clone()),
+            hash.to_hex().to_string(),
+        );
         loras.bytes(hash.as_bytes()).f32(lora.weight);
     }
 
-    let mut groups: Vec<(&str, Canonical)> = vec![
-        ("prompt", Canonical::new().str(&sprite.prompt).take()),
+    let mut groups: Vec<(InputGroup, Canonical)> = vec![
         (
-            "negative_prompt",
+            InputGroup::Prompt,
+            Canonical::new().str(&sprite.prompt).take(),
+        ),
+        (
+            InputGroup::NegativePrompt,
             Canonical::new().str(&sprite.negative_prompt).take(),
         ),
-        ("seed", Canonical::new().u64(sprite.seed).take()),
+        (InputGroup::Seed, Canonical::new().u64(sprite.seed).take()),
         (
-            "size",
+            InputGroup::Size,
             Canonical::new()
                 .u64(sprite.width.into())
                 .u64(sprite.height.into())
                 .take(),
         ),
-        ("frames", Canonical::new().u64(sprite.frames.into()).take()),
-        ("generator", generator_group(&sprite.generator)),
-        ("loras", loras),
         (
-            "palette",
+            InputGroup::Frames,
+            Canonical::new().u64(sprite.frames.into()).take(),
+        ),
+        (InputGroup::Generator, generator_group(&sprite.generator)),
+        (InputGroup::Loras, loras),
+        (
+            InputGroup::Palette,
             match &sprite.palette {
                 Some(p) => Canonical::new().bytes(&p.to_bytes()).take(),
                 None => Canonical::new().str("none").take(),
             },
         ),
-        ("background", background_group(sprite.background)),
-        ("pipeline", Canonical::new().str(PIPELINE_VERSION).take()),
+        (InputGroup::Background, background_group(sprite.background)),
+        (
+            InputGroup::Pipeline,
+            Canonical::new().str(PIPELINE_VERSION).take(),
+        ),
     ];
     // Pixelizing options and the pixelizer's version matter where the raw image is
     // pixelized or an option is set (procedural keys without options stay as they were).
@@ -445,24 +546,27 @@ fn plan_sprite(
             Some(rgb) => c.str("outline").bytes(&rgb),
             None => c.str("no-outline"),
         };
-        groups.push(("pixelize", c));
+        groups.push((InputGroup::Pixelize, c));
     }
     // Only diffusion sprites have a model (procedural keys stay as they were).
     if let GeneratorSpec::Diffusion { model, .. } = &sprite.generator {
         let hash = input_files.model_hash(model);
-        files.insert(model_file_key(model), hash.to_hex().to_string());
-        groups.push(("model", Canonical::new().bytes(hash.as_bytes()).take()));
+        files.insert(InputFile::Model(model.clone()), hash.to_hex().to_string());
+        groups.push((
+            InputGroup::Model,
+            Canonical::new().bytes(hash.as_bytes()).take(),
+        ));
     }
-    groups.sort_by(|a, b| a.0.cmp(b.0));
+    groups.sort_by_key(|(group, _)| *group);
 
     let mut all = blake3::Hasher::new_derive_key("pixelgen sprite frame key v1");
     let mut inputs = InputHashes::new();
     for (name, group) in &groups {
         let hash = blake3::hash(&group.0);
-        all.update(name.as_bytes())
+        all.update(name.name().as_bytes())
             .update(&[0])
             .update(hash.as_bytes());
-        inputs.insert(name.to_string(), hash.to_hex()[..16].to_string());
+        inputs.insert(*name, hash.to_hex()[..16].to_string());
     }
     let frame_keys = |base: &blake3::Hasher| -> Vec<Key> {
         (0..sprite.frames)
@@ -477,8 +581,8 @@ fn plan_sprite(
     let raw_frames = matches!(sprite.generator, GeneratorSpec::Diffusion { .. }).then(|| {
         let mut raw = blake3::Hasher::new_derive_key("pixelgen raw frame key v1");
         for (name, group) in &groups {
-            if RAW_GROUPS.contains(name) {
-                raw.update(name.as_bytes())
+            if name.shapes_raw_image() {
+                raw.update(name.name().as_bytes())
                     .update(&[0])
                     .update(blake3::hash(&group.0).as_bytes());
             }
@@ -494,16 +598,6 @@ fn plan_sprite(
         files,
     })
 }
-
-/// The input groups a raw generated image depends on.
-const RAW_GROUPS: [&str; 6] = [
-    "generator",
-    "loras",
-    "model",
-    "negative_prompt",
-    "prompt",
-    "seed",
-];
 
 fn generator_group(generator: &GeneratorSpec) -> Canonical {
     match generator {
@@ -581,7 +675,7 @@ mod tests {
 
     struct NoneKnown;
     impl KnownFileHashes for NoneKnown {
-        fn known_hash(&self, _: &str) -> Option<blake3::Hash> {
+        fn known_hash(&self, _: &InputFile) -> Option<blake3::Hash> {
             None
         }
     }
@@ -596,6 +690,26 @@ mod tests {
     }
 
     const BASE: &str = r#"(sprites: { "a": (prompt: "red slime", seed: 1), "b": (prompt: "bat", seed: 2, frames: 3) })"#;
+
+    #[test]
+    fn input_groups_are_ordered_by_their_names() {
+        // Keys hash the groups in this order: it must stay the order of the names.
+        let mut by_name = InputGroup::ALL;
+        by_name.sort_by_key(|g| g.name());
+        assert_eq!(by_name, InputGroup::ALL);
+        let mut by_ord = InputGroup::ALL;
+        by_ord.sort();
+        assert_eq!(by_ord, InputGroup::ALL);
+    }
+
+    #[test]
+    fn input_files_have_the_lock_file_names() {
+        assert_eq!(
+            InputFile::Lora("loras/a.safetensors".into()).lock_key(),
+            "loras/a.safetensors"
+        );
+        assert_eq!(InputFile::Model("org/sd".into()).lock_key(), "model:org/sd");
+    }
 
     #[test]
     fn keys_are_stable_and_distinct() {

@@ -23,6 +23,7 @@ use image::RgbaImage;
 use super::{GenerateError, Generator, Job};
 use crate::environment::{DeviceRequest, Environment};
 use crate::manifest::{GeneratorSpec, SpriteSpec};
+use crate::plan::InputFile;
 use crate::serve::WarmServer;
 use crate::serve::protocol::{
     self, GenerateRequest, JobRef, LoraRef, ModelRef, Request, RequestHeader, Response,
@@ -35,13 +36,13 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The backend for a group of sprites like `sprite`: through the warm server when one is
 /// configured, answers and the sprite is a Diffusion sprite; else in-process. `files` are
-/// the sprite's content hashes from the plan (`model:<name>` and each LoRA path).
+/// the sprite's content hashes from the plan (its model and each LoRA).
 pub fn backend_for(
     sprite: &SpriteSpec,
     manifest_dir: &Path,
     environment: &Environment,
     server: Option<&WarmServer>,
-    files: &BTreeMap<String, String>,
+    files: &BTreeMap<InputFile, String>,
     timings: &mut Timings,
 ) -> Result<Box<dyn Generator>, GenerateError> {
     let server = server.filter(|s| !s.has_failed());
@@ -85,7 +86,7 @@ fn template(
     sprite: &SpriteSpec,
     manifest_dir: &Path,
     environment: &Environment,
-    files: &BTreeMap<String, String>,
+    files: &BTreeMap<InputFile, String>,
 ) -> Option<GenerateRequest> {
     let GeneratorSpec::Diffusion {
         model,
@@ -107,7 +108,7 @@ fn template(
             Some(LoraRef {
                 path: std::path::absolute(&lora.resolved).ok()?,
                 weight_bits: lora.weight.to_bits(),
-                hash: files.get(&lora.path)?.clone(),
+                hash: files.get(&InputFile::Lora(lora.path.clone()))?.clone(),
             })
         })
         .collect::<Option<Vec<_>>>()?;
@@ -115,7 +116,7 @@ fn template(
         model: ModelRef {
             path: std::path::absolute(location.path()).ok()?,
             single_file: matches!(location, super::model_files::ModelLocation::SingleFile(_)),
-            hash: files.get(&crate::plan::model_file_key(model))?.clone(),
+            hash: files.get(&InputFile::Model(model.clone()))?.clone(),
         },
         loras,
         device: environment.device.clone(),
