@@ -546,6 +546,11 @@ fn plan_sprite(
             Some(rgb) => c.str("outline").bytes(&rgb),
             None => c.str("no-outline"),
         };
+        // A true-pixel sprite's `max_colors` is applied by `limit_colors` (it was once
+        // ignored: its keys changed when that was fixed).
+        if !pixelized && sprite.max_colors.is_some() && sprite.palette.is_none() {
+            c.str(crate::pixelize::LIMIT_COLORS_VERSION);
+        }
         groups.push((InputGroup::Pixelize, c));
     }
     // Only diffusion sprites have a model (procedural keys stay as they were).

@@ -26,6 +26,10 @@ use raster::{ALPHA_THRESHOLD, Raster};
 /// Part of the key of every pixelized sprite: bump it when the output changes.
 pub const PIXELIZE_VERSION: &str = "pixelgen-pixelize-2";
 
+/// Part of the key of a true-pixel sprite (the procedural generator's) with `max_colors`:
+/// bump it when [`limit_colors`] changes.
+pub const LIMIT_COLORS_VERSION: &str = "pixelgen-limit-colors-1";
+
 /// What a raw image is turned into.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
@@ -97,13 +101,66 @@ pub fn finish(raw: RgbaImage, sprite: &SpriteSpec) -> RgbaImage {
         Background::Color(rgb) => fill_background(&mut image, rgb),
         Background::Keep => {}
     }
-    if let Some(palette) = &sprite.palette {
-        palette.apply(&mut image);
+    match (&sprite.palette, sprite.max_colors) {
+        (Some(palette), _) => palette.apply(&mut image),
+        (None, Some(max)) => limit_colors(&mut image, max as usize),
+        (None, None) => {}
     }
     if let Some(outline) = sprite.outline {
         background::outline_image(&mut image, outline);
     }
     image
+}
+
+/// Leaves at most `max` colours among the visible pixels of a true-pixel image: the two
+/// nearest colours (in OKLab) merge, the rarer into the more frequent, until `max` are
+/// left, so every colour that remains is one the image had. Ties go to the first pair in
+/// colour order: the result does not depend on pixel order.
+pub fn limit_colors(image: &mut RgbaImage, max: usize) {
+    use std::collections::{BTreeMap, HashMap};
+    let max = max.max(1);
+    let mut counts: BTreeMap<Rgb, u64> = BTreeMap::new();
+    for pixel in image.pixels().filter(|p| p[3] > 0) {
+        *counts.entry([pixel[0], pixel[1], pixel[2]]).or_default() += 1;
+    }
+    if counts.len() <= max {
+        return;
+    }
+    // Each cluster: its colour (its most frequent member), total count, OKLab, members.
+    let mut clusters: Vec<(Rgb, u64, [f32; 3], Vec<Rgb>)> = counts
+        .into_iter()
+        .map(|(rgb, n)| (rgb, n, crate::palette::srgb_to_oklab(rgb), vec![rgb]))
+        .collect();
+    while clusters.len() > max {
+        let mut best = (f32::INFINITY, 0, 1);
+        for i in 0..clusters.len() {
+            for j in i + 1..clusters.len() {
+                let (a, b) = (clusters[i].2, clusters[j].2);
+                let d = (0..3).map(|c| (a[c] - b[c]).powi(2)).sum::<f32>();
+                if d < best.0 {
+                    best = (d, i, j);
+                }
+            }
+        }
+        let (_, i, j) = best;
+        let (keep, gone) = if clusters[i].1 >= clusters[j].1 {
+            (i, j)
+        } else {
+            (j, i)
+        };
+        let merged = clusters.remove(gone);
+        let keep = if gone < keep { keep - 1 } else { keep };
+        clusters[keep].1 += merged.1;
+        clusters[keep].3.extend(merged.3);
+    }
+    let target: HashMap<Rgb, Rgb> = clusters
+        .iter()
+        .flat_map(|(rgb, _, _, members)| members.iter().map(move |m| (*m, *rgb)))
+        .collect();
+    for pixel in image.pixels_mut().filter(|p| p[3] > 0) {
+        let [r, g, b] = target[&[pixel[0], pixel[1], pixel[2]]];
+        (pixel[0], pixel[1], pixel[2]) = (r, g, b);
+    }
 }
 
 /// Binary alpha: pixel art has no half-transparent pixels. Transparent pixels become
@@ -165,6 +222,31 @@ mod finish_tests {
         let out = finish(raw(), &sprite(", background: Color(\"#0000ff\")"));
         assert!(out.pixels().all(|p| p[3] == 255));
         assert_eq!(out.get_pixel(0, 0), &Rgba([0, 0, 255, 255]));
+    }
+
+    #[test]
+    fn max_colors_limits_a_true_pixel_sprite_to_colours_it_had() {
+        // Three reds and a blue, most pixels one red.
+        let image = RgbaImage::from_fn(4, 4, |x, y| match (x, y) {
+            (0, 0) => Rgba([200, 0, 0, 255]),
+            (1, 0) => Rgba([210, 10, 5, 255]),
+            (2, 0) => Rgba([0, 0, 255, 255]),
+            (3, 3) => Rgba([0, 0, 0, 0]),
+            _ => Rgba([220, 0, 0, 255]),
+        });
+        let out = finish(image.clone(), &sprite(", max_colors: 2"));
+        let colors: std::collections::BTreeSet<[u8; 3]> = out
+            .pixels()
+            .filter(|p| p[3] > 0)
+            .map(|p| [p[0], p[1], p[2]])
+            .collect();
+        assert_eq!(colors, [[0, 0, 255], [220, 0, 0]].into_iter().collect());
+        assert_eq!(out.get_pixel(3, 3)[3], 0, "transparent pixels stay");
+        // Enough colours already: nothing changes.
+        assert_eq!(
+            finish(image.clone(), &sprite(", max_colors: 4")),
+            finish(image, &sprite(""))
+        );
     }
 
     #[test]
