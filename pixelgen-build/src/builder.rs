@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::Error;
 use crate::environment::Environment;
 use crate::index::OUT_SUBDIR;
-use crate::pipeline::{self, Project, Quiet, Session, Summary};
+use crate::pipeline::{Project, Quiet, Session, Summary};
 use crate::plan::FileHasher;
 use crate::timings::Stage;
 
@@ -94,15 +94,9 @@ impl Build {
         };
         let offline = self.offline.unwrap_or(environment.offline);
         let show_timings = self.timings.unwrap_or(environment.timings);
-        let cache_dir = self
-            .cache_dir
-            .or_else(|| environment.cache_dir_for(&crate_dir));
         let state_dir = out_dir.join(OUT_SUBDIR);
-        let workspace_root = match &cache_dir {
-            Some(_) => None,
-            None => Some(cached_workspace_root(&crate_dir, &state_dir)?),
-        };
-        let project = Project::for_crate(&crate_dir, cache_dir, workspace_root)?;
+        let project =
+            Project::discover(&crate_dir, self.cache_dir, &environment, Some(&state_dir))?;
         println!("cargo:rerun-if-changed={}", project.manifest_path.display());
         println!("cargo:rerun-if-changed={}", project.lock_path.display());
 
@@ -206,23 +200,4 @@ fn required(value: &Option<PathBuf>, name: &str) -> Result<PathBuf, Error> {
             "{name} is not set: pixelgen_build::Build::run is meant to be called from a build script (build.rs), where cargo sets it"
         ))
     })
-}
-
-/// `cargo metadata` costs tens of milliseconds; remember its answer in OUT_DIR.
-fn cached_workspace_root(crate_dir: &Path, state_dir: &Path) -> Result<PathBuf, Error> {
-    let memo = state_dir.join("workspace-root");
-    if let Ok(text) = std::fs::read_to_string(&memo)
-        && let Some((for_crate, root)) = text.split_once('\n')
-        && Path::new(for_crate) == crate_dir
-        && Path::new(root).join("Cargo.toml").is_file()
-    {
-        return Ok(PathBuf::from(root));
-    }
-    let root = pipeline::workspace_root_of(crate_dir)?;
-    let _ = std::fs::create_dir_all(state_dir);
-    let _ = crate::cache::write_atomically(
-        &memo,
-        format!("{}\n{}", crate_dir.display(), root.display()).as_bytes(),
-    );
-    Ok(root)
 }

@@ -3,7 +3,6 @@
 //! the same folder and renamed into place, so readers only ever see whole files, and
 //! two builds writing the same key write the same bytes.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use image::RgbaImage;
@@ -162,19 +161,7 @@ pub fn encode_png(image: &RgbaImage) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename,
-/// so that a crash or a concurrent reader never sees a partial file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut file = tempfile::Builder::new()
-        .prefix(".tmp-pixelgen-")
-        .tempfile_in(dir)?;
-    file.write_all(bytes)?;
-    file.as_file().sync_all()?;
-    file.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
+pub use crate::atomic::write_atomically;
 
 #[cfg(test)]
 mod tests {
@@ -253,18 +240,5 @@ mod tests {
         assert_eq!(lock, dir.path().join("cache").join(LOCK_NAME));
         let ignore = std::fs::read_to_string(dir.path().join("cache/.gitignore")).unwrap();
         assert!(ignore.contains(".tmp-pixelgen-*") && ignore.contains(LOCK_NAME));
-    }
-
-    #[test]
-    fn atomic_write_leaves_no_temporary_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a/b/file.txt");
-        write_atomically(&path, b"x").unwrap();
-        write_atomically(&path, b"y").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"y");
-        assert_eq!(
-            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
-            1
-        );
     }
 }

@@ -11,6 +11,7 @@
 //! [`generate`] → [`pixelize`] → [`atlas`] → [`emit`]; [`pipeline`] wires them.
 
 pub mod atlas;
+pub mod atomic;
 pub mod cache;
 pub mod diagnostics;
 pub mod emit;

@@ -18,6 +18,7 @@ use crate::manifest::{self, Manifest};
 use crate::pixelize;
 use crate::plan::{self, FileHasher, InputFile, InputGroup, PlannedSprite};
 use crate::timings::{Stage, Timings};
+use pixelgen_diffusion::advisory::AdvisoryLock;
 
 pub const MANIFEST_FILE: &str = "sprites.ron";
 pub const LOCK_FILE: &str = "sprites.lock";
@@ -59,6 +60,47 @@ impl Project {
             cache_dir,
         })
     }
+}
+
+impl Project {
+    /// The project of the crate in `crate_dir`, as the build script and `cargo pixelgen`
+    /// both find it: the cache folder is `cache_dir` if given, else `PIXELGEN_CACHE_DIR`
+    /// (relative to the crate), else `cache/` at the cargo workspace root. With `memo`,
+    /// the workspace root is remembered in that folder (a build's OUT_DIR), since
+    /// `cargo metadata` costs tens of milliseconds.
+    pub fn discover(
+        crate_dir: &Path,
+        cache_dir: Option<PathBuf>,
+        environment: &Environment,
+        memo: Option<&Path>,
+    ) -> Result<Project, Error> {
+        let cache_dir = cache_dir.or_else(|| environment.cache_dir_for(crate_dir));
+        let workspace_root = match (&cache_dir, memo) {
+            (Some(_), _) => None,
+            (None, Some(memo)) => Some(memoised_workspace_root(crate_dir, memo)?),
+            (None, None) => Some(workspace_root_of(crate_dir)?),
+        };
+        Project::for_crate(crate_dir, cache_dir, workspace_root)
+    }
+}
+
+/// `cargo metadata` costs tens of milliseconds; remember its answer in OUT_DIR.
+fn memoised_workspace_root(crate_dir: &Path, state_dir: &Path) -> Result<PathBuf, Error> {
+    let memo = state_dir.join("workspace-root");
+    if let Ok(text) = std::fs::read_to_string(&memo)
+        && let Some((for_crate, root)) = text.split_once('\n')
+        && Path::new(for_crate) == crate_dir
+        && Path::new(root).join("Cargo.toml").is_file()
+    {
+        return Ok(PathBuf::from(root));
+    }
+    let root = workspace_root_of(crate_dir)?;
+    let _ = std::fs::create_dir_all(state_dir);
+    let _ = crate::cache::write_atomically(
+        &memo,
+        format!("{}\n{}", crate_dir.display(), root.display()).as_bytes(),
+    );
+    Ok(root)
 }
 
 /// The cargo workspace root of the crate in `crate_dir`, from `cargo metadata`.
@@ -681,7 +723,7 @@ fn plan_timed(
 
 /// An exclusive advisory lock, held while generating into one cache folder.
 struct CacheLock {
-    _file: std::fs::File,
+    _lock: AdvisoryLock,
 }
 
 impl CacheLock {
@@ -690,18 +732,8 @@ impl CacheLock {
             path: cache.dir().to_path_buf(),
             source,
         })?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| Error::Cache {
-                path: path.clone(),
-                source,
-            })?;
-        file.lock()
-            .map_err(|source| Error::Cache { path, source })?;
-        Ok(CacheLock { _file: file })
+        let lock = AdvisoryLock::acquire(&path).map_err(|source| Error::Cache { path, source })?;
+        Ok(CacheLock { _lock: lock })
     }
 }
 

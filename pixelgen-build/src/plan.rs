@@ -332,7 +332,7 @@ impl FileHasher {
             merged.extend(shared.new.drain());
             let list: Vec<(&PathBuf, &Stamp)> = merged.iter().collect();
             if let Ok(bytes) = serde_json::to_vec(&list) {
-                let _ = crate::cache::write_atomically(&shared.path, &bytes);
+                let _ = crate::atomic::write_atomically(&shared.path, &bytes);
             }
             shared.loaded = Some(merged);
         }
@@ -344,7 +344,7 @@ impl FileHasher {
         }
         let list: Vec<(&PathBuf, &Stamp)> = self.stamps.iter().collect();
         if let Ok(bytes) = serde_json::to_vec(&list)
-            && crate::cache::write_atomically(state_file, &bytes).is_ok()
+            && crate::atomic::write_atomically(state_file, &bytes).is_ok()
         {
             self.dirty = false;
         }

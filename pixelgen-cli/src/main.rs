@@ -12,7 +12,7 @@ mod txt2img;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use pixelgen_build::pipeline::{Freshness, Progress, SpriteStatus, workspace_root_of};
+use pixelgen_build::pipeline::{Freshness, Progress, SpriteStatus};
 use pixelgen_build::plan::FileHasher;
 use pixelgen_build::{Environment, Error, Project, Session};
 
@@ -206,12 +206,7 @@ fn run(cli: Cli, environment: &Environment) -> Result<ExitCode, Error> {
 
 fn open(target: &Target, environment: &Environment, offline: bool) -> Result<Session, Error> {
     let crate_dir = crate_dir(target.manifest_path.as_deref());
-    let cache_dir = environment.cache_dir_for(&crate_dir);
-    let workspace_root = match &cache_dir {
-        Some(_) => None,
-        None => Some(workspace_root_of(&crate_dir)?),
-    };
-    let project = Project::for_crate(&crate_dir, cache_dir, workspace_root)?;
+    let project = Project::discover(&crate_dir, None, environment, None)?;
     // The CLI's own (path, size, mtime) stamps, apart from any build's OUT_DIR.
     let tag = path_tag(&crate_dir);
     let state = environment

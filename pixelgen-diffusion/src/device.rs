@@ -86,7 +86,7 @@ fn nvidia_gpu_present() -> bool {
 /// crates at once, and two of them loading multi-gigabyte models onto one GPU (or into RAM)
 /// together would run out of memory. Held from before loading until the backend is dropped.
 pub struct DeviceLock {
-    _file: std::fs::File,
+    _lock: crate::advisory::AdvisoryLock,
 }
 
 impl DeviceLock {
@@ -94,24 +94,13 @@ impl DeviceLock {
     /// the temporary folder).
     pub fn acquire(dir: &Path) -> Result<DeviceLock, DiffusionError> {
         let path = dir.join("pixelgen-diffusion.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| {
-                DiffusionError::Device(format!(
-                    "cannot open the device lock {}: {e}",
-                    path.display()
-                ))
-            })?;
-        file.lock().map_err(|e| {
+        let lock = crate::advisory::AdvisoryLock::acquire(&path).map_err(|e| {
             DiffusionError::Device(format!(
                 "cannot take the device lock {}: {e}",
                 path.display()
             ))
         })?;
-        Ok(DeviceLock { _file: file })
+        Ok(DeviceLock { _lock: lock })
     }
 }
 

@@ -12,9 +12,11 @@
 //! environment and passes in what it says (device, lock folder, hub cache), and keeps
 //! keys, cache and pixelizing to itself. Nothing here reads environment variables.
 //!
-//! Without the default `backend` feature only [`files`] and [`Scheduler`] are compiled:
-//! what a key needs to know about a model, without candle.
+//! Without the default `backend` feature only [`files`], [`Scheduler`] and [`advisory`]
+//! (the file lock every pixelgen lock uses) are compiled: what a key needs to know about a
+//! model, without candle.
 
+pub mod advisory;
 pub mod files;
 
 #[cfg(feature = "backend")]

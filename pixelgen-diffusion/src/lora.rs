@@ -74,32 +74,7 @@ impl PipelineWeights {
     }
 }
 
-/// What the SGM name mapping needs to know about the UNet (from its diffusers config).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnetLayout {
-    pub layers_per_block: usize,
-    /// Per down level, whether it has attention blocks (`CrossAttnDownBlock2D`).
-    pub down_has_attention: Vec<bool>,
-}
-
-impl UnetLayout {
-    /// Reads the layout from a diffusers `unet/config.json`; `None` if the config lacks
-    /// `layers_per_block` or `down_block_types`, or gives `layers_per_block` per level (no
-    /// SD model does, and the LDM block numbering assumes one value).
-    pub fn from_unet_config(config: &Value) -> Option<Self> {
-        let layers_per_block = usize::try_from(config.get("layers_per_block")?.as_u64()?).ok()?;
-        let down_has_attention = config
-            .get("down_block_types")?
-            .as_array()?
-            .iter()
-            .map(|t| t.as_str().map(|t| t.contains("CrossAttn")))
-            .collect::<Option<Vec<_>>>()?;
-        Some(Self {
-            layers_per_block,
-            down_has_attention,
-        })
-    }
-}
+pub use super::sgm::UnetLayout;
 
 /// The naming scheme of a LoRA file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -93,3 +93,62 @@ impl Index {
         Ok(index)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(version: u32) -> Index {
+        Index {
+            version,
+            stamp: "s".into(),
+            atlases: vec![IndexedAtlas {
+                name: "items".into(),
+                module: "items".into(),
+                pages: vec![IndexedPage {
+                    image: "/out/items.png".into(),
+                    width: 16,
+                    height: 8,
+                    rects: vec![[0, 0, 8, 8], [8, 0, 8, 8]],
+                    trims: vec![[0, 0, 8, 8], [1, 1, 10, 10]],
+                }],
+                sprites: vec![IndexedSprite {
+                    name: "coin".into(),
+                    constant: "COIN".into(),
+                    page: 0,
+                    frames: vec![0, 1],
+                    animated: true,
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn the_index_reads_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Index::path_in(dir.path());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, to_json(&index(INDEX_VERSION))).unwrap();
+        assert_eq!(Index::read(&path).unwrap(), index(INDEX_VERSION));
+    }
+
+    #[test]
+    fn another_version_or_a_broken_file_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.json");
+        std::fs::write(&path, to_json(&index(INDEX_VERSION + 1))).unwrap();
+        let error = Index::read(&path).unwrap_err();
+        assert!(error.contains("must be the same version"), "{error}");
+        std::fs::write(&path, "{").unwrap();
+        assert!(
+            Index::read(&path)
+                .unwrap_err()
+                .contains("is not a pixelgen index")
+        );
+        assert!(
+            Index::read(&dir.path().join("none.json"))
+                .unwrap_err()
+                .contains("cannot read")
+        );
+    }
+}

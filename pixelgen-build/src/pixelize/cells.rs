@@ -7,7 +7,7 @@
 //! the colour down exactly.
 
 use super::grid::Grid;
-use super::raster::Raster;
+use super::raster::{Raster, median};
 
 /// Share of a cell's width (each side of its centre) that counts as its core.
 const CORE_HALF_WIDTH: f64 = 0.22;
@@ -185,18 +185,4 @@ fn clamp_range(from: usize, to: usize, centre: f64, size: usize) -> (usize, usiz
         let nearest = (centre.floor().max(0.0) as usize).min(size - 1);
         (nearest, nearest + 1)
     }
-}
-
-/// Median of `values` (the mean of the middle two for an even count); 0 when empty.
-pub(crate) fn median(values: &mut [f32]) -> f32 {
-    let n = values.len();
-    if n == 0 {
-        return 0.0;
-    }
-    let (_, &mut upper, _) = values.select_nth_unstable_by(n / 2, f32::total_cmp);
-    if n % 2 == 1 {
-        return upper;
-    }
-    let lower = values[..n / 2].iter().copied().fold(f32::MIN, f32::max);
-    (lower + upper) / 2.0
 }

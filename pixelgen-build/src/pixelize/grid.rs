@@ -363,13 +363,13 @@ fn content_box(raster: &Raster) -> Option<((f64, f64), (f64, f64))> {
     let background: [f32; 3] = std::array::from_fn(|c| {
         channel.clear();
         channel.extend(border.iter().map(|p| p[c]));
-        super::cells::median(&mut channel)
+        super::raster::median(&mut channel)
     });
     let mut distances: Vec<f32> = border
         .iter()
         .map(|p| distance2(p, &background).sqrt())
         .collect();
-    let spread = super::cells::median(&mut distances);
+    let spread = super::raster::median(&mut distances);
     // Most of the border must be the plain colour.
     let threshold = (6.0 * spread).max(24.0);
     let plain = distances.iter().filter(|&&d| d <= threshold).count();

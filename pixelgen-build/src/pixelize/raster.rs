@@ -67,3 +67,17 @@ pub(crate) fn distance2(a: &[f32; 3], b: &[f32; 3]) -> f32 {
     let d = [a[0] - b[0], a[1] - b[1], a[2] - b[2]];
     d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
 }
+
+/// Median of `values` (the mean of the middle two for an even count); 0 when empty.
+pub(crate) fn median(values: &mut [f32]) -> f32 {
+    let n = values.len();
+    if n == 0 {
+        return 0.0;
+    }
+    let (_, &mut upper, _) = values.select_nth_unstable_by(n / 2, f32::total_cmp);
+    if n % 2 == 1 {
+        return upper;
+    }
+    let lower = values[..n / 2].iter().copied().fold(f32::MIN, f32::max);
+    (lower + upper) / 2.0
+}

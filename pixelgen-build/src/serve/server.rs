@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::generate::diffusion::candle_core::{DType, Device};
+use pixelgen_diffusion::advisory::AdvisoryLock;
 
 use super::protocol::{
     self, FrameError, GenerateRequest, Request, RequestHeader, Response, StatusReply, Versions,
@@ -126,7 +127,7 @@ pub struct Server {
     listener: UnixListener,
     socket: SocketFile,
     /// Held for the server's life: a second server at the same path cannot start.
-    _instance: std::fs::File,
+    _instance: AdvisoryLock,
     options: ServeOptions,
     /// Least recently used first.
     models: Vec<Held>,
@@ -173,25 +174,17 @@ impl Server {
             )));
         }
         let instance_path = lock_path_of(&path);
-        let instance = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&instance_path)
-            .map_err(|e| fail(format!("cannot open {}: {e}", instance_path.display())))?;
-        let _ = instance.set_permissions(std::fs::Permissions::from_mode(0o600));
-        match instance.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(ServeError::AlreadyRunning { path });
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
+        let instance = match AdvisoryLock::try_acquire(&instance_path) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => return Err(ServeError::AlreadyRunning { path }),
+            Err(e) => {
                 return Err(fail(format!(
                     "cannot lock {}: {e}",
                     instance_path.display()
                 )));
             }
-        }
+        };
+        let _ = std::fs::set_permissions(&instance_path, std::fs::Permissions::from_mode(0o600));
         if let Ok(meta) = std::fs::symlink_metadata(&path) {
             if UnixStream::connect(&path).is_ok() {
                 return Err(ServeError::AlreadyRunning { path });
