@@ -120,6 +120,7 @@ fn widen_to_f32(bytes: &[u8], stored: DType) -> Vec<f32> {
     const CHUNK: usize = 1 << 16;
     let count = bytes.len() / 2;
     let mut out = vec![0f32; count];
+    advise_huge_pages(&mut out);
     out.par_chunks_mut(CHUNK)
         .zip(bytes.par_chunks(CHUNK * 2))
         .for_each(|(dst, src)| {
@@ -147,6 +148,31 @@ fn widen_to_f32(bytes: &[u8], stored: DType) -> Vec<f32> {
             }
         });
     out
+}
+
+/// Asks the kernel to back `buffer` with transparent huge pages before it is first
+/// written. A freshly allocated multi-gigabyte buffer costs one page fault and one zeroed
+/// page per 4 KiB on first touch; a profile of loading SD1.5 (2 GB fp16 → 4 GB f32) put
+/// about 60% of the load in those faults (`clear_page_erms` alone 40%). With 2 MiB pages
+/// the faults are 512 times fewer. Only a hint: where THP is off, nothing changes.
+fn advise_huge_pages(buffer: &mut [f32]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = buffer.as_mut_ptr() as usize;
+        let end = start + std::mem::size_of_val(buffer);
+        let first = start.next_multiple_of(HUGE);
+        if end > first + HUGE {
+            let length = (end - first) / HUGE * HUGE;
+            // SAFETY: the range lies inside `buffer`, which this function borrows mutably;
+            // MADV_HUGEPAGE changes no contents, only how the pages are backed.
+            unsafe {
+                libc::madvise(first as *mut libc::c_void, length, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buffer;
 }
 
 /// The weight files of one component folder: a (possibly fp16-variant or sharded)
