@@ -3,7 +3,7 @@
 //!
 //! Stages, in order: trim each frame's transparent border (keeping its offset
 //! within the frame), store identical trimmed frames once (aliases share a
-//! rect), lay the unique rects out ([`layout`]: MaxRects with global best fit,
+//! rect), lay the unique rects out (`layout`: MaxRects with global best fit,
 //! the smallest atlas found, more pages only past the maximum size), render
 //! with extrusion.
 //!

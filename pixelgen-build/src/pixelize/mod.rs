@@ -1,9 +1,9 @@
 //! Raw generator output → a finished sprite: exact size, a clean grid, a limited
 //! palette, binary alpha.
 //!
-//! The stages, in order: [`grid`] finds the fake pixels, [`cells`] takes one robust
-//! colour per fake pixel, [`colors`] maps cells onto a palette (given, or found), and
-//! [`background`] makes the background transparent and draws an optional outline.
+//! The stages, in order: `grid` finds the fake pixels, `cells` takes one robust
+//! colour per fake pixel, `colors` maps cells onto a palette (given, or found), and
+//! `background` makes the background transparent and draws an optional outline.
 
 // Channel and matrix loops (`for c in 0..3`) index several arrays at once; they read
 // better as index loops than as zipped iterators.
