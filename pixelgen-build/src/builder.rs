@@ -103,11 +103,7 @@ impl Build {
         let hasher = FileHasher::persistent(state_dir.join("file-stamps.json"));
         let session = Session::open(project, hasher, &environment, offline)?;
         #[cfg(unix)]
-        let session = session.with_server(crate::serve::server_from(
-            environment.server.socket(),
-            environment.server.runtime_dir(),
-            &environment.temp_dir,
-        ));
+        let session = session.with_server(crate::serve::server_for(&environment));
         let mut session = session;
         for path in &session.manifest.input_files {
             println!("cargo:rerun-if-changed={}", path.display());

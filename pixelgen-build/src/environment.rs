@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 pub use pixelgen_diffusion::files::{HubSettings, Secret};
 
-/// Every variable [`Environment::read`] reads.
+/// Every variable pixelgen reads: [`Environment::read`]'s, and `RAYON_NUM_THREADS`, which
+/// [`crate::generate::settle_cpu_threads`] reads (and sets when it is missing).
 pub const VARIABLES: &[&str] = &[
     "PIXELGEN_OFFLINE",
     "CI",

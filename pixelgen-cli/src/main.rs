@@ -176,11 +176,7 @@ fn run(cli: Cli, environment: &Environment) -> Result<ExitCode, Error> {
             } else {
                 match server {
                     Some(path) => Some(pixelgen_build::serve::WarmServer::new(path, true)),
-                    None => pixelgen_build::serve::server_from(
-                        environment.server.socket(),
-                        environment.server.runtime_dir(),
-                        &environment.temp_dir,
-                    ),
+                    None => pixelgen_build::serve::server_for(environment),
                 }
             });
             #[cfg(not(unix))]

@@ -28,16 +28,12 @@ pub struct Serve {
 
 /// The socket path: `--socket`, else where builds look (`off` does not apply here).
 fn socket_path(socket: Option<PathBuf>, environment: &Environment) -> PathBuf {
-    socket.unwrap_or_else(|| {
-        let runtime_dir = environment.server.runtime_dir();
-        match pixelgen_build::serve::server_from(
-            environment.server.socket(),
-            runtime_dir,
+    socket.unwrap_or_else(|| match pixelgen_build::serve::server_for(environment) {
+        Some(server) => server.path,
+        None => pixelgen_build::serve::default_socket_path(
+            environment.server.runtime_dir(),
             &environment.temp_dir,
-        ) {
-            Some(server) => server.path,
-            None => pixelgen_build::serve::default_socket_path(runtime_dir, &environment.temp_dir),
-        }
+        ),
     })
 }
 

@@ -56,6 +56,15 @@ pub fn server_from(
     }
 }
 
+/// The warm server the environment names ([`server_from`] over its values).
+pub fn server_for(environment: &crate::Environment) -> Option<WarmServer> {
+    server_from(
+        environment.server.socket(),
+        environment.server.runtime_dir(),
+        &environment.temp_dir,
+    )
+}
+
 /// Where a build looks for the warm server. Clones share whether it failed: a server that
 /// failed once is not asked again in the same run.
 #[derive(Debug, Clone)]
