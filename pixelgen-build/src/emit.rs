@@ -8,6 +8,7 @@ use image::RgbaImage;
 use crate::Error;
 use crate::atlas;
 use crate::cache::{encode_png, write_atomically};
+use crate::identity::FrameId;
 use crate::index::{INDEX_VERSION, Index, IndexedAtlas, IndexedPage, IndexedSprite, OUT_SUBDIR};
 use crate::pipeline::Session;
 
@@ -31,24 +32,24 @@ pub fn emit(session: &Session, out_dir: &Path) -> Result<Index, Error> {
     let mut atlases = Vec::new();
     for atlas_spec in &session.manifest.atlases {
         // Sprites by name, then frames: independent of manifest order.
-        let mut frames: Vec<(String, &str, RgbaImage)> = Vec::new();
+        let mut frames: Vec<(&FrameId, RgbaImage)> = Vec::new();
         let mut sprites = Vec::new();
         for (sprite, planned) in session
             .sprites_with_keys()
             .filter(|(s, _)| s.atlas == atlas_spec.name)
         {
-            for (frame, key) in planned.frames.iter().enumerate() {
-                let image = session.cache().read(key).map_err(|e| Error::Cache {
-                    path: session.cache().path_of(key),
+            for frame in &planned.frames {
+                let image = session.cache().read(&frame.key).map_err(|e| Error::Cache {
+                    path: session.cache().path_of(&frame.key),
                     source: std::io::Error::other(e),
                 })?;
-                frames.push((format!("{}#{frame}", sprite.name), &sprite.name, image));
+                frames.push((&frame.id, image));
             }
             sprites.push((sprite, planned.frames.len()));
         }
         let sources: Vec<atlas::Source<'_>> = frames
             .iter()
-            .map(|(name, group, image)| atlas::Source { name, group, image })
+            .map(|(id, image)| atlas::Source { id, image })
             .collect();
         let packed = atlas::pack(&sources, &atlas_spec.options).map_err(|source| Error::Atlas {
             atlas: atlas_spec.name.clone(),
@@ -99,7 +100,7 @@ pub fn emit(session: &Session, out_dir: &Path) -> Result<Index, Error> {
                 ]);
             }
             indexed.push(IndexedSprite {
-                name: sprite.name.clone(),
+                name: sprite.name.to_string(),
                 constant: sprite.constant.clone(),
                 page: page_index,
                 frames: (first..first + count).collect(),
@@ -107,7 +108,7 @@ pub fn emit(session: &Session, out_dir: &Path) -> Result<Index, Error> {
             });
         }
         atlases.push(IndexedAtlas {
-            name: atlas_spec.name.clone(),
+            name: atlas_spec.name.to_string(),
             module: atlas_spec.module.clone(),
             pages,
             sprites: indexed,
@@ -133,7 +134,21 @@ fn stamp(session: &Session) -> String {
     let mut hasher = blake3::Hasher::new_derive_key("pixelgen atlas stamp v1");
     hasher.update(crate::plan::PIPELINE_VERSION.as_bytes());
     for atlas in &session.manifest.atlases {
-        hasher.update(format!("{atlas:?}").as_bytes());
+        let o = &atlas.options;
+        hasher.update(
+            format!(
+                "{}|{}|{}|{}|{}x{}|{}|{}\n",
+                atlas.name,
+                atlas.module,
+                o.padding,
+                o.extrude,
+                o.max_width,
+                o.max_height,
+                o.power_of_two,
+                o.trim
+            )
+            .as_bytes(),
+        );
     }
     for (sprite, planned) in session.sprites_with_keys() {
         hasher.update(
@@ -143,8 +158,8 @@ fn stamp(session: &Session) -> String {
             )
             .as_bytes(),
         );
-        for key in &planned.frames {
-            hasher.update(&key.0);
+        for frame in &planned.frames {
+            hasher.update(&frame.key.0);
         }
         // Outputs too: a frame regenerated under the same key may differ (GPU nondeterminism).
         if let Some(locked) = session.lock.sprites.get(&sprite.name) {

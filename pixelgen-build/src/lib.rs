@@ -18,6 +18,8 @@ pub mod emit;
 pub mod environment;
 pub use environment::Environment;
 pub mod generate;
+pub mod identity;
+pub use identity::{AtlasName, FrameId, SpriteName};
 /// The index format, shared with the `sprites!` macro (crate `pixelgen-index`).
 pub use pixelgen_index as index;
 pub mod lock;
@@ -54,7 +56,7 @@ pub enum Error {
     Stale(pipeline::StaleReport),
     #[error("atlas `{atlas}`: {source}")]
     Atlas {
-        atlas: String,
+        atlas: AtlasName,
         source: atlas::AtlasError,
     },
     #[error("sprite cache: {}: {source}", path.display())]

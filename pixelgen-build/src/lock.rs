@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::SpriteName;
 use crate::plan::{InputFile, InputHashes, KnownFileHashes};
 
 pub const LOCK_VERSION: u32 = 1;
@@ -25,7 +26,7 @@ pub struct LockFile {
     #[serde(default)]
     pub files: BTreeMap<String, String>,
     #[serde(default)]
-    pub sprites: BTreeMap<String, LockedSprite>,
+    pub sprites: BTreeMap<SpriteName, LockedSprite>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -148,7 +149,7 @@ mod tests {
         let mut lock = LockFile::empty();
         for name in ["zombie", "apple"] {
             lock.sprites.insert(
-                name.to_string(),
+                SpriteName::from(name),
                 LockedSprite {
                     inputs: [("prompt".to_string(), "00ff".to_string())].into(),
                     keys: vec!["k".repeat(64)],

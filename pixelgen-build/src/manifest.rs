@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::atlas::AtlasOptions;
 use crate::diagnostics::{Diagnostic, Locator, SourceFile};
+use crate::identity::{AtlasName, SpriteName};
 use crate::palette::{Palette, PaletteLoadError, parse_hex_color};
 
 /// The name of the atlas that sprites go to when the manifest declares none.
@@ -35,7 +36,7 @@ pub struct Manifest {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AtlasSpec {
-    pub name: String,
+    pub name: AtlasName,
     /// The Rust module name in the generated code.
     pub module: String,
     pub options: AtlasOptions,
@@ -43,7 +44,7 @@ pub struct AtlasSpec {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpriteSpec {
-    pub name: String,
+    pub name: SpriteName,
     /// The Rust constant name in the generated code.
     pub constant: String,
     pub prompt: String,
@@ -55,7 +56,7 @@ pub struct SpriteSpec {
     /// Declared with `frames:` (even `frames: 1`): the game gets an `Animation` constant,
     /// so adding frames later does not change the constant's type.
     pub animated: bool,
-    pub atlas: String,
+    pub atlas: AtlasName,
     pub generator: GeneratorSpec,
     pub loras: Vec<LoraSpec>,
     pub palette: Option<Palette>,
@@ -368,7 +369,7 @@ impl Validator<'_> {
             && !used.iter().any(|a| a.name == DEFAULT_ATLAS)
         {
             used.push(AtlasSpec {
-                name: DEFAULT_ATLAS.to_string(),
+                name: AtlasName::from(DEFAULT_ATLAS),
                 module: DEFAULT_ATLAS.to_string(),
                 options: AtlasOptions::default(),
             });
@@ -426,7 +427,7 @@ impl Validator<'_> {
                     .into());
             }
             atlases.push(AtlasSpec {
-                name: name.clone(),
+                name: AtlasName::from(name.as_str()),
                 module,
                 options: AtlasOptions {
                     padding: atlas.padding.unwrap_or(defaults.padding),
@@ -496,7 +497,7 @@ impl Validator<'_> {
             .atlas
             .clone()
             .or_else(|| defaults.atlas.clone())
-            .unwrap_or_else(|| DEFAULT_ATLAS.to_string());
+            .map_or_else(|| AtlasName::from(DEFAULT_ATLAS), AtlasName::from);
         let declared = atlases.iter().any(|a| a.name == atlas);
         let implicit = atlases.is_empty() && atlas == DEFAULT_ATLAS;
         if !declared && !implicit {
@@ -626,7 +627,7 @@ impl Validator<'_> {
         };
 
         Ok(SpriteSpec {
-            name: name.to_string(),
+            name: SpriteName::from(name),
             constant,
             prompt: raw.prompt.clone(),
             negative_prompt: raw

@@ -13,6 +13,7 @@ use crate::cache::LOCK_NAME;
 use crate::cache::{Cache, Lookup, SHARED_STAMPS_NAME};
 use crate::environment::Environment;
 use crate::generate::{self, BatchKey, Job};
+use crate::identity::{FrameId, SpriteName};
 use crate::lock::{LockFile, LockedSprite};
 use crate::manifest::{self, Manifest};
 use crate::pixelize;
@@ -122,7 +123,7 @@ pub fn workspace_root_of(crate_dir: &Path) -> Result<PathBuf, Error> {
 /// Whether a sprite's cached frames are all there and intact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SpriteStatus {
-    pub name: String,
+    pub name: SpriteName,
     pub status: Freshness,
     /// Why it is stale; empty when fresh.
     pub reasons: Vec<String>,
@@ -160,7 +161,7 @@ impl fmt::Display for Summary {
 /// Progress of generation, for progress bars.
 pub trait Progress {
     fn start(&mut self, _frames_to_generate: usize) {}
-    fn frame_done(&mut self, _sprite: &str, _frame: u32) {}
+    fn frame_done(&mut self, _frame: &FrameId) {}
 }
 
 /// No progress reporting (the build script's case: cargo shows its output only at the end).
@@ -295,7 +296,8 @@ impl Session {
             .frames
             .iter()
             .enumerate()
-            .map(|(frame, key)| {
+            .map(|(frame, planned_frame)| {
+                let key = &planned_frame.key;
                 let expected = locked
                     .filter(|l| l.keys.get(frame).is_some_and(|k| *k == key.to_hex()))
                     .and_then(|l| l.outputs.get(frame))
@@ -369,7 +371,7 @@ impl Session {
             }
         }
         for (frame, lookup) in lookups.iter().enumerate() {
-            let key = &planned.frames[frame];
+            let key = &planned.frames[frame].key;
             match lookup {
                 Lookup::Hit { .. } => {}
                 Lookup::Missing if reasons.is_empty() => reasons.push(format!(
@@ -482,7 +484,7 @@ impl Session {
                 sprite.name.clone(),
                 LockedSprite {
                     inputs: LockedSprite::inputs_of(&planned.inputs),
-                    keys: planned.frames.iter().map(|k| k.to_hex()).collect(),
+                    keys: planned.frames.iter().map(|f| f.key.to_hex()).collect(),
                     outputs,
                 },
             );
@@ -537,7 +539,7 @@ impl Session {
             // changed) are finished from it without the generator.
             let mut to_generate = Vec::with_capacity(jobs.len());
             for &(i, frame) in jobs {
-                let raw_key = self.plan[i].raw_frames.as_ref().map(|k| k[frame as usize]);
+                let raw_key = self.plan[i].frames[frame as usize].raw;
                 match raw_key.and_then(|key| self.cache.read_raw(&key)) {
                     Some(raw) => {
                         self.store_finished(statuses, i, frame, raw, progress, &mut timings)?
@@ -633,8 +635,7 @@ impl Session {
                 for (index, drawn) in receiver {
                     let chunk = jobs.chunks(batch_size).nth(index).unwrap_or_default();
                     for (raw, &(i, frame)) in drawn?.into_iter().zip(chunk) {
-                        if let Some(keys) = &self.plan[i].raw_frames {
-                            let key = keys[frame as usize];
+                        if let Some(key) = self.plan[i].frames[frame as usize].raw {
                             let start = std::time::Instant::now();
                             self.cache
                                 .write_raw(&key, &raw)
@@ -675,7 +676,8 @@ impl Session {
     ) -> Result<(), Error> {
         let sprite = &self.manifest.sprites[self.plan[i].sprite];
         let finished = timings.time(Stage::Pixelize, || pixelize::finish(raw, sprite));
-        let key = &self.plan[i].frames[frame as usize];
+        let planned = &self.plan[i].frames[frame as usize];
+        let key = &planned.key;
         let output = timings
             .time(Stage::EncodeWrite, || self.cache.write(key, &finished))
             .map_err(|source| Error::Cache {
@@ -683,7 +685,7 @@ impl Session {
                 source,
             })?;
         statuses[i].1[frame as usize] = Lookup::Hit { output };
-        progress.frame_done(&sprite.name, frame);
+        progress.frame_done(&planned.id);
         Ok(())
     }
 
@@ -824,7 +826,7 @@ mod tests {
         let mut s = session(&project, false);
         assert_eq!(s.status()[0].reasons, ["new sprite (not in sprites.lock)"]);
         s.realize(false, &mut Quiet).unwrap();
-        let key = s.plan[0].frames[0];
+        let key = s.plan[0].frames[0].key;
         std::fs::remove_file(s.cache().path_of(&key)).unwrap();
         let status = session(&project, true).status();
         assert_eq!(status[0].status, Freshness::Stale);
@@ -852,8 +854,11 @@ mod tests {
             check.status()
         );
         for planned in &check.plan {
-            for key in &planned.frames {
-                assert_eq!(check.cache().read(key).unwrap().dimensions(), (16, 16));
+            for frame in &planned.frames {
+                assert_eq!(
+                    check.cache().read(&frame.key).unwrap().dimensions(),
+                    (16, 16)
+                );
             }
         }
         let leftovers: Vec<_> = walk(&dir.path().join("cache"))

@@ -12,6 +12,7 @@ use std::time::UNIX_EPOCH;
 use serde::{Deserialize, Serialize};
 
 use crate::diagnostics::{Diagnostic, SourceFile};
+use crate::identity::FrameId;
 use crate::manifest::{Background, GeneratorSpec, LoraSpec, Manifest, SpriteSpec};
 
 /// Bumped whenever a change to pixelgen changes the pixels it makes for the same inputs,
@@ -141,18 +142,27 @@ impl InputFile {
     }
 }
 
-/// The plan for one sprite: its input groups and one key per frame.
+/// The plan for one sprite: its input groups and one planned frame per frame.
 #[derive(Debug, Clone)]
 pub struct PlannedSprite {
     /// Index into `Manifest::sprites`.
     pub sprite: usize,
     pub inputs: InputHashes,
-    pub frames: Vec<Key>,
-    /// Diffusion sprites: one key per frame over only what the raw generated image depends
-    /// on (not size, palette or background), so a post-processing change reuses it.
-    pub raw_frames: Option<Vec<Key>>,
+    /// In frame order: `frames[n].id.frame == n`.
+    pub frames: Vec<PlannedFrame>,
     /// Content hash (hex) of each input file: LoRAs and the model.
     pub files: BTreeMap<InputFile, String>,
+}
+
+/// One frame as the later stages know it: its identity and the cache keys it lives under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedFrame {
+    pub id: FrameId,
+    /// The finished (pixelized) frame's key.
+    pub key: Key,
+    /// Diffusion sprites: the key over only what the raw generated image depends on (not
+    /// size, palette or background), so a post-processing change reuses that image.
+    pub raw: Option<Key>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -582,8 +592,8 @@ fn plan_sprite(
             })
             .collect()
     };
-    let frames = frame_keys(&all);
-    let raw_frames = matches!(sprite.generator, GeneratorSpec::Diffusion { .. }).then(|| {
+    let keys = frame_keys(&all);
+    let raw_keys = matches!(sprite.generator, GeneratorSpec::Diffusion { .. }).then(|| {
         let mut raw = blake3::Hasher::new_derive_key("pixelgen raw frame key v1");
         for (name, group) in &groups {
             if name.shapes_raw_image() {
@@ -595,11 +605,19 @@ fn plan_sprite(
         raw.update(DIFFUSION_VERSION.as_bytes());
         frame_keys(&raw)
     });
+    let frames = keys
+        .into_iter()
+        .enumerate()
+        .map(|(frame, key)| PlannedFrame {
+            id: sprite.name.frame(frame as u32),
+            key,
+            raw: raw_keys.as_ref().map(|raw| raw[frame]),
+        })
+        .collect();
     Ok(PlannedSprite {
         sprite: index,
         inputs,
         frames,
-        raw_frames,
         files,
     })
 }
@@ -690,7 +708,10 @@ mod tests {
         plan(&m, &mut FileHasher::in_memory(), &NoneKnown, false, None)
             .unwrap()
             .into_iter()
-            .map(|p| (m.sprites[p.sprite].name.clone(), p.frames))
+            .map(|p| {
+                let keys = p.frames.iter().map(|f| f.key).collect();
+                (m.sprites[p.sprite].name.to_string(), keys)
+            })
             .collect()
     }
 

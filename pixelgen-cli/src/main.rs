@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use pixelgen_build::pipeline::{Freshness, Progress, SpriteStatus};
 use pixelgen_build::plan::FileHasher;
-use pixelgen_build::{Environment, Error, Project, Session};
+use pixelgen_build::{Environment, Error, FrameId, Project, Session};
 
 /// cargo runs `cargo-pixelgen pixelgen ARGS`; the extra word is accepted and dropped.
 #[derive(Parser)]
@@ -252,7 +252,11 @@ fn print_json(statuses: &[SpriteStatus]) -> Result<(), Error> {
 }
 
 fn print_table(statuses: &[SpriteStatus]) {
-    let width = statuses.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    let width = statuses
+        .iter()
+        .map(|s| s.name.as_str().len())
+        .max()
+        .unwrap_or(0);
     for sprite in statuses {
         match sprite.status {
             Freshness::Fresh => println!("{:width$}  fresh", sprite.name),
@@ -295,9 +299,9 @@ impl Progress for Bar {
         self.0 = Some(bar);
     }
 
-    fn frame_done(&mut self, sprite: &str, frame: u32) {
+    fn frame_done(&mut self, frame: &FrameId) {
         if let Some(bar) = &self.0 {
-            bar.set_message(format!("{sprite} #{frame}"));
+            bar.set_message(frame.to_string());
             bar.inc(1);
         }
     }

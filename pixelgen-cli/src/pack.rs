@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use image::RgbaImage;
 use pixelgen_build::atlas::{self, AtlasOptions, PackedAtlas, Source};
 use pixelgen_build::cache::{encode_png, write_atomically};
+use pixelgen_build::{FrameId, SpriteName};
 use serde_json::{Map, Value, json};
 
 #[derive(clap::Args)]
@@ -40,13 +41,15 @@ pub struct Pack {
 
 pub fn run(args: Pack) -> Result<(), String> {
     let frames = read_sprites(&args.dir)?;
-    let sources: Vec<Source<'_>> = frames
+    // Each PNG is a sprite of one frame, named by its path.
+    let ids: Vec<FrameId> = frames
         .iter()
-        .map(|(name, image)| Source {
-            name,
-            group: name,
-            image,
-        })
+        .map(|(name, _)| SpriteName::from(name.as_str()).frame(0))
+        .collect();
+    let sources: Vec<Source<'_>> = ids
+        .iter()
+        .zip(&frames)
+        .map(|(id, (_, image))| Source { id, image })
         .collect();
     let (max_width, max_height) = args.max_size;
     let options = AtlasOptions {

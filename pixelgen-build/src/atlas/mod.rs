@@ -11,8 +11,8 @@
 //! `(w + 2e) x (h + 2e)`; rects are `padding` apart, and the atlas's edges carry
 //! no padding. The extruded border stays inside the atlas even at its edges.
 //!
-//! Everything depends only on the set of `(name, group, pixels)`: inputs are
-//! sorted by name first, and the layout search picks its winner by a total
+//! Everything depends only on the set of `(frame id, pixels)`: inputs are
+//! sorted by [`FrameId`] first, and the layout search picks its winner by a total
 //! order, so the output is byte-identical whatever the input order or the
 //! number of threads. Sprites are never rotated: Bevy's atlases cannot express
 //! rotation.
@@ -25,6 +25,8 @@ pub use layout::{LayoutError, LayoutOptions, Page, RectLayout, pack_pages, pack_
 use std::collections::HashMap;
 
 use image::{ImageBuffer, RgbaImage};
+
+use crate::identity::{FrameId, SpriteName};
 
 /// How one atlas is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,10 +65,8 @@ impl Default for AtlasOptions {
 /// One frame to pack.
 #[derive(Debug, Clone, Copy)]
 pub struct Source<'a> {
-    /// Unique key of the frame.
-    pub name: &'a str,
-    /// Frames with the same group land on the same page (a sprite's frames).
-    pub group: &'a str,
+    /// Unique among the sources. Frames of the same sprite land on the same page.
+    pub id: &'a FrameId,
     pub image: &'a RgbaImage,
 }
 
@@ -133,7 +133,7 @@ pub enum AtlasError {
          `max_size` or make the sprite smaller"
     )]
     FrameTooLarge {
-        frame: String,
+        frame: FrameId,
         width: u32,
         height: u32,
         extruded_width: u64,
@@ -141,20 +141,21 @@ pub enum AtlasError {
         max_width: u32,
         max_height: u32,
     },
-    /// The frames of one group do not fit together on one page.
+    /// The frames of one sprite (with those of sprites sharing identical frames with it)
+    /// do not fit together on one page.
     #[error(
-        "the {frames} frames of `{group}` do not fit together on one page of at most \
+        "the {frames} frames of `{sprite}` do not fit together on one page of at most \
          {max_width}x{max_height} px (a sprite's frames share a page); raise `max_size`"
     )]
     GroupTooLarge {
-        group: String,
+        sprite: SpriteName,
         frames: usize,
         max_width: u32,
         max_height: u32,
     },
-    /// Two frames share a name (the lexicographically first duplicate is named).
-    #[error("duplicate frame name {0}")]
-    DuplicateName(String),
+    /// Two sources have the same id (the first duplicate in id order is named).
+    #[error("frame `{0}` is given twice")]
+    DuplicateFrame(FrameId),
     /// A page image could not be allocated.
     #[error("could not allocate a {width}x{height} px atlas image")]
     TooLarge { width: u32, height: u32 },
@@ -162,18 +163,18 @@ pub enum AtlasError {
 
 /// Packs frames into pages.
 ///
-/// Names are unique keys ([`AtlasError::DuplicateName`] otherwise). The result
+/// Ids are unique ([`AtlasError::DuplicateFrame`] otherwise). The result
 /// depends only on the set of sources, never on the slice's order or the
 /// thread count, and frames are never rotated. No frames (or only empty ones)
 /// give one 1x1 transparent page.
 pub fn pack(sources: &[Source<'_>], options: &AtlasOptions) -> Result<PackedAtlas, AtlasError> {
     let mut order: Vec<usize> = (0..sources.len()).collect();
-    order.sort_by_key(|&i| sources[i].name);
+    order.sort_by_key(|&i| sources[i].id);
     if let Some(w) = order
         .windows(2)
-        .find(|w| sources[w[0]].name == sources[w[1]].name)
+        .find(|w| sources[w[0]].id == sources[w[1]].id)
     {
-        return Err(AtlasError::DuplicateName(sources[w[0]].name.to_owned()));
+        return Err(AtlasError::DuplicateFrame(sources[w[0]].id.clone()));
     }
 
     let Deduped {
@@ -208,7 +209,7 @@ pub fn pack(sources: &[Source<'_>], options: &AtlasOptions) -> Result<PackedAtla
     }) {
         let (extruded_width, extruded_height) = extruded(u);
         return Err(AtlasError::FrameTooLarge {
-            frame: sources[u.source].name.to_owned(),
+            frame: sources[u.source].id.clone(),
             width: u.width,
             height: u.height,
             extruded_width,
@@ -240,7 +241,8 @@ pub fn pack(sources: &[Source<'_>], options: &AtlasOptions) -> Result<PackedAtla
                 .filter(|&i| groups[unique_of[i]] == group)
                 .collect();
             AtlasError::GroupTooLarge {
-                group: members.first().map_or("", |&i| sources[i].group).to_owned(),
+                // Not empty: `index` is one of the group's rects.
+                sprite: sources[members[0]].id.sprite.clone(),
                 frames: members.len(),
                 max_width: max_w,
                 max_height: max_h,
@@ -374,7 +376,7 @@ fn trim_and_dedupe(sources: &[Source<'_>], order: &[usize], trim: bool) -> Dedup
     }
 }
 
-/// Per unique rect, its page group: groups are numbered by name, and groups
+/// Per unique rect, its page group: each sprite is a group, numbered by name, and groups
 /// that share a rect are merged (union-find) so the rect is on every sharer's
 /// page.
 fn page_groups(
@@ -383,13 +385,13 @@ fn page_groups(
     unique_of: &[usize],
     uniques: usize,
 ) -> Vec<usize> {
-    let mut names: Vec<&str> = sources.iter().map(|s| s.group).collect();
+    let mut names: Vec<&SpriteName> = sources.iter().map(|s| &s.id.sprite).collect();
     names.sort_unstable();
     names.dedup();
     let mut parent: Vec<usize> = (0..names.len()).collect();
     let mut first: Vec<Option<usize>> = vec![None; uniques];
     for &i in order {
-        let g = names.binary_search(&sources[i].group).unwrap_or(0);
+        let g = names.binary_search(&&sources[i].id.sprite).unwrap_or(0);
         match first[unique_of[i]] {
             None => first[unique_of[i]] = Some(g),
             Some(other) => union(&mut parent, g, other),

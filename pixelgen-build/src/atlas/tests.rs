@@ -182,7 +182,7 @@ fn sprite(seed: u32, w: u32, h: u32, margin: (u32, u32, u32, u32)) -> RgbaImage 
     })
 }
 
-fn random_sprites(n: usize, seed: u64) -> Vec<(String, String, RgbaImage)> {
+fn random_sprites(n: usize, seed: u64) -> Vec<(FrameId, RgbaImage)> {
     let mut rng = Rng(seed);
     (0..n)
         .map(|i| {
@@ -194,16 +194,20 @@ fn random_sprites(n: usize, seed: u64) -> Vec<(String, String, RgbaImage)> {
                 rng.range(0, 3),
             );
             let image = sprite(i as u32, w, h, margin);
-            (format!("s{i:04}"), format!("g{}", i / 3), image)
+            (frame(&format!("g{}", i / 3), i as u32 % 3), image)
         })
         .collect()
 }
 
-fn sources(owned: &[(String, String, RgbaImage)]) -> Vec<Source<'_>> {
+fn sources(owned: &[(FrameId, RgbaImage)]) -> Vec<Source<'_>> {
     owned
         .iter()
-        .map(|(name, group, image)| Source { name, group, image })
+        .map(|(id, image)| Source { id, image })
         .collect()
+}
+
+fn frame(sprite: &str, frame: u32) -> FrameId {
+    SpriteName::from(sprite).frame(frame)
 }
 
 fn atlas_options(padding: u32, extrude: u32) -> AtlasOptions {
@@ -230,10 +234,10 @@ fn check_atlas(sources: &[Source<'_>], o: &AtlasOptions, atlas: &PackedAtlas) {
                     page.get_pixel(r.x + x - t.x, r.y + y - t.y),
                     px,
                     "{}",
-                    source.name
+                    source.id
                 );
             } else {
-                assert_eq!(px[3], 0, "{}: opaque pixel trimmed away", source.name);
+                assert_eq!(px[3], 0, "{}: opaque pixel trimmed away", source.id);
             }
         }
     }
@@ -297,7 +301,7 @@ fn frames_are_trimmed_extruded_and_rebuilt_exactly() {
 #[test]
 fn trim_offsets_locate_the_rect_in_its_frame() {
     let image = sprite(5, 20, 30, (3, 4, 6, 2));
-    let owned = vec![("hero".to_owned(), "hero".to_owned(), image)];
+    let owned = vec![(frame("hero", 0), image)];
     let sources = sources(&owned);
     let atlas = pack(&sources, &AtlasOptions::default()).unwrap();
     let frame = atlas.frames[0];
@@ -339,10 +343,10 @@ fn identical_frames_are_stored_once() {
     });
     let other = sprite(10, 16, 16, (1, 1, 1, 1));
     let owned = vec![
-        ("a".to_owned(), "walk".to_owned(), base.clone()),
-        ("b".to_owned(), "walk".to_owned(), base.clone()),
-        ("c".to_owned(), "idle".to_owned(), shifted),
-        ("d".to_owned(), "idle".to_owned(), other),
+        (frame("a_walk", 0), base.clone()),
+        (frame("a_walk", 1), base.clone()),
+        (frame("b_idle", 0), shifted),
+        (frame("b_idle", 1), other),
     ];
     let sources = sources(&owned);
     let options = AtlasOptions::default();
@@ -383,11 +387,10 @@ fn output_is_byte_identical_in_any_input_order() {
 
 #[test]
 fn pages_keep_a_sprites_frames_together() {
-    let owned: Vec<(String, String, RgbaImage)> = (0..40)
+    let owned: Vec<(FrameId, RgbaImage)> = (0..40)
         .map(|i| {
             (
-                format!("f{i:02}"),
-                format!("sprite{}", i / 5),
+                frame(&format!("sprite{}", i / 5), i % 5),
                 sprite(i, 30, 30, (0, 0, 0, 0)),
             )
         })
@@ -410,10 +413,7 @@ fn pages_keep_a_sprites_frames_together() {
 fn frames_too_large_and_duplicate_names_are_named() {
     let big = sprite(1, 50, 20, (0, 0, 0, 0));
     let small = sprite(2, 5, 5, (0, 0, 0, 0));
-    let owned = vec![
-        ("small".to_owned(), "s".to_owned(), small.clone()),
-        ("big".to_owned(), "b".to_owned(), big),
-    ];
+    let owned = vec![(frame("small", 0), small.clone()), (frame("big", 0), big)];
     let options = AtlasOptions {
         max_width: 40,
         max_height: 40,
@@ -421,17 +421,14 @@ fn frames_too_large_and_duplicate_names_are_named() {
     };
     let error = pack(&sources(&owned), &options).unwrap_err();
     assert!(
-        matches!(&error, AtlasError::FrameTooLarge { frame, .. } if frame == "big"),
+        matches!(&error, AtlasError::FrameTooLarge { frame, .. } if frame.sprite == "big"),
         "{error}"
     );
     assert!(error.to_string().contains("max_size"), "{error}");
 
-    let twins = vec![
-        ("x".to_owned(), "s".to_owned(), small.clone()),
-        ("x".to_owned(), "t".to_owned(), small),
-    ];
+    let twins = vec![(frame("x", 0), small.clone()), (frame("x", 0), small)];
     let error = pack(&sources(&twins), &AtlasOptions::default()).unwrap_err();
-    assert_eq!(error, AtlasError::DuplicateName("x".to_owned()));
+    assert_eq!(error, AtlasError::DuplicateFrame(frame("x", 0)));
 }
 
 #[test]
@@ -440,13 +437,9 @@ fn empty_and_transparent_inputs_give_a_transparent_page() {
     assert_eq!(atlas.pages.len(), 1);
     assert_eq!(atlas.pages[0].dimensions(), (1, 1));
     let owned = vec![
-        ("blank".to_owned(), "b".to_owned(), RgbaImage::new(8, 8)),
-        ("none".to_owned(), "n".to_owned(), RgbaImage::new(0, 3)),
-        (
-            "dot".to_owned(),
-            "d".to_owned(),
-            sprite(3, 3, 3, (1, 1, 1, 1)),
-        ),
+        (frame("blank", 0), RgbaImage::new(8, 8)),
+        (frame("none", 0), RgbaImage::new(0, 3)),
+        (frame("dot", 0), sprite(3, 3, 3, (1, 1, 1, 1))),
     ];
     let sources = sources(&owned);
     let atlas = pack(&sources, &AtlasOptions::default()).unwrap();

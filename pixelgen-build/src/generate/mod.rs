@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use image::RgbaImage;
 
 use crate::environment::{Environment, HubSettings};
+use crate::identity::{FrameId, SpriteName};
 use crate::manifest::{GeneratorSpec, Scheduler, SpriteSpec};
 use crate::timings::{Stage, Timings};
 
@@ -26,6 +27,13 @@ pub const PROCEDURAL_VERSION: &str = "procedural-1";
 pub struct Job<'a> {
     pub sprite: &'a SpriteSpec,
     pub frame: u32,
+}
+
+impl Job<'_> {
+    /// Which frame this job draws.
+    pub fn id(&self) -> FrameId {
+        self.sprite.name.frame(self.frame)
+    }
 }
 
 /// A backend. `generate` takes a batch of jobs that share the backend's model and
@@ -59,12 +67,12 @@ pub enum GenerateError {
         "sprite `{sprite}`: the {generator} generator is not available in this build of pixelgen-build\nhelp: {help}"
     )]
     Unavailable {
-        sprite: String,
+        sprite: SpriteName,
         generator: &'static str,
         help: String,
     },
     #[error("sprite `{sprite}`: generation failed: {message}")]
-    Failed { sprite: String, message: String },
+    Failed { sprite: SpriteName, message: String },
     #[error("model `{model}`: {message}")]
     Model { model: String, message: String },
 }
