@@ -13,6 +13,7 @@
 pub mod atlas;
 pub mod atomic;
 pub mod cache;
+pub mod color;
 pub mod diagnostics;
 pub mod emit;
 pub mod environment;

@@ -6,8 +6,10 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-/// An sRGB colour, opaque.
-pub type Rgb = [u8; 3];
+use crate::color::Lab;
+
+/// The colour types and OKLab conversions palettes are matched in (module [`crate::color`]).
+pub use crate::color::{Rgb, oklab_to_srgb, srgb_to_oklab};
 
 /// An ordered, de-duplicated, non-empty list of colours that sprites are
 /// mapped onto.
@@ -348,28 +350,19 @@ impl Palette {
     }
 
     /// OKLab of every colour; kept out of the struct so it can derive `Eq`.
-    fn labs(&self) -> Vec<[f32; 3]> {
+    fn labs(&self) -> Vec<Lab> {
         self.colors.iter().map(|&c| srgb_to_oklab(c)).collect()
     }
 }
 
 /// Nearest colour in `colors` (with matching precomputed `labs`) to `color`.
-fn nearest_in(colors: &[Rgb], labs: &[[f32; 3]], color: Rgb) -> Rgb {
+fn nearest_in(colors: &[Rgb], labs: &[Lab], color: Rgb) -> Rgb {
     // Exact members must map to themselves even if float error could tie.
     if colors.contains(&color) {
         return color;
     }
-    let target = srgb_to_oklab(color);
-    let mut best: Option<(f32, Rgb)> = None;
-    for (&c, lab) in colors.iter().zip(labs) {
-        let d = (0..3).map(|i| (lab[i] - target[i]).powi(2)).sum::<f32>();
-        // Strict `<` keeps the lowest index on ties.
-        if best.is_none_or(|(bd, _)| d < bd) {
-            best = Some((d, c));
-        }
-    }
-    // Only reachable for an empty slice, which `Palette` never holds.
-    best.map_or(color, |(_, c)| c)
+    // `Palette` is never empty, so the index is in range.
+    colors[crate::color::nearest(labs, &srgb_to_oklab(color))]
 }
 
 /// A `#RRGGBB` (or `RRGGBB`) colour, as the manifest and the CLI write colours.
@@ -380,53 +373,6 @@ pub fn parse_hex_color(text: &str) -> Option<Rgb> {
     }
     let channel = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).ok();
     Some([channel(0)?, channel(2)?, channel(4)?])
-}
-
-/// OKLab (Björn Ottosson) of an sRGB colour, using the exact sRGB transfer
-/// function. Returns `[L, a, b]` with `L` in `0.0..=1.0`.
-pub fn srgb_to_oklab(color: Rgb) -> [f32; 3] {
-    // f64 inside: the published matrices have more digits than f32 holds.
-    let [r, g, b] = color.map(|c| srgb_to_linear(f64::from(c) / 255.0));
-    let l = (0.4122214708 * r + 0.5363325363 * g + 0.0514459929 * b).cbrt();
-    let m = (0.2119034982 * r + 0.6806995451 * g + 0.1073969566 * b).cbrt();
-    let s = (0.0883024619 * r + 0.2817188376 * g + 0.6299787005 * b).cbrt();
-    [
-        (0.2104542553 * l + 0.7936177850 * m - 0.0040720468 * s) as f32,
-        (1.9779984951 * l - 2.4285922050 * m + 0.4505937099 * s) as f32,
-        (0.0259040371 * l + 0.7827717662 * m - 0.8086757660 * s) as f32,
-    ]
-}
-
-/// sRGB colour of an OKLab `[L, a, b]` value; out-of-gamut results are
-/// clamped per channel, then rounded to the nearest 8-bit value.
-pub fn oklab_to_srgb(lab: [f32; 3]) -> Rgb {
-    let [ll, a, b] = lab.map(f64::from);
-    let l = (ll + 0.3963377774 * a + 0.2158037573 * b).powi(3);
-    let m = (ll - 0.1055613458 * a - 0.0638541728 * b).powi(3);
-    let s = (ll - 0.0894841775 * a - 1.2914855480 * b).powi(3);
-    let lin = [
-        4.0767416621 * l - 3.3077115913 * m + 0.2309699292 * s,
-        -1.2684380046 * l + 2.6097574011 * m - 0.3413193965 * s,
-        -0.0041960863 * l - 0.7034186147 * m + 1.7076147010 * s,
-    ];
-    // `as u8` saturates (and maps NaN to 0), so this cannot panic.
-    lin.map(|c| (linear_to_srgb(c.clamp(0.0, 1.0)) * 255.0).round() as u8)
-}
-
-fn srgb_to_linear(c: f64) -> f64 {
-    if c <= 0.04045 {
-        c / 12.92
-    } else {
-        ((c + 0.055) / 1.055).powf(2.4)
-    }
-}
-
-fn linear_to_srgb(c: f64) -> f64 {
-    if c <= 0.0031308 {
-        c * 12.92
-    } else {
-        1.055 * c.powf(1.0 / 2.4) - 0.055
-    }
 }
 
 fn syntax(line: usize, column: usize, message: String) -> PaletteParseError {
@@ -873,38 +819,6 @@ mod tests {
         assert_eq!(nearest_in(&colors, &labs, [9, 9, 9]), [1, 1, 1]);
         let labs = [[0.9, 0.0, 0.0], [0.5, 0.0, 0.0], [0.5, 0.0, 0.0]];
         assert_eq!(nearest_in(&colors, &labs, [9, 9, 9]), [2, 2, 2]);
-    }
-
-    #[test]
-    fn oklab_reference_values() {
-        let white = srgb_to_oklab([255, 255, 255]);
-        assert!((white[0] - 1.0).abs() < 1e-3, "{white:?}");
-        assert!(white[1].abs() < 1e-3 && white[2].abs() < 1e-3, "{white:?}");
-        assert_eq!(srgb_to_oklab([0, 0, 0]), [0.0, 0.0, 0.0]);
-        // Pure red per Ottosson: L 0.628, a 0.225, b 0.126.
-        let red = srgb_to_oklab([255, 0, 0]);
-        for (got, want) in red.iter().zip([0.627955, 0.224863, 0.125846]) {
-            assert!((got - want).abs() < 1e-3, "{red:?}");
-        }
-    }
-
-    #[test]
-    fn oklab_round_trip_within_one() {
-        let steps: Vec<u8> = (0..=255u8).step_by(15).chain([1, 254, 255]).collect();
-        for &r in &steps {
-            for &g in &steps {
-                for &b in &steps {
-                    let back = oklab_to_srgb(srgb_to_oklab([r, g, b]));
-                    for (x, y) in back.iter().zip([r, g, b]) {
-                        assert!(x.abs_diff(y) <= 1, "{:?} -> {back:?}", [r, g, b]);
-                    }
-                }
-            }
-        }
-        // Out of gamut and NaN are clamped, not panics.
-        assert_eq!(oklab_to_srgb([2.0, 0.0, 0.0]), [255, 255, 255]);
-        assert_eq!(oklab_to_srgb([-1.0, 0.0, 0.0]), [0, 0, 0]);
-        let _ = oklab_to_srgb([f32::NAN, f32::INFINITY, f32::NEG_INFINITY]);
     }
 
     #[test]

@@ -5,8 +5,8 @@ use image::{Rgba, RgbaImage};
 
 use super::Options;
 use super::raster::ALPHA_THRESHOLD;
+use crate::color::{Rgb, srgb_to_oklab};
 use crate::manifest::Background;
-use crate::palette::{Rgb, srgb_to_oklab};
 
 /// Colours this close (OKLab) to the border's colour are background too: a model's
 /// flat background can land on two neighbouring palette entries.

@@ -18,7 +18,8 @@ use std::collections::HashMap;
 
 use super::cells::Cells;
 use super::raster::{Raster, distance2, median};
-use crate::palette::{Palette, Rgb};
+use crate::color::{Lab, Rgb, srgb_to_oklab};
+use crate::palette::Palette;
 
 /// Unmixed cells a colour needs to be found by clustering.
 const MIN_SUPPORT: usize = 2;
@@ -111,29 +112,9 @@ fn labs_of(colors: &[[f32; 3]]) -> Vec<[f32; 3]> {
     colors.iter().map(|&c| oklab(c)).collect()
 }
 
-/// OKLab of an RGB float colour (rounded to 8 bits first), in f32 with a table for the
-/// sRGB curve: the relabelling converts every cell several times.
-fn oklab(color: [f32; 3]) -> [f32; 3] {
-    static LINEAR: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
-    let table = LINEAR.get_or_init(|| {
-        std::array::from_fn(|v| {
-            let c = v as f64 / 255.0;
-            (if c <= 0.04045 {
-                c / 12.92
-            } else {
-                ((c + 0.055) / 1.055).powf(2.4)
-            }) as f32
-        })
-    });
-    let [r, g, b] = to_rgb(color).map(|c| table[c as usize]);
-    let l = (0.412_221_46 * r + 0.536_332_55 * g + 0.051_445_995 * b).cbrt();
-    let m = (0.211_903_5 * r + 0.680_699_5 * g + 0.107_396_96 * b).cbrt();
-    let s = (0.088_302_46 * r + 0.281_718_85 * g + 0.629_978_7 * b).cbrt();
-    [
-        0.210_454_26 * l + 0.793_617_8 * m - 0.004_072_047 * s,
-        1.977_998_5 * l - 2.428_592_2 * m + 0.450_593_7 * s,
-        0.025_904_037 * l + 0.782_771_77 * m - 0.808_675_77 * s,
-    ]
+/// OKLab of an RGB float colour, rounded to 8 bits first.
+fn oklab(color: [f32; 3]) -> Lab {
+    srgb_to_oklab(to_rgb(color))
 }
 
 fn to_rgb(color: [f32; 3]) -> Rgb {
@@ -413,16 +394,8 @@ fn smooth(cells: &Cells, observed: &[[f32; 3]], colors: &[[f32; 3]], labels: &mu
 }
 
 /// Index of the colour in `labs` nearest to `color` (RGB floats) in OKLab.
-fn nearest(labs: &[[f32; 3]], color: [f32; 3]) -> usize {
-    let lab = oklab(color);
-    let mut best = (f32::INFINITY, 0);
-    for (k, l) in labs.iter().enumerate() {
-        let d = distance2(l, &lab);
-        if d < best.0 {
-            best = (d, k);
-        }
-    }
-    best.1
+fn nearest(labs: &[Lab], color: [f32; 3]) -> usize {
+    crate::color::nearest(labs, &oklab(color))
 }
 
 /// Cells whose core looks like all of their opaque neighbours' (by RGB distance

@@ -129,7 +129,7 @@ pub fn limit_colors(image: &mut RgbaImage, max: usize) {
     // Each cluster: its colour (its most frequent member), total count, OKLab, members.
     let mut clusters: Vec<(Rgb, u64, [f32; 3], Vec<Rgb>)> = counts
         .into_iter()
-        .map(|(rgb, n)| (rgb, n, crate::palette::srgb_to_oklab(rgb), vec![rgb]))
+        .map(|(rgb, n)| (rgb, n, crate::color::srgb_to_oklab(rgb), vec![rgb]))
         .collect();
     while clusters.len() > max {
         let mut best = (f32::INFINITY, 0, 1);
