@@ -34,7 +34,15 @@ pub fn sprites(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
             Err(e) => return e.to_compile_error().into(),
         }
     };
-    match expand(&module, std::env::var_os("OUT_DIR")) {
+    let runtime = match runtime_path(proc_macro_crate::crate_name("pixelgen")) {
+        Ok(path) => path,
+        Err(message) => {
+            return syn::Error::new(Span::call_site(), message)
+                .to_compile_error()
+                .into();
+        }
+    };
+    match expand(&module, std::env::var_os("OUT_DIR"), &runtime) {
         Ok(tokens) => tokens.into(),
         Err(message) => syn::Error::new(Span::call_site(), message)
             .to_compile_error()
@@ -42,7 +50,33 @@ pub fn sprites(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
     }
 }
 
-fn expand(module: &syn::Ident, out_dir: Option<std::ffi::OsString>) -> Result<TokenStream, String> {
+/// The path the generated code names `pixelgen`'s types by: `::pixelgen`, or the name the
+/// calling crate gave it in its Cargo.toml (`pg = { package = "pixelgen", … }`).
+fn runtime_path(
+    found: Result<proc_macro_crate::FoundCrate, proc_macro_crate::Error>,
+) -> Result<TokenStream, String> {
+    match found {
+        // `Itself` is what a doc test or example of `pixelgen` sees (only its integration
+        // tests are told apart); those are separate crates that name it `::pixelgen`, and
+        // pixelgen's library never calls the macro.
+        Ok(proc_macro_crate::FoundCrate::Itself) => Ok(quote!(::pixelgen)),
+        Ok(proc_macro_crate::FoundCrate::Name(name)) => {
+            let ident = syn::Ident::new(&name, Span::call_site());
+            Ok(quote!(::#ident))
+        }
+        Err(e) => Err(format!(
+            "pixelgen: the code `sprites!()` generates uses the runtime types of the `pixelgen` crate, \
+             which this crate does not depend on ({e}). Add `pixelgen` to [dependencies] (it \
+             re-exports this macro: call it as `pixelgen::sprites!()`)"
+        )),
+    }
+}
+
+fn expand(
+    module: &syn::Ident,
+    out_dir: Option<std::ffi::OsString>,
+    rt: &TokenStream,
+) -> Result<TokenStream, String> {
     let out_dir = out_dir.ok_or(
         "pixelgen: OUT_DIR is not set, so there is no sprite index to read: the crate needs a build script. \
          Add `pixelgen-build` to [build-dependencies] and a build.rs with \
@@ -63,7 +97,7 @@ fn expand(module: &syn::Ident, out_dir: Option<std::ffi::OsString>) -> Result<To
         .atlases
         .iter()
         .enumerate()
-        .map(|(ordinal, atlas)| atlas_module(ordinal, atlas))
+        .map(|(ordinal, atlas)| atlas_module(ordinal, atlas, rt))
         .collect::<Result<Vec<_>, String>>()?;
     let atlas_types: Vec<TokenStream> = index
         .atlases
@@ -76,7 +110,7 @@ fn expand(module: &syn::Ident, out_dir: Option<std::ffi::OsString>) -> Result<To
 
     let atlas_entries = index.atlases.iter().zip(&atlas_types).map(|(atlas, ty)| {
         let name = &atlas.name;
-        quote!(::pixelgen::AtlasPages { name: #name, pages: <#ty as ::pixelgen::AtlasData>::PAGES })
+        quote!(#rt::AtlasPages { name: #name, pages: <#ty as #rt::AtlasData>::PAGES })
     });
 
     Ok(quote! {
@@ -87,34 +121,38 @@ fn expand(module: &syn::Ident, out_dir: Option<std::ffi::OsString>) -> Result<To
             // Makes the compiler rebuild this crate whenever the build writes a new index.
             const _: &[u8] = include_bytes!(#index_literal);
 
-            pub use ::pixelgen::{Animation, Page, Pivot, SpriteIndex, Trim};
+            pub use #rt::{Animation, Page, Pivot, SpriteIndex, Trim};
 
             /// An atlas of this module: `fn f<A: sprites::AtlasData>(atlases: &sprites::Atlases,
             /// index: SpriteIndex<A>)` takes an index of any of them.
-            pub trait AtlasData: ::pixelgen::AtlasData<Set = Set> {}
-            impl<A: ::pixelgen::AtlasData<Set = Set>> AtlasData for A {}
+            pub trait AtlasData: #rt::AtlasData<Set = Set> {}
+            impl<A: #rt::AtlasData<Set = Set>> AtlasData for A {}
 
             /// The sprite set of this module: every atlas, by ordinal.
             #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
             pub struct Set;
-            impl ::pixelgen::SpriteSet for Set {
-                const ATLASES: &'static [::pixelgen::AtlasPages] = &[#(#atlas_entries),*];
+            impl #rt::SpriteSet for Set {
+                const ATLASES: &'static [#rt::AtlasPages] = &[#(#atlas_entries),*];
             }
 
             /// Handles to every atlas page's image and layout; inserted by [`SpritesPlugin`].
-            pub type Atlases = ::pixelgen::Atlases<Set>;
+            pub type Atlases = #rt::Atlases<Set>;
             /// Adds [`Atlases`] and keeps trimmed sprites at their untrimmed place.
-            pub type SpritesPlugin = ::pixelgen::SpritesPlugin<Set>;
+            pub type SpritesPlugin = #rt::SpritesPlugin<Set>;
             /// The plugin, as a value: `app.add_plugins(sprites::SpritesPlugin)`.
             #[allow(non_upper_case_globals)]
-            pub const SpritesPlugin: SpritesPlugin = ::pixelgen::SpritesPlugin::new();
+            pub const SpritesPlugin: SpritesPlugin = #rt::SpritesPlugin::new();
 
             #(#atlas_modules)*
         }
     })
 }
 
-fn atlas_module(ordinal: usize, atlas: &IndexedAtlas) -> Result<TokenStream, String> {
+fn atlas_module(
+    ordinal: usize,
+    atlas: &IndexedAtlas,
+    rt: &TokenStream,
+) -> Result<TokenStream, String> {
     let module = syn::parse_str::<syn::Ident>(&atlas.module)
         .map_err(|e| format!("pixelgen: atlas module `{}`: {e}", atlas.module))?;
     let name = &atlas.name;
@@ -134,10 +172,10 @@ fn atlas_module(ordinal: usize, atlas: &IndexedAtlas) -> Result<TokenStream, Str
             ));
         }
         let trims = page.trims.iter().map(
-            |[x, y, w, h]| quote!(::pixelgen::Trim { x: #x, y: #y, frame_width: #w, frame_height: #h }),
+            |[x, y, w, h]| quote!(#rt::Trim { x: #x, y: #y, frame_width: #w, frame_height: #h }),
         );
         pages.push(quote! {
-            ::pixelgen::Page {
+            #rt::Page {
                 png: include_bytes!(#png),
                 size: (#width, #height),
                 rects: &[#(#rects),*],
@@ -180,12 +218,12 @@ fn atlas_module(ordinal: usize, atlas: &IndexedAtlas) -> Result<TokenStream, Str
             let len = sprite.frames.len();
             constants.push(quote! {
                 #[doc = #doc]
-                pub const #constant: ::pixelgen::Animation<Atlas> = ::pixelgen::Animation::new(#page, #first, #len);
+                pub const #constant: #rt::Animation<Atlas> = #rt::Animation::new(#page, #first, #len);
             });
         } else {
             constants.push(quote! {
                 #[doc = #doc]
-                pub const #constant: ::pixelgen::SpriteIndex<Atlas> = ::pixelgen::SpriteIndex::new(#page, #first);
+                pub const #constant: #rt::SpriteIndex<Atlas> = #rt::SpriteIndex::new(#page, #first);
             });
         }
     }
@@ -206,11 +244,11 @@ fn atlas_module(ordinal: usize, atlas: &IndexedAtlas) -> Result<TokenStream, Str
             /// Marks indices of this atlas.
             #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
             pub struct Atlas;
-            impl ::pixelgen::AtlasData for Atlas {
+            impl #rt::AtlasData for Atlas {
                 type Set = super::Set;
                 const ORDINAL: usize = #ordinal;
                 const NAME: &'static str = #name;
-                const PAGES: &'static [::pixelgen::Page] = &[#(#pages),*];
+                const PAGES: &'static [#rt::Page] = &[#(#pages),*];
             }
             #(#constants)*
         }
@@ -237,8 +275,29 @@ mod tests {
     }
 
     #[test]
+    fn the_runtime_is_named_as_the_calling_crate_names_it() {
+        use proc_macro_crate::FoundCrate;
+        let path = |found| runtime_path(found).map(|t| t.to_string());
+        assert_eq!(
+            path(Ok(FoundCrate::Name("pixelgen".into()))).unwrap(),
+            ":: pixelgen"
+        );
+        assert_eq!(path(Ok(FoundCrate::Name("pg".into()))).unwrap(), ":: pg");
+        assert_eq!(path(Ok(FoundCrate::Itself)).unwrap(), ":: pixelgen");
+        let missing = path(Err(proc_macro_crate::Error::CrateNotFound {
+            crate_name: "pixelgen".into(),
+            path: "game/Cargo.toml".into(),
+        }))
+        .unwrap_err();
+        assert!(
+            missing.contains("Add `pixelgen` to [dependencies]"),
+            "{missing}"
+        );
+    }
+
+    #[test]
     fn without_out_dir_the_error_says_to_add_a_build_script() {
-        let error = expand(&module(), None).unwrap_err();
+        let error = expand(&module(), None, &quote!(::pixelgen)).unwrap_err();
         assert!(
             error.contains("build.rs") && error.contains("pixelgen-build"),
             "{error}"
@@ -248,7 +307,7 @@ mod tests {
     #[test]
     fn without_an_index_the_error_says_build_rs_did_not_run_pixelgen() {
         let dir = tempfile::tempdir().unwrap();
-        let error = expand(&module(), Some(dir.path().into())).unwrap_err();
+        let error = expand(&module(), Some(dir.path().into()), &quote!(::pixelgen)).unwrap_err();
         assert!(error.contains("build.rs did not run pixelgen"), "{error}");
     }
 
@@ -290,7 +349,7 @@ mod tests {
             }],
         };
         std::fs::write(Index::path_in(dir.path()), serde_json_like(&index)).unwrap();
-        let code = expand(&module(), Some(dir.path().into()))
+        let code = expand(&module(), Some(dir.path().into()), &quote!(::pixelgen))
             .unwrap()
             .to_string();
         assert!(code.contains("pub mod characters"), "{code}");
@@ -326,7 +385,9 @@ mod tests {
                 animated: false,
             }],
         };
-        let code = atlas_module(0, &atlas).unwrap().to_string();
+        let code = atlas_module(0, &atlas, &quote!(::pixelgen))
+            .unwrap()
+            .to_string();
         assert!(
             code.contains("SpriteIndex :: new (1usize , 0usize)"),
             "{code}"
@@ -355,7 +416,7 @@ mod tests {
             }],
         };
         assert!(
-            atlas_module(0, &atlas)
+            atlas_module(0, &atlas, &quote!(::pixelgen))
                 .unwrap_err()
                 .contains("not contiguous")
         );

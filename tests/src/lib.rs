@@ -78,6 +78,22 @@ opt-level = 1
         self.dir.path()
     }
 
+    /// Adds a workspace crate (`pixelgen-macros`, …) to `[dependencies]`.
+    pub fn depend_on(&self, workspace_crate: &str) {
+        let path = workspace_root().join(workspace_crate);
+        let cargo_toml = self.path().join("Cargo.toml");
+        let mut text = std::fs::read_to_string(&cargo_toml).expect("read Cargo.toml");
+        text.push_str(&format!(
+            "\n[dependencies]\n{workspace_crate} = {{ path = {path:?} }}\n"
+        ));
+        std::fs::write(cargo_toml, text).expect("write Cargo.toml");
+    }
+
+    /// Replaces `src/main.rs`.
+    pub fn write_main(&self, source: &str) {
+        std::fs::write(self.path().join("src/main.rs"), source).expect("write main.rs");
+    }
+
     pub fn cache_dir(&self) -> PathBuf {
         self.path().join("cache")
     }

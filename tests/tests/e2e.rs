@@ -196,6 +196,29 @@ fn a_malformed_manifest_fails_with_line_and_column() {
     assert!(!output.stderr.contains("panicked"), "{}", output.stderr);
 }
 
+/// DESIGN.md's first quick start names only `pixelgen-macros`; the generated code uses
+/// `pixelgen`'s types, so the build must say which dependency to add, not fail on paths.
+#[test]
+fn sprites_without_the_pixelgen_dependency_says_to_add_it() {
+    let game = GameCrate::new("e2e_macros_only", MANIFEST);
+    game.depend_on("pixelgen-macros");
+    game.write_main("pixelgen_macros::sprites!();\nfn main() {}\n");
+    let output = game.build(&[]);
+    assert!(!output.success, "{}", output.stderr);
+    assert!(
+        output
+            .stderr
+            .contains("Add `pixelgen` to [dependencies] (it re-exports this macro"),
+        "{}",
+        output.stderr
+    );
+    assert!(
+        !output.stderr.contains("could not find `pixelgen`"),
+        "one clear error, not one per path: {}",
+        output.stderr
+    );
+}
+
 /// A sprite drawn by Stable Diffusion from a local model folder (the tiny SD1 test model
 /// whose outputs are checked against diffusers in pixelgen-build's parity tests) goes
 /// through `cargo build`: generated once, then cached, then built offline.
