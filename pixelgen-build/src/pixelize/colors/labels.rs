@@ -22,12 +22,7 @@ impl Blur {
 
 /// Sums of neighbour colours by kind; a missing or transparent neighbour counts as the
 /// cell itself (the image edge repeats, and transparent pixels are not sampled).
-fn neighbour_sums(
-    cells: &Cells,
-    colors: &[[f32; 3]],
-    labels: &[usize],
-    i: usize,
-) -> [[f32; 3]; 3] {
+fn neighbour_sums(cells: &Cells, colors: &[[f32; 3]], labels: &[usize], i: usize) -> [[f32; 3]; 3] {
     let mut sums = [[0f32; 3]; 3];
     for (kind, label) in neighbour_labels(cells, labels, i) {
         for c in 0..3 {

@@ -1,0 +1,209 @@
+//! `sprites.ron` → validated specs. Every error names the file, line and column, and
+//! says what to do; nothing here panics on user input.
+//!
+//! Stages: `raw` (the file's shape, as serde reads it) → `merge` (each sprite's fields
+//! with `defaults` applied, remembering who wrote each) → `validate` (every value
+//! checked, errors placed where the value is written) → [`Manifest`].
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::atlas::AtlasOptions;
+use crate::diagnostics::{Diagnostic, SourceFile};
+use crate::identity::{AtlasName, SpriteName};
+
+mod merge;
+mod raw;
+mod validate;
+
+use crate::palette::Palette;
+use raw::RawManifest;
+
+/// The name of the atlas that sprites go to when the manifest declares none.
+pub const DEFAULT_ATLAS: &str = "main";
+/// Largest sprite side accepted; bigger sprites are not pixel art.
+pub const MAX_SIDE: u32 = 1024;
+/// Most frames one animation may have.
+pub const MAX_FRAMES: u32 = 256;
+
+/// A validated manifest: every sprite with its defaults applied, sorted by name.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub source: SourceFile,
+    /// Sorted by name.
+    pub atlases: Vec<AtlasSpec>,
+    /// Sorted by name.
+    pub sprites: Vec<SpriteSpec>,
+    /// Files the manifest reads itself (palette files), for rerun-if-changed.
+    pub input_files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AtlasSpec {
+    pub name: AtlasName,
+    /// The Rust module name in the generated code.
+    pub module: String,
+    pub options: AtlasOptions,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpriteSpec {
+    pub name: SpriteName,
+    /// The Rust constant name in the generated code.
+    pub constant: String,
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub seed: u64,
+    pub width: u32,
+    pub height: u32,
+    pub frames: u32,
+    /// Declared with `frames:` (even `frames: 1`): the game gets an `Animation` constant,
+    /// so adding frames later does not change the constant's type.
+    pub animated: bool,
+    pub atlas: AtlasName,
+    pub generator: GeneratorSpec,
+    pub loras: Vec<LoraSpec>,
+    pub palette: Option<Palette>,
+    /// At most this many colours when no palette is given (pixelized sprites).
+    pub max_colors: Option<u32>,
+    pub background: Background,
+    /// A 1-pixel outline around the opaque pixels, drawn in the transparent area.
+    pub outline: Option<[u8; 3]>,
+    /// Where the sprite's name is in the manifest, for later errors.
+    pub span: Range<usize>,
+}
+
+/// Which backend draws a sprite, with its parameters.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum GeneratorSpec {
+    /// The embedded generator: deterministic placeholder art, no model needed.
+    Procedural,
+    /// Stable Diffusion through candle.
+    Diffusion {
+        /// A Hugging Face model id (`stabilityai/sd-turbo`) or a local folder or file.
+        model: String,
+        #[serde(default = "default_steps")]
+        steps: u32,
+        #[serde(default)]
+        guidance: f32,
+        #[serde(default)]
+        scheduler: Scheduler,
+        /// Resolution the model draws at before pixelizing; the model's default when absent.
+        #[serde(default)]
+        resolution: Option<(u32, u32)>,
+    },
+}
+
+fn default_steps() -> u32 {
+    4
+}
+
+/// The sampler of a Diffusion sprite (defined beside the samplers, in `pixelgen-diffusion`).
+pub use pixelgen_diffusion::Scheduler;
+
+/// A LoRA adapter applied to the model, with its weight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSpec {
+    /// As written in the manifest (used in messages and the lock file).
+    pub path: String,
+    /// Resolved against the manifest's folder.
+    pub resolved: PathBuf,
+    pub weight: f32,
+    /// Where the path is written in the manifest, for errors about the file.
+    pub span: Range<usize>,
+}
+
+/// What happens to the pixels around the subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Background {
+    /// Made transparent (binary alpha).
+    #[default]
+    Transparent,
+    /// Filled with this colour: every pixel ends opaque.
+    Color([u8; 3]),
+    /// Left as the generator drew it.
+    Keep,
+}
+
+/// Loads and validates a manifest file.
+pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates manifest text; `path` is used for messages and relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
+    let source = SourceFile::new(path, text);
+    // `implicit_some`: optional fields are written plainly (`seed: 4`, not `seed: Some(4)`).
+    let options =
+        ron::Options::default().with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME);
+    let raw: RawManifest = options.from_str(text).map_err(|error| {
+        let start = source.offset_of(error.span.start.line, error.span.start.col);
+        let end = source
+            .offset_of(error.span.end.line, error.span.end.col)
+            .max(start);
+        Box::new(
+            Diagnostic::new(
+                &source,
+                start..end,
+                format!("invalid sprites.ron: {}", error.code),
+            )
+            .label(short_label(&error.code))
+            .help(parse_hint(&error.code)),
+        )
+    })?;
+    validate::validate(raw, &source, text, path).map_err(ManifestError::from)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read the sprite manifest {}: {source}\nhelp: create it beside Cargo.toml (see the README's manifest reference)", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(Box<Diagnostic>),
+}
+
+impl From<Box<Diagnostic>> for ManifestError {
+    fn from(diagnostic: Box<Diagnostic>) -> Self {
+        ManifestError::Invalid(diagnostic)
+    }
+}
+
+fn short_label(code: &ron::Error) -> String {
+    match code {
+        ron::Error::NoSuchStructField { found, .. } => format!("unknown field `{found}`"),
+        ron::Error::MissingStructField { field, .. } => format!("missing `{field}`"),
+        _ => "here".to_string(),
+    }
+}
+
+fn parse_hint(code: &ron::Error) -> String {
+    match code {
+        ron::Error::NoSuchStructField {
+            expected, outer, ..
+        } => format!(
+            "{} takes: {}",
+            outer.as_deref().map_or("this entry".to_string(), |o| format!("`{o}`")),
+            expected.join(", ")
+        ),
+        ron::Error::MissingStructField { field, .. } => {
+            format!("add `{field}: ...` to this entry")
+        }
+        ron::Error::NoSuchEnumVariant { expected, .. } => {
+            format!("use one of: {}", expected.join(", "))
+        }
+        _ => "the manifest is RON: `( defaults: (...), atlases: {...}, sprites: { \"name\": (prompt: \"...\", seed: 1), ... } )`; see the README's manifest reference".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

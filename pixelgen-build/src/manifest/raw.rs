@@ -1,0 +1,111 @@
+//! The shape of `sprites.ron` as serde reads it: every field optional where `defaults` may give it, maps kept in file order with their duplicates.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use super::GeneratorSpec;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename = "Manifest")]
+pub(super) struct RawManifest {
+    #[serde(default)]
+    pub(super) defaults: RawDefaults,
+    #[serde(default)]
+    pub(super) atlases: Ordered<RawAtlas>,
+    pub(super) sprites: Ordered<RawSprite>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename = "Defaults")]
+pub(super) struct RawDefaults {
+    pub(super) negative_prompt: Option<String>,
+    pub(super) seed: Option<u64>,
+    pub(super) size: Option<(u32, u32)>,
+    pub(super) atlas: Option<String>,
+    pub(super) generator: Option<GeneratorSpec>,
+    pub(super) loras: Option<Vec<RawLora>>,
+    pub(super) palette: Option<String>,
+    pub(super) max_colors: Option<u32>,
+    pub(super) background: Option<RawBackground>,
+    pub(super) outline: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename = "Sprite")]
+pub(super) struct RawSprite {
+    pub(super) prompt: String,
+    pub(super) negative_prompt: Option<String>,
+    pub(super) seed: Option<u64>,
+    pub(super) size: Option<(u32, u32)>,
+    pub(super) frames: Option<u32>,
+    pub(super) atlas: Option<String>,
+    pub(super) generator: Option<GeneratorSpec>,
+    pub(super) loras: Option<Vec<RawLora>>,
+    pub(super) palette: Option<String>,
+    pub(super) max_colors: Option<u32>,
+    pub(super) background: Option<RawBackground>,
+    pub(super) outline: Option<String>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields, rename = "Lora")]
+pub(super) struct RawLora {
+    pub(super) path: String,
+    #[serde(default = "one")]
+    pub(super) weight: f32,
+}
+
+pub(super) fn one() -> f32 {
+    1.0
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename = "Atlas")]
+pub(super) struct RawAtlas {
+    pub(super) padding: Option<u32>,
+    pub(super) extrude: Option<u32>,
+    pub(super) max_size: Option<(u32, u32)>,
+    pub(super) power_of_two: Option<bool>,
+    pub(super) trim: Option<bool>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(rename = "Background")]
+pub(super) enum RawBackground {
+    Transparent,
+    Keep,
+    /// `Color("#3a5f0b")`
+    Color(String),
+}
+
+/// A RON map kept in file order, duplicates included, so that they can be reported.
+pub(super) struct Ordered<T>(pub(super) Vec<(String, T)>);
+
+impl<T> Default for Ordered<T> {
+    fn default() -> Self {
+        Ordered(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OrderedVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for OrderedVisitor<T> {
+            type Value = Ordered<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of \"name\": (...) entries")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some((key, value)) = map.next_entry::<String, T>()? {
+                    entries.push((key, value));
+                }
+                Ok(Ordered(entries))
+            }
+        }
+        deserializer.deserialize_map(OrderedVisitor(PhantomData))
+    }
+}

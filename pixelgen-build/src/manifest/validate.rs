@@ -1,0 +1,580 @@
+//! Raw manifest → validated [`Manifest`]: each sprite's fields merged with `defaults`
+//! (`merge`), then every value checked, each error a [`Diagnostic`] at the line and column
+//! where the value is written, with what to do.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use super::merge::{Merged, MergedSprite};
+use super::raw::{RawBackground, RawDefaults, RawLora, RawManifest, RawSprite};
+use super::{
+    AtlasSpec, Background, DEFAULT_ATLAS, GeneratorSpec, LoraSpec, MAX_FRAMES, MAX_SIDE, Manifest,
+    SpriteSpec,
+};
+use crate::atlas::AtlasOptions;
+use crate::diagnostics::{Diagnostic, Locator, SourceFile};
+use crate::identity::{AtlasName, SpriteName};
+use crate::palette::{Palette, PaletteLoadError, parse_hex_color};
+
+/// Validates `raw`, read from `source` (the text of the manifest at `path`).
+pub(super) fn validate(
+    raw: RawManifest,
+    source: &SourceFile,
+    text: &str,
+    path: &Path,
+) -> Result<Manifest, Invalid> {
+    Validator {
+        source,
+        input_files: Default::default(),
+        locator: Locator::new(text),
+        dir: path.parent().unwrap_or(Path::new(".")),
+    }
+    .validate(raw)
+}
+
+struct Validator<'a> {
+    source: &'a SourceFile,
+    /// Files the manifest reads itself (palettes), even ones that fail to load.
+    input_files: std::cell::RefCell<Vec<PathBuf>>,
+    locator: Locator<'a>,
+    dir: &'a Path,
+}
+
+type Invalid = Box<Diagnostic>;
+
+/// A sprite's key: its name, the Rust constant it becomes, and where the name is written.
+struct SpriteEntry<'a> {
+    name: &'a str,
+    constant: String,
+    span: Range<usize>,
+}
+
+impl Validator<'_> {
+    fn validate(&self, raw: RawManifest) -> Result<Manifest, Invalid> {
+        let atlases = self.atlases(&raw)?;
+        let defaults = &raw.defaults;
+        let default_palette = match &defaults.palette {
+            Some(name) => Some(self.palette(name, None)?),
+            None => None,
+        };
+
+        let mut sprites: Vec<SpriteSpec> = Vec::with_capacity(raw.sprites.0.len());
+        let mut seen: BTreeMap<String, String> = BTreeMap::new(); // constant → sprite name
+        for (occurrence_of, (name, sprite)) in occurrences(&raw.sprites.0) {
+            let span = self.key_span(name, occurrence_of);
+            let constant = self.identifier(name, &span, "sprite", Case::Upper)?;
+            if occurrence_of > 0 {
+                return Err(self
+                    .error(span, format!("duplicate sprite name `{name}`"))
+                    .label("defined again here")
+                    .help("sprite names must be unique: rename one of them")
+                    .into());
+            }
+            if let Some(other) = seen.insert(constant.clone(), name.clone()) {
+                return Err(self
+                    .error(span, format!("sprite names `{other}` and `{name}` both become the Rust constant `{constant}`"))
+                    .label("collides once converted")
+                    .help("rename one of them so that their identifiers differ")
+                    .into());
+            }
+            let entry = SpriteEntry {
+                name,
+                constant,
+                span,
+            };
+            sprites.push(self.sprite(
+                entry,
+                sprite,
+                defaults,
+                default_palette.as_ref(),
+                &atlases,
+            )?);
+        }
+        sprites.sort_by(|a, b| a.name.cmp(&b.name));
+
+        let mut used: Vec<AtlasSpec> = atlases
+            .into_iter()
+            .filter(|atlas| sprites.iter().any(|s| s.atlas == atlas.name))
+            .collect();
+        if sprites.iter().any(|s| s.atlas == DEFAULT_ATLAS)
+            && !used.iter().any(|a| a.name == DEFAULT_ATLAS)
+        {
+            used.push(AtlasSpec {
+                name: AtlasName::from(DEFAULT_ATLAS),
+                module: DEFAULT_ATLAS.to_string(),
+                options: AtlasOptions::default(),
+            });
+        }
+        used.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Manifest {
+            source: self.source.clone(),
+            atlases: used,
+            sprites,
+            input_files: self.input_files.take(),
+        })
+    }
+
+    fn atlases(&self, raw: &RawManifest) -> Result<Vec<AtlasSpec>, Invalid> {
+        let mut atlases: Vec<AtlasSpec> = Vec::new();
+        for (occurrence_of, (name, atlas)) in occurrences(&raw.atlases.0) {
+            let span = self.key_span(name, occurrence_of);
+            let module = self.identifier(name, &span, "atlas", Case::Lower)?;
+            if occurrence_of > 0 {
+                return Err(self
+                    .error(span, format!("duplicate atlas name `{name}`"))
+                    .label("defined again here")
+                    .help("atlas names must be unique")
+                    .into());
+            }
+            if let Some(other) = atlases.iter().find(|a| a.module == module) {
+                return Err(self
+                    .error(
+                        span,
+                        format!(
+                            "atlas names `{}` and `{name}` both become the Rust module `{module}`",
+                            other.name
+                        ),
+                    )
+                    .label("collides once converted")
+                    .help("rename one of them")
+                    .into());
+            }
+            let defaults = AtlasOptions::default();
+            let (max_width, max_height) = atlas
+                .max_size
+                .unwrap_or((defaults.max_width, defaults.max_height));
+            if max_width == 0 || max_height == 0 {
+                let field = self
+                    .locator
+                    .field_after(span.end, "max_size")
+                    .unwrap_or(span.clone());
+                return Err(self
+                    .error(
+                        self.locator.value_after(&field),
+                        "max_size must be at least 1×1",
+                    )
+                    .label("zero")
+                    .help("use e.g. `max_size: (2048, 2048)`")
+                    .into());
+            }
+            atlases.push(AtlasSpec {
+                name: AtlasName::from(name.as_str()),
+                module,
+                options: AtlasOptions {
+                    padding: atlas.padding.unwrap_or(defaults.padding),
+                    extrude: atlas.extrude.unwrap_or(defaults.extrude),
+                    max_width,
+                    max_height,
+                    power_of_two: atlas.power_of_two.unwrap_or(defaults.power_of_two),
+                    trim: atlas.trim.unwrap_or(defaults.trim),
+                },
+            });
+        }
+        Ok(atlases)
+    }
+
+    /// Validates one sprite: its fields merged with `defaults`, then each checked.
+    fn sprite(
+        &self,
+        entry: SpriteEntry<'_>,
+        raw: &RawSprite,
+        defaults: &RawDefaults,
+        default_palette: Option<&Palette>,
+        atlases: &[AtlasSpec],
+    ) -> Result<SpriteSpec, Invalid> {
+        let merged = MergedSprite::of(raw, defaults);
+        let (width, height) = self.size(&entry, merged.size)?;
+        let frames = self.frames(&entry, merged.frames)?;
+        self.prompt(&entry, merged.prompt)?;
+        let atlas = self.sprite_atlas(&entry, merged.atlas, atlases)?;
+        let generator = self.generator(&entry, merged.generator)?;
+        let loras = self.loras(&entry, merged.loras)?;
+        let palette = match merged.palette {
+            Some(name) => Some(self.palette(name, Some(&entry.span))?),
+            None => default_palette.cloned(),
+        };
+        let background = self.background(&entry, merged.background)?;
+        let max_colors = self.max_colors(&entry, merged.max_colors)?;
+        let outline = match merged.outline.value {
+            None => None,
+            Some(hex) => Some(self.color(
+                hex,
+                &entry.span,
+                format!("outline `{hex}` is not a colour"),
+                "write the outline colour as `outline: \"#1a1c2c\"`",
+            )?),
+        };
+        Ok(SpriteSpec {
+            name: SpriteName::from(entry.name),
+            constant: entry.constant,
+            prompt: merged.prompt.to_string(),
+            negative_prompt: merged.negative_prompt.value.unwrap_or_default().to_string(),
+            seed: merged.seed.value.unwrap_or(0),
+            width,
+            height,
+            frames,
+            animated: merged.frames.is_some(),
+            atlas,
+            generator,
+            loras,
+            palette,
+            max_colors,
+            background,
+            outline,
+            span: entry.span,
+        })
+    }
+
+    /// Where `field`'s value is written: in the sprite's entry if it sets it, else in
+    /// `defaults`; the sprite's name when the field cannot be found.
+    fn field_span<T>(
+        &self,
+        entry: &SpriteEntry<'_>,
+        field: &str,
+        merged: &Merged<T>,
+    ) -> Range<usize> {
+        let start = if merged.in_sprite {
+            Some(entry.span.end)
+        } else {
+            self.locator.field_after(0, "defaults").map(|r| r.end)
+        };
+        start
+            .and_then(|s| self.locator.field_after(s, field))
+            .map(|f| self.locator.value_after(&f))
+            .unwrap_or(entry.span.clone())
+    }
+
+    fn size(
+        &self,
+        entry: &SpriteEntry<'_>,
+        size: Merged<(u32, u32)>,
+    ) -> Result<(u32, u32), Invalid> {
+        let name = entry.name;
+        let (width, height) = size.value.unwrap_or((32, 32));
+        if !(1..=MAX_SIDE).contains(&width) || !(1..=MAX_SIDE).contains(&height) {
+            return Err(self
+                .error(self.field_span(entry, "size", &size), format!("sprite `{name}` has size {width}×{height}"))
+                .label("out of range")
+                .help(format!("sizes go from (1, 1) to ({MAX_SIDE}, {MAX_SIDE}); pixel-art sprites are usually 16 to 64 pixels a side"))
+                .into());
+        }
+        Ok((width, height))
+    }
+
+    fn frames(&self, entry: &SpriteEntry<'_>, frames: Option<u32>) -> Result<u32, Invalid> {
+        let name = entry.name;
+        let count = frames.unwrap_or(1);
+        if !(1..=MAX_FRAMES).contains(&count) {
+            let written = Merged {
+                value: frames,
+                in_sprite: true,
+            };
+            return Err(self
+                .error(self.field_span(entry, "frames", &written), format!("sprite `{name}` has {count} frames"))
+                .label("out of range")
+                .help(format!("an animation has 1 to {MAX_FRAMES} frames; leave `frames` out for a still sprite"))
+                .into());
+        }
+        Ok(count)
+    }
+
+    fn prompt(&self, entry: &SpriteEntry<'_>, prompt: &str) -> Result<(), Invalid> {
+        if prompt.trim().is_empty() {
+            let written = Merged {
+                value: Some(prompt),
+                in_sprite: true,
+            };
+            return Err(self
+                .error(
+                    self.field_span(entry, "prompt", &written),
+                    format!("sprite `{}` has an empty prompt", entry.name),
+                )
+                .label("empty")
+                .help("describe the sprite, e.g. `prompt: \"knight with a red cape\"`")
+                .into());
+        }
+        Ok(())
+    }
+
+    /// The sprite's atlas, which must be declared (or the implicit default when none is).
+    fn sprite_atlas(
+        &self,
+        entry: &SpriteEntry<'_>,
+        atlas: Merged<&str>,
+        atlases: &[AtlasSpec],
+    ) -> Result<AtlasName, Invalid> {
+        let name = AtlasName::from(atlas.value.unwrap_or(DEFAULT_ATLAS));
+        let declared = atlases.iter().any(|a| a.name == name);
+        let implicit = atlases.is_empty() && name == DEFAULT_ATLAS;
+        if declared || implicit {
+            return Ok(name);
+        }
+        let declared: Vec<&str> = atlases.iter().map(|a| a.name.as_str()).collect();
+        let help = if declared.is_empty() {
+            format!(
+                "declare it: `atlases: {{ \"{name}\": () }}`, or leave `atlas` out to use the `{DEFAULT_ATLAS}` atlas"
+            )
+        } else {
+            format!(
+                "declared atlases: {}; add `\"{name}\": ()` to `atlases` or fix the name",
+                declared.join(", ")
+            )
+        };
+        Err(self
+            .error(
+                self.field_span(entry, "atlas", &atlas),
+                format!(
+                    "sprite `{}` uses atlas `{name}`, which is not declared",
+                    entry.name
+                ),
+            )
+            .label("unknown atlas")
+            .help(help)
+            .into())
+    }
+
+    fn generator(
+        &self,
+        entry: &SpriteEntry<'_>,
+        generator: Merged<&GeneratorSpec>,
+    ) -> Result<GeneratorSpec, Invalid> {
+        let spec = generator
+            .value
+            .cloned()
+            .unwrap_or(GeneratorSpec::Procedural);
+        if let GeneratorSpec::Diffusion { model, steps, .. } = &spec {
+            let at = || self.field_span(entry, "generator", &generator);
+            if model.trim().is_empty() {
+                return Err(self
+                    .error(at(), "the Diffusion generator needs a model")
+                    .label("empty model")
+                    .help("set `model: \"stabilityai/sd-turbo\"` or a local folder")
+                    .into());
+            }
+            if *steps == 0 || *steps > 1000 {
+                return Err(self
+                    .error(at(), format!("{steps} diffusion steps is out of range"))
+                    .label("steps")
+                    .help("use 1 to 1000 steps (1–4 for Turbo models, 20–50 for others)")
+                    .into());
+            }
+        }
+        Ok(spec)
+    }
+
+    fn loras(
+        &self,
+        entry: &SpriteEntry<'_>,
+        loras: Merged<&[RawLora]>,
+    ) -> Result<Vec<LoraSpec>, Invalid> {
+        let span = &entry.span;
+        let mut specs = Vec::new();
+        for lora in loras.value.into_iter().flatten() {
+            let literals = self.locator.string_literals(&lora.path);
+            if !lora.weight.is_finite() {
+                let at = literals.first().cloned().unwrap_or(span.clone());
+                return Err(self
+                    .error(
+                        at,
+                        format!("LoRA `{}` has a weight that is not a number", lora.path),
+                    )
+                    .help("use a weight such as 0.8")
+                    .into());
+            }
+            let lora_span = literals
+                .iter()
+                .find(|r| r.start >= span.end)
+                .or(literals.first())
+                .cloned()
+                .unwrap_or(span.clone());
+            specs.push(LoraSpec {
+                resolved: self.dir.join(&lora.path),
+                path: lora.path.clone(),
+                weight: lora.weight,
+                span: lora_span,
+            });
+        }
+        Ok(specs)
+    }
+
+    fn background(
+        &self,
+        entry: &SpriteEntry<'_>,
+        background: Merged<&RawBackground>,
+    ) -> Result<Background, Invalid> {
+        Ok(match background.value {
+            None | Some(RawBackground::Transparent) => Background::Transparent,
+            Some(RawBackground::Keep) => Background::Keep,
+            Some(RawBackground::Color(hex)) => Background::Color(self.color(
+                hex,
+                &entry.span,
+                format!("`{hex}` is not a colour"),
+                "write the colour as `Color(\"#3a5f0b\")`",
+            )?),
+        })
+    }
+
+    fn max_colors(
+        &self,
+        entry: &SpriteEntry<'_>,
+        max_colors: Merged<u32>,
+    ) -> Result<Option<u32>, Invalid> {
+        if max_colors.value == Some(0) {
+            return Err(self
+                .error(
+                    self.field_span(entry, "max_colors", &max_colors),
+                    format!("sprite `{}`: `max_colors` must be at least 1", entry.name),
+                )
+                .label("zero colours")
+                .help("leave `max_colors` out to keep every colour the image needs")
+                .into());
+        }
+        Ok(max_colors.value)
+    }
+
+    /// A `#RRGGBB` colour; an error at the string (or the sprite) otherwise.
+    fn color(
+        &self,
+        hex: &str,
+        sprite: &Range<usize>,
+        message: String,
+        help: &str,
+    ) -> Result<[u8; 3], Invalid> {
+        parse_hex_color(hex).ok_or_else(|| {
+            let at = self
+                .locator
+                .string_literals(hex)
+                .into_iter()
+                .next()
+                .unwrap_or(sprite.clone());
+            self.error(at, message)
+                .label("expected #RRGGBB")
+                .help(help)
+                .into()
+        })
+    }
+
+    /// A built-in palette name, or a `.hex` / `.gpl` file beside the manifest.
+    fn palette(&self, name: &str, near: Option<&Range<usize>>) -> Result<Palette, Invalid> {
+        let at = || {
+            let literals = self.locator.string_literals(name);
+            near.and_then(|n| literals.iter().find(|r| r.start >= n.end).cloned())
+                .or_else(|| literals.into_iter().next())
+                .unwrap_or(0..0)
+        };
+        if let Some(path) = Palette::file_of(name, self.dir) {
+            // Even a missing or broken file must rerun the build when it changes.
+            self.input_files.borrow_mut().push(path);
+        }
+        Palette::load(name, self.dir).map_err(|error| {
+            let (label, help) = match &error {
+                PaletteLoadError::Unreadable { .. } => (
+                    "palette file",
+                    "the path is relative to the folder of sprites.ron; check it exists".to_owned(),
+                ),
+                PaletteLoadError::Invalid { .. } => (
+                    "this palette",
+                    "a .hex file has one RRGGBB colour per line; a .gpl file is a GIMP palette"
+                        .to_owned(),
+                ),
+                PaletteLoadError::Unknown { .. } => (
+                    "not a built-in palette",
+                    format!(
+                        "use a built-in palette ({}) or a path to a .hex or .gpl file",
+                        Palette::BUILTIN_NAMES.join(", ")
+                    ),
+                ),
+            };
+            self.error(at(), error.to_string())
+                .label(label)
+                .help(help)
+                .into()
+        })
+    }
+
+    fn identifier(
+        &self,
+        name: &str,
+        span: &Range<usize>,
+        what: &str,
+        case: Case,
+    ) -> Result<String, Invalid> {
+        rust_identifier(name, case).ok_or_else(|| {
+            self.error(span.clone(), format!("{what} name `{name}` cannot become a Rust identifier"))
+                .label("invalid name")
+                .help(format!("{what} names start with a letter and use only letters, digits, `_` and `-` (e.g. `hero_walk`); Rust keywords are not allowed"))
+                .into()
+        })
+    }
+
+    /// Where the `occurrence`-th (0-based) `"name":` key is; the whole file when not found.
+    fn key_span(&self, name: &str, occurrence: usize) -> Range<usize> {
+        self.locator
+            .map_keys(name)
+            .get(occurrence)
+            .cloned()
+            .unwrap_or(0..0)
+    }
+
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> Diagnostic {
+        Diagnostic::new(self.source, span, message)
+    }
+}
+
+/// Each entry with how many entries of the same name came before it.
+pub(super) fn occurrences<T>(
+    entries: &[(String, T)],
+) -> impl Iterator<Item = (usize, &(String, T))> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    entries.iter().map(move |entry| {
+        let count = counts.entry(entry.0.as_str()).or_insert(0);
+        let before = *count;
+        *count += 1;
+        (before, entry)
+    })
+}
+
+#[derive(Clone, Copy)]
+pub(crate) enum Case {
+    Upper,
+    Lower,
+}
+
+/// `hero-walk` → `HERO_WALK` (Upper) or `hero_walk` (Lower); `None` when the name
+/// cannot be a Rust identifier.
+pub(crate) fn rust_identifier(name: &str, case: Case) -> Option<String> {
+    let mut chars = name.chars();
+    let first = chars.next()?;
+    if !first.is_ascii_alphabetic()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return None;
+    }
+    let converted: String = name
+        .chars()
+        .map(|c| match (c, case) {
+            ('-', _) => '_',
+            (c, Case::Upper) => c.to_ascii_uppercase(),
+            (c, Case::Lower) => c.to_ascii_lowercase(),
+        })
+        .collect();
+    const KEYWORDS: &[&str] = &[
+        "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum",
+        "extern", "false", "fn", "for", "gen", "if", "impl", "in", "let", "loop", "match", "mod",
+        "move", "mut", "pub", "ref", "return", "self", "static", "struct", "super", "trait",
+        "true", "type", "unsafe", "use", "where", "while", "abstract", "become", "box", "do",
+        "final", "macro", "override", "priv", "try", "typeof", "unsized", "virtual", "yield",
+    ];
+    // Names the generated module uses itself.
+    const RESERVED: &[&str] = &["atlases", "prelude"];
+    if KEYWORDS.contains(&converted.to_ascii_lowercase().as_str()) && matches!(case, Case::Lower) {
+        return None;
+    }
+    if matches!(case, Case::Lower) && RESERVED.contains(&converted.as_str()) {
+        return None;
+    }
+    Some(converted)
+}
