@@ -48,6 +48,21 @@ pub struct AtlasOptions {
     pub trim: bool,
 }
 
+impl AtlasOptions {
+    /// The largest page: `max_width`×`max_height`, each rounded down to a power of two
+    /// when `power_of_two` is set.
+    pub fn page_limit(&self) -> (u32, u32) {
+        if self.power_of_two {
+            (
+                layout::pow2_floor(self.max_width),
+                layout::pow2_floor(self.max_height),
+            )
+        } else {
+            (self.max_width, self.max_height)
+        }
+    }
+}
+
 impl Default for AtlasOptions {
     /// Padding 1, extrude 1, pages of at most 4096x4096 of any size, trimmed.
     fn default() -> Self {
@@ -195,14 +210,7 @@ pub fn pack(sources: &[Source<'_>], options: &AtlasOptions) -> Result<PackedAtla
             )
         }
     };
-    let (max_w, max_h) = if options.power_of_two {
-        (
-            layout::pow2_floor(options.max_width),
-            layout::pow2_floor(options.max_height),
-        )
-    } else {
-        (options.max_width, options.max_height)
-    };
+    let (max_w, max_h) = options.page_limit();
     if let Some(u) = uniques.iter().find(|u| {
         let (w, h) = extruded(u);
         w > u64::from(max_w) || h > u64::from(max_h)

@@ -27,6 +27,16 @@ pub const DEFAULT_ATLAS: &str = "main";
 pub const MAX_SIDE: u32 = 1024;
 /// Most frames one animation may have.
 pub const MAX_FRAMES: u32 = 256;
+/// Largest atlas page side accepted (`max_size`): what GPUs commonly load as one texture.
+pub const MAX_PAGE_SIDE: u32 = 16384;
+/// Most pixels of `padding` or `extrude` an atlas may ask for.
+pub const MAX_SPACING: u32 = 256;
+/// Largest side of a Diffusion `resolution`; it must also be a multiple of 8.
+pub const MAX_RESOLUTION: u32 = 4096;
+/// Most diffusion steps.
+pub const MAX_STEPS: u32 = 1000;
+/// Largest classifier-free guidance scale accepted (it must be finite and not negative).
+pub const MAX_GUIDANCE: f32 = 100.0;
 
 /// A validated manifest: every sprite with its defaults applied, sorted by name.
 #[derive(Debug, Clone)]

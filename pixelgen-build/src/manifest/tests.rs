@@ -235,3 +235,161 @@ fn identifier_conversion() {
     assert_eq!(rust_identifier("mod", Case::Lower), None);
     assert_eq!(rust_identifier("über", Case::Lower), None);
 }
+
+/// The value at `line:column` in `text` starts with `expected` (1-based, in characters).
+fn points_at(text: &str, (line, column): (usize, usize), expected: &str) -> bool {
+    text.lines()
+        .nth(line - 1)
+        .map(|l| l.chars().skip(column - 1).collect::<String>())
+        .is_some_and(|rest| rest.starts_with(expected))
+}
+
+#[test]
+fn atlas_settings_the_packer_cannot_use_are_refused_where_written() {
+    for (atlas, value, words) in [
+        (
+            "(padding: 4000000000)",
+            "4000000000",
+            "padding of 4000000000",
+        ),
+        ("(extrude: 257)", "257", "extrude of 257"),
+        ("(max_size: (0, 64))", "(0, 64)", "max_size 0×64"),
+        (
+            "(max_size: (64, 20000))",
+            "(64, 20000)",
+            "max_size 64×20000",
+        ),
+    ] {
+        let text = format!(
+            "(atlases: {{ \"items\": {atlas} }},\n sprites: {{ \"a\": (prompt: \"b\", atlas: \"items\") }})"
+        );
+        let (message, at) = parse_err(&text);
+        assert!(message.contains(words), "{message}");
+        assert!(points_at(&text, at, value), "{at:?}: {message}");
+    }
+}
+
+#[test]
+fn a_sprite_must_fit_its_atlas_page_with_all_its_frames() {
+    let text = "(atlases: { \"small\": (max_size: (16, 16), extrude: 1) },\n sprites: { \"big\": (prompt: \"b\", atlas: \"small\", size: (16, 8)) })";
+    let (message, at) = parse_err(text);
+    assert!(message.contains("18×10 with extrusion"), "{message}");
+    assert!(
+        message.contains("raise `max_size` of atlas `small`"),
+        "{message}"
+    );
+    assert!(points_at(text, at, "(16, 8)"), "{at:?}: {message}");
+
+    // Four 16×16 frames, 1 px apart, fill a 33×33 page; a fifth does not fit.
+    let fits = "(atlases: { \"a\": (max_size: (33, 33), padding: 1, extrude: 0) },\n sprites: { \"walk\": (prompt: \"w\", atlas: \"a\", size: (16, 16), frames: 4) })";
+    parse_ok(fits);
+    let text = fits.replace("frames: 4", "frames: 5");
+    let (message, at) = parse_err(&text);
+    assert!(
+        message.contains("the 5 frames of sprite `walk`"),
+        "{message}"
+    );
+    assert!(message.contains("room for 4"), "{message}");
+    assert!(points_at(&text, at, "5"), "{at:?}: {message}");
+
+    // A power-of-two atlas is limited to the power of two below its max_size.
+    let text = "(atlases: { \"p\": (max_size: (31, 64), power_of_two: true) },\n sprites: { \"s\": (prompt: \"w\", atlas: \"p\", size: (20, 20)) })";
+    let (message, _) = parse_err(text);
+    assert!(message.contains("at most 16×64"), "{message}");
+}
+
+#[test]
+fn diffusion_settings_that_cannot_run_are_refused_where_written() {
+    for (setting, value, words) in [
+        ("resolution: (511, 513)", "(511, 513)", "resolution 511×513"),
+        ("resolution: (0, 512)", "(0, 512)", "resolution 0×512"),
+        (
+            "resolution: (8192, 512)",
+            "(8192, 512)",
+            "resolution 8192×512",
+        ),
+        ("guidance: NaN", "NaN", "guidance NaN"),
+        ("guidance: inf", "inf", "guidance inf"),
+        ("guidance: -1.0", "-1.0", "guidance -1"),
+        ("steps: 0", "0", "0 diffusion steps"),
+        ("steps: 5000", "5000", "5000 diffusion steps"),
+    ] {
+        let text = format!(
+            "(defaults: (seed: 1),\n sprites: {{ \"a\": (prompt: \"b\", generator: Diffusion(model: \"m\", {setting})) }})"
+        );
+        let (message, at) = parse_err(&text);
+        assert!(message.contains(words), "{setting}: {message}");
+        assert!(points_at(&text, at, value), "{setting}: {at:?}: {message}");
+    }
+    parse_ok(
+        "(sprites: { \"a\": (prompt: \"b\", generator: Diffusion(model: \"m\", resolution: (512, 768), guidance: 7.5, steps: 30)) })",
+    );
+}
+
+#[test]
+fn pickle_weight_files_are_refused_wherever_they_are_named() {
+    let text = "(sprites: {\n \"a\": (prompt: \"b\", generator: Diffusion(model: \"old.ckpt\")) })";
+    let (message, at) = parse_err(text);
+    assert!(message.contains("pickle"), "{message}");
+    assert!(points_at(text, at, "\"old.ckpt\""), "{at:?}: {message}");
+    for lora in ["style.pt", "style.PTH", "style.bin", "style.pkl"] {
+        let text = format!(
+            "(defaults: (loras: [(path: \"{lora}\", weight: 0.5)]),\n sprites: {{ \"a\": (prompt: \"b\") }})"
+        );
+        let (message, at) = parse_err(&text);
+        assert!(message.contains("is a pickle file"), "{message}");
+        assert!(
+            points_at(&text, at, &format!("\"{lora}\"")),
+            "{at:?}: {message}"
+        );
+    }
+}
+
+/// Whatever the validator accepts, the packer packs: random sprite sizes, frame counts
+/// and atlas settings around the limits, frames fully opaque (trimming cannot help).
+#[test]
+fn every_validated_sprite_packs() {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |bound: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % bound
+    };
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..300 {
+        let page = (8 + next(120), 8 + next(120));
+        let (padding, extrude) = (next(4), next(3));
+        let pow2 = next(2) == 0;
+        let size = (1 + next(48), 1 + next(48));
+        let frames = 1 + next(12);
+        let text = format!(
+            "(atlases: {{ \"a\": (max_size: ({}, {}), padding: {padding}, extrude: {extrude}, power_of_two: {pow2}, trim: false) }},\n sprites: {{ \"s\": (prompt: \"p\", atlas: \"a\", size: ({}, {}), frames: {frames}) }})",
+            page.0, page.1, size.0, size.1
+        );
+        let Ok(manifest) = parse(Path::new("sprites.ron"), &text) else {
+            refused += 1;
+            continue;
+        };
+        accepted += 1;
+        let sprite = &manifest.sprites[0];
+        let image = image::RgbaImage::from_pixel(
+            sprite.width,
+            sprite.height,
+            image::Rgba([200, 10, 10, 255]),
+        );
+        let ids: Vec<crate::FrameId> = (0..sprite.frames).map(|f| sprite.name.frame(f)).collect();
+        let sources: Vec<crate::atlas::Source<'_>> = ids
+            .iter()
+            .map(|id| crate::atlas::Source { id, image: &image })
+            .collect();
+        let options = &manifest.atlases[0].options;
+        if let Err(e) = crate::atlas::pack(&sources, options) {
+            panic!("validated but not packed: {e}\n{text}");
+        }
+    }
+    assert!(
+        accepted > 50 && refused > 50,
+        "{accepted} accepted, {refused} refused"
+    );
+}

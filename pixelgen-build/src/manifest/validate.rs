@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use super::merge::{Merged, MergedSprite};
 use super::raw::{RawBackground, RawDefaults, RawLora, RawManifest, RawSprite};
 use super::{
-    AtlasSpec, Background, DEFAULT_ATLAS, GeneratorSpec, LoraSpec, MAX_FRAMES, MAX_SIDE, Manifest,
-    SpriteSpec,
+    AtlasSpec, Background, DEFAULT_ATLAS, GeneratorSpec, LoraSpec, MAX_FRAMES, MAX_GUIDANCE,
+    MAX_PAGE_SIDE, MAX_RESOLUTION, MAX_SIDE, MAX_SPACING, MAX_STEPS, Manifest, SpriteSpec,
 };
 use crate::atlas::AtlasOptions;
 use crate::diagnostics::{Diagnostic, Locator, SourceFile};
@@ -141,22 +141,37 @@ impl Validator<'_> {
                     .into());
             }
             let defaults = AtlasOptions::default();
+            let at = |field: &str| {
+                self.locator
+                    .field_after(span.end, field)
+                    .map(|f| self.locator.value_after(&f))
+                    .unwrap_or(span.clone())
+            };
             let (max_width, max_height) = atlas
                 .max_size
                 .unwrap_or((defaults.max_width, defaults.max_height));
-            if max_width == 0 || max_height == 0 {
-                let field = self
-                    .locator
-                    .field_after(span.end, "max_size")
-                    .unwrap_or(span.clone());
+            let page_sides = 1..=MAX_PAGE_SIDE;
+            if !page_sides.contains(&max_width) || !page_sides.contains(&max_height) {
                 return Err(self
                     .error(
-                        self.locator.value_after(&field),
-                        "max_size must be at least 1×1",
+                        at("max_size"),
+                        format!("atlas `{name}`: max_size {max_width}×{max_height} is out of range"),
                     )
-                    .label("zero")
-                    .help("use e.g. `max_size: (2048, 2048)`")
+                    .label("out of range")
+                    .help(format!("pages go from (1, 1) to ({MAX_PAGE_SIDE}, {MAX_PAGE_SIDE}) pixels; e.g. `max_size: (2048, 2048)`"))
                     .into());
+            }
+            for (field, value) in [("padding", atlas.padding), ("extrude", atlas.extrude)] {
+                if let Some(pixels) = value.filter(|&p| p > MAX_SPACING) {
+                    return Err(self
+                        .error(
+                            at(field),
+                            format!("atlas `{name}`: {field} of {pixels} pixels is out of range"),
+                        )
+                        .label("out of range")
+                        .help(format!("use 0 to {MAX_SPACING} pixels (1 or 2 is usual)"))
+                        .into());
+                }
             }
             atlases.push(AtlasSpec {
                 name: AtlasName::from(name.as_str()),
@@ -188,6 +203,11 @@ impl Validator<'_> {
         let frames = self.frames(&entry, merged.frames)?;
         self.prompt(&entry, merged.prompt)?;
         let atlas = self.sprite_atlas(&entry, merged.atlas, atlases)?;
+        let options = atlases
+            .iter()
+            .find(|a| a.name == atlas)
+            .map_or_else(AtlasOptions::default, |a| a.options);
+        self.fits_a_page(&entry, &merged, (width, height, frames), &atlas, &options)?;
         let generator = self.generator(&entry, merged.generator)?;
         let loras = self.loras(&entry, merged.loras)?;
         let palette = match merged.palette {
@@ -334,6 +354,56 @@ impl Validator<'_> {
             .into())
     }
 
+    /// The sprite's frames, untrimmed and extruded, must fit one page of its atlas side by
+    /// side: trimming may make them smaller, but whether a build works must not depend on
+    /// the pixels a generator draws.
+    fn fits_a_page(
+        &self,
+        entry: &SpriteEntry<'_>,
+        merged: &MergedSprite<'_>,
+        (width, height, frames): (u32, u32, u32),
+        atlas: &AtlasName,
+        options: &AtlasOptions,
+    ) -> Result<(), Invalid> {
+        let (page_width, page_height) = options.page_limit();
+        let extruded = |side: u32| u64::from(side) + 2 * u64::from(options.extrude);
+        let (cell_width, cell_height) = (extruded(width), extruded(height));
+        let name = entry.name;
+        if cell_width > u64::from(page_width) || cell_height > u64::from(page_height) {
+            return Err(self
+                .error(
+                    self.field_span(entry, "size", &merged.size),
+                    format!(
+                        "sprite `{name}` is {width}×{height} ({cell_width}×{cell_height} with extrusion) and does not fit a page of atlas `{atlas}` (at most {page_width}×{page_height})"
+                    ),
+                )
+                .label("larger than a page")
+                .help(format!("raise `max_size` of atlas `{atlas}`, lower its `extrude`, or make the sprite smaller"))
+                .into());
+        }
+        let padding = u64::from(options.padding);
+        let across = (u64::from(page_width) + padding) / (cell_width + padding);
+        let down = (u64::from(page_height) + padding) / (cell_height + padding);
+        if across * down < u64::from(frames) {
+            let written = Merged {
+                value: merged.frames,
+                in_sprite: true,
+            };
+            return Err(self
+                .error(
+                    self.field_span(entry, "frames", &written),
+                    format!(
+                        "the {frames} frames of sprite `{name}` ({cell_width}×{cell_height} each with extrusion, {padding} apart) do not fit together on one page of atlas `{atlas}` (at most {page_width}×{page_height}, room for {})",
+                        across * down
+                    ),
+                )
+                .label("a sprite's frames share a page")
+                .help(format!("raise `max_size` of atlas `{atlas}`, or use fewer or smaller frames"))
+                .into());
+        }
+        Ok(())
+    }
+
     fn generator(
         &self,
         entry: &SpriteEntry<'_>,
@@ -343,21 +413,77 @@ impl Validator<'_> {
             .value
             .cloned()
             .unwrap_or(GeneratorSpec::Procedural);
-        if let GeneratorSpec::Diffusion { model, steps, .. } = &spec {
-            let at = || self.field_span(entry, "generator", &generator);
-            if model.trim().is_empty() {
-                return Err(self
-                    .error(at(), "the Diffusion generator needs a model")
-                    .label("empty model")
-                    .help("set `model: \"stabilityai/sd-turbo\"` or a local folder")
-                    .into());
-            }
-            if *steps == 0 || *steps > 1000 {
-                return Err(self
-                    .error(at(), format!("{steps} diffusion steps is out of range"))
-                    .label("steps")
-                    .help("use 1 to 1000 steps (1–4 for Turbo models, 20–50 for others)")
-                    .into());
+        let GeneratorSpec::Diffusion {
+            model,
+            steps,
+            guidance,
+            resolution,
+            ..
+        } = &spec
+        else {
+            return Ok(spec);
+        };
+        // Each setting is located inside the `Diffusion(...)` that wrote it.
+        let generator_at = self.field_span(entry, "generator", &generator);
+        let at = |field: &str| {
+            self.locator
+                .field_after(generator_at.start, field)
+                .filter(|f| f.start < generator_at.end)
+                .map(|f| self.locator.value_after(&f))
+                .unwrap_or(generator_at.clone())
+        };
+        let refuse = |field: &str, message: String, label: &str, help: String| -> Invalid {
+            self.error(at(field), message)
+                .label(label)
+                .help(help)
+                .into()
+        };
+        if model.trim().is_empty() {
+            return Err(refuse(
+                "model",
+                "the Diffusion generator needs a model".into(),
+                "empty model",
+                "set `model: \"stabilityai/sd-turbo\"` or a local folder".into(),
+            ));
+        }
+        if pixelgen_diffusion::files::is_pickle(Path::new(model)) {
+            return Err(refuse(
+                "model",
+                format!("model `{model}` is a pickle checkpoint, which pixelgen refuses: loading one can run arbitrary code"),
+                "pickle",
+                "use the model's .safetensors file or a diffusers folder; convert once in Python with `safetensors.torch.save_file(torch.load(path, weights_only=True), \"model.safetensors\")`".into(),
+            ));
+        }
+        if *steps == 0 || *steps > MAX_STEPS {
+            return Err(refuse(
+                "steps",
+                format!("{steps} diffusion steps is out of range"),
+                "steps",
+                format!("use 1 to {MAX_STEPS} steps (1–4 for Turbo models, 20–50 for others)"),
+            ));
+        }
+        if !guidance.is_finite() || !(0.0..=MAX_GUIDANCE).contains(guidance) {
+            return Err(refuse(
+                "guidance",
+                format!("guidance {guidance} is out of range"),
+                "guidance",
+                format!(
+                    "use a guidance scale from 0 to {MAX_GUIDANCE} (0 or 1 for Turbo models, 5–9 for others)"
+                ),
+            ));
+        }
+        if let Some((width, height)) = *resolution {
+            let drawable =
+                |side: u32| side.is_multiple_of(8) && (8..=MAX_RESOLUTION).contains(&side);
+            if !drawable(width) || !drawable(height) {
+                return Err(refuse(
+                    "resolution",
+                    format!("resolution {width}×{height} cannot be drawn"),
+                    "not a multiple of 8 in range",
+                    format!(
+                        "each side is a multiple of 8 from 8 to {MAX_RESOLUTION}, as diffusers requires (the latents are 1/8 of the image); e.g. `resolution: (512, 512)`"
+                    ),
+                ));
             }
         }
         Ok(spec)
@@ -388,6 +514,16 @@ impl Validator<'_> {
                 .or(literals.first())
                 .cloned()
                 .unwrap_or(span.clone());
+            if pixelgen_diffusion::files::is_pickle(Path::new(&lora.path)) {
+                return Err(self
+                    .error(
+                        lora_span,
+                        format!("LoRA `{}` is a pickle file, which pixelgen refuses: loading one can run arbitrary code", lora.path),
+                    )
+                    .label("pickle")
+                    .help("use the LoRA's .safetensors file; convert once in Python with `safetensors.torch.save_file(torch.load(path, weights_only=True), \"lora.safetensors\")`")
+                    .into());
+            }
             specs.push(LoraSpec {
                 resolved: self.dir.join(&lora.path),
                 path: lora.path.clone(),
