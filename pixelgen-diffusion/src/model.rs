@@ -194,6 +194,23 @@ fn component_files(dir: &Path) -> Result<Vec<PathBuf>, DiffusionError> {
                     .unwrap_or_default();
                 files.sort_unstable();
                 files.dedup();
+                // Shards live beside their index: a name that leaves the folder is refused.
+                if let Some(bad) = files.iter().find(|shard| {
+                    Path::new(shard).components().count() != 1 || !shard.ends_with(".safetensors")
+                }) {
+                    return Err(DiffusionError::Invalid {
+                        path: dir.to_path_buf(),
+                        message: format!(
+                            "the weight index names `{bad}`, which is not a .safetensors file in this folder"
+                        ),
+                    });
+                }
+                if files.is_empty() {
+                    return Err(DiffusionError::Invalid {
+                        path: dir.to_path_buf(),
+                        message: "the weight index has an empty weight_map".into(),
+                    });
+                }
                 return Ok(files.into_iter().map(|shard| dir.join(shard)).collect());
             }
         }
@@ -321,24 +338,27 @@ fn single_file_tokenizer(
     repo: &str,
     hub_cache: Option<&Path>,
 ) -> Result<PathBuf, DiffusionError> {
+    // vocab.json (+ merges.txt) as transformers 4 saves a tokenizer, tokenizer.json as 5 does.
+    let has_tokenizer =
+        |dir: &Path| dir.join("vocab.json").is_file() || dir.join("tokenizer.json").is_file();
     let beside = file.parent().unwrap_or(Path::new(".")).join(folder);
-    if beside.join("vocab.json").is_file() {
+    if has_tokenizer(&beside) {
         return Ok(beside);
     }
     if let Some(snapshot) = hub_cache.and_then(|cache| hub_snapshot(cache, repo)) {
-        let dir = if snapshot.join("vocab.json").is_file() {
+        let dir = if has_tokenizer(&snapshot) {
             snapshot
         } else {
             snapshot.join("tokenizer")
         };
-        if dir.join("vocab.json").is_file() {
+        if has_tokenizer(&dir) {
             return Ok(dir);
         }
     }
     Err(DiffusionError::Invalid {
         path: file.to_path_buf(),
         message: format!(
-            "a single-file checkpoint carries no tokenizer: put the model's `{folder}/` folder (vocab.json, merges.txt) beside it, or download `{repo}` into the Hugging Face cache"
+            "a single-file checkpoint carries no tokenizer: put the model's `{folder}/` folder (vocab.json and merges.txt, or tokenizer.json) beside it, or download `{repo}` into the Hugging Face cache"
         ),
     })
 }
@@ -647,6 +667,21 @@ mod tests {
                 widened_bf[i].to_bits() == b.to_bits() || (b.is_nan() && widened_bf[i].is_nan()),
                 "bf16 {bits:#06x}"
             );
+        }
+    }
+
+    #[test]
+    fn a_weight_index_naming_files_outside_its_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for shard in ["../secret.safetensors", "/etc/passwd", "weights.bin"] {
+            let index = serde_json::json!({ "weight_map": { "conv.weight": shard } });
+            std::fs::write(
+                dir.path().join("model.safetensors.index.json"),
+                index.to_string(),
+            )
+            .unwrap();
+            let error = component_files(dir.path()).unwrap_err().to_string();
+            assert!(error.contains(&format!("names `{shard}`")), "{error}");
         }
     }
 

@@ -30,22 +30,11 @@ pub struct ClipTokenizer {
 }
 
 impl ClipTokenizer {
-    /// Loads `vocab.json`, `merges.txt` and the pad token and length from
+    /// Loads the BPE vocabulary and merges (`vocab.json` + `merges.txt`, or the model of
+    /// `tokenizer.json` as transformers 5 saves it alone) and the pad token and length from
     /// `special_tokens_map.json` / `tokenizer_config.json` in `dir`.
     pub fn from_dir(dir: &Path) -> Result<Self, String> {
-        let vocab = dir.join("vocab.json");
-        let merges = dir.join("merges.txt");
-        for file in [&vocab, &merges] {
-            if !file.is_file() {
-                return Err(format!("{} is missing", file.display()));
-            }
-        }
-        let model = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
-            .unk_token(END.to_string())
-            .continuing_subword_prefix(String::new())
-            .end_of_word_suffix("</w>".to_string())
-            .build()
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let model = bpe_model(dir)?;
         let mut inner = Tokenizer::new(model);
         let whitespace = Replace::new(ReplacePattern::Regex(r"\s+".to_string()), " ")
             .map_err(|e| e.to_string())?;
@@ -107,6 +96,51 @@ impl ClipTokenizer {
         ids.resize(self.max_length.max(ids.len()), self.pad);
         Ok(ids)
     }
+}
+
+/// CLIP's BPE from `vocab.json` + `merges.txt` when both are there (the files transformers
+/// 4 writes), else from the `model` of `tokenizer.json` (what transformers 5 writes). The
+/// normaliser and pre-tokeniser are CLIP's own either way (see [`ClipTokenizer::from_dir`]).
+fn bpe_model(dir: &Path) -> Result<BPE, String> {
+    let vocab = dir.join("vocab.json");
+    let merges = dir.join("merges.txt");
+    if vocab.is_file() && merges.is_file() {
+        return BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+            .unk_token(END.to_string())
+            .continuing_subword_prefix(String::new())
+            .end_of_word_suffix("</w>".to_string())
+            .build()
+            .map_err(|e| format!("{}: {e}", dir.display()));
+    }
+    let json = dir.join("tokenizer.json");
+    if !json.is_file() {
+        return Err(format!(
+            "{} has neither vocab.json + merges.txt nor tokenizer.json: the tokenizer is incomplete; copy the model's tokenizer folder again",
+            dir.display()
+        ));
+    }
+    let text = std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
+    let document: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+    let model = document.get("model").cloned().unwrap_or_default();
+    if model.get("type").and_then(|t| t.as_str()) != Some("BPE") {
+        return Err(format!(
+            "{}: the tokenizer is not a BPE model, so it is not CLIP's",
+            json.display()
+        ));
+    }
+    // From text, not from the `Value`: the BPE's deserializer borrows its strings.
+    let bpe: BPE =
+        serde_json::from_str(&model.to_string()).map_err(|e| format!("{}: {e}", json.display()))?;
+    // CLIP's BPE marks word ends and has no continuation prefix; another setting would
+    // silently give other ids.
+    if bpe.end_of_word_suffix.as_deref() != Some("</w>") || bpe.unk_token.as_deref() != Some(END) {
+        return Err(format!(
+            "{}: the BPE model is not CLIP's (it needs end_of_word_suffix `</w>` and unk_token `{END}`)",
+            json.display()
+        ));
+    }
+    Ok(bpe)
 }
 
 /// The few tokenizer settings that change ids.

@@ -103,6 +103,42 @@ fn load(location: &ModelLocation, family: &Path, loras: &[CaseLora]) -> LoadedMo
         .unwrap_or_else(|e| panic!("loading {}: {e}", location.path().display()))
 }
 
+/// Checks the model's token ids for `case` against transformers'.
+fn check_token_ids(model: &LoadedModel, label: &str, case: &Case) {
+    for (tokenizer, ids) in &case.token_ids {
+        let second = tokenizer == "tokenizer_2";
+        assert_eq!(
+            model.token_ids(&case.prompt, second).unwrap(),
+            ids.prompt,
+            "{label}: {tokenizer} ids of the prompt"
+        );
+        if let (Some(text), Some(expected)) = (&case.negative_prompt, &ids.negative_prompt) {
+            assert_eq!(
+                &model.token_ids(text, second).unwrap(),
+                expected,
+                "{label}: {tokenizer} ids of the negative prompt"
+            );
+        }
+    }
+}
+
+/// pixelgen's image for `case` (whose noise is in `family`).
+fn draw(model: &LoadedModel, family: &Path, case: &Case) -> image::RgbImage {
+    let settings = Settings {
+        width: case.width,
+        height: case.height,
+        steps: case.steps,
+        guidance: case.guidance,
+        scheduler: Scheduler::from_name(&case.scheduler).expect("known scheduler"),
+    };
+    let request = Request {
+        prompt: case.prompt.clone(),
+        negative_prompt: case.negative_prompt.clone(),
+        noise: noise(family, case),
+    };
+    model.generate(&settings, &[request]).unwrap().remove(0)
+}
+
 /// Runs every case of one family and checks each against diffusers.
 fn family_matches_diffusers(name: &str) {
     let family = fixtures().join(name);
@@ -110,36 +146,8 @@ fn family_matches_diffusers(name: &str) {
     let mut failures = Vec::new();
     for case in cases(&family) {
         let model = load(&location, &family, &case.loras);
-        for (tokenizer, ids) in &case.token_ids {
-            let second = tokenizer == "tokenizer_2";
-            assert_eq!(
-                model.token_ids(&case.prompt, second).unwrap(),
-                ids.prompt,
-                "{name}/{}: {tokenizer} ids of the prompt",
-                case.name
-            );
-            if let (Some(text), Some(expected)) = (&case.negative_prompt, &ids.negative_prompt) {
-                assert_eq!(
-                    &model.token_ids(text, second).unwrap(),
-                    expected,
-                    "{name}/{}: {tokenizer} ids of the negative prompt",
-                    case.name
-                );
-            }
-        }
-        let settings = Settings {
-            width: case.width,
-            height: case.height,
-            steps: case.steps,
-            guidance: case.guidance,
-            scheduler: Scheduler::from_name(&case.scheduler).expect("known scheduler"),
-        };
-        let request = Request {
-            prompt: case.prompt.clone(),
-            negative_prompt: case.negative_prompt.clone(),
-            noise: noise(&family, &case),
-        };
-        let image = model.generate(&settings, &[request]).unwrap().remove(0);
+        check_token_ids(&model, &format!("{name}/{}", case.name), &case);
+        let image = draw(&model, &family, &case);
         let expected = image::open(family.join(&case.expected)).unwrap().to_rgb8();
         let (mean, max) = difference(&image, &expected);
         eprintln!(
@@ -154,6 +162,77 @@ fn family_matches_diffusers(name: &str) {
         failures.is_empty(),
         "{name}: images differ from diffusers beyond 1/255: {failures:?}"
     );
+}
+
+/// One entry of `layouts/layouts.json` (written by `make_layouts.py`).
+#[derive(Debug, Deserialize)]
+struct Layout {
+    name: String,
+    family: String,
+    /// Relative to the layouts folder.
+    model: String,
+    loras: Vec<CaseLora>,
+    case: String,
+    expected: String,
+    diffusers: bool,
+    note: String,
+}
+
+/// Every way today's Hugging Face tools save a model or a LoRA loads, with diffusers'
+/// pixels: tokenizer.json alone, fp16 variants, shards, fp32/bf16 storage, kohya and PEFT
+/// spellings, DoRA. Prints the table the README shows.
+#[test]
+fn every_layout_loads_with_diffusers_pixels() {
+    let layouts_dir = fixtures().join("layouts");
+    let text = std::fs::read_to_string(layouts_dir.join("layouts.json")).expect("layouts.json");
+    let layouts: Vec<Layout> = serde_json::from_str(&text).expect("valid layouts.json");
+    assert!(layouts.len() >= 11, "{} layouts", layouts.len());
+    let mut failures = Vec::new();
+    eprintln!("| layout | loads | mean diff vs diffusers | what |");
+    eprintln!("|---|---|---|---|");
+    for layout in &layouts {
+        let family = fixtures().join(&layout.family);
+        let case = cases(&family)
+            .into_iter()
+            .find(|c| c.name == layout.case)
+            .expect("the layout's case");
+        let location = ModelLocation::Folder(layouts_dir.join(&layout.model));
+        let loras: Vec<LoraFile> = layout
+            .loras
+            .iter()
+            .map(|l| LoraFile {
+                path: layouts_dir.join(&l.path),
+                weight: l.weight,
+            })
+            .collect();
+        let model = match LoadedModel::load(&location, &loras, &Device::Cpu, DType::F32, None) {
+            Ok(model) => model,
+            Err(e) => {
+                eprintln!("| {} | no: {e} | | {} |", layout.name, layout.note);
+                failures.push(format!("{}: does not load: {e}", layout.name));
+                continue;
+            }
+        };
+        check_token_ids(&model, &layout.name, &case);
+        let image = draw(&model, &family, &case);
+        let expected = image::open(layouts_dir.join(&layout.expected))
+            .unwrap()
+            .to_rgb8();
+        let (mean, max) = difference(&image, &expected);
+        let reference = if layout.diffusers {
+            ""
+        } else {
+            " (reference: the same LoRA under diffusers' names)"
+        };
+        eprintln!(
+            "| {} | yes | {mean:.4}/255 (max {max}){reference} | {} |",
+            layout.name, layout.note
+        );
+        if mean > 1.0 {
+            failures.push(format!("{}: mean {mean:.3}/255 (max {max})", layout.name));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 #[test]

@@ -7,10 +7,16 @@ enum Factor {
     Down,
     Up,
     Alpha,
+    /// DoRA's per-output magnitude (PEFT `use_dora`).
+    Magnitude,
 }
 
 /// Tensor-name endings of LoRA factors; the rest of the name is the module.
-const FACTOR_SUFFIXES: [(&str, Factor); 11] = [
+const FACTOR_SUFFIXES: [(&str, Factor); 13] = [
+    // peft writes `…lora_magnitude_vector`; the parameter (and what diffusers loads) is
+    // `…lora_magnitude_vector.weight`.
+    (".lora_magnitude_vector.weight", Factor::Magnitude),
+    (".lora_magnitude_vector", Factor::Magnitude),
     (".lora_down.weight", Factor::Down),
     (".lora_up.weight", Factor::Up),
     (".lora_A.weight", Factor::Down),
@@ -43,6 +49,7 @@ struct Factors<'a> {
     down: Option<&'a Tensor>,
     up: Option<&'a Tensor>,
     alpha: Option<&'a Tensor>,
+    magnitude: Option<&'a Tensor>,
 }
 
 /// Resolves every module of `file` to a weight of `weights` and checks shapes.
@@ -77,6 +84,7 @@ pub(super) fn plan(
             Factor::Down => entry.down = Some(tensor),
             Factor::Up => entry.up = Some(tensor),
             Factor::Alpha => entry.alpha = Some(tensor),
+            Factor::Magnitude => entry.magnitude = Some(tensor),
         }
     }
 
@@ -93,7 +101,12 @@ pub(super) fn plan(
         let (down, up) = match (factors.down, factors.up) {
             (Some(down), Some(up)) => (down, up),
             // kohya files may carry an alpha for a module they hold no factors for.
-            (None, None) => continue,
+            (None, None) if factors.magnitude.is_none() => continue,
+            (None, None) => {
+                return Err(file.malformed(format!(
+                    "module `{key}` has a DoRA magnitude but no factors"
+                )));
+            }
             (Some(_), None) => {
                 return Err(file.malformed(format!("module `{key}` has no up factor")));
             }
@@ -177,6 +190,25 @@ pub(super) fn plan(
                 LoraFormat::Peft => peft_scale(file, part, &name_in_part(part, name), rank)?,
             },
         };
+        let magnitude = match factors.magnitude {
+            None => None,
+            Some(_) if naming == LoraFormat::Kohya => {
+                return Err(LoraError::Unsupported {
+                    path: file.path.clone(),
+                    variant: "DoRA in kohya-ss naming (only PEFT/diffusers DoRA files are read)",
+                    key: key.to_owned(),
+                });
+            }
+            // One magnitude per output channel of the weight.
+            Some(m) if m.elem_count() == target.dims()[0] => Some(m.clone()),
+            Some(m) => {
+                return Err(file.malformed(format!(
+                    "the DoRA magnitude of module `{key}` has {} values for {} output channels",
+                    m.elem_count(),
+                    target.dims()[0]
+                )));
+            }
+        };
         let merge = Merge {
             key: key.to_owned(),
             part,
@@ -185,6 +217,7 @@ pub(super) fn plan(
             down: down.clone(),
             rank,
             scale,
+            magnitude,
         };
         // Like diffusers, a module named both ways counts once, by its diffusers name.
         match targets.get(&(part, merge.weight.clone())) {
@@ -270,16 +303,19 @@ fn kohya_index(
                     add(sgm.replace('.', "_"), module, true);
                 }
             }
-            // transformers ≥ 5.6 saves CLIPTextModel without its `text_model.` level;
-            // kohya names always have it.
-            Part::TextEncoder | Part::TextEncoder2 if !module.starts_with("text_model.") => {
-                add(
+            // kohya names made from transformers < 5.6 module paths have the `text_model`
+            // level (`lora_te_text_model_encoder_layers_0_…`); names made from later ones
+            // do not (`lora_te_encoder_layers_0_…`). Both name the same module, whichever
+            // way the model's own weights are saved.
+            Part::TextEncoder | Part::TextEncoder2 => match module.strip_prefix("text_model.") {
+                Some(inner) => add(inner.replace('.', "_"), module, false),
+                None => add(
                     format!("text_model_{}", module.replace('.', "_")),
                     module,
                     false,
-                );
-            }
-            _ => {}
+                ),
+            },
+            Part::Vae => {}
         }
     }
     index
@@ -431,8 +467,8 @@ pub(super) fn unsupported_variant(key: &str) -> Option<&'static str> {
         Some("LoHa (hada_w1_a/hada_w2_b)")
     } else if any(&|c| c.starts_with("lokr_")) {
         Some("LoKr (lokr_w1/lokr_w2)")
-    } else if any(&|c| c == "dora_scale" || c == "lora_magnitude_vector") {
-        Some("DoRA (dora_scale / lora_magnitude_vector)")
+    } else if any(&|c| c == "dora_scale") {
+        Some("kohya/LyCORIS DoRA (dora_scale); PEFT DoRA files (lora_magnitude_vector) are read")
     } else if any(&|c| c == "lora_mid") {
         Some("LoCon with CP decomposition (lora_mid)")
     } else if any(&|c| c.starts_with("oft_") || c.starts_with("boft_")) {

@@ -260,6 +260,8 @@ struct Merge {
     down: Tensor,
     rank: usize,
     scale: f64,
+    /// DoRA: the per-output-channel magnitude the merged weight is rescaled to.
+    magnitude: Option<Tensor>,
 }
 
 fn apply(weights: &mut PipelineWeights, merge: &Merge, multiplier: f64) -> candle_core::Result<()> {
@@ -276,8 +278,21 @@ fn apply(weights: &mut PipelineWeights, merge: &Merge, multiplier: f64) -> candl
     let down = merge.down.to_device(device)?.to_dtype(DType::F32)?;
     let down = down.reshape((rank, down.elem_count() / rank))?;
     let delta = up.matmul(&down)?.reshape(w.shape())?;
-    let merged = (w.to_dtype(DType::F32)? + delta.affine(multiplier * merge.scale, 0.0)?)?
-        .to_dtype(w.dtype())?;
+    let mut merged = (w.to_dtype(DType::F32)? + delta.affine(multiplier * merge.scale, 0.0)?)?;
+    if let Some(magnitude) = &merge.magnitude {
+        // DoRA, as peft computes it: each output channel of W + ΔW rescaled to its learnt
+        // magnitude, `m / ‖W + ΔW‖` with the norm over the channel's inputs (and kernel).
+        let channels = merged.dims()[0];
+        let rows = merged.reshape((channels, merged.elem_count() / channels))?;
+        let norms = rows.sqr()?.sum_keepdim(1)?.sqrt()?;
+        let magnitude = magnitude
+            .to_device(device)?
+            .to_dtype(DType::F32)?
+            .reshape((channels, 1))?;
+        let factor = (magnitude / norms)?;
+        merged = rows.broadcast_mul(&factor)?.reshape(w.shape())?;
+    }
+    let merged = merged.to_dtype(w.dtype())?;
     map.insert(merge.weight.clone(), merged);
     Ok(())
 }

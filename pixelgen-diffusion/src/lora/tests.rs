@@ -349,12 +349,58 @@ fn old_diffusers_spellings() {
 }
 
 #[test]
+fn dora_rescales_each_output_channel_of_the_merged_weight_to_its_magnitude() {
+    // W + ΔW = [[3, 4], [0, 1]] + 0.5·[[0, 0], [2, 0]] = [[3, 4], [1, 1]]:
+    // row norms 5 and √2, rescaled to the magnitudes 10 and 2.
+    for spelling in ["lora_magnitude_vector", "lora_magnitude_vector.weight"] {
+        let mut w = weights(
+            &[(&format!("{TO_Q}.weight"), t(&[3., 4., 0., 1.], &[2, 2]))],
+            &[],
+        );
+        let lora = file(
+            &[
+                (&format!("unet.{TO_Q}.lora_A.weight"), t(&[1., 0.], &[1, 2])),
+                (&format!("unet.{TO_Q}.lora_B.weight"), t(&[0., 2.], &[2, 1])),
+                (&format!("unet.{TO_Q}.{spelling}"), t(&[10., 2.], &[2])),
+            ],
+            None,
+        );
+        apply_lora(&mut w, &sd1_layout(), &lora.0, 0.5).unwrap();
+        let merged = values(&w.unet[&format!("{TO_Q}.weight")]);
+        let root2 = 2f32.sqrt();
+        let expected = [6., 8., 2. / root2, 2. / root2];
+        for (got, want) in merged.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-5, "{spelling}: {merged:?}");
+        }
+    }
+    // kohya/LyCORIS DoRA and a magnitude of the wrong length are named, not merged.
+    let mut w = weights(
+        &[(&format!("{TO_Q}.weight"), t(&[3., 4., 0., 1.], &[2, 2]))],
+        &[],
+    );
+    let lora = file(
+        &[
+            (&format!("unet.{TO_Q}.lora_A.weight"), t(&[1., 0.], &[1, 2])),
+            (&format!("unet.{TO_Q}.lora_B.weight"), t(&[0., 2.], &[2, 1])),
+            (
+                &format!("unet.{TO_Q}.lora_magnitude_vector"),
+                t(&[1., 1., 1.], &[3]),
+            ),
+        ],
+        None,
+    );
+    let error = apply_lora(&mut w, &sd1_layout(), &lora.0, 1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("3 values for 2 output channels"), "{error}");
+}
+
+#[test]
 fn names_unsupported_variants() {
     let cases = [
         ("lora_unet_x.hada_w1_a", "loha"),
         ("lora_unet_x.lokr_w1", "lokr"),
         ("lora_unet_x.dora_scale", "dora"),
-        ("unet.x.lora_magnitude_vector", "dora"),
         ("lora_unet_x.lora_mid.weight", "lora_mid"),
         ("lora_unet_x.diff", "full weight difference"),
         ("lora_unet_x.oft_blocks", "oft"),
@@ -373,6 +419,8 @@ fn names_unsupported_variants() {
         "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight",
         "unet.down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj.lora_A.weight",
         "lora_te2_text_model_encoder_layers_0_mlp_fc1.alpha",
+        "unet.x.lora_magnitude_vector",
+        "unet.x.lora_magnitude_vector.weight",
     ] {
         assert_eq!(unsupported_variant(key), None, "{key}");
     }
