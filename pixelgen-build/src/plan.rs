@@ -19,8 +19,12 @@ use crate::manifest::{Background, GeneratorSpec, LoraSpec, Manifest, SpriteSpec}
 /// so that caches made by an older pipeline are regenerated rather than trusted.
 pub const PIPELINE_VERSION: &str = "pixelgen-pipeline-1";
 
-/// Bumped when the Diffusion backend's raw images change for the same inputs.
-pub const DIFFUSION_VERSION: &str = "pixelgen-diffusion-1";
+/// Bumped when the Diffusion backend's raw images change for the same inputs; part of the
+/// generator input group, so of raw and finished keys alike.
+/// 2: single-file checkpoints get the scheduler config diffusers gives them (SD1 files
+/// sampled with Euler used `leading` spacing instead of `linspace`; SD 2.x files were
+/// epsilon instead of v-prediction), and the version reached finished keys.
+pub const DIFFUSION_VERSION: &str = "pixelgen-diffusion-2";
 
 /// The content key of one frame of one sprite.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -602,7 +606,6 @@ fn plan_sprite(
                     .update(blake3::hash(&group.0).as_bytes());
             }
         }
-        raw.update(DIFFUSION_VERSION.as_bytes());
         frame_keys(&raw)
     });
     let frames = keys
@@ -636,7 +639,10 @@ fn generator_group(generator: &GeneratorSpec) -> Canonical {
             resolution,
         } => {
             let mut c = Canonical::new();
+            // The backend's version is part of the generator, so that the raw key and the
+            // finished key (which hashes every group the raw key does) both change with it.
             c.str("diffusion")
+                .str(DIFFUSION_VERSION)
                 .str(model)
                 .u64((*steps).into())
                 .f32(*guidance);

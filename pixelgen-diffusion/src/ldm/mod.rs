@@ -136,6 +136,18 @@ pub fn convert_single_file(tensors: TensorMap) -> Result<SingleFile, LdmError> {
     // ComfyUI's markers for v-prediction and zero-terminal-SNR models.
     let v_prediction = tensors.contains_key("v_pred");
     let zero_snr = tensors.contains_key("ztsnr");
+    // The training step count some checkpoints keep; SD 2.x base stopped at 875000.
+    let global_step = tensors
+        .get("global_step")
+        .and_then(|t| {
+            t.flatten_all()
+                .ok()?
+                .to_dtype(candle_core::DType::F64)
+                .ok()?
+                .to_vec1::<f64>()
+                .ok()
+        })
+        .and_then(|v| v.first().copied());
     let (clip_prefix, open_clip_prefix) = match family {
         Family::Sd1 => (Some(SD1_CLIP), None),
         Family::Sd2 => (None, Some(SD2_OPEN_CLIP)),
@@ -186,29 +198,7 @@ pub fn convert_single_file(tensors: TensorMap) -> Result<SingleFile, LdmError> {
         });
     }
     let (vae, vae_config) = vae_model(vae, family)?;
-    let prediction_type = if v_prediction {
-        "v_prediction"
-    } else {
-        "epsilon"
-    };
-    let scheduler_config = json!({
-        "_class_name": if family == Family::Sdxl { "EulerDiscreteScheduler" } else { "PNDMScheduler" },
-        "beta_schedule": "scaled_linear",
-        "beta_start": 0.00085,
-        "beta_end": 0.012,
-        "clip_sample": false,
-        "interpolation_type": "linear",
-        "num_train_timesteps": 1000,
-        "prediction_type": prediction_type,
-        "rescale_betas_zero_snr": zero_snr,
-        "sample_max_value": 1.0,
-        "set_alpha_to_one": false,
-        "skip_prk_steps": true,
-        "steps_offset": 1,
-        // Zero-terminal-SNR models must sample from the last timestep (diffusers' advice).
-        "timestep_spacing": if zero_snr { "trailing" } else { "leading" },
-        "trained_betas": null,
-    });
+    let scheduler_config = scheduler_config(family, v_prediction, zero_snr, &global_step);
     Ok(SingleFile {
         family,
         weights: PipelineWeights {
@@ -226,6 +216,72 @@ pub fn convert_single_file(tensors: TensorMap) -> Result<SingleFile, LdmError> {
 }
 
 /// The family, from which text encoders the checkpoint carries.
+/// The scheduler config diffusers' `from_single_file` gives a checkpoint of `family`: the
+/// one its default repo for the family ships (`stable-diffusion-v1-5`, `stable-diffusion-2-1`,
+/// `stable-diffusion-xl-base-1.0`), so SD 2.x is a v-prediction model as in diffusers.
+/// diffusers' legacy loader makes an SD 2.x checkpoint stopped at step 875000 (SD 2 base)
+/// epsilon; so does pixelgen. ComfyUI's `v_pred` and `ztsnr` markers win over both.
+fn scheduler_config(
+    family: Family,
+    v_prediction: bool,
+    zero_snr: bool,
+    global_step: &Option<f64>,
+) -> Value {
+    let mut config = match family {
+        Family::Sd1 => json!({
+            "_class_name": "PNDMScheduler",
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085,
+            "clip_sample": false,
+            "num_train_timesteps": 1000,
+            "set_alpha_to_one": false,
+            "skip_prk_steps": true,
+            "steps_offset": 1,
+            "trained_betas": null,
+        }),
+        Family::Sd2 => json!({
+            "_class_name": "DDIMScheduler",
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085,
+            "clip_sample": false,
+            "num_train_timesteps": 1000,
+            "prediction_type": if *global_step == Some(875000.0) { "epsilon" } else { "v_prediction" },
+            "set_alpha_to_one": false,
+            "skip_prk_steps": true,
+            "steps_offset": 1,
+            "trained_betas": null,
+        }),
+        Family::Sdxl => json!({
+            "_class_name": "EulerDiscreteScheduler",
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085,
+            "clip_sample": false,
+            "interpolation_type": "linear",
+            "num_train_timesteps": 1000,
+            "prediction_type": "epsilon",
+            "sample_max_value": 1.0,
+            "set_alpha_to_one": false,
+            "skip_prk_steps": true,
+            "steps_offset": 1,
+            "timestep_spacing": "leading",
+            "trained_betas": null,
+            "use_karras_sigmas": false,
+        }),
+    };
+    if v_prediction {
+        config["prediction_type"] = json!("v_prediction");
+    }
+    if zero_snr {
+        // Zero-terminal-SNR models must sample from the last timestep (diffusers' advice).
+        config["rescale_betas_zero_snr"] = json!(true);
+        config["timestep_spacing"] = json!("trailing");
+    }
+    config
+}
+
 fn detect(tensors: &TensorMap) -> Result<Family, LdmError> {
     let has = |prefix: &str| tensors.keys().any(|k| k.starts_with(prefix));
     let family = if has(SDXL_CLIP) && has(SDXL_OPEN_CLIP) {

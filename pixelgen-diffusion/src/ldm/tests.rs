@@ -358,7 +358,8 @@ fn converts_sd1() {
     assert_eq!(te["vocab_size"], 1000);
     assert_eq!(te["max_position_embeddings"], 77);
     assert_eq!(te["hidden_act"], "quick_gelu");
-    assert_eq!(converted.scheduler_config["prediction_type"], "epsilon");
+    // SD1.5's config names no prediction type: the scheduler's default, epsilon.
+    assert_eq!(converted.scheduler_config.get("prediction_type"), None);
     assert_eq!(converted.scheduler_config["beta_schedule"], "scaled_linear");
 }
 
@@ -438,6 +439,77 @@ fn converts_sd2_without_the_last_open_clip_layer() {
         converted.scheduler_config["prediction_type"],
         "v_prediction"
     );
+}
+
+/// The scheduler configs single files get are the ones the families' default repos ship,
+/// which is what diffusers' `from_single_file` loads (the fixture families copy them).
+#[test]
+fn single_files_get_the_scheduler_config_of_their_familys_default_repo() {
+    let fixture = |family: &str| -> Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/diffusion")
+            .join(family)
+            .join("model/scheduler/scheduler_config.json");
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        config.as_object_mut().unwrap().remove("_diffusers_version");
+        config
+    };
+    assert_eq!(
+        scheduler_config(Family::Sd1, false, false, &None),
+        fixture("sd1")
+    );
+    assert_eq!(
+        scheduler_config(Family::Sd2, false, false, &None),
+        fixture("sd2v")
+    );
+    assert_eq!(
+        scheduler_config(Family::Sdxl, false, false, &None),
+        fixture("sdxl")
+    );
+    // SD 2 base stopped at step 875000 and predicts noise; markers win.
+    let base = scheduler_config(Family::Sd2, false, false, &Some(875000.0));
+    assert_eq!(base["prediction_type"], "epsilon");
+    let marked = scheduler_config(Family::Sd1, true, true, &None);
+    assert_eq!(marked["prediction_type"], "v_prediction");
+    assert_eq!(marked["timestep_spacing"], "trailing");
+    assert_eq!(marked["rescale_betas_zero_snr"], true);
+}
+
+#[test]
+fn sd2_is_v_prediction_without_a_marker_unless_it_stopped_where_sd2_base_did() {
+    let checkpoint = || {
+        let mut ckpt = TensorMap::new();
+        let spec = Spec {
+            linear: true,
+            ..sd1_spec()
+        };
+        add_unet(
+            &mut ckpt,
+            &Spec {
+                arch: UnetArch {
+                    block_out: vec![64, 128],
+                    ..spec.arch
+                },
+                ..spec
+            },
+        );
+        add_vae(&mut ckpt, &[32, 64], 1);
+        add_open_clip(&mut ckpt, SD2_OPEN_CLIP, 64, 3, 64);
+        ckpt
+    };
+    let converted = convert_single_file(checkpoint()).unwrap();
+    assert_eq!(
+        converted.scheduler_config["prediction_type"],
+        "v_prediction"
+    );
+    let mut base = checkpoint();
+    base.insert(
+        "global_step".to_owned(),
+        Tensor::new(&[875000i64], &Device::Cpu).unwrap(),
+    );
+    let converted = convert_single_file(base).unwrap();
+    assert_eq!(converted.scheduler_config["prediction_type"], "epsilon");
 }
 
 #[test]
