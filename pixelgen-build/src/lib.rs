@@ -20,6 +20,7 @@ pub mod environment;
 pub use environment::Environment;
 pub mod generate;
 pub mod identity;
+pub mod input_file;
 pub use identity::{AtlasName, FrameId, SpriteName};
 /// The index format, shared with the `sprites!` macro (crate `pixelgen-index`).
 pub use pixelgen_index as index;

@@ -41,10 +41,10 @@ pub enum PaletteParseError {
 /// Why [`Palette::load`] found no palette.
 #[derive(Debug, thiserror::Error)]
 pub enum PaletteLoadError {
-    #[error("cannot read palette file {}: {source}", path.display())]
+    #[error("cannot read palette file: {source}")]
     Unreadable {
         path: PathBuf,
-        source: std::io::Error,
+        source: crate::input_file::InputFileError,
     },
     #[error("palette file {} is invalid: {source}", path.display())]
     Invalid {
@@ -295,11 +295,15 @@ impl Palette {
                 name: spec.to_owned(),
             });
         };
-        let text =
-            std::fs::read_to_string(&path).map_err(|source| PaletteLoadError::Unreadable {
-                path: path.clone(),
-                source,
-            })?;
+        let text = crate::input_file::read_to_string(
+            &path,
+            crate::input_file::MAX_PALETTE_BYTES,
+            "palette file",
+        )
+        .map_err(|source| PaletteLoadError::Unreadable {
+            path: path.clone(),
+            source,
+        })?;
         let parsed = if spec.to_ascii_lowercase().ends_with(".hex") {
             Palette::from_hex(spec, &text)
         } else {

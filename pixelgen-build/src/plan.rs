@@ -271,8 +271,15 @@ impl FileHasher {
         });
     }
 
-    /// blake3 of the file's bytes.
+    /// blake3 of the file's bytes. Only regular files are read (a FIFO or a device would
+    /// never end), up to the largest model file.
     pub fn hash(&mut self, path: &Path) -> std::io::Result<blake3::Hash> {
+        use crate::input_file::{InputFileError, MAX_MODEL_FILE_BYTES, check};
+        check(path, MAX_MODEL_FILE_BYTES, "weight file").map_err(|e| match e {
+            InputFileError::Unreadable { source, .. } => source,
+            InputFileError::Missing { .. } => std::io::Error::new(std::io::ErrorKind::NotFound, e),
+            other => std::io::Error::new(std::io::ErrorKind::InvalidInput, other),
+        })?;
         let metadata = std::fs::metadata(path)?;
         let mtime_ns = metadata
             .modified()
@@ -804,6 +811,26 @@ mod tests {
             error.contains("sprites.ron:1:"),
             "located in the manifest: {error}"
         );
+    }
+
+    /// A model folder's file that is a FIFO (or a device) is refused, not read forever.
+    #[cfg(unix)]
+    #[test]
+    fn hashing_refuses_what_is_not_a_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("diffusion_pytorch_model.safetensors");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let mut hasher = FileHasher::in_memory();
+        let error = hasher.hash(&fifo).unwrap_err().to_string();
+        assert!(error.contains("named pipe"), "{error}");
+        let error = hasher.hash(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(error.contains("character device"), "{error}");
     }
 
     #[test]

@@ -343,3 +343,68 @@ fn generate_batches_frames_across_sprites_and_shows_timings() {
     assert!(quiet.status.success());
     assert!(!String::from_utf8_lossy(&quiet.stderr).contains("pixelgen timings"));
 }
+
+/// `cargo pixelgen check` refuses what `cargo build` would refuse, at once, naming the
+/// line and column: hostile paths (a FIFO, a device) never make it wait.
+#[cfg(unix)]
+#[test]
+fn check_refuses_what_the_build_cannot_use_without_hanging() {
+    let dir = game();
+    assert!(
+        Command::new("mkfifo")
+            .arg(dir.path().join("style.safetensors"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let cases = [
+        (
+            r#"loras: [(path: "style.safetensors", weight: 1.0)]"#,
+            "named pipe (FIFO)",
+        ),
+        (
+            r#"loras: [(path: "/dev/zero", weight: 1.0)]"#,
+            "character device",
+        ),
+        (r#"loras: [(path: "style.ckpt", weight: 1.0)]"#, "pickle"),
+        (
+            r#"size: (64, 64), atlas: "tiny""#,
+            "does not fit a page of atlas `tiny`",
+        ),
+        (
+            r#"generator: Diffusion(model: "m", resolution: (511, 513))"#,
+            "resolution 511×513",
+        ),
+        (
+            r#"generator: Diffusion(model: "m", guidance: NaN)"#,
+            "guidance NaN",
+        ),
+    ];
+    for (fields, words) in cases {
+        let manifest = format!(
+            "(atlases: {{ \"tiny\": (max_size: (32, 32)), \"main\": () }},\n sprites: {{\n  \"hero\": (prompt: \"knight\", {fields}) }})"
+        );
+        std::fs::write(dir.path().join("sprites.ron"), &manifest).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"))
+            .args(["pixelgen", "check", "--manifest-path"])
+            .arg(dir.path().join("Cargo.toml"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("`check` still running after 30 s with {fields}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{fields}: accepted");
+        assert!(stderr.contains(words), "{fields}: {stderr}");
+        assert!(stderr.contains("sprites.ron:3:"), "{fields}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{fields}: {stderr}");
+    }
+}

@@ -140,7 +140,12 @@ pub enum Background {
 
 /// Loads and validates a manifest file.
 pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+    let text = crate::input_file::read_to_string(
+        path,
+        crate::input_file::MAX_MANIFEST_BYTES,
+        "sprite manifest",
+    )
+    .map_err(|source| ManifestError::Read {
         path: path.to_path_buf(),
         source,
     })?;
@@ -173,10 +178,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("cannot read the sprite manifest {}: {source}\nhelp: create it beside Cargo.toml (see the README's manifest reference)", path.display())]
+    #[error(
+        "cannot read the sprite manifest: {source}\nhelp: sprites.ron is a text file beside Cargo.toml (see the README's manifest reference)"
+    )]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        source: crate::input_file::InputFileError,
     },
     #[error("{0}")]
     Invalid(Box<Diagnostic>),

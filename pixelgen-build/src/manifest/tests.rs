@@ -393,3 +393,71 @@ fn every_validated_sprite_packs() {
         "{accepted} accepted, {refused} refused"
     );
 }
+
+/// LoRA, palette and model paths that name a FIFO, a device or a directory are refused
+/// when the manifest is read, at the path, without opening them (which would block).
+#[cfg(unix)]
+#[test]
+fn paths_that_are_not_files_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mkfifo = |name: &str| {
+        let status = std::process::Command::new("mkfifo")
+            .arg(dir.path().join(name))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    mkfifo("style.safetensors");
+    mkfifo("colors.hex");
+    mkfifo("model.safetensors");
+    std::fs::create_dir(dir.path().join("folder.gpl")).unwrap();
+    let manifest = dir.path().join("sprites.ron");
+    // On a thread with a deadline: a read of the FIFO would block forever.
+    let parse_in = |text: &str| {
+        let (send, receive) = std::sync::mpsc::channel();
+        let (manifest, owned) = (manifest.clone(), text.to_owned());
+        std::thread::spawn(move || {
+            let _ = send.send(match parse(&manifest, &owned) {
+                Ok(_) => Err("accepted".to_owned()),
+                Err(ManifestError::Invalid(d)) => Ok((d.to_string(), d.line_column())),
+                Err(e) => Err(e.to_string()),
+            });
+        });
+        match receive.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(Ok(found)) => found,
+            Ok(Err(other)) => panic!("{text}: {other}"),
+            Err(_) => panic!("{text}: still reading after 10 s"),
+        }
+    };
+    for (text, value, words) in [
+        (
+            "(sprites: {\n \"a\": (prompt: \"b\", loras: [(path: \"style.safetensors\", weight: 1.0)]) })",
+            "\"style.safetensors\"",
+            "named pipe (FIFO)",
+        ),
+        (
+            "(sprites: {\n \"a\": (prompt: \"b\", loras: [(path: \"/dev/zero\", weight: 1.0)]) })",
+            "\"/dev/zero\"",
+            "character device",
+        ),
+        (
+            "(sprites: {\n \"a\": (prompt: \"b\", palette: \"colors.hex\") })",
+            "\"colors.hex\"",
+            "named pipe (FIFO)",
+        ),
+        (
+            "(sprites: {\n \"a\": (prompt: \"b\", palette: \"folder.gpl\") })",
+            "\"folder.gpl\"",
+            "is a directory",
+        ),
+        (
+            "(sprites: {\n \"a\": (prompt: \"b\", generator: Diffusion(model: \"model.safetensors\")) })",
+            "\"model.safetensors\"",
+            "named pipe (FIFO)",
+        ),
+    ] {
+        let (message, at) = parse_in(text);
+        assert!(message.contains(words), "{text}: {message}");
+        assert!(points_at(text, at, value), "{text}: {at:?}: {message}");
+    }
+}

@@ -15,6 +15,7 @@ use super::{
 use crate::atlas::AtlasOptions;
 use crate::diagnostics::{Diagnostic, Locator, SourceFile};
 use crate::identity::{AtlasName, SpriteName};
+use crate::input_file::{FileKind, InputFileError, MAX_LORA_BYTES, MAX_MODEL_FILE_BYTES};
 use crate::palette::{Palette, PaletteLoadError, parse_hex_color};
 
 /// Validates `raw`, read from `source` (the text of the manifest at `path`).
@@ -446,6 +447,31 @@ impl Validator<'_> {
                 "set `model: \"stabilityai/sd-turbo\"` or a local folder".into(),
             ));
         }
+        // A local model is a diffusers folder or a single .safetensors file; anything else
+        // there (a FIFO, a device) is refused before anything tries to read it.
+        let local = self.dir.join(model);
+        match crate::input_file::non_file_kind(&local) {
+            Some(FileKind::Directory) | None => {}
+            Some(kind) => {
+                return Err(refuse(
+                    "model",
+                    format!("model `{model}` is {kind}"),
+                    "not a model",
+                    "name a diffusers folder, a .safetensors checkpoint or a Hugging Face id"
+                        .into(),
+                ));
+            }
+        }
+        if let Err(error @ InputFileError::TooLarge { .. }) =
+            crate::input_file::check(&local, MAX_MODEL_FILE_BYTES, "model file")
+        {
+            return Err(refuse(
+                "model",
+                format!("model `{model}`: {error}"),
+                "too large",
+                "name the model's .safetensors checkpoint".into(),
+            ));
+        }
         if pixelgen_diffusion::files::is_pickle(Path::new(model)) {
             return Err(refuse(
                 "model",
@@ -514,6 +540,18 @@ impl Validator<'_> {
                 .or(literals.first())
                 .cloned()
                 .unwrap_or(span.clone());
+            // A path that names something other than a file is refused now: hashing a FIFO
+            // or a device would never end. A missing file is named when the plan hashes it.
+            let resolved = self.dir.join(&lora.path);
+            if let Err(error) = crate::input_file::check(&resolved, MAX_LORA_BYTES, "LoRA file")
+                && !matches!(error, InputFileError::Missing { .. })
+            {
+                return Err(self
+                    .error(lora_span, format!("LoRA `{}`: {error}", lora.path))
+                    .label("not a LoRA file")
+                    .help("name a .safetensors LoRA file, relative to the folder of sprites.ron")
+                    .into());
+            }
             if pixelgen_diffusion::files::is_pickle(Path::new(&lora.path)) {
                 return Err(self
                     .error(
