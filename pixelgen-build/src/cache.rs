@@ -16,7 +16,7 @@ pub const LOCK_NAME: &str = ".pixelgen-lock";
 pub const SHARED_STAMPS_NAME: &str = ".pixelgen-stamps.json";
 const GITIGNORE: &str = "# Written by pixelgen: commit the PNGs, not these.\n.tmp-pixelgen-*\n.pixelgen-lock\n.pixelgen-stamps.json\n# Raw diffusion output (large; lets a palette or size change skip the GPU).\nraw/\n";
 /// Where raw generator output lives, under the cache folder.
-const RAW_DIR: &str = "raw";
+pub const RAW_DIR: &str = "raw";
 
 #[derive(Debug, Clone)]
 pub struct Cache {

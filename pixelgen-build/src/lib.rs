@@ -18,6 +18,7 @@ pub mod diagnostics;
 pub mod emit;
 pub mod environment;
 pub use environment::Environment;
+pub mod gc;
 pub mod generate;
 pub mod identity;
 pub mod input_file;

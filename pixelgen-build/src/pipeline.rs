@@ -421,6 +421,17 @@ impl Session {
             // One generating process at a time per cache: parallel build scripts would
             // otherwise load models (and draw the same sprites) at once.
             let _guard = CacheLock::acquire(&self.cache)?;
+            // Holding the lock, no other pixelgen writes here but through files named after
+            // live processes: what killed ones left can go.
+            let litter = crate::atomic::remove_litter(self.cache.dir());
+            if !litter.is_empty() {
+                let bytes: u64 = litter.iter().map(|(_, size)| size).sum();
+                notes.push(format!(
+                    "removed {} temporary file(s) ({bytes} bytes) that an interrupted run left in {}",
+                    litter.len(),
+                    self.cache.dir().display()
+                ));
+            }
             // Another process may have generated some while we waited.
             for (i, entry) in statuses.iter_mut().enumerate() {
                 if entry.0.status == Freshness::Stale {
@@ -461,7 +472,7 @@ impl Session {
                 .iter()
                 .filter(|(s, _)| s.status == Freshness::Stale)
                 .count();
-            notes = self.generate_stale(&mut statuses, progress)?;
+            notes.extend(self.generate_stale(&mut statuses, progress)?);
         }
 
         let mut lock = LockFile::empty();
@@ -836,6 +847,41 @@ mod tests {
             status[0].reasons
         );
         assert_eq!(status[1].status, Freshness::Fresh);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_next_generating_run_removes_what_a_killed_run_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = project(dir.path(), MANIFEST);
+        session(&project, false).realize(false, &mut Quiet).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let litter = dir
+            .path()
+            .join("cache/ab")
+            .join(format!("{}{dead}-x", crate::atomic::TEMP_PREFIX));
+        std::fs::create_dir_all(litter.parent().unwrap()).unwrap();
+        std::fs::write(&litter, b"half a png").unwrap();
+        // Nothing to generate: the lock is not taken, nothing is swept.
+        session(&project, false).realize(false, &mut Quiet).unwrap();
+        assert!(litter.exists());
+        std::fs::write(
+            &project.manifest_path,
+            MANIFEST.replace("seed: 2", "seed: 5"),
+        )
+        .unwrap();
+        let summary = session(&project, false).realize(false, &mut Quiet).unwrap();
+        assert!(!litter.exists());
+        assert!(
+            summary
+                .notes
+                .iter()
+                .any(|n| n.contains("removed 1 temporary file(s) (10 bytes)")),
+            "{:?}",
+            summary.notes
+        );
     }
 
     #[test]

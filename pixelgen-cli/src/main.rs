@@ -59,6 +59,15 @@ enum Command {
         #[arg(long)]
         no_server: bool,
     },
+    /// Remove cache entries no sprite uses any more (of every crate of the workspace that
+    /// shares the cache; never what a sprites.lock names), and temporary files of killed runs.
+    Gc {
+        #[command(flatten)]
+        target: Target,
+        /// List what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Keep Stable Diffusion models loaded between builds: builds and `generate` send
     /// their frames here while it runs.
     #[cfg(unix)]
@@ -131,6 +140,16 @@ fn run(cli: Cli, environment: &Environment) -> Result<ExitCode, Error> {
                 manifest_arg(&target)
             );
             Ok(ExitCode::from(1))
+        }
+        Command::Gc { target, dry_run } => {
+            let crate_dir = crate_dir(target.manifest_path.as_deref());
+            let project = Project::discover(&crate_dir, None, environment, None)?;
+            let users =
+                pixelgen_build::gc::cache_users(&crate_dir, &project.cache_dir, environment)?;
+            let report =
+                pixelgen_build::gc::collect(&project.cache_dir, &users, environment, dry_run)?;
+            print_gc(&report, &project.cache_dir, users.len(), dry_run);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Pack(args) => match pack::run(args) {
             Ok(()) => Ok(ExitCode::SUCCESS),
@@ -277,6 +296,46 @@ fn print_table(statuses: &[SpriteStatus]) {
         statuses.len() - stale,
         stale
     );
+}
+
+fn print_gc(report: &pixelgen_build::gc::GcReport, cache: &Path, users: usize, dry_run: bool) {
+    let verb = if dry_run { "would remove" } else { "removed" };
+    println!(
+        "pixelgen gc: {verb} {} frame(s) and {} raw image(s) no sprite uses, {} temporary file(s): {} freed; kept {} frame(s) and {} raw image(s) ({} crate(s) use {})",
+        report.frames.len(),
+        report.raw.len(),
+        report.litter.len(),
+        human_bytes(report.freed_bytes()),
+        report.kept_frames,
+        report.kept_raw,
+        users,
+        cache.display()
+    );
+    const SHOWN: usize = 50;
+    let removed: Vec<&(PathBuf, u64)> = report
+        .frames
+        .iter()
+        .chain(&report.raw)
+        .chain(&report.litter)
+        .collect();
+    for (path, size) in removed.iter().take(SHOWN) {
+        println!("  - {} ({})", path.display(), human_bytes(*size));
+    }
+    if removed.len() > SHOWN {
+        println!("  … and {} more", removed.len() - SHOWN);
+    }
+    for reason in &report.unplanned {
+        println!("note: raw images kept: a manifest could not be planned: {reason}");
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} bytes"),
+    }
 }
 
 /// A progress bar with ETA, drawn only when there is something to generate.

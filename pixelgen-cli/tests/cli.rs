@@ -408,3 +408,130 @@ fn check_refuses_what_the_build_cannot_use_without_hanging() {
         assert!(!stderr.contains("panicked"), "{fields}: {stderr}");
     }
 }
+
+/// A workspace of two game crates sharing one cache.
+fn workspace() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(
+        root.path().join("Cargo.toml"),
+        "[workspace]\nmembers = [\"a\", \"b\"]\nresolver = \"2\"\n",
+    )
+    .unwrap();
+    for (name, manifest) in [
+        ("a", MANIFEST),
+        (
+            "b",
+            "(defaults: (size: (16, 16)), sprites: { \"slime\": (prompt: \"green slime\", seed: 4) })",
+        ),
+    ] {
+        let dir = root.path().join(name);
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        std::fs::write(
+            dir.join("Cargo.toml"),
+            format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("src/main.rs"), "fn main() {}\n").unwrap();
+        std::fs::write(dir.join("sprites.ron"), manifest).unwrap();
+    }
+    root
+}
+
+fn entry_files(cache: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for folder in [cache.to_path_buf(), cache.join("raw")] {
+        for dir in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            if dir.file_name().len() == 2 {
+                files.extend(
+                    std::fs::read_dir(dir.path())
+                        .unwrap()
+                        .flatten()
+                        .map(|e| e.path()),
+                );
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn gc_removes_what_no_crate_of_the_workspace_uses_and_keeps_what_locks_name() {
+    let root = workspace();
+    let (a, b) = (root.path().join("a"), root.path().join("b"));
+    let cache = root.path().join("cache");
+    for dir in [&a, &b] {
+        assert!(pixelgen(dir, &["generate"]).status.success());
+    }
+    let before = entry_files(&cache);
+    assert_eq!(before.len(), 5, "{before:?}"); // hero ×2, potion, coin, slime
+    // The coin's old frame is orphaned once it is regenerated with another seed.
+    std::fs::write(
+        a.join("sprites.ron"),
+        MANIFEST.replace("seed: 3", "seed: 30"),
+    )
+    .unwrap();
+    assert!(pixelgen(&a, &["generate"]).status.success());
+    assert_eq!(entry_files(&cache).len(), 6);
+    // A raw image nothing plans, and a temporary file a killed run left.
+    let raw = cache
+        .join("raw/ab")
+        .join(format!("ab{}.png", "0".repeat(62)));
+    std::fs::create_dir_all(raw.parent().unwrap()).unwrap();
+    std::fs::write(&raw, b"raw").unwrap();
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let litter = cache.join(format!(".tmp-pixelgen-{dead}-x"));
+    std::fs::write(&litter, b"half").unwrap();
+
+    let dry = pixelgen(&a, &["gc", "--dry-run"]);
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert!(
+        text.contains("would remove 1 frame(s) and 1 raw image(s)"),
+        "{text}"
+    );
+    assert!(text.contains("2 crate(s) use"), "{text}");
+    assert_eq!(entry_files(&cache).len(), 7);
+    assert!(litter.exists());
+
+    let output = pixelgen(&a, &["gc"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("removed 1 frame(s) and 1 raw image(s)"),
+        "{text}"
+    );
+    assert!(text.contains("1 temporary file(s)"), "{text}");
+    assert!(text.contains("kept 5 frame(s)"), "{text}");
+    assert!(!raw.exists() && !litter.exists());
+    assert_eq!(entry_files(&cache).len(), 5);
+    // Both crates are still fresh: nothing either uses was touched.
+    for dir in [&a, &b] {
+        assert!(stale_names(&status_json(dir)).is_empty());
+    }
+
+    // The manifest changes but is not regenerated: the lock still names the coin's frame,
+    // which stays (it is what a checkout builds from until it is regenerated).
+    std::fs::write(
+        a.join("sprites.ron"),
+        MANIFEST.replace("seed: 3", "seed: 31"),
+    )
+    .unwrap();
+    let output = pixelgen(&b, &["gc"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("removed 0 frame(s) and 0 raw image(s)"),
+        "{text}"
+    );
+    assert_eq!(entry_files(&cache).len(), 5);
+}
