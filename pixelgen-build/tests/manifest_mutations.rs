@@ -94,8 +94,11 @@ impl Rng {
     }
 }
 
+/// A token's byte range.
+type Span = (usize, usize);
+
 /// Byte ranges of number and string tokens (enough of RON's lexer for mutations).
-fn tokens(text: &str) -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+fn tokens(text: &str) -> (Vec<Span>, Vec<Span>) {
     let bytes = text.as_bytes();
     let (mut numbers, mut strings) = (Vec::new(), Vec::new());
     let mut i = 0;
@@ -129,7 +132,7 @@ fn tokens(text: &str) -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
 fn mutate(text: &str, rng: &mut Rng) -> String {
     let (numbers, strings) = tokens(text);
     let mut out = text.to_owned();
-    let replace = |out: &mut String, (start, end): (usize, usize), with: &str| {
+    let replace = |out: &mut String, (start, end): Span, with: &str| {
         if out.is_char_boundary(start) && out.is_char_boundary(end) {
             out.replace_range(start..end, with);
         }
