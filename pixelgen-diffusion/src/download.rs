@@ -18,6 +18,8 @@ pub fn files_to_download<'a>(listing: impl IntoIterator<Item = &'a str>) -> Vec<
     let tokenizer_files = [
         "vocab.json",
         "merges.txt",
+        // transformers 5 saves tokenizers as this file alone.
+        "tokenizer.json",
         "tokenizer_config.json",
         "special_tokens_map.json",
     ];
@@ -41,32 +43,34 @@ pub fn files_to_download<'a>(listing: impl IntoIterator<Item = &'a str>) -> Vec<
             if !single.is_empty() {
                 return single[..1].to_vec();
             }
-            // Sharded: the index and every shard it names share the stem.
-            let index: Vec<String> = ["diffusion_pytorch_model", "model"]
-                .iter()
-                .map(|stem| format!("{component}/{stem}{variant}.safetensors.index.json"))
-                .filter(|f| listing.contains(&f.as_str()))
-                .collect();
-            match index.first() {
-                Some(index) => {
-                    let stem = index
-                        .trim_end_matches(".safetensors.index.json")
-                        .trim_end_matches(variant);
-                    let mut shards: Vec<String> = listing
-                        .iter()
-                        .filter(|f| {
-                            f.starts_with(stem)
-                                && f.contains("-of-")
-                                && f.ends_with(&format!("{variant}.safetensors"))
-                                && (!variant.is_empty() || !f.ends_with(".fp16.safetensors"))
-                        })
-                        .map(|f| f.to_string())
-                        .collect();
-                    shards.insert(0, index.clone());
-                    shards
-                }
-                None => Vec::new(),
+            // Sharded: the index and every shard it names share the stem. diffusers names
+            // a variant's index `stem.safetensors.index.fp16.json` and its shards
+            // `stem.fp16-00001-of-00002.safetensors`; other tools put `.fp16` elsewhere.
+            for stem in ["diffusion_pytorch_model", "model"] {
+                let index = [
+                    format!("{component}/{stem}.safetensors.index{variant}.json"),
+                    format!("{component}/{stem}{variant}.safetensors.index.json"),
+                ]
+                .into_iter()
+                .find(|f| listing.contains(&f.as_str()));
+                let Some(index) = index else {
+                    continue;
+                };
+                let prefix = format!("{component}/{stem}");
+                let mut shards: Vec<String> = listing
+                    .iter()
+                    .filter(|f| {
+                        f.starts_with(&prefix)
+                            && f.contains("-of-")
+                            && f.ends_with(".safetensors")
+                            && f.contains(".fp16") == !variant.is_empty()
+                    })
+                    .map(|f| f.to_string())
+                    .collect();
+                shards.insert(0, index);
+                return shards;
             }
+            Vec::new()
         };
         let mut chosen = candidates("");
         if chosen.is_empty() {
@@ -169,6 +173,30 @@ mod tests {
                 "unet/diffusion_pytorch_model.fp16.safetensors",
                 "vae/config.json",
                 "vae/diffusion_pytorch_model.safetensors",
+            ]
+        );
+    }
+
+    #[test]
+    fn transformers_5_tokenizers_and_sharded_fp16_variants_are_fetched() {
+        let listing = [
+            "model_index.json",
+            "tokenizer/tokenizer.json",
+            "tokenizer/tokenizer_config.json",
+            "unet/diffusion_pytorch_model.safetensors.index.fp16.json",
+            "unet/diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
+            "unet/diffusion_pytorch_model.fp16-00002-of-00002.safetensors",
+            "unet/diffusion_pytorch_model-00001-of-00002.bin",
+        ];
+        assert_eq!(
+            files_to_download(listing),
+            [
+                "model_index.json",
+                "tokenizer/tokenizer.json",
+                "tokenizer/tokenizer_config.json",
+                "unet/diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
+                "unet/diffusion_pytorch_model.fp16-00002-of-00002.safetensors",
+                "unet/diffusion_pytorch_model.safetensors.index.fp16.json",
             ]
         );
     }

@@ -175,8 +175,9 @@ fn advise_huge_pages(buffer: &mut [f32]) {
     let _ = buffer;
 }
 
-/// The weight files of one component folder: a (possibly fp16-variant or sharded)
-/// safetensors file. Pickle files are refused, not read.
+/// The weight files of one component folder: a safetensors file, or its shards listed by
+/// an index, the plain weights first, else the fp16 variant (what `variant="fp16"` saves).
+/// Pickle files are refused, not read.
 fn component_files(dir: &Path) -> Result<Vec<PathBuf>, DiffusionError> {
     for stem in ["diffusion_pytorch_model", "model"] {
         for variant in ["", ".fp16"] {
@@ -184,8 +185,16 @@ fn component_files(dir: &Path) -> Result<Vec<PathBuf>, DiffusionError> {
             if file.is_file() {
                 return Ok(vec![file]);
             }
-            let index = dir.join(format!("{stem}{variant}.safetensors.index.json"));
-            if index.is_file() {
+            // diffusers names a variant's index `…safetensors.index.fp16.json`; some tools
+            // write `….fp16.safetensors.index.json`.
+            let index = [
+                format!("{stem}.safetensors.index{variant}.json"),
+                format!("{stem}{variant}.safetensors.index.json"),
+            ]
+            .into_iter()
+            .map(|name| dir.join(name))
+            .find(|path| path.is_file());
+            if let Some(index) = index {
                 let index: serde_json::Value = read_json(&index)?;
                 let mut files: Vec<&str> = index
                     .get("weight_map")
