@@ -63,7 +63,7 @@ pub fn files_to_download<'a>(listing: impl IntoIterator<Item = &'a str>) -> Vec<
                         f.starts_with(&prefix)
                             && f.contains("-of-")
                             && f.ends_with(".safetensors")
-                            && f.contains(".fp16") == !variant.is_empty()
+                            && f.contains(".fp16") != variant.is_empty()
                     })
                     .map(|f| f.to_string())
                     .collect();
