@@ -535,3 +535,60 @@ fn gc_removes_what_no_crate_of_the_workspace_uses_and_keeps_what_locks_name() {
     );
     assert_eq!(entry_files(&cache).len(), 5);
 }
+
+/// `kill -9` during `generate`, a few times at different moments: the next `generate`
+/// leaves no temporary file in the cache, and every sprite ends fresh and intact.
+#[cfg(unix)]
+#[test]
+fn generate_killed_midway_leaves_nothing_behind_after_the_next_run() {
+    let dir = game();
+    let sprites: String = (0..40)
+        .map(|i| {
+            format!("\"s{i}\": (prompt: \"slime {i}\", seed: {i}, size: (48, 48), frames: 3),\n")
+        })
+        .collect();
+    std::fs::write(
+        dir.path().join("sprites.ron"),
+        format!("(defaults: (palette: \"db16\"), sprites: {{ {sprites} }})"),
+    )
+    .unwrap();
+    for delay_ms in [60, 150, 250] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"))
+            .args(["pixelgen", "generate", "--no-server", "--manifest-path"])
+            .arg(dir.path().join("Cargo.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+    }
+    let output = pixelgen(dir.path(), &["generate", "--no-server"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let cache = dir.path().join("cache");
+    let mut leftovers = Vec::new();
+    for folder in std::iter::once(cache.clone()).chain(
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.path()),
+    ) {
+        for entry in std::fs::read_dir(folder).unwrap().flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".tmp-pixelgen-")
+            {
+                leftovers.push(entry.path());
+            }
+        }
+    }
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(stale_names(&status_json(dir.path())).is_empty());
+}
