@@ -110,7 +110,7 @@ pub enum LoraError {
     )]
     Invalid { path: PathBuf, reason: String },
     #[error(
-        "{}: tensor `{key}` is {variant}, which pixelgen cannot merge; only plain LoRA is supported (kohya-ss lora_down/lora_up, LoCon convs included, or diffusers/PEFT lora_A/lora_B): use a plain LoRA version of this file",
+        "{}: tensor `{key}` is {variant}, which pixelgen cannot merge; it merges kohya-ss LoRA (lora_down/lora_up, LoCon convs included) and diffusers/PEFT LoRA (lora_A/lora_B, DoRA's lora_magnitude_vector included): use a LoRA version of this file in one of those forms, or merge the adapter into the model's weights and load that model",
         path.display()
     )]
     Unsupported {
