@@ -431,7 +431,7 @@ fn names_unsupported_variants() {
     let message = err.to_string();
     assert!(
         message.contains("lora_unet_x.hada_w1_a")
-            && message.contains("only plain LoRA is supported"),
+            && message.contains("use a LoRA version of this file"),
         "{message}"
     );
 }
