@@ -14,7 +14,10 @@ pub const LOCK_NAME: &str = ".pixelgen-lock";
 /// Content hashes of large input files (models) by (path, size, mtime), shared by every
 /// process that uses this cache; machine-specific, so never committed.
 pub const SHARED_STAMPS_NAME: &str = ".pixelgen-stamps.json";
-const GITIGNORE: &str = "# Written by pixelgen: commit the PNGs, not these.\n.tmp-pixelgen-*\n.pixelgen-lock\n.pixelgen-stamps.json\n# Raw diffusion output (large; lets a palette or size change skip the GPU).\nraw/\n";
+const GITIGNORE: &str = "# Written by pixelgen: commit the PNGs, not these.\n.tmp-pixelgen-*\n.pixelgen-lock\n.pixelgen-stamps.json\n# Raw diffusion output (large; lets a palette or size change skip the GPU).\nraw/\n# Atlases published for running games to reload.\nlive/\n";
+/// Where the atlases a running game reloads are published, under the cache folder
+/// (git-ignored: they are made from the committed entries).
+pub const LIVE_DIR: &str = "live";
 /// Where raw generator output lives, under the cache folder.
 pub const RAW_DIR: &str = "raw";
 

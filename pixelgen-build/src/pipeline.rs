@@ -39,6 +39,33 @@ impl Project {
         self.manifest_path.parent().unwrap_or(Path::new("."))
     }
 
+    /// Where this crate's atlases are published for a running game to reload them:
+    /// `cache/live/<crate folder>-<hash of its path>/`, with the same layout as OUT_DIR's
+    /// (`pixelgen/index.json` and the pages). The build and `cargo pixelgen watch` both
+    /// write there; git ignores it.
+    pub fn live_dir(&self) -> PathBuf {
+        let crate_dir = self.manifest_dir();
+        let canonical =
+            std::fs::canonicalize(crate_dir).unwrap_or_else(|_| crate_dir.to_path_buf());
+        let hash = blake3::hash(canonical.to_string_lossy().as_bytes());
+        let name: String = canonical
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.cache_dir
+            .join(crate::cache::LIVE_DIR)
+            .join(format!("{name}-{}", &hash.to_hex()[..12]))
+    }
+
     /// The project of the crate in `crate_dir`: `sprites.ron` and `sprites.lock` beside
     /// its Cargo.toml, and the cache in `cache/` at the root of its cargo workspace
     /// (`workspace_root`; `None` asks cargo).

@@ -9,6 +9,7 @@ mod pixelize;
 #[cfg(unix)]
 mod serve;
 mod txt2img;
+mod watch;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -68,6 +69,9 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Regenerate and republish the atlases whenever sprites.ron, a palette or a LoRA
+    /// changes, for a running game to reload (live atlases in the cache's live/ folder).
+    Watch(watch::Watch),
     /// Keep Stable Diffusion models loaded between builds: builds and `generate` send
     /// their frames here while it runs.
     #[cfg(unix)]
@@ -149,6 +153,11 @@ fn run(cli: Cli, environment: &Environment) -> Result<ExitCode, Error> {
             let report =
                 pixelgen_build::gc::collect(&project.cache_dir, &users, environment, dry_run)?;
             print_gc(&report, &project.cache_dir, users.len(), dry_run);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch(args) => {
+            let crate_dir = crate_dir(args.manifest_path.as_deref());
+            watch::run(args, &crate_dir, environment)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Pack(args) => match pack::run(args) {

@@ -592,3 +592,113 @@ fn generate_killed_midway_leaves_nothing_behind_after_the_next_run() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert!(stale_names(&status_json(dir.path())).is_empty());
 }
+
+/// Lines a child process prints, as they come.
+fn lines_of(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receive
+}
+
+/// Waits for a line containing `text`; the lines before it are returned too.
+fn wait_for(
+    lines: &std::sync::mpsc::Receiver<String>,
+    text: &str,
+    within: std::time::Duration,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.contains(text);
+                seen.push(line);
+                if found {
+                    return seen;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    panic!("no line with {text:?} within {within:?}; got {seen:#?}");
+}
+
+/// `watch`: an edited prompt becomes a fresh sprite and republished atlases within 2 s; a
+/// half-typed manifest is reported and leaves the live atlases as they were.
+#[test]
+fn watch_turns_an_edited_prompt_into_fresh_live_atlases_within_2_s() {
+    use std::time::{Duration, Instant};
+    let dir = game();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"))
+        .args(["pixelgen", "watch", "--manifest-path"])
+        .arg(dir.path().join("Cargo.toml"))
+        .env_remove("PIXELGEN_CACHE_DIR")
+        .env_remove("PIXELGEN_OFFLINE")
+        .env_remove("CI")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = lines_of(child.stdout.take().unwrap());
+    let stderr = lines_of(child.stderr.take().unwrap());
+    let first = wait_for(&stdout, "pixelgen watch: watching", Duration::from_secs(60));
+    assert!(
+        first.iter().any(|l| l.contains("3 sprites: 3 generated")),
+        "{first:#?}"
+    );
+    let live_index = first
+        .last()
+        .and_then(|l| l.split("live atlases in ").nth(1))
+        .map(|d| Path::new(d.split(';').next().unwrap()).join("pixelgen/index.json"))
+        .unwrap();
+    let stamp = |path: &Path| -> String {
+        let index: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        index["stamp"].as_str().unwrap().to_owned()
+    };
+    let before = stamp(&live_index);
+
+    let edited = MANIFEST.replace("gold coin", "silver coin");
+    let saved = Instant::now();
+    std::fs::write(dir.path().join("sprites.ron"), &edited).unwrap();
+    let seen = wait_for(&stdout, "1 generated", Duration::from_secs(2));
+    let latency = saved.elapsed();
+    eprintln!("watch: prompt saved → regenerated and republished in {latency:?}");
+    assert!(latency < Duration::from_secs(2), "{latency:?}: {seen:#?}");
+    assert_ne!(
+        stamp(&live_index),
+        before,
+        "the live atlases were republished"
+    );
+    assert!(stale_names(&status_json(dir.path())).is_empty());
+
+    // Half typed: reported, and the live atlases stay.
+    let republished = stamp(&live_index);
+    std::fs::write(dir.path().join("sprites.ron"), &edited[..edited.len() / 2]).unwrap();
+    wait_for(
+        &stderr,
+        "the live atlases stay as they were",
+        Duration::from_secs(5),
+    );
+    assert_eq!(stamp(&live_index), republished);
+    // Fixed again: back to work.
+    std::fs::write(dir.path().join("sprites.ron"), MANIFEST).unwrap();
+    wait_for(
+        &stdout,
+        "3 sprites: 0 generated, 3 cached",
+        Duration::from_secs(5),
+    );
+    assert_eq!(stamp(&live_index), before, "the first atlases again");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

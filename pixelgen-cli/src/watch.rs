@@ -1,0 +1,120 @@
+//! `cargo pixelgen watch`: regenerates and republishes a crate's sprites whenever
+//! `sprites.ron`, a palette file or a LoRA it names changes, so that a running game (and
+//! anyone reading the live atlases) sees new pixels without `cargo build`.
+//!
+//! Invariants: one rebuild at a time; events that arrive during a rebuild start exactly one
+//! more; a manifest that does not parse (half typed) is reported and the live atlases stay
+//! as they were (they are written atomically, only after a whole rebuild succeeded).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use notify::{RecursiveMode, Watcher};
+use pixelgen_build::pipeline::Quiet;
+use pixelgen_build::plan::FileHasher;
+use pixelgen_build::{Environment, Error, Project, Session};
+
+#[derive(clap::Args)]
+pub struct Watch {
+    /// The game crate's Cargo.toml (or its sprites.ron, or its folder). Default: ./Cargo.toml
+    #[arg(long, value_name = "PATH")]
+    pub manifest_path: Option<PathBuf>,
+    /// How long to wait for a burst of saves to settle before rebuilding.
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    debounce_ms: u64,
+}
+
+/// Watches until interrupted (or until a watch itself fails).
+pub fn run(args: Watch, crate_dir: &Path, environment: &Environment) -> Result<(), Error> {
+    let project = Project::discover(crate_dir, None, environment, None)?;
+    let live = project.live_dir();
+    let (sender, events) = mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let _ = sender.send(event.paths);
+        }
+    })
+    .map_err(|e| Error::Environment(format!("cannot watch files: {e}")))?;
+    let mut watched_dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut inputs = rebuild(&project, environment, &live);
+    loop {
+        // Watch the folders of every input (editors save by renaming a new file into
+        // place, which a watch on the file itself would miss).
+        for dir in inputs
+            .iter()
+            .filter_map(|p| p.parent())
+            .map(Path::to_path_buf)
+        {
+            if !watched_dirs.contains(&dir) && dir.is_dir() {
+                watcher
+                    .watch(&dir, RecursiveMode::NonRecursive)
+                    .map_err(|e| {
+                        Error::Environment(format!("cannot watch {}: {e}", dir.display()))
+                    })?;
+                watched_dirs.insert(dir);
+            }
+        }
+        println!(
+            "pixelgen watch: watching {} file(s); live atlases in {}; Ctrl-C to stop",
+            inputs.len(),
+            live.display()
+        );
+        // Wait for a change to an input, then let the burst settle.
+        loop {
+            let Ok(paths) = events.recv() else {
+                return Ok(());
+            };
+            if paths.iter().any(|p| inputs.contains(p)) {
+                break;
+            }
+        }
+        let settle = Duration::from_millis(args.debounce_ms);
+        while events.recv_timeout(settle).is_ok() {}
+        inputs = rebuild(&project, environment, &live);
+    }
+}
+
+/// Regenerates what is stale and republishes the atlases; prints what happened. Returns
+/// the files to watch: the manifest, and the palettes and LoRAs it names (the previous
+/// manifest's too when this one does not parse, so that fixing it is seen).
+fn rebuild(project: &Project, environment: &Environment, live: &Path) -> BTreeSet<PathBuf> {
+    let started = Instant::now();
+    let mut inputs = BTreeSet::from([project.manifest_path.clone()]);
+    let result = (|| -> Result<(Session, pixelgen_build::pipeline::Summary), Error> {
+        let mut session =
+            Session::open(project.clone(), FileHasher::in_memory(), environment, false)?;
+        inputs.extend(session.manifest.input_files.iter().cloned());
+        inputs.extend(
+            session
+                .manifest
+                .sprites
+                .iter()
+                .flat_map(|s| &s.loras)
+                .map(|l| l.resolved.clone()),
+        );
+        let summary = session.realize(false, &mut Quiet)?;
+        pixelgen_build::emit::emit(&session, live)?;
+        Ok((session, summary))
+    })();
+    match result {
+        Ok((_, summary)) => {
+            println!("{summary} ({} ms)", started.elapsed().as_millis());
+            for note in &summary.notes {
+                eprintln!("{note}");
+            }
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            eprintln!(
+                "pixelgen watch: the live atlases stay as they were; fix the error and save again"
+            );
+        }
+    }
+    // Paths as the watcher reports them (absolute).
+    inputs
+        .into_iter()
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+        .collect()
+}
