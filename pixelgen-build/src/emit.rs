@@ -118,6 +118,7 @@ pub fn emit(session: &Session, out_dir: &Path) -> Result<Index, Error> {
         version: INDEX_VERSION,
         stamp,
         atlases,
+        live_index: Some(Index::path_in(&session.project.live_dir())),
     };
     write_atomically(&index_path, crate::index::to_json(&index).as_bytes()).map_err(|source| {
         Error::Cache {

@@ -26,6 +26,10 @@ pub struct Index {
     pub stamp: String,
     /// Sorted by name.
     pub atlases: Vec<IndexedAtlas>,
+    /// The published copy of this index that a running dev build of the game reloads
+    /// (`cache/live/…/pixelgen/index.json`); absent in indexes written before it existed.
+    #[serde(default)]
+    pub live_index: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +104,7 @@ mod tests {
 
     fn index(version: u32) -> Index {
         Index {
+            live_index: None,
             version,
             stamp: "s".into(),
             atlases: vec![IndexedAtlas {

@@ -42,7 +42,9 @@
 
 use std::marker::PhantomData;
 
-use bevy::app::{App, Plugin, PostUpdate};
+mod live;
+
+use bevy::app::{App, Plugin, PostUpdate, PreUpdate};
 use bevy::asset::{AssetId, AssetServer, Assets, Handle, RenderAssetUsages};
 use bevy::camera::visibility::VisibilitySystems;
 use bevy::ecs::prelude::*;
@@ -146,13 +148,30 @@ impl Trim {
 pub trait SpriteSet: Send + Sync + 'static {
     /// Every atlas's name and pages; [`AtlasData::ORDINAL`] indexes it.
     const ATLASES: &'static [AtlasPages];
+    /// The published `index.json` that [`SpritesPlugin`] reloads the atlases from while the
+    /// game runs: set by `sprites!` in dev builds (`cargo pixelgen watch` and builds write
+    /// it), `None` in release builds, which embed their atlases and watch nothing.
+    const LIVE_INDEX: Option<&'static str> = None;
 }
 
-/// An atlas's name and pages, as listed in [`SpriteSet::ATLASES`].
+/// An atlas's name, pages and sprites, as listed in [`SpriteSet::ATLASES`].
 #[derive(Debug, Clone, Copy)]
 pub struct AtlasPages {
     pub name: &'static str,
     pub pages: &'static [Page],
+    /// Where each sprite's frames are, sorted by name: what the typed constants point at,
+    /// and so what a reloaded atlas must keep for them to stay valid.
+    pub sprites: &'static [SpriteSlot],
+}
+
+/// A sprite's frames in its atlas: layout indices `first..first + len` of page `page`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SpriteSlot {
+    /// The sprite's name in `sprites.ron`.
+    pub name: &'static str,
+    pub page: usize,
+    pub first: usize,
+    pub len: usize,
 }
 
 /// An atlas of a [`SpriteSet`]: a marker type (`sprites::characters::Atlas`) with the
@@ -339,6 +358,10 @@ pub struct Atlases<S: SpriteSet> {
     /// By atlas ordinal, then page.
     images: Vec<Vec<Handle<Image>>>,
     layouts: Vec<Vec<Handle<TextureAtlasLayout>>>,
+    /// By atlas ordinal, then page, then layout index: the rects and trims shown now (the
+    /// embedded ones, or a reloaded atlas's).
+    rects: Vec<Vec<Vec<[u32; 4]>>>,
+    trims: Vec<Vec<Vec<Trim>>>,
     set: PhantomData<fn() -> S>,
 }
 
@@ -347,6 +370,8 @@ impl<S: SpriteSet> Clone for Atlases<S> {
         Atlases {
             images: self.images.clone(),
             layouts: self.layouts.clone(),
+            rects: self.rects.clone(),
+            trims: self.trims.clone(),
             set: PhantomData,
         }
     }
@@ -387,6 +412,14 @@ impl<S: SpriteSet> Atlases<S> {
                         .map(|page| layouts.add(page.layout()))
                         .collect()
                 })
+                .collect(),
+            rects: S::ATLASES
+                .iter()
+                .map(|atlas| atlas.pages.iter().map(|p| p.rects.to_vec()).collect())
+                .collect(),
+            trims: S::ATLASES
+                .iter()
+                .map(|atlas| atlas.pages.iter().map(|p| p.trims.to_vec()).collect())
                 .collect(),
             set: PhantomData,
         }
@@ -430,37 +463,52 @@ impl<S: SpriteSet> Atlases<S> {
     }
 }
 
-/// Sprites whose frame or pivot changed, with their anchors.
-type ChangedSprites<'w, 's> = Query<
+/// Every sprite with its anchor and pivot (change ticks included).
+type AnchoredSprites<'w, 's> = Query<
     'w,
     's,
     (
         &'static mut Sprite,
         &'static mut Anchor,
-        Option<&'static Pivot>,
+        Option<Ref<'static, Pivot>>,
     ),
-    Or<(Changed<Sprite>, Changed<Pivot>)>,
 >;
 
 /// Keeps every sprite that shows one of the atlases of `S` drawn at its untrimmed place:
 /// its `Anchor` follows the frame's trim (and [`Pivot`]), and its image follows the page
-/// of its layout.
+/// of its layout. Sprites whose frame or pivot changed are looked at, and all of them
+/// after a reload (the resource changed).
 fn place_trimmed_sprites<S: SpriteSet>(
     atlases: Option<Res<Atlases<S>>>,
-    mut sprites: ChangedSprites,
+    mut sprites: AnchoredSprites,
 ) {
     let Some(atlases) = atlases else { return };
-    for (mut sprite, mut anchor, pivot) in &mut sprites {
+    let everything = atlases.is_changed();
+    for (sprite, anchor, pivot) in &mut sprites {
+        if everything || sprite.is_changed() || pivot.as_ref().is_some_and(|p| p.is_changed()) {
+            place(&atlases, sprite, anchor, pivot.as_deref());
+        }
+    }
+}
+
+fn place<S: SpriteSet>(
+    atlases: &Atlases<S>,
+    mut sprite: Mut<Sprite>,
+    mut anchor: Mut<Anchor>,
+    pivot: Option<&Pivot>,
+) {
+    {
         let Some(atlas) = sprite.texture_atlas.as_ref() else {
-            continue;
+            return;
         };
         let Some((ordinal, page)) = atlases.locate(atlas.layout.id()) else {
-            continue;
+            return;
         };
-        let data = &S::ATLASES[ordinal].pages[page];
-        let (Some(rect), Some(trim)) = (data.rects.get(atlas.index), data.trims.get(atlas.index))
-        else {
-            continue;
+        let (Some(rect), Some(trim)) = (
+            atlases.rects[ordinal][page].get(atlas.index),
+            atlases.trims[ordinal][page].get(atlas.index),
+        ) else {
+            return;
         };
         let wanted = trim.anchor(rect[2], rect[3], pivot.map_or(Vec2::ZERO, |p| p.0));
         // Write only on change, so that this does not retrigger itself.
@@ -478,11 +526,31 @@ fn place_trimmed_sprites<S: SpriteSet>(
 /// place. Needs `ImagePlugin` (part of `DefaultPlugins`); add it with
 /// `ImagePlugin::default_nearest()` for crisp pixels. A `sprites!` module names it
 /// `sprites::SpritesPlugin`, a value as well as a type.
-pub struct SpritesPlugin<S: SpriteSet>(PhantomData<fn() -> S>);
+///
+/// In dev builds it also reloads the atlases that builds and `cargo pixelgen watch`
+/// publish ([`SpriteSet::LIVE_INDEX`]): when they change, the images and layouts are
+/// replaced in place, so sprites on screen show the new pixels without a restart. The typed
+/// indices stay valid as long as the sprites and their frame counts stay the same; when
+/// they do not, it logs that a rebuild is needed and keeps showing what it has.
+pub struct SpritesPlugin<S: SpriteSet> {
+    /// Overrides [`SpriteSet::LIVE_INDEX`] (tests, tools).
+    live_index: Option<std::path::PathBuf>,
+    set: PhantomData<fn() -> S>,
+}
 
 impl<S: SpriteSet> SpritesPlugin<S> {
     pub const fn new() -> Self {
-        SpritesPlugin(PhantomData)
+        SpritesPlugin {
+            live_index: None,
+            set: PhantomData,
+        }
+    }
+
+    /// Reloads from this `index.json` instead of the one the `sprites!` module names (in
+    /// any build).
+    pub fn with_live_index(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.live_index = Some(path.into());
+        self
     }
 }
 
@@ -506,6 +574,14 @@ impl<S: SpriteSet> Plugin for SpritesPlugin<S> {
             PostUpdate,
             place_trimmed_sprites::<S>.before(VisibilitySystems::CalculateBounds),
         );
+        let live_index = self
+            .live_index
+            .clone()
+            .or_else(|| S::LIVE_INDEX.map(std::path::PathBuf::from));
+        if let Some(path) = live_index {
+            app.insert_resource(live::LiveAtlases::<S>::new(path));
+            app.add_systems(PreUpdate, live::reload_live_atlases::<S>);
+        }
     }
 
     fn finish(&self, app: &mut App) {

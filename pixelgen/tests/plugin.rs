@@ -5,8 +5,8 @@
 use bevy::prelude::*;
 use bevy::sprite::Anchor;
 use pixelgen::{
-    Animation, AtlasData, AtlasPages, Atlases, Page, Pivot, SpriteIndex, SpriteSet, SpritesPlugin,
-    Trim,
+    Animation, AtlasData, AtlasPages, Atlases, Page, Pivot, SpriteIndex, SpriteSet, SpriteSlot,
+    SpritesPlugin, Trim,
 };
 
 /// A 4×2 page: a red 2×2 square at x 0..2; a green pixel at (2, 0) and a blue one at
@@ -20,10 +20,30 @@ impl SpriteSet for Game {
         AtlasPages {
             name: "characters",
             pages: Characters::PAGES,
+            sprites: &[
+                SpriteSlot {
+                    name: "sparkle",
+                    page: 0,
+                    first: 1,
+                    len: 2,
+                },
+                SpriteSlot {
+                    name: "square",
+                    page: 0,
+                    first: 0,
+                    len: 1,
+                },
+            ],
         },
         AtlasPages {
             name: "items",
             pages: Items::PAGES,
+            sprites: &[SpriteSlot {
+                name: "gem",
+                page: 0,
+                first: 0,
+                len: 1,
+            }],
         },
     ];
 }
@@ -201,4 +221,107 @@ fn without_the_image_plugin_the_panic_says_what_to_add() {
         SpritesPlugin::<Game>::new(),
     ));
     app.finish();
+}
+
+/// A published index for `Game` in `dir`: both atlases over one 4×2 page whose square is
+/// `square` coloured, with the sprites `slots` gives the characters atlas, and the
+/// sparkle's first frame trimmed at `sparkle_trim`.
+fn publish(
+    dir: &std::path::Path,
+    square: [u8; 4],
+    sparkle_trim: [u32; 4],
+    square_frames: usize,
+) -> std::path::PathBuf {
+    let page = image::RgbaImage::from_fn(4, 2, |x, y| match (x, y) {
+        (0..=1, _) => image::Rgba(square),
+        (2, 0) => image::Rgba([0, 255, 0, 255]),
+        (3, 1) => image::Rgba([0, 0, 255, 255]),
+        _ => image::Rgba([0, 0, 0, 0]),
+    });
+    let png = dir.join(format!("page-{}.png", square[0]));
+    page.save(&png).unwrap();
+    let square_frames: Vec<usize> = (0..square_frames).collect();
+    let index = serde_json::json!({
+        "version": 2,
+        "stamp": format!("{square:?}{sparkle_trim:?}{square_frames:?}"),
+        "atlases": [
+            {
+                "name": "characters", "module": "characters",
+                "pages": [{ "image": png, "width": 4, "height": 2,
+                    "rects": [[0, 0, 2, 2], [2, 0, 1, 1], [3, 1, 1, 1]],
+                    "trims": [[0, 0, 2, 2], sparkle_trim, [3, 3, 4, 4]] }],
+                "sprites": [
+                    { "name": "sparkle", "constant": "SPARKLE", "page": 0, "frames": [1, 2], "animated": true },
+                    { "name": "square", "constant": "SQUARE", "page": 0, "frames": square_frames, "animated": false }
+                ]
+            },
+            {
+                "name": "items", "module": "items",
+                "pages": [{ "image": png, "width": 4, "height": 2,
+                    "rects": [[3, 1, 1, 1]], "trims": [[0, 0, 1, 1]] }],
+                "sprites": [{ "name": "gem", "constant": "GEM", "page": 0, "frames": [0], "animated": false }]
+            }
+        ]
+    });
+    let path = dir.join("index.json");
+    // Written whole and renamed in, as pixelgen publishes.
+    let temp = dir.join("index.json.tmp");
+    std::fs::write(&temp, index.to_string()).unwrap();
+    std::fs::rename(&temp, &path).unwrap();
+    path
+}
+
+/// Changing the published files changes the pixels of the loaded atlas (same handles)
+/// and the anchors of sprites on screen within a few frames; a publication whose sprites
+/// no longer match the compiled constants is not applied.
+#[test]
+fn published_atlases_replace_the_loaded_ones_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = publish(dir.path(), [255, 0, 0, 255], [1, 1, 4, 4], 1);
+    let mut app = App::new();
+    app.add_plugins((
+        MinimalPlugins,
+        AssetPlugin::default(),
+        ImagePlugin::default_nearest(),
+        SpritesPlugin::<Game>::new().with_live_index(&index),
+    ));
+    app.finish();
+    app.update();
+    let atlases = app.world().resource::<Atlases<Game>>().clone();
+    let handle = atlases.image::<Characters>(0);
+    let sparkle = app.world_mut().spawn(atlases.sprite(SPARKLE.frame(0))).id();
+    app.update();
+    let square_pixel = |app: &App| {
+        pixel(
+            app.world()
+                .resource::<Assets<Image>>()
+                .get(&handle)
+                .unwrap(),
+            1,
+            1,
+        )
+    };
+    let anchor = |app: &App| app.world().get::<Anchor>(sparkle).copied().unwrap().0;
+    assert_eq!(square_pixel(&app), [255, 0, 0, 255]);
+    assert_eq!(anchor(&app), Vec2::new(0.5, -0.5));
+
+    // New pixels and a new trim for the sparkle's first frame.
+    publish(dir.path(), [255, 255, 0, 255], [0, 0, 4, 4], 1);
+    let mut frames = 0;
+    while square_pixel(&app) != [255, 255, 0, 255] {
+        app.update();
+        frames += 1;
+        assert!(frames <= 3, "not reloaded after {frames} frames");
+    }
+    assert_eq!(atlases.image::<Characters>(0), handle, "the same handle");
+    // A 1×1 rect at (0, 0) of a 4×4 frame: the frame's centre is 1.5 px right, 1.5 down.
+    assert_eq!(anchor(&app), Vec2::new(1.5, -1.5));
+
+    // The square grew a frame: the constants would be wrong, so nothing is applied.
+    publish(dir.path(), [0, 255, 255, 255], [1, 1, 4, 4], 2);
+    for _ in 0..3 {
+        app.update();
+    }
+    assert_eq!(square_pixel(&app), [255, 255, 0, 255]);
+    assert_eq!(anchor(&app), Vec2::new(1.5, -1.5));
 }
