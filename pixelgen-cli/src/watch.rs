@@ -83,8 +83,11 @@ fn rebuild(project: &Project, environment: &Environment, live: &Path) -> BTreeSe
     let started = Instant::now();
     let mut inputs = BTreeSet::from([project.manifest_path.clone()]);
     let result = (|| -> Result<(Session, pixelgen_build::pipeline::Summary), Error> {
-        let mut session =
-            Session::open(project.clone(), FileHasher::in_memory(), environment, false)?;
+        let session = Session::open(project.clone(), FileHasher::in_memory(), environment, false)?;
+        // Diffusion frames go to the warm server when one runs (in-process otherwise).
+        #[cfg(unix)]
+        let session = session.with_server(pixelgen_build::serve::server_for(environment));
+        let mut session = session;
         inputs.extend(session.manifest.input_files.iter().cloned());
         inputs.extend(
             session
