@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+mod mcp;
 mod pack;
 mod pixelize;
 #[cfg(unix)]
@@ -68,6 +69,12 @@ enum Command {
         /// List what would be removed, remove nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Serve the crate's sprites to an AI assistant over MCP (stdio): list, read,
+    /// generate, preview.
+    Mcp {
+        #[command(flatten)]
+        target: Target,
     },
     /// Regenerate and republish the atlases whenever sprites.ron, a palette or a LoRA
     /// changes, for a running game to reload (live atlases in the cache's live/ folder).
@@ -153,6 +160,10 @@ fn run(cli: Cli, environment: &Environment) -> Result<ExitCode, Error> {
             let report =
                 pixelgen_build::gc::collect(&project.cache_dir, &users, environment, dry_run)?;
             print_gc(&report, &project.cache_dir, users.len(), dry_run);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mcp { target } => {
+            mcp::run(crate_dir(target.manifest_path.as_deref()), environment)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch(args) => {
