@@ -150,13 +150,17 @@ opt-level = 1
         serde_json::from_str(&text).expect("index.json is JSON")
     }
 
-    /// Every file in the cache folder, sorted.
+    /// Every cache entry (`cache/ab/<key>.png`), sorted; not the published live atlases
+    /// in `cache/live/` or raw images in `cache/raw/`.
     pub fn cache_files(&self) -> Vec<PathBuf> {
         let mut files = Vec::new();
         let Ok(dirs) = std::fs::read_dir(self.cache_dir()) else {
             return files;
         };
         for dir in dirs.flatten() {
+            if dir.file_name().len() != 2 {
+                continue;
+            }
             if let Ok(entries) = std::fs::read_dir(dir.path()) {
                 files.extend(entries.flatten().map(|e| e.path()));
             }
