@@ -35,6 +35,26 @@ pub struct SpriteName {
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct SetSprite {
+    /// The sprite's name in sprites.ron; a new sprite is added when there is none.
+    pub name: String,
+    /// What to draw.
+    pub prompt: Option<String>,
+    pub negative_prompt: Option<String>,
+    pub seed: Option<u64>,
+    /// Animation frames.
+    pub frames: Option<u32>,
+    /// `[width, height]` in pixels.
+    pub size: Option<[u32; 2]>,
+    /// The atlas it goes to (declared in sprites.ron).
+    pub atlas: Option<String>,
+    /// A built-in palette name or a .hex/.gpl file beside sprites.ron.
+    pub palette: Option<String>,
+    /// Remove the sprite instead (every other argument is ignored).
+    pub remove: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct Preview {
     /// The sprite's name in sprites.ron.
     pub name: String,
@@ -198,6 +218,69 @@ impl PixelgenMcp {
     }
 
     #[tool(
+        description = "Create, change or remove a sprite in sprites.ron. Only the fields given change; other entries, comments and formatting stay as written. The result is validated first: a value the build would refuse is a tool error and the file is left as it was. Call `generate` afterwards."
+    )]
+    fn set_sprite(&self, Parameters(set): Parameters<SetSprite>) -> CallToolResult {
+        use pixelgen_build::manifest::edit::{SpriteChange, edit_sprite};
+        let project = match self.project() {
+            Ok(project) => project,
+            Err(e) => return refusal(e.to_string()),
+        };
+        let path = project.manifest_path;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) => return refusal(format!("cannot read {}: {e}", path.display())),
+        };
+        let change = if set.remove == Some(true) {
+            SpriteChange::Remove
+        } else {
+            // RON's string escapes are Rust's.
+            let mut fields: Vec<(String, String)> = Vec::new();
+            let mut string = |field: &str, value: &Option<String>| {
+                if let Some(v) = value {
+                    fields.push((field.into(), format!("{v:?}")));
+                }
+            };
+            string("prompt", &set.prompt);
+            string("negative_prompt", &set.negative_prompt);
+            string("atlas", &set.atlas);
+            string("palette", &set.palette);
+            if let Some(seed) = set.seed {
+                fields.push(("seed".into(), seed.to_string()));
+            }
+            if let Some(frames) = set.frames {
+                fields.push(("frames".into(), frames.to_string()));
+            }
+            if let Some([w, h]) = set.size {
+                fields.push(("size".into(), format!("({w}, {h})")));
+            }
+            if fields.is_empty() {
+                return refusal("nothing to set: give at least one field (or `remove: true`)");
+            }
+            SpriteChange::Set(fields)
+        };
+        let edited = match edit_sprite(&text, &set.name, &change) {
+            Ok(edited) => edited,
+            Err(e) => return refusal(e),
+        };
+        if let Err(e) = pixelgen_build::manifest::parse(&path, &edited) {
+            return refusal(format!("{e}\nsprites.ron was left as it was"));
+        }
+        if let Err(e) = pixelgen_build::cache::write_atomically(&path, edited.as_bytes()) {
+            return refusal(format!("cannot write {}: {e}", path.display()));
+        }
+        let what = if change == SpriteChange::Remove {
+            "removed"
+        } else {
+            "written"
+        };
+        CallToolResult::success(vec![ContentBlock::text(format!(
+            "sprite `{}` {what}; call `generate` to draw it",
+            set.name
+        ))])
+    }
+
+    #[tool(
         description = "Generate every stale sprite into the cache, update sprites.lock, and publish the atlases a running dev build of the game reloads. Returns the summary line."
     )]
     fn generate(&self) -> CallToolResult {
@@ -334,7 +417,7 @@ impl PixelgenMcp {
 impl ServerHandler for PixelgenMcp {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
-            "pixelgen: the game crate's pixel-art sprites. list_sprites and get_sprite read sprites.ron; generate makes what is stale and publishes the atlases a running dev build reloads; preview_sprite and preview_atlas show them.",
+            "pixelgen: the game crate's pixel-art sprites. list_sprites and get_sprite read sprites.ron, set_sprite edits it; generate makes what is stale and publishes the atlases a running dev build reloads; preview_sprite and preview_atlas show them.",
         )
     }
 }

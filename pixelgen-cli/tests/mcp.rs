@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const MANIFEST: &str = r#"(
+    // Written by hand; set_sprite keeps this.
     defaults: (size: (16, 16), palette: "db16"),
     sprites: {
         "hero":   (prompt: "knight", seed: 1, frames: 2),
@@ -71,7 +72,8 @@ fn a_real_mcp_client_lists_and_calls_every_tool() {
             "get_sprite",
             "list_sprites",
             "preview_atlas",
-            "preview_sprite"
+            "preview_sprite",
+            "set_sprite"
         ])
     );
     let preview = &report["schemas"]["preview_sprite"];
@@ -135,4 +137,31 @@ fn a_real_mcp_client_lists_and_calls_every_tool() {
     );
     assert_eq!(call(8)["images"].as_array().unwrap().len(), 1);
     assert!(dir.path().join("sprites.lock").is_file());
+
+    // set_sprite edits sprites.ron in place: the coin becomes stale for its prompt.
+    assert!(!failed(9), "{}", text(9));
+    let listed: serde_json::Value = serde_json::from_str(&text(10)).unwrap();
+    assert_eq!(listed[0]["name"], "coin");
+    assert_eq!(listed[0]["reasons"], serde_json::json!(["prompt changed"]));
+    // A value the build would refuse is refused before the file is touched.
+    assert!(failed(11) && text(11).contains("size 0×8"), "{}", text(11));
+    assert!(text(11).contains("left as it was"));
+    // A new sprite, a removed one, and generate draws exactly the changed ones.
+    assert!(!failed(12) && !failed(13));
+    assert!(
+        text(14).contains("3 sprites: 2 generated, 1 cached"),
+        "{}",
+        text(14)
+    );
+    let manifest = std::fs::read_to_string(dir.path().join("sprites.ron")).unwrap();
+    assert!(manifest.contains("// Written by hand; set_sprite keeps this."));
+    assert!(
+        manifest.contains(r#""coin":   (prompt: "silver coin", seed: 3),"#),
+        "{manifest}"
+    );
+    assert!(
+        manifest.contains(r#""gem": (prompt: "green gem", seed: 4),"#),
+        "{manifest}"
+    );
+    assert!(!manifest.contains("potion"), "{manifest}");
 }

@@ -14,6 +14,7 @@ use crate::atlas::AtlasOptions;
 use crate::diagnostics::{Diagnostic, SourceFile};
 use crate::identity::{AtlasName, SpriteName};
 
+pub mod edit;
 mod merge;
 mod raw;
 mod validate;

@@ -43,6 +43,12 @@ async def main(binary, manifest):
                 ("preview_sprite", {"name": "hero", "frame": 1, "scale": 4}),
                 ("preview_sprite", {"name": "hero", "frame": 7}),
                 ("preview_atlas", {"atlas": "main"}),
+                ("set_sprite", {"name": "coin", "prompt": "silver coin"}),
+                ("list_sprites", {}),
+                ("set_sprite", {"name": "coin", "size": [0, 8]}),
+                ("set_sprite", {"name": "gem", "prompt": "green gem", "seed": 4}),
+                ("set_sprite", {"name": "potion", "remove": True}),
+                ("generate", {}),
             ]
             for name, arguments in calls:
                 started = time.perf_counter()
