@@ -55,6 +55,24 @@ pub struct SetSprite {
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct Variations {
+    /// The sprite's name in sprites.ron.
+    pub name: String,
+    /// How many seeds to draw (1 to 16); 4 when left out.
+    pub count: Option<u32>,
+    /// The first seed; the sprite's seed + 1 when left out. Seeds are consecutive.
+    pub first_seed: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct Pick {
+    /// The sprite's name in sprites.ron.
+    pub name: String,
+    /// The seed to keep (one that `variations` showed).
+    pub seed: u64,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct Preview {
     /// The sprite's name in sprites.ron.
     pub name: String,
@@ -278,6 +296,131 @@ impl PixelgenMcp {
             "sprite `{}` {what}; call `generate` to draw it",
             set.name
         ))])
+    }
+
+    #[tool(
+        description = "Draw a sprite's first frame with several consecutive seeds, as one contact-sheet image (left to right, in seed order), without changing sprites.ron or the cache. Keep one with `pick`."
+    )]
+    fn variations(&self, Parameters(v): Parameters<Variations>) -> CallToolResult {
+        let session = match self.session(true) {
+            Ok(session) => session,
+            Err(e) => return refusal(e.to_string()),
+        };
+        let Some((sprite, planned)) = session
+            .sprites_with_keys()
+            .find(|(s, _)| s.name == v.name.as_str())
+        else {
+            return refusal(format!("no sprite `{}` in sprites.ron", v.name));
+        };
+        let count = v.count.unwrap_or(4).clamp(1, 16);
+        let first = v.first_seed.unwrap_or(sprite.seed.wrapping_add(1));
+        let seeds: Vec<u64> = (0..u64::from(count))
+            .map(|i| first.wrapping_add(i))
+            .collect();
+        let specs: Vec<pixelgen_build::manifest::SpriteSpec> = seeds
+            .iter()
+            .map(|&seed| pixelgen_build::manifest::SpriteSpec {
+                seed,
+                ..sprite.clone()
+            })
+            .collect();
+        let jobs: Vec<pixelgen_build::generate::Job> = specs
+            .iter()
+            .map(|spec| pixelgen_build::generate::Job {
+                sprite: spec,
+                frame: 0,
+            })
+            .collect();
+        let mut timings = pixelgen_build::timings::Timings::new();
+        let drawn = (|| {
+            #[cfg(unix)]
+            let mut backend = pixelgen_build::generate::remote::backend_for(
+                sprite,
+                session.project.manifest_dir(),
+                &self.environment,
+                pixelgen_build::serve::server_for(&self.environment).as_ref(),
+                &planned.files,
+                &mut timings,
+            )?;
+            #[cfg(not(unix))]
+            let mut backend = pixelgen_build::generate::backend_for(
+                sprite,
+                session.project.manifest_dir(),
+                &self.environment,
+                &mut timings,
+            )?;
+            backend.generate(&jobs, &mut timings)
+        })();
+        let raws = match drawn {
+            Ok(raws) => raws,
+            Err(e) => return refusal(e.to_string()),
+        };
+        let tiles: Vec<image::RgbaImage> = raws
+            .into_iter()
+            .zip(&specs)
+            .map(|(raw, spec)| pixelgen_build::pixelize::finish(raw, spec))
+            .collect();
+        let (w, h) = (sprite.width, sprite.height);
+        let scale = (128 / w.max(h).max(1)).clamp(1, 16);
+        let gap = 4;
+        let sheet_width = count * (w * scale + gap) - gap;
+        let mut sheet = image::RgbaImage::new(sheet_width, h * scale);
+        for (i, tile) in tiles.iter().enumerate() {
+            let scaled = image::imageops::resize(
+                tile,
+                w * scale,
+                h * scale,
+                image::imageops::FilterType::Nearest,
+            );
+            image::imageops::overlay(
+                &mut sheet,
+                &scaled,
+                i64::from(i as u32 * (w * scale + gap)),
+                0,
+            );
+        }
+        let listed: Vec<String> = seeds.iter().map(u64::to_string).collect();
+        match png_content(&sheet) {
+            Ok(content) => CallToolResult::success(vec![
+                ContentBlock::text(format!(
+                    "{} with seeds {} (left to right), shown ×{scale}; keep one with `pick`",
+                    v.name,
+                    listed.join(", ")
+                )),
+                content,
+            ]),
+            Err(message) => refusal(message),
+        }
+    }
+
+    #[tool(
+        description = "Keep a seed that `variations` showed: writes it as the sprite's `seed` in sprites.ron (nothing else changes). Call `generate` afterwards."
+    )]
+    fn pick(&self, Parameters(Pick { name, seed }): Parameters<Pick>) -> CallToolResult {
+        match self.session(true) {
+            Ok(session)
+                if !session
+                    .manifest
+                    .sprites
+                    .iter()
+                    .any(|s| s.name == name.as_str()) =>
+            {
+                return refusal(format!("no sprite `{name}` in sprites.ron"));
+            }
+            Ok(_) => {}
+            Err(e) => return refusal(e.to_string()),
+        }
+        self.set_sprite(Parameters(SetSprite {
+            name,
+            prompt: None,
+            negative_prompt: None,
+            seed: Some(seed),
+            frames: None,
+            size: None,
+            atlas: None,
+            palette: None,
+            remove: None,
+        }))
     }
 
     #[tool(

@@ -71,9 +71,11 @@ fn a_real_mcp_client_lists_and_calls_every_tool() {
             "generate",
             "get_sprite",
             "list_sprites",
+            "pick",
             "preview_atlas",
             "preview_sprite",
-            "set_sprite"
+            "set_sprite",
+            "variations"
         ])
     );
     let preview = &report["schemas"]["preview_sprite"];
@@ -164,4 +166,28 @@ fn a_real_mcp_client_lists_and_calls_every_tool() {
         "{manifest}"
     );
     assert!(!manifest.contains("potion"), "{manifest}");
+
+    // Three seeds of the hero as one contact sheet (16 px ×8, 4 px apart), and picking one
+    // writes its seed: the hero is stale for that reason only.
+    assert!(!failed(15), "{}", text(15));
+    assert!(text(15).contains("seeds 2, 3, 4"), "{}", text(15));
+    assert_eq!(
+        call(15)["images"],
+        serde_json::json!([[3 * 128 + 2 * 4, 128]])
+    );
+    assert!(!failed(16), "{}", text(16));
+    let listed: serde_json::Value = serde_json::from_str(&text(17)).unwrap();
+    let hero = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "hero")
+        .unwrap();
+    assert_eq!(hero["reasons"], serde_json::json!(["seed changed"]));
+    assert!(failed(18) && text(18).contains("no sprite `dragon`"));
+    let manifest = std::fs::read_to_string(dir.path().join("sprites.ron")).unwrap();
+    assert!(
+        manifest.contains(r#""hero":   (prompt: "knight", seed: 3, frames: 2),"#),
+        "{manifest}"
+    );
 }

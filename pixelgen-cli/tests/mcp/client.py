@@ -49,6 +49,10 @@ async def main(binary, manifest):
                 ("set_sprite", {"name": "gem", "prompt": "green gem", "seed": 4}),
                 ("set_sprite", {"name": "potion", "remove": True}),
                 ("generate", {}),
+                ("variations", {"name": "hero", "count": 3}),
+                ("pick", {"name": "hero", "seed": 3}),
+                ("list_sprites", {}),
+                ("pick", {"name": "dragon", "seed": 3}),
             ]
             for name, arguments in calls:
                 started = time.perf_counter()
