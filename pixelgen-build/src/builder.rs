@@ -142,9 +142,9 @@ impl Build {
         }
         let summary = session.realize(offline, &mut Quiet)?;
         let emitting = Instant::now();
-        crate::emit::emit(&session, &out_dir)?;
+        let index = crate::emit::emit(&session, &out_dir)?;
         // The same atlases where a running game (and `cargo pixelgen watch`) look for them.
-        crate::emit::emit(&session, &session.project.live_dir())?;
+        crate::emit::publish(&index, &session.project.live_dir())?;
         session.timings.add(Stage::Emit, emitting.elapsed());
         // cargo replays a build script's warnings while it is fresh: after a run that
         // generated, make the next build run again, so that its line says what it did.

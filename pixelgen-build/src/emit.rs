@@ -1,5 +1,6 @@
-//! Cached frames → packed atlas PNGs and the index, in OUT_DIR. Skipped when the
-//! index there was made from the same inputs (the no-op build).
+//! Cached frames → packed atlas PNGs and the index, in OUT_DIR (or the live folder).
+//! Skipped when the index there was made from the same inputs (the no-op build);
+//! `publish` copies what was written to the live folder without packing again.
 
 use std::path::Path;
 
@@ -18,14 +19,7 @@ pub fn emit(session: &Session, out_dir: &Path) -> Result<Index, Error> {
     let dir = out_dir.join(OUT_SUBDIR);
     let stamp = stamp(session);
     let index_path = Index::path_in(out_dir);
-    if let Ok(existing) = Index::read(&index_path)
-        && existing.stamp == stamp
-        && existing
-            .atlases
-            .iter()
-            .flat_map(|a| &a.pages)
-            .all(|p| p.image.is_file())
-    {
+    if let Some(existing) = current(&index_path, &stamp) {
         return Ok(existing);
     }
 
@@ -129,6 +123,48 @@ pub fn emit(session: &Session, out_dir: &Path) -> Result<Index, Error> {
     Ok(index)
 }
 
+/// The index at `index_path` when it was made from `stamp` and its pages are all there.
+fn current(index_path: &Path, stamp: &str) -> Option<Index> {
+    Index::read(index_path).ok().filter(|existing| {
+        existing.stamp == stamp
+            && existing
+                .atlases
+                .iter()
+                .flat_map(|a| &a.pages)
+                .all(|p| p.image.is_file())
+    })
+}
+
+/// Copies the atlases `emit` wrote (`index` and its pages) to `dir`, with the index
+/// naming the copies: how a build publishes them to the live folder without packing
+/// twice. Skipped when `dir` already holds them.
+pub fn publish(index: &Index, dir: &Path) -> Result<(), Error> {
+    let index_path = Index::path_in(dir);
+    if current(&index_path, &index.stamp).is_some() {
+        return Ok(());
+    }
+    let pages_dir = dir.join(OUT_SUBDIR);
+    let mut published = index.clone();
+    for page in published.atlases.iter_mut().flat_map(|a| &mut a.pages) {
+        let copy = pages_dir.join(page.image.file_name().unwrap_or_default());
+        let bytes = std::fs::read(&page.image).map_err(|source| Error::Cache {
+            path: page.image.clone(),
+            source,
+        })?;
+        write_atomically(&copy, &bytes).map_err(|source| Error::Cache {
+            path: copy.clone(),
+            source,
+        })?;
+        page.image = copy;
+    }
+    write_atomically(&index_path, crate::index::to_json(&published).as_bytes()).map_err(|source| {
+        Error::Cache {
+            path: index_path,
+            source,
+        }
+    })
+}
+
 /// Hash of everything the atlases depend on: atlas options, sprite names, atlases and
 /// frame keys (keys determine pixels), and this pipeline's version.
 fn stamp(session: &Session) -> String {
@@ -196,6 +232,41 @@ mod tests {
         "a": (prompt: "knight", atlas: "chars", size: (16, 24)),
         "p": (prompt: "potion", atlas: "items", size: (8, 8)),
     })"#;
+
+    #[test]
+    fn publishing_copies_the_pages_and_names_the_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = build(dir.path(), MANIFEST).unwrap();
+        let live = dir.path().join("live");
+        publish(&index, &live).unwrap();
+        let published = Index::read(&Index::path_in(&live)).unwrap();
+        assert_eq!(published.stamp, index.stamp);
+        let pages = |i: &Index| -> Vec<IndexedPage> {
+            i.atlases.iter().flat_map(|a| a.pages.clone()).collect()
+        };
+        for (original, copy) in pages(&index).iter().zip(pages(&published)) {
+            assert!(copy.image.starts_with(&live), "{}", copy.image.display());
+            assert_eq!(
+                std::fs::read(&copy.image).unwrap(),
+                std::fs::read(&original.image).unwrap()
+            );
+            assert_eq!(
+                (copy.rects.clone(), copy.trims.clone()),
+                (original.rects.clone(), original.trims.clone())
+            );
+        }
+        // Up to date: nothing is written again.
+        let written = std::fs::metadata(Index::path_in(&live))
+            .unwrap()
+            .modified()
+            .unwrap();
+        publish(&index, &live).unwrap();
+        let again = std::fs::metadata(Index::path_in(&live))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(written, again);
+    }
 
     #[test]
     fn a_sprite_declared_with_one_frame_is_still_an_animation() {

@@ -58,17 +58,7 @@ pub fn cache_users(
     cache_dir: &Path,
     environment: &Environment,
 ) -> Result<Vec<Project>, Error> {
-    let metadata = cargo_metadata::MetadataCommand::new()
-        .manifest_path(crate_dir.join("Cargo.toml"))
-        .no_deps()
-        .other_options(vec!["--offline".to_string()])
-        .exec()
-        .map_err(|e| {
-            Error::Environment(format!(
-                "cannot list the crates of the cargo workspace of {}: {e}",
-                crate_dir.display()
-            ))
-        })?;
+    let metadata = crate::pipeline::workspace_of(crate_dir)?;
     let same = |a: &Path, b: &Path| {
         std::fs::canonicalize(a)
             .ok()

@@ -91,6 +91,15 @@ fn kind_of(file_type: std::fs::FileType) -> Option<FileKind> {
 /// The size of `path` when it is a regular file of at most `limit` bytes. Never opens the
 /// file, so it cannot block on a FIFO or a device.
 pub fn check(path: &Path, limit: u64, what: &'static str) -> Result<u64, InputFileError> {
+    checked_metadata(path, limit, what).map(|m| m.len())
+}
+
+/// [`check`], returning the file's metadata (for callers that need its time too).
+pub fn checked_metadata(
+    path: &Path,
+    limit: u64,
+    what: &'static str,
+) -> Result<std::fs::Metadata, InputFileError> {
     let metadata = std::fs::metadata(path).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => InputFileError::Missing {
             path: path.to_path_buf(),
@@ -114,7 +123,7 @@ pub fn check(path: &Path, limit: u64, what: &'static str) -> Result<u64, InputFi
             what,
         });
     }
-    Ok(metadata.len())
+    Ok(metadata)
 }
 
 /// `path`'s text, after [`check`].

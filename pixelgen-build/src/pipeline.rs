@@ -133,7 +133,13 @@ fn memoised_workspace_root(crate_dir: &Path, state_dir: &Path) -> Result<PathBuf
 
 /// The cargo workspace root of the crate in `crate_dir`, from `cargo metadata`.
 pub fn workspace_root_of(crate_dir: &Path) -> Result<PathBuf, Error> {
-    let metadata = cargo_metadata::MetadataCommand::new()
+    Ok(workspace_of(crate_dir)?.workspace_root.into_std_path_buf())
+}
+
+/// `cargo metadata` (offline, without dependencies) for the workspace of the crate in
+/// `crate_dir`.
+pub fn workspace_of(crate_dir: &Path) -> Result<cargo_metadata::Metadata, Error> {
+    cargo_metadata::MetadataCommand::new()
         .manifest_path(crate_dir.join("Cargo.toml"))
         .no_deps()
         .other_options(vec!["--offline".to_string()])
@@ -143,8 +149,7 @@ pub fn workspace_root_of(crate_dir: &Path) -> Result<PathBuf, Error> {
                 "cannot find the cargo workspace of {}: {e}\nhelp: set PIXELGEN_CACHE_DIR to the folder that holds the sprite cache",
                 crate_dir.display()
             ))
-        })?;
-    Ok(metadata.workspace_root.into_std_path_buf())
+        })
 }
 
 /// Whether a sprite's cached frames are all there and intact.

@@ -274,13 +274,15 @@ impl FileHasher {
     /// blake3 of the file's bytes. Only regular files are read (a FIFO or a device would
     /// never end), up to the largest model file.
     pub fn hash(&mut self, path: &Path) -> std::io::Result<blake3::Hash> {
-        use crate::input_file::{InputFileError, MAX_MODEL_FILE_BYTES, check};
-        check(path, MAX_MODEL_FILE_BYTES, "weight file").map_err(|e| match e {
-            InputFileError::Unreadable { source, .. } => source,
-            InputFileError::Missing { .. } => std::io::Error::new(std::io::ErrorKind::NotFound, e),
-            other => std::io::Error::new(std::io::ErrorKind::InvalidInput, other),
-        })?;
-        let metadata = std::fs::metadata(path)?;
+        use crate::input_file::{InputFileError, MAX_MODEL_FILE_BYTES, checked_metadata};
+        let metadata =
+            checked_metadata(path, MAX_MODEL_FILE_BYTES, "weight file").map_err(|e| match e {
+                InputFileError::Unreadable { source, .. } => source,
+                InputFileError::Missing { .. } => {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, e)
+                }
+                other => std::io::Error::new(std::io::ErrorKind::InvalidInput, other),
+            })?;
         let mtime_ns = metadata
             .modified()
             .ok()
@@ -305,7 +307,7 @@ impl FileHasher {
         }
         let start = std::time::Instant::now();
         let mut hasher = blake3::Hasher::new();
-        if metadata.is_file() && size >= PARALLEL_HASH_MIN_SIZE {
+        if size >= PARALLEL_HASH_MIN_SIZE {
             hasher.update_mmap_rayon(path)?;
         } else {
             hasher.update_reader(std::fs::File::open(path)?)?;

@@ -242,8 +242,18 @@ fn run(cli: Cli, environment: &Environment) -> Result<ExitCode, Error> {
 fn open(target: &Target, environment: &Environment, offline: bool) -> Result<Session, Error> {
     let crate_dir = crate_dir(target.manifest_path.as_deref());
     let project = Project::discover(&crate_dir, None, environment, None)?;
-    // The CLI's own (path, size, mtime) stamps, apart from any build's OUT_DIR.
-    let tag = path_tag(&crate_dir);
+    open_project(project, environment, offline)
+}
+
+/// A session of `project` with the CLI's own (path, size, mtime) stamps, apart from any
+/// build's OUT_DIR, so that commands (and each `watch` rebuild, each MCP call) do not
+/// read unchanged LoRA and model files again.
+pub(crate) fn open_project(
+    project: Project,
+    environment: &Environment,
+    offline: bool,
+) -> Result<Session, Error> {
+    let tag = path_tag(project.manifest_dir());
     let state = environment
         .temp_dir
         .join(format!("pixelgen-cli-stamps-{tag}.json"));

@@ -12,7 +12,6 @@ use std::path::PathBuf;
 
 use base64::Engine;
 use pixelgen_build::pipeline::{Freshness, Quiet, SpriteStatus};
-use pixelgen_build::plan::FileHasher;
 use pixelgen_build::{Environment, Error, Project, Session};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -122,12 +121,7 @@ impl PixelgenMcp {
 
     /// The crate's session as it is on disk now. `offline`: nothing is downloaded.
     fn session(&self, offline: bool) -> Result<Session, Error> {
-        Session::open(
-            self.project()?,
-            FileHasher::in_memory(),
-            &self.environment,
-            offline,
-        )
+        crate::open_project(self.project()?, &self.environment, offline)
     }
 }
 

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
 use pixelgen_build::pipeline::Quiet;
-use pixelgen_build::plan::FileHasher;
 use pixelgen_build::{Environment, Error, Project, Session};
 
 #[derive(clap::Args)]
@@ -83,7 +82,7 @@ fn rebuild(project: &Project, environment: &Environment, live: &Path) -> BTreeSe
     let started = Instant::now();
     let mut inputs = BTreeSet::from([project.manifest_path.clone()]);
     let result = (|| -> Result<(Session, pixelgen_build::pipeline::Summary), Error> {
-        let session = Session::open(project.clone(), FileHasher::in_memory(), environment, false)?;
+        let session = crate::open_project(project.clone(), environment, false)?;
         // Diffusion frames go to the warm server when one runs (in-process otherwise).
         #[cfg(unix)]
         let session = session.with_server(pixelgen_build::serve::server_for(environment));
