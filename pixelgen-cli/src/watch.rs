@@ -2,11 +2,12 @@
 //! `sprites.ron`, a palette file or a LoRA it names changes, so that a running game (and
 //! anyone reading the live atlases) sees new pixels without `cargo build`.
 //!
-//! Invariants: one rebuild at a time; events that arrive during a rebuild start exactly one
-//! more; a manifest that does not parse (half typed) is reported and the live atlases stay
+//! Invariants: one rebuild at a time; events that arrive during a rebuild start at most one
+//! more, and none when the inputs are as the last rebuild saw them (a save's late events, or
+//! an editor touching a file without changing it, rebuild nothing); a manifest that does not parse (half typed) is reported and the live atlases stay
 //! as they were (they are written atomically, only after a whole rebuild succeeded).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -37,6 +38,7 @@ pub fn run(args: Watch, crate_dir: &Path, environment: &Environment) -> Result<(
     })
     .map_err(|e| Error::Environment(format!("cannot watch files: {e}")))?;
     let mut watched_dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut seen = BTreeMap::new();
     let mut inputs = rebuild(&project, environment, &live);
     loop {
         // Watch the folders of every input (editors save by renaming a new file into
@@ -65,14 +67,47 @@ pub fn run(args: Watch, crate_dir: &Path, environment: &Environment) -> Result<(
             let Ok(paths) = events.recv() else {
                 return Ok(());
             };
-            if paths.iter().any(|p| inputs.contains(p)) {
+            if !paths.iter().any(|p| inputs.contains(p)) {
+                continue;
+            }
+            let settle = Duration::from_millis(args.debounce_ms);
+            while events.recv_timeout(settle).is_ok() {}
+            if inputs
+                .iter()
+                .any(|path| seen.get(path) != Some(&stat(path)))
+            {
                 break;
             }
         }
-        let settle = Duration::from_millis(args.debounce_ms);
-        while events.recv_timeout(settle).is_ok() {}
+        // Stat before reading, so that a save during the rebuild is seen as a change.
+        seen = inputs
+            .iter()
+            .map(|path| (path.clone(), stat(path)))
+            .collect();
         inputs = rebuild(&project, environment, &live);
     }
+}
+
+/// What an input looks like on disk: its size, modification time and, for files small
+/// enough to read at every event (manifests, palettes), a hash of its bytes, since a
+/// same-length save within one tick of the file system's clock keeps size and time; `None`
+/// when missing. When every input looks as it did before the last rebuild read it, another
+/// rebuild would see the same files. Inputs that a rebuild found for the first time have no
+/// earlier look, so their first event always rebuilds.
+fn stat(path: &Path) -> Option<(u64, std::time::SystemTime, Option<u64>)> {
+    use std::hash::{Hash, Hasher};
+    const READ_BELOW: u64 = 1 << 20;
+    let metadata = std::fs::metadata(path).ok()?;
+    // Only regular files: reading a FIFO put in a palette's place would block.
+    let content = (metadata.is_file() && metadata.len() < READ_BELOW)
+        .then(|| std::fs::read(path).ok())
+        .flatten()
+        .map(|bytes| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut hasher);
+            hasher.finish()
+        });
+    Some((metadata.len(), metadata.modified().ok()?, content))
 }
 
 /// Regenerates what is stale and republishes the atlases; prints what happened. Returns
