@@ -4,7 +4,11 @@
 //!
 //! `cargo run -p example-game` opens a window (arrow keys or WASD to walk).
 //! `cargo run -p example-game -- --screenshot out.png` renders a few frames offscreen,
-//! with the knight walking on its own, and writes the last one to `out.png`.
+//! with the knight walking on its own, and writes the last one to `out.png`;
+//! `-- --headless` renders offscreen until stopped.
+//!
+//! Dev builds answer the Bevy Remote Protocol on 127.0.0.1:15702 (`--remote-port PORT`
+//! to move it, `--no-remote` to turn it off), with pixelgen's methods for tools.
 //!
 //! The typed indices keep atlases apart: an item where a character is expected does
 //! not compile.
@@ -30,6 +34,7 @@ use std::time::Duration;
 use bevy::app::ScheduleRunnerPlugin;
 use bevy::camera::RenderTarget;
 use bevy::prelude::*;
+use bevy::remote::{RemotePlugin, http::RemoteHttpPlugin};
 use bevy::render::render_resource::{TextureFormat, TextureUsages};
 use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured};
 use bevy::window::{ExitCondition, WindowResolution};
@@ -51,42 +56,76 @@ const HERO_SPEED: f32 = 90.0;
 /// Frames rendered before the screenshot is taken (the knight walks meanwhile).
 const SCREENSHOT_AFTER_FRAMES: u32 = 60;
 
+/// How the game runs, from its command line.
+#[derive(Debug, PartialEq)]
+struct Options {
+    view: View,
+    /// The Bevy Remote Protocol port (dev builds), or `None` with `--no-remote`.
+    remote_port: Option<u16>,
+    /// Reload published atlases from this `index.json` instead of this crate's own.
+    live_index: Option<PathBuf>,
+}
+
+#[derive(Debug, PartialEq)]
+enum View {
+    /// A window (needs a display).
+    Window,
+    /// Offscreen: render some frames, write the last to this file, exit.
+    Screenshot(PathBuf),
+    /// Offscreen until stopped, for tools that look through BRP (`pixelgen.screenshot`).
+    Headless,
+}
+
+const USAGE: &str = "usage: example-game [--screenshot OUT.png | --headless] [--remote-port PORT | --no-remote] [--live-index PATH]";
+
+/// The port Bevy's remote protocol listens on by default (`RemoteHttpPlugin`).
+pub const DEFAULT_REMOTE_PORT: u16 = 15702;
+
 /// Runs the game with the command-line arguments (without the program name).
 pub fn run(args: &[String]) -> ExitCode {
-    let screenshot = match parse_args(args) {
-        Ok(screenshot) => screenshot,
+    let options = match parse_args(args) {
+        Ok(options) => options,
         Err(message) => {
-            eprintln!("example-game: {message}\nusage: example-game [--screenshot OUT.png]");
+            eprintln!("example-game: {message}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
     let mut app = App::new();
-    match screenshot {
-        Some(path) => {
-            // No window and no winit: render into an image and read it back.
-            app.add_plugins(
-                DefaultPlugins
-                    .set(ImagePlugin::default_nearest())
-                    .set(WindowPlugin {
-                        primary_window: None,
-                        exit_condition: ExitCondition::DontExit,
-                        ..default()
-                    })
-                    .disable::<WinitPlugin>(),
-            )
-            .add_plugins(ScheduleRunnerPlugin::run_loop(Duration::from_secs_f64(
-                1.0 / 60.0,
-            )))
-            .insert_resource(Autopilot)
-            .insert_resource(ScreenshotJob {
-                path,
-                frames_left: SCREENSHOT_AFTER_FRAMES,
-                target: None,
-                outcome: None,
+    let offscreen = || {
+        // No window and no winit: render into an image (read back for screenshots).
+        DefaultPlugins
+            .set(ImagePlugin::default_nearest())
+            .set(WindowPlugin {
+                primary_window: None,
+                exit_condition: ExitCondition::DontExit,
+                ..default()
             })
-            .add_systems(Update, screenshot_when_ready);
+            .disable::<WinitPlugin>()
+    };
+    match options.view {
+        View::Screenshot(path) => {
+            app.add_plugins(offscreen())
+                .add_plugins(ScheduleRunnerPlugin::run_loop(Duration::from_secs_f64(
+                    1.0 / 60.0,
+                )))
+                .insert_resource(Autopilot)
+                .insert_resource(Offscreen::default())
+                .insert_resource(ScreenshotJob {
+                    path,
+                    frames_left: SCREENSHOT_AFTER_FRAMES,
+                    outcome: None,
+                })
+                .add_systems(Update, screenshot_when_ready);
         }
-        None => {
+        View::Headless => {
+            app.add_plugins(offscreen())
+                .add_plugins(ScheduleRunnerPlugin::run_loop(Duration::from_secs_f64(
+                    1.0 / 60.0,
+                )))
+                .insert_resource(Autopilot)
+                .insert_resource(Offscreen::default());
+        }
+        View::Window => {
             if std::env::var_os("DISPLAY").is_none()
                 && std::env::var_os("WAYLAND_DISPLAY").is_none()
             {
@@ -111,7 +150,16 @@ pub fn run(args: &[String]) -> ExitCode {
             );
         }
     }
-    app.add_plugins(SpritesPlugin)
+    if let Some(port) = options.remote_port {
+        add_remote(&mut app, port);
+    }
+    let sprites_plugin = match options.live_index {
+        // Another copy of these sprites (a crate with the same sprites.ron, say, that
+        // `cargo pixelgen watch` republishes): the sprite set must be the same.
+        Some(path) => SpritesPlugin.with_live_index(path),
+        None => SpritesPlugin,
+    };
+    app.add_plugins(sprites_plugin)
         .insert_resource(ClearColor(Color::srgb_u8(0x18, 0x14, 0x25)))
         .init_resource::<Collected>()
         .add_systems(Startup, setup)
@@ -135,13 +183,64 @@ pub fn run(args: &[String]) -> ExitCode {
     }
 }
 
-fn parse_args(args: &[String]) -> Result<Option<PathBuf>, String> {
-    match args {
-        [] => Ok(None),
-        [flag, path] if flag == "--screenshot" => Ok(Some(PathBuf::from(path))),
-        [flag] if flag == "--screenshot" => Err("--screenshot needs a file name".to_string()),
-        other => Err(format!("unknown arguments: {}", other.join(" "))),
+/// Dev builds answer the Bevy Remote Protocol on localhost: Bevy's own methods and
+/// pixelgen's (`pixelgen.reload`, `pixelgen.screenshot`), which `cargo pixelgen mcp` calls.
+/// Release builds never listen.
+fn add_remote(app: &mut App, port: u16) {
+    if !cfg!(debug_assertions) {
+        return;
     }
+    // Bevy's server fails silently when the port is taken; say so instead.
+    if let Err(error) = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)) {
+        eprintln!(
+            "example-game: the remote protocol cannot listen on 127.0.0.1:{port} ({error}); \
+             running without it (choose another port with --remote-port, or --no-remote)"
+        );
+        return;
+    }
+    app.add_plugins((
+        RemotePlugin::default(),
+        RemoteHttpPlugin::default()
+            .with_address(std::net::Ipv4Addr::LOCALHOST)
+            .with_port(port),
+    ));
+    println!("example-game: remote protocol on http://127.0.0.1:{port}");
+}
+
+fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut options = Options {
+        view: View::Window,
+        remote_port: Some(DEFAULT_REMOTE_PORT),
+        live_index: None,
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--screenshot" => {
+                let path = args.next().ok_or("--screenshot needs a file name")?;
+                options.view = View::Screenshot(PathBuf::from(path));
+            }
+            "--headless" => options.view = View::Headless,
+            "--remote-port" => {
+                let port = args.next().ok_or("--remote-port needs a port number")?;
+                let port = port
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| format!("--remote-port {port}: not a port number (1–65535)"))?;
+                options.remote_port = Some(port);
+            }
+            "--no-remote" => options.remote_port = None,
+            "--live-index" => {
+                let path = args
+                    .next()
+                    .ok_or("--live-index needs the path of an index.json")?;
+                options.live_index = Some(PathBuf::from(path));
+            }
+            other => return Err(format!("unknown argument: {other}")),
+        }
+    }
+    Ok(options)
 }
 
 #[derive(Component)]
@@ -209,7 +308,7 @@ fn setup(
     mut commands: Commands,
     atlases: Res<Atlases>,
     mut images: ResMut<Assets<Image>>,
-    job: Option<ResMut<ScreenshotJob>>,
+    offscreen: Option<ResMut<Offscreen>>,
 ) {
     let mut camera = commands.spawn((
         Camera2d,
@@ -219,13 +318,13 @@ fn setup(
         }),
         Transform::from_xyz(tile_center(4, 4).x, tile_center(4, 4).y, 100.0),
     ));
-    if let Some(mut job) = job {
+    if let Some(mut offscreen) = offscreen {
         let mut target =
             Image::new_target_texture(VIEW_WIDTH, VIEW_HEIGHT, TextureFormat::Rgba8UnormSrgb, None);
         target.texture_descriptor.usage |= TextureUsages::COPY_SRC;
         let handle = images.add(target);
         camera.insert(RenderTarget::Image(handle.clone().into()));
-        job.target = Some(handle);
+        offscreen.target = Some(handle);
     }
 
     for y in 0..MAP_HEIGHT {
@@ -472,17 +571,23 @@ fn layout_hud(
     }
 }
 
+/// Offscreen modes: the image the camera renders into (set up at startup).
+#[derive(Resource, Default)]
+struct Offscreen {
+    target: Option<Handle<Image>>,
+}
+
 /// Screenshot mode: after some frames, capture the render target, save it, exit.
 #[derive(Resource)]
 struct ScreenshotJob {
     path: PathBuf,
     frames_left: u32,
-    target: Option<Handle<Image>>,
     outcome: Option<Result<(), String>>,
 }
 
 fn screenshot_when_ready(
     mut commands: Commands,
+    offscreen: Res<Offscreen>,
     mut job: ResMut<ScreenshotJob>,
     mut exit: MessageWriter<AppExit>,
 ) {
@@ -505,7 +610,7 @@ fn screenshot_when_ready(
     if job.frames_left > 0 {
         job.frames_left -= 1;
         if job.frames_left == 0
-            && let Some(target) = job.target.clone()
+            && let Some(target) = offscreen.target.clone()
         {
             commands
                 .spawn(Screenshot::image(target))
@@ -527,4 +632,59 @@ fn save_screenshot(captured: On<ScreenshotCaptured>, mut job: ResMut<ScreenshotJ
                 .map_err(|e| e.to_string())
         });
     job.outcome = Some(outcome);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        parse_args(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn the_command_line_picks_the_view_and_the_remote_port() {
+        assert_eq!(
+            parse(&[]).unwrap(),
+            Options {
+                view: View::Window,
+                remote_port: Some(DEFAULT_REMOTE_PORT),
+                live_index: None,
+            }
+        );
+        assert_eq!(
+            parse(&[
+                "--headless",
+                "--remote-port",
+                "15800",
+                "--live-index",
+                "i.json"
+            ])
+            .unwrap(),
+            Options {
+                view: View::Headless,
+                remote_port: Some(15800),
+                live_index: Some(PathBuf::from("i.json")),
+            }
+        );
+        assert_eq!(
+            parse(&["--no-remote", "--screenshot", "a.png"]).unwrap(),
+            Options {
+                view: View::Screenshot(PathBuf::from("a.png")),
+                remote_port: None,
+                live_index: None,
+            }
+        );
+        for (args, error) in [
+            (&["--screenshot"][..], "--screenshot needs a file name"),
+            (&["--remote-port", "0"][..], "not a port number"),
+            (&["--remote-port", "http"][..], "not a port number"),
+            (&["--remote-port"][..], "needs a port number"),
+            (&["--live-index"][..], "needs the path of an index.json"),
+            (&["--fast"][..], "unknown argument: --fast"),
+        ] {
+            let message = parse(args).unwrap_err();
+            assert!(message.contains(error), "{args:?}: {message}");
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! Skipped when the index there was made from the same inputs (the no-op build);
 //! `publish` copies what was written to the live folder without packing again.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use image::RgbaImage;
 
@@ -19,7 +19,8 @@ pub fn emit(session: &Session, out_dir: &Path) -> Result<Index, Error> {
     let dir = out_dir.join(OUT_SUBDIR);
     let stamp = stamp(session);
     let index_path = Index::path_in(out_dir);
-    if let Some(existing) = current(&index_path, &stamp) {
+    let live_index = Some(Index::path_in(&session.project.live_dir()));
+    if let Some(existing) = current(&index_path, &stamp, &live_index) {
         return Ok(existing);
     }
 
@@ -112,7 +113,7 @@ pub fn emit(session: &Session, out_dir: &Path) -> Result<Index, Error> {
         version: INDEX_VERSION,
         stamp,
         atlases,
-        live_index: Some(Index::path_in(&session.project.live_dir())),
+        live_index,
     };
     write_atomically(&index_path, crate::index::to_json(&index).as_bytes()).map_err(|source| {
         Error::Cache {
@@ -124,9 +125,12 @@ pub fn emit(session: &Session, out_dir: &Path) -> Result<Index, Error> {
 }
 
 /// The index at `index_path` when it was made from `stamp` and its pages are all there.
-fn current(index_path: &Path, stamp: &str) -> Option<Index> {
+/// The index at `index_path` when it is what emit would write: the same stamp, the same
+/// live folder named (a moved crate publishes elsewhere), and every page there.
+fn current(index_path: &Path, stamp: &str, live_index: &Option<PathBuf>) -> Option<Index> {
     Index::read(index_path).ok().filter(|existing| {
         existing.stamp == stamp
+            && existing.live_index == *live_index
             && existing
                 .atlases
                 .iter()
@@ -140,7 +144,7 @@ fn current(index_path: &Path, stamp: &str) -> Option<Index> {
 /// twice. Skipped when `dir` already holds them.
 pub fn publish(index: &Index, dir: &Path) -> Result<(), Error> {
     let index_path = Index::path_in(dir);
-    if current(&index_path, &index.stamp).is_some() {
+    if current(&index_path, &index.stamp, &index.live_index).is_some() {
         return Ok(());
     }
     let pages_dir = dir.join(OUT_SUBDIR);
@@ -168,7 +172,8 @@ pub fn publish(index: &Index, dir: &Path) -> Result<(), Error> {
 /// Hash of everything the atlases depend on: atlas options, sprite names, atlases and
 /// frame keys (keys determine pixels), and this pipeline's version.
 fn stamp(session: &Session) -> String {
-    let mut hasher = blake3::Hasher::new_derive_key("pixelgen atlas stamp v1");
+    // v2: indexes name their live folder (v1 ones, which did not, are written again).
+    let mut hasher = blake3::Hasher::new_derive_key("pixelgen atlas stamp v2");
     hasher.update(crate::plan::PIPELINE_VERSION.as_bytes());
     for atlas in &session.manifest.atlases {
         let o = &atlas.options;

@@ -175,6 +175,9 @@ pub struct Summary {
     pub sprites: usize,
     pub generated: usize,
     pub cached: usize,
+    /// Stale sprites left as they were because they were not asked for
+    /// ([`Session::realize_only`]).
+    pub held_back: usize,
     /// Things the user should hear once (a backend running slower than it could, …).
     pub notes: Vec<String>,
 }
@@ -432,7 +435,40 @@ impl Session {
         offline: bool,
         progress: &mut dyn Progress,
     ) -> Result<Summary, Error> {
+        self.realize_only(offline, None, progress)
+    }
+
+    /// [`realize`](Self::realize), for the sprites named in `only` (all when `None`): the
+    /// other stale sprites are held back — not generated, and their lock entries stay as
+    /// they were, so their status keeps its reasons. Names that are not sprites select
+    /// nothing (callers check them against the manifest).
+    pub fn realize_only(
+        &mut self,
+        offline: bool,
+        only: Option<&std::collections::BTreeSet<SpriteName>>,
+        progress: &mut dyn Progress,
+    ) -> Result<Summary, Error> {
+        let held: Vec<bool> = self
+            .plan
+            .iter()
+            .map(|planned| {
+                only.is_some_and(|names| {
+                    !names.contains(&self.manifest.sprites[planned.sprite].name)
+                })
+            })
+            .collect();
+        let hold = |statuses: &mut Vec<(SpriteStatus, Vec<Lookup>)>| -> usize {
+            let mut held_back = 0;
+            for (entry, &held) in statuses.iter_mut().zip(&held) {
+                if held && entry.0.status == Freshness::Stale {
+                    entry.0.status = Freshness::Fresh;
+                    held_back += 1;
+                }
+            }
+            held_back
+        };
         let mut statuses = self.all_statuses();
+        let mut held_back = hold(&mut statuses);
         let stale_count = statuses
             .iter()
             .filter(|(s, _)| s.status == Freshness::Stale)
@@ -499,6 +535,7 @@ impl Session {
                     &mut self.timings,
                 )?;
                 statuses = self.all_statuses();
+                held_back = hold(&mut statuses);
             }
             generated = statuses
                 .iter()
@@ -508,8 +545,15 @@ impl Session {
         }
 
         let mut lock = LockFile::empty();
-        for (planned, (_, lookups)) in self.plan.iter().zip(&statuses) {
+        for ((planned, (_, lookups)), &held) in self.plan.iter().zip(&statuses).zip(&held) {
             let sprite = &self.manifest.sprites[planned.sprite];
+            if held && lookups.iter().any(|l| !matches!(l, Lookup::Hit { .. })) {
+                // Held back while stale: the lock keeps what it said (nothing when new).
+                if let Some(entry) = self.lock.sprites.get(&sprite.name) {
+                    lock.sprites.insert(sprite.name.clone(), entry.clone());
+                }
+                continue;
+            }
             lock.files.extend(
                 planned
                     .files
@@ -545,7 +589,8 @@ impl Session {
         Ok(Summary {
             sprites: self.plan.len(),
             generated,
-            cached: self.plan.len() - generated,
+            cached: self.plan.len() - generated - held_back,
+            held_back,
             notes,
         })
     }
@@ -810,6 +855,43 @@ mod tests {
     }
 
     #[test]
+    fn realize_only_generates_the_named_sprites_and_holds_the_others_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = project(dir.path(), MANIFEST);
+        session(&project, false).realize(false, &mut Quiet).unwrap();
+        let before = LockFile::load(&project.lock_path).unwrap();
+        // Both prompts change; only the coin is asked for.
+        let edited = MANIFEST
+            .replace("green slime", "blue slime")
+            .replace("gold coin", "silver coin");
+        let project = self::project(dir.path(), &edited);
+        let mut session = session(&project, false);
+        let only = std::collections::BTreeSet::from([SpriteName::from("coin")]);
+        let summary = session
+            .realize_only(false, Some(&only), &mut Quiet)
+            .unwrap();
+        assert_eq!(
+            (summary.generated, summary.cached, summary.held_back),
+            (1, 0, 1)
+        );
+        let statuses = session.status();
+        let slime = statuses.iter().find(|s| s.name == "slime").unwrap();
+        assert_eq!(slime.status, Freshness::Stale);
+        assert!(
+            slime.reasons.iter().any(|r| r.contains("prompt")),
+            "{:?}",
+            slime.reasons
+        );
+        let lock = LockFile::load(&project.lock_path).unwrap();
+        assert_eq!(lock.sprites["slime"], before.sprites["slime"]);
+        assert_ne!(lock.sprites["coin"], before.sprites["coin"]);
+        assert_eq!(
+            statuses.iter().find(|s| s.name == "coin").unwrap().status,
+            Freshness::Fresh
+        );
+    }
+
+    #[test]
     fn generates_stale_sprites_once_and_records_them() {
         let dir = tempfile::tempdir().unwrap();
         let project = project(dir.path(), MANIFEST);
@@ -822,6 +904,7 @@ mod tests {
                 sprites: 2,
                 generated: 2,
                 cached: 0,
+                held_back: 0,
                 notes: Vec::new(),
             }
         );

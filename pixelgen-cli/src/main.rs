@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+mod game;
 mod mcp;
 mod pack;
 mod pixelize;
@@ -70,11 +71,14 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Serve the crate's sprites to an AI assistant over MCP (stdio): list, read,
-    /// generate, preview.
+    /// Serve the crate's sprites to an AI assistant over MCP (stdio): list, read, edit,
+    /// generate, preview; reload and screenshot a running dev build of the game (BRP).
     Mcp {
         #[command(flatten)]
         target: Target,
+        /// The port the running game answers the Bevy Remote Protocol on (127.0.0.1).
+        #[arg(long, value_name = "PORT", default_value_t = game::DEFAULT_PORT)]
+        game_port: u16,
     },
     /// Regenerate and republish the atlases whenever sprites.ron, a palette or a LoRA
     /// changes, for a running game to reload (live atlases in the cache's live/ folder).
@@ -162,8 +166,12 @@ fn run(cli: Cli, environment: &Environment) -> Result<ExitCode, Error> {
             print_gc(&report, &project.cache_dir, users.len(), dry_run);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Mcp { target } => {
-            mcp::run(crate_dir(target.manifest_path.as_deref()), environment)?;
+        Command::Mcp { target, game_port } => {
+            mcp::run(
+                crate_dir(target.manifest_path.as_deref()),
+                environment,
+                game::Game { port: game_port },
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch(args) => {

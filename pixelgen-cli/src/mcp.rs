@@ -1,30 +1,61 @@
 //! `cargo pixelgen mcp`: an MCP server over stdio (rmcp, the official Rust SDK) through
 //! which an AI assistant drives a game crate's sprites: lists them with their status, reads
-//! one, generates what is stale (publishing the live atlases a running dev build reloads),
-//! and looks at a sprite or an atlas page as an image.
+//! and edits one, generates what is stale (with progress notifications, publishing the live
+//! atlases a running dev build reloads, and asking the game to reload them over the Bevy
+//! Remote Protocol), looks at a sprite, an atlas page or the running game as an image, and
+//! offers the manifest and the atlas pages as resources.
 //!
 //! Invariants: every tool reads the crate afresh (the manifest may have been edited since),
 //! reports a user's mistake (an unknown sprite, a manifest that does not parse) as a tool
-//! error with the message a build would print, and writes only inside the crate's cache.
+//! error with the message a build would print, writes only `sprites.ron`, `sprites.lock`
+//! and the crate's cache, and talks to no host but 127.0.0.1 (the game's BRP port).
 
 use std::io::Cursor;
 use std::path::PathBuf;
 
 use base64::Engine;
-use pixelgen_build::pipeline::{Freshness, Quiet, SpriteStatus};
+use pixelgen_build::pipeline::{Freshness, SpriteStatus};
 use pixelgen_build::{Environment, Error, Project, Session};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig};
-use rmcp::{ServerHandler, ServiceExt, schemars, tool, tool_handler, tool_router};
+use rmcp::model::{
+    CallToolResult, ContentBlock, ListResourcesResult, PaginatedRequestParams,
+    ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    RequestMetaObject, Resource, ResourceContents, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{
+    ErrorData, Peer, RoleServer, ServerHandler, ServiceExt, schemars, tool, tool_handler,
+    tool_router,
+};
 use serde::Deserialize;
 
-/// The server: one game crate.
+use crate::game::{CallError, Game};
+
+/// The server: one game crate, and the port its running dev build answers BRP on.
 #[derive(Clone)]
 pub struct PixelgenMcp {
     crate_dir: PathBuf,
     environment: Environment,
+    game: Game,
     tool_router: ToolRouter<Self>,
+}
+
+/// The manifest resource's URI; atlas pages are `pixelgen://atlas/{atlas}/{page}.png`.
+const MANIFEST_URI: &str = "pixelgen://manifest/sprites.ron";
+const ATLAS_URI_PREFIX: &str = "pixelgen://atlas/";
+
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+pub struct Generate {
+    /// Only these sprites (names in sprites.ron); every stale sprite when left out. The
+    /// live atlases are published when no other sprite is left stale.
+    pub sprites: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+pub struct GameScreenshot {
+    /// Nearest-neighbour scale factor (1 to 8); 1 when left out.
+    pub scale: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -107,10 +138,11 @@ fn png_content(image: &image::RgbaImage) -> Result<ContentBlock, String> {
 }
 
 impl PixelgenMcp {
-    pub fn new(crate_dir: PathBuf, environment: Environment) -> Self {
+    pub fn new(crate_dir: PathBuf, environment: Environment, game: Game) -> Self {
         PixelgenMcp {
             crate_dir,
             environment,
+            game,
             tool_router: Self::tool_router(),
         }
     }
@@ -418,26 +450,120 @@ impl PixelgenMcp {
     }
 
     #[tool(
-        description = "Generate every stale sprite into the cache, update sprites.lock, and publish the atlases a running dev build of the game reloads. Returns the summary line."
+        description = "Generate the stale sprites (all, or the ones named) into the cache, update sprites.lock, publish the atlases a running dev build reloads, and ask the running game (if any) to reload them. Sends progress notifications per frame when the call carries a progress token. Returns the summary and what the game said."
     )]
-    fn generate(&self) -> CallToolResult {
-        let result = (|| -> Result<String, Error> {
-            let session = self.session(false)?;
-            #[cfg(unix)]
-            let session = session.with_server(pixelgen_build::serve::server_for(&self.environment));
-            let mut session = session;
-            let summary = session.realize(false, &mut Quiet)?;
-            pixelgen_build::emit::emit(&session, &session.project.live_dir())?;
-            let mut text = summary.to_string();
-            for note in &summary.notes {
-                text.push('\n');
-                text.push_str(note);
-            }
-            Ok(text)
-        })();
-        match result {
-            Ok(text) => CallToolResult::success(vec![ContentBlock::text(text)]),
-            Err(e) => refusal(e.to_string()),
+    async fn generate(
+        &self,
+        Parameters(Generate { sprites }): Parameters<Generate>,
+        meta: RequestMetaObject,
+        peer: Peer<RoleServer>,
+    ) -> CallToolResult {
+        let (sender, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let server = self.clone();
+        // The pipeline blocks: it runs on its own thread while this task relays progress.
+        let work = std::thread::spawn(move || server.generate_blocking(sprites, sender));
+        let token = meta.get_progress_token();
+        let mut done = 0u32;
+        while let Some(event) = events.recv().await {
+            let Some(token) = token.clone() else { continue };
+            let notification = match event {
+                Event::Start(total) => {
+                    ProgressNotificationParam::new(token, 0.0).with_total(f64::from(total))
+                }
+                Event::Frame(frame, total) => {
+                    done += 1;
+                    ProgressNotificationParam::new(token, f64::from(done))
+                        .with_total(f64::from(total))
+                        .with_message(format!("{frame} done"))
+                }
+            };
+            let _ = peer.notify_progress(notification).await;
+        }
+        let generated = match work.join() {
+            Ok(result) => result,
+            Err(_) => Err("generation stopped on an internal error (a panic); nothing half-written is kept in the cache".to_owned()),
+        };
+        let mut text = match generated {
+            Ok(text) => text,
+            Err(message) => return refusal(message),
+        };
+        if text.contains("live atlases published") {
+            text.push('\n');
+            text.push_str(&self.reload_game().await);
+        }
+        CallToolResult::success(vec![ContentBlock::text(text)])
+    }
+
+    #[tool(
+        description = "A screenshot of the running game (a dev build with Bevy's remote plugin and pixelgen's `remote` feature, such as the example game), as a PNG image."
+    )]
+    async fn screenshot(
+        &self,
+        Parameters(GameScreenshot { scale }): Parameters<GameScreenshot>,
+    ) -> CallToolResult {
+        let game = self.game;
+        // A fresh ticket: this request gets a picture taken after it arrived.
+        let ticket = format!(
+            "mcp-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        );
+        let answer = tokio::task::spawn_blocking(move || {
+            game.call(
+                "pixelgen.screenshot",
+                serde_json::json!({ "ticket": ticket }),
+                std::time::Duration::from_secs(30),
+            )
+        })
+        .await;
+        let result = match answer {
+            Ok(Ok(result)) => result,
+            Ok(Err(error)) => return refusal(error.to_string()),
+            Err(e) => return refusal(format!("the screenshot call failed: {e}")),
+        };
+        let image = result
+            .get("png")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+            .and_then(|png| image::load_from_memory(&png).ok())
+            .map(|image| image.to_rgba8());
+        let Some(image) = image else {
+            return refusal(format!(
+                "the game's screenshot answer holds no PNG: {}",
+                serde_json::Value::Object(
+                    result
+                        .as_object()
+                        .map(|o| o
+                            .iter()
+                            .filter(|(k, _)| *k != "png")
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect())
+                        .unwrap_or_default()
+                )
+            ));
+        };
+        let scale = scale.unwrap_or(1).clamp(1, 8);
+        let shown = if scale == 1 {
+            image
+        } else {
+            image::imageops::resize(
+                &image,
+                image.width() * scale,
+                image.height() * scale,
+                image::imageops::FilterType::Nearest,
+            )
+        };
+        match png_content(&shown) {
+            Ok(content) => CallToolResult::success(vec![
+                ContentBlock::text(format!(
+                    "the running game (127.0.0.1:{}): {}×{} px, shown ×{scale}",
+                    self.game.port,
+                    shown.width() / scale,
+                    shown.height() / scale
+                )),
+                content,
+            ]),
+            Err(message) => refusal(message),
         }
     }
 
@@ -550,23 +676,260 @@ impl PixelgenMcp {
     }
 }
 
-#[tool_handler(router = self.tool_router)]
-impl ServerHandler for PixelgenMcp {
-    fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
-            "pixelgen: the game crate's pixel-art sprites. list_sprites and get_sprite read sprites.ron, set_sprite edits it; generate makes what is stale and publishes the atlases a running dev build reloads; preview_sprite and preview_atlas show them.",
+/// What the generating thread tells the tool while it works.
+enum Event {
+    Start(u32),
+    Frame(pixelgen_build::identity::FrameId, u32),
+}
+
+/// Relays the pipeline's progress to the tool's task.
+struct Relay {
+    sender: tokio::sync::mpsc::UnboundedSender<Event>,
+    total: u32,
+}
+
+impl pixelgen_build::pipeline::Progress for Relay {
+    fn start(&mut self, frames_to_generate: usize) {
+        self.total = u32::try_from(frames_to_generate).unwrap_or(u32::MAX);
+        let _ = self.sender.send(Event::Start(self.total));
+    }
+    fn frame_done(&mut self, frame: &pixelgen_build::identity::FrameId) {
+        let _ = self.sender.send(Event::Frame(frame.clone(), self.total));
+    }
+}
+
+impl PixelgenMcp {
+    /// Generates (all stale, or `only` these) and publishes the live atlases when nothing
+    /// is left stale. Returns the text for the assistant, or the error.
+    fn generate_blocking(
+        &self,
+        only: Option<Vec<String>>,
+        sender: tokio::sync::mpsc::UnboundedSender<Event>,
+    ) -> Result<String, String> {
+        let session = self.session(false).map_err(|e| e.to_string())?;
+        #[cfg(unix)]
+        let session = session.with_server(pixelgen_build::serve::server_for(&self.environment));
+        let mut session = session;
+        let only: Option<std::collections::BTreeSet<pixelgen_build::identity::SpriteName>> =
+            match only {
+                None => None,
+                Some(names) => {
+                    let unknown: Vec<&String> = names
+                        .iter()
+                        .filter(|n| {
+                            !session
+                                .manifest
+                                .sprites
+                                .iter()
+                                .any(|s| s.name == n.as_str())
+                        })
+                        .collect();
+                    if !unknown.is_empty() {
+                        let known: Vec<&str> = session
+                            .manifest
+                            .sprites
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect();
+                        return Err(format!(
+                            "no sprite {} in sprites.ron; its sprites are: {}",
+                            unknown
+                                .iter()
+                                .map(|n| format!("`{n}`"))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            known.join(", ")
+                        ));
+                    }
+                    Some(names.into_iter().map(Into::into).collect())
+                }
+            };
+        let mut relay = Relay { sender, total: 0 };
+        let summary = session
+            .realize_only(false, only.as_ref(), &mut relay)
+            .map_err(|e| e.to_string())?;
+        let mut text = summary.to_string();
+        for note in &summary.notes {
+            text.push('\n');
+            text.push_str(note);
+        }
+        if summary.held_back > 0 {
+            text.push_str(&format!(
+                "\n{} other sprite(s) are still stale; the live atlases were not published (generate them to see the atlases live)",
+                summary.held_back
+            ));
+        } else {
+            let live = session.project.live_dir();
+            pixelgen_build::emit::emit(&session, &live).map_err(|e| e.to_string())?;
+            text.push_str(&format!("\nlive atlases published in {}", live.display()));
+        }
+        Ok(text)
+    }
+
+    /// Asks the running game to reload the published atlases; says what it answered.
+    async fn reload_game(&self) -> String {
+        let game = self.game;
+        let answer = tokio::task::spawn_blocking(move || {
+            game.call(
+                "pixelgen.reload",
+                serde_json::Value::Null,
+                std::time::Duration::from_secs(10),
+            )
+        })
+        .await;
+        match answer {
+            Ok(Ok(result)) => {
+                let sets = result.get("sets").and_then(serde_json::Value::as_array);
+                let lines: Vec<String> = sets
+                    .into_iter()
+                    .flatten()
+                    .map(|set| {
+                        let status = set
+                            .get("status")
+                            .and_then(serde_json::Value::as_str)
+                            .unwrap_or("?");
+                        match set.get("reason").and_then(serde_json::Value::as_str) {
+                            Some(reason) => format!("the game: {status} ({reason})"),
+                            None => format!("the game: {status}"),
+                        }
+                    })
+                    .collect();
+                if lines.is_empty() {
+                    "the game answered, but shows no pixelgen sprite set".to_owned()
+                } else {
+                    lines.join("\n")
+                }
+            }
+            Ok(Err(CallError::NotRunning(_))) => format!(
+                "no running game answers on 127.0.0.1:{} (a dev build reloads the published atlases by itself when it runs)",
+                self.game.port
+            ),
+            Ok(Err(error)) => error.to_string(),
+            Err(e) => format!("asking the game to reload failed: {e}"),
+        }
+    }
+
+    fn resources(&self) -> Result<Vec<Resource>, Error> {
+        let project = self.project()?;
+        let mut resources = vec![
+            Resource::new(MANIFEST_URI, "sprites.ron")
+                .with_description("The crate's sprite manifest, as it is on disk")
+                .with_mime_type("text/plain"),
+        ];
+        let index_path = pixelgen_build::index::Index::path_in(&project.live_dir());
+        if let Ok(index) = pixelgen_build::index::Index::read(&index_path) {
+            for atlas in &index.atlases {
+                for (page, indexed) in atlas.pages.iter().enumerate() {
+                    resources.push(
+                        Resource::new(
+                            format!("{ATLAS_URI_PREFIX}{}/{page}.png", atlas.name),
+                            format!("atlas {} page {page}", atlas.name),
+                        )
+                        .with_description(format!(
+                            "The published page ({}×{} px, {} layout indices) a running dev build shows",
+                            indexed.width,
+                            indexed.height,
+                            indexed.rects.len()
+                        ))
+                        .with_mime_type("image/png"),
+                    );
+                }
+            }
+        }
+        Ok(resources)
+    }
+
+    fn read(&self, uri: &str) -> Result<ResourceContents, ErrorData> {
+        let project = self
+            .project()
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        if uri == MANIFEST_URI {
+            let text = std::fs::read_to_string(&project.manifest_path).map_err(|e| {
+                ErrorData::internal_error(
+                    format!("cannot read {}: {e}", project.manifest_path.display()),
+                    None,
+                )
+            })?;
+            return Ok(ResourceContents::text(text, uri).with_mime_type("text/plain"));
+        }
+        let not_found = || {
+            ErrorData::resource_not_found(
+                format!("no resource {uri}; list them with resources/list"),
+                None,
+            )
+        };
+        let (atlas, page) = uri
+            .strip_prefix(ATLAS_URI_PREFIX)
+            .and_then(|rest| rest.strip_suffix(".png"))
+            .and_then(|rest| rest.rsplit_once('/'))
+            .ok_or_else(not_found)?;
+        let page: usize = page.parse().map_err(|_| not_found())?;
+        let index_path = pixelgen_build::index::Index::path_in(&project.live_dir());
+        let index = pixelgen_build::index::Index::read(&index_path).map_err(|e| {
+            ErrorData::internal_error(format!("{e}\nhelp: call `generate` first"), None)
+        })?;
+        // The page's path comes from the index, never from the URI.
+        let indexed = index
+            .atlases
+            .iter()
+            .find(|a| a.name == atlas)
+            .and_then(|a| a.pages.get(page))
+            .ok_or_else(not_found)?;
+        let bytes = std::fs::read(&indexed.image).map_err(|e| {
+            ErrorData::internal_error(
+                format!("cannot read {}: {e}", indexed.image.display()),
+                None,
+            )
+        })?;
+        Ok(
+            ResourceContents::blob(base64::engine::general_purpose::STANDARD.encode(bytes), uri)
+                .with_mime_type("image/png"),
         )
     }
 }
 
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for PixelgenMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .build(),
+        )
+        .with_instructions(
+            "pixelgen: the game crate's pixel-art sprites. list_sprites and get_sprite read sprites.ron, set_sprite edits it (variations and pick choose a seed); generate makes what is stale, publishes the atlases and has a running dev build reload them; preview_sprite and preview_atlas show them, screenshot shows the running game. Resources: sprites.ron and the published atlas pages.",
+        )
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        self.resources()
+            .map(ListResourcesResult::with_all_items)
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let contents = self.read(&request.uri)?;
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+}
+
 /// Serves until the client closes stdin.
-pub fn run(crate_dir: PathBuf, environment: &Environment) -> Result<(), Error> {
+pub fn run(crate_dir: PathBuf, environment: &Environment, game: Game) -> Result<(), Error> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Environment(format!("cannot start the MCP server: {e}")))?;
     runtime.block_on(async {
-        let server = PixelgenMcp::new(crate_dir, environment.clone())
+        let server = PixelgenMcp::new(crate_dir, environment.clone(), game)
             .serve(rmcp::transport::stdio())
             .await
             .map_err(|e| Error::Environment(format!("MCP: {e}")))?;

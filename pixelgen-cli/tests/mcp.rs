@@ -3,6 +3,11 @@
 //! game crate. The client's Python comes from `PIXELGEN_MCP_PYTHON` (`.ci/run` makes a
 //! venv with `mcp` and sets it); without one the test says so and passes, unless
 //! `PIXELGEN_REQUIRE_MCP_CLIENT=1` (CI) makes that a failure.
+//!
+//! The `screenshot` tool and `generate`'s reload go to a running game over the Bevy Remote
+//! Protocol: the example game's dev binary, run headless, when the workspace built it and a
+//! Vulkan driver is there (required with `PIXELGEN_REQUIRE_SCREENSHOT`, as in CI);
+//! otherwise to a port nothing listens on, where the tools must say so.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,11 +54,13 @@ fn a_real_mcp_client_lists_and_calls_every_tool() {
     std::fs::write(dir.path().join("src/main.rs"), "fn main() {}\n").unwrap();
     std::fs::write(dir.path().join("sprites.ron"), MANIFEST).unwrap();
 
+    let game = Game::start();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
     let output = Command::new(python)
         .arg(script)
         .arg(env!("CARGO_BIN_EXE_cargo-pixelgen"))
         .arg(dir.path().join("Cargo.toml"))
+        .arg(game.port.to_string())
         .env_remove("PIXELGEN_CACHE_DIR")
         .env_remove("PIXELGEN_OFFLINE")
         .env_remove("CI")
@@ -74,6 +81,7 @@ fn a_real_mcp_client_lists_and_calls_every_tool() {
             "pick",
             "preview_atlas",
             "preview_sprite",
+            "screenshot",
             "set_sprite",
             "variations"
         ])
@@ -91,13 +99,19 @@ fn a_real_mcp_client_lists_and_calls_every_tool() {
     let failed = |i: usize| call(i)["error"].as_bool().unwrap();
     for (i, call) in calls.iter().enumerate() {
         eprintln!(
-            "{:>15} {:<40} {:>7} ms  {}",
+            "{:>15} {:<45} {:>7} ms  {}",
             call["tool"].as_str().unwrap(),
             call["arguments"].to_string(),
             call["ms"],
             if failed(i) { "tool error" } else { "ok" }
         );
     }
+    // The first generate reported each of its four frames (hero has two).
+    let progress = call(4)["progress"].as_array().unwrap();
+    assert_eq!(progress.len(), 5, "{progress:?}");
+    assert_eq!(progress[0][0], 0.0);
+    assert!(progress.iter().all(|p| p[1] == 4.0), "{progress:?}");
+    assert_eq!(progress[4][0], 4.0);
     // list_sprites before anything is generated: all stale, with the reason.
     assert!(!failed(0));
     let listed: serde_json::Value = serde_json::from_str(&text(0)).unwrap();
@@ -155,10 +169,11 @@ fn a_real_mcp_client_lists_and_calls_every_tool() {
         "{}",
         text(14)
     );
+    // (Read after every call: the coin's prompt is the last one set, at call 19.)
     let manifest = std::fs::read_to_string(dir.path().join("sprites.ron")).unwrap();
     assert!(manifest.contains("// Written by hand; set_sprite keeps this."));
     assert!(
-        manifest.contains(r#""coin":   (prompt: "silver coin", seed: 3),"#),
+        manifest.contains(r#""coin":   (prompt: "copper coin", seed: 3),"#),
         "{manifest}"
     );
     assert!(
@@ -190,4 +205,133 @@ fn a_real_mcp_client_lists_and_calls_every_tool() {
         manifest.contains(r#""hero":   (prompt: "knight", seed: 3, frames: 2),"#),
         "{manifest}"
     );
+
+    // generate with names: only the coin; the hero (new seed) is held back, so nothing is
+    // published yet.
+    assert!(!failed(19), "{}", text(19));
+    assert!(
+        text(20).contains("3 sprites: 1 generated, 1 cached"),
+        "{}",
+        text(20)
+    );
+    assert!(
+        text(20).contains("1 other sprite(s) are still stale"),
+        "{}",
+        text(20)
+    );
+    assert_eq!(
+        call(20)["progress"],
+        serde_json::json!([[0.0, 1.0, null], [1.0, 1.0, "coin#0 done"]])
+    );
+    assert!(
+        failed(21) && text(21).contains("no sprite `dragon`"),
+        "{}",
+        text(21)
+    );
+    // The rest, published, and the running game asked to reload (or said to be absent).
+    assert!(
+        text(22).contains("3 sprites: 1 generated, 2 cached")
+            && text(22).contains("live atlases published"),
+        "{}",
+        text(22)
+    );
+    if game.running() {
+        assert!(text(22).contains("the game: reloaded"), "{}", text(22));
+        assert!(!failed(23), "{}", text(23));
+        assert_eq!(call(23)["images"], serde_json::json!([[800, 600]]));
+    } else {
+        let absent = format!("no running game answers on 127.0.0.1:{}", game.port);
+        assert!(text(22).contains(&absent), "{}", text(22));
+        assert!(failed(23) && text(23).contains(&format!("127.0.0.1:{}", game.port)));
+    }
+
+    // Resources: the manifest as text, the published atlas page as a PNG.
+    assert_eq!(
+        report["resources"],
+        serde_json::json!([
+            ["pixelgen://manifest/sprites.ron", "text/plain"],
+            ["pixelgen://atlas/main/0.png", "image/png"]
+        ])
+    );
+    let read = &report["read"];
+    assert!(
+        read["pixelgen://manifest/sprites.ron"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("copper coin")
+    );
+    assert!(
+        read["pixelgen://atlas/main/0.png"]["png"].is_array(),
+        "{read}"
+    );
+    assert!(
+        read["pixelgen://atlas/main/9.png"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no resource"),
+        "{read}"
+    );
+}
+
+/// The example game's dev binary, headless with BRP on a free port, when it can run here.
+struct Game {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Game {
+    fn start() -> Game {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let binary = Path::new(env!("CARGO_BIN_EXE_cargo-pixelgen")).with_file_name("example-game");
+        let vulkan = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
+            .iter()
+            .any(|d| std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()));
+        let required = std::env::var_os("PIXELGEN_REQUIRE_SCREENSHOT").is_some();
+        if !binary.is_file() || !vulkan {
+            assert!(
+                !required || !vulkan,
+                "PIXELGEN_REQUIRE_SCREENSHOT is set but {} is missing (run `cargo test --workspace`)",
+                binary.display()
+            );
+            eprintln!("no game: the screenshot tool is tested against an empty port");
+            return Game { port, child: None };
+        }
+        let child = Command::new(binary)
+            .args(["--headless", "--remote-port", &port.to_string()])
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait until its BRP server accepts connections.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the example game did not listen on {port} within 120 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        Game {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for Game {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

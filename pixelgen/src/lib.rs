@@ -43,6 +43,8 @@
 use std::marker::PhantomData;
 
 mod live;
+#[cfg(feature = "remote")]
+pub mod remote;
 
 use bevy::app::{App, Plugin, PostUpdate, PreUpdate};
 use bevy::asset::{AssetId, AssetServer, Assets, Handle, RenderAssetUsages};
@@ -596,5 +598,7 @@ impl<S: SpriteSet> Plugin for SpritesPlugin<S> {
             Atlases::<S>::load(&mut images, &mut layouts)
         });
         world.insert_resource(atlases);
+        #[cfg(feature = "remote")]
+        remote::register::<S>(app);
     }
 }

@@ -42,6 +42,8 @@ impl<S: SpriteSet> LiveAtlases<S> {
 
 /// A published atlas set, decoded and checked against the compiled one.
 struct Reloaded {
+    /// The index's stamp (a hash of what was published).
+    stamp: String,
     /// By atlas ordinal, then page.
     images: Vec<Vec<Image>>,
     layouts: Vec<Vec<TextureAtlasLayout>>,
@@ -49,7 +51,23 @@ struct Reloaded {
     trims: Vec<Vec<Vec<Trim>>>,
 }
 
+/// What a look at the published atlases found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The index is as it was when last looked at.
+    Unchanged,
+    /// The published atlases replaced the shown ones; their stamp.
+    Reloaded(String),
+    /// The published sprites differ from the compiled ones: a rebuild is needed.
+    Mismatch(String),
+    /// The index or a page could not be read or decoded (perhaps mid-publication).
+    Unreadable(String),
+    /// Nothing is published at the index's path (yet).
+    Missing,
+}
+
 /// Replaces `S`'s atlases with the published ones when those changed and still fit.
+/// Runs every frame; logs what it refuses, once per change of the index.
 pub(crate) fn reload_live_atlases<S: SpriteSet>(
     mut live: ResMut<LiveAtlases<S>>,
     atlases: Option<ResMut<Atlases<S>>>,
@@ -57,30 +75,56 @@ pub(crate) fn reload_live_atlases<S: SpriteSet>(
     mut layouts: ResMut<Assets<TextureAtlasLayout>>,
 ) {
     let Some(mut atlases) = atlases else { return };
-    let now = std::fs::metadata(&live.index)
+    match look(&mut live, &mut atlases, &mut images, &mut layouts, false) {
+        Outcome::Mismatch(why) => tracing::warn!(
+            "pixelgen: the published atlases in {} no longer match this build ({why}); run `cargo build` to use them — the game keeps showing the atlases it has",
+            live.index.display()
+        ),
+        Outcome::Unreadable(why) => tracing::warn!(
+            "pixelgen: cannot reload the atlases from {}: {why}",
+            live.index.display()
+        ),
+        Outcome::Unchanged | Outcome::Reloaded(_) | Outcome::Missing => {}
+    }
+}
+
+/// Reads the published atlases now, changed or not, and says what came of it (the
+/// `pixelgen.reload` remote method, through which tools learn whether the game took them).
+#[cfg_attr(not(feature = "remote"), allow(dead_code))]
+pub(crate) fn reload_now<S: SpriteSet>(
+    live: Option<ResMut<LiveAtlases<S>>>,
+    atlases: Option<ResMut<Atlases<S>>>,
+    mut images: ResMut<Assets<Image>>,
+    mut layouts: ResMut<Assets<TextureAtlasLayout>>,
+) -> (Option<PathBuf>, Option<Outcome>) {
+    let (Some(mut live), Some(mut atlases)) = (live, atlases) else {
+        return (None, None);
+    };
+    let outcome = look(&mut live, &mut atlases, &mut images, &mut layouts, true);
+    (Some(live.index.clone()), Some(outcome))
+}
+
+fn look<S: SpriteSet>(
+    live: &mut LiveAtlases<S>,
+    atlases: &mut Atlases<S>,
+    images: &mut Assets<Image>,
+    layouts: &mut Assets<TextureAtlasLayout>,
+    force: bool,
+) -> Outcome {
+    let Some(now) = std::fs::metadata(&live.index)
         .ok()
-        .map(|m| (m.len(), m.modified().ok()));
-    let Some(now) = now else { return };
-    if live.seen == Some(now) {
-        return;
+        .map(|m| (m.len(), m.modified().ok()))
+    else {
+        return Outcome::Missing;
+    };
+    if live.seen == Some(now) && !force {
+        return Outcome::Unchanged;
     }
     live.seen = Some(now);
     let reloaded = match read::<S>(&live.index) {
         Ok(reloaded) => reloaded,
-        Err(Refused::Mismatch(why)) => {
-            tracing::warn!(
-                "pixelgen: the published atlases in {} no longer match this build ({why}); run `cargo build` to use them — the game keeps showing the atlases it has",
-                live.index.display()
-            );
-            return;
-        }
-        Err(Refused::Unreadable(why)) => {
-            tracing::warn!(
-                "pixelgen: cannot reload the atlases from {}: {why}",
-                live.index.display()
-            );
-            return;
-        }
+        Err(Refused::Mismatch(why)) => return Outcome::Mismatch(why),
+        Err(Refused::Unreadable(why)) => return Outcome::Unreadable(why),
     };
     for (ordinal, pages) in reloaded.images.into_iter().enumerate() {
         for (page, image) in pages.into_iter().enumerate() {
@@ -94,12 +138,11 @@ pub(crate) fn reload_live_atlases<S: SpriteSet>(
     }
     atlases.rects = reloaded.rects;
     atlases.trims = reloaded.trims;
+    Outcome::Reloaded(reloaded.stamp)
 }
 
 enum Refused {
-    /// The published sprites differ from the compiled ones: a rebuild is needed.
     Mismatch(String),
-    /// The files could not be read or decoded (perhaps mid-publication).
     Unreadable(String),
 }
 
@@ -107,6 +150,7 @@ fn read<S: SpriteSet>(path: &Path) -> Result<Reloaded, Refused> {
     // `read` refuses another index version, with the fix.
     let index = Index::read(path).map_err(Refused::Unreadable)?;
     let mut reloaded = Reloaded {
+        stamp: index.stamp.clone(),
         images: Vec::new(),
         layouts: Vec::new(),
         rects: Vec::new(),
