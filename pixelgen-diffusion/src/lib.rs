@@ -44,6 +44,8 @@ pub mod sgm;
 #[cfg(feature = "backend")]
 pub mod tokenizer;
 #[cfg(feature = "backend")]
+pub mod train;
+#[cfg(feature = "backend")]
 pub mod unet;
 #[cfg(feature = "backend")]
 pub mod vae;

@@ -10,6 +10,8 @@
 pub enum Stream {
     InitialLatents,
     AncestralStep(usize),
+    /// A trained LoRA's initial down factor, per module (in the adapters' order).
+    LoraFactor(usize),
 }
 
 impl Stream {
@@ -17,6 +19,8 @@ impl Stream {
         match self {
             Stream::InitialLatents => 0,
             Stream::AncestralStep(step) => 1 + step as u64,
+            // Far above any step count.
+            Stream::LoraFactor(module) => (1 << 40) + module as u64,
         }
     }
 }

@@ -272,6 +272,24 @@ impl Sampler {
     }
 }
 
+/// ᾱ_t for every training timestep: the DDPM schedule a model was trained with (its
+/// `beta_schedule`, rescaled to zero terminal SNR when the config says so), which training
+/// noises latents with.
+pub fn training_alphas_cumprod(config: &SchedulerConfig) -> Result<Vec<f64>, String> {
+    let mut betas = betas(config)?;
+    if config.rescale_betas_zero_snr {
+        betas = rescale_zero_terminal_snr(&betas);
+    }
+    let mut product = 1.0;
+    Ok(betas
+        .iter()
+        .map(|beta| {
+            product *= 1.0 - beta;
+            product
+        })
+        .collect())
+}
+
 fn betas(config: &SchedulerConfig) -> Result<Vec<f64>, String> {
     let n = config.num_train_timesteps;
     match config.beta_schedule.as_str() {

@@ -286,6 +286,27 @@ impl Attention {
     }
 }
 
+/// The transformer blocks' LayerNorm epsilon (diffusers' default).
+const LAYER_NORM_EPS: f64 = 1e-5;
+
+/// A transformer block's LayerNorm. candle-nn's fused kernel has no backward pass, so a
+/// tensor that gradients flow back through (training a LoRA) takes the composition.
+fn layer_norm(norm: &LayerNorm, xs: &Tensor) -> Result<Tensor> {
+    if !xs.track_op() {
+        return norm.forward(xs);
+    }
+    let dim = xs.dim(D::Minus1)? as f64;
+    let centred = xs.broadcast_sub(&(xs.sum_keepdim(D::Minus1)? / dim)?)?;
+    let variance = (centred.sqr()?.sum_keepdim(D::Minus1)? / dim)?;
+    let normed = centred
+        .broadcast_div(&(variance + LAYER_NORM_EPS)?.sqrt()?)?
+        .broadcast_mul(norm.weight())?;
+    match norm.bias() {
+        Some(bias) => normed.broadcast_add(bias),
+        None => Ok(normed),
+    }
+}
+
 #[derive(Debug)]
 struct TransformerBlock {
     norm1: LayerNorm,
@@ -301,21 +322,24 @@ impl TransformerBlock {
     fn new(vb: VarBuilder, dim: usize, context_dim: usize, heads: usize) -> Result<Self> {
         let inner = dim * 4;
         Ok(Self {
-            norm1: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+            norm1: candle_nn::layer_norm(dim, LAYER_NORM_EPS, vb.pp("norm1"))?,
             attn1: Attention::new(vb.pp("attn1"), dim, dim, heads)?,
-            norm2: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+            norm2: candle_nn::layer_norm(dim, LAYER_NORM_EPS, vb.pp("norm2"))?,
             attn2: Attention::new(vb.pp("attn2"), dim, context_dim, heads)?,
-            norm3: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+            norm3: candle_nn::layer_norm(dim, LAYER_NORM_EPS, vb.pp("norm3"))?,
             geglu: candle_nn::linear(dim, inner * 2, vb.pp("ff.net.0.proj"))?,
             ff_out: candle_nn::linear(inner, dim, vb.pp("ff.net.2"))?,
         })
     }
 
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let normed = self.norm1.forward(xs)?;
+        let normed = layer_norm(&self.norm1, xs)?;
         let xs = (self.attn1.forward(&normed, &normed)? + xs)?;
-        let xs = (self.attn2.forward(&self.norm2.forward(&xs)?, context)? + &xs)?;
-        let projected = self.geglu.forward(&self.norm3.forward(&xs)?)?;
+        let xs = (self
+            .attn2
+            .forward(&layer_norm(&self.norm2, &xs)?, context)?
+            + &xs)?;
+        let projected = self.geglu.forward(&layer_norm(&self.norm3, &xs)?)?;
         self.ff_out.forward(&cpu_ops::geglu(&projected)?)? + xs
     }
 }
@@ -624,12 +648,24 @@ impl Unet {
         context: &Tensor,
         added: Option<&AddedConditioning>,
     ) -> Result<Tensor> {
+        let timesteps = Tensor::full(timestep as f32, sample.dim(0)?, sample.device())?;
+        self.forward_at(sample, &timesteps, context, added)
+    }
+
+    /// [`forward`](Self::forward) with a timestep per latent (`[batch]`, f32), as training
+    /// draws them.
+    pub fn forward_at(
+        &self,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        added: Option<&AddedConditioning>,
+    ) -> Result<Tensor> {
         let (batch, _, height, width) = sample.dims4()?;
         let dtype = sample.dtype();
-        let device = sample.device();
-        let timesteps = Tensor::full(timestep as f32, batch, device)?;
+        let timesteps = &timesteps.to_dtype(DType::F32)?;
         let features = timestep_features(
-            &timesteps,
+            timesteps,
             self.time_channels,
             self.flip_sin_to_cos,
             self.freq_shift,

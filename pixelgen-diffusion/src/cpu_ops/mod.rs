@@ -3,8 +3,9 @@
 //!
 //! Each public function or module here takes candle tensors and decides per call:
 //! contiguous-able f32 tensors on the CPU go to the kernel (a candle custom op); every
-//! other case (CUDA, Metal, f16, bf16, f64) runs exactly the candle composition the UNet
-//! used before these kernels existed, so the GPU path is unchanged.
+//! other case (CUDA, Metal, f16, bf16, f64, and tensors that gradients flow back through
+//! while training a LoRA) runs exactly the candle composition the UNet used before these
+//! kernels existed, so the GPU path is unchanged and training differentiates.
 //!
 //! Invariants:
 //! - **Thread-count independence.** Every output element is computed by one task, with a
@@ -31,11 +32,13 @@ pub use norm::GroupNorm;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Tensor, bail};
 
-/// Whether all `tensors` are f32 on the CPU, the case the kernels implement.
+/// Whether all `tensors` are f32 on the CPU, the case the kernels implement, and none is
+/// part of a graph that gradients flow back through (training: the kernels have no
+/// backward pass, the candle composition has).
 fn on_cpu_f32(tensors: &[&Tensor]) -> bool {
     tensors
         .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
 }
 
 /// The f32 data of a contiguous CPU tensor, from a custom op's storage and layout.

@@ -1,0 +1,298 @@
+//! Training LoRA adapters on candle's autograd: the factors are `Var`s, and a model is
+//! built over its frozen weights with every adapted weight replaced by
+//! `W + scale · up · down` as a graph node ([`LoraAdapters::weights`]), so the forward pass
+//! is the model's own code and the backward pass reaches the factors. This is the product
+//! peft computes as `x·Wᵀ + scale · (x·downᵀ)·upᵀ`, in another order: the same values and
+//! gradients up to f32 rounding (checked against PyTorch/peft in `tests/train.rs`).
+//!
+//! Invariants: the frozen weights are never variables (only the factors get gradients); a
+//! model built from [`LoraAdapters::weights`] reads the factors as they are when it is
+//! built, so it is built again after each optimiser step; module names are diffusers'
+//! (`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`), the names PEFT files use.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Result, Shape, Tensor, Var, bail};
+use candle_nn::VarBuilder;
+use candle_nn::var_builder::SimpleBackend;
+
+use crate::config::SchedulerConfig;
+use crate::lora::TensorMap;
+use crate::noise::{self, Stream};
+use crate::unet::Unet;
+
+/// The UNet projections a style LoRA adapts by default: attention's query, key, value and
+/// output (diffusers' training script's `target_modules`).
+pub const ATTENTION_PROJECTIONS: [&str; 4] = ["to_q", "to_k", "to_v", "to_out.0"];
+
+/// One adapted module: `W' = W + scale · up · down`.
+#[derive(Debug)]
+pub struct Adapter {
+    /// `[rank, in_features]` (PEFT's `lora_A`, kohya's `lora_down`).
+    pub down: Var,
+    /// `[out_features, rank]` (PEFT's `lora_B`, kohya's `lora_up`).
+    pub up: Var,
+}
+
+/// The trainable factors of one model, by module name.
+#[derive(Debug)]
+pub struct LoraAdapters {
+    pub rank: usize,
+    pub alpha: f64,
+    modules: BTreeMap<String, Adapter>,
+}
+
+impl LoraAdapters {
+    /// New adapters on every 2-D weight `<module>.weight` of `weights` whose module ends
+    /// with one of `targets` (e.g. [`ATTENTION_PROJECTIONS`]), initialised as diffusers'
+    /// training script asks PEFT to (`init_lora_weights="gaussian"`): `down` normal with
+    /// standard deviation 1/rank from `seed`, `up` zero, so training starts from the
+    /// model itself.
+    pub fn new(
+        weights: &TensorMap,
+        targets: &[&str],
+        rank: usize,
+        alpha: f64,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        if rank == 0 {
+            bail!("a LoRA's rank must be at least 1");
+        }
+        let mut names: Vec<&String> = weights
+            .iter()
+            .filter(|(name, tensor)| {
+                tensor.rank() == 2
+                    && name.strip_suffix(".weight").is_some_and(|module| {
+                        targets.iter().any(|t| module.ends_with(&format!(".{t}")))
+                    })
+            })
+            .map(|(name, _)| name)
+            .collect();
+        names.sort();
+        if names.is_empty() {
+            bail!("the model has no weights named like {}", targets.join(", "));
+        }
+        let mut modules = BTreeMap::new();
+        for (index, name) in names.into_iter().enumerate() {
+            let (out_features, in_features) = weights[name].dims2()?;
+            let values = noise::gaussian(seed, Stream::LoraFactor(index), rank * in_features);
+            let down = (Tensor::from_vec(values, (rank, in_features), device)? / rank as f64)?;
+            let up = Tensor::zeros((out_features, rank), DType::F32, device)?;
+            let module = name.trim_end_matches(".weight").to_owned();
+            modules.insert(
+                module,
+                Adapter {
+                    down: Var::from_tensor(&down)?,
+                    up: Var::from_tensor(&up)?,
+                },
+            );
+        }
+        Ok(LoraAdapters {
+            rank,
+            alpha,
+            modules,
+        })
+    }
+
+    /// Adapters with the factors of a PEFT state dict (`<module>.lora_A[.<adapter>].weight`
+    /// and `lora_B`), names relative to the model (`prefix` stripped, e.g. `unet.` or none).
+    pub fn from_peft(factors: &TensorMap, prefix: &str, alpha: f64) -> Result<Self> {
+        let mut downs = BTreeMap::new();
+        let mut ups = BTreeMap::new();
+        for (name, tensor) in factors {
+            let Some(name) = name.strip_prefix(prefix) else {
+                continue;
+            };
+            let name = name.replace(".default.weight", ".weight");
+            if let Some(module) = name.strip_suffix(".lora_A.weight") {
+                downs.insert(module.to_owned(), tensor.to_dtype(DType::F32)?);
+            } else if let Some(module) = name.strip_suffix(".lora_B.weight") {
+                ups.insert(module.to_owned(), tensor.to_dtype(DType::F32)?);
+            }
+        }
+        let mut modules = BTreeMap::new();
+        let mut rank = None;
+        for (module, down) in downs {
+            let Some(up) = ups.remove(&module) else {
+                bail!("LoRA factors: `{module}` has lora_A but no lora_B");
+            };
+            let r = down.dim(0)?;
+            if *rank.get_or_insert(r) != r || up.dim(1)? != r {
+                bail!("LoRA factors: `{module}` has another rank than the others");
+            }
+            modules.insert(
+                module,
+                Adapter {
+                    down: Var::from_tensor(&down)?,
+                    up: Var::from_tensor(&up)?,
+                },
+            );
+        }
+        if let Some(module) = ups.keys().next() {
+            bail!("LoRA factors: `{module}` has lora_B but no lora_A");
+        }
+        let Some(rank) = rank else {
+            bail!("LoRA factors: none found under `{prefix}`");
+        };
+        Ok(LoraAdapters {
+            rank,
+            alpha,
+            modules,
+        })
+    }
+
+    /// `alpha / rank`, the factor the product is scaled by (PEFT's and kohya's).
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    pub fn modules(&self) -> impl Iterator<Item = (&str, &Adapter)> {
+        self.modules.iter().map(|(name, a)| (name.as_str(), a))
+    }
+
+    /// Every factor, down then up per module in name order: what the optimiser updates.
+    pub fn vars(&self) -> Vec<Var> {
+        self.modules
+            .values()
+            .flat_map(|a| [a.down.clone(), a.up.clone()])
+            .collect()
+    }
+
+    /// A builder over `frozen` in which each adapted weight is `W + scale · up · down`,
+    /// computed now from the factors' current values as part of the autograd graph.
+    pub fn weights(&self, frozen: &TensorMap, device: &Device) -> Result<VarBuilder<'static>> {
+        let mut adapted = frozen.clone();
+        let scale = self.scale();
+        for (module, adapter) in &self.modules {
+            let name = format!("{module}.weight");
+            let Some(weight) = frozen.get(&name) else {
+                bail!("the model has no weight `{name}` for the LoRA module `{module}`");
+            };
+            let delta = (adapter.up.as_tensor().matmul(adapter.down.as_tensor())? * scale)?;
+            if delta.dims() != weight.dims() {
+                bail!(
+                    "LoRA module `{module}`: factors make {:?}, the weight is {:?}",
+                    delta.dims(),
+                    weight.dims()
+                );
+            }
+            adapted.insert(name, (weight.to_dtype(DType::F32)? + delta)?);
+        }
+        Ok(VarBuilder::from_backend(
+            Box::new(Adapted(adapted)),
+            DType::F32,
+            device.clone(),
+        ))
+    }
+}
+
+/// Weights by name, handed out as they are (no copy, no cast that would cut the graph
+/// unless the dtype differs).
+struct Adapted(TensorMap);
+
+impl SimpleBackend for Adapted {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let tensor = self.get_unchecked(name, dtype, device)?;
+        if tensor.shape() != &shape {
+            bail!(
+                "weight `{name}`: shape {:?}, expected {:?}",
+                tensor.dims(),
+                shape.dims()
+            );
+        }
+        Ok(tensor)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let Some(tensor) = self.0.get(name) else {
+            bail!("the model has no weight `{name}`");
+        };
+        tensor.to_dtype(dtype)?.to_device(device)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+}
+
+/// What the model learned to predict, and the noise schedule it was trained with: the DDPM
+/// schedule of its `scheduler_config.json`.
+#[derive(Debug, Clone)]
+pub struct NoiseSchedule {
+    alphas_cumprod: Vec<f64>,
+    v_prediction: bool,
+}
+
+impl NoiseSchedule {
+    pub fn new(config: &SchedulerConfig) -> std::result::Result<Self, String> {
+        let v_prediction = match config.prediction_type.as_str() {
+            "epsilon" => false,
+            "v_prediction" => true,
+            other => {
+                return Err(format!(
+                    "a LoRA can be trained for epsilon or v prediction, not `{other}`"
+                ));
+            }
+        };
+        Ok(NoiseSchedule {
+            alphas_cumprod: crate::scheduler::training_alphas_cumprod(config)?,
+            v_prediction,
+        })
+    }
+
+    pub fn train_steps(&self) -> usize {
+        self.alphas_cumprod.len()
+    }
+
+    /// The noise-prediction loss of `unet` for clean `latents` noised with `noise` at
+    /// `timesteps` (one per latent), conditioned on `context`: the mean squared error
+    /// between the prediction and epsilon (or v), as diffusers' training script takes it.
+    pub fn loss(
+        &self,
+        unet: &Unet,
+        latents: &Tensor,
+        noise: &Tensor,
+        timesteps: &[usize],
+        context: &Tensor,
+    ) -> Result<Tensor> {
+        let batch = latents.dim(0)?;
+        if timesteps.len() != batch {
+            bail!("{} timesteps for {batch} latents", timesteps.len());
+        }
+        let mut signal = Vec::with_capacity(batch);
+        let mut noise_level = Vec::with_capacity(batch);
+        for &t in timesteps {
+            let Some(&alpha) = self.alphas_cumprod.get(t) else {
+                bail!(
+                    "timestep {t} is beyond the schedule's {}",
+                    self.train_steps()
+                );
+            };
+            signal.push(alpha.sqrt() as f32);
+            noise_level.push((1.0 - alpha).sqrt() as f32);
+        }
+        let device = latents.device();
+        let per_sample = |values: Vec<f32>| Tensor::from_vec(values, (batch, 1, 1, 1), device);
+        let (signal, noise_level) = (per_sample(signal)?, per_sample(noise_level)?);
+        let noisy = (latents.broadcast_mul(&signal)? + noise.broadcast_mul(&noise_level)?)?;
+        let target = if self.v_prediction {
+            (noise.broadcast_mul(&signal)? - latents.broadcast_mul(&noise_level)?)?
+        } else {
+            noise.clone()
+        };
+        let times: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
+        let times = Tensor::from_vec(times, batch, device)?;
+        let prediction = unet.forward_at(&noisy, &times, context, None)?;
+        (prediction.to_dtype(DType::F32)? - target.to_dtype(DType::F32)?)?
+            .sqr()?
+            .mean_all()
+    }
+}
