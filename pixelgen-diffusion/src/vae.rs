@@ -3,8 +3,8 @@
 //! Written here rather than taken from candle-transformers so that it runs on pixelgen's
 //! CPU kernels (`cpu_ops`: convolution, GroupNorm+SiLU, attention), which at 512×512 make
 //! the decode several times faster; on other devices those fall back to candle's own ops,
-//! computing what candle-transformers' VAE computes. Only the decoder exists: pixelgen
-//! never encodes images. Module and weight names follow diffusers (and, for the mid-block
+//! computing what candle-transformers' VAE computes. The encoder ([`VaeEncoder`]) serves
+//! LoRA training, which turns training images into latents. Module and weight names follow diffusers (and, for the mid-block
 //! attention, also the older `query`/`key`/`value`/`proj_attn` names and 1×1-conv-shaped
 //! weights, as candle-transformers accepts), so the same weight files load unchanged.
 
@@ -106,7 +106,9 @@ impl Attention {
             .group_norm
             .forward(xs)?
             .reshape((batch, channels, height * width))?
-            .transpose(1, 2)?;
+            .transpose(1, 2)?
+            // candle's batched matmul misreads a transposed left operand when batch > 1.
+            .contiguous()?;
         let q = self.to_q.forward(&tokens)?;
         let k = self.to_k.forward(&tokens)?;
         let v = self.to_v.forward(&tokens)?;
@@ -210,6 +212,135 @@ impl VaeDecoder {
     }
 }
 
+/// diffusers' `DownEncoderBlock2D`: resnets, then (except the last) a stride-2 3×3 conv
+/// after padding right and bottom by one.
+#[derive(Debug)]
+struct DownBlock {
+    resnets: Vec<Resnet>,
+    downsampler: Option<Conv2d>,
+}
+
+/// The VAE encoder with its `quant_conv`: images in [-1, 1] to the latent distribution.
+#[derive(Debug)]
+pub struct VaeEncoder {
+    conv_in: Conv2d,
+    down_blocks: Vec<DownBlock>,
+    mid_resnets: [Resnet; 2],
+    mid_attention: Attention,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+    quant_conv: Option<Conv2d>,
+}
+
+/// A diagonal Gaussian over latents (diffusers' `DiagonalGaussianDistribution`).
+#[derive(Debug)]
+pub struct LatentDistribution {
+    pub mean: Tensor,
+    /// The log variance, clamped to [-30, 20] as diffusers clamps it.
+    pub log_variance: Tensor,
+}
+
+impl LatentDistribution {
+    pub fn std(&self) -> Result<Tensor> {
+        (&self.log_variance * 0.5)?.exp()
+    }
+
+    /// `mean + std · noise` (unscaled: multiply by the VAE's scaling factor for the UNet).
+    pub fn sample(&self, noise: &Tensor) -> Result<Tensor> {
+        &self.mean + (self.std()? * noise)?
+    }
+}
+
+impl VaeEncoder {
+    /// Builds the encoder from the VAE's weights (`vb` at the VAE's root, where
+    /// `encoder.*` and `quant_conv.*` live); `in_channels` is 3 for RGB.
+    pub fn new(vb: VarBuilder, config: &VaeConfig, in_channels: usize) -> Result<Self> {
+        let channels = &config.block_out_channels;
+        let Some(&last) = channels.last() else {
+            bail!("vae config: block_out_channels is empty");
+        };
+        let groups = config.norm_num_groups;
+        let latent = config.latent_channels;
+        let quant_conv = if config.use_quant_conv {
+            Some(conv(vb.pp("quant_conv"), 2 * latent, 2 * latent, 1)?)
+        } else {
+            None
+        };
+        let vb = vb.pp("encoder");
+        let mid = vb.pp("mid_block");
+        let mut down_blocks = Vec::with_capacity(channels.len());
+        let mut previous = channels[0];
+        for (index, &out_c) in channels.iter().enumerate() {
+            let block = vb.pp("down_blocks").pp(index);
+            let resnets = (0..config.layers_per_block)
+                .map(|i| {
+                    let in_c = if i == 0 { previous } else { out_c };
+                    Resnet::new(block.pp("resnets").pp(i), in_c, out_c, groups)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let downsampler = if index + 1 < channels.len() {
+                let config = Conv2dConfig {
+                    stride: 2,
+                    ..Default::default()
+                };
+                Some(candle_nn::conv2d(
+                    out_c,
+                    out_c,
+                    3,
+                    config,
+                    block.pp("downsamplers.0.conv"),
+                )?)
+            } else {
+                None
+            };
+            down_blocks.push(DownBlock {
+                resnets,
+                downsampler,
+            });
+            previous = out_c;
+        }
+        Ok(Self {
+            conv_in: conv(vb.pp("conv_in"), in_channels, channels[0], 3)?,
+            down_blocks,
+            mid_resnets: [
+                Resnet::new(mid.pp("resnets.0"), last, last, groups)?,
+                Resnet::new(mid.pp("resnets.1"), last, last, groups)?,
+            ],
+            mid_attention: Attention::new(mid.pp("attentions.0"), last, groups)?,
+            conv_norm_out: GroupNorm::new(groups, last, EPS, vb.pp("conv_norm_out"))?,
+            conv_out: conv(vb.pp("conv_out"), last, 2 * latent, 3)?,
+            quant_conv,
+        })
+    }
+
+    /// Images (`[batch, 3, h, w]` in [-1, 1], h and w multiples of 8) to their latent
+    /// distribution.
+    pub fn encode(&self, images: &Tensor) -> Result<LatentDistribution> {
+        let mut xs = conv2d(&self.conv_in, images)?;
+        for block in &self.down_blocks {
+            for resnet in &block.resnets {
+                xs = resnet.forward(&xs)?;
+            }
+            if let Some(downsampler) = &block.downsampler {
+                let padded = xs.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?;
+                xs = conv2d(downsampler, &padded)?;
+            }
+        }
+        xs = self.mid_resnets[0].forward(&xs)?;
+        xs = self.mid_attention.forward(&xs)?;
+        xs = self.mid_resnets[1].forward(&xs)?;
+        let mut moments = conv2d(&self.conv_out, &self.conv_norm_out.forward_silu(&xs)?)?;
+        if let Some(quant_conv) = &self.quant_conv {
+            moments = conv2d(quant_conv, &moments)?;
+        }
+        let halves = moments.chunk(2, 1)?;
+        Ok(LatentDistribution {
+            mean: halves[0].clone(),
+            log_variance: halves[1].clamp(-30f32, 20f32)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{DType, Device, Tensor};
@@ -273,17 +404,39 @@ mod tests {
             )
             .unwrap();
             let latents = random(&[2, 4, 6, 5], 77, 1.0);
-            let expected = reference
-                .decode(&latents.to_dtype(DType::F64).unwrap())
-                .unwrap()
-                .to_dtype(DType::F32)
-                .unwrap();
-            assert_close(
-                &ours.decode(&latents).unwrap(),
-                &expected,
-                5e-5,
-                "vae decode",
-            );
+            // The reference decodes one latent at a time: candle's batched matmul of a
+            // transposed operand, which its attention uses, gets the second image wrong.
+            let expected = Tensor::cat(
+                &(0..2)
+                    .map(|i| {
+                        reference
+                            .decode(
+                                &latents
+                                    .narrow(0, i, 1)
+                                    .unwrap()
+                                    .to_dtype(DType::F64)
+                                    .unwrap(),
+                            )
+                            .unwrap()
+                            .to_dtype(DType::F32)
+                            .unwrap()
+                    })
+                    .collect::<Vec<_>>(),
+                0,
+            )
+            .unwrap();
+            let decoded = ours.decode(&latents).unwrap();
+            assert_close(&decoded, &expected, 5e-5, "vae decode");
+            // Each image of a batch is the image decoded alone (candle's batched matmul of a
+            // transposed operand once made the second one wrong, here and in the reference).
+            for i in 0..2 {
+                assert_close(
+                    &decoded.narrow(0, i, 1).unwrap(),
+                    &ours.decode(&latents.narrow(0, i, 1).unwrap()).unwrap(),
+                    1e-5,
+                    "one image of a batch",
+                );
+            }
         }
     }
 }

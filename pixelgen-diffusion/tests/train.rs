@@ -121,3 +121,43 @@ fn one_training_step_matches_pytorch_peft() {
         );
     }
 }
+
+/// The VAE encoder (which turns training images into latents) against diffusers'
+/// `AutoencoderKL.encode` on the same image: mean and log variance within 1e-4 of the
+/// largest value.
+#[test]
+fn the_vae_encoder_matches_diffusers() {
+    use pixelgen_diffusion::config::VaeConfig;
+    use pixelgen_diffusion::vae::VaeEncoder;
+    for family in ["sd1"] {
+        let expected = candle_core::safetensors::load(
+            fixtures().join(format!("train/{family}_encode.safetensors")),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let model = fixtures().join(format!("diffusion/{family}/model"));
+        let config: VaeConfig = json(&model.join("vae/config.json"));
+        let weights = candle_core::safetensors::load(
+            model.join("vae/diffusion_pytorch_model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let vb =
+            candle_nn::VarBuilder::from_tensors(weights, candle_core::DType::F32, &Device::Cpu);
+        let encoder = VaeEncoder::new(vb, &config, 3).unwrap();
+        let encoded = encoder.encode(&expected["image"]).unwrap();
+        for (name, got) in [
+            ("mean", &encoded.mean),
+            ("log_variance", &encoded.log_variance),
+        ] {
+            let reference = &expected[name];
+            assert_eq!(got.dims(), reference.dims(), "{family}: {name}");
+            let error = max_abs(&(got - reference).unwrap()) / max_abs(reference).max(1e-12);
+            eprintln!("{family}: VAE encoder {name}: relative max error {error:.2e}");
+            assert!(
+                error <= 1e-4,
+                "{family}: {name}: relative max error {error:.2e}"
+            );
+        }
+    }
+}
