@@ -187,6 +187,90 @@ impl LoraAdapters {
     }
 }
 
+/// What a kohya-format file says about how it was made (`ss_*` header entries, as kohya's
+/// sd-scripts write them; A1111-style tools show them).
+#[derive(Debug, Clone, Default)]
+pub struct KohyaMetadata {
+    /// The base model's name or path.
+    pub base_model: String,
+    /// `sd1`, `sd2` or `sdxl`.
+    pub family: String,
+    /// Training resolution, width × height.
+    pub resolution: (usize, usize),
+    pub steps: usize,
+    pub learning_rate: f64,
+    pub images: usize,
+    pub seed: u64,
+    pub v_prediction: bool,
+}
+
+impl LoraAdapters {
+    /// Writes the factors as a kohya-ss LoRA: `lora_unet_<module>` (the module path with
+    /// dots as underscores) `.lora_down.weight`, `.lora_up.weight` and `.alpha`, in f32,
+    /// with kohya's `ss_*` metadata. pixelgen, diffusers' `load_lora_weights` and
+    /// A1111-style tools read this form. Written to a temporary file and renamed, so an
+    /// interrupted save leaves the previous file whole.
+    pub fn save_kohya(
+        &self,
+        path: &std::path::Path,
+        metadata: &KohyaMetadata,
+    ) -> std::result::Result<(), String> {
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        let alpha = Tensor::new(self.alpha as f32, &Device::Cpu).map_err(|e| e.to_string())?;
+        for (module, adapter) in &self.modules {
+            let name = format!("lora_unet_{}", module.replace('.', "_"));
+            let cpu = |v: &Var| {
+                v.as_tensor()
+                    .to_dtype(DType::F32)
+                    .and_then(|t| t.to_device(&Device::Cpu))
+                    .map_err(|e| e.to_string())
+            };
+            tensors.push((format!("{name}.lora_down.weight"), cpu(&adapter.down)?));
+            tensors.push((format!("{name}.lora_up.weight"), cpu(&adapter.up)?));
+            tensors.push((format!("{name}.alpha"), alpha.clone()));
+        }
+        let (width, height) = metadata.resolution;
+        let header: std::collections::HashMap<String, String> = [
+            ("ss_network_module", "networks.lora".to_owned()),
+            ("ss_network_dim", self.rank.to_string()),
+            ("ss_network_alpha", format!("{}", self.alpha)),
+            ("ss_network_args", "{}".to_owned()),
+            ("ss_sd_model_name", metadata.base_model.clone()),
+            ("ss_base_model_version", metadata.family.clone()),
+            ("ss_v2", (metadata.family == "sd2").to_string()),
+            ("ss_resolution", format!("({width}, {height})")),
+            ("ss_max_train_steps", metadata.steps.to_string()),
+            ("ss_steps", metadata.steps.to_string()),
+            ("ss_learning_rate", metadata.learning_rate.to_string()),
+            ("ss_unet_lr", metadata.learning_rate.to_string()),
+            ("ss_text_encoder_lr", "0".to_owned()),
+            ("ss_num_train_images", metadata.images.to_string()),
+            ("ss_seed", metadata.seed.to_string()),
+            ("ss_v_parameterization", metadata.v_prediction.to_string()),
+            ("ss_optimizer", "AdamW".to_owned()),
+            (
+                "ss_training_comment",
+                "trained by pixelgen (candle)".to_owned(),
+            ),
+            (
+                "modelspec.architecture",
+                format!("{}/lora", metadata.family),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let data: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+        safetensors::serialize_to_file(data, Some(header), &temporary)
+            .map_err(|e| format!("cannot write {}: {e}", temporary.display()))?;
+        std::fs::rename(&temporary, path).map_err(|e| {
+            let _ = std::fs::remove_file(&temporary);
+            format!("cannot write {}: {e}", path.display())
+        })
+    }
+}
+
 /// Weights by name, handed out as they are (no copy, no cast that would cut the graph
 /// unless the dtype differs).
 struct Adapted(TensorMap);
