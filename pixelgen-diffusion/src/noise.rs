@@ -12,6 +12,11 @@ pub enum Stream {
     AncestralStep(usize),
     /// A trained LoRA's initial down factor, per module (in the adapters' order).
     LoraFactor(usize),
+    /// Training step `n`'s noise, and its timesteps.
+    TrainingNoise(usize),
+    TrainingTimesteps(usize),
+    /// Which examples training step `n` takes (the order of an epoch).
+    TrainingOrder(usize),
 }
 
 impl Stream {
@@ -21,6 +26,9 @@ impl Stream {
             Stream::AncestralStep(step) => 1 + step as u64,
             // Far above any step count.
             Stream::LoraFactor(module) => (1 << 40) + module as u64,
+            Stream::TrainingNoise(step) => (2 << 40) + step as u64,
+            Stream::TrainingTimesteps(step) => (3 << 40) + step as u64,
+            Stream::TrainingOrder(epoch) => (4 << 40) + epoch as u64,
         }
     }
 }
@@ -56,6 +64,13 @@ pub fn gaussian(seed: u64, stream: Stream, count: usize) -> Vec<f32> {
     }
     out.truncate(count);
     out
+}
+
+/// `count` values uniform in (0, 1] for `seed` and `stream`.
+pub fn uniform(seed: u64, stream: Stream, count: usize) -> Vec<f64> {
+    let mut rng = SplitMix64(seed ^ stream.id().wrapping_mul(0xD1B5_4A32_D192_ED03));
+    rng.next();
+    (0..count).map(|_| rng.unit()).collect()
 }
 
 #[cfg(test)]

@@ -187,6 +187,143 @@ impl LoraAdapters {
     }
 }
 
+/// One training example: its clean latents (the VAE's sample times the scaling factor,
+/// `[channels, h, w]`) and its caption's text-encoder hidden states (`[tokens, dim]`).
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub latents: Tensor,
+    pub context: Tensor,
+}
+
+/// How to train (diffusers' training script's defaults where it has them).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub steps: usize,
+    pub learning_rate: f64,
+    /// Examples per step.
+    pub batch: usize,
+    pub seed: u64,
+    /// AdamW's (diffusers: `adam_weight_decay` 1e-2, betas 0.9/0.999, epsilon 1e-8).
+    pub weight_decay: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            steps: 1000,
+            learning_rate: 1e-4,
+            batch: 1,
+            seed: 0,
+            weight_decay: 1e-2,
+        }
+    }
+}
+
+/// The batch of step `step`: every epoch visits each example once, in an order drawn
+/// from the seed.
+pub fn batch_of(step: usize, batch: usize, examples: usize, seed: u64) -> Vec<usize> {
+    (0..batch)
+        .map(|i| {
+            let position = step * batch + i;
+            let (epoch, within) = (position / examples, position % examples);
+            let keys = noise::uniform(seed, Stream::TrainingOrder(epoch), examples);
+            let mut order: Vec<usize> = (0..examples).collect();
+            order.sort_by(|&a, &b| keys[a].total_cmp(&keys[b]));
+            order[within]
+        })
+        .collect()
+}
+
+/// The frozen model training adapts: its UNet and the noise schedule it was trained with.
+#[derive(Clone, Copy)]
+pub struct BaseModel<'a> {
+    pub unet_config: &'a crate::config::UnetConfig,
+    pub unet_weights: &'a TensorMap,
+    pub schedule: &'a NoiseSchedule,
+}
+
+/// Trains `adapters` on `examples` from step `first` to `settings.steps`, calling
+/// `on_step(step, loss)` after each; it returns `false` to stop early (an interrupt, a
+/// checkpoint to write first). Noise, timesteps and batches come from the seed and the
+/// step number alone, so training resumed at step `n` (with the factors and optimiser
+/// moments saved there) continues exactly as an uninterrupted run would.
+pub fn train(
+    base: &BaseModel,
+    adapters: &LoraAdapters,
+    optimizer: &mut candle_nn::AdamW,
+    examples: &[Example],
+    settings: &Settings,
+    first: usize,
+    on_step: &mut dyn FnMut(usize, f32) -> bool,
+) -> Result<()> {
+    use candle_nn::Optimizer;
+    if examples.is_empty() {
+        bail!("nothing to train on: no examples");
+    }
+    let device = examples[0].latents.device().clone();
+    for step in first..settings.steps {
+        let chosen = batch_of(step, settings.batch, examples.len(), settings.seed);
+        let latents = Tensor::stack(
+            &chosen
+                .iter()
+                .map(|&i| &examples[i].latents)
+                .collect::<Vec<_>>(),
+            0,
+        )?;
+        let context = Tensor::stack(
+            &chosen
+                .iter()
+                .map(|&i| &examples[i].context)
+                .collect::<Vec<_>>(),
+            0,
+        )?;
+        let noise = Tensor::from_vec(
+            noise::gaussian(
+                settings.seed,
+                Stream::TrainingNoise(step),
+                latents.elem_count(),
+            ),
+            latents.shape(),
+            &device,
+        )?;
+        let timesteps: Vec<usize> =
+            noise::uniform(settings.seed, Stream::TrainingTimesteps(step), chosen.len())
+                .into_iter()
+                .map(|u| {
+                    ((u * base.schedule.train_steps() as f64) as usize)
+                        .min(base.schedule.train_steps() - 1)
+                })
+                .collect();
+        let unet = Unet::new(
+            adapters.weights(base.unet_weights, &device)?,
+            base.unet_config,
+        )?;
+        let loss = base
+            .schedule
+            .loss(&unet, &latents, &noise, &timesteps, &context)?;
+        optimizer.backward_step(&loss)?;
+        if !on_step(step, loss.to_scalar::<f32>()?) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// AdamW over the adapters' factors with `settings`' learning rate and weight decay.
+pub fn optimizer(adapters: &LoraAdapters, settings: &Settings) -> Result<candle_nn::AdamW> {
+    use candle_nn::Optimizer;
+    candle_nn::AdamW::new(
+        adapters.vars(),
+        candle_nn::ParamsAdamW {
+            lr: settings.learning_rate,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: settings.weight_decay,
+        },
+    )
+}
+
 /// What a kohya-format file says about how it was made (`ss_*` header entries, as kohya's
 /// sd-scripts write them; A1111-style tools show them).
 #[derive(Debug, Clone, Default)]
