@@ -10,6 +10,7 @@ mod pack;
 mod pixelize;
 #[cfg(unix)]
 mod serve;
+mod train_lora;
 mod txt2img;
 mod watch;
 
@@ -91,6 +92,8 @@ enum Command {
     Pack(pack::Pack),
     /// Turn one raw image (pseudo pixel art) into exact-size pixel art, as the build does.
     Pixelize(pixelize::Pixelize),
+    /// Train a style LoRA on a folder of images (kohya-ss format out), on the CPU or CUDA.
+    TrainLora(train_lora::TrainLora),
     /// Draw one raw image with Stable Diffusion (a model folder, .safetensors file or HF id).
     Txt2img(Box<txt2img::Txt2Img>),
 }
@@ -187,6 +190,13 @@ fn run(cli: Cli, environment: &Environment) -> Result<ExitCode, Error> {
             }
         },
         Command::Pixelize(args) => match pixelize::run(args) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(error) => {
+                eprintln!("error: {error}");
+                Ok(ExitCode::from(1))
+            }
+        },
+        Command::TrainLora(args) => match train_lora::run(args, environment) {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(error) => {
                 eprintln!("error: {error}");

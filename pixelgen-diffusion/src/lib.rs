@@ -60,7 +60,7 @@ pub use candle_core;
 pub use device::{DeviceLock, batch_for, select_device};
 pub use files::{LocateError, ModelLocation, locate};
 #[cfg(feature = "backend")]
-pub use model::{LoadedModel, LoraFile};
+pub use model::{LoadedModel, LoraFile, TrainingBase};
 #[cfg(feature = "backend")]
 pub use sample::{Noise, Phase, PhaseTimes, Request, Settings, request_for, settings_for};
 

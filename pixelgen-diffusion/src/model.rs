@@ -602,6 +602,124 @@ impl LoadedModel {
     }
 }
 
+/// What LoRA training needs of a base model: the frozen UNet (weights in f32, and its
+/// config), the noise schedule it was trained with, and the text and VAE encoders that turn
+/// captions and images into its inputs. SD 1.x and 2.x (one text encoder).
+pub struct TrainingBase {
+    pub unet_config: UnetConfig,
+    /// f32, on the training device.
+    pub unet_weights: TensorMap,
+    pub scheduler: SchedulerConfig,
+    pub vae_config: VaeConfig,
+    vae: super::vae::VaeEncoder,
+    tokenizer: ClipTokenizer,
+    text_encoder: ClipTextModel,
+    device: Device,
+}
+
+impl TrainingBase {
+    pub fn load(
+        location: &ModelLocation,
+        device: &Device,
+        hub_cache: Option<&Path>,
+    ) -> Result<Self, DiffusionError> {
+        let parts = match location {
+            ModelLocation::Folder(dir) => folder_parts(dir, DType::F32, DType::F32, device)?,
+            ModelLocation::SingleFile(file) => single_file_parts(file, device, hub_cache)?,
+        };
+        let invalid = |message: String| DiffusionError::Invalid {
+            path: location.path().to_path_buf(),
+            message,
+        };
+        if parts.text_encoder_2.is_some() {
+            return Err(invalid(
+                "training a LoRA for SDXL (two text encoders) is not supported yet; SD 1.x and 2.x models are".into(),
+            ));
+        }
+        let weights = parts.weights;
+        let tokenizer = ClipTokenizer::from_dir(&parts.tokenizer_dir).map_err(invalid)?;
+        let text_encoder = ClipTextModel::new(
+            builder(
+                to_dtype(weights.text_encoder.unwrap_or_default(), DType::F32)?,
+                DType::F32,
+                device,
+            ),
+            &parts.text_encoder,
+        )
+        .map_err(|e| invalid(format!("text encoder: {e}")))?;
+        let vae = super::vae::VaeEncoder::new(
+            builder(to_dtype(weights.vae, DType::F32)?, DType::F32, device),
+            &parts.vae,
+            3,
+        )
+        .map_err(|e| invalid(format!("vae encoder: {e}")))?;
+        Ok(TrainingBase {
+            unet_config: parts.unet,
+            unet_weights: to_dtype(weights.unet, DType::F32)?,
+            scheduler: parts.scheduler,
+            vae_config: parts.vae,
+            vae,
+            tokenizer,
+            text_encoder,
+            device: device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// `sd1` or `sd2` (SD 2.x's text encoder is OpenCLIP's, 1024 wide).
+    pub fn family(&self) -> &'static str {
+        let width = match &self.unet_config.cross_attention_dim {
+            crate::config::PerLevel::One(width) => Some(*width),
+            crate::config::PerLevel::Each(widths) => widths.first().copied(),
+        };
+        if width == Some(1024) { "sd2" } else { "sd1" }
+    }
+
+    /// How many image pixels one latent cell covers.
+    pub fn latent_factor(&self) -> usize {
+        self.vae_config.scale_factor()
+    }
+
+    /// A caption's hidden states, `[tokens, dim]`, as the UNet is conditioned on them.
+    pub fn encode_caption(&self, caption: &str) -> Result<Tensor, DiffusionError> {
+        let compute = |e: candle_core::Error| DiffusionError::Compute {
+            what: "text encoder",
+            message: e.to_string(),
+        };
+        let ids = self
+            .tokenizer
+            .encode(caption)
+            .map_err(DiffusionError::Request)?;
+        self.text_encoder
+            .forward(&[ids], &self.device)
+            .and_then(|out| out.last_hidden_state.get(0))
+            .map_err(compute)
+    }
+
+    /// An image (`[3, h, w]`, values in [-1, 1]) to the latents training denoises: a
+    /// sample of the VAE's latent distribution with `noise` (`[channels, h/f, w/f]`),
+    /// times the VAE's scaling factor.
+    pub fn encode_image(&self, image: &Tensor, noise: &Tensor) -> Result<Tensor, DiffusionError> {
+        let compute = |e: candle_core::Error| DiffusionError::Compute {
+            what: "vae encoder",
+            message: e.to_string(),
+        };
+        let distribution = self
+            .vae
+            .encode(&image.unsqueeze(0).map_err(compute)?)
+            .map_err(compute)?;
+        (distribution
+            .sample(&noise.unsqueeze(0).map_err(compute)?)
+            .map_err(compute)?
+            * self.vae_config.scaling_factor)
+            .and_then(|t| t.get(0))
+            .map_err(compute)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,8 +12,9 @@ use image::RgbaImage;
 
 pub use pixelgen_diffusion::{
     DeviceLock, DiffusionError, LoadedModel, LoraFile, ModelLocation, Noise, Phase, PhaseTimes,
-    Request, Settings, batch_for, candle_core, clip, config, cpu_ops, download, ldm, locate, lora,
-    model, noise, request_for, sample, scheduler, settings_for, sgm, tokenizer, unet, vae,
+    Request, Settings, TrainingBase, batch_for, candle_core, clip, config, cpu_ops, download, ldm,
+    locate, lora, model, noise, request_for, sample, scheduler, settings_for, sgm, tokenizer,
+    train, unet, vae,
 };
 
 pub use super::{DeviceRequest, frame_seed};

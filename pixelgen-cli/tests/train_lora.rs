@@ -1,0 +1,152 @@
+//! `cargo pixelgen train-lora` for real, on the tiny SD1 fixture model and four of the
+//! example game's sprites (`pixelgen-diffusion/tests/fixtures/train/art`): it retrains the
+//! committed LoRA (`sd1_trained.safetensors`, kohya-ss format), and the image pixelgen draws
+//! with that LoRA equals diffusers' image with it (`load_lora_weights`; the reference comes
+//! from `check_trained_lora.py`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pixelgen-diffusion/tests/fixtures")
+}
+
+fn cli() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"));
+    command.arg("pixelgen").env("PIXELGEN_DEVICE", "cpu");
+    command
+}
+
+fn train(images: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
+    cli()
+        .arg("train-lora")
+        .arg("--model")
+        .arg(fixtures().join("diffusion/sd1/model"))
+        .arg("--images")
+        .arg(images)
+        .args([
+            "--rank", "4", "--alpha", "4", "--steps", "50", "--lr", "1e-3",
+        ])
+        .args(["--resolution", "64", "--seed", "3", "-o"])
+        .arg(output)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn trains_the_committed_lora_again_and_diffusers_draws_what_pixelgen_draws_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("style.safetensors");
+    let output = train(&fixtures().join("train/art"), &out, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("trained 32 modules"), "{stderr}");
+
+    let ours = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+    let committed = candle_core::safetensors::load(
+        fixtures().join("train/sd1_trained.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(ours.len(), committed.len());
+    assert_eq!(ours.len(), 32 * 3, "down, up and alpha per module");
+    for (name, expected) in &committed {
+        let got = &ours[name];
+        let scale = expected
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .max(1e-6);
+        let error = (got - expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(error <= 1e-4 * scale, "{name}: {error} off ({scale})");
+    }
+
+    let image = dir.path().join("potion.png");
+    let train_dir = fixtures().join("train");
+    let output = cli()
+        .arg("txt2img")
+        .arg("--model")
+        .arg(fixtures().join("diffusion/sd1/model"))
+        .args([
+            "--prompt",
+            "a red potion bottle, pxlgn style",
+            "--steps",
+            "10",
+        ])
+        .args([
+            "--guidance",
+            "5",
+            "--scheduler",
+            "euler",
+            "--width",
+            "64",
+            "--height",
+            "64",
+        ])
+        .arg("--init-latents")
+        .arg(train_dir.join("sd1_trained_latents.safetensors"))
+        .arg("--lora")
+        .arg(format!(
+            "{}:1.0",
+            train_dir.join("sd1_trained.safetensors").display()
+        ))
+        .arg("-o")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ours = image::open(&image).unwrap().to_rgb8();
+    let theirs = image::open(train_dir.join("sd1_trained_diffusers.png"))
+        .unwrap()
+        .to_rgb8();
+    let total: u64 = ours
+        .as_raw()
+        .iter()
+        .zip(theirs.as_raw())
+        .map(|(a, b)| u64::from(a.abs_diff(*b)))
+        .sum();
+    let mean = total as f64 / ours.as_raw().len() as f64;
+    eprintln!("pixelgen vs diffusers with the trained LoRA: mean abs difference {mean:.4}/255");
+    assert!(mean <= 1.0, "{mean}/255");
+}
+
+#[test]
+fn bad_training_input_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("art");
+    std::fs::create_dir_all(&images).unwrap();
+    let out = dir.path().join("style.safetensors");
+    let empty = train(&images, &out, &[]);
+    assert!(!empty.status.success());
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("no .png images"));
+
+    image::RgbaImage::new(128, 16)
+        .save(images.join("wide.png"))
+        .unwrap();
+    let large = train(&images, &out, &[]);
+    let stderr = String::from_utf8_lossy(&large.stderr);
+    assert!(!large.status.success());
+    assert!(
+        stderr.contains("wide.png") && stderr.contains("does not fit"),
+        "{stderr}"
+    );
+
+    let refused = train(&images, &out, &["--text-encoder"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not supported yet"));
+    assert!(!out.exists(), "nothing written");
+}
