@@ -31,7 +31,7 @@ fn max_abs(t: &Tensor) -> f32 {
 
 #[test]
 fn one_training_step_matches_pytorch_peft() {
-    for family in ["sd1"] {
+    for family in ["sd1", "sd2v"] {
         let step_path = fixtures().join(format!("train/{family}_step.safetensors"));
         let step = candle_core::safetensors::load(&step_path, &Device::Cpu).unwrap();
         let bytes = std::fs::read(&step_path).unwrap();
@@ -129,7 +129,7 @@ fn one_training_step_matches_pytorch_peft() {
 fn the_vae_encoder_matches_diffusers() {
     use pixelgen_diffusion::config::VaeConfig;
     use pixelgen_diffusion::vae::VaeEncoder;
-    for family in ["sd1"] {
+    for family in ["sd1", "sd2v"] {
         let expected = candle_core::safetensors::load(
             fixtures().join(format!("train/{family}_encode.safetensors")),
             &Device::Cpu,
