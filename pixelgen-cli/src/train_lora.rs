@@ -55,6 +55,10 @@ pub struct TrainLora {
     /// The caption of images without a NAME.txt.
     #[arg(long, default_value = "pixel art sprite, pxlgn style")]
     caption: String,
+    /// Save a checkpoint every this many steps (beside OUT, `OUT.checkpoint.safetensors`); a
+    /// run started again with the same images and settings resumes from it.
+    #[arg(long, value_name = "STEPS", default_value_t = 100)]
+    checkpoint_every: usize,
     /// Also train the text encoder (not supported yet: refused).
     #[arg(long)]
     text_encoder: bool,
@@ -144,6 +148,39 @@ fn images_in(dir: &Path, default_caption: &str) -> Result<Vec<(PathBuf, String)>
             Ok((path, caption))
         })
         .collect()
+}
+
+/// What a checkpoint must have been made with to be resumed: the model, every image's
+/// bytes and caption, and every setting that changes a step (not the step count: a run may
+/// be resumed with more steps).
+fn fingerprint(
+    args: &TrainLora,
+    images: &[(PathBuf, String)],
+    size: (usize, usize),
+) -> Result<String, String> {
+    let mut hasher = blake3::Hasher::new_derive_key("pixelgen train-lora checkpoint v1");
+    hasher.update(
+        format!(
+            "{}|{}|{:?}|{}|{}|{:?}|{}|{}|{}\n",
+            args.model,
+            args.rank,
+            args.alpha,
+            args.lr,
+            args.batch,
+            size,
+            args.seed,
+            args.background,
+            args.caption
+        )
+        .as_bytes(),
+    );
+    for (path, caption) in images {
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        hasher.update(path.file_name().unwrap_or_default().as_encoded_bytes());
+        hasher.update(blake3::hash(&bytes).as_bytes());
+        hasher.update(caption.as_bytes());
+    }
+    Ok(hasher.finalize().to_hex().to_string())
 }
 
 pub fn run(args: TrainLora, environment: &Environment) -> Result<(), DiffusionError> {
@@ -252,6 +289,25 @@ pub fn run(args: TrainLora, environment: &Environment) -> Result<(), DiffusionEr
         ..Settings::default()
     };
     let mut adamw = optimizer(&adapters, &settings).map_err(compute)?;
+    let checkpoint = args.output.with_extension("checkpoint.safetensors");
+    let fingerprint = fingerprint(&args, &images, (width, height)).map_err(request)?;
+    let mut first = 0;
+    if checkpoint.is_file() {
+        match adapters.resume(&mut adamw, &fingerprint, &checkpoint) {
+            Ok(Some(step)) => {
+                eprintln!(
+                    "pixelgen: resuming at step {step} from {}",
+                    checkpoint.display()
+                );
+                first = step.min(args.steps);
+            }
+            Ok(None) => eprintln!(
+                "pixelgen: {} is of another run (other images or settings); starting over",
+                checkpoint.display()
+            ),
+            Err(message) => return Err(request(message)),
+        }
+    }
     let bar = ProgressBar::new(args.steps as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -259,6 +315,8 @@ pub fn run(args: TrainLora, environment: &Environment) -> Result<(), DiffusionEr
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    bar.set_position(first as u64);
+    bar.reset_eta();
     let training = Instant::now();
     let mut recent: Vec<f32> = Vec::new();
     let model = BaseModel {
@@ -266,27 +324,42 @@ pub fn run(args: TrainLora, environment: &Environment) -> Result<(), DiffusionEr
         unet_weights: &base.unet_weights,
         schedule: &schedule,
     };
-    train(
-        &model,
-        &adapters,
-        &mut adamw,
-        &examples,
-        &settings,
-        0,
-        &mut |_, loss| {
-            recent.push(loss);
-            if recent.len() > 20 {
-                recent.remove(0);
-            }
-            bar.set_message(format!(
-                "{:.4}",
-                recent.iter().sum::<f32>() / recent.len() as f32
-            ));
-            bar.inc(1);
-            true
-        },
-    )
-    .map_err(compute)?;
+    let every = args.checkpoint_every.max(1);
+    let mut start = first;
+    while start < args.steps {
+        let end = (start + every).min(args.steps);
+        let chunk = Settings {
+            steps: end,
+            ..settings.clone()
+        };
+        train(
+            &model,
+            &adapters,
+            &mut adamw,
+            &examples,
+            &chunk,
+            start,
+            &mut |_, loss| {
+                recent.push(loss);
+                if recent.len() > 20 {
+                    recent.remove(0);
+                }
+                bar.set_message(format!(
+                    "{:.4}",
+                    recent.iter().sum::<f32>() / recent.len() as f32
+                ));
+                bar.inc(1);
+                true
+            },
+        )
+        .map_err(compute)?;
+        if end < args.steps {
+            adapters
+                .save_checkpoint(&adamw, &fingerprint, &checkpoint)
+                .map_err(request)?;
+        }
+        start = end;
+    }
     bar.finish();
     let metadata = KohyaMetadata {
         base_model: args.model.clone(),
@@ -301,13 +374,15 @@ pub fn run(args: TrainLora, environment: &Environment) -> Result<(), DiffusionEr
     adapters
         .save_kohya(&args.output, &metadata)
         .map_err(request)?;
+    // Finished: the checkpoint has served.
+    let _ = std::fs::remove_file(&checkpoint);
     let seconds = training.elapsed().as_secs_f64();
     eprintln!(
         "pixelgen: trained {} modules (rank {}, alpha {alpha}) for {} steps in {seconds:.1} s ({:.2} steps/s); wrote {}",
         adapters.modules().count(),
         args.rank,
         args.steps,
-        args.steps as f64 / seconds,
+        (args.steps - first) as f64 / seconds,
         args.output.display()
     );
     Ok(())

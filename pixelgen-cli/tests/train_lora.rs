@@ -150,3 +150,80 @@ fn bad_training_input_is_refused_with_the_reason() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not supported yet"));
     assert!(!out.exists(), "nothing written");
 }
+
+/// Killed mid-run, `train-lora` started again resumes from its last checkpoint and writes
+/// the LoRA an uninterrupted run writes (the committed one); the checkpoint goes at the end.
+#[test]
+fn a_killed_run_resumes_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("style.safetensors");
+    let checkpoint = dir.path().join("style.checkpoint.safetensors");
+    let mut child = cli()
+        .arg("train-lora")
+        .arg("--model")
+        .arg(fixtures().join("diffusion/sd1/model"))
+        .arg("--images")
+        .arg(fixtures().join("train/art"))
+        .args([
+            "--rank", "4", "--alpha", "4", "--steps", "50", "--lr", "1e-3",
+        ])
+        .args([
+            "--resolution",
+            "64",
+            "--seed",
+            "3",
+            "--checkpoint-every",
+            "5",
+            "-o",
+        ])
+        .arg(&out)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !checkpoint.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.exists(), "killed before the end: no LoRA yet");
+
+    let output = train(
+        &fixtures().join("train/art"),
+        &out,
+        &["--checkpoint-every", "5"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming at step"), "{stderr}");
+    assert!(!checkpoint.exists(), "the checkpoint is removed at the end");
+    let ours = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+    let committed = candle_core::safetensors::load(
+        fixtures().join("train/sd1_trained.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    for (name, expected) in &committed {
+        let scale = expected
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .max(1e-6);
+        let error = (&ours[name] - expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(error <= 1e-4 * scale, "{name}: {error} off ({scale})");
+    }
+}

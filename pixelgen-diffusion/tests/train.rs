@@ -367,3 +367,110 @@ fn training_lowers_the_loss() {
         "the same seed takes the same steps"
     );
 }
+
+/// A run stopped after 15 of 30 steps and resumed from its checkpoint (factors, AdamW
+/// moments, step) ends with exactly the factors of a run that was never stopped.
+#[test]
+fn a_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does() {
+    use pixelgen_diffusion::train::{
+        ATTENTION_PROJECTIONS, BaseModel, Example, Settings, optimizer, train,
+    };
+    let model = fixtures().join("diffusion/sd1/model");
+    let config: UnetConfig = json(&model.join("unet/config.json"));
+    let scheduler: SchedulerConfig = json(&model.join("scheduler/scheduler_config.json"));
+    let schedule = NoiseSchedule::new(&scheduler).unwrap();
+    let frozen: TensorMap = candle_core::safetensors::load(
+        model.join("unet/diffusion_pytorch_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let step =
+        candle_core::safetensors::load(fixtures().join("train/sd1_step.safetensors"), &Device::Cpu)
+            .unwrap();
+    let examples: Vec<Example> = (0..2)
+        .map(|i| Example {
+            latents: step["latents"].get(i).unwrap(),
+            context: step["encoder_hidden_states"].get(i).unwrap(),
+        })
+        .collect();
+    let base = BaseModel {
+        unet_config: &config,
+        unet_weights: &frozen,
+        schedule: &schedule,
+    };
+    let settings = |steps| Settings {
+        steps,
+        learning_rate: 1e-3,
+        batch: 1,
+        seed: 9,
+        ..Settings::default()
+    };
+    let factors = |adapters: &LoraAdapters| -> Vec<Vec<f32>> {
+        adapters
+            .vars()
+            .iter()
+            .map(|v| {
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let new = |seed| {
+        LoraAdapters::new(&frozen, &ATTENTION_PROJECTIONS, 4, 4.0, seed, &Device::Cpu).unwrap()
+    };
+
+    let whole = new(1);
+    let mut adamw = optimizer(&whole, &settings(30)).unwrap();
+    train(
+        &base,
+        &whole,
+        &mut adamw,
+        &examples,
+        &settings(30),
+        0,
+        &mut |_, _| true,
+    )
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("run.checkpoint.safetensors");
+    let first = new(1);
+    let mut adamw = optimizer(&first, &settings(30)).unwrap();
+    train(
+        &base,
+        &first,
+        &mut adamw,
+        &examples,
+        &settings(15),
+        0,
+        &mut |_, _| true,
+    )
+    .unwrap();
+    first.save_checkpoint(&adamw, "run-a", &checkpoint).unwrap();
+    drop(first);
+
+    // A new process: other initial factors, a fresh optimiser; the checkpoint restores both.
+    let resumed = new(2);
+    let mut adamw = optimizer(&resumed, &settings(30)).unwrap();
+    assert_eq!(
+        resumed.resume(&mut adamw, "run-b", &checkpoint).unwrap(),
+        None,
+        "another run's checkpoint is not taken"
+    );
+    let from = resumed.resume(&mut adamw, "run-a", &checkpoint).unwrap();
+    assert_eq!(from, Some(15));
+    train(
+        &base,
+        &resumed,
+        &mut adamw,
+        &examples,
+        &settings(30),
+        15,
+        &mut |_, _| true,
+    )
+    .unwrap();
+    assert_eq!(factors(&resumed), factors(&whole));
+}

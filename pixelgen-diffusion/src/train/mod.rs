@@ -21,6 +21,10 @@ use crate::lora::TensorMap;
 use crate::noise::{self, Stream};
 use crate::unet::Unet;
 
+mod adamw;
+
+pub use adamw::{AdamW, AdamWSettings};
+
 /// The UNet projections a style LoRA adapts by default: attention's query, key, value and
 /// output (diffusers' training script's `target_modules`).
 pub const ATTENTION_PROJECTIONS: [&str; 4] = ["to_q", "to_k", "to_v", "to_out.0"];
@@ -250,13 +254,12 @@ pub struct BaseModel<'a> {
 pub fn train(
     base: &BaseModel,
     adapters: &LoraAdapters,
-    optimizer: &mut candle_nn::AdamW,
+    optimizer: &mut AdamW,
     examples: &[Example],
     settings: &Settings,
     first: usize,
     on_step: &mut dyn FnMut(usize, f32) -> bool,
 ) -> Result<()> {
-    use candle_nn::Optimizer;
     if examples.is_empty() {
         bail!("nothing to train on: no examples");
     }
@@ -301,7 +304,7 @@ pub fn train(
         let loss = base
             .schedule
             .loss(&unet, &latents, &noise, &timesteps, &context)?;
-        optimizer.backward_step(&loss)?;
+        optimizer.step(&loss.backward()?)?;
         if !on_step(step, loss.to_scalar::<f32>()?) {
             break;
         }
@@ -310,18 +313,90 @@ pub fn train(
 }
 
 /// AdamW over the adapters' factors with `settings`' learning rate and weight decay.
-pub fn optimizer(adapters: &LoraAdapters, settings: &Settings) -> Result<candle_nn::AdamW> {
-    use candle_nn::Optimizer;
-    candle_nn::AdamW::new(
+pub fn optimizer(adapters: &LoraAdapters, settings: &Settings) -> Result<AdamW> {
+    AdamW::new(
         adapters.vars(),
-        candle_nn::ParamsAdamW {
-            lr: settings.learning_rate,
+        AdamWSettings {
+            learning_rate: settings.learning_rate,
             beta1: 0.9,
             beta2: 0.999,
-            eps: 1e-8,
+            epsilon: 1e-8,
             weight_decay: settings.weight_decay,
         },
     )
+}
+
+/// A training run saved at a step: the factors and the optimiser's moments, with the
+/// settings' fingerprint, so that a run interrupted after it resumes exactly.
+impl LoraAdapters {
+    /// Writes the factors, `optimizer`'s state and `fingerprint` to `path` (atomically).
+    pub fn save_checkpoint(
+        &self,
+        optimizer: &AdamW,
+        fingerprint: &str,
+        path: &std::path::Path,
+    ) -> std::result::Result<(), String> {
+        let mut tensors: Vec<(String, Tensor)> = optimizer.state().into_iter().collect();
+        for (module, adapter) in &self.modules {
+            tensors.push((format!("down.{module}"), adapter.down.as_tensor().clone()));
+            tensors.push((format!("up.{module}"), adapter.up.as_tensor().clone()));
+        }
+        let header = std::collections::HashMap::from([
+            ("steps".to_owned(), optimizer.steps().to_string()),
+            ("fingerprint".to_owned(), fingerprint.to_owned()),
+        ]);
+        let data: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+        safetensors::serialize_to_file(data, Some(header), &temporary)
+            .map_err(|e| format!("cannot write {}: {e}", temporary.display()))?;
+        std::fs::rename(&temporary, path).map_err(|e| {
+            let _ = std::fs::remove_file(&temporary);
+            format!("cannot write {}: {e}", path.display())
+        })
+    }
+
+    /// Takes back a checkpoint written by [`save_checkpoint`](Self::save_checkpoint) for
+    /// the same `fingerprint`: sets the factors and `optimizer`'s state, and returns the
+    /// step to continue from. `Ok(None)` when the checkpoint is of another run.
+    pub fn resume(
+        &self,
+        optimizer: &mut AdamW,
+        fingerprint: &str,
+        path: &std::path::Path,
+    ) -> std::result::Result<Option<usize>, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        if metadata.get("fingerprint").map(String::as_str) != Some(fingerprint) {
+            return Ok(None);
+        }
+        let steps: usize = metadata
+            .get("steps")
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("{}: no step count", path.display()))?;
+        let device = self
+            .modules
+            .values()
+            .next()
+            .map(|a| a.down.device().clone())
+            .unwrap_or(Device::Cpu);
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &device)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let broken = |what: String| format!("{}: {what}", path.display());
+        for (module, adapter) in &self.modules {
+            for (prefix, var) in [("down", &adapter.down), ("up", &adapter.up)] {
+                let saved = tensors
+                    .get(&format!("{prefix}.{module}"))
+                    .ok_or_else(|| broken(format!("no `{prefix}.{module}`")))?;
+                var.set(saved).map_err(|e| broken(e.to_string()))?;
+            }
+        }
+        optimizer
+            .restore(&tensors, steps)
+            .map_err(|e| broken(e.to_string()))?;
+        Ok(Some(steps))
+    }
 }
 
 /// What a kohya-format file says about how it was made (`ss_*` header entries, as kohya's
