@@ -141,15 +141,9 @@ fn main() {
             continue;
         }
         let ours = pixelgen_steps_per_second(&model, size, steps);
-        let theirs = if name.starts_with("small") && small_peer.is_some() {
-            python
-                .as_deref()
-                .and_then(|p| peer(p, &model, size, steps, None))
-        } else {
-            python
-                .as_deref()
-                .and_then(|p| peer(p, &model, size, steps, None))
-        };
+        let theirs = python
+            .as_deref()
+            .and_then(|p| peer(p, &model, size, steps, None));
         match theirs {
             Some(theirs) => println!(
                 "| {name} | {size}×{size} | {ours:.2} | {theirs:.2} | {:.2} |",
