@@ -126,6 +126,16 @@ fn refusal(message: impl Into<String>) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message.into())])
 }
 
+/// `image` scaled up `scale` times by nearest neighbour (pixels stay crisp).
+fn scaled_up(image: &image::RgbaImage, scale: u32) -> image::RgbaImage {
+    image::imageops::resize(
+        image,
+        image.width() * scale,
+        image.height() * scale,
+        image::imageops::FilterType::Nearest,
+    )
+}
+
 fn png_content(image: &image::RgbaImage) -> Result<ContentBlock, String> {
     let mut bytes = Vec::new();
     image
@@ -392,12 +402,7 @@ impl PixelgenMcp {
         let sheet_width = count * (w * scale + gap) - gap;
         let mut sheet = image::RgbaImage::new(sheet_width, h * scale);
         for (i, tile) in tiles.iter().enumerate() {
-            let scaled = image::imageops::resize(
-                tile,
-                w * scale,
-                h * scale,
-                image::imageops::FilterType::Nearest,
-            );
+            let scaled = scaled_up(tile, scale);
             image::imageops::overlay(
                 &mut sheet,
                 &scaled,
@@ -546,12 +551,7 @@ impl PixelgenMcp {
         let shown = if scale == 1 {
             image
         } else {
-            image::imageops::resize(
-                &image,
-                image.width() * scale,
-                image.height() * scale,
-                image::imageops::FilterType::Nearest,
-            )
+            scaled_up(&image, scale)
         };
         match png_content(&shown) {
             Ok(content) => CallToolResult::success(vec![
@@ -606,12 +606,7 @@ impl PixelgenMcp {
         };
         let longer = image.width().max(image.height()).max(1);
         let scale = preview.scale.unwrap_or((256 / longer).max(1)).clamp(1, 32);
-        let scaled = image::imageops::resize(
-            &image,
-            image.width() * scale,
-            image.height() * scale,
-            image::imageops::FilterType::Nearest,
-        );
+        let scaled = scaled_up(&image, scale);
         match png_content(&scaled) {
             Ok(content) => CallToolResult::success(vec![
                 ContentBlock::text(format!(

@@ -34,6 +34,26 @@ fn train(images: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Every tensor of `ours` within 1e-4 of the largest value of the committed one.
+fn assert_close_to_committed(
+    ours: &std::collections::HashMap<String, candle_core::Tensor>,
+    committed: &std::collections::HashMap<String, candle_core::Tensor>,
+) {
+    let max_abs = |t: &candle_core::Tensor| {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    for (name, expected) in committed {
+        let scale = max_abs(expected).max(1e-6);
+        let error = max_abs(&(&ours[name] - expected).unwrap());
+        assert!(error <= 1e-4 * scale, "{name}: {error} off ({scale})");
+    }
+}
+
 #[test]
 fn trains_the_committed_lora_again_and_diffusers_draws_what_pixelgen_draws_with_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -51,26 +71,7 @@ fn trains_the_committed_lora_again_and_diffusers_draws_what_pixelgen_draws_with_
     .unwrap();
     assert_eq!(ours.len(), committed.len());
     assert_eq!(ours.len(), 32 * 3, "down, up and alpha per module");
-    for (name, expected) in &committed {
-        let got = &ours[name];
-        let scale = expected
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .max(1e-6);
-        let error = (got - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(error <= 1e-4 * scale, "{name}: {error} off ({scale})");
-    }
+    assert_close_to_committed(&ours, &committed);
 
     let image = dir.path().join("potion.png");
     let train_dir = fixtures().join("train");
@@ -207,23 +208,5 @@ fn a_killed_run_resumes_from_its_checkpoint() {
         &candle_core::Device::Cpu,
     )
     .unwrap();
-    for (name, expected) in &committed {
-        let scale = expected
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .max(1e-6);
-        let error = (&ours[name] - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(error <= 1e-4 * scale, "{name}: {error} off ({scale})");
-    }
+    assert_close_to_committed(&ours, &committed);
 }

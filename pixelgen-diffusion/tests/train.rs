@@ -20,6 +20,22 @@ fn json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// The tiny SD1 fixture's UNet config, training noise schedule and (frozen) weights.
+fn sd1_unet() -> (UnetConfig, NoiseSchedule, TensorMap) {
+    let model = fixtures().join("diffusion/sd1/model");
+    let scheduler: SchedulerConfig = json(&model.join("scheduler/scheduler_config.json"));
+    let frozen = candle_core::safetensors::load(
+        model.join("unet/diffusion_pytorch_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    (
+        json(&model.join("unet/config.json")),
+        NoiseSchedule::new(&scheduler).unwrap(),
+        frozen,
+    )
+}
+
 fn max_abs(t: &Tensor) -> f32 {
     t.abs()
         .unwrap()
@@ -253,15 +269,7 @@ fn training_lowers_the_loss() {
     use pixelgen_diffusion::train::{
         ATTENTION_PROJECTIONS, BaseModel, Example, Settings, optimizer, train,
     };
-    let model = fixtures().join("diffusion/sd1/model");
-    let config: UnetConfig = json(&model.join("unet/config.json"));
-    let scheduler: SchedulerConfig = json(&model.join("scheduler/scheduler_config.json"));
-    let schedule = NoiseSchedule::new(&scheduler).unwrap();
-    let frozen: TensorMap = candle_core::safetensors::load(
-        model.join("unet/diffusion_pytorch_model.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (config, schedule, frozen) = sd1_unet();
     let step =
         candle_core::safetensors::load(fixtures().join("train/sd1_step.safetensors"), &Device::Cpu)
             .unwrap();
@@ -375,15 +383,7 @@ fn a_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does() {
     use pixelgen_diffusion::train::{
         ATTENTION_PROJECTIONS, BaseModel, Example, Settings, optimizer, train,
     };
-    let model = fixtures().join("diffusion/sd1/model");
-    let config: UnetConfig = json(&model.join("unet/config.json"));
-    let scheduler: SchedulerConfig = json(&model.join("scheduler/scheduler_config.json"));
-    let schedule = NoiseSchedule::new(&scheduler).unwrap();
-    let frozen: TensorMap = candle_core::safetensors::load(
-        model.join("unet/diffusion_pytorch_model.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let (config, schedule, frozen) = sd1_unet();
     let step =
         candle_core::safetensors::load(fixtures().join("train/sd1_step.safetensors"), &Device::Cpu)
             .unwrap();

@@ -266,20 +266,17 @@ pub fn train(
     let device = examples[0].latents.device().clone();
     for step in first..settings.steps {
         let chosen = batch_of(step, settings.batch, examples.len(), settings.seed);
-        let latents = Tensor::stack(
-            &chosen
-                .iter()
-                .map(|&i| &examples[i].latents)
-                .collect::<Vec<_>>(),
-            0,
-        )?;
-        let context = Tensor::stack(
-            &chosen
-                .iter()
-                .map(|&i| &examples[i].context)
-                .collect::<Vec<_>>(),
-            0,
-        )?;
+        let stack = |part: fn(&Example) -> &Tensor| {
+            Tensor::stack(
+                &chosen
+                    .iter()
+                    .map(|&i| part(&examples[i]))
+                    .collect::<Vec<_>>(),
+                0,
+            )
+        };
+        let latents = stack(|example| &example.latents)?;
+        let context = stack(|example| &example.context)?;
         let noise = Tensor::from_vec(
             noise::gaussian(
                 settings.seed,
