@@ -17,7 +17,7 @@ use pixelgen_build::generate::diffusion::candle_core::Tensor;
 use pixelgen_build::generate::diffusion::noise::{self, Stream};
 use pixelgen_build::generate::diffusion::train::{
     ATTENTION_PROJECTIONS, BaseModel, Example, KohyaMetadata, LoraAdapters, NoiseSchedule,
-    Settings, optimizer, train,
+    Settings, TEXT_ATTENTION_PROJECTIONS, TextEncoder, optimizer, resume, save_checkpoint, train,
 };
 use pixelgen_build::generate::diffusion::{
     DiffusionError, TrainingBase, locate, select_device_for,
@@ -59,7 +59,8 @@ pub struct TrainLora {
     /// run started again with the same images and settings resumes from it.
     #[arg(long, value_name = "STEPS", default_value_t = 100)]
     checkpoint_every: usize,
-    /// Also train the text encoder (not supported yet: refused).
+    /// Also train the text encoder (LoRA on its attention projections; captions are then
+    /// encoded again at every step).
     #[arg(long)]
     text_encoder: bool,
     /// Where to write the LoRA (.safetensors, kohya-ss format).
@@ -161,7 +162,8 @@ fn fingerprint(
     let mut hasher = blake3::Hasher::new_derive_key("pixelgen train-lora checkpoint v1");
     hasher.update(
         format!(
-            "{}|{}|{:?}|{}|{}|{:?}|{}|{}|{}\n",
+            "{}|{}|{}|{:?}|{}|{}|{:?}|{}|{}|{}\n",
+            args.text_encoder,
             args.model,
             args.rank,
             args.alpha,
@@ -185,11 +187,6 @@ fn fingerprint(
 
 pub fn run(args: TrainLora, environment: &Environment) -> Result<(), DiffusionError> {
     let request = |message: String| DiffusionError::Request(message);
-    if args.text_encoder {
-        return Err(request(
-            "--text-encoder: training the text encoder is not supported yet; the LoRA adapts the UNet's attention".into(),
-        ));
-    }
     if args.rank == 0
         || args.steps == 0
         || args.batch == 0
@@ -262,6 +259,7 @@ pub fn run(args: TrainLora, environment: &Environment) -> Result<(), DiffusionEr
         examples.push(Example {
             latents: base.encode_image(&image, &latent_noise)?,
             context: base.encode_caption(caption)?,
+            tokens: base.tokenize(caption)?,
         });
     }
 
@@ -281,6 +279,23 @@ pub fn run(args: TrainLora, environment: &Environment) -> Result<(), DiffusionEr
         &device,
     )
     .map_err(compute)?;
+    // The text encoder's factors come from another stream of the seed than the UNet's.
+    let text_adapters = args
+        .text_encoder
+        .then(|| {
+            LoraAdapters::new(
+                &base.text_weights,
+                &TEXT_ATTENTION_PROJECTIONS,
+                args.rank,
+                alpha,
+                args.seed ^ 0x7465_7874,
+                &device,
+            )
+        })
+        .transpose()
+        .map_err(compute)?;
+    let mut sets = vec![&adapters];
+    sets.extend(text_adapters.as_ref());
     let settings = Settings {
         steps: args.steps,
         learning_rate: args.lr,
@@ -288,12 +303,12 @@ pub fn run(args: TrainLora, environment: &Environment) -> Result<(), DiffusionEr
         seed: args.seed,
         ..Settings::default()
     };
-    let mut adamw = optimizer(&adapters, &settings).map_err(compute)?;
+    let mut adamw = optimizer(&sets, &settings).map_err(compute)?;
     let checkpoint = args.output.with_extension("checkpoint.safetensors");
     let fingerprint = fingerprint(&args, &images, (width, height)).map_err(request)?;
     let mut first = 0;
     if checkpoint.is_file() {
-        match adapters.resume(&mut adamw, &fingerprint, &checkpoint) {
+        match resume(&sets, &mut adamw, &fingerprint, &checkpoint) {
             Ok(Some(step)) => {
                 eprintln!(
                     "pixelgen: resuming at step {step} from {}",
@@ -323,6 +338,11 @@ pub fn run(args: TrainLora, environment: &Environment) -> Result<(), DiffusionEr
         unet_config: &base.unet_config,
         unet_weights: &base.unet_weights,
         schedule: &schedule,
+        text_encoder: text_adapters.as_ref().map(|adapters| TextEncoder {
+            config: &base.text_config,
+            weights: &base.text_weights,
+            adapters,
+        }),
     };
     let every = args.checkpoint_every.max(1);
     let mut start = first;
@@ -354,9 +374,7 @@ pub fn run(args: TrainLora, environment: &Environment) -> Result<(), DiffusionEr
         )
         .map_err(compute)?;
         if end < args.steps {
-            adapters
-                .save_checkpoint(&adamw, &fingerprint, &checkpoint)
-                .map_err(request)?;
+            save_checkpoint(&sets, &adamw, &fingerprint, &checkpoint).map_err(request)?;
         }
         start = end;
     }
@@ -372,14 +390,14 @@ pub fn run(args: TrainLora, environment: &Environment) -> Result<(), DiffusionEr
         v_prediction: base.scheduler.prediction_type == "v_prediction",
     };
     adapters
-        .save_kohya(&args.output, &metadata)
+        .save_kohya(text_adapters.as_ref(), &args.output, &metadata)
         .map_err(request)?;
     // Finished: the checkpoint has served.
     let _ = std::fs::remove_file(&checkpoint);
     let seconds = training.elapsed().as_secs_f64();
     eprintln!(
         "pixelgen: trained {} modules (rank {}, alpha {alpha}) for {} steps in {seconds:.1} s ({:.2} steps/s); wrote {}",
-        adapters.modules().count(),
+        sets.iter().map(|set| set.modules().count()).sum::<usize>(),
         args.rank,
         args.steps,
         (args.steps - first) as f64 / seconds,

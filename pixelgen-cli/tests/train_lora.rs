@@ -147,8 +147,6 @@ fn bad_training_input_is_refused_with_the_reason() {
         "{stderr}"
     );
 
-    let refused = train(&images, &out, &["--text-encoder"]);
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("not supported yet"));
     assert!(!out.exists(), "nothing written");
 }
 
@@ -209,4 +207,58 @@ fn a_killed_run_resumes_from_its_checkpoint() {
     )
     .unwrap();
     assert_close_to_committed(&ours, &committed);
+}
+
+/// `--text-encoder` trains the text encoder's attention along: the file holds `lora_te_`
+/// modules too, and pixelgen draws with it.
+#[test]
+fn the_text_encoder_trains_along() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("style.safetensors");
+    let output = train(&fixtures().join("train/art"), &out, &["--text-encoder"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("trained 40 modules"), "{stderr}");
+    let tensors = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+    let text = tensors
+        .keys()
+        .filter(|k| k.starts_with("lora_te_text_model_encoder_layers_"))
+        .count();
+    assert_eq!(
+        text,
+        8 * 3,
+        "q, k, v and out of both layers: down, up, alpha"
+    );
+    let image = dir.path().join("out.png");
+    let drawn = cli()
+        .arg("txt2img")
+        .arg("--model")
+        .arg(fixtures().join("diffusion/sd1/model"))
+        .args([
+            "--prompt",
+            "a red potion bottle, pxlgn style",
+            "--steps",
+            "4",
+            "--guidance",
+            "5",
+        ])
+        .args([
+            "--scheduler",
+            "euler",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--lora",
+        ])
+        .arg(format!("{}:1.0", out.display()))
+        .arg("-o")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        drawn.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drawn.stderr)
+    );
 }

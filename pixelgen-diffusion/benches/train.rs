@@ -57,6 +57,7 @@ fn pixelgen_steps_per_second(model: &Path, size: usize, steps: usize) -> f64 {
             &Device::Cpu,
         )
         .unwrap(),
+        tokens: Vec::new(),
     }];
     let adapters =
         LoraAdapters::new(&frozen, &ATTENTION_PROJECTIONS, 4, 4.0, 0, &Device::Cpu).unwrap();
@@ -64,11 +65,12 @@ fn pixelgen_steps_per_second(model: &Path, size: usize, steps: usize) -> f64 {
         steps: steps + 1,
         ..Settings::default()
     };
-    let mut adamw = optimizer(&adapters, &settings).unwrap();
+    let mut adamw = optimizer(&[&adapters], &settings).unwrap();
     let base = BaseModel {
         unet_config: &config,
         unet_weights: &frozen,
         schedule: &schedule,
+        text_encoder: None,
     };
     let mut started = None;
     train(

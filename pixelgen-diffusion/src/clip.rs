@@ -50,6 +50,8 @@ struct EncoderLayer {
     fc2: Linear,
     heads: usize,
     activation: Activation,
+    /// The layer norms' epsilon.
+    eps: f64,
 }
 
 impl EncoderLayer {
@@ -76,13 +78,14 @@ impl EncoderLayer {
             fc2: candle_nn::linear(config.intermediate_size, hidden, mlp.pp("fc2"))?,
             heads: config.num_attention_heads,
             activation,
+            eps: config.layer_norm_eps,
         })
     }
 
     fn forward(&self, xs: &Tensor, causal_mask: &Tensor) -> Result<Tensor> {
         let (batch, tokens, hidden) = xs.dims3()?;
         let head_dim = hidden / self.heads;
-        let normed = self.layer_norm1.forward(xs)?;
+        let normed = crate::cpu_ops::layer_norm(&self.layer_norm1, self.eps, xs)?;
         let split = |t: Tensor| -> Result<Tensor> {
             t.reshape((batch, tokens, self.heads, head_dim))?
                 .transpose(1, 2)?
@@ -92,13 +95,13 @@ impl EncoderLayer {
         let k = split(self.k_proj.forward(&normed)?)?;
         let v = split(self.v_proj.forward(&normed)?)?;
         let scores = q.matmul(&k.t()?)?.broadcast_add(causal_mask)?;
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let weights = crate::cpu_ops::softmax_last_dim(&scores)?;
         let attended = weights
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((batch, tokens, hidden))?;
         let xs = (xs + self.out_proj.forward(&attended)?)?;
-        let normed = self.layer_norm2.forward(&xs)?;
+        let normed = crate::cpu_ops::layer_norm(&self.layer_norm2, self.eps, &xs)?;
         let mlp = self
             .fc2
             .forward(&self.activation.apply(&self.fc1.forward(&normed)?)?)?;
@@ -115,6 +118,8 @@ pub struct ClipTextModel {
     final_layer_norm: LayerNorm,
     text_projection: Option<Linear>,
     eos_token_id: u32,
+    /// The final layer norm's epsilon.
+    eps: f64,
 }
 
 impl ClipTextModel {
@@ -172,6 +177,7 @@ impl ClipTextModel {
             )?,
             text_projection,
             eos_token_id: config.eos_token_id,
+            eps: config.layer_norm_eps,
         })
     }
 
@@ -193,7 +199,7 @@ impl ClipTextModel {
             penultimate = xs;
             xs = layer.forward(&penultimate, &causal_mask)?;
         }
-        let last_hidden_state = self.final_layer_norm.forward(&xs)?;
+        let last_hidden_state = crate::cpu_ops::layer_norm(&self.final_layer_norm, self.eps, &xs)?;
         let eos_positions: Vec<u32> = ids.iter().map(|row| self.eos_position(row)).collect();
         let rows = (0..batch)
             .map(|b| last_hidden_state.get(b)?.get(eos_positions[b] as usize))

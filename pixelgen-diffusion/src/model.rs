@@ -611,6 +611,9 @@ pub struct TrainingBase {
     pub unet_weights: TensorMap,
     pub scheduler: SchedulerConfig,
     pub vae_config: VaeConfig,
+    /// The text encoder's config and f32 weights (`text_model.*`), for training it along.
+    pub text_config: ClipConfig,
+    pub text_weights: TensorMap,
     vae: super::vae::VaeEncoder,
     tokenizer: ClipTokenizer,
     text_encoder: ClipTextModel,
@@ -638,12 +641,9 @@ impl TrainingBase {
         }
         let weights = parts.weights;
         let tokenizer = ClipTokenizer::from_dir(&parts.tokenizer_dir).map_err(invalid)?;
+        let text_weights = to_dtype(weights.text_encoder.unwrap_or_default(), DType::F32)?;
         let text_encoder = ClipTextModel::new(
-            builder(
-                to_dtype(weights.text_encoder.unwrap_or_default(), DType::F32)?,
-                DType::F32,
-                device,
-            ),
+            builder(text_weights.clone(), DType::F32, device),
             &parts.text_encoder,
         )
         .map_err(|e| invalid(format!("text encoder: {e}")))?;
@@ -658,6 +658,8 @@ impl TrainingBase {
             unet_weights: to_dtype(weights.unet, DType::F32)?,
             scheduler: parts.scheduler,
             vae_config: parts.vae,
+            text_config: parts.text_encoder,
+            text_weights,
             vae,
             tokenizer,
             text_encoder,
@@ -683,16 +685,20 @@ impl TrainingBase {
         self.vae_config.scale_factor()
     }
 
+    /// A caption's token ids, padded as the text encoder reads them.
+    pub fn tokenize(&self, caption: &str) -> Result<Vec<u32>, DiffusionError> {
+        self.tokenizer
+            .encode(caption)
+            .map_err(DiffusionError::Request)
+    }
+
     /// A caption's hidden states, `[tokens, dim]`, as the UNet is conditioned on them.
     pub fn encode_caption(&self, caption: &str) -> Result<Tensor, DiffusionError> {
         let compute = |e: candle_core::Error| DiffusionError::Compute {
             what: "text encoder",
             message: e.to_string(),
         };
-        let ids = self
-            .tokenizer
-            .encode(caption)
-            .map_err(DiffusionError::Request)?;
+        let ids = self.tokenize(caption)?;
         self.text_encoder
             .forward(&[ids], &self.device)
             .and_then(|out| out.last_hidden_state.get(0))

@@ -289,22 +289,9 @@ impl Attention {
 /// The transformer blocks' LayerNorm epsilon (diffusers' default).
 const LAYER_NORM_EPS: f64 = 1e-5;
 
-/// A transformer block's LayerNorm. candle-nn's fused kernel has no backward pass, so a
-/// tensor that gradients flow back through (training a LoRA) takes the composition.
+/// A transformer block's LayerNorm (differentiable while training a LoRA).
 fn layer_norm(norm: &LayerNorm, xs: &Tensor) -> Result<Tensor> {
-    if !xs.track_op() {
-        return norm.forward(xs);
-    }
-    let dim = xs.dim(D::Minus1)? as f64;
-    let centred = xs.broadcast_sub(&(xs.sum_keepdim(D::Minus1)? / dim)?)?;
-    let variance = (centred.sqr()?.sum_keepdim(D::Minus1)? / dim)?;
-    let normed = centred
-        .broadcast_div(&(variance + LAYER_NORM_EPS)?.sqrt()?)?
-        .broadcast_mul(norm.weight())?;
-    match norm.bias() {
-        Some(bias) => normed.broadcast_add(bias),
-        None => Ok(normed),
-    }
+    cpu_ops::layer_norm(norm, LAYER_NORM_EPS, xs)
 }
 
 #[derive(Debug)]

@@ -212,7 +212,7 @@ fn a_saved_kohya_file_merges_into_the_weights_it_was_trained_on() {
         seed: 7,
         v_prediction: false,
     };
-    adapters.save_kohya(&path, &metadata).unwrap();
+    adapters.save_kohya(None, &path, &metadata).unwrap();
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         1,
@@ -287,6 +287,7 @@ fn training_lowers_the_loss() {
             )
             .unwrap(),
             context: hidden.get(i % 2).unwrap(),
+            tokens: Vec::new(),
         })
         .collect();
     let evaluate = |adapters: &LoraAdapters| -> f32 {
@@ -333,12 +334,13 @@ fn training_lowers_the_loss() {
         let adapters =
             LoraAdapters::new(&frozen, &ATTENTION_PROJECTIONS, 4, 4.0, 3, &Device::Cpu).unwrap();
         let before = evaluate(&adapters);
-        let mut adamw = optimizer(&adapters, &settings).unwrap();
+        let mut adamw = optimizer(&[&adapters], &settings).unwrap();
         let mut losses = Vec::new();
         let base = BaseModel {
             unet_config: &config,
             unet_weights: &frozen,
             schedule: &schedule,
+            text_encoder: None,
         };
         train(
             &base,
@@ -383,6 +385,7 @@ fn a_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does() {
     use pixelgen_diffusion::train::{
         ATTENTION_PROJECTIONS, BaseModel, Example, Settings, optimizer, train,
     };
+    use pixelgen_diffusion::train::{resume, save_checkpoint};
     let (config, schedule, frozen) = sd1_unet();
     let step =
         candle_core::safetensors::load(fixtures().join("train/sd1_step.safetensors"), &Device::Cpu)
@@ -391,12 +394,14 @@ fn a_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does() {
         .map(|i| Example {
             latents: step["latents"].get(i).unwrap(),
             context: step["encoder_hidden_states"].get(i).unwrap(),
+            tokens: Vec::new(),
         })
         .collect();
     let base = BaseModel {
         unet_config: &config,
         unet_weights: &frozen,
         schedule: &schedule,
+        text_encoder: None,
     };
     let settings = |steps| Settings {
         steps,
@@ -423,7 +428,7 @@ fn a_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does() {
     };
 
     let whole = new(1);
-    let mut adamw = optimizer(&whole, &settings(30)).unwrap();
+    let mut adamw = optimizer(&[&whole], &settings(30)).unwrap();
     train(
         &base,
         &whole,
@@ -438,7 +443,7 @@ fn a_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does() {
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("run.checkpoint.safetensors");
     let first = new(1);
-    let mut adamw = optimizer(&first, &settings(30)).unwrap();
+    let mut adamw = optimizer(&[&first], &settings(30)).unwrap();
     train(
         &base,
         &first,
@@ -449,18 +454,18 @@ fn a_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does() {
         &mut |_, _| true,
     )
     .unwrap();
-    first.save_checkpoint(&adamw, "run-a", &checkpoint).unwrap();
+    save_checkpoint(&[&first], &adamw, "run-a", &checkpoint).unwrap();
     drop(first);
 
     // A new process: other initial factors, a fresh optimiser; the checkpoint restores both.
     let resumed = new(2);
-    let mut adamw = optimizer(&resumed, &settings(30)).unwrap();
+    let mut adamw = optimizer(&[&resumed], &settings(30)).unwrap();
     assert_eq!(
-        resumed.resume(&mut adamw, "run-b", &checkpoint).unwrap(),
+        resume(&[&resumed], &mut adamw, "run-b", &checkpoint).unwrap(),
         None,
         "another run's checkpoint is not taken"
     );
-    let from = resumed.resume(&mut adamw, "run-a", &checkpoint).unwrap();
+    let from = resume(&[&resumed], &mut adamw, "run-a", &checkpoint).unwrap();
     assert_eq!(from, Some(15));
     train(
         &base,
@@ -473,4 +478,139 @@ fn a_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does() {
     )
     .unwrap();
     assert_eq!(factors(&resumed), factors(&whole));
+}
+
+/// With the text encoder trained too (LoRA on its attention projections, as diffusers'
+/// DreamBooth LoRA script's `--train_text_encoder`): one step gives PyTorch/peft's loss and
+/// the gradients of the UNet's and the text encoder's factors.
+#[test]
+fn one_step_with_the_text_encoder_matches_pytorch_peft() {
+    use pixelgen_diffusion::clip::ClipTextModel;
+    use pixelgen_diffusion::config::ClipConfig;
+    for family in ["sd1", "sd2v"] {
+        let step = candle_core::safetensors::load(
+            fixtures().join(format!("train/{family}_step_text.safetensors")),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let model = fixtures().join(format!("diffusion/{family}/model"));
+        let config: UnetConfig = json(&model.join("unet/config.json"));
+        let clip_config: ClipConfig = json(&model.join("text_encoder/config.json"));
+        let scheduler: SchedulerConfig = json(&model.join("scheduler/scheduler_config.json"));
+        let load = |path: &str| -> TensorMap {
+            candle_core::safetensors::load(model.join(path), &Device::Cpu).unwrap()
+        };
+        // transformers 5 names the text encoder's modules without `text_model.`; pixelgen's
+        // CLIP (like its loader) wants it.
+        let prefixed = |map: TensorMap| -> TensorMap {
+            map.into_iter()
+                .map(|(k, v)| {
+                    if k.starts_with("text_model.") || k.starts_with("text_projection") {
+                        (k, v)
+                    } else {
+                        (format!("text_model.{k}"), v)
+                    }
+                })
+                .collect()
+        };
+        let (unet_frozen, text_frozen) = (
+            load("unet/diffusion_pytorch_model.safetensors"),
+            prefixed(load("text_encoder/model.safetensors")),
+        );
+        let factors = |prefix: &str| -> TensorMap {
+            step.iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_owned(), v.clone())))
+                .collect()
+        };
+        let unet_adapters = LoraAdapters::from_peft(&factors("factor."), "", 8.0).unwrap();
+        let text_adapters =
+            LoraAdapters::from_peft(&prefixed(factors("text_factor.")), "", 8.0).unwrap();
+        assert_eq!(
+            text_adapters.modules().count(),
+            factors("text_factor.").len() / 2
+        );
+
+        let text_encoder = ClipTextModel::new(
+            text_adapters.weights(&text_frozen, &Device::Cpu).unwrap(),
+            &clip_config,
+        )
+        .unwrap();
+        let ids: Vec<Vec<u32>> = (0..2)
+            .map(|i| {
+                step["input_ids"]
+                    .get(i)
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .into_iter()
+                    .map(|v| v as u32)
+                    .collect()
+            })
+            .collect();
+        let context = text_encoder
+            .forward(&ids, &Device::Cpu)
+            .unwrap()
+            .last_hidden_state;
+        let hidden_error = max_abs(&(&context - &step["encoder_hidden_states"]).unwrap());
+        assert!(
+            hidden_error <= 1e-4,
+            "{family}: hidden states off by {hidden_error}"
+        );
+
+        let unet = Unet::new(
+            unet_adapters.weights(&unet_frozen, &Device::Cpu).unwrap(),
+            &config,
+        )
+        .unwrap();
+        let timesteps: Vec<usize> = step["timesteps"]
+            .to_vec1::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(|t| t as usize)
+            .collect();
+        let loss = NoiseSchedule::new(&scheduler)
+            .unwrap()
+            .loss(
+                &unet,
+                &step["latents"],
+                &step["noise"],
+                &timesteps,
+                &context,
+            )
+            .unwrap();
+        let (ours, reference) = (
+            loss.to_scalar::<f32>().unwrap(),
+            step["loss"].to_vec1::<f32>().unwrap()[0],
+        );
+        let relative = ((ours - reference) / reference).abs();
+        assert!(relative <= 1e-4, "{family}: loss {ours} vs {reference}");
+
+        let grads = loss.backward().unwrap();
+        let mut worst = 0f32;
+        for (prefix, adapters) in [("grad.", &unet_adapters), ("text_grad.", &text_adapters)] {
+            for (module, adapter) in adapters.modules() {
+                for (factor, var) in [("lora_A", &adapter.down), ("lora_B", &adapter.up)] {
+                    let module = if prefix == "text_grad." {
+                        module.trim_start_matches("text_model.")
+                    } else {
+                        module
+                    };
+                    let name = format!("{prefix}{module}.{factor}.default.weight");
+                    let expected = &step[&name];
+                    let got = grads
+                        .get(var.as_tensor())
+                        .unwrap_or_else(|| panic!("{family}: no gradient for {name}"));
+                    let error = max_abs(&(got - expected).unwrap()) / max_abs(expected).max(1e-12);
+                    worst = worst.max(error);
+                    assert!(
+                        error <= 1e-3,
+                        "{family}: {name}: relative max error {error:.2e}"
+                    );
+                }
+            }
+        }
+        eprintln!(
+            "{family} with the text encoder: loss relative error {relative:.2e}, worst gradient {worst:.2e}"
+        );
+    }
 }

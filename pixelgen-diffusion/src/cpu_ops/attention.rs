@@ -54,13 +54,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Ten
         .to_dtype(DType::F32)?
         .matmul(&k.to_dtype(DType::F32)?.t()?)?
         * (head_dim as f64).powf(-0.5))?;
-    // candle-nn's fused softmax has no backward pass: while training, the composition.
-    let weights = if scores.track_op() {
-        candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
-    } else {
-        candle_nn::ops::softmax_last_dim(&scores)?
-    }
-    .to_dtype(v.dtype())?;
+    let weights = super::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
     weights
         .matmul(&v)?
         .transpose(1, 2)?

@@ -30,7 +30,35 @@ pub use conv::conv2d;
 pub use geglu::geglu;
 pub use norm::GroupNorm;
 
-use candle_core::{CpuStorage, DType, Layout, Result, Tensor, bail};
+use candle_core::{CpuStorage, D, DType, Layout, Module, Result, Tensor, bail};
+
+/// LayerNorm over the last dimension. candle-nn's fused kernel has no backward pass, so a
+/// tensor that gradients flow back through (training a LoRA) takes the composition.
+pub fn layer_norm(norm: &candle_nn::LayerNorm, eps: f64, xs: &Tensor) -> Result<Tensor> {
+    if !xs.track_op() {
+        return norm.forward(xs);
+    }
+    let dim = xs.dim(D::Minus1)? as f64;
+    let centred = xs.broadcast_sub(&(xs.sum_keepdim(D::Minus1)? / dim)?)?;
+    let variance = (centred.sqr()?.sum_keepdim(D::Minus1)? / dim)?;
+    let normed = centred
+        .broadcast_div(&(variance + eps)?.sqrt()?)?
+        .broadcast_mul(norm.weight())?;
+    match norm.bias() {
+        Some(bias) => normed.broadcast_add(bias),
+        None => Ok(normed),
+    }
+}
+
+/// Softmax over the last dimension: candle-nn's fused kernel, or (it has no backward pass)
+/// the composition for a tensor that gradients flow back through.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if xs.track_op() {
+        candle_nn::ops::softmax(xs, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(xs)
+    }
+}
 
 /// Whether all `tensors` are f32 on the CPU, the case the kernels implement, and none is
 /// part of a graph that gradients flow back through (training: the kernels have no

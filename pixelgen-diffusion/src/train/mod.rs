@@ -192,11 +192,15 @@ impl LoraAdapters {
 }
 
 /// One training example: its clean latents (the VAE's sample times the scaling factor,
-/// `[channels, h, w]`) and its caption's text-encoder hidden states (`[tokens, dim]`).
+/// `[channels, h, w]`) and its caption's text-encoder hidden states (`[tokens, dim]`)
+/// under the frozen text encoder.
 #[derive(Debug, Clone)]
 pub struct Example {
     pub latents: Tensor,
     pub context: Tensor,
+    /// The caption's token ids, which the text encoder reads when it is trained too (the
+    /// `context` then is computed again every step).
+    pub tokens: Vec<u32>,
 }
 
 /// How to train (diffusers' training script's defaults where it has them).
@@ -238,13 +242,28 @@ pub fn batch_of(step: usize, batch: usize, examples: usize, seed: u64) -> Vec<us
         .collect()
 }
 
-/// The frozen model training adapts: its UNet and the noise schedule it was trained with.
+/// The frozen model training adapts: its UNet and the noise schedule it was trained with,
+/// and, when the text encoder is trained too, its text encoder.
 #[derive(Clone, Copy)]
 pub struct BaseModel<'a> {
     pub unet_config: &'a crate::config::UnetConfig,
     pub unet_weights: &'a TensorMap,
     pub schedule: &'a NoiseSchedule,
+    pub text_encoder: Option<TextEncoder<'a>>,
 }
+
+/// A text encoder trained along (diffusers' `--train_text_encoder`): its config, frozen
+/// weights (`text_model.*` names) and adapters.
+#[derive(Clone, Copy)]
+pub struct TextEncoder<'a> {
+    pub config: &'a crate::config::ClipConfig,
+    pub weights: &'a TensorMap,
+    pub adapters: &'a LoraAdapters,
+}
+
+/// The text encoder's projections a LoRA adapts with `--text-encoder` (PEFT's targets in
+/// diffusers' DreamBooth LoRA script).
+pub const TEXT_ATTENTION_PROJECTIONS: [&str; 4] = ["q_proj", "k_proj", "v_proj", "out_proj"];
 
 /// Trains `adapters` on `examples` from step `first` to `settings.steps`, calling
 /// `on_step(step, loss)` after each; it returns `false` to stop early (an interrupt, a
@@ -276,7 +295,18 @@ pub fn train(
             )
         };
         let latents = stack(|example| &example.latents)?;
-        let context = stack(|example| &example.context)?;
+        let context = match &base.text_encoder {
+            None => stack(|example| &example.context)?,
+            Some(text) => {
+                let encoder = crate::clip::ClipTextModel::new(
+                    text.adapters.weights(text.weights, &device)?,
+                    text.config,
+                )?;
+                let ids: Vec<Vec<u32>> =
+                    chosen.iter().map(|&i| examples[i].tokens.clone()).collect();
+                encoder.forward(&ids, &device)?.last_hidden_state
+            }
+        };
         let noise = Tensor::from_vec(
             noise::gaussian(
                 settings.seed,
@@ -309,10 +339,11 @@ pub fn train(
     Ok(())
 }
 
-/// AdamW over the adapters' factors with `settings`' learning rate and weight decay.
-pub fn optimizer(adapters: &LoraAdapters, settings: &Settings) -> Result<AdamW> {
+/// AdamW over the factors of every set (the UNet's, then the text encoder's) with
+/// `settings`' learning rate and weight decay.
+pub fn optimizer(sets: &[&LoraAdapters], settings: &Settings) -> Result<AdamW> {
     AdamW::new(
-        adapters.vars(),
+        sets.iter().flat_map(|set| set.vars()).collect(),
         AdamWSettings {
             learning_rate: settings.learning_rate,
             beta1: 0.9,
@@ -325,75 +356,74 @@ pub fn optimizer(adapters: &LoraAdapters, settings: &Settings) -> Result<AdamW> 
 
 /// A training run saved at a step: the factors and the optimiser's moments, with the
 /// settings' fingerprint, so that a run interrupted after it resumes exactly.
-impl LoraAdapters {
-    /// Writes the factors, `optimizer`'s state and `fingerprint` to `path` (atomically).
-    pub fn save_checkpoint(
-        &self,
-        optimizer: &AdamW,
-        fingerprint: &str,
-        path: &std::path::Path,
-    ) -> std::result::Result<(), String> {
-        let mut tensors: Vec<(String, Tensor)> = optimizer.state().into_iter().collect();
-        for (module, adapter) in &self.modules {
-            tensors.push((format!("down.{module}"), adapter.down.as_tensor().clone()));
-            tensors.push((format!("up.{module}"), adapter.up.as_tensor().clone()));
-        }
-        let header = std::collections::HashMap::from([
-            ("steps".to_owned(), optimizer.steps().to_string()),
-            ("fingerprint".to_owned(), fingerprint.to_owned()),
-        ]);
-        let data: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
-        safetensors::serialize_to_file(data, Some(header), &temporary)
-            .map_err(|e| format!("cannot write {}: {e}", temporary.display()))?;
-        std::fs::rename(&temporary, path).map_err(|e| {
-            let _ = std::fs::remove_file(&temporary);
-            format!("cannot write {}: {e}", path.display())
-        })
+/// Writes the factors of `sets` (module names do not collide between a UNet and a text
+/// encoder), `optimizer`'s state and `fingerprint` to `path` (atomically).
+pub fn save_checkpoint(
+    sets: &[&LoraAdapters],
+    optimizer: &AdamW,
+    fingerprint: &str,
+    path: &std::path::Path,
+) -> std::result::Result<(), String> {
+    let mut tensors: Vec<(String, Tensor)> = optimizer.state().into_iter().collect();
+    for (module, adapter) in sets.iter().flat_map(|set| &set.modules) {
+        tensors.push((format!("down.{module}"), adapter.down.as_tensor().clone()));
+        tensors.push((format!("up.{module}"), adapter.up.as_tensor().clone()));
     }
+    let header = std::collections::HashMap::from([
+        ("steps".to_owned(), optimizer.steps().to_string()),
+        ("fingerprint".to_owned(), fingerprint.to_owned()),
+    ]);
+    let data: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+    safetensors::serialize_to_file(data, Some(header), &temporary)
+        .map_err(|e| format!("cannot write {}: {e}", temporary.display()))?;
+    std::fs::rename(&temporary, path).map_err(|e| {
+        let _ = std::fs::remove_file(&temporary);
+        format!("cannot write {}: {e}", path.display())
+    })
+}
 
-    /// Takes back a checkpoint written by [`save_checkpoint`](Self::save_checkpoint) for
-    /// the same `fingerprint`: sets the factors and `optimizer`'s state, and returns the
-    /// step to continue from. `Ok(None)` when the checkpoint is of another run.
-    pub fn resume(
-        &self,
-        optimizer: &mut AdamW,
-        fingerprint: &str,
-        path: &std::path::Path,
-    ) -> std::result::Result<Option<usize>, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let metadata = header.metadata().clone().unwrap_or_default();
-        if metadata.get("fingerprint").map(String::as_str) != Some(fingerprint) {
-            return Ok(None);
-        }
-        let steps: usize = metadata
-            .get("steps")
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("{}: no step count", path.display()))?;
-        let device = self
-            .modules
-            .values()
-            .next()
-            .map(|a| a.down.device().clone())
-            .unwrap_or(Device::Cpu);
-        let tensors = candle_core::safetensors::load_buffer(&bytes, &device)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let broken = |what: String| format!("{}: {what}", path.display());
-        for (module, adapter) in &self.modules {
-            for (prefix, var) in [("down", &adapter.down), ("up", &adapter.up)] {
-                let saved = tensors
-                    .get(&format!("{prefix}.{module}"))
-                    .ok_or_else(|| broken(format!("no `{prefix}.{module}`")))?;
-                var.set(saved).map_err(|e| broken(e.to_string()))?;
-            }
-        }
-        optimizer
-            .restore(&tensors, steps)
-            .map_err(|e| broken(e.to_string()))?;
-        Ok(Some(steps))
+/// Takes back a checkpoint written by [`save_checkpoint`] for the same `fingerprint`:
+/// sets the factors of `sets` and `optimizer`'s state, and returns the step to continue
+/// from. `Ok(None)` when the checkpoint is of another run.
+pub fn resume(
+    sets: &[&LoraAdapters],
+    optimizer: &mut AdamW,
+    fingerprint: &str,
+    path: &std::path::Path,
+) -> std::result::Result<Option<usize>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    if metadata.get("fingerprint").map(String::as_str) != Some(fingerprint) {
+        return Ok(None);
     }
+    let steps: usize = metadata
+        .get("steps")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{}: no step count", path.display()))?;
+    let device = sets
+        .iter()
+        .flat_map(|set| set.modules.values())
+        .next()
+        .map(|a| a.down.device().clone())
+        .unwrap_or(Device::Cpu);
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &device)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let broken = |what: String| format!("{}: {what}", path.display());
+    for (module, adapter) in sets.iter().flat_map(|set| &set.modules) {
+        for (prefix, var) in [("down", &adapter.down), ("up", &adapter.up)] {
+            let saved = tensors
+                .get(&format!("{prefix}.{module}"))
+                .ok_or_else(|| broken(format!("no `{prefix}.{module}`")))?;
+            var.set(saved).map_err(|e| broken(e.to_string()))?;
+        }
+    }
+    optimizer
+        .restore(&tensors, steps)
+        .map_err(|e| broken(e.to_string()))?;
+    Ok(Some(steps))
 }
 
 /// What a kohya-format file says about how it was made (`ss_*` header entries, as kohya's
@@ -415,28 +445,34 @@ pub struct KohyaMetadata {
 
 impl LoraAdapters {
     /// Writes the factors as a kohya-ss LoRA: `lora_unet_<module>` (the module path with
-    /// dots as underscores) `.lora_down.weight`, `.lora_up.weight` and `.alpha`, in f32,
+    /// dots as underscores; `lora_te_<module>` for a `text_encoder` trained along)
+    /// `.lora_down.weight`, `.lora_up.weight` and `.alpha`, in f32,
     /// with kohya's `ss_*` metadata. pixelgen, diffusers' `load_lora_weights` and
     /// A1111-style tools read this form. Written to a temporary file and renamed, so an
     /// interrupted save leaves the previous file whole.
     pub fn save_kohya(
         &self,
+        text_encoder: Option<&LoraAdapters>,
         path: &std::path::Path,
         metadata: &KohyaMetadata,
     ) -> std::result::Result<(), String> {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        let alpha = Tensor::new(self.alpha as f32, &Device::Cpu).map_err(|e| e.to_string())?;
-        for (module, adapter) in &self.modules {
-            let name = format!("lora_unet_{}", module.replace('.', "_"));
-            let cpu = |v: &Var| {
-                v.as_tensor()
-                    .to_dtype(DType::F32)
-                    .and_then(|t| t.to_device(&Device::Cpu))
-                    .map_err(|e| e.to_string())
-            };
-            tensors.push((format!("{name}.lora_down.weight"), cpu(&adapter.down)?));
-            tensors.push((format!("{name}.lora_up.weight"), cpu(&adapter.up)?));
-            tensors.push((format!("{name}.alpha"), alpha.clone()));
+        let parts =
+            std::iter::once(("lora_unet_", self)).chain(text_encoder.map(|t| ("lora_te_", t)));
+        for (prefix, set) in parts {
+            let alpha = Tensor::new(set.alpha as f32, &Device::Cpu).map_err(|e| e.to_string())?;
+            for (module, adapter) in &set.modules {
+                let name = format!("{prefix}{}", module.replace('.', "_"));
+                let cpu = |v: &Var| {
+                    v.as_tensor()
+                        .to_dtype(DType::F32)
+                        .and_then(|t| t.to_device(&Device::Cpu))
+                        .map_err(|e| e.to_string())
+                };
+                tensors.push((format!("{name}.lora_down.weight"), cpu(&adapter.down)?));
+                tensors.push((format!("{name}.lora_up.weight"), cpu(&adapter.up)?));
+                tensors.push((format!("{name}.alpha"), alpha.clone()));
+            }
         }
         let (width, height) = metadata.resolution;
         let header: std::collections::HashMap<String, String> = [
@@ -452,7 +488,14 @@ impl LoraAdapters {
             ("ss_steps", metadata.steps.to_string()),
             ("ss_learning_rate", metadata.learning_rate.to_string()),
             ("ss_unet_lr", metadata.learning_rate.to_string()),
-            ("ss_text_encoder_lr", "0".to_owned()),
+            (
+                "ss_text_encoder_lr",
+                if text_encoder.is_some() {
+                    metadata.learning_rate.to_string()
+                } else {
+                    "0".to_owned()
+                },
+            ),
             ("ss_num_train_images", metadata.images.to_string()),
             ("ss_seed", metadata.seed.to_string()),
             ("ss_v_parameterization", metadata.v_prediction.to_string()),
