@@ -17,7 +17,8 @@ use pixelgen_build::generate::diffusion::candle_core::Tensor;
 use pixelgen_build::generate::diffusion::noise::{self, Stream};
 use pixelgen_build::generate::diffusion::train::{
     ATTENTION_PROJECTIONS, BaseModel, Example, KohyaMetadata, LoraAdapters, NoiseSchedule,
-    Settings, TEXT_ATTENTION_PROJECTIONS, TextEncoder, optimizer, resume, save_checkpoint, train,
+    RESNET_CONVOLUTIONS, Settings, TEXT_ATTENTION_PROJECTIONS, TextEncoder, optimizer, resume,
+    save_checkpoint, train,
 };
 use pixelgen_build::generate::diffusion::{
     DiffusionError, TrainingBase, locate, select_device_for,
@@ -59,6 +60,9 @@ pub struct TrainLora {
     /// run started again with the same images and settings resumes from it.
     #[arg(long, value_name = "STEPS", default_value_t = 100)]
     checkpoint_every: usize,
+    /// Also adapt the UNet's resnet convolutions (kohya's LoCon), not only its attention.
+    #[arg(long)]
+    conv: bool,
     /// Also train the text encoder (LoRA on its attention projections; captions are then
     /// encoded again at every step).
     #[arg(long)]
@@ -162,7 +166,8 @@ fn fingerprint(
     let mut hasher = blake3::Hasher::new_derive_key("pixelgen train-lora checkpoint v1");
     hasher.update(
         format!(
-            "{}|{}|{}|{:?}|{}|{}|{:?}|{}|{}|{}\n",
+            "{}|{}|{}|{}|{:?}|{}|{}|{:?}|{}|{}|{}\n",
+            args.conv,
             args.text_encoder,
             args.model,
             args.rank,
@@ -270,9 +275,13 @@ pub fn run(args: TrainLora, environment: &Environment) -> Result<(), DiffusionEr
             what: "training",
             message: e.to_string(),
         };
+    let mut targets = ATTENTION_PROJECTIONS.to_vec();
+    if args.conv {
+        targets.extend(RESNET_CONVOLUTIONS);
+    }
     let adapters = LoraAdapters::new(
         &base.unet_weights,
-        &ATTENTION_PROJECTIONS,
+        &targets,
         args.rank,
         alpha,
         args.seed,

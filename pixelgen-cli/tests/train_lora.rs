@@ -262,3 +262,54 @@ fn the_text_encoder_trains_along() {
         String::from_utf8_lossy(&drawn.stderr)
     );
 }
+
+/// `--conv` adapts the resnets' convolutions too (kohya's LoCon: 4-D down factors, 1×1 up
+/// factors), which pixelgen's loader merges when drawing.
+#[test]
+fn conv_adapts_the_resnet_convolutions_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("style.safetensors");
+    let output = train(&fixtures().join("train/art"), &out, &["--conv"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("trained 48 modules"), "{stderr}");
+    let tensors = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+    let down = &tensors["lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight"];
+    assert_eq!(down.dims(), &[4, 32, 3, 3]);
+    assert_eq!(
+        tensors["lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight"].dims(),
+        &[32, 4, 1, 1]
+    );
+    let image = dir.path().join("out.png");
+    let drawn = cli()
+        .arg("txt2img")
+        .arg("--model")
+        .arg(fixtures().join("diffusion/sd1/model"))
+        .args([
+            "--prompt",
+            "a green slime",
+            "--steps",
+            "4",
+            "--guidance",
+            "5",
+        ])
+        .args([
+            "--scheduler",
+            "euler",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--lora",
+        ])
+        .arg(format!("{}:1.0", out.display()))
+        .arg("-o")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        drawn.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drawn.stderr)
+    );
+}

@@ -47,8 +47,14 @@ fn max_abs(t: &Tensor) -> f32 {
 
 #[test]
 fn one_training_step_matches_pytorch_peft() {
-    for family in ["sd1", "sd2v"] {
-        let step_path = fixtures().join(format!("train/{family}_step.safetensors"));
+    // The attention projections, and with them the resnets' convolutions (LoCon).
+    for (family, variant) in [
+        ("sd1", ""),
+        ("sd2v", ""),
+        ("sd1", "_conv"),
+        ("sd2v", "_conv"),
+    ] {
+        let step_path = fixtures().join(format!("train/{family}_step{variant}.safetensors"));
         let step = candle_core::safetensors::load(&step_path, &Device::Cpu).unwrap();
         let bytes = std::fs::read(&step_path).unwrap();
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
@@ -92,11 +98,11 @@ fn one_training_step_matches_pytorch_peft() {
         let reference = step["loss"].to_vec1::<f32>().unwrap()[0];
         let relative = ((loss_value - reference) / reference).abs();
         eprintln!(
-            "{family}: loss {loss_value} vs PyTorch {reference} (relative error {relative:.2e})"
+            "{family}{variant}: loss {loss_value} vs PyTorch {reference} (relative error {relative:.2e})"
         );
         assert!(
             relative <= 1e-4,
-            "{family}: loss {loss_value} vs {reference}"
+            "{family}{variant}: loss {loss_value} vs {reference}"
         );
 
         let grads = loss.backward().unwrap();
@@ -125,12 +131,12 @@ fn one_training_step_matches_pytorch_peft() {
                 }
                 assert!(
                     error <= 1e-3,
-                    "{family}: {name}: relative max error {error:.2e}"
+                    "{family}{variant}: {name}: relative max error {error:.2e}"
                 );
             }
         }
         eprintln!(
-            "{family}: {} factor gradients, worst relative max error {:.2e} ({})",
+            "{family}{variant}: {} factor gradients, worst relative max error {:.2e} ({})",
             adapters.modules().count() * 2,
             worst.0,
             worst.1

@@ -29,6 +29,10 @@ pub use adamw::{AdamW, AdamWSettings};
 /// output (diffusers' training script's `target_modules`).
 pub const ATTENTION_PROJECTIONS: [&str; 4] = ["to_q", "to_k", "to_v", "to_out.0"];
 
+/// The UNet convolutions `--conv` adapts too: each resnet's two 3×3 convolutions (kohya's
+/// LoCon on ResBlocks).
+pub const RESNET_CONVOLUTIONS: [&str; 2] = ["conv1", "conv2"];
+
 /// One adapted module: `W' = W + scale · up · down`.
 #[derive(Debug)]
 pub struct Adapter {
@@ -66,7 +70,7 @@ impl LoraAdapters {
         let mut names: Vec<&String> = weights
             .iter()
             .filter(|(name, tensor)| {
-                tensor.rank() == 2
+                (tensor.rank() == 2 || tensor.rank() == 4)
                     && name.strip_suffix(".weight").is_some_and(|module| {
                         targets.iter().any(|t| module.ends_with(&format!(".{t}")))
                     })
@@ -79,10 +83,18 @@ impl LoraAdapters {
         }
         let mut modules = BTreeMap::new();
         for (index, name) in names.into_iter().enumerate() {
-            let (out_features, in_features) = weights[name].dims2()?;
-            let values = noise::gaussian(seed, Stream::LoraFactor(index), rank * in_features);
-            let down = (Tensor::from_vec(values, (rank, in_features), device)? / rank as f64)?;
-            let up = Tensor::zeros((out_features, rank), DType::F32, device)?;
+            // A linear weight is `[out, in]`; a convolution's `[out, in, kh, kw]` gets a down
+            // convolution `[rank, in, kh, kw]` and a 1×1 up `[out, rank, 1, 1]` (LoCon).
+            let dims = weights[name].dims().to_vec();
+            let (down_shape, up_shape) = match dims.as_slice() {
+                &[out, input] => (vec![rank, input], vec![out, rank]),
+                &[out, input, kh, kw] => (vec![rank, input, kh, kw], vec![out, rank, 1, 1]),
+                _ => bail!("`{name}` is neither a linear nor a convolution weight"),
+            };
+            let fan_in: usize = down_shape[1..].iter().product();
+            let values = noise::gaussian(seed, Stream::LoraFactor(index), rank * fan_in);
+            let down = (Tensor::from_vec(values, down_shape, device)? / rank as f64)?;
+            let up = Tensor::zeros(up_shape, DType::F32, device)?;
             let module = name.trim_end_matches(".weight").to_owned();
             modules.insert(
                 module,
@@ -173,7 +185,14 @@ impl LoraAdapters {
             let Some(weight) = frozen.get(&name) else {
                 bail!("the model has no weight `{name}` for the LoRA module `{module}`");
             };
-            let delta = (adapter.up.as_tensor().matmul(adapter.down.as_tensor())? * scale)?;
+            // For a convolution the product is taken over the flattened kernels (kohya's LoCon).
+            let (up, down) = (adapter.up.as_tensor(), adapter.down.as_tensor());
+            let rank = down.dim(0)?;
+            let delta = (up
+                .reshape((up.dim(0)?, rank))?
+                .matmul(&down.reshape((rank, ()))?)?
+                .reshape(weight.shape())?
+                * scale)?;
             if delta.dims() != weight.dims() {
                 bail!(
                     "LoRA module `{module}`: factors make {:?}, the weight is {:?}",
