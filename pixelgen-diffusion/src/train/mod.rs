@@ -86,9 +86,9 @@ impl LoraAdapters {
             // A linear weight is `[out, in]`; a convolution's `[out, in, kh, kw]` gets a down
             // convolution `[rank, in, kh, kw]` and a 1×1 up `[out, rank, 1, 1]` (LoCon).
             let dims = weights[name].dims().to_vec();
-            let (down_shape, up_shape) = match dims.as_slice() {
-                &[out, input] => (vec![rank, input], vec![out, rank]),
-                &[out, input, kh, kw] => (vec![rank, input, kh, kw], vec![out, rank, 1, 1]),
+            let (down_shape, up_shape) = match *dims.as_slice() {
+                [out, input] => (vec![rank, input], vec![out, rank]),
+                [out, input, kh, kw] => (vec![rank, input, kh, kw], vec![out, rank, 1, 1]),
                 _ => bail!("`{name}` is neither a linear nor a convolution weight"),
             };
             let fan_in: usize = down_shape[1..].iter().product();
