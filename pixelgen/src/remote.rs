@@ -17,8 +17,9 @@
 //! opens nothing by itself.
 //!
 //! Invariants: a screenshot request is answered with a picture captured after it arrived,
-//! never an older one; requests carrying the same `ticket` (any JSON value; the default is
-//! `null`) while one is in flight share that capture.
+//! never an older one, or with an error after 600 frames without one (never left waiting);
+//! requests carrying the same `ticket` (any JSON value; the default is `null`) while one is
+//! in flight share that capture.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -130,7 +131,8 @@ fn reload_method(In(_params): In<Option<Value>>, world: &mut World) -> BrpResult
 type Slot = Arc<Mutex<Option<Result<Value, String>>>>;
 
 enum Capture {
-    Pending(Slot),
+    /// Requested; the frames waited so far.
+    Pending(Slot, u16),
     /// Answered; kept a few frames for the calls that the remote plugin makes to a
     /// watching method before it drops the finished request.
     Answered {
@@ -147,6 +149,10 @@ struct Captures(HashMap<String, Capture>);
 /// one or two).
 const KEEP_ANSWERED_FRAMES: u8 = 4;
 
+/// Frames a capture may take before the request is answered with an error rather than left
+/// waiting (a render target that never renders, say).
+const CAPTURE_WITHIN_FRAMES: u16 = 600;
+
 /// A watching method: called every frame for every open request until it answers.
 fn screenshot_method(
     In(params): In<Option<Value>>,
@@ -162,7 +168,10 @@ fn screenshot_method(
     if this_frame != *last_frame || this_frame.is_none() {
         *last_frame = this_frame;
         captures.0.retain(|_, capture| match capture {
-            Capture::Pending(_) => true,
+            Capture::Pending(_, waited) => {
+                *waited = waited.saturating_add(1);
+                true
+            }
             Capture::Answered { frames_left, .. } => {
                 *frames_left = frames_left.saturating_sub(1);
                 *frames_left > 0
@@ -176,10 +185,21 @@ fn screenshot_method(
         .unwrap_or_else(|| "null".to_owned());
     let answer = match captures.0.get_mut(&ticket) {
         Some(Capture::Answered { answer, .. }) => Some(answer.clone()),
-        Some(Capture::Pending(slot)) => {
-            let done = slot.lock().map(|mut s| s.take()).unwrap_or_else(|_| {
-                Some(Err("the capture failed (a panic while reading it)".into()))
-            });
+        Some(Capture::Pending(slot, waited)) => {
+            let waited = *waited;
+            let done = slot
+                .lock()
+                .map(|mut s| s.take())
+                .unwrap_or_else(|_| {
+                    Some(Err("the capture failed (a panic while reading it)".into()))
+                })
+                .or_else(|| {
+                    (waited >= CAPTURE_WITHIN_FRAMES).then(|| {
+                        Err(format!(
+                            "pixelgen: no frame was captured within {CAPTURE_WITHIN_FRAMES} frames; is the camera's target rendered?"
+                        ))
+                    })
+                });
             done.inspect(|answer| {
                 captures.0.insert(
                     ticket.clone(),
@@ -205,7 +225,7 @@ fn screenshot_method(
                         *delivery = Some(encode(captured.image.clone()));
                     }
                 });
-            captures.0.insert(ticket, Capture::Pending(slot));
+            captures.0.insert(ticket, Capture::Pending(slot, 0));
             None
         }
     };
