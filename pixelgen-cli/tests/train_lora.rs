@@ -17,7 +17,12 @@ fn cli() -> Command {
     command
 }
 
+/// `train-lora` with the committed LoRA's settings (50 steps).
 fn train(images: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
+    train_steps(images, output, "50", extra)
+}
+
+fn train_steps(images: &Path, output: &Path, steps: &str, extra: &[&str]) -> std::process::Output {
     cli()
         .arg("train-lora")
         .arg("--model")
@@ -25,7 +30,7 @@ fn train(images: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
         .arg("--images")
         .arg(images)
         .args([
-            "--rank", "4", "--alpha", "4", "--steps", "50", "--lr", "1e-3",
+            "--rank", "4", "--alpha", "4", "--steps", steps, "--lr", "1e-3",
         ])
         .args(["--resolution", "64", "--seed", "3", "-o"])
         .arg(output)
@@ -312,4 +317,89 @@ fn conv_adapts_the_resnet_convolutions_too() {
         "{}",
         String::from_utf8_lossy(&drawn.stderr)
     );
+}
+
+/// 200 steps on the four captioned sprites bring the image drawn for a training caption
+/// closer to its training image (mean squared error against the sprite as training saw it:
+/// over white, scaled up ×4 and centred), for every seed tried.
+#[test]
+fn two_hundred_steps_bring_a_drawn_caption_closer_to_its_training_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let lora = dir.path().join("style.safetensors");
+    let output = train_steps(&fixtures().join("train/art"), &lora, "200", &[]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let sprite = image::open(fixtures().join("train/art/potion.png"))
+        .unwrap()
+        .to_rgba8();
+    let (w, h) = sprite.dimensions();
+    let factor = (64 / w).min(64 / h);
+    let (left, top) = ((64 - w * factor) / 2, (64 - h * factor) / 2);
+    let mut target = image::RgbImage::from_pixel(64, 64, image::Rgb([255, 255, 255]));
+    for (x, y, p) in sprite.enumerate_pixels() {
+        let a = u32::from(p[3]);
+        let c = image::Rgb(std::array::from_fn(|i| {
+            ((u32::from(p[i]) * a + 255 * (255 - a) + 127) / 255) as u8
+        }));
+        for dy in 0..factor {
+            for dx in 0..factor {
+                target.put_pixel(left + x * factor + dx, top + y * factor + dy, c);
+            }
+        }
+    }
+    let mse = |path: &Path| -> f64 {
+        let drawn = image::open(path).unwrap().to_rgb8();
+        drawn
+            .as_raw()
+            .iter()
+            .zip(target.as_raw())
+            .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
+            .sum::<f64>()
+            / drawn.as_raw().len() as f64
+    };
+    for seed in ["1", "2"] {
+        let draw = |with_lora: bool| -> f64 {
+            let out = dir.path().join(format!("{seed}-{with_lora}.png"));
+            let mut command = cli();
+            command
+                .arg("txt2img")
+                .arg("--model")
+                .arg(fixtures().join("diffusion/sd1/model"))
+                .args([
+                    "--prompt",
+                    "a red potion bottle, pxlgn style",
+                    "--steps",
+                    "20",
+                ])
+                .args([
+                    "--guidance",
+                    "5",
+                    "--scheduler",
+                    "euler",
+                    "--width",
+                    "64",
+                    "--height",
+                    "64",
+                ])
+                .args(["--seed", seed, "-o"])
+                .arg(&out);
+            if with_lora {
+                command.arg("--lora").arg(format!("{}:1.0", lora.display()));
+            }
+            let drawn = command.output().unwrap();
+            assert!(
+                drawn.status.success(),
+                "{}",
+                String::from_utf8_lossy(&drawn.stderr)
+            );
+            mse(&out)
+        };
+        let (before, after) = (draw(false), draw(true));
+        eprintln!("seed {seed}: mean squared error to the training image {before:.0} → {after:.0}");
+        assert!(after < before, "seed {seed}: {before} → {after}");
+    }
 }
