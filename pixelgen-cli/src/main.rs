@@ -278,6 +278,18 @@ pub(crate) fn open_project(
     Session::open(project, FileHasher::persistent(state), environment, offline)
 }
 
+/// [`open_project`] for generating online, with Diffusion frames going to the warm server
+/// when one runs (in-process otherwise): what `watch` and the MCP server's `generate` do.
+pub(crate) fn open_to_generate(
+    project: Project,
+    environment: &Environment,
+) -> Result<Session, Error> {
+    let session = open_project(project, environment, false)?;
+    #[cfg(unix)]
+    let session = session.with_server(pixelgen_build::serve::server_for(environment));
+    Ok(session)
+}
+
 /// A file-name-safe tag for a folder (no hashing crate needed for this).
 fn path_tag(dir: &Path) -> String {
     dir.to_string_lossy()

@@ -167,6 +167,29 @@ impl PixelgenMcp {
     }
 }
 
+/// "no sprite `a`, `b` in sprites.ron; its sprites are: …"
+fn no_such_sprites(session: &Session, unknown: &[&str]) -> String {
+    let unknown: Vec<String> = unknown.iter().map(|n| format!("`{n}`")).collect();
+    let known: Vec<&str> = session
+        .manifest
+        .sprites
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    format!(
+        "no sprite {} in sprites.ron; its sprites are: {}",
+        unknown.join(", "),
+        known.join(", ")
+    )
+}
+
+/// The atlases the crate last published (what a running dev build shows).
+fn live_index(project: &Project) -> Result<pixelgen_build::index::Index, String> {
+    let path = pixelgen_build::index::Index::path_in(&project.live_dir());
+    pixelgen_build::index::Index::read(&path)
+        .map_err(|e| format!("{e}\nhelp: call `generate` (or build the game) first"))
+}
+
 fn status_json(status: &SpriteStatus) -> serde_json::Value {
     serde_json::json!({
         "name": status.name.as_str(),
@@ -225,16 +248,7 @@ impl PixelgenMcp {
             .iter()
             .position(|s| s.name == name.as_str())
         else {
-            let known: Vec<&str> = session
-                .manifest
-                .sprites
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect();
-            return refusal(format!(
-                "no sprite `{name}` in sprites.ron; its sprites are: {}",
-                known.join(", ")
-            ));
+            return refusal(no_such_sprites(&session, &[name.as_str()]));
         };
         let sprite = &session.manifest.sprites[index];
         let status = statuses.iter().find(|s| s.name == name.as_str());
@@ -632,14 +646,9 @@ impl PixelgenMcp {
             Ok(project) => project,
             Err(e) => return refusal(e.to_string()),
         };
-        let index_path = pixelgen_build::index::Index::path_in(&project.live_dir());
-        let index = match pixelgen_build::index::Index::read(&index_path) {
+        let index = match live_index(&project) {
             Ok(index) => index,
-            Err(e) => {
-                return refusal(format!(
-                    "{e}\nhelp: call `generate` (or build the game) first"
-                ));
-            }
+            Err(message) => return refusal(message),
         };
         let Some(found) = index.atlases.iter().find(|a| a.name == atlas) else {
             let known: Vec<&str> = index.atlases.iter().map(|a| a.name.as_str()).collect();
@@ -701,44 +710,22 @@ impl PixelgenMcp {
         only: Option<Vec<String>>,
         sender: tokio::sync::mpsc::UnboundedSender<Event>,
     ) -> Result<String, String> {
-        let session = self.session(false).map_err(|e| e.to_string())?;
-        #[cfg(unix)]
-        let session = session.with_server(pixelgen_build::serve::server_for(&self.environment));
-        let mut session = session;
+        let mut session = self
+            .project()
+            .and_then(|project| crate::open_to_generate(project, &self.environment))
+            .map_err(|e| e.to_string())?;
+        if let Some(names) = &only {
+            let unknown: Vec<&str> = names
+                .iter()
+                .map(String::as_str)
+                .filter(|n| !session.manifest.sprites.iter().any(|s| s.name == *n))
+                .collect();
+            if !unknown.is_empty() {
+                return Err(no_such_sprites(&session, &unknown));
+            }
+        }
         let only: Option<std::collections::BTreeSet<pixelgen_build::identity::SpriteName>> =
-            match only {
-                None => None,
-                Some(names) => {
-                    let unknown: Vec<&String> = names
-                        .iter()
-                        .filter(|n| {
-                            !session
-                                .manifest
-                                .sprites
-                                .iter()
-                                .any(|s| s.name == n.as_str())
-                        })
-                        .collect();
-                    if !unknown.is_empty() {
-                        let known: Vec<&str> = session
-                            .manifest
-                            .sprites
-                            .iter()
-                            .map(|s| s.name.as_str())
-                            .collect();
-                        return Err(format!(
-                            "no sprite {} in sprites.ron; its sprites are: {}",
-                            unknown
-                                .iter()
-                                .map(|n| format!("`{n}`"))
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                            known.join(", ")
-                        ));
-                    }
-                    Some(names.into_iter().map(Into::into).collect())
-                }
-            };
+            only.map(|names| names.into_iter().map(Into::into).collect());
         let mut relay = Relay { sender, total: 0 };
         let summary = session
             .realize_only(false, only.as_ref(), &mut relay)
@@ -811,8 +798,7 @@ impl PixelgenMcp {
                 .with_description("The crate's sprite manifest, as it is on disk")
                 .with_mime_type("text/plain"),
         ];
-        let index_path = pixelgen_build::index::Index::path_in(&project.live_dir());
-        if let Ok(index) = pixelgen_build::index::Index::read(&index_path) {
+        if let Ok(index) = live_index(&project) {
             for atlas in &index.atlases {
                 for (page, indexed) in atlas.pages.iter().enumerate() {
                     resources.push(
@@ -859,10 +845,8 @@ impl PixelgenMcp {
             .and_then(|rest| rest.rsplit_once('/'))
             .ok_or_else(not_found)?;
         let page: usize = page.parse().map_err(|_| not_found())?;
-        let index_path = pixelgen_build::index::Index::path_in(&project.live_dir());
-        let index = pixelgen_build::index::Index::read(&index_path).map_err(|e| {
-            ErrorData::internal_error(format!("{e}\nhelp: call `generate` first"), None)
-        })?;
+        let index =
+            live_index(&project).map_err(|message| ErrorData::internal_error(message, None))?;
         // The page's path comes from the index, never from the URI.
         let indexed = index
             .atlases

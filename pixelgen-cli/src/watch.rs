@@ -117,11 +117,7 @@ fn rebuild(project: &Project, environment: &Environment, live: &Path) -> BTreeSe
     let started = Instant::now();
     let mut inputs = BTreeSet::from([project.manifest_path.clone()]);
     let result = (|| -> Result<(Session, pixelgen_build::pipeline::Summary), Error> {
-        let session = crate::open_project(project.clone(), environment, false)?;
-        // Diffusion frames go to the warm server when one runs (in-process otherwise).
-        #[cfg(unix)]
-        let session = session.with_server(pixelgen_build::serve::server_for(environment));
-        let mut session = session;
+        let mut session = crate::open_to_generate(project.clone(), environment)?;
         inputs.extend(session.manifest.input_files.iter().cloned());
         inputs.extend(
             session

@@ -39,6 +39,31 @@ fn train_steps(images: &Path, output: &Path, steps: &str, extra: &[&str]) -> std
         .unwrap()
 }
 
+/// Draws `prompt` with the tiny model (64×64, guidance 5, Euler, `steps` steps), with
+/// `lora` at weight 1 when given, plus `extra` arguments (a seed or initial latents), to
+/// `out`; fails the test with txt2img's message when it fails.
+fn draw(prompt: &str, steps: &str, lora: Option<&Path>, extra: &[&std::ffi::OsStr], out: &Path) {
+    let mut command = cli();
+    command
+        .arg("txt2img")
+        .arg("--model")
+        .arg(fixtures().join("diffusion/sd1/model"))
+        .args(["--prompt", prompt, "--steps", steps, "--guidance", "5"])
+        .args(["--scheduler", "euler", "--width", "64", "--height", "64"])
+        .args(extra)
+        .arg("-o")
+        .arg(out);
+    if let Some(lora) = lora {
+        command.arg("--lora").arg(format!("{}:1.0", lora.display()));
+    }
+    let drawn = command.output().unwrap();
+    assert!(
+        drawn.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drawn.stderr)
+    );
+}
+
 /// Every tensor of `ours` within 1e-4 of the largest value of the committed one.
 fn assert_close_to_committed(
     ours: &std::collections::HashMap<String, candle_core::Tensor>,
@@ -80,41 +105,13 @@ fn trains_the_committed_lora_again_and_diffusers_draws_what_pixelgen_draws_with_
 
     let image = dir.path().join("potion.png");
     let train_dir = fixtures().join("train");
-    let output = cli()
-        .arg("txt2img")
-        .arg("--model")
-        .arg(fixtures().join("diffusion/sd1/model"))
-        .args([
-            "--prompt",
-            "a red potion bottle, pxlgn style",
-            "--steps",
-            "10",
-        ])
-        .args([
-            "--guidance",
-            "5",
-            "--scheduler",
-            "euler",
-            "--width",
-            "64",
-            "--height",
-            "64",
-        ])
-        .arg("--init-latents")
-        .arg(train_dir.join("sd1_trained_latents.safetensors"))
-        .arg("--lora")
-        .arg(format!(
-            "{}:1.0",
-            train_dir.join("sd1_trained.safetensors").display()
-        ))
-        .arg("-o")
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let latents = train_dir.join("sd1_trained_latents.safetensors");
+    draw(
+        "a red potion bottle, pxlgn style",
+        "10",
+        Some(&train_dir.join("sd1_trained.safetensors")),
+        &["--init-latents".as_ref(), latents.as_os_str()],
+        &image,
     );
     let ours = image::open(&image).unwrap().to_rgb8();
     let theirs = image::open(train_dir.join("sd1_trained_diffusers.png"))
@@ -234,37 +231,12 @@ fn the_text_encoder_trains_along() {
         8 * 3,
         "q, k, v and out of both layers: down, up, alpha"
     );
-    let image = dir.path().join("out.png");
-    let drawn = cli()
-        .arg("txt2img")
-        .arg("--model")
-        .arg(fixtures().join("diffusion/sd1/model"))
-        .args([
-            "--prompt",
-            "a red potion bottle, pxlgn style",
-            "--steps",
-            "4",
-            "--guidance",
-            "5",
-        ])
-        .args([
-            "--scheduler",
-            "euler",
-            "--width",
-            "64",
-            "--height",
-            "64",
-            "--lora",
-        ])
-        .arg(format!("{}:1.0", out.display()))
-        .arg("-o")
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(
-        drawn.status.success(),
-        "{}",
-        String::from_utf8_lossy(&drawn.stderr)
+    draw(
+        "a red potion bottle, pxlgn style",
+        "4",
+        Some(&out),
+        &[],
+        &dir.path().join("out.png"),
     );
 }
 
@@ -285,37 +257,12 @@ fn conv_adapts_the_resnet_convolutions_too() {
         tensors["lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight"].dims(),
         &[32, 4, 1, 1]
     );
-    let image = dir.path().join("out.png");
-    let drawn = cli()
-        .arg("txt2img")
-        .arg("--model")
-        .arg(fixtures().join("diffusion/sd1/model"))
-        .args([
-            "--prompt",
-            "a green slime",
-            "--steps",
-            "4",
-            "--guidance",
-            "5",
-        ])
-        .args([
-            "--scheduler",
-            "euler",
-            "--width",
-            "64",
-            "--height",
-            "64",
-            "--lora",
-        ])
-        .arg(format!("{}:1.0", out.display()))
-        .arg("-o")
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(
-        drawn.status.success(),
-        "{}",
-        String::from_utf8_lossy(&drawn.stderr)
+    draw(
+        "a green slime",
+        "4",
+        Some(&out),
+        &[],
+        &dir.path().join("out.png"),
     );
 }
 
@@ -364,37 +311,12 @@ fn two_hundred_steps_bring_a_drawn_caption_closer_to_its_training_image() {
     for seed in ["1", "2"] {
         let draw = |with_lora: bool| -> f64 {
             let out = dir.path().join(format!("{seed}-{with_lora}.png"));
-            let mut command = cli();
-            command
-                .arg("txt2img")
-                .arg("--model")
-                .arg(fixtures().join("diffusion/sd1/model"))
-                .args([
-                    "--prompt",
-                    "a red potion bottle, pxlgn style",
-                    "--steps",
-                    "20",
-                ])
-                .args([
-                    "--guidance",
-                    "5",
-                    "--scheduler",
-                    "euler",
-                    "--width",
-                    "64",
-                    "--height",
-                    "64",
-                ])
-                .args(["--seed", seed, "-o"])
-                .arg(&out);
-            if with_lora {
-                command.arg("--lora").arg(format!("{}:1.0", lora.display()));
-            }
-            let drawn = command.output().unwrap();
-            assert!(
-                drawn.status.success(),
-                "{}",
-                String::from_utf8_lossy(&drawn.stderr)
+            draw(
+                "a red potion bottle, pxlgn style",
+                "20",
+                with_lora.then_some(lora.as_path()),
+                &["--seed".as_ref(), seed.as_ref()],
+                &out,
             );
             mse(&out)
         };

@@ -45,6 +45,75 @@ fn max_abs(t: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// The tensors of a step fixture whose names start with `prefix`, without it.
+fn with_prefix(step: &TensorMap, prefix: &str) -> TensorMap {
+    step.iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_owned(), v.clone())))
+        .collect()
+}
+
+/// The timesteps a step fixture drew.
+fn timesteps_of(step: &TensorMap) -> Vec<usize> {
+    step["timesteps"]
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(|t| t as usize)
+        .collect()
+}
+
+/// The loss against PyTorch's (relative error ≤ 1e-4); returns the relative error.
+fn check_loss(label: &str, loss: &Tensor, step: &TensorMap) -> f32 {
+    let ours = loss.to_scalar::<f32>().unwrap();
+    let reference = step["loss"].to_vec1::<f32>().unwrap()[0];
+    let relative = ((ours - reference) / reference).abs();
+    eprintln!("{label}: loss {ours} vs PyTorch {reference} (relative error {relative:.2e})");
+    assert!(relative <= 1e-4, "{label}: loss {ours} vs {reference}");
+    relative
+}
+
+/// Every factor of `adapters` has a gradient, and it is PyTorch's
+/// (`{prefix}{module}.lora_A.default.weight`, the module named as PyTorch named it: `strip`
+/// removed) within a relative max error of 1e-3. Returns the worst error and its name.
+fn check_gradients(
+    label: &str,
+    grads: &candle_core::backprop::GradStore,
+    adapters: &LoraAdapters,
+    step: &TensorMap,
+    prefix: &str,
+    strip: &str,
+) -> (f32, String) {
+    let missing: Vec<String> = adapters
+        .modules()
+        .flat_map(|(m, a)| [(format!("{m}.down"), &a.down), (format!("{m}.up"), &a.up)])
+        .filter(|(_, v)| grads.get(v.as_tensor()).is_none())
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{label}: no gradient for {} factors: {missing:#?}",
+        missing.len()
+    );
+    let mut worst = (0f32, String::new());
+    for (module, adapter) in adapters.modules() {
+        let module = module.trim_start_matches(strip);
+        for (factor, var) in [("lora_A", &adapter.down), ("lora_B", &adapter.up)] {
+            let name = format!("{module}.{factor}.default.weight");
+            let expected = &step[&format!("{prefix}{name}")];
+            let got = grads.get(var.as_tensor()).unwrap();
+            let error = max_abs(&(got - expected).unwrap()) / max_abs(expected).max(1e-12);
+            if error > worst.0 {
+                worst = (error, name.clone());
+            }
+            assert!(
+                error <= 1e-3,
+                "{label}: {name}: relative max error {error:.2e}"
+            );
+        }
+    }
+    worst
+}
+
 #[test]
 fn one_training_step_matches_pytorch_peft() {
     // The attention projections, and with them the resnets' convolutions (LoCon).
@@ -71,75 +140,27 @@ fn one_training_step_matches_pytorch_peft() {
         )
         .unwrap();
 
-        let factors: TensorMap = step
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix("factor.")?.to_owned(), v.clone())))
-            .collect();
+        let factors = with_prefix(&step, "factor.");
         let adapters = LoraAdapters::from_peft(&factors, "", alpha).unwrap();
         assert_eq!(adapters.modules().count() * 2, factors.len());
         let unet = Unet::new(adapters.weights(&frozen, &Device::Cpu).unwrap(), &config).unwrap();
         let schedule = NoiseSchedule::new(&scheduler).unwrap();
-        let timesteps: Vec<usize> = step["timesteps"]
-            .to_vec1::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(|t| t as usize)
-            .collect();
+        let label = format!("{family}{variant}");
         let loss = schedule
             .loss(
                 &unet,
                 &step["latents"],
                 &step["noise"],
-                &timesteps,
+                &timesteps_of(&step),
                 &step["encoder_hidden_states"],
             )
             .unwrap();
-        let loss_value = loss.to_scalar::<f32>().unwrap();
-        let reference = step["loss"].to_vec1::<f32>().unwrap()[0];
-        let relative = ((loss_value - reference) / reference).abs();
-        eprintln!(
-            "{family}{variant}: loss {loss_value} vs PyTorch {reference} (relative error {relative:.2e})"
-        );
-        assert!(
-            relative <= 1e-4,
-            "{family}{variant}: loss {loss_value} vs {reference}"
-        );
-
+        check_loss(&label, &loss, &step);
         let grads = loss.backward().unwrap();
-        let missing: Vec<String> = adapters
-            .modules()
-            .flat_map(|(m, a)| [(format!("{m}.down"), &a.down), (format!("{m}.up"), &a.up)])
-            .filter(|(_, v)| grads.get(v.as_tensor()).is_none())
-            .map(|(n, _)| n)
-            .collect();
-        assert!(
-            missing.is_empty(),
-            "no gradient for {} factors: {missing:#?}",
-            missing.len()
-        );
-        let mut worst = (0f32, String::new());
-        for (module, adapter) in adapters.modules() {
-            for (factor, var) in [("lora_A", &adapter.down), ("lora_B", &adapter.up)] {
-                let name = format!("{module}.{factor}.default.weight");
-                let expected = &step[&format!("grad.{name}")];
-                let got = grads
-                    .get(var.as_tensor())
-                    .unwrap_or_else(|| panic!("no gradient for {name}"));
-                let error = max_abs(&(got - expected).unwrap()) / max_abs(expected).max(1e-12);
-                if error > worst.0 {
-                    worst = (error, name.clone());
-                }
-                assert!(
-                    error <= 1e-3,
-                    "{family}{variant}: {name}: relative max error {error:.2e}"
-                );
-            }
-        }
+        let (worst, name) = check_gradients(&label, &grads, &adapters, &step, "grad.", "");
         eprintln!(
-            "{family}{variant}: {} factor gradients, worst relative max error {:.2e} ({})",
-            adapters.modules().count() * 2,
-            worst.0,
-            worst.1
+            "{label}: {} factor gradients, worst relative max error {worst:.2e} ({name})",
+            adapters.modules().count() * 2
         );
     }
 }
@@ -195,11 +216,7 @@ fn a_saved_kohya_file_merges_into_the_weights_it_was_trained_on() {
     let step =
         candle_core::safetensors::load(fixtures().join("train/sd1_step.safetensors"), &Device::Cpu)
             .unwrap();
-    let factors: TensorMap = step
-        .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix("factor.")?.to_owned(), v.clone())))
-        .collect();
-    let adapters = LoraAdapters::from_peft(&factors, "", 8.0).unwrap();
+    let adapters = LoraAdapters::from_peft(&with_prefix(&step, "factor."), "", 8.0).unwrap();
     let model = fixtures().join("diffusion/sd1/model");
     let frozen: TensorMap = candle_core::safetensors::load(
         model.join("unet/diffusion_pytorch_model.safetensors"),
@@ -523,18 +540,12 @@ fn one_step_with_the_text_encoder_matches_pytorch_peft() {
             load("unet/diffusion_pytorch_model.safetensors"),
             prefixed(load("text_encoder/model.safetensors")),
         );
-        let factors = |prefix: &str| -> TensorMap {
-            step.iter()
-                .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_owned(), v.clone())))
-                .collect()
-        };
-        let unet_adapters = LoraAdapters::from_peft(&factors("factor."), "", 8.0).unwrap();
+        let unet_adapters =
+            LoraAdapters::from_peft(&with_prefix(&step, "factor."), "", 8.0).unwrap();
+        let text_factors = with_prefix(&step, "text_factor.");
         let text_adapters =
-            LoraAdapters::from_peft(&prefixed(factors("text_factor.")), "", 8.0).unwrap();
-        assert_eq!(
-            text_adapters.modules().count(),
-            factors("text_factor.").len() / 2
-        );
+            LoraAdapters::from_peft(&prefixed(text_factors.clone()), "", 8.0).unwrap();
+        assert_eq!(text_adapters.modules().count(), text_factors.len() / 2);
 
         let text_encoder = ClipTextModel::new(
             text_adapters.weights(&text_frozen, &Device::Cpu).unwrap(),
@@ -568,55 +579,28 @@ fn one_step_with_the_text_encoder_matches_pytorch_peft() {
             &config,
         )
         .unwrap();
-        let timesteps: Vec<usize> = step["timesteps"]
-            .to_vec1::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(|t| t as usize)
-            .collect();
         let loss = NoiseSchedule::new(&scheduler)
             .unwrap()
             .loss(
                 &unet,
                 &step["latents"],
                 &step["noise"],
-                &timesteps,
+                &timesteps_of(&step),
                 &context,
             )
             .unwrap();
-        let (ours, reference) = (
-            loss.to_scalar::<f32>().unwrap(),
-            step["loss"].to_vec1::<f32>().unwrap()[0],
-        );
-        let relative = ((ours - reference) / reference).abs();
-        assert!(relative <= 1e-4, "{family}: loss {ours} vs {reference}");
-
+        let label = format!("{family} with the text encoder");
+        check_loss(&label, &loss, &step);
         let grads = loss.backward().unwrap();
-        let mut worst = 0f32;
-        for (prefix, adapters) in [("grad.", &unet_adapters), ("text_grad.", &text_adapters)] {
-            for (module, adapter) in adapters.modules() {
-                for (factor, var) in [("lora_A", &adapter.down), ("lora_B", &adapter.up)] {
-                    let module = if prefix == "text_grad." {
-                        module.trim_start_matches("text_model.")
-                    } else {
-                        module
-                    };
-                    let name = format!("{prefix}{module}.{factor}.default.weight");
-                    let expected = &step[&name];
-                    let got = grads
-                        .get(var.as_tensor())
-                        .unwrap_or_else(|| panic!("{family}: no gradient for {name}"));
-                    let error = max_abs(&(got - expected).unwrap()) / max_abs(expected).max(1e-12);
-                    worst = worst.max(error);
-                    assert!(
-                        error <= 1e-3,
-                        "{family}: {name}: relative max error {error:.2e}"
-                    );
-                }
-            }
-        }
-        eprintln!(
-            "{family} with the text encoder: loss relative error {relative:.2e}, worst gradient {worst:.2e}"
+        let (unet_worst, _) = check_gradients(&label, &grads, &unet_adapters, &step, "grad.", "");
+        let (text_worst, _) = check_gradients(
+            &label,
+            &grads,
+            &text_adapters,
+            &step,
+            "text_grad.",
+            "text_model.",
         );
+        eprintln!("{label}: worst gradient {:.2e}", unet_worst.max(text_worst));
     }
 }

@@ -81,21 +81,31 @@ fn reload_set<S: SpriteSet>(
 ) -> Value {
     let atlases_of_set: Vec<&str> = S::ATLASES.iter().map(|a| a.name).collect();
     let (index, outcome) = live::reload_now::<S>(live, atlases, images, layouts);
+    // The status, and the one detail that goes with it (`stamp` or `reason`).
     let (status, detail) = match outcome {
         None => (
             "off",
-            json!("hot reload is off for this set (a release build)"),
+            Some((
+                "reason",
+                "hot reload is off for this set (a release build)".to_owned(),
+            )),
         ),
-        Some(Outcome::Reloaded(stamp)) => ("reloaded", json!(stamp)),
-        Some(Outcome::Unchanged) => ("unchanged", Value::Null),
+        Some(Outcome::Reloaded(stamp)) => ("reloaded", Some(("stamp", stamp))),
+        Some(Outcome::Unchanged) => ("unchanged", None),
         Some(Outcome::Mismatch(why)) => (
             "rebuild_needed",
-            json!(format!("{why}; run `cargo build` and restart the game")),
+            Some((
+                "reason",
+                format!("{why}; run `cargo build` and restart the game"),
+            )),
         ),
-        Some(Outcome::Unreadable(why)) => ("unreadable", json!(why)),
+        Some(Outcome::Unreadable(why)) => ("unreadable", Some(("reason", why))),
         Some(Outcome::Missing) => (
             "missing",
-            json!("nothing is published yet: run `cargo build` or `cargo pixelgen watch`"),
+            Some((
+                "reason",
+                "nothing is published yet: run `cargo build` or `cargo pixelgen watch`".to_owned(),
+            )),
         ),
     };
     let mut report = json!({
@@ -103,10 +113,8 @@ fn reload_set<S: SpriteSet>(
         "index": index.map(|p| p.display().to_string()),
         "status": status,
     });
-    if status == "reloaded" {
-        report["stamp"] = detail;
-    } else if !detail.is_null() {
-        report["reason"] = detail;
+    if let Some((key, value)) = detail {
+        report[key] = json!(value);
     }
     report
 }

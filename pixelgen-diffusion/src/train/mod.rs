@@ -392,6 +392,16 @@ pub fn save_checkpoint(
         ("steps".to_owned(), optimizer.steps().to_string()),
         ("fingerprint".to_owned(), fingerprint.to_owned()),
     ]);
+    write_safetensors(&tensors, header, path)
+}
+
+/// Writes `tensors` with `header` to `path` through a temporary file renamed into place, so
+/// that an interrupted write leaves the previous file whole.
+fn write_safetensors(
+    tensors: &[(String, Tensor)],
+    header: std::collections::HashMap<String, String>,
+    path: &std::path::Path,
+) -> std::result::Result<(), String> {
     let data: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
     safetensors::serialize_to_file(data, Some(header), &temporary)
@@ -531,14 +541,7 @@ impl LoraAdapters {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        let data: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
-        safetensors::serialize_to_file(data, Some(header), &temporary)
-            .map_err(|e| format!("cannot write {}: {e}", temporary.display()))?;
-        std::fs::rename(&temporary, path).map_err(|e| {
-            let _ = std::fs::remove_file(&temporary);
-            format!("cannot write {}: {e}", path.display())
-        })
+        write_safetensors(&tensors, header, path)
     }
 }
 
