@@ -108,14 +108,13 @@ impl Build {
         for path in &session.manifest.input_files {
             println!("cargo:rerun-if-changed={}", path.display());
         }
-        let lora_files: std::collections::BTreeSet<&Path> = session
+        // Cargo scans a folder (a trained LoRA's images) for any change inside it.
+        for path in session
             .manifest
-            .sprites
-            .iter()
-            .flat_map(|s| &s.loras)
-            .map(|l| l.resolved.as_path())
-            .collect();
-        for path in lora_files.into_iter().filter(|p| p.exists()) {
+            .lora_inputs()
+            .into_iter()
+            .filter(|p| p.exists())
+        {
             println!("cargo:rerun-if-changed={}", path.display());
         }
         // A model's files are part of its sprites' keys: a changed model reruns the build.
@@ -128,6 +127,13 @@ impl Build {
                 crate::manifest::GeneratorSpec::Diffusion { model, .. } => Some(model.as_str()),
                 crate::manifest::GeneratorSpec::Procedural => None,
             })
+            .chain(
+                session
+                    .manifest
+                    .trained_loras
+                    .iter()
+                    .map(|t| t.model.as_str()),
+            )
             .collect();
         for model in models {
             if let Ok(location) = crate::generate::model_files::locate(

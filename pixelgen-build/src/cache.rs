@@ -20,6 +20,8 @@ const GITIGNORE: &str = "# Written by pixelgen: commit the PNGs, not these.\n.tm
 pub const LIVE_DIR: &str = "live";
 /// Where raw generator output lives, under the cache folder.
 pub const RAW_DIR: &str = "raw";
+/// Where trained LoRAs live, under the cache folder (committed, like the sprites).
+pub const LORA_DIR: &str = "lora";
 
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -129,6 +131,52 @@ impl Cache {
 }
 
 impl Cache {
+    /// Where the LoRA trained with key `key` is kept: `lora/<key>.safetensors`.
+    pub fn lora_path_of(&self, key: &Key) -> PathBuf {
+        self.dir
+            .join(LORA_DIR)
+            .join(format!("{}.safetensors", key.to_hex()))
+    }
+
+    /// Where an interrupted training run for `key` keeps its checkpoint (under `raw/`:
+    /// git-ignored, machine-specific).
+    pub fn lora_checkpoint_path_of(&self, key: &Key) -> PathBuf {
+        self.dir
+            .join(RAW_DIR)
+            .join(LORA_DIR)
+            .join(format!("{}.checkpoint.safetensors", key.to_hex()))
+    }
+
+    /// Checks the trained LoRA for `key`: there, and when the lock file knows its hash,
+    /// the same bytes; with no record, a readable safetensors file.
+    pub fn lookup_lora(
+        &self,
+        key: &Key,
+        expected: Option<&str>,
+        hasher: &mut FileHasher,
+    ) -> Lookup {
+        let path = self.lora_path_of(key);
+        let output = match hasher.hash(&path) {
+            Ok(hash) => hash,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Missing,
+            Err(e) => {
+                return Lookup::Corrupt {
+                    reason: format!("cannot read it: {e}"),
+                };
+            }
+        };
+        match expected {
+            Some(expected) if expected == output.to_hex().as_str() => Lookup::Hit { output },
+            Some(_) => Lookup::Corrupt {
+                reason: "its content does not match the hash in sprites.lock".to_string(),
+            },
+            None => match safetensors_header_ok(&path) {
+                Ok(()) => Lookup::Hit { output },
+                Err(reason) => Lookup::Corrupt { reason },
+            },
+        }
+    }
+
     /// Where the raw generator output of a frame with raw key `key` is kept.
     pub fn raw_path_of(&self, key: &Key) -> PathBuf {
         let hex = key.to_hex();
@@ -150,6 +198,26 @@ impl Cache {
     pub fn write_raw(&self, key: &Key, image: &RgbaImage) -> std::io::Result<()> {
         write_atomically(&self.raw_path_of(key), &encode_png(image)?)
     }
+}
+
+/// Whether `path` starts like a whole safetensors file: an 8-byte header length and a
+/// JSON header that fit the file.
+fn safetensors_header_ok(path: &Path) -> Result<(), String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let size = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length)
+        .map_err(|_| "it is too short for a safetensors file".to_string())?;
+    let length = u64::from_le_bytes(length);
+    if length == 0 || length > (100 << 20) || 8 + length > size {
+        return Err("its safetensors header is cut off or malformed".to_string());
+    }
+    let mut header = vec![0u8; length as usize];
+    file.read_exact(&mut header).map_err(|e| e.to_string())?;
+    serde_json::from_slice::<serde_json::Value>(&header)
+        .map(|_| ())
+        .map_err(|_| "its safetensors header is not JSON".to_string())
 }
 
 /// PNG bytes of an image; the same pixels always give the same bytes.

@@ -9,8 +9,11 @@
 //!   truth, even while the manifest says otherwise) or any user's current plan does. A raw
 //!   image is kept when any current plan names it; when some user's manifest cannot be
 //!   planned, no raw image is removed at all.
-//! - Only entry files (`ab/<64 hex>.png`, `raw/ab/<64 hex>.png`) are removed, under the
-//!   cache lock, so no build writes meanwhile.
+//! - A trained LoRA (`lora/<64 hex>.safetensors`) is kept when any user's lock or current
+//!   plan names its key.
+//! - Only entry files (`ab/<64 hex>.png`, `raw/ab/<64 hex>.png`,
+//!   `lora/<64 hex>.safetensors`) are removed, under the cache lock, so no build writes
+//!   meanwhile.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -31,6 +34,9 @@ pub struct GcReport {
     pub frames: Vec<(PathBuf, u64)>,
     /// Raw images no plan names.
     pub raw: Vec<(PathBuf, u64)>,
+    /// Trained LoRAs no lock or plan names.
+    pub loras: Vec<(PathBuf, u64)>,
+    pub kept_loras: usize,
     /// Entries kept.
     pub kept_frames: usize,
     pub kept_raw: usize,
@@ -45,6 +51,7 @@ impl GcReport {
         self.frames
             .iter()
             .chain(&self.raw)
+            .chain(&self.loras)
             .chain(&self.litter)
             .map(|(_, size)| size)
             .sum()
@@ -114,13 +121,16 @@ pub fn collect(
 
     let mut frames: HashSet<String> = HashSet::new();
     let mut raw: HashSet<String> = HashSet::new();
+    let mut loras: HashSet<String> = HashSet::new();
     for project in users {
         let lock = LockFile::load(&project.lock_path)?;
         frames.extend(lock.sprites.values().flat_map(|s| s.keys.iter().cloned()));
+        loras.extend(lock.trained_loras.values().map(|l| l.key.clone()));
         // Offline: hashes of absent LoRAs and models come from the lock file, and
         // nothing is downloaded.
         match Session::open(project.clone(), FileHasher::in_memory(), environment, true) {
             Ok(session) => {
+                loras.extend(session.trained.iter().map(|t| t.key.to_hex()));
                 for frame in session.plan.iter().flat_map(|p| &p.frames) {
                     frames.insert(frame.key.to_hex());
                     if let Some(key) = frame.raw {
@@ -148,8 +158,15 @@ pub fn collect(
             report.raw.push((path, size));
         }
     }
+    for (path, key, size) in lora_entries(&cache_dir.join(crate::cache::LORA_DIR)) {
+        if loras.contains(&key) || !report.unplanned.is_empty() {
+            report.kept_loras += 1;
+        } else {
+            report.loras.push((path, size));
+        }
+    }
     if !dry_run {
-        for (path, _) in report.frames.iter().chain(&report.raw) {
+        for (path, _) in report.frames.iter().chain(&report.raw).chain(&report.loras) {
             std::fs::remove_file(path).map_err(|source| Error::Cache {
                 path: path.clone(),
                 source,
@@ -157,6 +174,30 @@ pub fn collect(
         }
     }
     Ok(report)
+}
+
+/// Every trained LoRA `<dir>/<64 hex>.safetensors`: its path, key and size, sorted.
+fn lora_entries(dir: &Path) -> Vec<(PathBuf, String, u64)> {
+    let mut found: Vec<(PathBuf, String, u64)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|file| file.file_type().is_ok_and(|t| t.is_file()))
+        .filter_map(|file| {
+            let name = file.file_name();
+            let key = name.to_str()?.strip_suffix(".safetensors")?;
+            let hex = key.len() == 64
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            hex.then(|| {
+                let size = file.metadata().map_or(0, |m| m.len());
+                (file.path(), key.to_owned(), size)
+            })
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 /// Every entry file `<dir>/ab/<64 hex>.png`: its path, key and size, sorted.

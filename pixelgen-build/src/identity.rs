@@ -1,7 +1,8 @@
-//! The identities that travel through every stage: a sprite, an atlas, and one frame of
-//! a sprite. The manifest makes them from its keys; the plan keys a [`FrameId`], the
-//! pipeline draws, stores and reports it, the atlas packs it, and the emitter indexes it,
-//! so a frame is never re-spelled as `"name#frame"` or split into loose `(&str, u32)`.
+//! The identities that travel through every stage: a sprite, an atlas, one frame of a
+//! sprite, and a LoRA trained from the game's art. The manifest makes them from its keys;
+//! the plan keys a [`FrameId`], the pipeline draws, stores and reports it, the atlas packs
+//! it, and the emitter indexes it, so a frame is never re-spelled as `"name#frame"` or
+//! split into loose `(&str, u32)`.
 //!
 //! Invariants:
 //! - A [`SpriteName`] or [`AtlasName`] is the key exactly as written in `sprites.ron`; the
@@ -23,6 +24,12 @@ pub struct SpriteName(String);
 /// An atlas's name: its key under `atlases:` (or `default`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AtlasName(String);
+
+/// A trained LoRA's name: its key under `trained_loras:`, which sprites name in
+/// `loras: [(trained: "…")]` (and in `sprites.lock`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LoraName(String);
 
 macro_rules! name_type {
     ($name:ident) => {
@@ -74,6 +81,7 @@ macro_rules! name_type {
 
 name_type!(SpriteName);
 name_type!(AtlasName);
+name_type!(LoraName);
 
 impl SpriteName {
     /// Frame `frame` of this sprite (0 for a still sprite).

@@ -22,7 +22,7 @@ pub mod gc;
 pub mod generate;
 pub mod identity;
 pub mod input_file;
-pub use identity::{AtlasName, FrameId, SpriteName};
+pub use identity::{AtlasName, FrameId, LoraName, SpriteName};
 /// The index format, shared with the `sprites!` macro (crate `pixelgen-index`).
 pub use pixelgen_index as index;
 pub mod lock;
@@ -34,6 +34,7 @@ pub mod plan;
 #[cfg(unix)]
 pub mod serve;
 pub mod timings;
+pub mod train;
 
 mod builder;
 
@@ -57,6 +58,9 @@ pub enum Error {
     Generate(#[from] generate::GenerateError),
     #[error("{0}")]
     Stale(pipeline::StaleReport),
+    /// A trained LoRA that could not be trained, pointed at in the manifest.
+    #[error("{0}")]
+    Train(Box<diagnostics::Diagnostic>),
     #[error("atlas `{atlas}`: {source}")]
     Atlas {
         atlas: AtlasName,

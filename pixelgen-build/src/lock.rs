@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::SpriteName;
-use crate::plan::{InputFile, InputHashes, KnownFileHashes};
+use crate::identity::{LoraName, SpriteName};
+use crate::plan::{InputFile, InputHashes, KnownFileHashes, LoraInputs};
 
 pub const LOCK_VERSION: u32 = 1;
 const NOTE: &str = "Written by pixelgen. Commit it with the cache/ folder; do not edit.";
@@ -27,6 +27,21 @@ pub struct LockFile {
     pub files: BTreeMap<String, String>,
     #[serde(default)]
     pub sprites: BTreeMap<SpriteName, LockedSprite>,
+    /// The trained LoRAs (`trained_loras`), by name; left out when there are none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trained_loras: BTreeMap<LoraName, LockedLora>,
+}
+
+/// A trained LoRA as the last online run left it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedLora {
+    /// Its key: the name of its file in the cache's `lora/` folder.
+    pub key: String,
+    /// What it was trained from, to say what changed.
+    pub inputs: LoraInputs,
+    /// blake3 of the trained file; empty when it was not trained yet.
+    pub output: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

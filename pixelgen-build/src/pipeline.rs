@@ -13,17 +13,21 @@ use crate::cache::LOCK_NAME;
 use crate::cache::{Cache, Lookup, SHARED_STAMPS_NAME};
 use crate::environment::Environment;
 use crate::generate::{self, BatchKey, Job};
-use crate::identity::{FrameId, SpriteName};
-use crate::lock::{LockFile, LockedSprite};
-use crate::manifest::{self, Manifest};
+use crate::identity::{FrameId, LoraName, SpriteName};
+use crate::lock::{LockFile, LockedLora, LockedSprite};
+use crate::manifest::{self, LoraSource, Manifest};
 use crate::pixelize;
-use crate::plan::{self, FileHasher, InputFile, InputGroup, PlannedSprite};
+use crate::plan::{self, FileHasher, InputFile, InputGroup, Plan, PlannedLora, PlannedSprite};
 use crate::timings::{Stage, Timings};
 use pixelgen_diffusion::advisory::AdvisoryLock;
 
 pub const MANIFEST_FILE: &str = "sprites.ron";
 pub const LOCK_FILE: &str = "sprites.lock";
 pub const CACHE_DIR: &str = "cache";
+/// A build's training run keeps a checkpoint every this many steps (an interrupted build
+/// resumes from it).
+#[cfg(feature = "diffusion")]
+const TRAINING_CHECKPOINT_EVERY: usize = 100;
 
 /// Where one game crate's manifest, lock file and cache are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +201,20 @@ impl fmt::Display for Summary {
 pub trait Progress {
     fn start(&mut self, _frames_to_generate: usize) {}
     fn frame_done(&mut self, _frame: &FrameId) {}
+    /// A stale trained LoRA is being trained: `done` of `steps` steps, the last loss.
+    fn training(&mut self, _lora: &LoraName, _done: usize, _steps: usize, _loss: f32) {}
+}
+
+/// Whether a trained LoRA's file is in the cache, and why it must be trained if not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoraStatus {
+    pub name: LoraName,
+    /// The image folder as the manifest names it.
+    pub images: String,
+    pub status: Freshness,
+    pub reasons: Vec<String>,
+    /// The sprites that use it.
+    pub used_by: Vec<SpriteName>,
 }
 
 /// No progress reporting (the build script's case: cargo shows its output only at the end).
@@ -208,6 +226,8 @@ impl Progress for Quiet {}
 pub struct StaleReport {
     pub manifest_path: PathBuf,
     pub stale: Vec<SpriteStatus>,
+    /// Trained LoRAs that stale sprites need and the cache lacks.
+    pub loras: Vec<LoraStatus>,
 }
 
 impl fmt::Display for StaleReport {
@@ -220,6 +240,24 @@ impl fmt::Display for StaleReport {
         )?;
         for sprite in &self.stale {
             writeln!(f, "  - {}: {}", sprite.name, sprite.reasons.join("; "))?;
+        }
+        if !self.loras.is_empty() {
+            writeln!(
+                f,
+                "and {} trained LoRA(s) they use must be trained again:",
+                self.loras.len()
+            )?;
+            for lora in &self.loras {
+                let users: Vec<&str> = lora.used_by.iter().map(SpriteName::as_str).collect();
+                writeln!(
+                    f,
+                    "  - {} (images in {}): {}; used by {}",
+                    lora.name,
+                    lora.images,
+                    lora.reasons.join("; "),
+                    users.join(", ")
+                )?;
+            }
         }
         let crate_manifest = self.manifest_path.with_file_name("Cargo.toml");
         write!(
@@ -236,6 +274,8 @@ pub struct Session {
     pub manifest: Manifest,
     pub lock: LockFile,
     pub plan: Vec<PlannedSprite>,
+    /// The manifest's trained LoRAs, planned (in `Manifest::trained_loras` order).
+    pub trained: Vec<PlannedLora>,
     /// Where this session's time went so far, by stage.
     pub timings: Timings,
     cache: Cache,
@@ -270,20 +310,26 @@ impl Session {
             ))
         })?;
         let hub_cache = environment.hub.cache_dir.as_deref();
-        let plan = plan_timed(
+        let cache = Cache::new(&project.cache_dir);
+        let Plan {
+            sprites: plan,
+            loras: trained,
+        } = plan_timed(
             &manifest,
             &mut hasher,
             &lock,
             offline,
             hub_cache,
+            &cache,
             &mut timings,
         )?;
         Ok(Session {
-            cache: Cache::new(&project.cache_dir),
+            cache,
             project,
             manifest,
             lock,
             plan,
+            trained,
             timings,
             hasher,
             environment: environment.clone(),
@@ -374,6 +420,11 @@ impl Session {
                         continue;
                     }
                     if *group == InputGroup::Loras {
+                        let trained = self.trained_lora_changes(planned);
+                        if !trained.is_empty() {
+                            reasons.extend(trained);
+                            continue;
+                        }
                         let changed_files: Vec<&String> = planned
                             .files
                             .iter()
@@ -474,6 +525,12 @@ impl Session {
             .filter(|(s, _)| s.status == Freshness::Stale)
             .count();
         if stale_count > 0 && offline {
+            let loras = self
+                .loras_to_train(&statuses)
+                .into_iter()
+                .map(|index| self.lora_status(index))
+                .filter(|status| status.status == Freshness::Stale)
+                .collect();
             return Err(Error::Stale(StaleReport {
                 manifest_path: self.project.manifest_path.clone(),
                 stale: statuses
@@ -481,6 +538,7 @@ impl Session {
                     .map(|(s, _)| s)
                     .filter(|s| s.status == Freshness::Stale)
                     .collect(),
+                loras,
             }));
         }
         let mut generated = 0;
@@ -509,7 +567,7 @@ impl Session {
             // Models named by Hugging Face id are downloaded now, when something needs
             // them; their files are part of the keys, so the plan is made again.
             let manifest_dir = self.project.manifest_dir().to_path_buf();
-            let models: std::collections::BTreeSet<&str> = statuses
+            let mut models: std::collections::BTreeSet<&str> = statuses
                 .iter()
                 .zip(&self.plan)
                 .filter(|((s, _), _)| s.status == Freshness::Stale)
@@ -520,20 +578,28 @@ impl Session {
                     },
                 )
                 .collect();
+            models.extend(self.loras_to_train(&statuses).into_iter().map(|index| {
+                self.manifest.trained_loras[self.trained[index].lora]
+                    .model
+                    .as_str()
+            }));
             let mut downloaded = false;
             for model in models {
                 downloaded |=
                     generate::prefetch_model(model, &manifest_dir, &self.environment.hub)?;
             }
             if downloaded {
-                self.plan = plan_timed(
+                let replanned = plan_timed(
                     &self.manifest,
                     &mut self.hasher,
                     &self.lock,
                     offline,
                     self.environment.hub.cache_dir.as_deref(),
+                    &self.cache,
                     &mut self.timings,
                 )?;
+                self.plan = replanned.sprites;
+                self.trained = replanned.loras;
                 statuses = self.all_statuses();
                 held_back = hold(&mut statuses);
             }
@@ -541,6 +607,12 @@ impl Session {
                 .iter()
                 .filter(|(s, _)| s.status == Freshness::Stale)
                 .count();
+            // Trained LoRAs the stale frames need are trained first (each once).
+            for index in self.loras_to_train(&statuses) {
+                if self.lora_status(index).status == Freshness::Stale {
+                    self.train(index, progress)?;
+                }
+            }
             notes.extend(self.generate_stale(&mut statuses, progress)?);
         }
 
@@ -575,6 +647,44 @@ impl Session {
                     outputs,
                 },
             );
+        }
+        for planned in &self.trained {
+            let name = &self.manifest.trained_loras[planned.lora].name;
+            let key = planned.key.to_hex();
+            let expected = self
+                .lock
+                .trained_loras
+                .get(name)
+                .filter(|l| l.key == key && !l.output.is_empty())
+                .map(|l| l.output.clone());
+            match self
+                .cache
+                .lookup_lora(&planned.key, expected.as_deref(), &mut self.hasher)
+            {
+                Lookup::Hit { output } => {
+                    lock.files.extend(
+                        planned
+                            .files
+                            .iter()
+                            .map(|(file, hash)| (file.lock_key(), hash.clone())),
+                    );
+                    lock.trained_loras.insert(
+                        name.clone(),
+                        LockedLora {
+                            key,
+                            inputs: planned.inputs.clone(),
+                            output: output.to_hex().to_string(),
+                        },
+                    );
+                }
+                // Not trained (no stale sprite needed it): the lock keeps what it said, so
+                // its sprites can still say what changed.
+                _ => {
+                    if let Some(old) = self.lock.trained_loras.get(name) {
+                        lock.trained_loras.insert(name.clone(), old.clone());
+                    }
+                }
+            }
         }
         // Compared as data first: rendering and re-reading the file costs more.
         if !offline && (lock != self.lock || !self.project.lock_path.is_file()) {
@@ -612,7 +722,7 @@ impl Session {
             for (frame, lookup) in lookups.iter().enumerate() {
                 if !matches!(lookup, Lookup::Hit { .. }) {
                     batches
-                        .entry(BatchKey::of(sprite))
+                        .entry(BatchKey::of(sprite, &self.plan[i].loras))
                         .or_default()
                         .push((i, frame as u32));
                 }
@@ -642,15 +752,20 @@ impl Session {
             #[cfg(unix)]
             let backend = generate::remote::backend_for(
                 first,
+                &self.plan[to_generate[0].0],
                 &manifest_dir,
                 &self.environment,
                 self.server.as_ref(),
-                &self.plan[to_generate[0].0].files,
                 &mut timings,
             )?;
             #[cfg(not(unix))]
-            let backend =
-                generate::backend_for(first, &manifest_dir, &self.environment, &mut timings)?;
+            let backend = generate::backend_for(
+                first,
+                &self.plan[to_generate[0].0].loras,
+                &manifest_dir,
+                &self.environment,
+                &mut timings,
+            )?;
             let sampled = self.sample_and_store(backend, &to_generate, statuses, progress)?;
             timings.merge(&sampled.timings);
             for note in sampled.notes {
@@ -777,6 +892,205 @@ impl Session {
         Ok(())
     }
 
+    /// Every trained LoRA's state, sorted by name.
+    pub fn lora_statuses(&mut self) -> Vec<LoraStatus> {
+        (0..self.trained.len())
+            .map(|index| self.lora_status(index))
+            .collect()
+    }
+
+    /// Whether the trained LoRA `index` (into `trained`) is in the cache, and if not, why.
+    fn lora_status(&mut self, index: usize) -> LoraStatus {
+        let planned = &self.trained[index];
+        let spec = &self.manifest.trained_loras[planned.lora];
+        let key = planned.key.to_hex();
+        let locked = self.lock.trained_loras.get(&spec.name);
+        let expected = locked
+            .filter(|l| l.key == key && !l.output.is_empty())
+            .map(|l| l.output.as_str());
+        let lookup = self
+            .cache
+            .lookup_lora(&planned.key, expected, &mut self.hasher);
+        let path = || planned.file.display().to_string();
+        let reasons = match (&lookup, locked) {
+            (Lookup::Hit { .. }, _) => Vec::new(),
+            (Lookup::Corrupt { reason }, _) => {
+                vec![format!("trained file corrupt ({}: {reason})", path())]
+            }
+            (Lookup::Missing, None) => vec!["new trained LoRA (not in sprites.lock)".to_owned()],
+            (Lookup::Missing, Some(locked)) if locked.key != key => {
+                let changes = planned.inputs.changes_since(&locked.inputs);
+                if changes.is_empty() {
+                    vec!["pixelgen's training changed".to_owned()]
+                } else {
+                    changes
+                }
+            }
+            (Lookup::Missing, Some(_)) => vec![format!("trained file missing ({})", path())],
+        };
+        let used_by = self
+            .manifest
+            .sprites
+            .iter()
+            .filter(|sprite| {
+                sprite
+                    .loras
+                    .iter()
+                    .any(|l| l.source == LoraSource::Trained(spec.name.clone()))
+            })
+            .map(|sprite| sprite.name.clone())
+            .collect();
+        LoraStatus {
+            name: spec.name.clone(),
+            images: spec.images.clone(),
+            status: if reasons.is_empty() {
+                Freshness::Fresh
+            } else {
+                Freshness::Stale
+            },
+            reasons,
+            used_by,
+        }
+    }
+
+    /// For a sprite whose LoRA group changed: one reason per trained LoRA whose key
+    /// differs from the lock's, saying what changed in its inputs.
+    fn trained_lora_changes(&self, planned: &PlannedSprite) -> Vec<String> {
+        let mut reasons = Vec::new();
+        for name in planned.loras.iter().filter_map(|l| l.trained.as_ref()) {
+            let Some(lora) = self
+                .trained
+                .iter()
+                .find(|t| self.manifest.trained_loras[t.lora].name == *name)
+            else {
+                continue;
+            };
+            let previous = self
+                .lock
+                .files
+                .get(&InputFile::TrainedLora(name.clone()).lock_key());
+            if previous.is_none_or(|key| *key == lora.key.to_hex()) {
+                continue;
+            }
+            let changes = self
+                .lock
+                .trained_loras
+                .get(name)
+                .map(|locked| lora.inputs.changes_since(&locked.inputs))
+                .unwrap_or_default();
+            if changes.is_empty() {
+                reasons.push(format!("trained LoRA `{name}` changed"));
+            } else {
+                reasons.push(format!(
+                    "trained LoRA `{name}` changed ({})",
+                    changes.join(", ")
+                ));
+            }
+        }
+        reasons
+    }
+
+    /// The trained LoRAs (indices into `trained`) that stale frames about to be drawn
+    /// need: frames whose raw image is cached are finished without the model.
+    fn loras_to_train(&self, statuses: &[(SpriteStatus, Vec<Lookup>)]) -> Vec<usize> {
+        let mut needed = std::collections::BTreeSet::new();
+        for (planned, (status, lookups)) in self.plan.iter().zip(statuses) {
+            if status.status == Freshness::Fresh
+                || planned.loras.iter().all(|l| l.trained.is_none())
+            {
+                continue;
+            }
+            let draws = planned.frames.iter().zip(lookups).any(|(frame, lookup)| {
+                !matches!(lookup, Lookup::Hit { .. })
+                    && frame
+                        .raw
+                        .is_none_or(|raw| !self.cache.raw_path_of(&raw).is_file())
+            });
+            if !draws {
+                continue;
+            }
+            for name in planned.loras.iter().filter_map(|l| l.trained.as_ref()) {
+                if let Some(index) = self
+                    .trained
+                    .iter()
+                    .position(|t| self.manifest.trained_loras[t.lora].name == *name)
+                {
+                    needed.insert(index);
+                }
+            }
+        }
+        needed.into_iter().collect()
+    }
+
+    /// Trains the LoRA `index` (into `trained`) into the cache.
+    fn train(&mut self, index: usize, progress: &mut dyn Progress) -> Result<(), Error> {
+        let planned = &self.trained[index];
+        let spec = &self.manifest.trained_loras[planned.lora];
+        let failed = |message: String| {
+            Error::Train(Box::new(
+                crate::diagnostics::Diagnostic::new(
+                    &self.manifest.source,
+                    spec.span.clone(),
+                    format!("trained LoRA `{}`: {message}", spec.name),
+                )
+                .label("while training this LoRA")
+                .help("check its `model` and `images`; `cargo pixelgen train-lora` runs the same training by hand"),
+            ))
+        };
+        #[cfg(feature = "diffusion")]
+        {
+            struct Steps<'a> {
+                progress: &'a mut dyn Progress,
+                lora: &'a LoraName,
+                done: usize,
+                steps: usize,
+            }
+            impl crate::train::TrainingProgress for Steps<'_> {
+                fn started(&mut self, first: usize, steps: usize) {
+                    (self.done, self.steps) = (first, steps);
+                }
+                fn step(&mut self, loss: f32) {
+                    self.done += 1;
+                    self.progress
+                        .training(self.lora, self.done, self.steps, loss);
+                }
+            }
+            let start = std::time::Instant::now();
+            let checkpoint = self.cache.lora_checkpoint_path_of(&planned.key);
+            let fingerprint = planned.key.to_hex();
+            let job = crate::train::TrainingJob {
+                model: &spec.model,
+                model_dir: self.project.manifest_dir(),
+                images: &planned.images,
+                settings: &spec.settings,
+                output: &planned.file,
+                checkpoint: &checkpoint,
+                checkpoint_every: TRAINING_CHECKPOINT_EVERY,
+                fingerprint: &fingerprint,
+            };
+            let mut steps = Steps {
+                progress,
+                lora: &spec.name,
+                done: 0,
+                steps: spec.settings.steps,
+            };
+            self.cache
+                .prepare()
+                .map_err(|e| failed(format!("cannot prepare the cache: {e}")))?;
+            crate::train::run(&job, &self.environment, &mut steps)
+                .map_err(|e| failed(e.to_string()))?;
+            self.timings.add(Stage::Train, start.elapsed());
+            Ok(())
+        }
+        #[cfg(not(feature = "diffusion"))]
+        {
+            let _ = progress;
+            Err(failed(
+                "training needs pixelgen-build's `diffusion` feature (on by default); trained LoRAs already in cache/ still build offline".into(),
+            ))
+        }
+    }
+
     /// Sprites in the order of `plan`, each with its frames' keys (for the atlas stage).
     pub fn sprites_with_keys(
         &self,
@@ -800,11 +1114,12 @@ fn plan_timed(
     lock: &LockFile,
     offline: bool,
     hub_cache: Option<&Path>,
+    cache: &Cache,
     timings: &mut Timings,
-) -> Result<Vec<PlannedSprite>, Error> {
+) -> Result<Plan, Error> {
     hasher.take_reading_time();
     let start = std::time::Instant::now();
-    let plan = plan::plan(manifest, hasher, lock, offline, hub_cache)?;
+    let plan = plan::plan(manifest, hasher, lock, offline, hub_cache, cache)?;
     let hashing = hasher.take_reading_time();
     timings.add(Stage::Hash, hashing);
     timings.add(Stage::Plan, start.elapsed().saturating_sub(hashing));

@@ -11,9 +11,13 @@ use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::Cache;
 use crate::diagnostics::{Diagnostic, SourceFile};
-use crate::identity::FrameId;
-use crate::manifest::{Background, GeneratorSpec, LoraSpec, Manifest, SpriteSpec};
+use crate::identity::{FrameId, LoraName};
+use crate::manifest::{
+    Background, GeneratorSpec, LoraSource, Manifest, SpriteSpec, TrainedLoraSpec,
+};
+use crate::train::{TRAINING_VERSION, TrainingImage, TrainingSettings};
 
 /// Bumped whenever a change to pixelgen changes the pixels it makes for the same inputs,
 /// so that caches made by an older pipeline are regenerated rather than trusted.
@@ -134,16 +138,29 @@ pub enum InputFile {
     Lora(String),
     /// A Diffusion model (all its files as one identity), by the name in the manifest.
     Model(String),
+    /// A LoRA pixelgen trains (`trained_loras`), by name; its "hash" is its key.
+    TrainedLora(LoraName),
 }
 
 impl InputFile {
-    /// The entry's name in the lock file's `files`: the LoRA's path, or `model:<name>`.
+    /// The entry's name in the lock file's `files`: the LoRA's path, `model:<name>` or
+    /// `trained:<name>`.
     pub fn lock_key(&self) -> String {
         match self {
             InputFile::Lora(path) => path.clone(),
             InputFile::Model(model) => format!("model:{model}"),
+            InputFile::TrainedLora(name) => format!("trained:{name}"),
         }
     }
+}
+
+/// The keys of a manifest: every sprite's and every trained LoRA's.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// In the order of `Manifest::sprites`.
+    pub sprites: Vec<PlannedSprite>,
+    /// In the order of `Manifest::trained_loras`.
+    pub loras: Vec<PlannedLora>,
 }
 
 /// The plan for one sprite: its input groups and one planned frame per frame.
@@ -154,8 +171,77 @@ pub struct PlannedSprite {
     pub inputs: InputHashes,
     /// In frame order: `frames[n].id.frame == n`.
     pub frames: Vec<PlannedFrame>,
-    /// Content hash (hex) of each input file: LoRAs and the model.
+    /// Content hash (hex) of each input file: LoRAs and the model (a trained LoRA's key).
     pub files: BTreeMap<InputFile, String>,
+    /// The sprite's LoRAs as files to load, in manifest order.
+    pub loras: Vec<ResolvedLora>,
+}
+
+/// A sprite's LoRA as a backend loads it: a file (a trained one's is in the cache), its
+/// weight, and its identity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedLora {
+    pub file: PathBuf,
+    pub weight: f32,
+    /// The file's content hash, or a trained LoRA's key (hex).
+    pub hash: String,
+    /// Set for a trained LoRA: its file exists only once it is trained.
+    pub trained: Option<LoraName>,
+}
+
+/// The plan for one trained LoRA: its key over the images, captions, base model and
+/// settings, and where the trained file lives in the cache.
+#[derive(Debug, Clone)]
+pub struct PlannedLora {
+    /// Index into `Manifest::trained_loras`.
+    pub lora: usize,
+    pub key: Key,
+    /// `cache/lora/<key>.safetensors`.
+    pub file: PathBuf,
+    /// The images, sorted by file name, with their captions.
+    pub images: Vec<TrainingImage>,
+    /// What `sprites.lock` records to say why it changed: short hashes of the model and
+    /// the settings, and of each image (its bytes and caption) by file name.
+    pub inputs: LoraInputs,
+    /// The base model's identity (hex), as a sprite's `files` records it.
+    pub files: BTreeMap<InputFile, String>,
+}
+
+/// The inputs of a trained LoRA, each as a short hash.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraInputs {
+    pub model: String,
+    pub settings: String,
+    /// By image file name: its bytes and caption.
+    pub images: BTreeMap<String, String>,
+}
+
+impl LoraInputs {
+    /// What differs from `before`, as a user reads it: images added, removed or changed,
+    /// the model, the settings.
+    pub fn changes_since(&self, before: &LoraInputs) -> Vec<String> {
+        let mut changes = Vec::new();
+        for (image, hash) in &self.images {
+            match before.images.get(image) {
+                None => changes.push(format!("image {image} added")),
+                Some(old) if old != hash => changes.push(format!("image {image} changed")),
+                Some(_) => {}
+            }
+        }
+        for image in before.images.keys() {
+            if !self.images.contains_key(image) {
+                changes.push(format!("image {image} removed"));
+            }
+        }
+        if self.model != before.model {
+            changes.push("base model changed".to_owned());
+        }
+        if self.settings != before.settings {
+            changes.push("training settings changed".to_owned());
+        }
+        changes
+    }
 }
 
 /// One frame as the later stages know it: its identity and the cache keys it lives under.
@@ -174,6 +260,9 @@ pub enum PlanError {
     /// A LoRA file that cannot be read, pointed at in the manifest.
     #[error("{0}")]
     LoraUnreadable(Box<Diagnostic>),
+    /// A trained LoRA's images that cannot be read, pointed at in the manifest.
+    #[error("{0}")]
+    TrainingImages(Box<Diagnostic>),
 }
 
 /// Hashes files by content, remembering each file's hash by (path, size, mtime) so
@@ -380,15 +469,16 @@ pub trait KnownFileHashes {
     fn known_hash(&self, file: &InputFile) -> Option<blake3::Hash>;
 }
 
-/// Computes the key of every frame of every sprite. Models named by Hugging Face id are
-/// looked up in `hub_cache`.
+/// Computes the key of every trained LoRA and of every frame of every sprite. Models
+/// named by Hugging Face id are looked up in `hub_cache`; trained LoRAs live in `cache`.
 pub fn plan(
     manifest: &Manifest,
     hasher: &mut FileHasher,
     known: &dyn KnownFileHashes,
     allow_missing_files: bool,
     hub_cache: Option<&Path>,
-) -> Result<Vec<PlannedSprite>, PlanError> {
+    cache: &Cache,
+) -> Result<Plan, PlanError> {
     let mut files = InputFiles {
         hasher,
         known,
@@ -403,12 +493,124 @@ pub fn plan(
             .unwrap_or(Path::new("."))
             .to_path_buf(),
     };
-    manifest
+    let loras = manifest
+        .trained_loras
+        .iter()
+        .enumerate()
+        .map(|(index, lora)| plan_lora(&manifest.source, index, lora, &mut files, cache))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sprites = manifest
         .sprites
         .iter()
         .enumerate()
-        .map(|(index, sprite)| plan_sprite(&manifest.source, index, sprite, &mut files))
-        .collect()
+        .map(|(index, sprite)| {
+            plan_sprite(
+                &manifest.source,
+                index,
+                sprite,
+                &mut files,
+                manifest,
+                &loras,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Plan { sprites, loras })
+}
+
+/// A trained LoRA's key: the training code's version, the base model's identity, every
+/// setting, and each image's name, bytes and caption (sorted by name).
+fn plan_lora(
+    source_file: &SourceFile,
+    index: usize,
+    lora: &TrainedLoraSpec,
+    input_files: &mut InputFiles<'_>,
+    cache: &Cache,
+) -> Result<PlannedLora, PlanError> {
+    let unreadable = |message: String| {
+        PlanError::TrainingImages(Box::new(
+            Diagnostic::new(
+                source_file,
+                lora.span.clone(),
+                format!("trained LoRA `{}`: {message}", lora.name),
+            )
+            .label("this LoRA's images")
+            .help("`images` names a folder of PNGs (each with an optional NAME.txt caption), relative to the folder of sprites.ron"),
+        ))
+    };
+    let images =
+        crate::train::images_in(&lora.images_dir, &lora.settings.caption).map_err(unreadable)?;
+    let mut inputs = LoraInputs::default();
+    let mut all = blake3::Hasher::new_derive_key("pixelgen trained LoRA key v1");
+    all.update(TRAINING_VERSION.as_bytes()).update(&[0]);
+    let model = input_files.model_hash(&lora.model);
+    all.update(model.as_bytes());
+    inputs.model = model.to_hex()[..16].to_string();
+    let settings = blake3::hash(&settings_group(&lora.settings).0);
+    all.update(settings.as_bytes());
+    inputs.settings = settings.to_hex()[..16].to_string();
+    for image in &images {
+        let bytes = input_files
+            .hasher
+            .hash(&image.path)
+            .map_err(|e| unreadable(format!("cannot read {}: {e}", image.path.display())))?;
+        let hash = blake3::hash(
+            &Canonical::new()
+                .bytes(bytes.as_bytes())
+                .str(&image.caption)
+                .take()
+                .0,
+        );
+        all.update(image.file_name.as_bytes())
+            .update(&[0])
+            .update(hash.as_bytes());
+        inputs
+            .images
+            .insert(image.file_name.clone(), hash.to_hex()[..16].to_string());
+    }
+    let key = Key(*all.finalize().as_bytes());
+    Ok(PlannedLora {
+        lora: index,
+        file: cache.lora_path_of(&key),
+        key,
+        images,
+        inputs,
+        files: BTreeMap::from([(
+            InputFile::Model(lora.model.clone()),
+            model.to_hex().to_string(),
+        )]),
+    })
+}
+
+fn settings_group(settings: &TrainingSettings) -> Canonical {
+    let TrainingSettings {
+        rank,
+        alpha,
+        steps,
+        learning_rate,
+        batch,
+        resolution,
+        seed,
+        caption,
+        background,
+        conv,
+        text_encoder,
+    } = settings;
+    let mut c = Canonical::new();
+    c.u64(*rank as u64)
+        .u64(alpha.to_bits())
+        .u64(*steps as u64)
+        .u64(learning_rate.to_bits())
+        .u64(*batch as u64);
+    match resolution {
+        Some((w, h)) => c.u64((*w).into()).u64((*h).into()),
+        None => c.str("model-resolution"),
+    };
+    c.u64(*seed)
+        .str(caption)
+        .bytes(background)
+        .u64(u64::from(*conv))
+        .u64(u64::from(*text_encoder));
+    c
 }
 
 /// Content hashes of input files for one planning run. Many sprites share a LoRA
@@ -425,18 +627,20 @@ struct InputFiles<'a> {
 }
 
 impl InputFiles<'_> {
-    fn hash(&mut self, lora: &LoraSpec) -> std::io::Result<blake3::Hash> {
-        if let Some(hash) = self.memo.get(&lora.resolved) {
+    /// A LoRA file's content hash (from the lock file when it is absent and that is
+    /// allowed).
+    fn hash(&mut self, path: &str, resolved: &Path) -> std::io::Result<blake3::Hash> {
+        if let Some(hash) = self.memo.get(resolved) {
             return Ok(*hash);
         }
-        let hash = match self.hasher.hash(&lora.resolved) {
+        let hash = match self.hasher.hash(resolved) {
             Ok(hash) => hash,
-            Err(error) => match self.known.known_hash(&InputFile::Lora(lora.path.clone())) {
+            Err(error) => match self.known.known_hash(&InputFile::Lora(path.to_owned())) {
                 Some(hash) if self.allow_missing_files => hash,
                 _ => return Err(error),
             },
         };
-        self.memo.insert(lora.resolved.clone(), hash);
+        self.memo.insert(resolved.to_path_buf(), hash);
         Ok(hash)
     }
 
@@ -496,27 +700,56 @@ fn plan_sprite(
     index: usize,
     sprite: &SpriteSpec,
     input_files: &mut InputFiles<'_>,
+    manifest: &Manifest,
+    trained: &[PlannedLora],
 ) -> Result<PlannedSprite, PlanError> {
     let mut files = BTreeMap::new();
     let mut loras = Canonical::new();
+    let mut resolved_loras = Vec::with_capacity(sprite.loras.len());
     for lora in &sprite.loras {
-        let hash = input_files.hash(lora).map_err(|source| {
-            let message = format!(
-                "sprite `{}`: cannot read LoRA file {}: {source}",
-                sprite.name,
-                lora.resolved.display()
-            );
-            PlanError::LoraUnreadable(Box::new(
-                Diagnostic::new(source_file, lora.span.clone(), message)
-                    .label("this file")
-                    .help("LoRA paths are relative to the folder of sprites.ron; offline builds also accept a missing file whose hash is in sprites.lock"),
-            ))
-        })?;
-        files.insert(
-            InputFile::Lora(lora.path.clone()),
-            hash.to_hex().to_string(),
-        );
-        loras.bytes(hash.as_bytes()).f32(lora.weight);
+        match &lora.source {
+            LoraSource::File { path, resolved } => {
+                let hash = input_files.hash(path, resolved).map_err(|source| {
+                    let message = format!(
+                        "sprite `{}`: cannot read LoRA file {}: {source}",
+                        sprite.name,
+                        resolved.display()
+                    );
+                    PlanError::LoraUnreadable(Box::new(
+                        Diagnostic::new(source_file, lora.span.clone(), message)
+                            .label("this file")
+                            .help("LoRA paths are relative to the folder of sprites.ron; offline builds also accept a missing file whose hash is in sprites.lock"),
+                    ))
+                })?;
+                files.insert(InputFile::Lora(path.clone()), hash.to_hex().to_string());
+                loras.bytes(hash.as_bytes()).f32(lora.weight);
+                resolved_loras.push(ResolvedLora {
+                    file: resolved.clone(),
+                    weight: lora.weight,
+                    hash: hash.to_hex().to_string(),
+                    trained: None,
+                });
+            }
+            LoraSource::Trained(name) => {
+                // The manifest checked that every name is declared.
+                let Some(planned) = trained
+                    .iter()
+                    .find(|p| manifest.trained_loras[p.lora].name == *name)
+                else {
+                    continue;
+                };
+                // The trained LoRA's key stands for its content: the same inputs train
+                // the same factors, and a sprite is fresh without the file being here.
+                files.insert(InputFile::TrainedLora(name.clone()), planned.key.to_hex());
+                loras.str("trained").bytes(&planned.key.0).f32(lora.weight);
+                resolved_loras.push(ResolvedLora {
+                    file: planned.file.clone(),
+                    weight: lora.weight,
+                    hash: planned.key.to_hex(),
+                    trained: Some(name.clone()),
+                });
+            }
+        }
     }
 
     let mut groups: Vec<(InputGroup, Canonical)> = vec![
@@ -631,6 +864,7 @@ fn plan_sprite(
         inputs,
         frames,
         files,
+        loras: resolved_loras,
     })
 }
 
@@ -711,6 +945,10 @@ mod tests {
     use super::*;
     use crate::manifest::parse;
 
+    fn no_cache() -> Cache {
+        Cache::new("cache")
+    }
+
     struct NoneKnown;
     impl KnownFileHashes for NoneKnown {
         fn known_hash(&self, _: &InputFile) -> Option<blake3::Hash> {
@@ -720,14 +958,22 @@ mod tests {
 
     fn keys(text: &str) -> Vec<(String, Vec<Key>)> {
         let m = parse(Path::new("sprites.ron"), text).unwrap();
-        plan(&m, &mut FileHasher::in_memory(), &NoneKnown, false, None)
-            .unwrap()
-            .into_iter()
-            .map(|p| {
-                let keys = p.frames.iter().map(|f| f.key).collect();
-                (m.sprites[p.sprite].name.to_string(), keys)
-            })
-            .collect()
+        plan(
+            &m,
+            &mut FileHasher::in_memory(),
+            &NoneKnown,
+            false,
+            None,
+            &no_cache(),
+        )
+        .unwrap()
+        .sprites
+        .into_iter()
+        .map(|p| {
+            let keys = p.frames.iter().map(|f| f.key).collect();
+            (m.sprites[p.sprite].name.to_string(), keys)
+        })
+        .collect()
     }
 
     const BASE: &str = r#"(sprites: { "a": (prompt: "red slime", seed: 1), "b": (prompt: "bat", seed: 2, frames: 3) })"#;
@@ -794,7 +1040,16 @@ mod tests {
         let manifest_path = dir.path().join("sprites.ron");
         let run = |text: &str| {
             let m = parse(&manifest_path, text).unwrap();
-            plan(&m, &mut FileHasher::in_memory(), &NoneKnown, false, None).unwrap()
+            plan(
+                &m,
+                &mut FileHasher::in_memory(),
+                &NoneKnown,
+                false,
+                None,
+                &no_cache(),
+            )
+            .unwrap()
+            .sprites
         };
         let before = run(text);
         std::fs::write(&lora, b"two").unwrap();
@@ -805,14 +1060,100 @@ mod tests {
         assert_ne!(run(&text.replace("0.5", "0.6"))[0].frames, after[0].frames);
         std::fs::remove_file(&lora).unwrap();
         let m = parse(&manifest_path, text).unwrap();
-        let error = plan(&m, &mut FileHasher::in_memory(), &NoneKnown, true, None)
-            .unwrap_err()
-            .to_string();
+        let error = plan(
+            &m,
+            &mut FileHasher::in_memory(),
+            &NoneKnown,
+            true,
+            None,
+            &no_cache(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("style.safetensors"), "{error}");
         assert!(
             error.contains("sprites.ron:1:"),
             "located in the manifest: {error}"
         );
+    }
+
+    /// A trained LoRA's key covers each image's bytes and caption, the image list and the
+    /// settings; its sprites' keys follow it and no other sprite's do; what changed is
+    /// named per image.
+    #[test]
+    fn trained_lora_inputs_are_in_its_key_and_its_sprites_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let art = dir.path().join("art");
+        std::fs::create_dir_all(&art).unwrap();
+        std::fs::write(art.join("a.png"), b"a").unwrap();
+        std::fs::write(art.join("b.png"), b"b").unwrap();
+        let manifest_path = dir.path().join("sprites.ron");
+        let text = r#"(trained_loras: { "s": (images: "art", model: "m", rank: 4) },
+            sprites: { "x": (prompt: "x", loras: [(trained: "s", weight: 0.5)]), "y": (prompt: "y") })"#;
+        let run = |text: &str| {
+            let m = parse(&manifest_path, text).unwrap();
+            plan(
+                &m,
+                &mut FileHasher::in_memory(),
+                &NoneKnown,
+                false,
+                None,
+                &Cache::new(dir.path().join("cache")),
+            )
+            .unwrap()
+        };
+        let before = run(text);
+        let lora = &before.loras[0];
+        assert_eq!(lora.images.len(), 2);
+        assert_eq!(
+            lora.file,
+            dir.path()
+                .join("cache/lora")
+                .join(format!("{}.safetensors", lora.key.to_hex()))
+        );
+        assert_eq!(before.sprites[0].loras[0].trained, Some("s".into()));
+        assert_eq!(before.sprites[0].loras[0].file, lora.file);
+
+        let changed = |after: &Plan, what: &[&str]| {
+            assert_ne!(after.loras[0].key, before.loras[0].key, "{what:?}");
+            assert_ne!(
+                after.sprites[0].frames, before.sprites[0].frames,
+                "{what:?}"
+            );
+            assert_eq!(
+                after.sprites[1].frames, before.sprites[1].frames,
+                "{what:?}"
+            );
+            assert_eq!(
+                after.loras[0].inputs.changes_since(&before.loras[0].inputs),
+                what
+            );
+        };
+        std::fs::write(art.join("a.png"), b"a2").unwrap();
+        changed(&run(text), &["image a.png changed"]);
+        std::fs::write(art.join("a.png"), b"a").unwrap();
+        std::fs::write(art.join("a.txt"), "a knight").unwrap();
+        changed(&run(text), &["image a.png changed"]);
+        std::fs::remove_file(art.join("a.txt")).unwrap();
+        std::fs::write(art.join("c.png"), b"c").unwrap();
+        changed(&run(text), &["image c.png added"]);
+        std::fs::remove_file(art.join("c.png")).unwrap();
+        changed(
+            &run(&text.replace("rank: 4", "rank: 8")),
+            &["training settings changed"],
+        );
+        changed(
+            &run(&text.replace("model: \"m\"", "model: \"n\"")),
+            &["base model changed"],
+        );
+        // Back as it was: the same keys.
+        let again = run(text);
+        assert_eq!(again.loras[0].key, before.loras[0].key);
+        assert_eq!(again.sprites[0].frames, before.sprites[0].frames);
+        // The weight changes the sprite, not the LoRA.
+        let weighted = run(&text.replace("0.5", "0.6"));
+        assert_eq!(weighted.loras[0].key, before.loras[0].key);
+        assert_ne!(weighted.sprites[0].frames, before.sprites[0].frames);
     }
 
     /// A model folder's file that is a FIFO (or a device) is refused, not read forever.

@@ -25,6 +25,8 @@ pub enum Stage {
     Plan,
     /// Looking up cached frames (stamp checks, corruption checks).
     CacheCheck,
+    /// Training the manifest's stale `trained_loras`.
+    Train,
     /// Loading a model: weights from disk to the device, LoRAs merged, modules built.
     Load,
     /// Tokenizing and running the text encoder(s).
@@ -44,11 +46,12 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 12] = [
+    pub const ALL: [Stage; 13] = [
         Stage::Manifest,
         Stage::Hash,
         Stage::Plan,
         Stage::CacheCheck,
+        Stage::Train,
         Stage::Load,
         Stage::TextEncode,
         Stage::Unet,
@@ -66,6 +69,7 @@ impl Stage {
             Stage::Hash => "hash",
             Stage::Plan => "plan",
             Stage::CacheCheck => "cache check",
+            Stage::Train => "LoRA training",
             Stage::Load => "model load",
             Stage::TextEncode => "text encoding",
             Stage::Unet => "unet steps",

@@ -127,11 +127,13 @@ fn main() -> ExitCode {
 fn run(cli: Cli, environment: &Environment) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Status { target, json } => {
-            let statuses = open(&target, environment, true)?.status();
+            let mut session = open(&target, environment, true)?;
+            let statuses = session.status();
             if json {
                 print_json(&statuses)?;
             } else {
                 print_table(&statuses);
+                print_lora_table(&session.lora_statuses());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -358,6 +360,29 @@ fn print_table(statuses: &[SpriteStatus]) {
     );
 }
 
+/// The trained LoRAs under the sprites' table: a stale one is trained by the next
+/// generating run that draws a sprite using it.
+fn print_lora_table(loras: &[pixelgen_build::pipeline::LoraStatus]) {
+    for lora in loras {
+        let users: Vec<&str> = lora.used_by.iter().map(|s| s.as_str()).collect();
+        match lora.status {
+            Freshness::Fresh => println!(
+                "trained LoRA {} ({}): fresh; used by {}",
+                lora.name,
+                lora.images,
+                users.join(", ")
+            ),
+            Freshness::Stale => println!(
+                "trained LoRA {} ({}): to train: {}; used by {}",
+                lora.name,
+                lora.images,
+                lora.reasons.join("; "),
+                users.join(", ")
+            ),
+        }
+    }
+}
+
 fn print_gc(report: &pixelgen_build::gc::GcReport, cache: &Path, users: usize, dry_run: bool) {
     let verb = if dry_run { "would remove" } else { "removed" };
     println!(
@@ -371,11 +396,19 @@ fn print_gc(report: &pixelgen_build::gc::GcReport, cache: &Path, users: usize, d
         users,
         cache.display()
     );
+    if !report.loras.is_empty() || report.kept_loras > 0 {
+        println!(
+            "pixelgen gc: {verb} {} trained LoRA(s) no lock or manifest names; kept {}",
+            report.loras.len(),
+            report.kept_loras
+        );
+    }
     const SHOWN: usize = 50;
     let removed: Vec<&(PathBuf, u64)> = report
         .frames
         .iter()
         .chain(&report.raw)
+        .chain(&report.loras)
         .chain(&report.litter)
         .collect();
     for (path, size) in removed.iter().take(SHOWN) {
@@ -422,6 +455,29 @@ impl Progress for Bar {
         if let Some(bar) = &self.0 {
             bar.set_message(frame.to_string());
             bar.inc(1);
+        }
+    }
+
+    /// Training comes before the frames that need it: its own bar, replaced by the
+    /// frames' bar when it is done.
+    fn training(&mut self, lora: &pixelgen_build::LoraName, done: usize, steps: usize, loss: f32) {
+        let bar = self.0.get_or_insert_with(|| {
+            let bar = ProgressBar::new(steps as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{bar:30}] {pos}/{len} training steps  {msg}  ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        bar.set_length(steps as u64);
+        bar.set_position(done as u64);
+        bar.set_message(format!("LoRA {lora}, loss {loss:.4}"));
+        if done >= steps {
+            bar.finish_and_clear();
+            self.0 = None;
         }
     }
 }

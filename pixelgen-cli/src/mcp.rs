@@ -274,7 +274,10 @@ impl PixelgenMcp {
             "frames": sprite.frames,
             "atlas": sprite.atlas.as_str(),
             "generator": generator,
-            "loras": sprite.loras.iter().map(|l| serde_json::json!({"path": l.path, "weight": l.weight})).collect::<Vec<_>>(),
+            "loras": sprite.loras.iter().map(|l| match &l.source {
+                pixelgen_build::manifest::LoraSource::File { path, .. } => serde_json::json!({"path": path, "weight": l.weight}),
+                pixelgen_build::manifest::LoraSource::Trained(name) => serde_json::json!({"trained": name.as_str(), "weight": l.weight}),
+            }).collect::<Vec<_>>(),
             "palette": sprite.palette.as_ref().map(|p| p.name().to_owned()),
             "max_colors": sprite.max_colors,
             "outline": sprite.outline.map(|c| format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2])),
@@ -386,15 +389,16 @@ impl PixelgenMcp {
             #[cfg(unix)]
             let mut backend = pixelgen_build::generate::remote::backend_for(
                 sprite,
+                planned,
                 session.project.manifest_dir(),
                 &self.environment,
                 pixelgen_build::serve::server_for(&self.environment).as_ref(),
-                &planned.files,
                 &mut timings,
             )?;
             #[cfg(not(unix))]
             let mut backend = pixelgen_build::generate::backend_for(
                 sprite,
+                &planned.loras,
                 session.project.manifest_dir(),
                 &self.environment,
                 &mut timings,

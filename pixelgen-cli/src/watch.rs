@@ -1,5 +1,5 @@
 //! `cargo pixelgen watch`: regenerates and republishes a crate's sprites whenever
-//! `sprites.ron`, a palette file or a LoRA it names changes, so that a running game (and
+//! `sprites.ron`, a palette file, a LoRA it names or a trained LoRA's image changes, so that a running game (and
 //! anyone reading the live atlases) sees new pixels without `cargo build`.
 //!
 //! Invariants: one rebuild at a time; events that arrive during a rebuild start at most one
@@ -67,7 +67,11 @@ pub fn run(args: Watch, crate_dir: &Path, environment: &Environment) -> Result<(
             let Ok(paths) = events.recv() else {
                 return Ok(());
             };
-            if !paths.iter().any(|p| inputs.contains(p)) {
+            // A folder among the inputs (a trained LoRA's images) stands for what is in it.
+            if !paths
+                .iter()
+                .any(|p| inputs.contains(p) || p.parent().is_some_and(|d| inputs.contains(d)))
+            {
                 continue;
             }
             let settle = Duration::from_millis(args.debounce_ms);
@@ -122,11 +126,15 @@ fn rebuild(project: &Project, environment: &Environment, live: &Path) -> BTreeSe
         inputs.extend(
             session
                 .manifest
-                .sprites
-                .iter()
-                .flat_map(|s| &s.loras)
-                .map(|l| l.resolved.clone()),
+                .lora_inputs()
+                .into_iter()
+                .map(Path::to_path_buf),
         );
+        // A trained LoRA's images and captions (a caption may be added later).
+        for image in session.trained.iter().flat_map(|t| &t.images) {
+            inputs.insert(image.path.clone());
+            inputs.insert(image.path.with_extension("txt"));
+        }
         let summary = session.realize(false, &mut Quiet)?;
         pixelgen_build::emit::emit(&session, live)?;
         Ok((session, summary))

@@ -325,3 +325,108 @@ fn two_hundred_steps_bring_a_drawn_caption_closer_to_its_training_image() {
         assert!(after < before, "seed {seed}: {before} → {after}");
     }
 }
+
+/// A LoRA declared in `sprites.ron` with the committed LoRA's settings: `generate` trains
+/// it into the cache before drawing the sprite that uses it, and the file is the one
+/// `train-lora` makes (the committed one, checked against diffusers above); `status` shows
+/// it; a changed setting trains it again, and `gc` then removes the file no lock or
+/// manifest names any more.
+#[test]
+fn a_manifest_lora_is_trained_by_generate_like_train_lora_and_collected_when_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let art = dir.path().join("art");
+    std::fs::create_dir_all(&art).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("train/art")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), art.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("Cargo.toml"),
+        "[package]\nname = \"trained\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("src/main.rs"), "fn main() {}\n").unwrap();
+    let model = fixtures().join("diffusion/sd1/model");
+    let manifest = format!(
+        r#"(
+    trained_loras: {{
+        "style": (images: "art", model: {model:?}, rank: 4, alpha: 4.0, steps: 50,
+                  learning_rate: 1e-3, resolution: (64, 64), seed: 3),
+    }},
+    sprites: {{
+        "potion": (prompt: "a red potion bottle, pxlgn style", size: (16, 16), loras: [(trained: "style")],
+                   generator: Diffusion(model: {model:?}, steps: 2, guidance: 5.0, resolution: (64, 64))),
+    }},
+)"#,
+        model = model.display().to_string()
+    );
+    std::fs::write(dir.path().join("sprites.ron"), &manifest).unwrap();
+    let pixelgen = |args: &[&str]| {
+        let output = cli()
+            .args(args)
+            .arg("--manifest-path")
+            .arg(dir.path().join("Cargo.toml"))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "{args:?}: {text}");
+        text
+    };
+    let loras = || -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("cache/lora"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+    };
+
+    let status = pixelgen(&["status"]);
+    assert!(
+        status.contains("trained LoRA style (art): to train: new trained LoRA"),
+        "{status}"
+    );
+    let generated = pixelgen(&["generate", "--no-server"]);
+    assert!(generated.contains("1 sprites: 1 generated"), "{generated}");
+    let trained = loras();
+    assert_eq!(trained.len(), 1, "{trained:?}");
+    let ours = candle_core::safetensors::load(&trained[0], &candle_core::Device::Cpu).unwrap();
+    let committed = candle_core::safetensors::load(
+        fixtures().join("train/sd1_trained.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(ours.len(), committed.len());
+    assert_close_to_committed(&ours, &committed);
+    let status = pixelgen(&["status"]);
+    assert!(
+        status.contains("trained LoRA style (art): fresh; used by potion"),
+        "{status}"
+    );
+
+    std::fs::write(
+        dir.path().join("sprites.ron"),
+        manifest.replace("steps: 50", "steps: 51"),
+    )
+    .unwrap();
+    let status = pixelgen(&["status"]);
+    assert!(
+        status.contains("potion  stale: trained LoRA `style` changed (training settings changed)"),
+        "{status}"
+    );
+    let generated = pixelgen(&["generate", "--no-server"]);
+    assert!(generated.contains("1 sprites: 1 generated"), "{generated}");
+    assert_eq!(loras().len(), 2);
+    let collected = pixelgen(&["gc"]);
+    assert!(
+        collected.contains("removed 1 trained LoRA(s) no lock or manifest names; kept 1"),
+        "{collected}"
+    );
+    let left = loras();
+    assert_eq!(left.len(), 1);
+    assert_ne!(left, trained, "the old one went");
+}

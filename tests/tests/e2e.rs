@@ -308,3 +308,132 @@ fn a_diffusion_sprite_builds_through_cargo_build_from_a_local_model() {
         );
     }
 }
+
+/// A LoRA declared in the manifest as trained from a folder of the game's art is a build
+/// product: the first build trains it (once, for both sprites that use it) into the cache
+/// and draws with it; a rebuild trains and draws nothing; a changed reference image makes
+/// an offline build fail naming the image, the LoRA and exactly its sprites; online, it
+/// retrains that LoRA only and regenerates exactly its sprites; offline builds then use
+/// the cache, with neither the model nor training needed.
+#[test]
+fn a_trained_lora_is_a_cached_build_product_retrained_when_an_image_changes() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../pixelgen-diffusion/tests/fixtures")
+        .canonicalize()
+        .expect("the fixtures");
+    let model = fixtures.join("diffusion/sd1/model");
+    let manifest = format!(
+        r#"(
+    trained_loras: {{
+        "items": (images: "art/items", model: {model:?}, rank: 4, steps: 20,
+                  learning_rate: 1e-3, resolution: (64, 64), seed: 3),
+        "hearts": (images: "art/hearts", model: {model:?}, rank: 2, steps: 10,
+                   resolution: (64, 64)),
+    }},
+    defaults: (size: (16, 16),
+               generator: Diffusion(model: {model:?}, steps: 2, guidance: 5.0, scheduler: Euler, resolution: (64, 64))),
+    sprites: {{
+        "sword": (prompt: "a sword, pxlgn style", seed: 1, loras: [(trained: "items", weight: 1.0)]),
+        "coin":  (prompt: "a coin, pxlgn style", seed: 2, loras: [(trained: "items", weight: 0.5)]),
+        "heart": (prompt: "a heart, pxlgn style", seed: 3, loras: [(trained: "hearts", weight: 1.0)]),
+        "plain": (prompt: "a shield", seed: 4),
+    }},
+)"#,
+        model = model.display().to_string()
+    );
+    let game = GameCrate::new("e2e_trained_lora", &manifest);
+    let art = fixtures.join("train/art");
+    for (folder, files) in [
+        (
+            "art/items",
+            &["sword.png", "coin.png", "potion.png", "potion.txt"][..],
+        ),
+        ("art/hearts", &["heart.png"][..]),
+    ] {
+        std::fs::create_dir_all(game.path().join(folder)).unwrap();
+        for file in files {
+            std::fs::copy(art.join(file), game.path().join(folder).join(file)).unwrap();
+        }
+    }
+    let trained = || -> Vec<std::path::PathBuf> {
+        let mut files: Vec<_> = std::fs::read_dir(game.cache_dir().join("lora"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+    };
+
+    let first = game.build(&[]);
+    assert!(first.success, "{}", first.stderr);
+    assert_eq!(first.summary, Some((4, 4, 0)), "{}", first.stderr);
+    let first_loras = trained();
+    assert_eq!(
+        first_loras.len(),
+        2,
+        "one file per trained LoRA: {first_loras:?}"
+    );
+    let lock = game.lock();
+    assert!(lock.contains("\"trained_loras\""), "{lock}");
+    assert!(lock.contains("\"trained:items\""), "{lock}");
+    assert!(lock.contains("\"coin.png\""), "images are recorded: {lock}");
+    // The trained file is a kohya-format LoRA with its metadata.
+    let header = {
+        let bytes = std::fs::read(&first_loras[0]).unwrap();
+        let length = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        String::from_utf8(bytes[8..8 + length].to_vec()).unwrap()
+    };
+    assert!(header.contains("lora_unet_"), "{header}");
+    assert!(header.contains("ss_network_dim"), "{header}");
+
+    let again = game.build(&[]);
+    assert!(again.success, "{}", again.stderr);
+    assert_eq!(again.summary, Some((4, 0, 4)), "{}", again.stderr);
+    assert_eq!(trained(), first_loras, "nothing trained again");
+
+    // One reference image changes (one pixel).
+    let coin = game.path().join("art/items/coin.png");
+    let mut image = image::open(&coin).unwrap().to_rgba8();
+    image.put_pixel(0, 0, image::Rgba([1, 2, 3, 255]));
+    image.save(&coin).unwrap();
+    let offline = game.build(&[("PIXELGEN_OFFLINE", "1")]);
+    assert!(!offline.success, "{}", offline.stderr);
+    for expected in [
+        "coin: trained LoRA `items` changed (image coin.png changed)",
+        "sword: trained LoRA `items` changed (image coin.png changed)",
+        "items (images in art/items): image coin.png changed; used by coin, sword",
+    ] {
+        assert!(
+            offline.stderr.contains(expected),
+            "{expected}: {}",
+            offline.stderr
+        );
+    }
+    for fresh in ["heart:", "plain:", "hearts (images"] {
+        assert!(
+            !offline.stderr.contains(fresh),
+            "{fresh}: {}",
+            offline.stderr
+        );
+    }
+    assert_eq!(trained(), first_loras, "offline builds never train");
+
+    let online = game.build(&[]);
+    assert!(online.success, "{}", online.stderr);
+    assert_eq!(online.summary, Some((4, 2, 2)), "{}", online.stderr);
+    let after = trained();
+    assert_eq!(
+        after.len(),
+        3,
+        "items retrained beside the old file: {after:?}"
+    );
+    assert!(
+        first_loras.iter().all(|f| after.contains(f)),
+        "hearts kept: {after:?}"
+    );
+
+    // Offline with everything cached: builds without training or the model's files.
+    game.write_manifest(&format!("{}\n// touched\n", game.manifest()));
+    let cached = game.build(&[("PIXELGEN_OFFLINE", "1")]);
+    assert!(cached.success, "{}", cached.stderr);
+    assert_eq!(cached.summary, Some((4, 0, 4)), "{}", cached.stderr);
+}

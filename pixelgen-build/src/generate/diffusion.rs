@@ -21,6 +21,7 @@ pub use super::{DeviceRequest, frame_seed};
 use super::{GenerateError, Generator, Job};
 use crate::environment::Environment;
 use crate::manifest::{GeneratorSpec, SpriteSpec};
+use crate::plan::ResolvedLora;
 use crate::timings::Timings;
 
 use candle_core::{DType, Device};
@@ -49,6 +50,7 @@ impl Diffusion {
     /// relative model path is taken from `manifest_dir`.
     pub fn load(
         sprite: &SpriteSpec,
+        loras: &[ResolvedLora],
         manifest_dir: &Path,
         environment: &Environment,
     ) -> Result<Self, GenerateError> {
@@ -74,7 +76,7 @@ impl Diffusion {
         let (device, dtype, note) = select_device_for(request).map_err(failed)?;
         let location = locate(model, manifest_dir, hub_cache).map_err(|e| failed(e.into()))?;
         let lock = DeviceLock::acquire(&environment.lock_dir).map_err(failed)?;
-        let loaded = LoadedModel::load(&location, &lora_files(sprite), &device, dtype, hub_cache)
+        let loaded = LoadedModel::load(&location, &lora_files(loras), &device, dtype, hub_cache)
             .map_err(failed)?;
         let settings =
             settings_for(&loaded, *resolution, *steps, *guidance, *scheduler).map_err(failed)?;
@@ -90,12 +92,11 @@ impl Diffusion {
 }
 
 /// A sprite's LoRAs as the loader takes them (resolved paths, weights in order).
-pub fn lora_files(sprite: &SpriteSpec) -> Vec<LoraFile> {
-    sprite
-        .loras
+pub fn lora_files(loras: &[ResolvedLora]) -> Vec<LoraFile> {
+    loras
         .iter()
         .map(|l| LoraFile {
-            path: l.resolved.clone(),
+            path: l.file.clone(),
             weight: f64::from(l.weight),
         })
         .collect()

@@ -16,6 +16,7 @@ use image::RgbaImage;
 use crate::environment::{Environment, HubSettings};
 use crate::identity::{FrameId, SpriteName};
 use crate::manifest::{GeneratorSpec, Scheduler, SpriteSpec};
+use crate::plan::ResolvedLora;
 use crate::timings::{Stage, Timings};
 
 /// Version of the procedural generator's drawing code, part of every key it makes:
@@ -119,6 +120,7 @@ impl Generator for Procedural {
 /// to `timings`.
 pub fn backend_for(
     sprite: &SpriteSpec,
+    loras: &[ResolvedLora],
     manifest_dir: &Path,
     environment: &Environment,
     timings: &mut Timings,
@@ -128,13 +130,13 @@ pub fn backend_for(
         #[cfg(feature = "diffusion")]
         GeneratorSpec::Diffusion { .. } => {
             let start = std::time::Instant::now();
-            let backend = diffusion::Diffusion::load(sprite, manifest_dir, environment)?;
+            let backend = diffusion::Diffusion::load(sprite, loras, manifest_dir, environment)?;
             timings.add(Stage::Load, start.elapsed());
             Ok(Box::new(backend))
         }
         #[cfg(not(feature = "diffusion"))]
         GeneratorSpec::Diffusion { .. } => {
-            let _ = (manifest_dir, environment, timings);
+            let _ = (loras, manifest_dir, environment, timings);
             Err(GenerateError::Unavailable {
                 sprite: sprite.name.clone(),
                 generator: "Diffusion",
@@ -217,7 +219,8 @@ pub enum BatchKey {
 }
 
 impl BatchKey {
-    pub fn of(sprite: &SpriteSpec) -> BatchKey {
+    /// The key of `sprite`'s frames, whose LoRAs the plan resolved to `loras`.
+    pub fn of(sprite: &SpriteSpec, loras: &[ResolvedLora]) -> BatchKey {
         match &sprite.generator {
             GeneratorSpec::Procedural => BatchKey::Procedural,
             GeneratorSpec::Diffusion {
@@ -232,10 +235,9 @@ impl BatchKey {
                 guidance_bits: guidance.to_bits(),
                 scheduler: *scheduler,
                 resolution: *resolution,
-                loras: sprite
-                    .loras
+                loras: loras
                     .iter()
-                    .map(|l| (l.resolved.clone(), l.weight.to_bits()))
+                    .map(|l| (l.file.clone(), l.weight.to_bits()))
                     .collect(),
             },
         }
@@ -249,7 +251,27 @@ mod tests {
 
     fn keys(text: &str) -> Vec<BatchKey> {
         let manifest = parse(Path::new("/game/sprites.ron"), text).unwrap();
-        manifest.sprites.iter().map(BatchKey::of).collect()
+        // The LoRA files do not exist, so they are resolved here as the plan would.
+        manifest
+            .sprites
+            .iter()
+            .map(|sprite| {
+                let loras: Vec<ResolvedLora> = sprite
+                    .loras
+                    .iter()
+                    .map(|l| match &l.source {
+                        crate::manifest::LoraSource::File { resolved, .. } => ResolvedLora {
+                            file: resolved.clone(),
+                            weight: l.weight,
+                            hash: String::new(),
+                            trained: None,
+                        },
+                        crate::manifest::LoraSource::Trained(_) => unreachable!(),
+                    })
+                    .collect();
+                BatchKey::of(sprite, &loras)
+            })
+            .collect()
     }
 
     #[test]

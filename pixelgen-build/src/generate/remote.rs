@@ -13,7 +13,6 @@
 //! - After a failure the server is not asked again in this run ([`WarmServer`] clones
 //!   share the flag), and the summary gets one note saying so.
 
-use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,7 +22,7 @@ use image::RgbaImage;
 use super::{GenerateError, Generator, Job};
 use crate::environment::{DeviceRequest, Environment};
 use crate::manifest::{GeneratorSpec, SpriteSpec};
-use crate::plan::InputFile;
+use crate::plan::{InputFile, PlannedSprite, ResolvedLora};
 use crate::serve::WarmServer;
 use crate::serve::protocol::{
     self, GenerateRequest, JobRef, LoraRef, ModelRef, Request, RequestHeader, Response,
@@ -39,21 +38,22 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// the sprite's content hashes from the plan (its model and each LoRA).
 pub fn backend_for(
     sprite: &SpriteSpec,
+    planned: &PlannedSprite,
     manifest_dir: &Path,
     environment: &Environment,
     server: Option<&WarmServer>,
-    files: &BTreeMap<InputFile, String>,
     timings: &mut Timings,
 ) -> Result<Box<dyn Generator>, GenerateError> {
     let server = server.filter(|s| !s.has_failed());
-    let template = server.and_then(|_| template(sprite, manifest_dir, environment, files));
+    let template = server.and_then(|_| template(sprite, planned, manifest_dir, environment));
     let (Some(server), Some(template)) = (server, template) else {
-        return super::backend_for(sprite, manifest_dir, environment, timings);
+        return super::backend_for(sprite, &planned.loras, manifest_dir, environment, timings);
     };
     let mut backend = WithFallback {
         remote: None,
         local: None,
         sprite: sprite.clone(),
+        loras: planned.loras.clone(),
         manifest_dir: manifest_dir.to_path_buf(),
         environment: environment.clone(),
         notes: Vec::new(),
@@ -84,10 +84,11 @@ pub fn backend_for(
 /// or the model cannot be found (the in-process backend then says why).
 fn template(
     sprite: &SpriteSpec,
+    planned: &PlannedSprite,
     manifest_dir: &Path,
     environment: &Environment,
-    files: &BTreeMap<InputFile, String>,
 ) -> Option<GenerateRequest> {
+    let files = &planned.files;
     let GeneratorSpec::Diffusion {
         model,
         steps,
@@ -101,14 +102,14 @@ fn template(
     let location =
         super::model_files::locate(model, manifest_dir, environment.hub.cache_dir.as_deref())
             .ok()?;
-    let loras = sprite
+    let loras = planned
         .loras
         .iter()
         .map(|lora| {
             Some(LoraRef {
-                path: std::path::absolute(&lora.resolved).ok()?,
+                path: std::path::absolute(&lora.file).ok()?,
                 weight_bits: lora.weight.to_bits(),
-                hash: files.get(&InputFile::Lora(lora.path.clone()))?.clone(),
+                hash: lora.hash.clone(),
             })
         })
         .collect::<Option<Vec<_>>>()?;
@@ -133,6 +134,7 @@ struct WithFallback {
     remote: Option<Remote>,
     local: Option<Box<dyn Generator>>,
     sprite: SpriteSpec,
+    loras: Vec<ResolvedLora>,
     manifest_dir: PathBuf,
     environment: Environment,
     notes: Vec<String>,
@@ -146,6 +148,7 @@ impl WithFallback {
         if self.local.is_none() {
             self.local = Some(super::backend_for(
                 &self.sprite,
+                &self.loras,
                 &self.manifest_dir,
                 &self.environment,
                 timings,

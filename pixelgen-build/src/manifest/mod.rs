@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use crate::atlas::AtlasOptions;
 use crate::diagnostics::{Diagnostic, SourceFile};
-use crate::identity::{AtlasName, SpriteName};
+use crate::identity::{AtlasName, LoraName, SpriteName};
+use crate::train::TrainingSettings;
 
 pub mod edit;
 mod merge;
@@ -47,6 +48,8 @@ pub struct Manifest {
     pub atlases: Vec<AtlasSpec>,
     /// Sorted by name.
     pub sprites: Vec<SpriteSpec>,
+    /// LoRAs pixelgen trains from the game's art, sorted by name.
+    pub trained_loras: Vec<TrainedLoraSpec>,
     /// Files the manifest reads itself (palette files), for rerun-if-changed.
     pub input_files: Vec<PathBuf>,
 }
@@ -86,6 +89,23 @@ pub struct SpriteSpec {
     pub span: Range<usize>,
 }
 
+impl Manifest {
+    /// The LoRA files the sprites name and the image folders of the trained LoRAs: what
+    /// a build reruns for and `watch` watches, besides the manifest and its palettes.
+    pub fn lora_inputs(&self) -> std::collections::BTreeSet<&Path> {
+        let files = self
+            .sprites
+            .iter()
+            .flat_map(|s| &s.loras)
+            .filter_map(|l| match &l.source {
+                LoraSource::File { resolved, .. } => Some(resolved.as_path()),
+                LoraSource::Trained(_) => None,
+            });
+        let folders = self.trained_loras.iter().map(|t| t.images_dir.as_path());
+        files.chain(folders).collect()
+    }
+}
+
 /// Which backend draws a sprite, with its parameters.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,12 +138,50 @@ pub use pixelgen_diffusion::Scheduler;
 /// A LoRA adapter applied to the model, with its weight.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraSpec {
-    /// As written in the manifest (used in messages and the lock file).
-    pub path: String,
-    /// Resolved against the manifest's folder.
-    pub resolved: PathBuf,
+    pub source: LoraSource,
     pub weight: f32,
-    /// Where the path is written in the manifest, for errors about the file.
+    /// Where the path (or the trained LoRA's name) is written in the manifest, for errors.
+    pub span: Range<usize>,
+}
+
+/// Where a sprite's LoRA comes from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LoraSource {
+    /// A `.safetensors` file the user made or downloaded.
+    File {
+        /// As written in the manifest (used in messages and the lock file).
+        path: String,
+        /// Resolved against the manifest's folder.
+        resolved: PathBuf,
+    },
+    /// One of the manifest's `trained_loras`, a build product that lives in the cache.
+    Trained(LoraName),
+}
+
+impl LoraSpec {
+    /// How messages name the LoRA: its path, or `trained LoRA `name``.
+    pub fn describe(&self) -> String {
+        match &self.source {
+            LoraSource::File { path, .. } => path.clone(),
+            LoraSource::Trained(name) => format!("trained LoRA `{name}`"),
+        }
+    }
+}
+
+/// A LoRA trained from a folder of the game's own art (`trained_loras:`): its key covers
+/// the images, their captions, the base model and every setting; the trained file is
+/// stored in the cache like a sprite.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainedLoraSpec {
+    pub name: LoraName,
+    /// The image folder as written in the manifest.
+    pub images: String,
+    /// Resolved against the manifest's folder.
+    pub images_dir: PathBuf,
+    /// The base model, named like a Diffusion generator's.
+    pub model: String,
+    pub settings: TrainingSettings,
+    /// Where the name is written in the manifest.
     pub span: Range<usize>,
 }
 

@@ -15,6 +15,8 @@ pub(super) struct RawManifest {
     pub(super) defaults: RawDefaults,
     #[serde(default)]
     pub(super) atlases: Ordered<RawAtlas>,
+    #[serde(default)]
+    pub(super) trained_loras: Ordered<RawTrainedLora>,
     pub(super) sprites: Ordered<RawSprite>,
 }
 
@@ -50,12 +52,33 @@ pub(super) struct RawSprite {
     pub(super) outline: Option<String>,
 }
 
+/// `(path: "style.safetensors", weight: 0.8)` or `(trained: "style", weight: 0.8)`.
 #[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields, rename = "Lora")]
 pub(super) struct RawLora {
-    pub(super) path: String,
+    pub(super) path: Option<String>,
+    pub(super) trained: Option<String>,
     #[serde(default = "one")]
     pub(super) weight: f32,
+}
+
+/// A LoRA pixelgen trains from a folder of the game's art (`trained_loras: { "name": (...) }`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename = "TrainedLora")]
+pub(super) struct RawTrainedLora {
+    pub(super) images: String,
+    pub(super) model: String,
+    pub(super) rank: Option<u32>,
+    pub(super) alpha: Option<f64>,
+    pub(super) steps: Option<u32>,
+    pub(super) learning_rate: Option<f64>,
+    pub(super) batch: Option<u32>,
+    pub(super) resolution: Option<(u32, u32)>,
+    pub(super) seed: Option<u64>,
+    pub(super) caption: Option<String>,
+    pub(super) background: Option<String>,
+    pub(super) conv: Option<bool>,
+    pub(super) text_encoder: Option<bool>,
 }
 
 pub(super) fn one() -> f32 {

@@ -81,10 +81,152 @@ fn diffusion_generator_parses_with_parameters() {
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        m.sprites[0].loras[0].resolved,
-        Path::new("game/art/px.safetensors")
+        m.sprites[0].loras[0].source,
+        LoraSource::File {
+            path: "art/px.safetensors".into(),
+            resolved: "game/art/px.safetensors".into()
+        }
     );
     assert_eq!(m.sprites[0].loras[0].weight, 0.8);
+}
+
+/// `trained_loras` declares LoRAs trained from a folder, with defaults for every setting;
+/// sprites name them with `(trained: "…")`.
+#[test]
+fn trained_loras_parse_with_defaults_and_sprites_name_them() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("art/style")).unwrap();
+    let text = r##"(
+    trained_loras: {
+        "style": (images: "art/style", model: "m", rank: 4, steps: 300, resolution: (64, 64), background: "#102030", conv: true),
+        "plain": (images: "art/style", model: "m"),
+    },
+    sprites: { "a": (prompt: "x", loras: [(trained: "style", weight: 0.7), (path: "f.safetensors")]) },
+)"##;
+    let m = parse(&dir.path().join("sprites.ron"), text).unwrap();
+    let names: Vec<&str> = m.trained_loras.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["plain", "style"], "sorted by name");
+    let style = &m.trained_loras[1];
+    assert_eq!(style.images_dir, dir.path().join("art/style"));
+    assert_eq!(style.settings.rank, 4);
+    assert_eq!(style.settings.alpha, 4.0, "alpha defaults to the rank");
+    assert_eq!(style.settings.steps, 300);
+    assert_eq!(style.settings.resolution, Some((64, 64)));
+    assert_eq!(style.settings.background, [0x10, 0x20, 0x30]);
+    assert!(style.settings.conv && !style.settings.text_encoder);
+    assert_eq!(
+        m.trained_loras[0].settings,
+        crate::train::TrainingSettings::default()
+    );
+    assert_eq!(
+        m.sprites[0].loras[0].source,
+        LoraSource::Trained("style".into())
+    );
+    assert_eq!(m.sprites[0].loras[0].weight, 0.7);
+    assert!(matches!(
+        m.sprites[0].loras[1].source,
+        LoraSource::File { .. }
+    ));
+    assert_eq!(
+        m.lora_inputs().len(),
+        2,
+        "the LoRA file and the image folder"
+    );
+}
+
+/// Mistakes in `trained_loras` and in the LoRAs that name them are errors at the value.
+#[test]
+fn trained_lora_mistakes_are_pointed_at() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("art")).unwrap();
+    std::fs::write(dir.path().join("file.png"), b"x").unwrap();
+    let manifest = dir.path().join("sprites.ron");
+    let lora = |settings: &str| {
+        format!(
+            "(trained_loras: {{\n \"s\": (images: \"art\", model: \"m\"{settings}) }},\n sprites: {{ \"a\": (prompt: \"b\", loras: [(trained: \"s\")]) }})"
+        )
+    };
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            r#"(sprites: {
+ "a": (prompt: "b", loras: [(trained: "nope")]) })"#
+                .into(),
+            "\"nope\"",
+            "uses trained LoRA `nope`, which is not declared",
+        ),
+        (
+            r#"(trained_loras: {
+ "s": (images: "art", model: "m") },
+ sprites: {
+ "a": (prompt: "b", loras: [(trained: "style")]) })"#
+                .into(),
+            "\"style\"",
+            "declared trained LoRAs: s",
+        ),
+        (
+            r#"(trained_loras: {
+ "s": (images: "missing", model: "m") },
+ sprites: { "a": (prompt: "b") })"#
+                .into(),
+            "\"missing\"",
+            "`missing` is not a folder",
+        ),
+        (
+            r#"(trained_loras: {
+ "s": (images: "file.png", model: "m") },
+ sprites: { "a": (prompt: "b") })"#
+                .into(),
+            "\"file.png\"",
+            "is not a folder",
+        ),
+        (lora(", rank: 0"), "0", "rank 0 is out of range"),
+        (lora(", steps: 0"), "0", "0 training steps"),
+        (
+            lora(", learning_rate: 2.0"),
+            "2.0",
+            "learning rate 2 is out of range",
+        ),
+        (
+            lora(", resolution: (60, 64)"),
+            "(60, 64)",
+            "cannot be trained at",
+        ),
+        (
+            lora(", background: \"blue\""),
+            "\"blue\"",
+            "is not a colour",
+        ),
+        (
+            lora(", caption: \" \""),
+            "\" \"",
+            "the default caption is empty",
+        ),
+        (
+            r#"(trained_loras: {
+ "s": (images: "art", model: "m"),
+ "s": (images: "art", model: "m") },
+ sprites: { "a": (prompt: "b") })"#
+                .into(),
+            "\"s\": (images",
+            "duplicate trained LoRA name",
+        ),
+        (
+            r#"(sprites: {
+ "a": (prompt: "b", loras: [(path: "a.safetensors", trained: "s")]) })"#
+                .into(),
+            "[(path",
+            "has both `path` and `trained`",
+        ),
+    ];
+    for (text, value, words) in cases {
+        let (message, at) = match parse(&manifest, &text) {
+            Ok(_) => panic!("{text}: accepted"),
+            Err(ManifestError::Invalid(d)) => (d.to_string(), d.line_column()),
+            Err(e) => panic!("{text}: {e}"),
+        };
+        assert!(message.contains(words), "{text}: {message}");
+        assert!(points_at(&text, at, value), "{text}: {at:?}: {message}");
+    }
 }
 
 #[test]
