@@ -365,6 +365,17 @@ impl PixelgenMcp {
         else {
             return refusal(format!("no sprite `{}` in sprites.ron", v.name));
         };
+        if let Some(untrained) = planned
+            .loras
+            .iter()
+            .find(|l| l.trained.is_some() && !l.file.is_file())
+            .and_then(|l| l.trained.as_ref())
+        {
+            return refusal(format!(
+                "sprite `{}` uses trained LoRA `{untrained}`, which is not trained yet: call `generate` for this sprite (it trains the LoRA first), then preview",
+                v.name
+            ));
+        }
         let count = v.count.unwrap_or(4).clamp(1, 16);
         let first = v.first_seed.unwrap_or(sprite.seed.wrapping_add(1));
         let seeds: Vec<u64> = (0..u64::from(count))
