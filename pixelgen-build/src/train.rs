@@ -273,6 +273,15 @@ mod run {
             ));
         }
         let (device, _, note) = select_device_for(&environment.device)?;
+        let refuse_sdxl_text = |base: &TrainingBase| {
+            if s.text_encoder && base.is_sdxl() {
+                Err(request(
+                    "training SDXL's text encoders is not supported yet: train its UNet (leave out --text-encoder / text_encoder: true)".into(),
+                ))
+            } else {
+                Ok(())
+            }
+        };
         if let Some(note) = note {
             progress.note(&note);
         }
@@ -280,6 +289,7 @@ mod run {
         let location = locate(job.model, job.model_dir, hub_cache)?;
         let _lock = DeviceLock::acquire(&environment.lock_dir)?;
         let base = TrainingBase::load(&location, &device, hub_cache)?;
+        refuse_sdxl_text(&base)?;
         let factor = base.latent_factor();
         let native = base
             .unet_config
@@ -328,6 +338,7 @@ mod run {
                 latents: base.encode_image(&tensor, &latent_noise)?,
                 context: base.encode_caption(&image.caption)?,
                 tokens: base.tokenize(&image.caption)?,
+                added: base.added_conditioning(&image.caption, width, height)?,
             });
         }
 

@@ -18,7 +18,7 @@ use pixelgen_build::train::{
 #[derive(clap::Args)]
 pub struct TrainLora {
     /// The base model: a diffusers folder, a .safetensors checkpoint or a Hugging Face id
-    /// in the HF cache (SD 1.x or 2.x).
+    /// in the HF cache (SD 1.x, 2.x or XL; for XL only the UNet trains).
     #[arg(long)]
     model: String,
     /// A folder of PNG images (sprites), each with an optional NAME.txt caption beside it.

@@ -23,15 +23,25 @@ fn train(images: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
 }
 
 fn train_steps(images: &Path, output: &Path, steps: &str, extra: &[&str]) -> std::process::Output {
+    train_family("sd1", images, output, steps, "1e-3", extra)
+}
+
+/// `train-lora` on the tiny model of `family` (`sd1`, `sd2v`, `sdxl`) at learning rate `lr`.
+fn train_family(
+    family: &str,
+    images: &Path,
+    output: &Path,
+    steps: &str,
+    lr: &str,
+    extra: &[&str],
+) -> std::process::Output {
     cli()
         .arg("train-lora")
         .arg("--model")
-        .arg(fixtures().join("diffusion/sd1/model"))
+        .arg(fixtures().join(format!("diffusion/{family}/model")))
         .arg("--images")
         .arg(images)
-        .args([
-            "--rank", "4", "--alpha", "4", "--steps", steps, "--lr", "1e-3",
-        ])
+        .args(["--rank", "4", "--alpha", "4", "--steps", steps, "--lr", lr])
         .args(["--resolution", "64", "--seed", "3", "-o"])
         .arg(output)
         .args(extra)
@@ -43,11 +53,23 @@ fn train_steps(images: &Path, output: &Path, steps: &str, extra: &[&str]) -> std
 /// `lora` at weight 1 when given, plus `extra` arguments (a seed or initial latents), to
 /// `out`; fails the test with txt2img's message when it fails.
 fn draw(prompt: &str, steps: &str, lora: Option<&Path>, extra: &[&std::ffi::OsStr], out: &Path) {
+    draw_family("sd1", prompt, steps, lora, extra, out)
+}
+
+/// [`draw`] with the tiny model of `family`.
+fn draw_family(
+    family: &str,
+    prompt: &str,
+    steps: &str,
+    lora: Option<&Path>,
+    extra: &[&std::ffi::OsStr],
+    out: &Path,
+) {
     let mut command = cli();
     command
         .arg("txt2img")
         .arg("--model")
-        .arg(fixtures().join("diffusion/sd1/model"))
+        .arg(fixtures().join(format!("diffusion/{family}/model")))
         .args(["--prompt", prompt, "--steps", steps, "--guidance", "5"])
         .args(["--scheduler", "euler", "--width", "64", "--height", "64"])
         .args(extra)
@@ -84,48 +106,64 @@ fn assert_close_to_committed(
     }
 }
 
+/// For each family the parity tests cover (SD1 epsilon, SD2 v-prediction, SDXL): training
+/// again gives the committed LoRA, and pixelgen's image with it is diffusers' image with it
+/// (`load_lora_weights`; references from `check_trained_lora.py`).
 #[test]
 fn trains_the_committed_lora_again_and_diffusers_draws_what_pixelgen_draws_with_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("style.safetensors");
-    let output = train(&fixtures().join("train/art"), &out, &[]);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains("trained 32 modules"), "{stderr}");
+    for (family, modules) in [("sd1", 32), ("sd2v", 32), ("sdxl", 64)] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("style.safetensors");
+        let output = train_family(
+            family,
+            &fixtures().join("train/art"),
+            &out,
+            "50",
+            "1e-3",
+            &[],
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{family}: {stderr}");
+        assert!(
+            stderr.contains(&format!("trained {modules} modules")),
+            "{family}: {stderr}"
+        );
 
-    let ours = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
-    let committed = candle_core::safetensors::load(
-        fixtures().join("train/sd1_trained.safetensors"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    assert_eq!(ours.len(), committed.len());
-    assert_eq!(ours.len(), 32 * 3, "down, up and alpha per module");
-    assert_close_to_committed(&ours, &committed);
+        let train_dir = fixtures().join("train");
+        let committed_path = train_dir.join(format!("{family}_trained.safetensors"));
+        let ours = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+        let committed =
+            candle_core::safetensors::load(&committed_path, &candle_core::Device::Cpu).unwrap();
+        assert_eq!(ours.len(), committed.len());
+        assert_eq!(ours.len(), modules * 3, "down, up and alpha per module");
+        assert_close_to_committed(&ours, &committed);
 
-    let image = dir.path().join("potion.png");
-    let train_dir = fixtures().join("train");
-    let latents = train_dir.join("sd1_trained_latents.safetensors");
-    draw(
-        "a red potion bottle, pxlgn style",
-        "10",
-        Some(&train_dir.join("sd1_trained.safetensors")),
-        &["--init-latents".as_ref(), latents.as_os_str()],
-        &image,
-    );
-    let ours = image::open(&image).unwrap().to_rgb8();
-    let theirs = image::open(train_dir.join("sd1_trained_diffusers.png"))
-        .unwrap()
-        .to_rgb8();
-    let total: u64 = ours
-        .as_raw()
-        .iter()
-        .zip(theirs.as_raw())
-        .map(|(a, b)| u64::from(a.abs_diff(*b)))
-        .sum();
-    let mean = total as f64 / ours.as_raw().len() as f64;
-    eprintln!("pixelgen vs diffusers with the trained LoRA: mean abs difference {mean:.4}/255");
-    assert!(mean <= 1.0, "{mean}/255");
+        let image = dir.path().join("potion.png");
+        let latents = train_dir.join(format!("{family}_trained_latents.safetensors"));
+        draw_family(
+            family,
+            "a red potion bottle, pxlgn style",
+            "10",
+            Some(&committed_path),
+            &["--init-latents".as_ref(), latents.as_os_str()],
+            &image,
+        );
+        let ours = image::open(&image).unwrap().to_rgb8();
+        let theirs = image::open(train_dir.join(format!("{family}_trained_diffusers.png")))
+            .unwrap()
+            .to_rgb8();
+        let total: u64 = ours
+            .as_raw()
+            .iter()
+            .zip(theirs.as_raw())
+            .map(|(a, b)| u64::from(a.abs_diff(*b)))
+            .sum();
+        let mean = total as f64 / ours.as_raw().len() as f64;
+        eprintln!(
+            "{family}: pixelgen vs diffusers with the trained LoRA: mean abs difference {mean:.4}/255"
+        );
+        assert!(mean <= 1.0, "{family}: {mean}/255");
+    }
 }
 
 #[test]
@@ -146,6 +184,22 @@ fn bad_training_input_is_refused_with_the_reason() {
     assert!(!large.status.success());
     assert!(
         stderr.contains("wide.png") && stderr.contains("does not fit"),
+        "{stderr}"
+    );
+
+    // SDXL's two text encoders do not train yet: said before any step.
+    let sdxl = train_family(
+        "sdxl",
+        &fixtures().join("train/art"),
+        &out,
+        "5",
+        "1e-3",
+        &["--text-encoder"],
+    );
+    let stderr = String::from_utf8_lossy(&sdxl.stderr);
+    assert!(!sdxl.status.success());
+    assert!(
+        stderr.contains("training SDXL's text encoders is not supported yet"),
         "{stderr}"
     );
 
@@ -268,15 +322,23 @@ fn conv_adapts_the_resnet_convolutions_too() {
 
 /// 200 steps on the four captioned sprites bring the image drawn for a training caption
 /// closer to its training image (mean squared error against the sprite as training saw it:
-/// over white, scaled up ×4 and centred), for every seed tried.
+/// over white, scaled up ×4 and centred), for each of four seeds, in every family. The
+/// tiny random models need a learning rate each (a sweep is in the README: at 1e-3 the SD2
+/// and SDXL fixtures overshoot, and the effect shows for some seeds only).
 #[test]
 fn two_hundred_steps_bring_a_drawn_caption_closer_to_its_training_image() {
+    for (family, lr) in [("sd1", "1e-3"), ("sd2v", "3e-3"), ("sdxl", "1e-4")] {
+        two_hundred_steps_bring_a_drawn_caption_closer_in(family, lr);
+    }
+}
+
+fn two_hundred_steps_bring_a_drawn_caption_closer_in(family: &str, lr: &str) {
     let dir = tempfile::tempdir().unwrap();
     let lora = dir.path().join("style.safetensors");
-    let output = train_steps(&fixtures().join("train/art"), &lora, "200", &[]);
+    let output = train_family(family, &fixtures().join("train/art"), &lora, "200", lr, &[]);
     assert!(
         output.status.success(),
-        "{}",
+        "{family}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
 
@@ -308,10 +370,11 @@ fn two_hundred_steps_bring_a_drawn_caption_closer_to_its_training_image() {
             .sum::<f64>()
             / drawn.as_raw().len() as f64
     };
-    for seed in ["1", "2"] {
+    for seed in ["1", "2", "3", "4"] {
         let draw = |with_lora: bool| -> f64 {
             let out = dir.path().join(format!("{seed}-{with_lora}.png"));
-            draw(
+            draw_family(
+                family,
                 "a red potion bottle, pxlgn style",
                 "20",
                 with_lora.then_some(lora.as_path()),
@@ -321,8 +384,10 @@ fn two_hundred_steps_bring_a_drawn_caption_closer_to_its_training_image() {
             mse(&out)
         };
         let (before, after) = (draw(false), draw(true));
-        eprintln!("seed {seed}: mean squared error to the training image {before:.0} → {after:.0}");
-        assert!(after < before, "seed {seed}: {before} → {after}");
+        eprintln!(
+            "{family}, seed {seed}: mean squared error to the training image {before:.0} → {after:.0}"
+        );
+        assert!(after < before, "{family}, seed {seed}: {before} → {after}");
     }
 }
 

@@ -58,6 +58,7 @@ fn pixelgen_steps_per_second(model: &Path, size: usize, steps: usize) -> f64 {
         )
         .unwrap(),
         tokens: Vec::new(),
+        added: None,
     }];
     let adapters =
         LoraAdapters::new(&frozen, &ATTENTION_PROJECTIONS, 4, 4.0, 0, &Device::Cpu).unwrap();

@@ -604,7 +604,9 @@ impl LoadedModel {
 
 /// What LoRA training needs of a base model: the frozen UNet (weights in f32, and its
 /// config), the noise schedule it was trained with, and the text and VAE encoders that turn
-/// captions and images into its inputs. SD 1.x and 2.x (one text encoder).
+/// captions and images into its inputs. SD 1.x, 2.x and XL (two text encoders, whose
+/// penultimate hidden states condition the UNet side by side, with the second's pooled
+/// output and the image's size as SDXL's added conditioning).
 pub struct TrainingBase {
     pub unet_config: UnetConfig,
     /// f32, on the training device.
@@ -617,6 +619,8 @@ pub struct TrainingBase {
     vae: super::vae::VaeEncoder,
     tokenizer: ClipTokenizer,
     text_encoder: ClipTextModel,
+    /// SDXL's second tokenizer and text encoder (OpenCLIP bigG, with its projection).
+    second: Option<(ClipTokenizer, ClipTextModel)>,
     device: Device,
 }
 
@@ -634,12 +638,28 @@ impl TrainingBase {
             path: location.path().to_path_buf(),
             message,
         };
-        if parts.text_encoder_2.is_some() {
-            return Err(invalid(
-                "training a LoRA for SDXL (two text encoders) is not supported yet; SD 1.x and 2.x models are".into(),
-            ));
-        }
         let weights = parts.weights;
+        let second = match (
+            &parts.text_encoder_2,
+            weights.text_encoder_2,
+            &parts.tokenizer_2_dir,
+        ) {
+            (None, _, _) => None,
+            (Some(config), Some(map), Some(dir)) => {
+                let tokenizer = ClipTokenizer::from_dir(dir).map_err(invalid)?;
+                let encoder = ClipTextModel::new(
+                    builder(to_dtype(map, DType::F32)?, DType::F32, device),
+                    config,
+                )
+                .map_err(|e| invalid(format!("second text encoder: {e}")))?;
+                Some((tokenizer, encoder))
+            }
+            _ => {
+                return Err(invalid(
+                    "the model names a second text encoder but its weights or tokenizer are missing".into(),
+                ));
+            }
+        };
         let tokenizer = ClipTokenizer::from_dir(&parts.tokenizer_dir).map_err(invalid)?;
         let text_weights = to_dtype(weights.text_encoder.unwrap_or_default(), DType::F32)?;
         let text_encoder = ClipTextModel::new(
@@ -663,6 +683,7 @@ impl TrainingBase {
             vae,
             tokenizer,
             text_encoder,
+            second,
             device: device.clone(),
         })
     }
@@ -671,8 +692,11 @@ impl TrainingBase {
         &self.device
     }
 
-    /// `sd1` or `sd2` (SD 2.x's text encoder is OpenCLIP's, 1024 wide).
+    /// `sd1`, `sd2` (SD 2.x's text encoder is OpenCLIP's, 1024 wide) or `sdxl`.
     pub fn family(&self) -> &'static str {
+        if self.second.is_some() {
+            return "sdxl";
+        }
         let width = match &self.unet_config.cross_attention_dim {
             crate::config::PerLevel::One(width) => Some(*width),
             crate::config::PerLevel::Each(widths) => widths.first().copied(),
@@ -692,17 +716,69 @@ impl TrainingBase {
             .map_err(DiffusionError::Request)
     }
 
-    /// A caption's hidden states, `[tokens, dim]`, as the UNet is conditioned on them.
+    /// Whether the model is SDXL (two text encoders, added conditioning).
+    pub fn is_sdxl(&self) -> bool {
+        self.second.is_some()
+    }
+
+    /// A caption's hidden states, `[tokens, dim]`, as the UNet is conditioned on them: the
+    /// text encoder's last hidden state, or for SDXL both encoders' penultimate ones side
+    /// by side (as diffusers' SDXL training script's `encode_prompt`).
     pub fn encode_caption(&self, caption: &str) -> Result<Tensor, DiffusionError> {
         let compute = |e: candle_core::Error| DiffusionError::Compute {
             what: "text encoder",
             message: e.to_string(),
         };
         let ids = self.tokenize(caption)?;
-        self.text_encoder
+        let first = self
+            .text_encoder
             .forward(&[ids], &self.device)
-            .and_then(|out| out.last_hidden_state.get(0))
-            .map_err(compute)
+            .map_err(compute)?;
+        let Some((tokenizer, encoder)) = &self.second else {
+            return first.last_hidden_state.get(0).map_err(compute);
+        };
+        let ids = tokenizer.encode(caption).map_err(DiffusionError::Request)?;
+        let second = encoder.forward(&[ids], &self.device).map_err(compute)?;
+        Tensor::cat(
+            &[
+                &first.penultimate_hidden_state,
+                &second.penultimate_hidden_state,
+            ],
+            candle_core::D::Minus1,
+        )
+        .and_then(|t| t.get(0))
+        .map_err(compute)
+    }
+
+    /// SDXL's added conditioning for one training image of `width`×`height` pixels: the
+    /// caption's pooled, projected embedding from the second encoder (`[projection_dim]`)
+    /// and the time ids (original size, crop top-left (0, 0): images are padded, never
+    /// cropped, and target size: `[6]`). `None` for SD 1.x and 2.x.
+    pub fn added_conditioning(
+        &self,
+        caption: &str,
+        width: usize,
+        height: usize,
+    ) -> Result<Option<super::unet::AddedConditioning>, DiffusionError> {
+        let Some((tokenizer, encoder)) = &self.second else {
+            return Ok(None);
+        };
+        let compute = |e: candle_core::Error| DiffusionError::Compute {
+            what: "text encoder",
+            message: e.to_string(),
+        };
+        let ids = tokenizer.encode(caption).map_err(DiffusionError::Request)?;
+        let pooled = encoder
+            .forward(&[ids], &self.device)
+            .and_then(|out| out.pooled.get(0))
+            .map_err(compute)?;
+        let (h, w) = (height as f32, width as f32);
+        let time_ids =
+            Tensor::from_vec(vec![h, w, 0.0, 0.0, h, w], 6, &self.device).map_err(compute)?;
+        Ok(Some(super::unet::AddedConditioning {
+            text_embeds: pooled,
+            time_ids,
+        }))
     }
 
     /// An image (`[3, h, w]`, values in [-1, 1]) to the latents training denoises: a

@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use pixelgen_diffusion::config::{SchedulerConfig, UnetConfig};
 use pixelgen_diffusion::lora::TensorMap;
 use pixelgen_diffusion::train::{LoraAdapters, NoiseSchedule};
-use pixelgen_diffusion::unet::Unet;
+use pixelgen_diffusion::unet::{AddedConditioning, Unet};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -120,8 +120,10 @@ fn one_training_step_matches_pytorch_peft() {
     for (family, variant) in [
         ("sd1", ""),
         ("sd2v", ""),
+        ("sdxl", ""),
         ("sd1", "_conv"),
         ("sd2v", "_conv"),
+        ("sdxl", "_conv"),
     ] {
         let step_path = fixtures().join(format!("train/{family}_step{variant}.safetensors"));
         let step = candle_core::safetensors::load(&step_path, &Device::Cpu).unwrap();
@@ -146,6 +148,14 @@ fn one_training_step_matches_pytorch_peft() {
         let unet = Unet::new(adapters.weights(&frozen, &Device::Cpu).unwrap(), &config).unwrap();
         let schedule = NoiseSchedule::new(&scheduler).unwrap();
         let label = format!("{family}{variant}");
+        // SDXL: the pooled text embedding and the time ids, as the script computed them.
+        let added = step
+            .get("text_embeds")
+            .map(|text_embeds| AddedConditioning {
+                text_embeds: text_embeds.clone(),
+                time_ids: step["time_ids"].clone(),
+            });
+        assert_eq!(added.is_some(), family == "sdxl");
         let loss = schedule
             .loss(
                 &unet,
@@ -153,6 +163,7 @@ fn one_training_step_matches_pytorch_peft() {
                 &step["noise"],
                 &timesteps_of(&step),
                 &step["encoder_hidden_states"],
+                added.as_ref(),
             )
             .unwrap();
         check_loss(&label, &loss, &step);
@@ -172,7 +183,7 @@ fn one_training_step_matches_pytorch_peft() {
 fn the_vae_encoder_matches_diffusers() {
     use pixelgen_diffusion::config::VaeConfig;
     use pixelgen_diffusion::vae::VaeEncoder;
-    for family in ["sd1", "sd2v"] {
+    for family in ["sd1", "sd2v", "sdxl"] {
         let expected = candle_core::safetensors::load(
             fixtures().join(format!("train/{family}_encode.safetensors")),
             &Device::Cpu,
@@ -289,42 +300,69 @@ fn a_saved_kohya_file_merges_into_the_weights_it_was_trained_on() {
 /// first steps.
 #[test]
 fn training_lowers_the_loss() {
+    for family in ["sd1", "sd2v", "sdxl"] {
+        training_lowers_the_loss_of(family);
+    }
+}
+
+/// 200 steps on four examples (the step fixture's captions, two each; SDXL with its pooled
+/// embeddings and time ids) lower the loss on fixed noise and timesteps.
+fn training_lowers_the_loss_of(family: &str) {
     use pixelgen_diffusion::train::{
         ATTENTION_PROJECTIONS, BaseModel, Example, Settings, optimizer, train,
     };
-    let (config, schedule, frozen) = sd1_unet();
-    let step =
-        candle_core::safetensors::load(fixtures().join("train/sd1_step.safetensors"), &Device::Cpu)
-            .unwrap();
+    let model = fixtures().join(format!("diffusion/{family}/model"));
+    let config: UnetConfig = json(&model.join("unet/config.json"));
+    let scheduler: SchedulerConfig = json(&model.join("scheduler/scheduler_config.json"));
+    let schedule = NoiseSchedule::new(&scheduler).unwrap();
+    let frozen: TensorMap = candle_core::safetensors::load(
+        model.join("unet/diffusion_pytorch_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let step = candle_core::safetensors::load(
+        fixtures().join(format!("train/{family}_step.safetensors")),
+        &Device::Cpu,
+    )
+    .unwrap();
     let hidden = &step["encoder_hidden_states"];
+    let size = config.sample_size.unwrap_or(8);
     let examples: Vec<Example> = (0..4)
         .map(|i| Example {
             latents: Tensor::from_vec(
                 pixelgen_diffusion::noise::gaussian(
                     40 + i as u64,
                     pixelgen_diffusion::noise::Stream::InitialLatents,
-                    4 * 8 * 8,
+                    4 * size * size,
                 ),
-                (4, 8, 8),
+                (4, size, size),
                 &Device::Cpu,
             )
             .unwrap(),
             context: hidden.get(i % 2).unwrap(),
             tokens: Vec::new(),
+            added: step.get("text_embeds").map(|embeds| AddedConditioning {
+                text_embeds: embeds.get(i % 2).unwrap(),
+                time_ids: step["time_ids"].get(i % 2).unwrap(),
+            }),
         })
         .collect();
     let evaluate = |adapters: &LoraAdapters| -> f32 {
         let unet = Unet::new(adapters.weights(&frozen, &Device::Cpu).unwrap(), &config).unwrap();
         let mut total = 0.0;
         for (i, example) in examples.iter().enumerate() {
+            let added = example.added.as_ref().map(|a| AddedConditioning {
+                text_embeds: a.text_embeds.unsqueeze(0).unwrap(),
+                time_ids: a.time_ids.unsqueeze(0).unwrap(),
+            });
             for (j, t) in [50usize, 300, 600, 900].into_iter().enumerate() {
                 let noise = Tensor::from_vec(
                     pixelgen_diffusion::noise::gaussian(
                         1000 + (4 * i + j) as u64,
                         pixelgen_diffusion::noise::Stream::InitialLatents,
-                        256,
+                        4 * size * size,
                     ),
-                    (1, 4, 8, 8),
+                    (1, 4, size, size),
                     &Device::Cpu,
                 )
                 .unwrap();
@@ -335,6 +373,7 @@ fn training_lowers_the_loss() {
                         &noise,
                         &[t],
                         &example.context.unsqueeze(0).unwrap(),
+                        added.as_ref(),
                     )
                     .unwrap();
                 total += loss.to_scalar::<f32>().unwrap();
@@ -383,7 +422,7 @@ fn training_lowers_the_loss() {
     let started = std::time::Instant::now();
     let (before, after, losses) = run(200);
     eprintln!(
-        "200 steps in {:?}: evaluation loss {before:.4} → {after:.4}; first steps {:?}, last {:?}",
+        "{family}: 200 steps in {:?}: evaluation loss {before:.4} → {after:.4}; first steps {:?}, last {:?}",
         started.elapsed(),
         &losses[..3],
         &losses[losses.len() - 3..]
@@ -391,13 +430,13 @@ fn training_lowers_the_loss() {
     assert_eq!(losses.len(), 200);
     assert!(
         after < before * 0.95,
-        "the loss did not go down: {before} → {after}"
+        "{family}: the loss did not go down: {before} → {after}"
     );
     let (_, _, losses_again) = run(20);
     assert_eq!(
         losses_again,
         losses[..20],
-        "the same seed takes the same steps"
+        "{family}: the same seed takes the same steps"
     );
 }
 
@@ -418,6 +457,7 @@ fn a_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does() {
             latents: step["latents"].get(i).unwrap(),
             context: step["encoder_hidden_states"].get(i).unwrap(),
             tokens: Vec::new(),
+            added: None,
         })
         .collect();
     let base = BaseModel {
@@ -587,6 +627,7 @@ fn one_step_with_the_text_encoder_matches_pytorch_peft() {
                 &step["noise"],
                 &timesteps_of(&step),
                 &context,
+                None,
             )
             .unwrap();
         let label = format!("{family} with the text encoder");

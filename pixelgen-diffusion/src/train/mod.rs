@@ -19,7 +19,7 @@ use candle_nn::var_builder::SimpleBackend;
 use crate::config::SchedulerConfig;
 use crate::lora::TensorMap;
 use crate::noise::{self, Stream};
-use crate::unet::Unet;
+use crate::unet::{AddedConditioning, Unet};
 
 mod adamw;
 
@@ -220,6 +220,9 @@ pub struct Example {
     /// The caption's token ids, which the text encoder reads when it is trained too (the
     /// `context` then is computed again every step).
     pub tokens: Vec<u32>,
+    /// SDXL: the caption's pooled embedding (`[projection_dim]`) and the image's time ids
+    /// (`[6]`); `None` for SD 1.x and 2.x.
+    pub added: Option<AddedConditioning>,
 }
 
 /// How to train (diffusers' training script's defaults where it has them).
@@ -343,13 +346,37 @@ pub fn train(
                         .min(base.schedule.train_steps() - 1)
                 })
                 .collect();
+        let added = match &examples[chosen[0]].added {
+            None => None,
+            Some(_) => {
+                let part = |pick: fn(&AddedConditioning) -> &Tensor| -> Result<Tensor> {
+                    let rows = chosen
+                        .iter()
+                        .map(|&i| match &examples[i].added {
+                            Some(added) => Ok(pick(added).clone()),
+                            None => bail!("examples mix SDXL conditioning and none"),
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    Tensor::stack(&rows, 0)
+                };
+                Some(AddedConditioning {
+                    text_embeds: part(|a| &a.text_embeds)?,
+                    time_ids: part(|a| &a.time_ids)?,
+                })
+            }
+        };
         let unet = Unet::new(
             adapters.weights(base.unet_weights, &device)?,
             base.unet_config,
         )?;
-        let loss = base
-            .schedule
-            .loss(&unet, &latents, &noise, &timesteps, &context)?;
+        let loss = base.schedule.loss(
+            &unet,
+            &latents,
+            &noise,
+            &timesteps,
+            &context,
+            added.as_ref(),
+        )?;
         optimizer.step(&loss.backward()?)?;
         if !on_step(step, loss.to_scalar::<f32>()?) {
             break;
@@ -510,7 +537,16 @@ impl LoraAdapters {
             ("ss_network_alpha", format!("{}", self.alpha)),
             ("ss_network_args", "{}".to_owned()),
             ("ss_sd_model_name", metadata.base_model.clone()),
-            ("ss_base_model_version", metadata.family.clone()),
+            // kohya's spelling, which A1111-style tools read to tell families apart.
+            (
+                "ss_base_model_version",
+                match metadata.family.as_str() {
+                    "sd1" => "sd_v1".to_owned(),
+                    "sd2" => "sd_v2".to_owned(),
+                    "sdxl" => "sdxl_base_v1-0".to_owned(),
+                    other => other.to_owned(),
+                },
+            ),
             ("ss_v2", (metadata.family == "sd2").to_string()),
             ("ss_resolution", format!("({width}, {height})")),
             ("ss_max_train_steps", metadata.steps.to_string()),
@@ -611,8 +647,9 @@ impl NoiseSchedule {
     }
 
     /// The noise-prediction loss of `unet` for clean `latents` noised with `noise` at
-    /// `timesteps` (one per latent), conditioned on `context`: the mean squared error
-    /// between the prediction and epsilon (or v), as diffusers' training script takes it.
+    /// `timesteps` (one per latent), conditioned on `context` (and, for SDXL, `added`): the
+    /// mean squared error between the prediction and epsilon (or v), as diffusers'
+    /// training scripts take it.
     pub fn loss(
         &self,
         unet: &Unet,
@@ -620,6 +657,7 @@ impl NoiseSchedule {
         noise: &Tensor,
         timesteps: &[usize],
         context: &Tensor,
+        added: Option<&AddedConditioning>,
     ) -> Result<Tensor> {
         let batch = latents.dim(0)?;
         if timesteps.len() != batch {
@@ -648,7 +686,7 @@ impl NoiseSchedule {
         };
         let times: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
         let times = Tensor::from_vec(times, batch, device)?;
-        let prediction = unet.forward_at(&noisy, &times, context, None)?;
+        let prediction = unet.forward_at(&noisy, &times, context, added)?;
         (prediction.to_dtype(DType::F32)? - target.to_dtype(DType::F32)?)?
             .sqr()?
             .mean_all()
