@@ -196,6 +196,10 @@ pub struct TrainingReport {
     pub seconds: f64,
     pub images: usize,
     pub resolution: (usize, usize),
+    /// `f32`, or `bf16` / `f16` mixed precision.
+    pub precision: &'static str,
+    /// Steps the f16 loss scaler skipped (non-finite gradients).
+    pub skipped: usize,
 }
 
 /// A fingerprint of everything a step depends on except the step count (a run may be
@@ -235,7 +239,7 @@ pub fn checkpoint_fingerprint(
 }
 
 #[cfg(feature = "diffusion")]
-pub use run::run;
+pub use run::{run, training_dtype};
 
 #[cfg(feature = "diffusion")]
 mod run {
@@ -253,6 +257,27 @@ mod run {
     use crate::generate::diffusion::{
         DeviceLock, DiffusionError, TrainingBase, locate, select_device_for,
     };
+
+    /// The dtype the UNet computes in while training: `PIXELGEN_DTYPE` when set, else f32
+    /// on the CPU and bf16 on a GPU. With bf16 or f16 it is mixed precision: the LoRA
+    /// factors, the optimiser and the loss stay f32, and f16 adds dynamic loss scaling (its
+    /// small gradients would underflow without it).
+    pub fn training_dtype(
+        device: &candle_core::Device,
+        requested: Option<&str>,
+    ) -> Result<candle_core::DType, DiffusionError> {
+        use candle_core::DType;
+        match requested.map(str::trim) {
+            None | Some("") if device.is_cpu() => Ok(DType::F32),
+            None | Some("") => Ok(DType::BF16),
+            Some("f32") => Ok(DType::F32),
+            Some("bf16") => Ok(DType::BF16),
+            Some("f16") => Ok(DType::F16),
+            Some(other) => Err(DiffusionError::Device(format!(
+                "PIXELGEN_DTYPE=`{other}` is not a precision: use f32, f16 or bf16"
+            ))),
+        }
+    }
 
     /// Trains `job` on the device the environment asks for (holding the machine-wide device
     /// lock, like generating) and writes the LoRA.
@@ -288,7 +313,8 @@ mod run {
         let hub_cache = environment.hub.cache_dir.as_deref();
         let location = locate(job.model, job.model_dir, hub_cache)?;
         let _lock = DeviceLock::acquire(&environment.lock_dir)?;
-        let base = TrainingBase::load(&location, &device, hub_cache)?;
+        let dtype = training_dtype(&device, environment.device.dtype.as_deref())?;
+        let base = TrainingBase::load(&location, &device, dtype, hub_cache)?;
         refuse_sdxl_text(&base)?;
         let factor = base.latent_factor();
         let native = base
@@ -374,6 +400,7 @@ mod run {
         let mut sets = vec![&adapters];
         sets.extend(text_adapters.as_ref());
         let settings = Settings {
+            loss_scale: (dtype == candle_core::DType::F16).then_some(65536.0),
             steps: s.steps,
             learning_rate: s.learning_rate,
             batch: s.batch,
@@ -412,6 +439,7 @@ mod run {
         };
         let every = job.checkpoint_every.max(1);
         let mut start = first;
+        let updates_before = adamw.updates();
         while start < s.steps {
             let end = (start + every).min(s.steps);
             let chunk = Settings {
@@ -465,6 +493,12 @@ mod run {
             seconds: training.elapsed().as_secs_f64(),
             images: job.images.len(),
             resolution: (width, height),
+            precision: match dtype {
+                candle_core::DType::F16 => "f16 mixed precision",
+                candle_core::DType::BF16 => "bf16 mixed precision",
+                _ => "f32",
+            },
+            skipped: (s.steps - first) - (adamw.updates() - updates_before),
         })
     }
 }

@@ -172,12 +172,18 @@ pub fn run(args: TrainLora, environment: &Environment) -> Result<(), DiffusionEr
     progress.bar.finish();
     let (width, height) = report.resolution;
     eprintln!(
-        "pixelgen: trained {} modules (rank {}, alpha {}) on {} images at {width}×{height} for {} steps in {:.1} s ({:.2} steps/s; {:.1} s in all); wrote {}",
+        "pixelgen: trained {} modules (rank {}, alpha {}) on {} images at {width}×{height} in {} for {} steps{} in {:.1} s ({:.2} steps/s; {:.1} s in all); wrote {}",
         report.modules,
         settings.rank,
         settings.alpha,
         report.images,
+        report.precision,
         settings.steps,
+        if report.skipped > 0 {
+            format!(" ({} skipped by the loss scaler)", report.skipped)
+        } else {
+            String::new()
+        },
         report.seconds,
         report.steps_run as f64 / report.seconds,
         started.elapsed().as_secs_f64(),

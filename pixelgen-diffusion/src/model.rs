@@ -609,7 +609,8 @@ impl LoadedModel {
 /// output and the image's size as SDXL's added conditioning).
 pub struct TrainingBase {
     pub unet_config: UnetConfig,
-    /// f32, on the training device.
+    /// In the training's compute dtype (f32, or bf16 for mixed precision), on the training
+    /// device; the LoRA factors are f32 either way.
     pub unet_weights: TensorMap,
     pub scheduler: SchedulerConfig,
     pub vae_config: VaeConfig,
@@ -625,9 +626,12 @@ pub struct TrainingBase {
 }
 
 impl TrainingBase {
+    /// Loads the model for training with the UNet computing in `dtype` (f32; bf16 or f16
+    /// for mixed precision); the text and VAE encoders, which run once per image, in f32.
     pub fn load(
         location: &ModelLocation,
         device: &Device,
+        dtype: DType,
         hub_cache: Option<&Path>,
     ) -> Result<Self, DiffusionError> {
         let parts = match location {
@@ -675,7 +679,7 @@ impl TrainingBase {
         .map_err(|e| invalid(format!("vae encoder: {e}")))?;
         Ok(TrainingBase {
             unet_config: parts.unet,
-            unet_weights: to_dtype(weights.unet, DType::F32)?,
+            unet_weights: to_dtype(weights.unet, dtype)?,
             scheduler: parts.scheduler,
             vae_config: parts.vae,
             text_config: parts.text_encoder,

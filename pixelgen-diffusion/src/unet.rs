@@ -639,6 +639,11 @@ impl Unet {
         self.forward_at(sample, &timesteps, context, added)
     }
 
+    /// The dtype the UNet computes in (its weights').
+    pub fn dtype(&self) -> DType {
+        self.conv_in.weight().dtype()
+    }
+
     /// [`forward`](Self::forward) with a timestep per latent (`[batch]`, f32), as training
     /// draws them.
     pub fn forward_at(

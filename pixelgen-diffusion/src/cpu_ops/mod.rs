@@ -33,21 +33,25 @@ pub use norm::GroupNorm;
 use candle_core::{CpuStorage, D, DType, Layout, Module, Result, Tensor, bail};
 
 /// LayerNorm over the last dimension. candle-nn's fused kernel has no backward pass, so a
-/// tensor that gradients flow back through (training a LoRA) takes the composition.
+/// tensor that gradients flow back through (training a LoRA) takes the composition, in f32
+/// for half-precision input (as PyTorch's autocast runs normalisations).
 pub fn layer_norm(norm: &candle_nn::LayerNorm, eps: f64, xs: &Tensor) -> Result<Tensor> {
     if !xs.track_op() {
         return norm.forward(xs);
     }
+    let dtype = xs.dtype();
+    let xs = xs.to_dtype(DType::F32)?;
     let dim = xs.dim(D::Minus1)? as f64;
     let centred = xs.broadcast_sub(&(xs.sum_keepdim(D::Minus1)? / dim)?)?;
     let variance = (centred.sqr()?.sum_keepdim(D::Minus1)? / dim)?;
     let normed = centred
         .broadcast_div(&(variance + eps)?.sqrt()?)?
-        .broadcast_mul(norm.weight())?;
+        .broadcast_mul(&norm.weight().to_dtype(DType::F32)?)?;
     match norm.bias() {
-        Some(bias) => normed.broadcast_add(bias),
+        Some(bias) => normed.broadcast_add(&bias.to_dtype(DType::F32)?),
         None => Ok(normed),
-    }
+    }?
+    .to_dtype(dtype)
 }
 
 /// Softmax over the last dimension: candle-nn's fused kernel, or (it has no backward pass)

@@ -177,9 +177,14 @@ impl LoraAdapters {
 
     /// A builder over `frozen` in which each adapted weight is `W + scale · up · down`,
     /// computed now from the factors' current values as part of the autograd graph.
+    ///
+    /// Mixed precision: the model computes in the frozen weights' dtype (bf16 on a GPU, say)
+    /// while the factors stay f32: the product is taken in f32 and cast to that dtype, so
+    /// the gradient reaches the f32 factors through the cast.
     pub fn weights(&self, frozen: &TensorMap, device: &Device) -> Result<VarBuilder<'static>> {
         let mut adapted = frozen.clone();
         let scale = self.scale();
+        let dtype = frozen.values().next().map_or(DType::F32, Tensor::dtype);
         for (module, adapter) in &self.modules {
             let name = format!("{module}.weight");
             let Some(weight) = frozen.get(&name) else {
@@ -200,11 +205,11 @@ impl LoraAdapters {
                     weight.dims()
                 );
             }
-            adapted.insert(name, (weight.to_dtype(DType::F32)? + delta)?);
+            adapted.insert(name, (weight.to_dtype(dtype)? + delta.to_dtype(dtype)?)?);
         }
         Ok(VarBuilder::from_backend(
             Box::new(Adapted(adapted)),
-            DType::F32,
+            dtype,
             device.clone(),
         ))
     }
@@ -228,6 +233,9 @@ pub struct Example {
 /// How to train (diffusers' training script's defaults where it has them).
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// f16 mixed precision: dynamic loss scaling from this scale (PyTorch's 65536);
+    /// `None` for f32 and bf16.
+    pub loss_scale: Option<f64>,
     pub steps: usize,
     pub learning_rate: f64,
     /// Examples per step.
@@ -240,6 +248,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
+            loss_scale: None,
             steps: 1000,
             learning_rate: 1e-4,
             batch: 1,
@@ -377,7 +386,13 @@ pub fn train(
             &context,
             added.as_ref(),
         )?;
-        optimizer.step(&loss.backward()?)?;
+        let scale = optimizer.loss_scale();
+        let grads = if scale == 1.0 {
+            loss.backward()?
+        } else {
+            (&loss * scale)?.backward()?
+        };
+        optimizer.step(&grads)?;
         if !on_step(step, loss.to_scalar::<f32>()?) {
             break;
         }
@@ -388,7 +403,7 @@ pub fn train(
 /// AdamW over the factors of every set (the UNet's, then the text encoder's) with
 /// `settings`' learning rate and weight decay.
 pub fn optimizer(sets: &[&LoraAdapters], settings: &Settings) -> Result<AdamW> {
-    AdamW::new(
+    let adamw = AdamW::new(
         sets.iter().flat_map(|set| set.vars()).collect(),
         AdamWSettings {
             learning_rate: settings.learning_rate,
@@ -397,7 +412,11 @@ pub fn optimizer(sets: &[&LoraAdapters], settings: &Settings) -> Result<AdamW> {
             epsilon: 1e-8,
             weight_decay: settings.weight_decay,
         },
-    )
+    )?;
+    Ok(match settings.loss_scale {
+        Some(scale) => adamw.with_loss_scaling(scale),
+        None => adamw,
+    })
 }
 
 /// A training run saved at a step: the factors and the optimiser's moments, with the
@@ -410,7 +429,11 @@ pub fn save_checkpoint(
     fingerprint: &str,
     path: &std::path::Path,
 ) -> std::result::Result<(), String> {
-    let mut tensors: Vec<(String, Tensor)> = optimizer.state().into_iter().collect();
+    let mut tensors: Vec<(String, Tensor)> = optimizer
+        .state()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .collect();
     for (module, adapter) in sets.iter().flat_map(|set| &set.modules) {
         tensors.push((format!("down.{module}"), adapter.down.as_tensor().clone()));
         tensors.push((format!("up.{module}"), adapter.up.as_tensor().clone()));
@@ -686,7 +709,22 @@ impl NoiseSchedule {
         };
         let times: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
         let times = Tensor::from_vec(times, batch, device)?;
-        let prediction = unet.forward_at(&noisy, &times, context, added)?;
+        // The UNet computes in its weights' dtype (mixed precision); the loss is f32.
+        let dtype = unet.dtype();
+        let added = added
+            .map(|a| -> Result<AddedConditioning> {
+                Ok(AddedConditioning {
+                    text_embeds: a.text_embeds.to_dtype(dtype)?,
+                    time_ids: a.time_ids.clone(),
+                })
+            })
+            .transpose()?;
+        let prediction = unet.forward_at(
+            &noisy.to_dtype(dtype)?,
+            &times,
+            &context.to_dtype(dtype)?,
+            added.as_ref(),
+        )?;
         (prediction.to_dtype(DType::F32)? - target.to_dtype(DType::F32)?)?
             .sqr()?
             .mean_all()
