@@ -298,15 +298,7 @@ mod run {
             ));
         }
         let (device, _, note) = select_device_for(&environment.device)?;
-        let refuse_sdxl_text = |base: &TrainingBase| {
-            if s.text_encoder && base.is_sdxl() {
-                Err(request(
-                    "training SDXL's text encoders is not supported yet: train its UNet (leave out --text-encoder / text_encoder: true)".into(),
-                ))
-            } else {
-                Ok(())
-            }
-        };
+
         if let Some(note) = note {
             progress.note(&note);
         }
@@ -315,7 +307,6 @@ mod run {
         let _lock = DeviceLock::acquire(&environment.lock_dir)?;
         let dtype = training_dtype(&device, environment.device.dtype.as_deref())?;
         let base = TrainingBase::load(&location, &device, dtype, hub_cache)?;
-        refuse_sdxl_text(&base)?;
         let factor = base.latent_factor();
         let native = base
             .unet_config
@@ -364,6 +355,7 @@ mod run {
                 latents: base.encode_image(&tensor, &latent_noise)?,
                 context: base.encode_caption(&image.caption)?,
                 tokens: base.tokenize(&image.caption)?,
+                tokens_2: base.tokenize_2(&image.caption)?,
                 added: base.added_conditioning(&image.caption, width, height)?,
             });
         }
@@ -397,8 +389,24 @@ mod run {
             })
             .transpose()
             .map_err(compute("training"))?;
+        // SDXL's second text encoder, from a third stream.
+        let text_adapters_2 = match (&base.text_2, s.text_encoder) {
+            (Some((_, weights)), true) => Some(
+                LoraAdapters::new(
+                    weights,
+                    &TEXT_ATTENTION_PROJECTIONS,
+                    s.rank,
+                    s.alpha,
+                    s.seed ^ 0x7465_7832,
+                    &device,
+                )
+                .map_err(compute("training"))?,
+            ),
+            _ => None,
+        };
         let mut sets = vec![&adapters];
         sets.extend(text_adapters.as_ref());
+        sets.extend(text_adapters_2.as_ref());
         let settings = Settings {
             loss_scale: (dtype == candle_core::DType::F16).then_some(65536.0),
             steps: s.steps,
@@ -431,11 +439,20 @@ mod run {
             unet_config: &base.unet_config,
             unet_weights: &base.unet_weights,
             schedule: &schedule,
+            dtype,
             text_encoder: text_adapters.as_ref().map(|adapters| TextEncoder {
                 config: &base.text_config,
                 weights: &base.text_weights,
                 adapters,
             }),
+            text_encoder_2: match (&base.text_2, &text_adapters_2) {
+                (Some((config, weights)), Some(adapters)) => Some(TextEncoder {
+                    config,
+                    weights,
+                    adapters,
+                }),
+                _ => None,
+            },
         };
         let every = job.checkpoint_every.max(1);
         let mut start = first;
@@ -483,7 +500,7 @@ mod run {
                 .map_err(|e| request(format!("{}: {e}", parent.display())))?;
         }
         adapters
-            .save_kohya(text_adapters.as_ref(), job.output, &metadata)
+            .save_kohya(&sets[1..], job.output, &metadata)
             .map_err(request)?;
         // Finished: the checkpoint has served.
         let _ = std::fs::remove_file(job.checkpoint);

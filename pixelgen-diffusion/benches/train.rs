@@ -58,6 +58,7 @@ fn pixelgen_steps_per_second(model: &Path, size: usize, steps: usize) -> f64 {
         )
         .unwrap(),
         tokens: Vec::new(),
+        tokens_2: Vec::new(),
         added: None,
     }];
     let adapters =
@@ -71,7 +72,9 @@ fn pixelgen_steps_per_second(model: &Path, size: usize, steps: usize) -> f64 {
         unet_config: &config,
         unet_weights: &frozen,
         schedule: &schedule,
+        dtype: candle_core::DType::F32,
         text_encoder: None,
+        text_encoder_2: None,
     };
     let mut started = None;
     train(

@@ -617,6 +617,9 @@ pub struct TrainingBase {
     /// The text encoder's config and f32 weights (`text_model.*`), for training it along.
     pub text_config: ClipConfig,
     pub text_weights: TensorMap,
+    /// SDXL's second text encoder's config and f32 weights (`text_model.*`,
+    /// `text_projection.*`), for training it along.
+    pub text_2: Option<(ClipConfig, TensorMap)>,
     vae: super::vae::VaeEncoder,
     tokenizer: ClipTokenizer,
     text_encoder: ClipTextModel,
@@ -651,12 +654,11 @@ impl TrainingBase {
             (None, _, _) => None,
             (Some(config), Some(map), Some(dir)) => {
                 let tokenizer = ClipTokenizer::from_dir(dir).map_err(invalid)?;
-                let encoder = ClipTextModel::new(
-                    builder(to_dtype(map, DType::F32)?, DType::F32, device),
-                    config,
-                )
-                .map_err(|e| invalid(format!("second text encoder: {e}")))?;
-                Some((tokenizer, encoder))
+                let weights = to_dtype(map, DType::F32)?;
+                let encoder =
+                    ClipTextModel::new(builder(weights.clone(), DType::F32, device), config)
+                        .map_err(|e| invalid(format!("second text encoder: {e}")))?;
+                Some((tokenizer, encoder, config.clone(), weights))
             }
             _ => {
                 return Err(invalid(
@@ -687,7 +689,10 @@ impl TrainingBase {
             vae,
             tokenizer,
             text_encoder,
-            second,
+            text_2: second
+                .as_ref()
+                .map(|(_, _, config, weights)| (config.clone(), weights.clone())),
+            second: second.map(|(tokenizer, encoder, _, _)| (tokenizer, encoder)),
             device: device.clone(),
         })
     }
@@ -718,6 +723,14 @@ impl TrainingBase {
         self.tokenizer
             .encode(caption)
             .map_err(DiffusionError::Request)
+    }
+
+    /// A caption's token ids for SDXL's second tokenizer (empty for SD 1.x and 2.x).
+    pub fn tokenize_2(&self, caption: &str) -> Result<Vec<u32>, DiffusionError> {
+        match &self.second {
+            Some((tokenizer, _)) => tokenizer.encode(caption).map_err(DiffusionError::Request),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Whether the model is SDXL (two text encoders, added conditioning).

@@ -176,15 +176,23 @@ impl LoraAdapters {
     }
 
     /// A builder over `frozen` in which each adapted weight is `W + scale · up · down`,
-    /// computed now from the factors' current values as part of the autograd graph.
-    ///
-    /// Mixed precision: the model computes in the frozen weights' dtype (bf16 on a GPU, say)
-    /// while the factors stay f32: the product is taken in f32 and cast to that dtype, so
-    /// the gradient reaches the f32 factors through the cast.
+    /// computed now from the factors' current values as part of the autograd graph; the
+    /// model computes in f32.
     pub fn weights(&self, frozen: &TensorMap, device: &Device) -> Result<VarBuilder<'static>> {
+        self.weights_in(frozen, device, DType::F32)
+    }
+
+    /// [`weights`](Self::weights) for a model computing in `dtype`. Mixed precision (bf16 or
+    /// f16): the factors stay f32, the product is taken in f32 and cast to `dtype`, so the
+    /// gradient reaches the f32 factors through the cast.
+    pub fn weights_in(
+        &self,
+        frozen: &TensorMap,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<VarBuilder<'static>> {
         let mut adapted = frozen.clone();
         let scale = self.scale();
-        let dtype = frozen.values().next().map_or(DType::F32, Tensor::dtype);
         for (module, adapter) in &self.modules {
             let name = format!("{module}.weight");
             let Some(weight) = frozen.get(&name) else {
@@ -225,6 +233,8 @@ pub struct Example {
     /// The caption's token ids, which the text encoder reads when it is trained too (the
     /// `context` then is computed again every step).
     pub tokens: Vec<u32>,
+    /// SDXL: the caption's token ids for the second tokenizer (empty otherwise).
+    pub tokens_2: Vec<u32>,
     /// SDXL: the caption's pooled embedding (`[projection_dim]`) and the image's time ids
     /// (`[6]`); `None` for SD 1.x and 2.x.
     pub added: Option<AddedConditioning>,
@@ -280,7 +290,14 @@ pub struct BaseModel<'a> {
     pub unet_config: &'a crate::config::UnetConfig,
     pub unet_weights: &'a TensorMap,
     pub schedule: &'a NoiseSchedule,
+    /// What the UNet computes in: f32, or bf16 / f16 for mixed precision (the factors,
+    /// the text encoders and the loss stay f32).
+    pub dtype: DType,
     pub text_encoder: Option<TextEncoder<'a>>,
+    /// SDXL's second text encoder, trained along with the first: the UNet is then
+    /// conditioned on both encoders' penultimate hidden states side by side and on the
+    /// second's pooled projection, all computed in the graph each step.
+    pub text_encoder_2: Option<TextEncoder<'a>>,
 }
 
 /// A text encoder trained along (diffusers' `--train_text_encoder`): its config, frozen
@@ -326,17 +343,34 @@ pub fn train(
             )
         };
         let latents = stack(|example| &example.latents)?;
-        let context = match &base.text_encoder {
-            None => stack(|example| &example.context)?,
-            Some(text) => {
-                let encoder = crate::clip::ClipTextModel::new(
-                    text.adapters.weights(text.weights, &device)?,
-                    text.config,
-                )?;
-                let ids: Vec<Vec<u32>> =
-                    chosen.iter().map(|&i| examples[i].tokens.clone()).collect();
-                encoder.forward(&ids, &device)?.last_hidden_state
+        let encode = |text: &TextEncoder, tokens: fn(&Example) -> &Vec<u32>| {
+            let encoder = crate::clip::ClipTextModel::new(
+                text.adapters.weights(text.weights, &device)?,
+                text.config,
+            )?;
+            let ids: Vec<Vec<u32>> = chosen
+                .iter()
+                .map(|&i| tokens(&examples[i]).clone())
+                .collect();
+            encoder.forward(&ids, &device)
+        };
+        let mut pooled = None;
+        let context = match (&base.text_encoder, &base.text_encoder_2) {
+            (None, None) => stack(|example| &example.context)?,
+            (Some(text), None) => encode(text, |e| &e.tokens)?.last_hidden_state,
+            (Some(first), Some(second)) => {
+                let first = encode(first, |e| &e.tokens)?;
+                let second = encode(second, |e| &e.tokens_2)?;
+                pooled = Some(second.pooled);
+                Tensor::cat(
+                    &[
+                        &first.penultimate_hidden_state,
+                        &second.penultimate_hidden_state,
+                    ],
+                    candle_core::D::Minus1,
+                )?
             }
+            (None, Some(_)) => bail!("a second text encoder is trained only with the first"),
         };
         let noise = Tensor::from_vec(
             noise::gaussian(
@@ -369,13 +403,17 @@ pub fn train(
                     Tensor::stack(&rows, 0)
                 };
                 Some(AddedConditioning {
-                    text_embeds: part(|a| &a.text_embeds)?,
+                    // Trained text encoders give the pooled embedding from the graph.
+                    text_embeds: match pooled {
+                        Some(pooled) => pooled,
+                        None => part(|a| &a.text_embeds)?,
+                    },
                     time_ids: part(|a| &a.time_ids)?,
                 })
             }
         };
         let unet = Unet::new(
-            adapters.weights(base.unet_weights, &device)?,
+            adapters.weights_in(base.unet_weights, &device, base.dtype)?,
             base.unet_config,
         )?;
         let loss = base.schedule.loss(
@@ -434,15 +472,35 @@ pub fn save_checkpoint(
         .map_err(|e| e.to_string())?
         .into_iter()
         .collect();
-    for (module, adapter) in sets.iter().flat_map(|set| &set.modules) {
-        tensors.push((format!("down.{module}"), adapter.down.as_tensor().clone()));
-        tensors.push((format!("up.{module}"), adapter.up.as_tensor().clone()));
+    for (set, module, adapter) in set_modules(sets) {
+        tensors.push((
+            format!("{set}down.{module}"),
+            adapter.down.as_tensor().clone(),
+        ));
+        tensors.push((format!("{set}up.{module}"), adapter.up.as_tensor().clone()));
     }
     let header = std::collections::HashMap::from([
         ("steps".to_owned(), optimizer.steps().to_string()),
         ("fingerprint".to_owned(), fingerprint.to_owned()),
     ]);
     write_safetensors(&tensors, header, path)
+}
+
+/// Every module of every set, with the prefix its checkpoint entries take: none for the
+/// first set (the UNet's), `s<i>.` for the others (two text encoders share module names).
+fn set_modules<'a>(
+    sets: &'a [&'a LoraAdapters],
+) -> impl Iterator<Item = (String, &'a String, &'a Adapter)> {
+    sets.iter().enumerate().flat_map(|(index, set)| {
+        let prefix = if index == 0 {
+            String::new()
+        } else {
+            format!("s{index}.")
+        };
+        set.modules
+            .iter()
+            .map(move |(module, adapter)| (prefix.clone(), module, adapter))
+    })
 }
 
 /// Writes `tensors` with `header` to `path` through a temporary file renamed into place, so
@@ -491,11 +549,11 @@ pub fn resume(
     let tensors = candle_core::safetensors::load_buffer(&bytes, &device)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let broken = |what: String| format!("{}: {what}", path.display());
-    for (module, adapter) in sets.iter().flat_map(|set| &set.modules) {
+    for (set, module, adapter) in set_modules(sets) {
         for (prefix, var) in [("down", &adapter.down), ("up", &adapter.up)] {
             let saved = tensors
-                .get(&format!("{prefix}.{module}"))
-                .ok_or_else(|| broken(format!("no `{prefix}.{module}`")))?;
+                .get(&format!("{set}{prefix}.{module}"))
+                .ok_or_else(|| broken(format!("no `{set}{prefix}.{module}`")))?;
             var.set(saved).map_err(|e| broken(e.to_string()))?;
         }
     }
@@ -524,20 +582,31 @@ pub struct KohyaMetadata {
 
 impl LoraAdapters {
     /// Writes the factors as a kohya-ss LoRA: `lora_unet_<module>` (the module path with
-    /// dots as underscores; `lora_te_<module>` for a `text_encoder` trained along)
+    /// dots as underscores; `lora_te_<module>` for a text encoder trained along, SDXL's two
+    /// as `lora_te1_` and `lora_te2_`)
     /// `.lora_down.weight`, `.lora_up.weight` and `.alpha`, in f32,
     /// with kohya's `ss_*` metadata. pixelgen, diffusers' `load_lora_weights` and
     /// A1111-style tools read this form. Written to a temporary file and renamed, so an
     /// interrupted save leaves the previous file whole.
     pub fn save_kohya(
         &self,
-        text_encoder: Option<&LoraAdapters>,
+        text_encoders: &[&LoraAdapters],
         path: &std::path::Path,
         metadata: &KohyaMetadata,
     ) -> std::result::Result<(), String> {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        let parts =
-            std::iter::once(("lora_unet_", self)).chain(text_encoder.map(|t| ("lora_te_", t)));
+        let text_prefixes: &[&str] = match text_encoders.len() {
+            0 => &[],
+            1 => &["lora_te_"],
+            2 => &["lora_te1_", "lora_te2_"],
+            n => return Err(format!("{n} text encoders: a model has one or two")),
+        };
+        let parts = std::iter::once(("lora_unet_", self)).chain(
+            text_prefixes
+                .iter()
+                .copied()
+                .zip(text_encoders.iter().copied()),
+        );
         for (prefix, set) in parts {
             let alpha = Tensor::new(set.alpha as f32, &Device::Cpu).map_err(|e| e.to_string())?;
             for (module, adapter) in &set.modules {
@@ -578,7 +647,7 @@ impl LoraAdapters {
             ("ss_unet_lr", metadata.learning_rate.to_string()),
             (
                 "ss_text_encoder_lr",
-                if text_encoder.is_some() {
+                if !text_encoders.is_empty() {
                     metadata.learning_rate.to_string()
                 } else {
                     "0".to_owned()
