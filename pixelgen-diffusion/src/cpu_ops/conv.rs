@@ -9,10 +9,18 @@
 //! convolutions need none), and gemm writes into the output rows directly, on top of the
 //! bias it was given as its starting value.
 //!
+//! Training: when gradients flow back through the input but the weight and bias are
+//! frozen (a LoRA on the attention only), the kernel runs forward too and its backward pass
+//! gives the input's gradient alone — for stride 1 as a convolution of the output's gradient
+//! with the flipped, transposed kernel on this same kernel. candle's own backward would
+//! also compute the frozen kernel's gradient (a convolution with an image-sized kernel,
+//! the costliest part of a training step's profile) only to throw it away.
+//!
 //! Invariants: f32 on the CPU, groups 1 and dilation 1 only ([`conv2d`] runs candle's
-//! `Conv2d` otherwise, so CUDA is unchanged); a task owns one (batch item, block of output
-//! rows, block of output channels) and runs gemm on one thread, so every output element
-//! sums its products in the same order on any number of threads.
+//! `Conv2d` otherwise, so CUDA is unchanged, and so does a weight that is being trained);
+//! a task owns one (batch item, block of output rows, block of output channels) and runs
+//! gemm on one thread, so every output element sums its products in the same order on any
+//! number of threads.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Module, Result, Shape, Tensor, bail};
 use candle_nn::Conv2d;
@@ -34,21 +42,28 @@ const MIN_TASKS: usize = 16;
 /// `conv.forward(xs)`, through the kernel for f32 CPU tensors.
 pub fn conv2d(conv: &Conv2d, xs: &Tensor) -> Result<Tensor> {
     let config = conv.config();
-    let mut tensors = vec![xs, conv.weight()];
-    tensors.extend(conv.bias());
-    if !super::on_cpu_f32(&tensors) || config.groups != 1 || config.dilation != 1 || xs.rank() != 4
-    {
+    let mut parameters = vec![conv.weight()];
+    parameters.extend(conv.bias());
+    // Only the input may carry gradients (the kernel's backward gives the input's alone).
+    let frozen = parameters.iter().all(|p| !p.track_op());
+    let on_cpu_f32 = std::iter::once(xs)
+        .chain(parameters.iter().copied())
+        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32);
+    if !on_cpu_f32 || !frozen || config.groups != 1 || config.dilation != 1 || xs.rank() != 4 {
         return conv.forward(xs);
     }
     let op = Conv {
         padding: config.padding,
         stride: config.stride,
     };
+    let training = xs.track_op();
     let xs = xs.contiguous()?;
     let weight = conv.weight().contiguous()?;
-    match conv.bias() {
-        Some(bias) => xs.apply_op3_no_bwd(&weight, &bias.contiguous()?, &op),
-        None => xs.apply_op2_no_bwd(&weight, &op),
+    match (conv.bias(), training) {
+        (Some(bias), false) => xs.apply_op3_no_bwd(&weight, &bias.contiguous()?, &op),
+        (None, false) => xs.apply_op2_no_bwd(&weight, &op),
+        (Some(bias), true) => xs.apply_op3(&weight, &bias.contiguous()?, op),
+        (None, true) => xs.apply_op2(&weight, op),
     }
 }
 
@@ -61,6 +76,17 @@ struct Conv {
 impl CustomOp2 for Conv {
     fn name(&self) -> &'static str {
         "pixelgen-conv2d"
+    }
+
+    /// The input's gradient only: [`conv2d`] takes this op only for a frozen weight.
+    fn bwd(
+        &self,
+        xs: &Tensor,
+        weight: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(self.input_gradient(xs, weight, grad)?), None))
     }
 
     fn cpu_fwd(
@@ -77,6 +103,18 @@ impl CustomOp2 for Conv {
 impl CustomOp3 for Conv {
     fn name(&self) -> &'static str {
         "pixelgen-conv2d-bias"
+    }
+
+    /// The input's gradient only: [`conv2d`] takes this op only for a frozen weight and bias.
+    fn bwd(
+        &self,
+        xs: &Tensor,
+        weight: &Tensor,
+        _: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(self.input_gradient(xs, weight, grad)?), None, None))
     }
 
     fn cpu_fwd(
@@ -120,6 +158,44 @@ impl Geometry {
 }
 
 impl Conv {
+    /// The gradient of the loss with respect to the convolution's input `xs`, given the
+    /// gradient `grad` of its output. Stride 1: the full correlation of `grad` with the
+    /// kernel flipped in space and with its channel axes swapped, which is a convolution of
+    /// padding `k - 1 - p`, on this kernel. Other strides: candle's transposed convolution,
+    /// as candle's own backward takes it.
+    fn input_gradient(&self, xs: &Tensor, weight: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        let (_, _, k_h, k_w) = weight.dims4()?;
+        let (_, _, in_h, in_w) = xs.dims4()?;
+        if self.stride != 1 || k_h != k_w || k_h < self.padding + 1 {
+            // The transposed convolution, with the output padding that restores the input's
+            // size; candle takes one for both axes, so the larger is used and the other
+            // axis cut back (output padding only extends the end; what comes before is the
+            // same). candle's own backward uses the height's for both, which fails when the
+            // axes need different ones.
+            let size = |grad_size: usize| (grad_size - 1) * self.stride + k_h - 2 * self.padding;
+            let extra = (in_h.saturating_sub(size(grad.dim(2)?)))
+                .max(in_w.saturating_sub(size(grad.dim(3)?)));
+            return grad
+                .conv_transpose2d(weight, self.padding, extra, self.stride, 1)?
+                .narrow(2, 0, in_h)?
+                .narrow(3, 0, in_w);
+        }
+        let flip = |t: &Tensor, dim: usize| -> Result<Tensor> {
+            let size = t.dim(dim)?;
+            if size == 1 {
+                return Ok(t.clone());
+            }
+            let reversed: Vec<u32> = (0..size as u32).rev().collect();
+            t.index_select(&Tensor::new(reversed.as_slice(), t.device())?, dim)
+        };
+        let turned = flip(&flip(&weight.transpose(0, 1)?.contiguous()?, 2)?, 3)?.contiguous()?;
+        let op = Conv {
+            padding: k_h - 1 - self.padding,
+            stride: 1,
+        };
+        grad.contiguous()?.apply_op2_no_bwd(&turned, &op)
+    }
+
     fn run(
         &self,
         xs: &CpuStorage,
@@ -414,5 +490,46 @@ mod tests {
     fn wrong_channels_are_an_error() {
         let conv = make(4, 6, 3, 1, 1, true);
         assert!(conv2d(&conv, &random(&[1, 5, 6, 6], 1, 1.0)).is_err());
+    }
+
+    /// Training through a frozen convolution: the kernel's backward gives the gradient
+    /// candle's own conv2d gives for the input (3×3 and 1×1, stride 1 and 2, with and
+    /// without bias, odd sizes; candle itself fails on strided inputs whose axes leave
+    /// different remainders), and no gradient for the frozen weight.
+    #[test]
+    fn the_input_gradient_is_candles() {
+        for (k, stride, padding, bias, size) in [
+            (3, 1, 1, true, (9, 7)),
+            (1, 1, 0, true, (6, 5)),
+            (3, 2, 1, false, (9, 9)),
+            (3, 2, 1, true, (8, 6)),
+            (3, 1, 1, false, (4, 4)),
+        ] {
+            let conv = make(5, 7, k, stride, padding, bias);
+            let input = random(&[2, 5, size.0, size.1], 3, 1.0);
+            let gradient_of = |ours: bool| {
+                let xs = candle_core::Var::from_tensor(&input).unwrap();
+                let out = if ours {
+                    conv2d(&conv, xs.as_tensor()).unwrap()
+                } else {
+                    conv.forward(xs.as_tensor()).unwrap()
+                };
+                let weights = random(out.dims(), 5, 1.0);
+                let grads = (out * weights)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                assert!(grads.get(conv.weight()).is_none() || !ours);
+                grads.get(xs.as_tensor()).unwrap().clone()
+            };
+            assert_close(
+                &gradient_of(true),
+                &gradient_of(false),
+                1e-5,
+                &format!("{k}×{k} stride {stride}, bias {bias}, {size:?}"),
+            );
+        }
     }
 }
