@@ -66,37 +66,19 @@ impl Cache {
         size: (u32, u32),
         hasher: &mut FileHasher,
     ) -> Lookup {
-        let path = self.path_of(key);
-        let output = match hasher.hash(&path) {
-            Ok(hash) => hash,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Missing,
-            Err(e) => {
-                return Lookup::Corrupt {
-                    reason: format!("cannot read it: {e}"),
-                };
+        check(&self.path_of(key), expected, hasher, || {
+            match self.read(key) {
+                Ok(image) if image.dimensions() == size => Ok(()),
+                Ok(image) => Err(format!(
+                    "it is {}×{}, not {}×{}",
+                    image.width(),
+                    image.height(),
+                    size.0,
+                    size.1
+                )),
+                Err(e) => Err(e.to_string()),
             }
-        };
-        match expected {
-            Some(expected) if expected == output.to_hex().as_str() => Lookup::Hit { output },
-            Some(_) => Lookup::Corrupt {
-                reason: "its content does not match the hash in sprites.lock".to_string(),
-            },
-            None => match self.read(key) {
-                Ok(image) if image.dimensions() == size => Lookup::Hit { output },
-                Ok(image) => Lookup::Corrupt {
-                    reason: format!(
-                        "it is {}×{}, not {}×{}",
-                        image.width(),
-                        image.height(),
-                        size.0,
-                        size.1
-                    ),
-                },
-                Err(e) => Lookup::Corrupt {
-                    reason: e.to_string(),
-                },
-            },
-        }
+        })
     }
 
     /// Creates the cache folder with a `.gitignore` for the files that must not be
@@ -156,25 +138,7 @@ impl Cache {
         hasher: &mut FileHasher,
     ) -> Lookup {
         let path = self.lora_path_of(key);
-        let output = match hasher.hash(&path) {
-            Ok(hash) => hash,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Missing,
-            Err(e) => {
-                return Lookup::Corrupt {
-                    reason: format!("cannot read it: {e}"),
-                };
-            }
-        };
-        match expected {
-            Some(expected) if expected == output.to_hex().as_str() => Lookup::Hit { output },
-            Some(_) => Lookup::Corrupt {
-                reason: "its content does not match the hash in sprites.lock".to_string(),
-            },
-            None => match safetensors_header_ok(&path) {
-                Ok(()) => Lookup::Hit { output },
-                Err(reason) => Lookup::Corrupt { reason },
-            },
-        }
+        check(&path, expected, hasher, || safetensors_header_ok(&path))
     }
 
     /// Where the raw generator output of a frame with raw key `key` is kept.
@@ -197,6 +161,35 @@ impl Cache {
     /// Stores raw generator output.
     pub fn write_raw(&self, key: &Key, image: &RgbaImage) -> std::io::Result<()> {
         write_atomically(&self.raw_path_of(key), &encode_png(image)?)
+    }
+}
+
+/// A cache file's state: missing, or hashed and compared with the lock file's `expected`
+/// hash, or with no record, checked by `readable` (decodes, right size, …).
+fn check(
+    path: &Path,
+    expected: Option<&str>,
+    hasher: &mut FileHasher,
+    readable: impl FnOnce() -> Result<(), String>,
+) -> Lookup {
+    let output = match hasher.hash(path) {
+        Ok(hash) => hash,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Lookup::Missing,
+        Err(e) => {
+            return Lookup::Corrupt {
+                reason: format!("cannot read it: {e}"),
+            };
+        }
+    };
+    match expected {
+        Some(expected) if expected == output.to_hex().as_str() => Lookup::Hit { output },
+        Some(_) => Lookup::Corrupt {
+            reason: "its content does not match the hash in sprites.lock".to_string(),
+        },
+        None => match readable() {
+            Ok(()) => Lookup::Hit { output },
+            Err(reason) => Lookup::Corrupt { reason },
+        },
     }
 }
 

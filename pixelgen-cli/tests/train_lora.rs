@@ -86,6 +86,18 @@ fn draw_family(
     );
 }
 
+/// The mean absolute difference of two images' channel values, in levels of 255.
+fn mean_abs_difference(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    let total: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| u64::from(x.abs_diff(*y)))
+        .sum();
+    total as f64 / a.as_raw().len() as f64
+}
+
 /// Every tensor of `ours` within 1e-4 of the largest value of the committed one.
 fn assert_close_to_committed(
     ours: &std::collections::HashMap<String, candle_core::Tensor>,
@@ -158,13 +170,7 @@ fn trains_the_committed_lora_again_and_diffusers_draws_what_pixelgen_draws_with_
         let theirs = image::open(train_dir.join(format!("{name}_trained_diffusers.png")))
             .unwrap()
             .to_rgb8();
-        let total: u64 = ours
-            .as_raw()
-            .iter()
-            .zip(theirs.as_raw())
-            .map(|(a, b)| u64::from(a.abs_diff(*b)))
-            .sum();
-        let mean = total as f64 / ours.as_raw().len() as f64;
+        let mean = mean_abs_difference(&ours, &theirs);
         eprintln!(
             "{name}: pixelgen vs diffusers with the trained LoRA: mean abs difference {mean:.4}/255"
         );
@@ -543,13 +549,7 @@ fn mixed_precision_training_draws_what_f32_training_draws() {
     let f32_trained = image::open(train_dir.join("sd1_trained_diffusers.png"))
         .unwrap()
         .to_rgb8();
-    let total: u64 = ours
-        .as_raw()
-        .iter()
-        .zip(f32_trained.as_raw())
-        .map(|(a, b)| u64::from(a.abs_diff(*b)))
-        .sum();
-    let mean = total as f64 / ours.as_raw().len() as f64;
+    let mean = mean_abs_difference(&ours, &f32_trained);
     eprintln!("f16-trained vs f32-trained LoRA's image: mean abs difference {mean:.4}/255");
     assert!(mean <= 0.5, "{mean}/255");
 }

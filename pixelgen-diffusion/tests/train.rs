@@ -52,6 +52,36 @@ fn with_prefix(step: &TensorMap, prefix: &str) -> TensorMap {
         .collect()
 }
 
+/// transformers 5 names a text encoder's modules without `text_model.`; pixelgen's CLIP
+/// (like its loader) wants it (the projection keeps its name).
+fn prefixed(map: TensorMap) -> TensorMap {
+    map.into_iter()
+        .map(|(k, v)| {
+            if k.starts_with("text_model.") || k.starts_with("text_projection") {
+                (k, v)
+            } else {
+                (format!("text_model.{k}"), v)
+            }
+        })
+        .collect()
+}
+
+/// The two captions' token ids a step fixture stored (as f32) under `name`.
+fn token_ids(step: &TensorMap, name: &str) -> Vec<Vec<u32>> {
+    (0..2)
+        .map(|i| {
+            step[name]
+                .get(i)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(|v| v as u32)
+                .collect()
+        })
+        .collect()
+}
+
 /// The timesteps a step fixture drew.
 fn timesteps_of(step: &TensorMap) -> Vec<usize> {
     step["timesteps"]
@@ -569,19 +599,6 @@ fn one_step_with_the_text_encoder_matches_pytorch_peft() {
         let load = |path: &str| -> TensorMap {
             candle_core::safetensors::load(model.join(path), &Device::Cpu).unwrap()
         };
-        // transformers 5 names the text encoder's modules without `text_model.`; pixelgen's
-        // CLIP (like its loader) wants it.
-        let prefixed = |map: TensorMap| -> TensorMap {
-            map.into_iter()
-                .map(|(k, v)| {
-                    if k.starts_with("text_model.") || k.starts_with("text_projection") {
-                        (k, v)
-                    } else {
-                        (format!("text_model.{k}"), v)
-                    }
-                })
-                .collect()
-        };
         let (unet_frozen, text_frozen) = (
             load("unet/diffusion_pytorch_model.safetensors"),
             prefixed(load("text_encoder/model.safetensors")),
@@ -598,18 +615,7 @@ fn one_step_with_the_text_encoder_matches_pytorch_peft() {
             &clip_config,
         )
         .unwrap();
-        let ids: Vec<Vec<u32>> = (0..2)
-            .map(|i| {
-                step["input_ids"]
-                    .get(i)
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()
-                    .into_iter()
-                    .map(|v| v as u32)
-                    .collect()
-            })
-            .collect();
+        let ids = token_ids(&step, "input_ids");
         let context = text_encoder
             .forward(&ids, &Device::Cpu)
             .unwrap()
@@ -787,33 +793,6 @@ fn one_sdxl_step_with_both_text_encoders_matches_pytorch_peft() {
             })
             .collect()
     };
-    // transformers 5 names the encoders' modules without `text_model.`; pixelgen's CLIP
-    // wants it (the projection keeps its name).
-    let prefixed = |map: TensorMap| -> TensorMap {
-        map.into_iter()
-            .map(|(k, v)| {
-                if k.starts_with("text_model.") || k.starts_with("text_projection") {
-                    (k, v)
-                } else {
-                    (format!("text_model.{k}"), v)
-                }
-            })
-            .collect()
-    };
-    let ids = |name: &str| -> Vec<Vec<u32>> {
-        (0..2)
-            .map(|i| {
-                step[name]
-                    .get(i)
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap()
-                    .into_iter()
-                    .map(|v| v as u32)
-                    .collect()
-            })
-            .collect()
-    };
     let unet_adapters = LoraAdapters::from_peft(&with_prefix(&step, "factor."), "", 8.0).unwrap();
     let mut encoders = Vec::new();
     for (folder, factors, tokens) in [
@@ -829,7 +808,9 @@ fn one_sdxl_step_with_both_text_encoders_matches_pytorch_peft() {
             &clip_config,
         )
         .unwrap();
-        let output = encoder.forward(&ids(tokens), &Device::Cpu).unwrap();
+        let output = encoder
+            .forward(&token_ids(&step, tokens), &Device::Cpu)
+            .unwrap();
         encoders.push((adapters, output));
     }
     let context = Tensor::cat(
