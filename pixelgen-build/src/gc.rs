@@ -186,11 +186,7 @@ fn lora_entries(dir: &Path) -> Vec<(PathBuf, String, u64)> {
         .filter_map(|file| {
             let name = file.file_name();
             let key = name.to_str()?.strip_suffix(".safetensors")?;
-            let hex = key.len() == 64
-                && key
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-            hex.then(|| {
+            is_hex(key, 64).then(|| {
                 let size = file.metadata().map_or(0, |m| m.len());
                 (file.path(), key.to_owned(), size)
             })
@@ -200,13 +196,15 @@ fn lora_entries(dir: &Path) -> Vec<(PathBuf, String, u64)> {
     found
 }
 
+/// Whether `s` is `len` lowercase hex digits (how keys are written in file names).
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Every entry file `<dir>/ab/<64 hex>.png`: its path, key and size, sorted.
 fn entries(dir: &Path) -> Vec<(PathBuf, String, u64)> {
-    let is_hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
     let mut found = Vec::new();
     let Ok(folders) = std::fs::read_dir(dir) else {
         return found;

@@ -578,11 +578,11 @@ impl Session {
                     },
                 )
                 .collect();
-            models.extend(self.loras_to_train(&statuses).into_iter().map(|index| {
-                self.manifest.trained_loras[self.trained[index].lora]
-                    .model
-                    .as_str()
-            }));
+            models.extend(
+                self.loras_to_train(&statuses)
+                    .into_iter()
+                    .map(|index| self.manifest.trained_loras[index].model.as_str()),
+            );
             let mut downloaded = false;
             for model in models {
                 downloaded |=
@@ -648,19 +648,13 @@ impl Session {
                 },
             );
         }
-        for planned in &self.trained {
-            let name = &self.manifest.trained_loras[planned.lora].name;
-            let key = planned.key.to_hex();
-            let expected = self
-                .lock
-                .trained_loras
-                .get(name)
-                .filter(|l| l.key == key && !l.output.is_empty())
-                .map(|l| l.output.clone());
-            match self
-                .cache
-                .lookup_lora(&planned.key, expected.as_deref(), &mut self.hasher)
-            {
+        for index in 0..self.trained.len() {
+            let lookup = self.lora_lookup(index);
+            let (planned, name) = (
+                &self.trained[index],
+                &self.manifest.trained_loras[index].name,
+            );
+            match lookup {
                 Lookup::Hit { output } => {
                     lock.files.extend(
                         planned
@@ -671,7 +665,7 @@ impl Session {
                     lock.trained_loras.insert(
                         name.clone(),
                         LockedLora {
-                            key,
+                            key: planned.key.to_hex(),
                             inputs: planned.inputs.clone(),
                             output: output.to_hex().to_string(),
                         },
@@ -899,18 +893,28 @@ impl Session {
             .collect()
     }
 
-    /// Whether the trained LoRA `index` (into `trained`) is in the cache, and if not, why.
-    fn lora_status(&mut self, index: usize) -> LoraStatus {
+    /// The cache's trained file for LoRA `index`, checked against the hash the lock
+    /// recorded for the same key.
+    fn lora_lookup(&mut self, index: usize) -> Lookup {
         let planned = &self.trained[index];
-        let spec = &self.manifest.trained_loras[planned.lora];
         let key = planned.key.to_hex();
-        let locked = self.lock.trained_loras.get(&spec.name);
-        let expected = locked
+        let expected = self
+            .lock
+            .trained_loras
+            .get(&self.manifest.trained_loras[index].name)
             .filter(|l| l.key == key && !l.output.is_empty())
             .map(|l| l.output.as_str());
-        let lookup = self
-            .cache
-            .lookup_lora(&planned.key, expected, &mut self.hasher);
+        self.cache
+            .lookup_lora(&planned.key, expected, &mut self.hasher)
+    }
+
+    /// Whether the trained LoRA `index` (into `trained`) is in the cache, and if not, why.
+    fn lora_status(&mut self, index: usize) -> LoraStatus {
+        let lookup = self.lora_lookup(index);
+        let planned = &self.trained[index];
+        let spec = &self.manifest.trained_loras[index];
+        let key = planned.key.to_hex();
+        let locked = self.lock.trained_loras.get(&spec.name);
         let path = || planned.file.display().to_string();
         let reasons = match (&lookup, locked) {
             (Lookup::Hit { .. }, _) => Vec::new(),
@@ -959,9 +963,9 @@ impl Session {
         let mut reasons = Vec::new();
         for name in planned.loras.iter().filter_map(|l| l.trained.as_ref()) {
             let Some(lora) = self
-                .trained
-                .iter()
-                .find(|t| self.manifest.trained_loras[t.lora].name == *name)
+                .manifest
+                .trained_lora_index(name)
+                .map(|index| &self.trained[index])
             else {
                 continue;
             };
@@ -1009,15 +1013,13 @@ impl Session {
             if !draws {
                 continue;
             }
-            for name in planned.loras.iter().filter_map(|l| l.trained.as_ref()) {
-                if let Some(index) = self
-                    .trained
+            needed.extend(
+                planned
+                    .loras
                     .iter()
-                    .position(|t| self.manifest.trained_loras[t.lora].name == *name)
-                {
-                    needed.insert(index);
-                }
-            }
+                    .filter_map(|l| l.trained.as_ref())
+                    .filter_map(|name| self.manifest.trained_lora_index(name)),
+            );
         }
         needed.into_iter().collect()
     }
@@ -1025,7 +1027,7 @@ impl Session {
     /// Trains the LoRA `index` (into `trained`) into the cache.
     fn train(&mut self, index: usize, progress: &mut dyn Progress) -> Result<(), Error> {
         let planned = &self.trained[index];
-        let spec = &self.manifest.trained_loras[planned.lora];
+        let spec = &self.manifest.trained_loras[index];
         let failed = |message: String| {
             Error::Train(Box::new(
                 crate::diagnostics::Diagnostic::new(

@@ -159,7 +159,7 @@ impl InputFile {
 pub struct Plan {
     /// In the order of `Manifest::sprites`.
     pub sprites: Vec<PlannedSprite>,
-    /// In the order of `Manifest::trained_loras`.
+    /// In the order of `Manifest::trained_loras`: `loras[i]` plans `trained_loras[i]`.
     pub loras: Vec<PlannedLora>,
 }
 
@@ -193,8 +193,6 @@ pub struct ResolvedLora {
 /// settings, and where the trained file lives in the cache.
 #[derive(Debug, Clone)]
 pub struct PlannedLora {
-    /// Index into `Manifest::trained_loras`.
-    pub lora: usize,
     pub key: Key,
     /// `cache/lora/<key>.safetensors`.
     pub file: PathBuf,
@@ -496,8 +494,7 @@ pub fn plan(
     let loras = manifest
         .trained_loras
         .iter()
-        .enumerate()
-        .map(|(index, lora)| plan_lora(&manifest.source, index, lora, &mut files, cache))
+        .map(|lora| plan_lora(&manifest.source, lora, &mut files, cache))
         .collect::<Result<Vec<_>, _>>()?;
     let sprites = manifest
         .sprites
@@ -521,7 +518,6 @@ pub fn plan(
 /// setting, and each image's name, bytes and caption (sorted by name).
 fn plan_lora(
     source_file: &SourceFile,
-    index: usize,
     lora: &TrainedLoraSpec,
     input_files: &mut InputFiles<'_>,
     cache: &Cache,
@@ -569,7 +565,6 @@ fn plan_lora(
     }
     let key = Key(*all.finalize().as_bytes());
     Ok(PlannedLora {
-        lora: index,
         file: cache.lora_path_of(&key),
         key,
         images,
@@ -732,9 +727,9 @@ fn plan_sprite(
             }
             LoraSource::Trained(name) => {
                 // The manifest checked that every name is declared.
-                let Some(planned) = trained
-                    .iter()
-                    .find(|p| manifest.trained_loras[p.lora].name == *name)
+                let Some(planned) = manifest
+                    .trained_lora_index(name)
+                    .and_then(|index| trained.get(index))
                 else {
                     continue;
                 };

@@ -250,7 +250,7 @@ mod run {
     use crate::generate::diffusion::candle_core::{self, Tensor};
     use crate::generate::diffusion::noise::{self, Stream};
     use crate::generate::diffusion::train::{
-        ATTENTION_PROJECTIONS, BaseModel, Example, KohyaMetadata, LoraAdapters, NoiseSchedule,
+        ATTENTION_PROJECTIONS, BaseModel, KohyaMetadata, LoraAdapters, NoiseSchedule,
         RESNET_CONVOLUTIONS, Settings, TEXT_ATTENTION_PROJECTIONS, TextEncoder, optimizer, resume,
         save_checkpoint, train,
     };
@@ -351,13 +351,7 @@ mod run {
                 &device,
             )
             .map_err(compute("training image"))?;
-            examples.push(Example {
-                latents: base.encode_image(&tensor, &latent_noise)?,
-                context: base.encode_caption(&image.caption)?,
-                tokens: base.tokenize(&image.caption)?,
-                tokens_2: base.tokenize_2(&image.caption)?,
-                added: base.added_conditioning(&image.caption, width, height)?,
-            });
+            examples.push(base.example(&tensor, &latent_noise, &image.caption)?);
         }
 
         let schedule = NoiseSchedule::new(&base.scheduler).map_err(request)?;

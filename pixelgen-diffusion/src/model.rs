@@ -718,45 +718,47 @@ impl TrainingBase {
         self.vae_config.scale_factor()
     }
 
-    /// A caption's token ids, padded as the text encoder reads them.
-    pub fn tokenize(&self, caption: &str) -> Result<Vec<u32>, DiffusionError> {
-        self.tokenizer
-            .encode(caption)
-            .map_err(DiffusionError::Request)
-    }
-
-    /// A caption's token ids for SDXL's second tokenizer (empty for SD 1.x and 2.x).
-    pub fn tokenize_2(&self, caption: &str) -> Result<Vec<u32>, DiffusionError> {
-        match &self.second {
-            Some((tokenizer, _)) => tokenizer.encode(caption).map_err(DiffusionError::Request),
-            None => Ok(Vec::new()),
-        }
-    }
-
-    /// Whether the model is SDXL (two text encoders, added conditioning).
-    pub fn is_sdxl(&self) -> bool {
-        self.second.is_some()
-    }
-
-    /// A caption's hidden states, `[tokens, dim]`, as the UNet is conditioned on them: the
-    /// text encoder's last hidden state, or for SDXL both encoders' penultimate ones side
-    /// by side (as diffusers' SDXL training script's `encode_prompt`).
-    pub fn encode_caption(&self, caption: &str) -> Result<Tensor, DiffusionError> {
+    /// One training example: `image` (`[3, h, w]`, values in [-1, 1]) encoded with
+    /// `noise` (see [`encode_image`](Self::encode_image)), and `caption` run once through
+    /// each text encoder. The context is the text encoder's last hidden state, or for SDXL
+    /// both encoders' penultimate ones side by side, with SDXL's added conditioning: the
+    /// second encoder's pooled projection and the time ids (original size, crop top-left
+    /// (0, 0) — images are padded, never cropped — and target size), as diffusers' SDXL
+    /// training script's `encode_prompt` and `compute_time_ids`. The token ids are kept
+    /// for training the text encoders.
+    pub fn example(
+        &self,
+        image: &Tensor,
+        noise: &Tensor,
+        caption: &str,
+    ) -> Result<super::train::Example, DiffusionError> {
         let compute = |e: candle_core::Error| DiffusionError::Compute {
             what: "text encoder",
             message: e.to_string(),
         };
-        let ids = self.tokenize(caption)?;
+        let latents = self.encode_image(image, noise)?;
+        let tokens = self
+            .tokenizer
+            .encode(caption)
+            .map_err(DiffusionError::Request)?;
         let first = self
             .text_encoder
-            .forward(&[ids], &self.device)
+            .forward(std::slice::from_ref(&tokens), &self.device)
             .map_err(compute)?;
         let Some((tokenizer, encoder)) = &self.second else {
-            return first.last_hidden_state.get(0).map_err(compute);
+            return Ok(super::train::Example {
+                latents,
+                context: first.last_hidden_state.get(0).map_err(compute)?,
+                tokens,
+                tokens_2: Vec::new(),
+                added: None,
+            });
         };
-        let ids = tokenizer.encode(caption).map_err(DiffusionError::Request)?;
-        let second = encoder.forward(&[ids], &self.device).map_err(compute)?;
-        Tensor::cat(
+        let tokens_2 = tokenizer.encode(caption).map_err(DiffusionError::Request)?;
+        let second = encoder
+            .forward(std::slice::from_ref(&tokens_2), &self.device)
+            .map_err(compute)?;
+        let context = Tensor::cat(
             &[
                 &first.penultimate_hidden_state,
                 &second.penultimate_hidden_state,
@@ -764,38 +766,21 @@ impl TrainingBase {
             candle_core::D::Minus1,
         )
         .and_then(|t| t.get(0))
-        .map_err(compute)
-    }
-
-    /// SDXL's added conditioning for one training image of `width`×`height` pixels: the
-    /// caption's pooled, projected embedding from the second encoder (`[projection_dim]`)
-    /// and the time ids (original size, crop top-left (0, 0): images are padded, never
-    /// cropped, and target size: `[6]`). `None` for SD 1.x and 2.x.
-    pub fn added_conditioning(
-        &self,
-        caption: &str,
-        width: usize,
-        height: usize,
-    ) -> Result<Option<super::unet::AddedConditioning>, DiffusionError> {
-        let Some((tokenizer, encoder)) = &self.second else {
-            return Ok(None);
-        };
-        let compute = |e: candle_core::Error| DiffusionError::Compute {
-            what: "text encoder",
-            message: e.to_string(),
-        };
-        let ids = tokenizer.encode(caption).map_err(DiffusionError::Request)?;
-        let pooled = encoder
-            .forward(&[ids], &self.device)
-            .and_then(|out| out.pooled.get(0))
-            .map_err(compute)?;
+        .map_err(compute)?;
+        let (_, height, width) = image.dims3().map_err(compute)?;
         let (h, w) = (height as f32, width as f32);
         let time_ids =
             Tensor::from_vec(vec![h, w, 0.0, 0.0, h, w], 6, &self.device).map_err(compute)?;
-        Ok(Some(super::unet::AddedConditioning {
-            text_embeds: pooled,
-            time_ids,
-        }))
+        Ok(super::train::Example {
+            latents,
+            context,
+            tokens,
+            tokens_2,
+            added: Some(super::unet::AddedConditioning {
+                text_embeds: second.pooled.get(0).map_err(compute)?,
+                time_ids,
+            }),
+        })
     }
 
     /// An image (`[3, h, w]`, values in [-1, 1]) to the latents training denoises: a

@@ -90,6 +90,13 @@ pub struct SpriteSpec {
 }
 
 impl Manifest {
+    /// Where the trained LoRA `name` is in `trained_loras` (and in the plan's `loras`).
+    pub fn trained_lora_index(&self, name: &LoraName) -> Option<usize> {
+        self.trained_loras
+            .binary_search_by(|lora| lora.name.cmp(name))
+            .ok()
+    }
+
     /// The LoRA files the sprites name and the image folders of the trained LoRAs: what
     /// a build reruns for and `watch` watches, besides the manifest and its palettes.
     pub fn lora_inputs(&self) -> std::collections::BTreeSet<&Path> {
