@@ -125,7 +125,8 @@ impl Build {
             .iter()
             .filter_map(|s| match &s.generator {
                 crate::manifest::GeneratorSpec::Diffusion { model, .. } => Some(model.as_str()),
-                crate::manifest::GeneratorSpec::Procedural => None,
+                crate::manifest::GeneratorSpec::Procedural
+                | crate::manifest::GeneratorSpec::Server(_) => None,
             })
             .chain(
                 session

@@ -37,6 +37,10 @@ pub const VARIABLES: &[&str] = &[
     "HF_ENDPOINT",
     "HF_TOKEN",
     "RAYON_NUM_THREADS",
+    "PIXELGEN_IMAGE_SERVERS",
+    "PIXELGEN_ALLOW_HTTP",
+    "PIXELGEN_IMAGE_SERVER_TOKEN",
+    "PIXELGEN_IMAGE_SERVER_TIMEOUT",
 ];
 
 /// What cargo sets for a build script; it reruns the script itself when they change.
@@ -66,6 +70,23 @@ pub struct Environment {
     pub hub: HubSettings,
     /// The system's temporary folder.
     pub temp_dir: PathBuf,
+    /// Where `Server` sprites are drawn, and how they may be reached.
+    pub image_servers: ImageServerSettings,
+}
+
+/// `PIXELGEN_IMAGE_SERVERS`, `PIXELGEN_ALLOW_HTTP`, `PIXELGEN_IMAGE_SERVER_TOKEN` and
+/// `PIXELGEN_IMAGE_SERVER_TIMEOUT`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ImageServerSettings {
+    /// Replaces every Server sprite's URL list (a workspace's servers in one place:
+    /// `.cargo/config.toml`'s `[env]`); separated by commas or spaces.
+    pub urls: Option<Vec<String>>,
+    /// Hosts that may be reached over plain HTTP besides loopback.
+    pub allow_http: Vec<String>,
+    /// Sent as `Authorization: Bearer …` to every image server.
+    pub token: Option<Secret>,
+    /// Seconds a server may hold work without finishing a frame before it is given up.
+    pub stall_timeout_secs: Option<u64>,
 }
 
 impl Default for Environment {
@@ -124,6 +145,20 @@ impl Environment {
                 token: text("HF_TOKEN").filter(|t| !t.is_empty()).map(Secret),
             },
             temp_dir,
+            image_servers: ImageServerSettings {
+                urls: text("PIXELGEN_IMAGE_SERVERS")
+                    .map(|urls| list(&urls))
+                    .filter(|urls| !urls.is_empty()),
+                allow_http: text("PIXELGEN_ALLOW_HTTP")
+                    .map(|hosts| list(&hosts))
+                    .unwrap_or_default(),
+                token: text("PIXELGEN_IMAGE_SERVER_TOKEN")
+                    .filter(|t| !t.is_empty())
+                    .map(Secret),
+                stall_timeout_secs: text("PIXELGEN_IMAGE_SERVER_TIMEOUT")
+                    .and_then(|t| t.parse().ok())
+                    .filter(|t| *t > 0),
+            },
         }
     }
 
@@ -173,6 +208,14 @@ impl Default for DeviceRequest {
     }
 }
 
+/// A list written with commas or spaces.
+fn list(text: &str) -> Vec<String> {
+    text.split([',', ' ', '\n', '\t'])
+        .filter(|item| !item.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Whether a variable is set to something other than empty, 0, false or no.
 pub fn truthy(value: Option<&OsStr>) -> bool {
     value.is_some_and(|v| {
@@ -203,6 +246,39 @@ mod tests {
         assert_eq!(e.hub.cache_dir, None);
         assert!(e.hub.downloads_allowed);
         assert_eq!(e.cache_dir_for(Path::new("/game")), None);
+    }
+
+    #[test]
+    fn image_server_settings_are_lists_and_a_secret() {
+        let e = env(&[
+            (
+                "PIXELGEN_IMAGE_SERVERS",
+                "http://127.0.0.1:9091, http://127.0.0.1:9092",
+            ),
+            ("PIXELGEN_ALLOW_HTTP", "gpu-1 gpu-2"),
+            ("PIXELGEN_IMAGE_SERVER_TOKEN", "hunter2"),
+            ("PIXELGEN_IMAGE_SERVER_TIMEOUT", "30"),
+        ]);
+        let servers = &e.image_servers;
+        assert_eq!(
+            servers.urls.as_deref(),
+            Some(
+                &[
+                    "http://127.0.0.1:9091".to_string(),
+                    "http://127.0.0.1:9092".to_string()
+                ][..]
+            )
+        );
+        assert_eq!(servers.allow_http, ["gpu-1", "gpu-2"]);
+        assert_eq!(servers.stall_timeout_secs, Some(30));
+        assert!(
+            !format!("{e:?}").contains("hunter2"),
+            "the token is not printed"
+        );
+        assert_eq!(
+            env(&[("PIXELGEN_IMAGE_SERVERS", " ")]).image_servers.urls,
+            None
+        );
     }
 
     #[test]

@@ -201,6 +201,8 @@ impl fmt::Display for Summary {
 pub trait Progress {
     fn start(&mut self, _frames_to_generate: usize) {}
     fn frame_done(&mut self, _frame: &FrameId) {}
+    /// An image server finished a frame (called just before `frame_done` for it).
+    fn server_frame_done(&mut self, _server: &str) {}
     /// A stale trained LoRA is being trained: `done` of `steps` steps, the last loss.
     fn training(&mut self, _lora: &LoraName, _done: usize, _steps: usize, _loss: f32) {}
 }
@@ -285,6 +287,10 @@ pub struct Session {
     /// Where to look for `cargo pixelgen serve`; `None`: always in-process.
     #[cfg(unix)]
     server: Option<crate::serve::WarmServer>,
+    /// Model identities the image servers reported this run (online builds only).
+    reported: BTreeMap<InputFile, blake3::Hash>,
+    /// The image servers of Server sprites, asked once per run.
+    connections: generate::server::Connections,
 }
 
 impl Session {
@@ -335,6 +341,8 @@ impl Session {
             environment: environment.clone(),
             #[cfg(unix)]
             server: None,
+            reported: BTreeMap::new(),
+            connections: generate::server::Connections::new(environment.image_servers.clone()),
         })
     }
 
@@ -518,6 +526,11 @@ impl Session {
             }
             held_back
         };
+        let mut notes = Vec::new();
+        if !offline {
+            // Online, the image servers say which model their Server sprites' keys cover.
+            notes.extend(self.ask_servers_for_models(&held)?);
+        }
         let mut statuses = self.all_statuses();
         let mut held_back = hold(&mut statuses);
         let stale_count = statuses
@@ -542,7 +555,6 @@ impl Session {
             }));
         }
         let mut generated = 0;
-        let mut notes = Vec::new();
         if stale_count > 0 {
             // One generating process at a time per cache: parallel build scripts would
             // otherwise load models (and draw the same sprites) at once.
@@ -574,7 +586,8 @@ impl Session {
                 .filter_map(
                     |(_, planned)| match &self.manifest.sprites[planned.sprite].generator {
                         manifest::GeneratorSpec::Diffusion { model, .. } => Some(model.as_str()),
-                        manifest::GeneratorSpec::Procedural => None,
+                        manifest::GeneratorSpec::Procedural
+                        | manifest::GeneratorSpec::Server(_) => None,
                     },
                 )
                 .collect();
@@ -592,7 +605,10 @@ impl Session {
                 let replanned = plan_timed(
                     &self.manifest,
                     &mut self.hasher,
-                    &self.lock,
+                    &ReportedOverLock {
+                        reported: &self.reported,
+                        lock: &self.lock,
+                    },
                     offline,
                     self.environment.hub.cache_dir.as_deref(),
                     &self.cache,
@@ -699,6 +715,215 @@ impl Session {
         })
     }
 
+    /// Asks the image servers of the (not held back) InvokeAI Server sprites for their
+    /// model's identity and plans again with it. A model no server answered for keeps
+    /// the identity the lock recorded (with a note): its sprites stay fresh if they were.
+    fn ask_servers_for_models(&mut self, held: &[bool]) -> Result<Vec<String>, Error> {
+        let mut notes = Vec::new();
+        let mut asked = std::collections::BTreeSet::new();
+        for (planned, &held) in self.plan.iter().zip(held) {
+            let sprite = &self.manifest.sprites[planned.sprite];
+            let manifest::GeneratorSpec::Server(spec) = &sprite.generator else {
+                continue;
+            };
+            if held
+                || spec.kind != generate::server::ServerKind::InvokeAI
+                || !asked.insert(spec.model.clone())
+            {
+                continue;
+            }
+            let (identity, unreachable) = self.connections.identity(spec).map_err(|message| {
+                generate::GenerateError::Failed {
+                    sprite: sprite.name.clone(),
+                    message,
+                }
+            })?;
+            match identity {
+                Some(identity) => {
+                    self.reported
+                        .insert(InputFile::ServerModel(spec.model.clone()), identity);
+                    notes.extend(unreachable);
+                }
+                None => notes.push(format!(
+                    "no image server answered about model `{}` ({}); its identity comes from sprites.lock",
+                    spec.model,
+                    unreachable.join("; ")
+                )),
+            }
+        }
+        if !self.reported.is_empty() {
+            let replanned = plan_timed(
+                &self.manifest,
+                &mut self.hasher,
+                &ReportedOverLock {
+                    reported: &self.reported,
+                    lock: &self.lock,
+                },
+                false,
+                self.environment.hub.cache_dir.as_deref(),
+                &self.cache,
+                &mut self.timings,
+            )?;
+            self.plan = replanned.sprites;
+            self.trained = replanned.loras;
+        }
+        Ok(notes)
+    }
+
+    /// Draws `jobs` (frames of Server sprites that share a [`BatchKey`]) on their image
+    /// servers, storing each frame as it arrives. Frames the servers could not draw fail
+    /// together at the end, after every other frame is stored.
+    fn draw_on_servers(
+        &self,
+        connections: &mut generate::server::Connections,
+        jobs: &[(usize, u32)],
+        statuses: &mut [(SpriteStatus, Vec<Lookup>)],
+        progress: &mut dyn Progress,
+        timings: &mut Timings,
+        drawn_by: &mut BTreeMap<String, usize>,
+    ) -> Result<Vec<String>, Error> {
+        use generate::server::{FrameRequest, ServerKind, ServerLora, fanout};
+        let planned = &self.plan[jobs[0].0];
+        let sprite = &self.manifest.sprites[planned.sprite];
+        let manifest::GeneratorSpec::Server(spec) = &sprite.generator else {
+            return Ok(Vec::new());
+        };
+        let failed = |message: String| {
+            Error::Generate(generate::GenerateError::Failed {
+                sprite: sprite.name.clone(),
+                message,
+            })
+        };
+        // The identity the keys cover (what the servers reported, or the lock's).
+        let identity = planned
+            .files
+            .get(&InputFile::ServerModel(spec.model.clone()))
+            .and_then(|hex| blake3::Hash::from_hex(hex).ok())
+            .unwrap_or(blake3::hash(b"no identity"));
+        let mut loras = Vec::with_capacity(planned.loras.len());
+        for lora in &planned.loras {
+            let content_hash = match &lora.trained {
+                // A trained LoRA's "hash" is its key; the server knows it by its bytes.
+                Some(_) => std::fs::read(&lora.file)
+                    .map(|bytes| blake3::hash(&bytes).to_hex().to_string())
+                    .map_err(|e| failed(format!("cannot read {}: {e}", lora.file.display())))?,
+                None => lora.hash.clone(),
+            };
+            loras.push(ServerLora {
+                file: lora.file.clone(),
+                content_hash,
+                weight: lora.weight,
+            });
+        }
+        let (servers, left_out) = connections
+            .servers(spec, &loras, identity)
+            .map_err(&failed)?;
+        if servers.is_empty() {
+            return Err(failed(format!(
+                "no image server can draw it:\n  {}",
+                left_out.join("\n  ")
+            )));
+        }
+        let mut notes: Vec<String> = left_out
+            .into_iter()
+            .map(|why| format!("left out of this run: {why}"))
+            .collect();
+        let names: Vec<String> = servers.iter().map(|s| s.endpoint().short()).collect();
+        let mut failures: Vec<(FrameId, String)> = Vec::new();
+        let mut requests = Vec::with_capacity(jobs.len());
+        let mut sent = Vec::with_capacity(jobs.len());
+        for &(i, frame) in jobs {
+            let sprite = &self.manifest.sprites[self.plan[i].sprite];
+            let seed = generate::frame_seed(sprite.seed, frame);
+            if spec.kind == ServerKind::InvokeAI && seed > generate::server::invokeai::MAX_SEED {
+                failures.push((
+                    sprite.name.frame(frame),
+                    format!("seed {seed} is above InvokeAI's largest seed, {}; give the sprite a smaller seed", generate::server::invokeai::MAX_SEED),
+                ));
+                continue;
+            }
+            requests.push(FrameRequest {
+                prompt: sprite.prompt.clone(),
+                negative_prompt: sprite.negative_prompt.clone(),
+                seed,
+            });
+            sent.push((i, frame));
+        }
+        let options = fanout::FanOutOptions {
+            stall_timeout: self.environment.image_servers.stall_timeout_secs.map_or(
+                fanout::FanOutOptions::default().stall_timeout,
+                std::time::Duration::from_secs,
+            ),
+            ..fanout::FanOutOptions::default()
+        };
+        let mut drawn = vec![0usize; names.len()];
+        let start = std::time::Instant::now();
+        let mut local = Timings::new();
+        fanout::fan_out(servers, &requests, &options, |event| -> Result<(), Error> {
+            match event {
+                fanout::Event::Done {
+                    frame,
+                    server,
+                    image,
+                } => {
+                    let (i, frame) = sent[frame];
+                    if let Some(key) = self.plan[i].frames[frame as usize].raw {
+                        let write = std::time::Instant::now();
+                        self.cache
+                            .write_raw(&key, &image)
+                            .map_err(|source| Error::Cache {
+                                path: self.cache.raw_path_of(&key),
+                                source,
+                            })?;
+                        local.add(Stage::EncodeWrite, write.elapsed());
+                    }
+                    drawn[server] += 1;
+                    progress.server_frame_done(&names[server]);
+                    self.store_finished(statuses, i, frame, image, progress, &mut local)
+                }
+                fanout::Event::Failed { frame, message } => {
+                    let (i, frame) = sent[frame];
+                    failures.push((
+                        self.manifest.sprites[self.plan[i].sprite].name.frame(frame),
+                        message,
+                    ));
+                    Ok(())
+                }
+                fanout::Event::ServerLost {
+                    server,
+                    message,
+                    returned,
+                } => {
+                    notes.push(format!(
+                        "image server {} was given up ({message}); its {returned} queued frame(s) went to the others",
+                        names[server]
+                    ));
+                    Ok(())
+                }
+            }
+        })?;
+        let local_time: std::time::Duration = [Stage::Pixelize, Stage::EncodeWrite]
+            .iter()
+            .map(|stage| local.get(*stage).total)
+            .sum();
+        timings.add_runs(
+            Stage::ImageServers,
+            start.elapsed().saturating_sub(local_time),
+            requests.len() as u64,
+        );
+        timings.merge(&local);
+        for (name, count) in names.into_iter().zip(drawn) {
+            *drawn_by.entry(name).or_default() += count;
+        }
+        if !failures.is_empty() {
+            failures.sort();
+            return Err(Error::Generate(generate::GenerateError::Servers {
+                failures,
+            }));
+        }
+        Ok(notes)
+    }
+
     /// Generates every stale frame, one backend per group of sprites that share a
     /// generator, its settings and LoRAs ([`BatchKey`]), in the backend's batch size.
     /// Returns the backends' notes.
@@ -726,6 +951,8 @@ impl Session {
         let manifest_dir = self.project.manifest_dir().to_path_buf();
         let mut notes = Vec::new();
         let mut timings = Timings::new();
+        // Frames each image server drew, for one note at the end.
+        let mut drawn_by: BTreeMap<String, usize> = BTreeMap::new();
         for jobs in batches.values() {
             // Frames whose raw image is cached (only the palette, size or background
             // changed) are finished from it without the generator.
@@ -740,6 +967,30 @@ impl Session {
                 }
             }
             if to_generate.is_empty() {
+                continue;
+            }
+            if matches!(
+                self.manifest.sprites[self.plan[to_generate[0].0].sprite].generator,
+                manifest::GeneratorSpec::Server(_)
+            ) {
+                let mut connections = std::mem::replace(
+                    &mut self.connections,
+                    generate::server::Connections::new(Default::default()),
+                );
+                let drawn = self.draw_on_servers(
+                    &mut connections,
+                    &to_generate,
+                    statuses,
+                    progress,
+                    &mut timings,
+                    &mut drawn_by,
+                );
+                self.connections = connections;
+                for note in drawn? {
+                    if !notes.contains(&note) {
+                        notes.push(note);
+                    }
+                }
                 continue;
             }
             let first = &self.manifest.sprites[self.plan[to_generate[0].0].sprite];
@@ -769,6 +1020,16 @@ impl Session {
             }
         }
         self.timings.merge(&timings);
+        if !drawn_by.is_empty() {
+            notes.push(format!(
+                "image servers: {}",
+                drawn_by
+                    .iter()
+                    .map(|(server, count)| format!("{server} drew {count}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         Ok(notes)
     }
 
@@ -1113,7 +1374,7 @@ struct Sampled {
 fn plan_timed(
     manifest: &Manifest,
     hasher: &mut FileHasher,
-    lock: &LockFile,
+    known: &dyn plan::KnownFileHashes,
     offline: bool,
     hub_cache: Option<&Path>,
     cache: &Cache,
@@ -1121,11 +1382,27 @@ fn plan_timed(
 ) -> Result<Plan, Error> {
     hasher.take_reading_time();
     let start = std::time::Instant::now();
-    let plan = plan::plan(manifest, hasher, lock, offline, hub_cache, cache)?;
+    let plan = plan::plan(manifest, hasher, known, offline, hub_cache, cache)?;
     let hashing = hasher.take_reading_time();
     timings.add(Stage::Hash, hashing);
     timings.add(Stage::Plan, start.elapsed().saturating_sub(hashing));
     Ok(plan)
+}
+
+/// What the image servers reported this run (model identities), over what the lock
+/// file recorded.
+struct ReportedOverLock<'a> {
+    reported: &'a BTreeMap<InputFile, blake3::Hash>,
+    lock: &'a LockFile,
+}
+
+impl plan::KnownFileHashes for ReportedOverLock<'_> {
+    fn known_hash(&self, file: &InputFile) -> Option<blake3::Hash> {
+        self.reported
+            .get(file)
+            .copied()
+            .or_else(|| self.lock.known_hash(file))
+    }
 }
 
 /// An exclusive advisory lock, held while generating into one cache folder.

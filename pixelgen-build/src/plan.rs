@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::Cache;
 use crate::diagnostics::{Diagnostic, SourceFile};
+use crate::generate::server::{SERVER_VERSION, ServerKind};
 use crate::identity::{FrameId, LoraName};
 use crate::manifest::{
     Background, GeneratorSpec, LoraSource, Manifest, SpriteSpec, TrainedLoraSpec,
@@ -140,6 +141,11 @@ pub enum InputFile {
     Model(String),
     /// A LoRA pixelgen trains (`trained_loras`), by name; its "hash" is its key.
     TrainedLora(LoraName),
+    /// The model of InvokeAI Server sprites, by the name in the manifest: its identity
+    /// as the servers reported it ([`crate::generate::server::invokeai_identity`]).
+    ServerModel(String),
+    /// A ComfyUI workflow file, by the path written in the manifest.
+    Workflow(String),
 }
 
 impl InputFile {
@@ -150,6 +156,8 @@ impl InputFile {
             InputFile::Lora(path) => path.clone(),
             InputFile::Model(model) => format!("model:{model}"),
             InputFile::TrainedLora(name) => format!("trained:{name}"),
+            InputFile::ServerModel(model) => format!("server-model:{model}"),
+            InputFile::Workflow(path) => format!("workflow:{path}"),
         }
     }
 }
@@ -625,18 +633,36 @@ impl InputFiles<'_> {
     /// A LoRA file's content hash (from the lock file when it is absent and that is
     /// allowed).
     fn hash(&mut self, path: &str, resolved: &Path) -> std::io::Result<blake3::Hash> {
+        self.hash_file(InputFile::Lora(path.to_owned()), resolved)
+    }
+
+    /// An input file's content hash (from the lock file under `file`'s name when it is
+    /// absent and that is allowed).
+    fn hash_file(&mut self, file: InputFile, resolved: &Path) -> std::io::Result<blake3::Hash> {
         if let Some(hash) = self.memo.get(resolved) {
             return Ok(*hash);
         }
         let hash = match self.hasher.hash(resolved) {
             Ok(hash) => hash,
-            Err(error) => match self.known.known_hash(&InputFile::Lora(path.to_owned())) {
+            Err(error) => match self.known.known_hash(&file) {
                 Some(hash) if self.allow_missing_files => hash,
                 _ => return Err(error),
             },
         };
         self.memo.insert(resolved.to_path_buf(), hash);
         Ok(hash)
+    }
+
+    /// The identity of an InvokeAI Server sprite's model: what the servers reported this
+    /// run (online builds ask them first), else what the lock file recorded; with
+    /// neither, an identity that matches no cache entry (the sprite is stale, and
+    /// generating it asks the servers).
+    fn server_model_hash(&mut self, model: &str) -> blake3::Hash {
+        self.known
+            .known_hash(&InputFile::ServerModel(model.to_string()))
+            .unwrap_or_else(|| {
+                blake3::hash(format!("pixelgen unresolved server model {model}").as_bytes())
+            })
     }
 
     /// A Diffusion model's identity: the content of its weight, config and tokenizer
@@ -785,7 +811,7 @@ fn plan_sprite(
     ];
     // Pixelizing options and the pixelizer's version matter where the raw image is
     // pixelized or an option is set (procedural keys without options stay as they were).
-    let pixelized = matches!(sprite.generator, GeneratorSpec::Diffusion { .. });
+    let pixelized = sprite.generator.draws_raw_images();
     if pixelized || sprite.max_colors.is_some() || sprite.outline.is_some() {
         let mut c = Canonical::new();
         c.str(crate::pixelize::PIXELIZE_VERSION);
@@ -804,14 +830,59 @@ fn plan_sprite(
         }
         groups.push((InputGroup::Pixelize, c));
     }
-    // Only diffusion sprites have a model (procedural keys stay as they were).
-    if let GeneratorSpec::Diffusion { model, .. } = &sprite.generator {
-        let hash = input_files.model_hash(model);
-        files.insert(InputFile::Model(model.clone()), hash.to_hex().to_string());
-        groups.push((
-            InputGroup::Model,
-            Canonical::new().bytes(hash.as_bytes()).take(),
-        ));
+    // Only diffusion and server sprites have a model (procedural keys stay as they were).
+    match &sprite.generator {
+        GeneratorSpec::Diffusion { model, .. } => {
+            let hash = input_files.model_hash(model);
+            files.insert(InputFile::Model(model.clone()), hash.to_hex().to_string());
+            groups.push((
+                InputGroup::Model,
+                Canonical::new().bytes(hash.as_bytes()).take(),
+            ));
+        }
+        GeneratorSpec::Server(spec) => {
+            let identity = match (&spec.kind, &spec.workflow) {
+                (ServerKind::ComfyUI, Some(workflow)) => {
+                    let hash = input_files
+                        .hash_file(
+                            InputFile::Workflow(workflow.path.clone()),
+                            &workflow.resolved,
+                        )
+                        .map_err(|source| {
+                            PlanError::LoraUnreadable(Box::new(
+                                Diagnostic::new(
+                                    source_file,
+                                    sprite.span.clone(),
+                                    format!(
+                                        "sprite `{}`: cannot read workflow {}: {source}",
+                                        sprite.name,
+                                        workflow.resolved.display()
+                                    ),
+                                )
+                                .help("workflow paths are relative to the folder of sprites.ron"),
+                            ))
+                        })?;
+                    files.insert(
+                        InputFile::Workflow(workflow.path.clone()),
+                        hash.to_hex().to_string(),
+                    );
+                    crate::generate::server::comfyui::identity(&hash, spec)
+                }
+                _ => {
+                    let hash = input_files.server_model_hash(&spec.model);
+                    files.insert(
+                        InputFile::ServerModel(spec.model.clone()),
+                        hash.to_hex().to_string(),
+                    );
+                    hash
+                }
+            };
+            groups.push((
+                InputGroup::Model,
+                Canonical::new().bytes(identity.as_bytes()).take(),
+            ));
+        }
+        GeneratorSpec::Procedural => {}
     }
     groups.sort_by_key(|(group, _)| *group);
 
@@ -834,7 +905,7 @@ fn plan_sprite(
             .collect()
     };
     let keys = frame_keys(&all);
-    let raw_keys = matches!(sprite.generator, GeneratorSpec::Diffusion { .. }).then(|| {
+    let raw_keys = sprite.generator.draws_raw_images().then(|| {
         let mut raw = blake3::Hasher::new_derive_key("pixelgen raw frame key v1");
         for (name, group) in &groups {
             if name.shapes_raw_image() {
@@ -887,6 +958,22 @@ fn generator_group(generator: &GeneratorSpec) -> Canonical {
             c.str(scheduler.name());
             match resolution {
                 Some((w, h)) => c.u64((*w).into()).u64((*h).into()),
+                None => c.str("default-resolution"),
+            };
+            c
+        }
+        // The URLs are not here: the same model on another server draws the same art.
+        // The model's identity is the Model group.
+        GeneratorSpec::Server(spec) => {
+            let mut c = Canonical::new();
+            c.str("server")
+                .str(SERVER_VERSION)
+                .str(spec.kind.name())
+                .u64(spec.steps.into())
+                .f32(spec.guidance)
+                .str(&spec.scheduler);
+            match spec.resolution {
+                Some((w, h)) => c.u64(w.into()).u64(h.into()),
                 None => c.str("default-resolution"),
             };
             c

@@ -37,6 +37,9 @@ pub enum Stage {
     VaeDecode,
     /// The procedural generator's drawing.
     Draw,
+    /// Waiting for image servers (Server sprites): from the first request to the last
+    /// image, less the pixelizing and writing done meanwhile.
+    ImageServers,
     /// Raw image → finished sprite.
     Pixelize,
     /// PNG encoding and atomic writes into the cache.
@@ -46,7 +49,7 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 13] = [
+    pub const ALL: [Stage; 14] = [
         Stage::Manifest,
         Stage::Hash,
         Stage::Plan,
@@ -57,6 +60,7 @@ impl Stage {
         Stage::Unet,
         Stage::VaeDecode,
         Stage::Draw,
+        Stage::ImageServers,
         Stage::Pixelize,
         Stage::EncodeWrite,
         Stage::Emit,
@@ -75,6 +79,7 @@ impl Stage {
             Stage::Unet => "unet steps",
             Stage::VaeDecode => "vae decode",
             Stage::Draw => "procedural draw",
+            Stage::ImageServers => "image servers",
             Stage::Pixelize => "pixelize",
             Stage::EncodeWrite => "encode/write",
             Stage::Emit => "atlases/index",

@@ -241,9 +241,9 @@ fn run(cli: Cli, environment: &Environment) -> Result<ExitCode, Error> {
             #[cfg(not(unix))]
             let _ = (server, no_server);
             let mut session = session;
-            let mut bar = Bar(None);
+            let mut bar = Bar::default();
             let summary = session.realize(false, &mut bar)?;
-            if let Some(bar) = bar.0 {
+            if let Some(bar) = bar.bar {
                 bar.finish_and_clear();
             }
             println!("{summary}");
@@ -431,8 +431,14 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
-/// A progress bar with ETA, drawn only when there is something to generate.
-struct Bar(Option<ProgressBar>);
+/// A progress bar with ETA, drawn only when there is something to generate. Frames drawn
+/// on image servers are counted per server in its message.
+#[derive(Default)]
+struct Bar {
+    bar: Option<ProgressBar>,
+    per_server: std::collections::BTreeMap<String, usize>,
+    last_server: Option<String>,
+}
 
 impl Progress for Bar {
     fn start(&mut self, frames: usize) {
@@ -448,12 +454,25 @@ impl Progress for Bar {
             .progress_chars("=> "),
         );
         bar.enable_steady_tick(Duration::from_millis(200));
-        self.0 = Some(bar);
+        self.bar = Some(bar);
+    }
+
+    fn server_frame_done(&mut self, server: &str) {
+        *self.per_server.entry(server.to_string()).or_default() += 1;
+        self.last_server = Some(server.to_string());
     }
 
     fn frame_done(&mut self, frame: &FrameId) {
-        if let Some(bar) = &self.0 {
-            bar.set_message(frame.to_string());
+        if let Some(bar) = &self.bar {
+            let servers: Vec<String> = self
+                .per_server
+                .iter()
+                .map(|(server, count)| format!("{server}: {count}"))
+                .collect();
+            match self.last_server.take() {
+                Some(_) => bar.set_message(format!("{frame}  [{}]", servers.join(" · "))),
+                None => bar.set_message(frame.to_string()),
+            }
             bar.inc(1);
         }
     }
@@ -461,7 +480,7 @@ impl Progress for Bar {
     /// Training comes before the frames that need it: its own bar, replaced by the
     /// frames' bar when it is done.
     fn training(&mut self, lora: &pixelgen_build::LoraName, done: usize, steps: usize, loss: f32) {
-        let bar = self.0.get_or_insert_with(|| {
+        let bar = self.bar.get_or_insert_with(|| {
             let bar = ProgressBar::new(steps as u64);
             bar.set_style(
                 ProgressStyle::with_template(
@@ -477,7 +496,7 @@ impl Progress for Bar {
         bar.set_message(format!("LoRA {lora}, loss {loss:.4}"));
         if done >= steps {
             bar.finish_and_clear();
-            self.0 = None;
+            self.bar = None;
         }
     }
 }

@@ -221,6 +221,9 @@ impl PixelgenMcp {
                     pixelgen_build::manifest::GeneratorSpec::Diffusion { model, .. } => {
                         format!("diffusion: {model}").into()
                     }
+                    pixelgen_build::manifest::GeneratorSpec::Server(spec) => {
+                        format!("server ({}): {}", spec.kind.name(), spec.model).into()
+                    }
                 };
                 entry
             })
@@ -263,6 +266,13 @@ impl PixelgenMcp {
             } => serde_json::json!({
                 "model": model, "steps": steps, "guidance": guidance,
                 "scheduler": scheduler.name(), "resolution": resolution,
+            }),
+            pixelgen_build::manifest::GeneratorSpec::Server(spec) => serde_json::json!({
+                "server": spec.kind.name(),
+                "url": spec.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                "model": spec.model, "steps": spec.steps, "guidance": spec.guidance,
+                "scheduler": spec.scheduler, "resolution": spec.resolution,
+                "workflow": spec.workflow.as_ref().map(|w| w.path.clone()),
             }),
         };
         let fields = serde_json::json!({

@@ -8,6 +8,7 @@ pub use pixelgen_diffusion::files as model_files;
 pub mod procedural;
 #[cfg(unix)]
 pub mod remote;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 
@@ -76,6 +77,24 @@ pub enum GenerateError {
     Failed { sprite: SpriteName, message: String },
     #[error("model `{model}`: {message}")]
     Model { model: String, message: String },
+    /// Frames the image servers could not draw, with each server's message.
+    #[error("{}", servers_failed(failures))]
+    Servers { failures: Vec<(FrameId, String)> },
+}
+
+fn servers_failed(failures: &[(FrameId, String)]) -> String {
+    let mut text = format!(
+        "{} frame(s) could not be drawn on the image servers:",
+        failures.len()
+    );
+    for (frame, message) in failures.iter().take(20) {
+        text.push_str(&format!("\n  {frame}: {message}"));
+    }
+    if failures.len() > 20 {
+        text.push_str(&format!("\n  … and {} more", failures.len() - 20));
+    }
+    text.push_str("\nhelp: the frames that were drawn are cached; fix the server (or the sprite) and build again");
+    text
 }
 
 pub use crate::environment::DeviceRequest;
@@ -134,6 +153,10 @@ pub fn backend_for(
             timings.add(Stage::Load, start.elapsed());
             Ok(Box::new(backend))
         }
+        GeneratorSpec::Server(_) => Err(GenerateError::Failed {
+            sprite: sprite.name.clone(),
+            message: "Server sprites are drawn by the fan-out, not a local backend".into(),
+        }),
         #[cfg(not(feature = "diffusion"))]
         GeneratorSpec::Diffusion { .. } => {
             let _ = (loras, manifest_dir, environment, timings);
@@ -216,6 +239,18 @@ pub enum BatchKey {
         /// (resolved file, weight bits), in manifest order (merging order matters).
         loras: Vec<(PathBuf, u32)>,
     },
+    /// Frames for the same servers, model, settings and LoRAs go out as one fan-out.
+    Server {
+        kind: server::ServerKind,
+        endpoints: Vec<server::Endpoint>,
+        model: String,
+        steps: u32,
+        guidance_bits: u32,
+        scheduler: String,
+        resolution: Option<(u32, u32)>,
+        workflow: Option<(PathBuf, crate::manifest::WorkflowInputs)>,
+        loras: Vec<(PathBuf, u32)>,
+    },
 }
 
 impl BatchKey {
@@ -235,6 +270,23 @@ impl BatchKey {
                 guidance_bits: guidance.to_bits(),
                 scheduler: *scheduler,
                 resolution: *resolution,
+                loras: loras
+                    .iter()
+                    .map(|l| (l.file.clone(), l.weight.to_bits()))
+                    .collect(),
+            },
+            GeneratorSpec::Server(spec) => BatchKey::Server {
+                kind: spec.kind,
+                endpoints: spec.endpoints.clone(),
+                model: spec.model.clone(),
+                steps: spec.steps,
+                guidance_bits: spec.guidance.to_bits(),
+                scheduler: spec.scheduler.clone(),
+                resolution: spec.resolution,
+                workflow: spec
+                    .workflow
+                    .as_ref()
+                    .map(|w| (w.resolved.clone(), w.inputs.clone())),
                 loras: loras
                     .iter()
                     .map(|l| (l.file.clone(), l.weight.to_bits()))

@@ -2,8 +2,7 @@
 //! whether the sprite or `defaults` wrote it, so that an error points where the value is
 //! written. Nothing is checked here; `validate` checks the merged values.
 
-use super::GeneratorSpec;
-use super::raw::{RawBackground, RawDefaults, RawLora, RawSprite};
+use super::raw::{RawBackground, RawDefaults, RawGenerator, RawLora, RawSprite};
 
 /// A field's value after merging, and who wrote it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -33,7 +32,7 @@ pub(super) struct MergedSprite<'r> {
     pub(super) size: Merged<(u32, u32)>,
     pub(super) frames: Option<u32>,
     pub(super) atlas: Merged<&'r str>,
-    pub(super) generator: Merged<&'r GeneratorSpec>,
+    pub(super) generator: Merged<&'r RawGenerator>,
     pub(super) loras: Merged<&'r [RawLora]>,
     pub(super) palette: Option<&'r str>,
     pub(super) max_colors: Merged<u32>,

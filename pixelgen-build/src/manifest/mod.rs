@@ -8,10 +8,9 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 use crate::atlas::AtlasOptions;
 use crate::diagnostics::{Diagnostic, SourceFile};
+use crate::generate::server::{Endpoint, ServerKind};
 use crate::identity::{AtlasName, LoraName, SpriteName};
 use crate::train::TrainingSettings;
 
@@ -114,8 +113,7 @@ impl Manifest {
 }
 
 /// Which backend draws a sprite, with its parameters.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum GeneratorSpec {
     /// The embedded generator: deterministic placeholder art, no model needed.
     Procedural,
@@ -123,20 +121,73 @@ pub enum GeneratorSpec {
     Diffusion {
         /// A Hugging Face model id (`stabilityai/sd-turbo`) or a local folder or file.
         model: String,
-        #[serde(default = "default_steps")]
         steps: u32,
-        #[serde(default)]
         guidance: f32,
-        #[serde(default)]
         scheduler: Scheduler,
         /// Resolution the model draws at before pixelizing; the model's default when absent.
-        #[serde(default)]
         resolution: Option<(u32, u32)>,
     },
+    /// An image-generation server the studio runs (InvokeAI, ComfyUI).
+    Server(ServerSpec),
 }
 
-fn default_steps() -> u32 {
-    4
+impl GeneratorSpec {
+    /// Whether the generator draws raw images that are pixelized (and cached as raw
+    /// images), as opposed to the procedural generator's true pixels.
+    pub fn draws_raw_images(&self) -> bool {
+        matches!(
+            self,
+            GeneratorSpec::Diffusion { .. } | GeneratorSpec::Server(_)
+        )
+    }
+}
+
+/// A `Server(...)` generator: where to send frames and how they are drawn there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSpec {
+    pub kind: ServerKind,
+    /// As written (one or more); `PIXELGEN_IMAGE_SERVERS` may replace them at run time.
+    /// Not part of any key: the same model on another server draws the same art.
+    pub endpoints: Vec<Endpoint>,
+    /// InvokeAI: the model's name or key on the server. ComfyUI: the checkpoint name
+    /// written into the workflow's model input (empty: the workflow's own).
+    pub model: String,
+    pub steps: u32,
+    pub guidance: f32,
+    /// The server's own scheduler name (InvokeAI: `euler`, `ddim`, `dpmpp_2m_k`, ...).
+    pub scheduler: String,
+    /// Resolution the server draws at; the model's default when absent.
+    pub resolution: Option<(u32, u32)>,
+    /// ComfyUI: the API-format workflow and where the inputs go.
+    pub workflow: Option<WorkflowSpec>,
+}
+
+/// Default steps, guidance and scheduler of a Server generator (a typical non-Turbo model).
+pub const SERVER_DEFAULT_STEPS: u32 = 20;
+pub const SERVER_DEFAULT_GUIDANCE: f32 = 7.0;
+pub const SERVER_DEFAULT_SCHEDULER: &str = "euler";
+
+/// A ComfyUI workflow file (API format) and the nodes that take pixelgen's inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowSpec {
+    /// As written in the manifest.
+    pub path: String,
+    /// Resolved against the manifest's folder.
+    pub resolved: PathBuf,
+    pub inputs: WorkflowInputs,
+}
+
+/// `(node id, input name)` for each value pixelgen sets in a ComfyUI workflow.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkflowInputs {
+    pub prompt: (String, String),
+    pub negative_prompt: Option<(String, String)>,
+    pub seed: (String, String),
+    /// The node whose `width` and `height` inputs take the draw size.
+    pub size: Option<String>,
+    pub model: Option<(String, String)>,
+    /// The node whose `steps`, `cfg` and `sampler_name` take the manifest's settings.
+    pub sampler: Option<String>,
 }
 
 /// The sampler of a Diffusion sprite (defined beside the samplers, in `pixelgen-diffusion`).

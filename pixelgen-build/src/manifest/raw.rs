@@ -6,7 +6,8 @@ use std::marker::PhantomData;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::GeneratorSpec;
+use super::Scheduler;
+use crate::generate::server::ServerKind;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename = "Manifest")]
@@ -27,7 +28,7 @@ pub(super) struct RawDefaults {
     pub(super) seed: Option<u64>,
     pub(super) size: Option<(u32, u32)>,
     pub(super) atlas: Option<String>,
-    pub(super) generator: Option<GeneratorSpec>,
+    pub(super) generator: Option<RawGenerator>,
     pub(super) loras: Option<Vec<RawLora>>,
     pub(super) palette: Option<String>,
     pub(super) max_colors: Option<u32>,
@@ -44,7 +45,7 @@ pub(super) struct RawSprite {
     pub(super) size: Option<(u32, u32)>,
     pub(super) frames: Option<u32>,
     pub(super) atlas: Option<String>,
-    pub(super) generator: Option<GeneratorSpec>,
+    pub(super) generator: Option<RawGenerator>,
     pub(super) loras: Option<Vec<RawLora>>,
     pub(super) palette: Option<String>,
     pub(super) max_colors: Option<u32>,
@@ -79,6 +80,82 @@ pub(super) struct RawTrainedLora {
     pub(super) background: Option<String>,
     pub(super) conv: Option<bool>,
     pub(super) text_encoder: Option<bool>,
+}
+
+/// Which backend draws a sprite, as written; `validate` turns it into a
+/// [`GeneratorSpec`](super::GeneratorSpec).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename = "Generator")]
+pub(super) enum RawGenerator {
+    Procedural,
+    Diffusion {
+        model: String,
+        #[serde(default = "default_steps")]
+        steps: u32,
+        #[serde(default)]
+        guidance: f32,
+        #[serde(default)]
+        scheduler: Scheduler,
+        #[serde(default)]
+        resolution: Option<(u32, u32)>,
+    },
+    /// `Server(url: "http://127.0.0.1:9090", model: "...", steps: 20, ...)`.
+    Server {
+        url: RawUrls,
+        #[serde(default)]
+        kind: ServerKind,
+        #[serde(default)]
+        model: Option<String>,
+        #[serde(default)]
+        steps: Option<u32>,
+        #[serde(default)]
+        guidance: Option<f32>,
+        #[serde(default)]
+        scheduler: Option<String>,
+        #[serde(default)]
+        resolution: Option<(u32, u32)>,
+        #[serde(default)]
+        workflow: Option<String>,
+        #[serde(default)]
+        inputs: Option<RawWorkflowInputs>,
+    },
+}
+
+fn default_steps() -> u32 {
+    4
+}
+
+/// One server URL or a list of them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawUrls {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl RawUrls {
+    pub(super) fn list(&self) -> Vec<&str> {
+        match self {
+            RawUrls::One(url) => vec![url.as_str()],
+            RawUrls::Many(urls) => urls.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// ComfyUI: the workflow's nodes that take each input (`"6"`, or `"6.text"` to name the input).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename = "Inputs")]
+pub(super) struct RawWorkflowInputs {
+    pub(super) prompt: String,
+    #[serde(default)]
+    pub(super) negative_prompt: Option<String>,
+    pub(super) seed: String,
+    #[serde(default)]
+    pub(super) size: Option<String>,
+    #[serde(default)]
+    pub(super) model: Option<String>,
+    #[serde(default)]
+    pub(super) sampler: Option<String>,
 }
 
 pub(super) fn one() -> f32 {
