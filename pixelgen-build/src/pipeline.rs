@@ -815,7 +815,7 @@ impl Session {
                 weight: lora.weight,
             });
         }
-        let (servers, left_out) = connections
+        let generate::server::Ready { servers, left_out } = connections
             .servers(spec, &loras, identity)
             .map_err(&failed)?;
         if servers.is_empty() {

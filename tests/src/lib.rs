@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod invokeai;
+
 /// A throwaway game crate: Cargo.toml, build.rs calling pixelgen, sprites.ron.
 pub struct GameCrate {
     dir: tempfile::TempDir,

@@ -240,17 +240,21 @@ pub enum BatchKey {
         loras: Vec<(PathBuf, u32)>,
     },
     /// Frames for the same servers, model, settings and LoRAs go out as one fan-out.
-    Server {
-        kind: server::ServerKind,
-        endpoints: Vec<server::Endpoint>,
-        model: String,
-        steps: u32,
-        guidance_bits: u32,
-        scheduler: String,
-        resolution: Option<(u32, u32)>,
-        workflow: Option<(PathBuf, crate::manifest::WorkflowInputs)>,
-        loras: Vec<(PathBuf, u32)>,
-    },
+    Server(Box<ServerBatchKey>),
+}
+
+/// [`BatchKey::Server`]'s fields.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServerBatchKey {
+    kind: server::ServerKind,
+    endpoints: Vec<server::Endpoint>,
+    model: String,
+    steps: u32,
+    guidance_bits: u32,
+    scheduler: String,
+    resolution: Option<(u32, u32)>,
+    workflow: Option<(PathBuf, crate::manifest::WorkflowInputs)>,
+    loras: Vec<(PathBuf, u32)>,
 }
 
 impl BatchKey {
@@ -275,7 +279,7 @@ impl BatchKey {
                     .map(|l| (l.file.clone(), l.weight.to_bits()))
                     .collect(),
             },
-            GeneratorSpec::Server(spec) => BatchKey::Server {
+            GeneratorSpec::Server(spec) => BatchKey::Server(Box::new(ServerBatchKey {
                 kind: spec.kind,
                 endpoints: spec.endpoints.clone(),
                 model: spec.model.clone(),
@@ -291,7 +295,7 @@ impl BatchKey {
                     .iter()
                     .map(|l| (l.file.clone(), l.weight.to_bits()))
                     .collect(),
-            },
+            })),
         }
     }
 }

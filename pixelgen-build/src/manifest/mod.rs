@@ -128,7 +128,7 @@ pub enum GeneratorSpec {
         resolution: Option<(u32, u32)>,
     },
     /// An image-generation server the studio runs (InvokeAI, ComfyUI).
-    Server(ServerSpec),
+    Server(Box<ServerSpec>),
 }
 
 impl GeneratorSpec {

@@ -84,6 +84,9 @@ pub(super) struct RawTrainedLora {
 
 /// Which backend draws a sprite, as written; `validate` turns it into a
 /// [`GeneratorSpec`](super::GeneratorSpec).
+// Read once per manifest; boxing the Server variant would not make serde's struct
+// variant syntax (`Server(url: ...)`) any simpler.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename = "Generator")]
 pub(super) enum RawGenerator {

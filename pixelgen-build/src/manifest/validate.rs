@@ -550,7 +550,7 @@ impl Validator<'_> {
                         &refuse,
                     )?),
                 };
-                Ok(GeneratorSpec::Server(ServerSpec {
+                Ok(GeneratorSpec::Server(Box::new(ServerSpec {
                     kind: *kind,
                     endpoints,
                     model,
@@ -559,7 +559,7 @@ impl Validator<'_> {
                     scheduler,
                     resolution: *resolution,
                     workflow,
-                }))
+                })))
             }
         }
     }

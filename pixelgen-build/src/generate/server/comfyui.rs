@@ -55,7 +55,7 @@ impl Workflow {
             return Err("a ComfyUI generator without a workflow".into());
         };
         let path = &workflow.resolved;
-        let text = std::fs::read_to_string(&path)
+        let text = std::fs::read_to_string(path)
             .map_err(|e| format!("workflow {}: {e}", path.display()))?;
         let nodes: Value =
             serde_json::from_str(&text).map_err(|e| format!("workflow {}: {e}", path.display()))?;

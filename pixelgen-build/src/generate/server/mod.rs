@@ -125,6 +125,12 @@ pub struct ServerLora {
     pub weight: f32,
 }
 
+/// The servers that can draw a group, and why the others cannot.
+pub struct Ready {
+    pub servers: Vec<Box<dyn ImageServer>>,
+    pub left_out: Vec<String>,
+}
+
 /// The servers of one run: what each said about each model, asked once.
 pub struct Connections {
     settings: ImageServerSettings,
@@ -226,7 +232,7 @@ impl Connections {
         spec: &ServerSpec,
         loras: &[ServerLora],
         identity: blake3::Hash,
-    ) -> Result<(Vec<Box<dyn ImageServer>>, Vec<String>), String> {
+    ) -> Result<Ready, String> {
         let mut servers: Vec<Box<dyn ImageServer>> = Vec::new();
         let mut left_out = Vec::new();
         for endpoint in self.endpoints(spec)? {
@@ -280,6 +286,6 @@ impl Connections {
                 }
             }
         }
-        Ok((servers, left_out))
+        Ok(Ready { servers, left_out })
     }
 }

@@ -131,15 +131,14 @@ fn fast() -> FanOutOptions {
     }
 }
 
-/// Runs the fan-out; returns (done frames with their server, failed frames with messages, lost servers).
-fn run(
-    servers: Vec<FakeServer>,
-    n: usize,
-) -> (
+type Run = (
     Vec<(usize, usize)>,
     Vec<(usize, String)>,
     Vec<(usize, usize)>,
-) {
+);
+
+/// Runs the fan-out; returns (done frames with their server, failed frames with messages, lost servers).
+fn run(servers: Vec<FakeServer>, n: usize) -> Run {
     let servers: Vec<Box<dyn ImageServer>> =
         servers.into_iter().map(|s| Box::new(s) as _).collect();
     let (mut done, mut failed, mut lost) = (Vec::new(), Vec::new(), Vec::new());

@@ -1,0 +1,205 @@
+//! Server sprites against real InvokeAI servers (two, on loopback, started and stopped
+//! here): builds through `cargo build`, rebuilds, edits, fan-out over both servers, a
+//! server killed mid-batch, and an offline build from the cache.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pixelgen_tests::GameCrate;
+use pixelgen_tests::invokeai::{self, InvokeAi};
+
+fn fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../pixelgen-diffusion/tests/fixtures/diffusion/sd1")
+        .canonicalize()
+        .expect("the tiny SD1 fixture")
+}
+
+fn manifest(urls: &[String], coins_prompt: &str, hero_prompt: &str, lora: &Path) -> String {
+    let urls = urls
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"(
+    defaults: (
+        size: (16, 16),
+        palette: "pico-8",
+        generator: Server(url: [{urls}], model: "{model}", steps: 4, guidance: 5.0, scheduler: "ddim", resolution: (64, 64)),
+    ),
+    sprites: {{
+        "hero":  (prompt: "{hero_prompt}", seed: 3),
+        "coins": (prompt: "{coins_prompt}", seed: 100, frames: 16),
+        "gem":   (prompt: "a blue gem", seed: 9, loras: [(path: {lora:?}, weight: 0.8)]),
+        "tree":  (prompt: "a tree", seed: 5, generator: Procedural),
+    }},
+)"#,
+        model = invokeai::MODEL,
+        lora = lora.display().to_string(),
+    )
+}
+
+/// Every (prompt, seed) the servers drew for pixelgen, counting repeats.
+fn drawn(servers: &[&InvokeAi]) -> Vec<Vec<(String, u64)>> {
+    servers.iter().map(|s| s.drawn()).collect()
+}
+
+#[test]
+fn server_sprites_build_fan_out_survive_a_dead_server_and_build_offline() {
+    let Some(web) = invokeai::executable() else {
+        return;
+    };
+    let model = fixtures().join("model");
+    let lora = fixtures().join("lora_kohya.safetensors");
+    // Both start at once; each then gets the model and the LoRA.
+    let mut a = InvokeAi::start(&web);
+    let mut b = InvokeAi::start(&web);
+    a.ready(&model, &[&lora]);
+    b.ready(&model, &[&lora]);
+    let urls = vec![a.url(), b.url()];
+
+    let game = GameCrate::new(
+        "e2e_servers",
+        &manifest(&urls, "gold coins", "a knight with a red shield", &lora),
+    );
+    let first = game.build(&[]);
+    assert!(first.success, "{}", first.stderr);
+    assert_eq!(first.summary, Some((4, 4, 0)), "{}", first.stderr);
+    // 1 + 16 + 1 frames, each drawn once, on both servers between them.
+    let per_server = drawn(&[&a, &b]);
+    let all: Vec<&(String, u64)> = per_server.iter().flatten().collect();
+    let distinct: BTreeSet<&(String, u64)> = all.iter().copied().collect();
+    assert_eq!(all.len(), 18, "{per_server:?}");
+    assert_eq!(distinct.len(), 18, "no frame drawn twice: {per_server:?}");
+    let coins: Vec<usize> = per_server
+        .iter()
+        .map(|s| s.iter().filter(|(p, _)| p == "gold coins").count())
+        .collect();
+    assert_eq!(coins.iter().sum::<usize>(), 16);
+    assert!(
+        coins.iter().all(|&c| c > 0),
+        "both servers drew coins: {coins:?}"
+    );
+    assert!(
+        first.stderr.contains(&format!(
+            "127.0.0.1:{} drew {}",
+            a.port,
+            per_server[0].len()
+        )) && first.stderr.contains(&format!(
+            "127.0.0.1:{} drew {}",
+            b.port,
+            per_server[1].len()
+        )),
+        "the note says what each server drew: {}",
+        first.stderr
+    );
+    let lock = game.lock();
+    assert!(lock.contains("\"server-model:tiny-sd1\""), "{lock}");
+    assert!(!lock.contains("127.0.0.1"), "no URL in the lock: {lock}");
+    let index = game.index(&first);
+    assert!(index.to_string().contains("coins"));
+
+    // Nothing changed: nothing drawn.
+    let again = game.build(&[]);
+    assert!(again.success, "{}", again.stderr);
+    assert_eq!(again.summary, Some((4, 0, 4)), "{}", again.stderr);
+    assert_eq!(drawn(&[&a, &b]).iter().map(Vec::len).sum::<usize>(), 18);
+
+    // One edited prompt: exactly that frame.
+    game.write_manifest(&manifest(
+        &urls,
+        "gold coins",
+        "a knight with a blue shield",
+        &lora,
+    ));
+    let edited = game.build(&[]);
+    assert!(edited.success, "{}", edited.stderr);
+    assert_eq!(edited.summary, Some((4, 1, 3)), "{}", edited.stderr);
+    assert_eq!(drawn(&[&a, &b]).iter().map(Vec::len).sum::<usize>(), 19);
+
+    // The servers' order in the manifest (not part of any key) changes nothing.
+    game.write_manifest(&manifest(
+        &[b.url(), a.url()],
+        "gold coins",
+        "a knight with a blue shield",
+        &lora,
+    ));
+    let reordered = game.build(&[]);
+    assert_eq!(reordered.summary, Some((4, 0, 4)), "{}", reordered.stderr);
+
+    // 16 new coin frames; server b is killed once it has drawn one of them. The build
+    // succeeds with a on its own, and no coin frame is drawn twice.
+    game.write_manifest(&manifest(
+        &urls,
+        "silver coins",
+        "a knight with a blue shield",
+        &lora,
+    ));
+    let build = std::thread::scope(|scope| {
+        let build = scope.spawn(|| game.build(&[]));
+        let start = Instant::now();
+        while !b.drawn().iter().any(|(p, _)| p == "silver coins") {
+            assert!(
+                start.elapsed() < Duration::from_secs(600),
+                "b never drew a silver coin"
+            );
+            assert!(
+                !build.is_finished(),
+                "the build ended before b drew a silver coin"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let by_b_before_kill: Vec<u64> = b
+            .drawn()
+            .into_iter()
+            .filter(|(p, _)| p == "silver coins")
+            .map(|(_, seed)| seed)
+            .collect();
+        b.kill();
+        (build.join().expect("build thread"), by_b_before_kill)
+    });
+    let (killed, by_b) = build;
+    assert!(killed.success, "{}", killed.stderr);
+    assert_eq!(killed.summary, Some((4, 1, 3)), "{}", killed.stderr);
+    assert!(
+        killed
+            .stderr
+            .contains(&format!("image server 127.0.0.1:{} was given up", b.port)),
+        "{}",
+        killed.stderr
+    );
+    let by_a: Vec<u64> = a
+        .drawn()
+        .into_iter()
+        .filter(|(p, _)| p == "silver coins")
+        .map(|(_, seed)| seed)
+        .collect();
+    let covered: BTreeSet<u64> = by_a.iter().chain(&by_b).copied().collect();
+    assert_eq!(
+        covered,
+        (100..116).collect(),
+        "every frame drawn: a {by_a:?}, b {by_b:?}"
+    );
+    assert_eq!(
+        by_a.iter().collect::<BTreeSet<_>>().len(),
+        by_a.len(),
+        "a drew no frame twice: {by_a:?}"
+    );
+
+    // Offline (CI), with no server at all: the cache is the truth.
+    a.kill();
+    let offline = game.build(&[("CI", "true")]);
+    assert!(offline.success, "{}", offline.stderr);
+    assert_eq!(offline.summary, Some((4, 0, 4)), "{}", offline.stderr);
+    // Online with every server down and nothing stale: the lock's identity keeps it fresh.
+    let down = game.build(&[]);
+    assert!(down.success, "{}", down.stderr);
+    assert_eq!(down.summary, Some((4, 0, 4)), "{}", down.stderr);
+    assert!(
+        down.stderr.contains("no image server answered"),
+        "{}",
+        down.stderr
+    );
+}
