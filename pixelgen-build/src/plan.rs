@@ -1078,6 +1078,93 @@ mod tests {
             "loras/a.safetensors"
         );
         assert_eq!(InputFile::Model("org/sd".into()).lock_key(), "model:org/sd");
+        assert_eq!(
+            InputFile::ServerModel("xl".into()).lock_key(),
+            "server-model:xl"
+        );
+        assert_eq!(
+            InputFile::Workflow("w/a.json".into()).lock_key(),
+            "workflow:w/a.json"
+        );
+    }
+
+    /// Keys of server sprites, with `reported` as the model identity the servers gave.
+    fn server_keys(
+        text: &str,
+        reported: Option<blake3::Hash>,
+    ) -> Vec<(Vec<Key>, BTreeMap<InputFile, String>)> {
+        struct Reported(Option<blake3::Hash>);
+        impl KnownFileHashes for Reported {
+            fn known_hash(&self, file: &InputFile) -> Option<blake3::Hash> {
+                matches!(file, InputFile::ServerModel(_))
+                    .then_some(self.0)
+                    .flatten()
+            }
+        }
+        let m = parse(Path::new("sprites.ron"), text).unwrap();
+        plan(
+            &m,
+            &mut FileHasher::in_memory(),
+            &Reported(reported),
+            false,
+            None,
+            &no_cache(),
+        )
+        .unwrap()
+        .sprites
+        .into_iter()
+        .map(|p| (p.frames.iter().map(|f| f.key).collect(), p.files))
+        .collect()
+    }
+
+    #[test]
+    fn server_keys_cover_the_reported_model_and_settings_but_not_the_url() {
+        let sprite = |generator: &str| {
+            format!(r#"(sprites: {{ "a": (prompt: "slime", seed: 1, generator: {generator}) }})"#)
+        };
+        let identity = Some(blake3::hash(b"model on the server"));
+        let base = server_keys(
+            &sprite(r#"Server(url: "http://127.0.0.1:9091", model: "m", steps: 4)"#),
+            identity,
+        );
+        let (keys, files) = &base[0];
+        assert_eq!(
+            files.get(&InputFile::ServerModel("m".into())),
+            Some(&identity.unwrap().to_hex().to_string()),
+            "the lock records the reported identity"
+        );
+        // Another URL, or several: the same art.
+        for same in [
+            r#"Server(url: "http://127.0.0.1:9092", model: "m", steps: 4)"#,
+            r#"Server(url: ["https://gpu-1.lan", "http://127.0.0.1:1"], model: "m", steps: 4)"#,
+        ] {
+            assert_eq!(&server_keys(&sprite(same), identity)[0].0, keys, "{same}");
+        }
+        // Another model on the server, another setting, or no identity known: other keys.
+        assert_ne!(
+            &server_keys(
+                &sprite(r#"Server(url: "http://127.0.0.1:9091", model: "m", steps: 4)"#),
+                Some(blake3::hash(b"retrained"))
+            )[0]
+            .0,
+            keys
+        );
+        assert_ne!(
+            &server_keys(
+                &sprite(r#"Server(url: "http://127.0.0.1:9091", model: "m", steps: 4)"#),
+                None
+            )[0]
+            .0,
+            keys
+        );
+        for other in [
+            r#"Server(url: "http://127.0.0.1:9091", model: "m", steps: 5)"#,
+            r#"Server(url: "http://127.0.0.1:9091", model: "m", steps: 4, guidance: 6.0)"#,
+            r#"Server(url: "http://127.0.0.1:9091", model: "m", steps: 4, scheduler: "ddim")"#,
+            r#"Server(url: "http://127.0.0.1:9091", model: "m", steps: 4, resolution: (64, 64))"#,
+        ] {
+            assert_ne!(&server_keys(&sprite(other), identity)[0].0, keys, "{other}");
+        }
     }
 
     #[test]

@@ -603,3 +603,200 @@ fn paths_that_are_not_files_are_refused_at_once() {
         assert!(points_at(text, at, value), "{text}: {at:?}: {message}");
     }
 }
+
+#[test]
+fn the_server_generator_takes_designs_form_a_url_list_and_defaults() {
+    let m = parse_ok(
+        r#"(sprites: {
+            "a": (prompt: "a", generator: Server(url: "http://127.0.0.1:9091", model: "tiny-sd1", steps: 4, guidance: 5.0, scheduler: "ddim")),
+            "b": (prompt: "b", generator: Server(url: ["http://127.0.0.1:9091", "https://gpu-2.lan/invokeai"], model: "xl")),
+        })"#,
+    );
+    let GeneratorSpec::Server(a) = &m.sprites[0].generator else {
+        panic!()
+    };
+    assert_eq!(
+        (
+            a.kind,
+            a.model.as_str(),
+            a.steps,
+            a.guidance,
+            a.scheduler.as_str()
+        ),
+        (ServerKind::InvokeAI, "tiny-sd1", 4, 5.0, "ddim")
+    );
+    assert_eq!(a.endpoints.len(), 1);
+    assert_eq!(a.endpoints[0].port, 9091);
+    let GeneratorSpec::Server(b) = &m.sprites[1].generator else {
+        panic!()
+    };
+    assert_eq!(b.endpoints.len(), 2);
+    assert_eq!(b.endpoints[1].base_path, "/invokeai");
+    assert_eq!(
+        (b.steps, b.guidance, b.scheduler.as_str()),
+        (
+            SERVER_DEFAULT_STEPS,
+            SERVER_DEFAULT_GUIDANCE,
+            SERVER_DEFAULT_SCHEDULER
+        )
+    );
+    assert!(m.sprites.iter().all(|s| s.generator.draws_raw_images()));
+}
+
+#[test]
+fn server_generator_mistakes_are_located() {
+    let cases: &[(&str, &str, (usize, usize))] = &[
+        (
+            r#"(sprites: {
+  "a": (prompt: "a", generator: Server(url: "127.0.0.1:9091", model: "m")),
+})"#,
+            "not an http:// or https:// URL",
+            (2, 45),
+        ),
+        (
+            r#"(sprites: {
+  "a": (prompt: "a", generator: Server(url: ["http://127.0.0.1:1", "http://bob:hunter2@gpu:1"], model: "m")),
+})"#,
+            "PIXELGEN_IMAGE_SERVER_TOKEN",
+            (2, 68),
+        ),
+        (
+            r#"(sprites: {
+  "a": (prompt: "a", generator: Server(url: "http://127.0.0.1:1")),
+})"#,
+            "needs a model",
+            (2, 33),
+        ),
+        (
+            r#"(sprites: {
+  "a": (prompt: "a", generator: Server(url: "http://127.0.0.1:1", model: "m", steps: 0)),
+})"#,
+            "0 diffusion steps",
+            (2, 86),
+        ),
+        (
+            r#"(sprites: {
+  "a": (prompt: "a", generator: Server(url: "http://127.0.0.1:1", model: "m", scheduler: "")),
+})"#,
+            "not a scheduler name",
+            (2, 90),
+        ),
+        (
+            r#"(sprites: {
+  "a": (prompt: "a", generator: Server(url: "http://127.0.0.1:1", model: "m", workflow: "w.json")),
+})"#,
+            "for ComfyUI servers",
+            (2, 89),
+        ),
+        (
+            r#"(sprites: {
+  "a": (prompt: "a", generator: Server(kind: ComfyUI, url: "http://127.0.0.1:8188")),
+})"#,
+            "needs a workflow and its input nodes",
+            (2, 46),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (text, says, at) in cases {
+        let (message, line_column) = parse_err(text);
+        assert!(message.contains(says), "{says}: {message}");
+        // The quoted source line is the user's own; pixelgen's words never repeat it.
+        assert!(
+            !message.lines().next().unwrap().contains("hunter2"),
+            "{message}"
+        );
+        if line_column != *at {
+            wrong.push(format!(
+                "{says}: at {line_column:?}, expected {at:?}\n{message}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn comfyui_workflows_are_checked_against_the_named_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("w.json"),
+        r#"{"3": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 20, "cfg": 7, "sampler_name": "euler"}},
+            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+            "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}}}"#,
+    )
+    .unwrap();
+    let path = dir.path().join("sprites.ron");
+    let manifest = |inputs: &str, extra: &str| {
+        format!(
+            r#"(sprites: {{ "a": (prompt: "a", generator: Server(kind: ComfyUI, url: "http://127.0.0.1:8188", workflow: "w.json", inputs: ({inputs}){extra})) }})"#
+        )
+    };
+    let ok = parse(
+        &path,
+        &manifest(
+            r#"prompt: "6", negative_prompt: "7", seed: "3", size: "5""#,
+            "",
+        ),
+    )
+    .unwrap();
+    let GeneratorSpec::Server(spec) = &ok.sprites[0].generator else {
+        panic!()
+    };
+    let inputs = &spec.workflow.as_ref().unwrap().inputs;
+    assert_eq!(inputs.prompt, ("6".to_string(), "text".to_string()));
+    assert_eq!(inputs.seed, ("3".to_string(), "seed".to_string()));
+    assert_eq!(inputs.size.as_deref(), Some("5"));
+    assert!(
+        ok.input_files.contains(&dir.path().join("w.json")),
+        "a changed workflow reruns the build"
+    );
+    for (inputs, extra, says) in [
+        (
+            r#"prompt: "9", seed: "3", size: "5""#,
+            "",
+            "has no node `9`",
+        ),
+        (
+            r#"prompt: "6", seed: "3.noise_seed", size: "5""#,
+            "",
+            "has no input `noise_seed`",
+        ),
+        (
+            r#"prompt: "6", seed: "3", size: "6""#,
+            "",
+            "has no input `width`",
+        ),
+        (
+            r#"prompt: "6", seed: "3", size: "5""#,
+            ", steps: 4",
+            "need the workflow's sampler node",
+        ),
+        (
+            r#"prompt: "6", seed: "3", size: "5""#,
+            r#", model: "x.safetensors""#,
+            "needs the workflow node",
+        ),
+    ] {
+        let error = parse(&path, &manifest(inputs, extra))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(says), "{says}: {error}");
+    }
+    let with_lora = r#"(sprites: { "a": (prompt: "a", loras: [(path: "s.safetensors")], generator: Server(kind: ComfyUI, url: "http://127.0.0.1:8188", workflow: "w.json", inputs: (prompt: "6", seed: "3", size: "5"))) })"#;
+    let error = parse(&path, with_lora).unwrap_err().to_string();
+    assert!(
+        error.contains("takes its LoRAs from its own LoraLoader"),
+        "{error}"
+    );
+    std::fs::write(dir.path().join("ui.json"), r#"{"nodes": [], "links": []}"#).unwrap();
+    let error = parse(
+        &path,
+        &manifest(r#"prompt: "6", seed: "3", size: "5""#, "").replace("w.json", "ui.json"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("not a ComfyUI workflow in API format"),
+        "{error}"
+    );
+}

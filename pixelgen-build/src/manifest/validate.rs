@@ -222,6 +222,19 @@ impl Validator<'_> {
         self.fits_a_page(&entry, &merged, (width, height, frames), &atlas, &options)?;
         let generator = self.generator(&entry, merged.generator)?;
         let loras = self.loras(&entry, merged.loras, trained_loras)?;
+        if let GeneratorSpec::Server(spec) = &generator
+            && spec.kind == ServerKind::ComfyUI
+            && !loras.is_empty()
+        {
+            return Err(self
+                .error(
+                    self.field_span(&entry, "loras", &merged.loras),
+                    format!("sprite `{}` draws with a ComfyUI workflow, which takes its LoRAs from its own LoraLoader nodes", entry.name),
+                )
+                .label("not applied by ComfyUI")
+                .help("put the LoRA in the workflow (its file's bytes are then covered by the workflow's hash only through its name), or use an InvokeAI server, which pixelgen gives LoRAs by content")
+                .into());
+        }
         let palette = match merged.palette {
             Some(name) => Some(self.palette(name, Some(&entry.span))?),
             None => default_palette.cloned(),
