@@ -1122,7 +1122,8 @@ mod tests {
         let sprite = |generator: &str| {
             format!(r#"(sprites: {{ "a": (prompt: "slime", seed: 1, generator: {generator}) }})"#)
         };
-        let identity = Some(blake3::hash(b"model on the server"));
+        let reported = blake3::hash(b"model on the server");
+        let identity = Some(reported);
         let base = server_keys(
             &sprite(r#"Server(url: "http://127.0.0.1:9091", model: "m", steps: 4)"#),
             identity,
@@ -1130,7 +1131,7 @@ mod tests {
         let (keys, files) = &base[0];
         assert_eq!(
             files.get(&InputFile::ServerModel("m".into())),
-            Some(&identity.unwrap().to_hex().to_string()),
+            Some(&reported.to_hex().to_string()),
             "the lock records the reported identity"
         );
         // Another URL, or several: the same art.
