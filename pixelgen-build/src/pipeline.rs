@@ -1347,7 +1347,7 @@ impl Session {
         }
         #[cfg(not(feature = "diffusion"))]
         {
-            let _ = progress;
+            let _ = (progress, planned);
             Err(failed(
                 "training needs pixelgen-build's `diffusion` feature (on by default); trained LoRAs already in cache/ still build offline".into(),
             ))
