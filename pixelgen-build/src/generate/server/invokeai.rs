@@ -165,9 +165,12 @@ pub struct InvokeAi {
     graph: Value,
     sdxl: bool,
     settings: DrawSettings,
-    /// Queue items of this run not yet finished.
-    outstanding: Vec<u64>,
+    /// Queue items of this run not yet finished, with their batch.
+    outstanding: Vec<(u64, String)>,
     batches: Vec<String>,
+    /// Items of each batch seen finished: a batch's (small) status is polled, and its
+    /// (large) items are fetched only when that count grows.
+    finished_in: HashMap<String, u64>,
 }
 
 impl InvokeAi {
@@ -196,6 +199,7 @@ impl InvokeAi {
             settings,
             outstanding: Vec::new(),
             batches: Vec::new(),
+            finished_in: HashMap::new(),
         })
     }
 }
@@ -339,21 +343,47 @@ impl ImageServer for InvokeAi {
                 format!("{} queue items for {} frames", ids.len(), frames.len()),
             ));
         }
-        if let Some(batch) = answer["batch"]["batch_id"].as_str() {
-            self.batches.push(batch.to_string());
-        }
-        self.outstanding.extend(ids);
+        let Some(batch) = answer["batch"]["batch_id"].as_str() else {
+            return Err(self.client.unexpected("enqueue_batch", "no batch id"));
+        };
+        self.batches.push(batch.to_string());
+        self.outstanding
+            .extend(ids.into_iter().map(|id| (id, batch.to_string())));
         Ok(())
     }
 
     fn poll(&mut self) -> Result<Vec<(usize, Outcome)>, HttpError> {
-        if self.outstanding.is_empty() {
+        // Polled often while the server computes: only small answers until something
+        // finished (a full item carries its whole session; serving those several times
+        // a second slowed InvokeAI's own work by about a tenth here).
+        let mut batches: Vec<String> = self.outstanding.iter().map(|(_, b)| b.clone()).collect();
+        batches.sort();
+        batches.dedup();
+        let mut to_fetch = Vec::new();
+        for batch in batches {
+            let status = self
+                .client
+                .get_json(&format!("{QUEUE}/b/{batch}/status"), &[])?;
+            let count = |field: &str| status[field].as_u64().unwrap_or(0);
+            let finished = count("completed") + count("failed") + count("canceled");
+            let seen = self.finished_in.entry(batch.clone()).or_default();
+            if finished > *seen || count("total") == 0 {
+                *seen = finished;
+                to_fetch.extend(
+                    self.outstanding
+                        .iter()
+                        .filter(|(_, b)| *b == batch)
+                        .map(|(id, _)| *id),
+                );
+            }
+        }
+        if to_fetch.is_empty() {
             return Ok(Vec::new());
         }
         let items = self.client.send_json(
             "POST",
             &format!("{QUEUE}/items_by_ids"),
-            &json!({"item_ids": self.outstanding}),
+            &json!({"item_ids": to_fetch}),
         )?;
         let items = items
             .as_array()
@@ -375,7 +405,7 @@ impl ImageServer for InvokeAi {
                 .flatten()
                 .find(|v| v["node_path"] == TAG_NODE)
                 .and_then(|v| v["value"].as_str()?.parse::<usize>().ok());
-            self.outstanding.retain(|&o| o != id);
+            self.outstanding.retain(|(o, _)| *o != id);
             let Some(frame) = frame else {
                 return Err(self
                     .client
@@ -400,10 +430,8 @@ impl ImageServer for InvokeAi {
             finished.push((frame, outcome));
         }
         // Items the server no longer knows (deleted by someone) cannot finish.
-        let lost: Vec<u64> = self
-            .outstanding
-            .iter()
-            .copied()
+        let lost: Vec<u64> = to_fetch
+            .into_iter()
             .filter(|id| !seen.contains_key(id))
             .collect();
         if !lost.is_empty() {
