@@ -165,12 +165,14 @@ pub struct InvokeAi {
     graph: Value,
     sdxl: bool,
     settings: DrawSettings,
-    /// Queue items of this run not yet finished, with their batch.
-    outstanding: Vec<(u64, String)>,
+    /// Queue items of this run not yet finished.
+    outstanding: Vec<u64>,
     batches: Vec<String>,
-    /// Items of each batch seen finished: a batch's (small) status is polled, and its
-    /// (large) items are fetched only when that count grows.
-    finished_in: HashMap<String, u64>,
+    /// Items the whole queue had finished (everyone's) at the last `queue_length`, and
+    /// that count when this run's items were last fetched: the (large) items are fetched
+    /// only when it changed.
+    finished_total: Option<u64>,
+    fetched_at: Option<u64>,
 }
 
 impl InvokeAi {
@@ -199,7 +201,8 @@ impl InvokeAi {
             settings,
             outstanding: Vec::new(),
             batches: Vec::new(),
-            finished_in: HashMap::new(),
+            finished_total: None,
+            fetched_at: None,
         })
     }
 }
@@ -297,8 +300,9 @@ impl ImageServer for InvokeAi {
 
     fn queue_length(&mut self) -> Result<usize, HttpError> {
         let status = self.client.get_json(&format!("{QUEUE}/status"), &[])?;
-        let count = |field: &str| status["queue"][field].as_u64().unwrap_or(0) as usize;
-        Ok(count("pending") + count("in_progress"))
+        let count = |field: &str| status["queue"][field].as_u64().unwrap_or(0);
+        self.finished_total = Some(count("completed") + count("failed") + count("canceled"));
+        Ok((count("pending") + count("in_progress")) as usize)
     }
 
     fn submit(&mut self, frames: &[(usize, &FrameRequest)]) -> Result<(), HttpError> {
@@ -347,39 +351,21 @@ impl ImageServer for InvokeAi {
             return Err(self.client.unexpected("enqueue_batch", "no batch id"));
         };
         self.batches.push(batch.to_string());
-        self.outstanding
-            .extend(ids.into_iter().map(|id| (id, batch.to_string())));
+        self.outstanding.extend(ids);
         Ok(())
     }
 
     fn poll(&mut self) -> Result<Vec<(usize, Outcome)>, HttpError> {
-        // Polled often while the server computes: only small answers until something
-        // finished (a full item carries its whole session; serving those several times
-        // a second slowed InvokeAI's own work by about a tenth here).
-        let mut batches: Vec<String> = self.outstanding.iter().map(|(_, b)| b.clone()).collect();
-        batches.sort();
-        batches.dedup();
-        let mut to_fetch = Vec::new();
-        for batch in batches {
-            let status = self
-                .client
-                .get_json(&format!("{QUEUE}/b/{batch}/status"), &[])?;
-            let count = |field: &str| status[field].as_u64().unwrap_or(0);
-            let finished = count("completed") + count("failed") + count("canceled");
-            let seen = self.finished_in.entry(batch.clone()).or_default();
-            if finished > *seen || count("total") == 0 {
-                *seen = finished;
-                to_fetch.extend(
-                    self.outstanding
-                        .iter()
-                        .filter(|(_, b)| *b == batch)
-                        .map(|(id, _)| *id),
-                );
-            }
-        }
-        if to_fetch.is_empty() {
+        // Polled often while the server computes: nothing but the queue's (small) status
+        // until its count of finished items changes (a full item carries its whole session; serving
+        // them several times a second slowed InvokeAI's own work by about a tenth here).
+        if self.outstanding.is_empty()
+            || (self.fetched_at.is_some() && self.fetched_at == self.finished_total)
+        {
             return Ok(Vec::new());
         }
+        self.fetched_at = self.finished_total;
+        let to_fetch = self.outstanding.clone();
         let items = self.client.send_json(
             "POST",
             &format!("{QUEUE}/items_by_ids"),
@@ -405,7 +391,7 @@ impl ImageServer for InvokeAi {
                 .flatten()
                 .find(|v| v["node_path"] == TAG_NODE)
                 .and_then(|v| v["value"].as_str()?.parse::<usize>().ok());
-            self.outstanding.retain(|(o, _)| *o != id);
+            self.outstanding.retain(|&o| o != id);
             let Some(frame) = frame else {
                 return Err(self
                     .client

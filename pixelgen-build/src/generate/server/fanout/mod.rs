@@ -31,7 +31,9 @@ use super::{FrameRequest, ImageServer, Outcome};
 pub struct FanOutOptions {
     /// Most frames of this run queued on one server at once.
     pub window: usize,
-    /// Time between polls of a server with work queued.
+    /// The shortest time between polls of a server with work queued. Each server is
+    /// polled about four times per frame it takes (its measured pace), at most once a
+    /// second: polling costs the server CPU time that its own work needs.
     pub poll_interval: Duration,
     /// A server with work queued and no frame finished for this long is given up.
     pub stall_timeout: Duration,
@@ -43,7 +45,7 @@ impl Default for FanOutOptions {
     fn default() -> Self {
         FanOutOptions {
             window: 3,
-            poll_interval: Duration::from_millis(150),
+            poll_interval: Duration::from_millis(100),
             stall_timeout: Duration::from_secs(600),
             max_transport_errors: 3,
         }
@@ -200,6 +202,8 @@ impl Worker<'_> {
     fn run(mut self) {
         let mut transport_errors = 0;
         let mut last_progress = Instant::now();
+        // Seconds per finished frame on this server (exponential average), for pacing.
+        let mut pace: Option<f64> = None;
         // The queue length decides the first take too.
         if let Ok(length) = self.server.queue_length() {
             self.lock().queue_lengths[self.index] = length;
@@ -272,11 +276,17 @@ impl Worker<'_> {
                     }
                 }
             }
-            std::thread::sleep(self.options.poll_interval);
+            let interval = pace.map_or(self.options.poll_interval * 2, |pace| {
+                Duration::from_secs_f64(pace / 4.0)
+                    .clamp(self.options.poll_interval, Duration::from_secs(1))
+            });
+            std::thread::sleep(interval);
             match self.poll() {
-                Ok(progressed) => {
+                Ok(finished) => {
                     transport_errors = 0;
-                    if progressed {
+                    if finished > 0 {
+                        let per_frame = last_progress.elapsed().as_secs_f64() / finished as f64;
+                        pace = Some(pace.map_or(per_frame, |p| 0.7 * p + 0.3 * per_frame));
                         last_progress = Instant::now();
                     }
                 }
@@ -300,15 +310,15 @@ impl Worker<'_> {
         }
     }
 
-    /// One poll: finished frames become events. `Ok(true)` when any finished.
-    fn poll(&mut self) -> Result<bool, HttpError> {
+    /// One poll: finished frames become events. Returns how many finished.
+    fn poll(&mut self) -> Result<usize, HttpError> {
         let length = self.server.queue_length()?;
         self.lock().queue_lengths[self.index] = length;
         if self.in_flight.is_empty() {
-            return Ok(false);
+            return Ok(0);
         }
         let finished = self.server.poll()?;
-        let progressed = !finished.is_empty();
+        let progressed = finished.len();
         for (frame, outcome) in finished {
             if self.in_flight.remove(&frame).is_none() {
                 continue;
