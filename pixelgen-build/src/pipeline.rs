@@ -820,7 +820,7 @@ impl Session {
             .map_err(&failed)?;
         if servers.is_empty() {
             return Err(failed(format!(
-                "no image server can draw it:\n  {}",
+                "no image server can draw it:\n  {}\nhelp: start a server (or fix `url`, or PIXELGEN_IMAGE_SERVERS) and build again; sprites already in cache/ build without one",
                 left_out.join("\n  ")
             )));
         }

@@ -28,6 +28,8 @@ fn fixture(name: &str) -> std::path::PathBuf {
 struct Replay {
     /// (method, path with query, body) of every request.
     requests: Vec<(String, String, Value)>,
+    /// The `Authorization` header of every request (empty when there was none).
+    authorization: Vec<String>,
     /// Prompt id → the workflow it was sent.
     prompts: Vec<(String, Value)>,
     /// Polls of each prompt's history so far.
@@ -63,16 +65,19 @@ fn serve(listener: TcpListener, replay: Arc<Mutex<Replay>>) {
             parts.next().unwrap_or("").to_string(),
         );
         let mut length = 0;
+        let mut authorization = String::new();
         loop {
             let mut header = String::new();
             reader.read_line(&mut header).unwrap();
             if header.trim().is_empty() {
                 break;
             }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap();
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap();
+                } else if name.eq_ignore_ascii_case("authorization") {
+                    authorization = value.trim().to_string();
+                }
             }
         }
         let mut body = vec![0; length];
@@ -82,6 +87,7 @@ fn serve(listener: TcpListener, replay: Arc<Mutex<Replay>>) {
         state
             .requests
             .push((method.clone(), target.clone(), body.clone()));
+        state.authorization.push(authorization);
         let (status, content_type, payload): (u16, &str, Vec<u8>) =
             match (method.as_str(), target.as_str()) {
                 ("GET", "/queue") => (
@@ -222,11 +228,18 @@ fn game(url: &str, model: &str) -> (tempfile::TempDir, Project) {
     (dir, project)
 }
 
+/// The token the tests give the servers (through the environment, as a user would).
+const TOKEN: &str = "s3cret-token";
+
 fn build(project: &Project) -> Result<pixelgen_build::Summary, pixelgen_build::Error> {
+    let environment = Environment::from_lookup(
+        |name| (name == "PIXELGEN_IMAGE_SERVER_TOKEN").then(|| TOKEN.into()),
+        std::env::temp_dir(),
+    );
     let mut session = Session::open(
         project.clone(),
         FileHasher::in_memory(),
-        &Environment::default(),
+        &environment,
         false,
     )?;
     session.realize(false, &mut Quiet)
@@ -283,12 +296,21 @@ fn comfyui_sprites_send_the_workflow_with_their_inputs_and_cache_what_comes_back
     assert!(state.requests.iter().any(|(_, p, _)| {
         p.starts_with("/view?filename=ComfyUI_00021_.png&subfolder=&type=output")
     }));
+    assert!(
+        state
+            .authorization
+            .iter()
+            .all(|a| *a == format!("Bearer {TOKEN}")),
+        "every request carries the token: {:?}",
+        state.authorization
+    );
     let requests = state.requests.len();
     drop(state);
 
     let lock = std::fs::read_to_string(&project.lock_path).unwrap();
     assert!(lock.contains("\"workflow:workflow_api.json\""), "{lock}");
     assert!(!lock.contains("127.0.0.1"), "{lock}");
+    assert!(!lock.contains(TOKEN), "{lock}");
 
     // Nothing changed: no request at all (ComfyUI's identity is the workflow's bytes).
     let again = build(&project).unwrap();
@@ -312,6 +334,7 @@ fn comfyui_errors_fail_the_frames_with_comfyuis_words_and_keep_the_rest() {
     replay.lock().unwrap().wrong_size_seeds = vec![10];
     let error = build(&project).unwrap_err().to_string();
     assert!(error.contains("2 frame(s) could not be drawn"), "{error}");
+    assert!(!error.contains(TOKEN), "{error}");
     assert!(
         error.contains("bat#1") && error.contains("KSampler (3): CUDA out of memory"),
         "{error}"
