@@ -8,8 +8,9 @@
 //! PIXELGEN_INVOKEAI_WEB=/path/to/invokeai-web cargo bench --profile dev -p pixelgen-tests --bench servers
 //! ```
 //!
-//! Two servers on one machine share its cores: on a CPU-only machine the second server
-//! adds little; the figure that matters for a studio is on separate GPUs.
+//! Each server computes on one thread (`OMP_NUM_THREADS=1`), so on a machine with two or
+//! more cores two servers stand for two machines; pixelgen's own work (fetching,
+//! pixelizing, caching) shares the cores with them.
 
 use std::time::{Duration, Instant};
 
@@ -136,7 +137,9 @@ fn main() {
     pixelgen_run(&[a.url()], 1, "warm a");
     pixelgen_run(&[b.url()], 1, "warm b");
 
-    println!("Server sprites, tiny SD1 64x64, 4 steps, CPU (InvokeAI 6.14 on loopback)");
+    println!(
+        "Server sprites, tiny SD1 64x64, 4 steps, CPU (InvokeAI 6.14 on loopback, one thread each)"
+    );
     println!("median of 3 runs for 16 frames, 1 run for 64; pixelgen and direct runs alternate");
     println!(
         "{:>6}  {:>7}  {:>12}  {:>10}  {:>12}  {:>10}  {:>8}",

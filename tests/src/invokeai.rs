@@ -76,6 +76,10 @@ impl InvokeAi {
         let child = Command::new(executable)
             .arg("--root")
             .arg(root.path())
+            // One core each: two servers on one machine then behave like two machines
+            // (torch's default, a thread per core in each, makes them fight over all cores).
+            .env("OMP_NUM_THREADS", "1")
+            .env("MKL_NUM_THREADS", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -7,8 +7,8 @@
 //! - Every call has a connect and a read timeout, so a dead server never hangs a build.
 //! - A response body is read up to a limit ([`MAX_JSON_BYTES`], [`MAX_IMAGE_BYTES`]).
 //! - [`HttpError::Transport`] (nothing answered) and [`HttpError::Status`] (the server
-//!   answered with an error) stay apart: the fan-out moves work off a server for the first
-//!   and reports the second.
+//!   answered with an error) stay apart: the fan-out moves work off a server that does
+//!   not answer or answers 5xx, and reports a 4xx refusal as the frames' failure.
 
 use std::io::Read;
 use std::time::Duration;
@@ -43,9 +43,15 @@ pub enum HttpError {
 }
 
 impl HttpError {
-    /// Whether the server itself is unreachable (as opposed to refusing one request).
-    pub fn is_transport(&self) -> bool {
-        matches!(self, HttpError::Transport { .. })
+    /// Whether the server itself is in trouble — unreachable, or answering 5xx (itself,
+    /// or the proxy in front of it) — as opposed to refusing one request (4xx): work
+    /// moves off it to another server.
+    pub fn is_server_trouble(&self) -> bool {
+        match self {
+            HttpError::Transport { .. } => true,
+            HttpError::Status { status, .. } => *status >= 500,
+            HttpError::Unexpected { .. } => false,
+        }
     }
 }
 
@@ -306,6 +312,6 @@ mod tests {
             Duration::from_secs(2),
         );
         let error = client.get_json("/api/v1/app/version", &[]).unwrap_err();
-        assert!(error.is_transport(), "{error}");
+        assert!(error.is_server_trouble(), "{error}");
     }
 }

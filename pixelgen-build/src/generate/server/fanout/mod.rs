@@ -257,13 +257,13 @@ impl Worker<'_> {
                         }
                         self.in_flight.extend(take.iter().map(|&f| (f, ())));
                     }
-                    Err(error) if error.is_transport() => {
+                    Err(error) if error.is_server_trouble() => {
                         self.give_up(take, error.to_string());
                         return;
                     }
                     Err(error) => {
-                        // The server refused the request itself (a setting it does not
-                        // know): every server would, so these frames fail.
+                        // The server refused the request itself (4xx: a setting it does
+                        // not know): every server would, so these frames fail.
                         let mut state = self.lock();
                         for frame in take {
                             state.unfinished -= 1;

@@ -31,6 +31,8 @@ struct FakeServer {
     /// Frames finished per poll.
     speed: usize,
     dead: bool,
+    /// Every submission is answered with this HTTP status.
+    refuses_with: Option<u16>,
 }
 
 impl FakeServer {
@@ -47,6 +49,7 @@ impl FakeServer {
             foreign: 0,
             speed: 1,
             dead: false,
+            refuses_with: None,
         }
     }
 
@@ -71,6 +74,13 @@ impl ImageServer for FakeServer {
     fn submit(&mut self, frames: &[(usize, &FrameRequest)]) -> Result<(), HttpError> {
         if self.dead {
             return Err(self.down());
+        }
+        if let Some(status) = self.refuses_with {
+            return Err(HttpError::Status {
+                endpoint: self.endpoint.to_string(),
+                status,
+                message: format!("refused with {status}"),
+            });
         }
         self.queue.extend(frames.iter().map(|(f, _)| *f));
         Ok(())
@@ -255,4 +265,25 @@ fn a_caller_error_stops_the_run_and_cancels_queued_work() {
     });
     assert_eq!(result, Err("disk full"));
     assert!(log.lock().unwrap().cancelled[0]);
+}
+
+#[test]
+fn a_5xx_moves_the_frames_to_another_server_and_a_4xx_fails_them() {
+    let log = Arc::new(Mutex::new(Log::default()));
+    let mut proxy_down = FakeServer::new(0, &log);
+    proxy_down.refuses_with = Some(503);
+    let (done, failed, lost) = run(vec![proxy_down, FakeServer::new(1, &log)], 6);
+    assert_eq!((done.len(), failed.len(), lost.len()), (6, 0, 1));
+    assert!(done.iter().all(|(_, server)| *server == 1));
+
+    let log = Arc::new(Mutex::new(Log::default()));
+    let mut refusing = FakeServer::new(0, &log);
+    refusing.refuses_with = Some(422);
+    let (done, failed, _) = run(vec![refusing], 4);
+    assert!(done.is_empty());
+    assert_eq!(failed.len(), 4);
+    assert!(
+        failed.iter().all(|(_, m)| m.contains("refused with 422")),
+        "{failed:?}"
+    );
 }
