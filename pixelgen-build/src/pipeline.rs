@@ -867,19 +867,9 @@ impl Session {
                     image,
                 } => {
                     let (i, frame) = sent[frame];
-                    if let Some(key) = self.plan[i].frames[frame as usize].raw {
-                        let write = std::time::Instant::now();
-                        self.cache
-                            .write_raw(&key, &image)
-                            .map_err(|source| Error::Cache {
-                                path: self.cache.raw_path_of(&key),
-                                source,
-                            })?;
-                        local.add(Stage::EncodeWrite, write.elapsed());
-                    }
                     drawn[server] += 1;
                     progress.server_frame_done(&names[server]);
-                    self.store_finished(statuses, i, frame, image, progress, &mut local)
+                    self.store_drawn(statuses, i, frame, image, progress, &mut local)
                 }
                 fanout::Event::Failed { frame, message } => {
                     let (i, frame) = sent[frame];
@@ -1093,17 +1083,7 @@ impl Session {
                 for (index, drawn) in receiver {
                     let chunk = jobs.chunks(batch_size).nth(index).unwrap_or_default();
                     for (raw, &(i, frame)) in drawn?.into_iter().zip(chunk) {
-                        if let Some(key) = self.plan[i].frames[frame as usize].raw {
-                            let start = std::time::Instant::now();
-                            self.cache
-                                .write_raw(&key, &raw)
-                                .map_err(|source| Error::Cache {
-                                    path: self.cache.raw_path_of(&key),
-                                    source,
-                                })?;
-                            timings.add(Stage::EncodeWrite, start.elapsed());
-                        }
-                        self.store_finished(statuses, i, frame, raw, progress, &mut timings)?;
+                        self.store_drawn(statuses, i, frame, raw, progress, &mut timings)?;
                     }
                 }
                 Ok(())
@@ -1120,6 +1100,30 @@ impl Session {
         timings.merge(&sampler_timings);
         notes.extend(sampler_notes);
         Ok(Sampled { timings, notes })
+    }
+
+    /// Stores a frame a generator drew: the raw image (when the sprite's raw images are
+    /// kept), then the finished frame.
+    fn store_drawn(
+        &self,
+        statuses: &mut [(SpriteStatus, Vec<Lookup>)],
+        i: usize,
+        frame: u32,
+        raw: image::RgbaImage,
+        progress: &mut dyn Progress,
+        timings: &mut Timings,
+    ) -> Result<(), Error> {
+        if let Some(key) = self.plan[i].frames[frame as usize].raw {
+            let start = std::time::Instant::now();
+            self.cache
+                .write_raw(&key, &raw)
+                .map_err(|source| Error::Cache {
+                    path: self.cache.raw_path_of(&key),
+                    source,
+                })?;
+            timings.add(Stage::EncodeWrite, start.elapsed());
+        }
+        self.store_finished(statuses, i, frame, raw, progress, timings)
     }
 
     /// Pixelizes a raw frame and stores the finished sprite frame in the cache.

@@ -16,7 +16,7 @@
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
-use super::http::{Client, HttpError};
+use super::http::{Client, HttpError, percent_encode};
 use super::invokeai::decode_checked;
 use super::{DrawSettings, Endpoint, FrameRequest, ImageServer, Outcome, ServerKind};
 use crate::manifest::{ServerSpec, WorkflowInputs};
@@ -164,7 +164,7 @@ impl ComfyUi {
             "/view?{}",
             query
                 .iter()
-                .map(|(k, v)| format!("{k}={}", encode_query(v)))
+                .map(|(k, v)| format!("{k}={}", percent_encode(v)))
                 .collect::<Vec<_>>()
                 .join("&")
         );
@@ -173,18 +173,6 @@ impl ComfyUi {
             Err(error) => Outcome::Failed(error.to_string()),
         }
     }
-}
-
-fn encode_query(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 impl ImageServer for ComfyUi {

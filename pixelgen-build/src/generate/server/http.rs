@@ -209,6 +209,18 @@ impl Client {
     }
 }
 
+/// Percent-encodes a path segment or query value (RFC 3986's unreserved characters stay).
+pub fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The human part of an error body: FastAPI's `detail` (InvokeAI), ComfyUI's
 /// `error.message` with its node errors, else the text itself (shortened).
 pub fn server_message(body: &str) -> String {

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use super::http::{Client, HttpError};
+use super::http::{Client, HttpError, percent_encode};
 use super::{DrawSettings, Endpoint, FrameRequest, ImageServer, Outcome};
 
 /// The largest seed InvokeAI's noise node takes.
@@ -86,7 +86,7 @@ pub fn find_model(client: &Client, model: &str) -> Result<ModelInfo, HttpError> 
         .collect();
     if found.is_empty() {
         // Perhaps a key.
-        match client.get_json(&format!("/api/v2/models/i/{}", encode(model)), &[]) {
+        match client.get_json(&format!("/api/v2/models/i/{}", percent_encode(model)), &[]) {
             Ok(value) => found.extend(ModelInfo::from_json(&value).filter(|m| m.kind == "main")),
             Err(HttpError::Status { .. }) => {}
             Err(error) => return Err(error),
@@ -144,19 +144,6 @@ fn models(listed: &Value) -> &[Value] {
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default()
-}
-
-/// Percent-encodes a path segment.
-fn encode(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// One InvokeAI server, ready to draw with one model, its LoRAs and settings.
@@ -457,7 +444,7 @@ impl InvokeAi {
                 self.client.endpoint, item["item_id"]
             ));
         };
-        let path = format!("/api/v1/images/i/{}", encode(name));
+        let path = format!("/api/v1/images/i/{}", percent_encode(name));
         let bytes = match self.client.get_bytes(&format!("{path}/full")) {
             Ok(bytes) => bytes,
             Err(error) => return Outcome::Failed(error.to_string()),
