@@ -147,12 +147,7 @@ impl InvokeAi {
             );
             std::thread::sleep(Duration::from_millis(500));
         }
-        let model = self.install(model_dir);
-        self.send(
-            "PATCH",
-            &format!("/api/v2/models/i/{model}"),
-            json!({"name": MODEL, "base": "sd-1", "type": "main", "format": "diffusers", "variant": "normal", "prediction_type": "epsilon"}),
-        );
+        self.install_main(model_dir, MODEL, "sd-1");
         for (index, lora) in loras.iter().enumerate() {
             let key = self.install(lora);
             self.send(
@@ -161,6 +156,16 @@ impl InvokeAi {
                 json!({"name": format!("lora-{index}"), "base": "sd-1", "type": "lora", "format": "lycoris"}),
             );
         }
+    }
+
+    /// Installs a diffusers folder as the main model `name` of base `base` (`sd-1`, `sdxl`).
+    pub fn install_main(&self, model_dir: &Path, name: &str, base: &str) {
+        let key = self.install(model_dir);
+        self.send(
+            "PATCH",
+            &format!("/api/v2/models/i/{key}"),
+            json!({"name": name, "base": base, "type": "main", "format": "diffusers", "variant": "normal", "prediction_type": "epsilon"}),
+        );
     }
 
     /// Installs a file or folder in place; returns the model's key.

@@ -34,6 +34,8 @@ fn manifest(urls: &[String], coins_prompt: &str, hero_prompt: &str, lora: &Path)
         "coins": (prompt: "{coins_prompt}", seed: 100, frames: 16),
         "gem":   (prompt: "a blue gem", seed: 9, loras: [(path: {lora:?}, weight: 0.8)]),
         "tree":  (prompt: "a tree", seed: 5, generator: Procedural),
+        "castle": (prompt: "a castle", seed: 4, frames: 2,
+                   generator: Server(url: [{urls}], model: "tiny-sdxl", steps: 3, guidance: 5.0, scheduler: "euler", resolution: (64, 64))),
     }},
 )"#,
         model = invokeai::MODEL,
@@ -58,6 +60,12 @@ fn server_sprites_build_fan_out_survive_a_dead_server_and_build_offline() {
     let mut b = InvokeAi::start(&web);
     a.ready(&model, &[&lora]);
     b.ready(&model, &[&lora]);
+    // Only server a has the SDXL model: b is left out of its sprite's frames.
+    let sdxl = fixtures()
+        .join("../sdxl/model")
+        .canonicalize()
+        .expect("the tiny SDXL fixture");
+    a.install_main(&sdxl, "tiny-sdxl", "sdxl");
     let urls = vec![a.url(), b.url()];
 
     let game = GameCrate::new(
@@ -66,13 +74,28 @@ fn server_sprites_build_fan_out_survive_a_dead_server_and_build_offline() {
     );
     let first = game.build(&[]);
     assert!(first.success, "{}", first.stderr);
-    assert_eq!(first.summary, Some((4, 4, 0)), "{}", first.stderr);
-    // 1 + 16 + 1 frames, each drawn once, on both servers between them.
+    assert_eq!(first.summary, Some((5, 5, 0)), "{}", first.stderr);
+    // 1 + 16 + 1 + 2 frames, each drawn once, on both servers between them; the SDXL
+    // castle only on a, and the build says why b drew none of it.
     let per_server = drawn(&[&a, &b]);
     let all: Vec<&(String, u64)> = per_server.iter().flatten().collect();
     let distinct: BTreeSet<&(String, u64)> = all.iter().copied().collect();
-    assert_eq!(all.len(), 18, "{per_server:?}");
-    assert_eq!(distinct.len(), 18, "no frame drawn twice: {per_server:?}");
+    assert_eq!(all.len(), 20, "{per_server:?}");
+    assert_eq!(distinct.len(), 20, "no frame drawn twice: {per_server:?}");
+    assert_eq!(
+        per_server[0]
+            .iter()
+            .filter(|(p, _)| p == "a castle")
+            .count(),
+        2,
+        "{per_server:?}"
+    );
+    assert!(
+        first.stderr.contains("left out of this run")
+            && first.stderr.contains("no main model named `tiny-sdxl`"),
+        "{}",
+        first.stderr
+    );
     let coins: Vec<usize> = per_server
         .iter()
         .map(|s| s.iter().filter(|(p, _)| p == "gold coins").count())
@@ -104,8 +127,8 @@ fn server_sprites_build_fan_out_survive_a_dead_server_and_build_offline() {
     // Nothing changed: nothing drawn.
     let again = game.build(&[]);
     assert!(again.success, "{}", again.stderr);
-    assert_eq!(again.summary, Some((4, 0, 4)), "{}", again.stderr);
-    assert_eq!(drawn(&[&a, &b]).iter().map(Vec::len).sum::<usize>(), 18);
+    assert_eq!(again.summary, Some((5, 0, 5)), "{}", again.stderr);
+    assert_eq!(drawn(&[&a, &b]).iter().map(Vec::len).sum::<usize>(), 20);
 
     // One edited prompt: exactly that frame.
     game.write_manifest(&manifest(
@@ -116,8 +139,8 @@ fn server_sprites_build_fan_out_survive_a_dead_server_and_build_offline() {
     ));
     let edited = game.build(&[]);
     assert!(edited.success, "{}", edited.stderr);
-    assert_eq!(edited.summary, Some((4, 1, 3)), "{}", edited.stderr);
-    assert_eq!(drawn(&[&a, &b]).iter().map(Vec::len).sum::<usize>(), 19);
+    assert_eq!(edited.summary, Some((5, 1, 4)), "{}", edited.stderr);
+    assert_eq!(drawn(&[&a, &b]).iter().map(Vec::len).sum::<usize>(), 21);
 
     // The servers' order in the manifest (not part of any key) changes nothing.
     game.write_manifest(&manifest(
@@ -127,7 +150,7 @@ fn server_sprites_build_fan_out_survive_a_dead_server_and_build_offline() {
         &lora,
     ));
     let reordered = game.build(&[]);
-    assert_eq!(reordered.summary, Some((4, 0, 4)), "{}", reordered.stderr);
+    assert_eq!(reordered.summary, Some((5, 0, 5)), "{}", reordered.stderr);
 
     // 16 new coin frames; server b is killed once it has drawn one of them. The build
     // succeeds with a on its own, and no coin frame is drawn twice.
@@ -162,7 +185,7 @@ fn server_sprites_build_fan_out_survive_a_dead_server_and_build_offline() {
     });
     let (killed, by_b) = build;
     assert!(killed.success, "{}", killed.stderr);
-    assert_eq!(killed.summary, Some((4, 1, 3)), "{}", killed.stderr);
+    assert_eq!(killed.summary, Some((5, 1, 4)), "{}", killed.stderr);
     assert!(
         killed
             .stderr
@@ -192,11 +215,11 @@ fn server_sprites_build_fan_out_survive_a_dead_server_and_build_offline() {
     a.kill();
     let offline = game.build(&[("CI", "true")]);
     assert!(offline.success, "{}", offline.stderr);
-    assert_eq!(offline.summary, Some((4, 0, 4)), "{}", offline.stderr);
+    assert_eq!(offline.summary, Some((5, 0, 5)), "{}", offline.stderr);
     // Online with every server down and nothing stale: the lock's identity keeps it fresh.
     let down = game.build(&[]);
     assert!(down.success, "{}", down.stderr);
-    assert_eq!(down.summary, Some((4, 0, 4)), "{}", down.stderr);
+    assert_eq!(down.summary, Some((5, 0, 5)), "{}", down.stderr);
     assert!(
         down.stderr.contains("no image server answered"),
         "{}",
