@@ -820,7 +820,7 @@ impl Session {
             .map_err(&failed)?;
         if servers.is_empty() {
             return Err(failed(format!(
-                "no image server can draw it:\n  {}\nhelp: start a server (or fix `url`, or PIXELGEN_IMAGE_SERVERS) and build again; sprites already in cache/ build without one",
+                "no image server can draw it:\n  {}\nhelp: fix what each server says above (start it, install the model or LoRA it lacks, or correct `url` or PIXELGEN_IMAGE_SERVERS) and build again; sprites already in cache/ build without a server",
                 left_out.join("\n  ")
             )));
         }

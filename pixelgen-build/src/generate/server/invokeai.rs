@@ -95,6 +95,21 @@ pub fn find_model(client: &Client, model: &str) -> Result<ModelInfo, HttpError> 
     match found.len() {
         1 => Ok(found.remove(0)),
         0 => {
+            // Installed, but not as a main model (InvokeAI's probe could not classify it)?
+            let named = client.get_json("/api/v2/models/", &[("model_name", model)])?;
+            if let Some(other) = models(&named)
+                .iter()
+                .filter_map(ModelInfo::from_json)
+                .next()
+            {
+                return Err(client.unexpected(
+                    "the model lookup",
+                    format!(
+                        "its model `{model}` is installed as type `{}`, base `{}`, not as a main model; set its type and base in the model manager (or `PATCH /api/v2/models/i/{}` with {{\"type\": \"main\", \"base\": \"sd-1\"}} and the right base)",
+                        other.kind, other.base, other.key
+                    ),
+                ));
+            }
             let all = client.get_json("/api/v2/models/", &[("model_type", "main")])?;
             let names: Vec<String> = models(&all)
                 .iter()
