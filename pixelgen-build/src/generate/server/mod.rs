@@ -131,10 +131,12 @@ pub struct Ready {
     pub left_out: Vec<String>,
 }
 
-/// The servers of one run: what each said about each model, asked once.
+/// The servers of one run: what each said about each model, asked once; a server that
+/// did not answer is not asked again in this run (each try can cost a connect timeout).
 pub struct Connections {
     settings: ImageServerSettings,
     models: BTreeMap<(Endpoint, String), Result<invokeai::ModelInfo, String>>,
+    unreachable: BTreeMap<Endpoint, String>,
 }
 
 impl Connections {
@@ -142,6 +144,7 @@ impl Connections {
         Connections {
             settings,
             models: BTreeMap::new(),
+            unreachable: BTreeMap::new(),
         }
     }
 
@@ -180,8 +183,16 @@ impl Connections {
         if let Some(known) = self.models.get(&key) {
             return known.clone();
         }
+        if let Some(error) = self.unreachable.get(endpoint) {
+            return Err(error.clone());
+        }
         let client = self.client(endpoint);
-        let found = invokeai::find_model(&client, model).map_err(|e| e.to_string());
+        let found = invokeai::find_model(&client, model).map_err(|e| {
+            if e.is_server_trouble() {
+                self.unreachable.insert(endpoint.clone(), e.to_string());
+            }
+            e.to_string()
+        });
         self.models.insert(key, found.clone());
         found
     }
