@@ -289,8 +289,9 @@ pub struct Session {
     server: Option<crate::serve::WarmServer>,
     /// Model identities the image servers reported this run (online builds only).
     reported: BTreeMap<InputFile, blake3::Hash>,
-    /// The image servers of Server sprites, asked once per run.
-    connections: generate::server::Connections,
+    /// The image servers of Server sprites, asked once per run (drawing borrows it
+    /// while the session stores what arrives).
+    connections: std::cell::RefCell<generate::server::Connections>,
 }
 
 impl Session {
@@ -342,7 +343,9 @@ impl Session {
             #[cfg(unix)]
             server: None,
             reported: BTreeMap::new(),
-            connections: generate::server::Connections::new(environment.image_servers.clone()),
+            connections: std::cell::RefCell::new(generate::server::Connections::new(
+                environment.image_servers.clone(),
+            )),
         })
     }
 
@@ -732,12 +735,14 @@ impl Session {
             {
                 continue;
             }
-            let (identity, unreachable) = self.connections.identity(spec).map_err(|message| {
-                generate::GenerateError::Failed {
-                    sprite: sprite.name.clone(),
-                    message,
-                }
-            })?;
+            let (identity, unreachable) =
+                self.connections
+                    .get_mut()
+                    .identity(spec)
+                    .map_err(|message| generate::GenerateError::Failed {
+                        sprite: sprite.name.clone(),
+                        message,
+                    })?;
             match identity {
                 Some(identity) => {
                     self.reported
@@ -751,7 +756,16 @@ impl Session {
                 )),
             }
         }
-        if !self.reported.is_empty() {
+        // Planned again only when a server reports another identity than the plan used
+        // (the lock's): the usual case, nothing changed, costs no second plan.
+        let changed = self.plan.iter().any(|planned| {
+            planned.files.iter().any(|(file, hex)| {
+                self.reported
+                    .get(file)
+                    .is_some_and(|reported| reported.to_hex().as_str() != hex)
+            })
+        });
+        if changed {
             let replanned = plan_timed(
                 &self.manifest,
                 &mut self.hasher,
@@ -770,19 +784,54 @@ impl Session {
         Ok(notes)
     }
 
+    /// The LoRAs of planned sprite `i` as image servers know them: by the blake3 of the
+    /// file's bytes. A trained LoRA's plan hash is its key, so its file's hash comes from
+    /// the cache's (stamp-cached) check of the trained file.
+    fn server_loras(&mut self, i: usize) -> Result<Vec<generate::server::ServerLora>, Error> {
+        let sprite = self.manifest.sprites[self.plan[i].sprite].name.clone();
+        let resolved = self.plan[i].loras.clone();
+        let mut loras = Vec::with_capacity(resolved.len());
+        for lora in resolved {
+            let content_hash = match &lora.trained {
+                Some(name) => {
+                    let index = self.manifest.trained_lora_index(name);
+                    match index.map(|index| self.lora_lookup(index)) {
+                        Some(Lookup::Hit { output }) => output.to_hex().to_string(),
+                        _ => {
+                            return Err(Error::Generate(generate::GenerateError::Failed {
+                                sprite,
+                                message: format!(
+                                    "trained LoRA `{name}` is not in the cache ({})",
+                                    lora.file.display()
+                                ),
+                            }));
+                        }
+                    }
+                }
+                None => lora.hash,
+            };
+            loras.push(generate::server::ServerLora {
+                file: lora.file,
+                content_hash,
+                weight: lora.weight,
+            });
+        }
+        Ok(loras)
+    }
+
     /// Draws `jobs` (frames of Server sprites that share a [`BatchKey`]) on their image
     /// servers, storing each frame as it arrives. Frames the servers could not draw fail
     /// together at the end, after every other frame is stored.
     fn draw_on_servers(
         &self,
-        connections: &mut generate::server::Connections,
+        loras: &[generate::server::ServerLora],
         jobs: &[(usize, u32)],
         statuses: &mut [(SpriteStatus, Vec<Lookup>)],
         progress: &mut dyn Progress,
         timings: &mut Timings,
         drawn_by: &mut BTreeMap<String, usize>,
     ) -> Result<Vec<String>, Error> {
-        use generate::server::{FrameRequest, ServerKind, ServerLora, fanout};
+        use generate::server::{FrameRequest, ServerKind, fanout};
         let planned = &self.plan[jobs[0].0];
         let sprite = &self.manifest.sprites[planned.sprite];
         let manifest::GeneratorSpec::Server(spec) = &sprite.generator else {
@@ -800,23 +849,10 @@ impl Session {
             .get(&InputFile::ServerModel(spec.model.clone()))
             .and_then(|hex| blake3::Hash::from_hex(hex).ok())
             .unwrap_or(blake3::hash(b"no identity"));
-        let mut loras = Vec::with_capacity(planned.loras.len());
-        for lora in &planned.loras {
-            let content_hash = match &lora.trained {
-                // A trained LoRA's "hash" is its key; the server knows it by its bytes.
-                Some(_) => std::fs::read(&lora.file)
-                    .map(|bytes| blake3::hash(&bytes).to_hex().to_string())
-                    .map_err(|e| failed(format!("cannot read {}: {e}", lora.file.display())))?,
-                None => lora.hash.clone(),
-            };
-            loras.push(ServerLora {
-                file: lora.file.clone(),
-                content_hash,
-                weight: lora.weight,
-            });
-        }
-        let generate::server::Ready { servers, left_out } = connections
-            .servers(spec, &loras, identity)
+        let generate::server::Ready { servers, left_out } = self
+            .connections
+            .borrow_mut()
+            .servers(spec, loras, identity)
             .map_err(&failed)?;
         if servers.is_empty() {
             return Err(failed(format!(
@@ -963,20 +999,16 @@ impl Session {
                 self.manifest.sprites[self.plan[to_generate[0].0].sprite].generator,
                 manifest::GeneratorSpec::Server(_)
             ) {
-                let mut connections = std::mem::replace(
-                    &mut self.connections,
-                    generate::server::Connections::new(Default::default()),
-                );
+                let loras = self.server_loras(to_generate[0].0)?;
                 let drawn = self.draw_on_servers(
-                    &mut connections,
+                    &loras,
                     &to_generate,
                     statuses,
                     progress,
                     &mut timings,
                     &mut drawn_by,
-                );
-                self.connections = connections;
-                for note in drawn? {
+                )?;
+                for note in drawn {
                     if !notes.contains(&note) {
                         notes.push(note);
                     }

@@ -263,9 +263,9 @@ pub struct PlannedFrame {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    /// A LoRA file that cannot be read, pointed at in the manifest.
+    /// A LoRA file or ComfyUI workflow that cannot be read, pointed at in the manifest.
     #[error("{0}")]
-    LoraUnreadable(Box<Diagnostic>),
+    InputUnreadable(Box<Diagnostic>),
     /// A trained LoRA's images that cannot be read, pointed at in the manifest.
     #[error("{0}")]
     TrainingImages(Box<Diagnostic>),
@@ -736,7 +736,7 @@ fn plan_sprite(
                         sprite.name,
                         resolved.display()
                     );
-                    PlanError::LoraUnreadable(Box::new(
+                    PlanError::InputUnreadable(Box::new(
                         Diagnostic::new(source_file, lora.span.clone(), message)
                             .label("this file")
                             .help("LoRA paths are relative to the folder of sprites.ron; offline builds also accept a missing file whose hash is in sprites.lock"),
@@ -849,7 +849,7 @@ fn plan_sprite(
                             &workflow.resolved,
                         )
                         .map_err(|source| {
-                            PlanError::LoraUnreadable(Box::new(
+                            PlanError::InputUnreadable(Box::new(
                                 Diagnostic::new(
                                     source_file,
                                     sprite.span.clone(),

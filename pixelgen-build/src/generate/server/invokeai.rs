@@ -11,7 +11,7 @@
 //! - An image is accepted only when it decodes and has the size asked for; pixelgen
 //!   deletes it from the server's gallery once fetched.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use serde_json::{Value, json};
 
@@ -377,12 +377,12 @@ impl ImageServer for InvokeAi {
             .as_array()
             .ok_or_else(|| self.client.unexpected("items_by_ids", "not a list"))?;
         let mut finished = Vec::new();
-        let mut seen: HashMap<u64, ()> = HashMap::new();
+        let mut seen: HashSet<u64> = HashSet::new();
         for item in items {
             let Some(id) = item["item_id"].as_u64() else {
                 continue;
             };
-            seen.insert(id, ());
+            seen.insert(id);
             let status = item["status"].as_str().unwrap_or("");
             if !matches!(status, "completed" | "failed" | "canceled") {
                 continue;
@@ -420,7 +420,7 @@ impl ImageServer for InvokeAi {
         // Items the server no longer knows (deleted by someone) cannot finish.
         let lost: Vec<u64> = to_fetch
             .into_iter()
-            .filter(|id| !seen.contains_key(id))
+            .filter(|id| !seen.contains(id))
             .collect();
         if !lost.is_empty() {
             return Err(self.client.unexpected(
@@ -493,6 +493,16 @@ pub fn decode_checked(bytes: &[u8], settings: &DrawSettings, endpoint: &Endpoint
 mod tests {
     use super::*;
 
+    fn settings(width: u32, height: u32) -> DrawSettings {
+        DrawSettings {
+            steps: 4,
+            guidance: 5.0,
+            scheduler: "ddim".into(),
+            width,
+            height,
+        }
+    }
+
     fn model(base: &str) -> ModelInfo {
         ModelInfo {
             key: "k".into(),
@@ -506,13 +516,7 @@ mod tests {
 
     #[test]
     fn the_graph_chains_loras_between_the_loader_and_the_prompts() {
-        let settings = DrawSettings {
-            steps: 4,
-            guidance: 5.0,
-            scheduler: "ddim".into(),
-            width: 64,
-            height: 48,
-        };
+        let settings = settings(64, 48);
         let lora = ModelInfo {
             kind: "lora".into(),
             ..model("sd-1")
@@ -559,13 +563,7 @@ mod tests {
             std::time::Duration::from_secs(1),
             std::time::Duration::from_secs(1),
         );
-        let settings = DrawSettings {
-            steps: 4,
-            guidance: 5.0,
-            scheduler: "ddim".into(),
-            width: 64,
-            height: 64,
-        };
+        let settings = settings(64, 64);
         let error = InvokeAi::new(client, &model("flux"), &[], settings)
             .err()
             .unwrap();
@@ -575,13 +573,7 @@ mod tests {
     #[test]
     fn images_of_the_wrong_size_or_not_images_are_refused() {
         let endpoint = Endpoint::parse("http://127.0.0.1:1").unwrap();
-        let settings = DrawSettings {
-            steps: 4,
-            guidance: 5.0,
-            scheduler: "ddim".into(),
-            width: 64,
-            height: 64,
-        };
+        let settings = settings(64, 64);
         let mut png = Vec::new();
         image::RgbImage::new(32, 32)
             .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)

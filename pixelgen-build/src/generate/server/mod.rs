@@ -235,7 +235,7 @@ impl Connections {
         Ok((identities.first().map(|(_, id)| *id), unreachable))
     }
 
-    /// Servers ready to draw a group's frames with `spec`, its LoRAs and `draw` settings,
+    /// Servers ready to draw a group's frames with `spec` and its LoRAs (by content),
     /// and a note for each server left out (unreachable, another model, a LoRA missing).
     /// `identity` is the model identity the frames' keys cover.
     pub fn servers(
@@ -246,57 +246,67 @@ impl Connections {
     ) -> Result<Ready, String> {
         let mut servers: Vec<Box<dyn ImageServer>> = Vec::new();
         let mut left_out = Vec::new();
+        // ComfyUI: one workflow for every server (the manifest refused `loras` with it).
+        let workflow = match spec.kind {
+            ServerKind::ComfyUI => Some(comfyui::Workflow::load(spec)?),
+            ServerKind::InvokeAI => None,
+        };
         for endpoint in self.endpoints(spec)? {
             let client = self.client(&endpoint);
-            match spec.kind {
-                ServerKind::InvokeAI => {
-                    let ready = (|| -> Result<invokeai::InvokeAi, String> {
-                        let model = self.model_on(&endpoint, &spec.model)?;
-                        if invokeai_identity(&model) != identity {
-                            return Err(format!(
-                                "{endpoint}'s `{}` (hash {}) is not the model these sprites' keys cover",
-                                model.name, model.hash
-                            ));
-                        }
-                        let mut server_loras = Vec::with_capacity(loras.len());
-                        for lora in loras {
-                            let found = invokeai::find_lora(&client, &lora.content_hash)
-                                .map_err(|e| e.to_string())?
-                                .ok_or_else(|| format!(
-                                    "{endpoint} has no LoRA whose file is {} (blake3:{}); install that file in its model manager",
-                                    lora.file.display(),
-                                    lora.content_hash
-                                ))?;
-                            server_loras.push((found, lora.weight));
-                        }
-                        let (width, height) = spec.resolution.unwrap_or(model.draw_size());
-                        invokeai::InvokeAi::new(
-                            client.clone(),
-                            &model,
-                            &server_loras,
-                            DrawSettings {
-                                steps: spec.steps,
-                                guidance: spec.guidance,
-                                scheduler: spec.scheduler.clone(),
-                                width,
-                                height,
-                            },
-                        )
-                    })();
-                    match ready {
-                        Ok(server) => servers.push(Box::new(server)),
-                        Err(error) => left_out.push(error),
-                    }
-                }
-                ServerKind::ComfyUI => {
-                    let workflow = comfyui::Workflow::load(spec)?;
-                    if !loras.is_empty() {
-                        return Err("ComfyUI sprites take their LoRAs from the workflow (a LoraLoader node), not from `loras`".into());
-                    }
-                    servers.push(Box::new(comfyui::ComfyUi::new(client, workflow)));
-                }
+            if let Some(workflow) = &workflow {
+                servers.push(Box::new(comfyui::ComfyUi::new(client, workflow.clone())));
+                continue;
+            }
+            match self.invokeai_on(&endpoint, client, spec, loras, identity) {
+                Ok(server) => servers.push(Box::new(server)),
+                Err(error) => left_out.push(error),
             }
         }
         Ok(Ready { servers, left_out })
+    }
+
+    /// `endpoint` ready to draw with `spec`'s model (the one the keys cover) and `loras`
+    /// (found there by content), or why it cannot.
+    fn invokeai_on(
+        &mut self,
+        endpoint: &Endpoint,
+        client: Client,
+        spec: &ServerSpec,
+        loras: &[ServerLora],
+        identity: blake3::Hash,
+    ) -> Result<invokeai::InvokeAi, String> {
+        let model = self.model_on(endpoint, &spec.model)?;
+        if invokeai_identity(&model) != identity {
+            return Err(format!(
+                "{endpoint}'s `{}` (hash {}) is not the model these sprites' keys cover",
+                model.name, model.hash
+            ));
+        }
+        let mut server_loras = Vec::with_capacity(loras.len());
+        for lora in loras {
+            let found = invokeai::find_lora(&client, &lora.content_hash)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| {
+                    format!(
+                        "{endpoint} has no LoRA whose file is {} (blake3:{}); install that file in its model manager",
+                        lora.file.display(),
+                        lora.content_hash
+                    )
+                })?;
+            server_loras.push((found, lora.weight));
+        }
+        let (width, height) = spec.resolution.unwrap_or(model.draw_size());
+        invokeai::InvokeAi::new(
+            client,
+            &model,
+            &server_loras,
+            DrawSettings {
+                steps: spec.steps,
+                guidance: spec.guidance,
+                scheduler: spec.scheduler.clone(),
+                width,
+                height,
+            },
+        )
     }
 }

@@ -16,7 +16,7 @@
 //!   server's message ([`Event::Failed`]). Nothing reaches the caller but whole images.
 //! - Every frame ends in exactly one [`Event::Done`] or [`Event::Failed`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::mpsc;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -160,7 +160,7 @@ pub fn fan_out<E>(
                     wake,
                     lost_messages,
                     events: sender,
-                    in_flight: HashMap::new(),
+                    in_flight: HashSet::new(),
                 }
                 .run()
             });
@@ -191,7 +191,7 @@ struct Worker<'a> {
     lost_messages: &'a Mutex<Vec<String>>,
     events: mpsc::Sender<Event>,
     /// This run's frames queued on the server.
-    in_flight: HashMap<usize, ()>,
+    in_flight: HashSet<usize>,
 }
 
 impl Worker<'_> {
@@ -255,7 +255,7 @@ impl Worker<'_> {
                         if self.in_flight.is_empty() {
                             last_progress = Instant::now();
                         }
-                        self.in_flight.extend(take.iter().map(|&f| (f, ())));
+                        self.in_flight.extend(take.iter().copied());
                     }
                     Err(error) if error.is_server_trouble() => {
                         self.give_up(take, error.to_string());
@@ -320,7 +320,7 @@ impl Worker<'_> {
         let finished = self.server.poll()?;
         let progressed = finished.len();
         for (frame, outcome) in finished {
-            if self.in_flight.remove(&frame).is_none() {
+            if !self.in_flight.remove(&frame) {
                 continue;
             }
             match outcome {
@@ -356,10 +356,7 @@ impl Worker<'_> {
     /// Marks this server lost: its frames (and `unsent`) go back to the list.
     fn give_up(&mut self, unsent: Vec<usize>, message: String) {
         self.server.cancel();
-        let returned: Vec<usize> = unsent
-            .into_iter()
-            .chain(self.in_flight.drain().map(|(f, _)| f))
-            .collect();
+        let returned: Vec<usize> = unsent.into_iter().chain(self.in_flight.drain()).collect();
         let messages = {
             let mut lost = self.lost_messages.lock().unwrap_or_else(|e| e.into_inner());
             lost.push(message.clone());
