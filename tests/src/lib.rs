@@ -29,9 +29,63 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// One target folder for every test crate, so pixelgen-build compiles once.
+/// The target folder the running test binary was built in (`<target>/debug/deps/<test>`):
+/// the test games build there too, so the crates the workspace build already compiled
+/// (pixelgen-build and everything under it) are not compiled a second time. Cargo releases
+/// the folder's lock once the test binaries are built, so these nested builds do not wait
+/// on the `cargo test` that runs them (they wait on each other, as any two builds do).
 fn shared_target_dir() -> PathBuf {
-    workspace_root().join("target").join("pixelgen-e2e")
+    let exe = std::env::current_exe().expect("the test binary's path");
+    exe.ancestors()
+        .nth(3)
+        .expect("test binaries live in <target>/<profile>/deps/")
+        .to_path_buf()
+}
+
+/// The workspace's `[profile.*]` tables, word for word: a test game built with the same
+/// settings gets the same compiled units (cargo names a unit by its package, features,
+/// profile and dependencies, so one differing setting would compile everything again).
+fn workspace_profiles() -> String {
+    let text = std::fs::read_to_string(workspace_root().join("Cargo.toml"))
+        .expect("the workspace's Cargo.toml");
+    let mut profiles = String::new();
+    let mut in_profile = false;
+    for line in text.lines() {
+        if line.starts_with('[') {
+            in_profile = line.starts_with("[profile.");
+        }
+        if in_profile {
+            profiles.push_str(line);
+            profiles.push('\n');
+        }
+    }
+    assert!(
+        profiles.contains("[profile.dev"),
+        "the workspace's Cargo.toml has no [profile.dev…] table to copy"
+    );
+    profiles
+}
+
+/// The `[build-dependencies]` of this crate's Cargo.toml, paths made absolute, as a test
+/// game's own: pixelgen-build (what the game's build.rs calls) and the crates listed there
+/// for feature unification. Cargo unifies a crate's features over everything in one build,
+/// so without them a test game's `syn` or `serde` would have other features than the
+/// workspace's, and so would every crate above them (pixelgen-build, candle and the rest
+/// would be compiled a second time for the nested builds).
+fn workspace_build_dependencies() -> String {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .expect("tests/Cargo.toml");
+    let table = text
+        .split("\n[build-dependencies]\n")
+        .nth(1)
+        .expect("tests/Cargo.toml has a [build-dependencies] table");
+    let absolute = format!("path = \"{}/", workspace_root().display());
+    table
+        .lines()
+        .take_while(|line| !line.starts_with('['))
+        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+        .map(|line| line.replace("path = \"../", &absolute) + "\n")
+        .collect()
 }
 
 impl GameCrate {
@@ -41,7 +95,6 @@ impl GameCrate {
             .prefix("pixelgen-e2e-")
             .tempdir()
             .expect("temp dir");
-        let build_dep = workspace_root().join("pixelgen-build");
         let cargo_toml = format!(
             r#"[package]
 name = "{name}"
@@ -50,13 +103,12 @@ edition = "2024"
 publish = false
 
 [build-dependencies]
-pixelgen-build = {{ path = {build_dep:?} }}
-
+{build_dependencies}
 [workspace]
 
-[profile.dev.build-override]
-opt-level = 1
-"#
+{profiles}"#,
+            build_dependencies = workspace_build_dependencies(),
+            profiles = workspace_profiles(),
         );
         std::fs::write(dir.path().join("Cargo.toml"), cargo_toml).expect("write Cargo.toml");
         std::fs::create_dir_all(dir.path().join("src")).expect("src");
@@ -124,6 +176,9 @@ opt-level = 1
             .env_remove("PIXELGEN_OFFLINE")
             .env_remove("PIXELGEN_CACHE_DIR")
             .env_remove("RUSTFLAGS")
+            // A user's `cargo build`, not CI's clippy-linted one (.ci/run sets these).
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .env_remove("CLIPPY_ARGS")
             .env("CARGO_TERM_COLOR", "never");
         for (key, value) in env {
             command.env(key, value);
@@ -170,6 +225,52 @@ opt-level = 1
         files.sort();
         files
     }
+}
+
+/// Every `(package, features)` cargo would compile for `cargo tree` run in `dir` with
+/// `args`, one `name vX.Y.Z [f1,f2]` per unit (a crate built with two feature sets is two
+/// lines; paths of path packages are dropped so a test game's copies compare equal).
+pub fn compiled_units(dir: &Path, args: &[&str]) -> std::collections::BTreeSet<String> {
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
+        .args([
+            "tree",
+            "--offline",
+            "--prefix",
+            "none",
+            "--format",
+            "{p} [{f}]",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env("CARGO_TERM_COLOR", "never")
+        .output()
+        .expect("run cargo tree");
+    assert!(
+        output.status.success(),
+        "cargo tree in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            let line = line.replace(" (proc-macro)", "").replace(" (*)", "");
+            match (line.find(" ("), line.rfind(") [")) {
+                (Some(start), Some(end)) => format!("{}{}", &line[..start], &line[end + 1..]),
+                _ => line,
+            }
+        })
+        .filter(|line| !line.is_empty())
+        .collect()
+}
+
+/// [`compiled_units`] of `cargo test --workspace`: normal, build and dev dependencies of
+/// every member, their features unified as that build unifies them.
+pub fn workspace_test_units() -> std::collections::BTreeSet<String> {
+    compiled_units(
+        &workspace_root(),
+        &["--workspace", "--edges", "normal,build,dev"],
+    )
 }
 
 /// `(sprites, generated, cached)` from "pixelgen: N sprites: G generated, C cached".
