@@ -88,6 +88,35 @@ fn workspace_build_dependencies() -> String {
         .collect()
 }
 
+/// Removes what cargo sets for the test binary running this (`CARGO_MANIFEST_DIR`,
+/// `CARGO_PKG_NAME`, `OUT_DIR`, …), so a nested build sees the environment of the
+/// `cargo test` that started it. Build scripts watch some of these names
+/// (`cargo:rerun-if-env-changed`, ring's among them): with the test's values, a nested
+/// build would run such a script again and recompile its crate and everything above it in
+/// the shared target folder (ring, rustls, ureq, hf-hub, pixelgen-build, …), and the next
+/// `cargo test` would recompile them back.
+fn remove_test_environment(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_by_cargo_for_tests = name == "OUT_DIR"
+            || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_MANIFEST_LINKS",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+            ]
+            .contains(&name);
+        if set_by_cargo_for_tests {
+            command.env_remove(name);
+        }
+    }
+}
+
 impl GameCrate {
     /// A crate named `name` (unique per test) with this manifest.
     pub fn new(name: &str, manifest: &str) -> GameCrate {
@@ -168,14 +197,13 @@ publish = false
     pub fn build(&self, env: &[(&str, &str)]) -> BuildOutput {
         let mut command =
             Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()));
+        command.arg("build").current_dir(self.path());
+        remove_test_environment(&mut command);
         command
-            .arg("build")
-            .current_dir(self.path())
             .env("CARGO_TARGET_DIR", shared_target_dir())
             .env_remove("CI")
             .env_remove("PIXELGEN_OFFLINE")
             .env_remove("PIXELGEN_CACHE_DIR")
-            .env_remove("RUSTFLAGS")
             // A user's `cargo build`, not CI's clippy-linted one (.ci/run sets these).
             .env_remove("RUSTC_WORKSPACE_WRAPPER")
             .env_remove("CLIPPY_ARGS")
