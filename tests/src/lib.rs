@@ -88,6 +88,11 @@ fn workspace_build_dependencies() -> String {
         .collect()
 }
 
+/// The cargo that runs these tests (`CARGO`), else the one on the PATH.
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
 /// Removes what cargo sets for the test binary running this (`CARGO_MANIFEST_DIR`,
 /// `CARGO_PKG_NAME`, `OUT_DIR`, …), so a nested build sees the environment of the
 /// `cargo test` that started it. Build scripts watch some of these names
@@ -195,8 +200,7 @@ publish = false
 
     /// `cargo build` with the given extra environment (offline mode is off unless set).
     pub fn build(&self, env: &[(&str, &str)]) -> BuildOutput {
-        let mut command =
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()));
+        let mut command = cargo();
         command.arg("build").current_dir(self.path());
         remove_test_environment(&mut command);
         command
@@ -259,7 +263,7 @@ publish = false
 /// `args`, one `name vX.Y.Z [f1,f2]` per unit (a crate built with two feature sets is two
 /// lines; paths of path packages are dropped so a test game's copies compare equal).
 pub fn compiled_units(dir: &Path, args: &[&str]) -> std::collections::BTreeSet<String> {
-    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
+    let output = cargo()
         .args([
             "tree",
             "--offline",
