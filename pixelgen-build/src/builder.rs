@@ -6,8 +6,8 @@ use std::time::Instant;
 use crate::Error;
 use crate::environment::Environment;
 use crate::index::OUT_SUBDIR;
+use crate::key::FileHasher;
 use crate::pipeline::{Project, Quiet, Session, Summary};
-use crate::plan::FileHasher;
 use crate::timings::Stage;
 
 /// Runs the pipeline for the crate whose build script calls it.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use image::RgbaImage;
 
-use crate::plan::{FileHasher, Key};
+use crate::key::{FileHasher, Key};
 
 /// The file whose advisory lock serialises generation into one cache folder.
 pub const LOCK_NAME: &str = ".pixelgen-lock";

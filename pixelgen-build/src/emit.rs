@@ -216,8 +216,8 @@ fn stamp(session: &Session) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::FileHasher;
     use crate::pipeline::{MANIFEST_FILE, Project, Quiet};
-    use crate::plan::FileHasher;
 
     fn build(dir: &Path, manifest: &str) -> Result<Index, Error> {
         std::fs::write(dir.join(MANIFEST_FILE), manifest).unwrap();

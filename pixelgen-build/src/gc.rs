@@ -23,9 +23,9 @@ use pixelgen_diffusion::advisory::AdvisoryLock;
 use crate::Error;
 use crate::cache::Cache;
 use crate::environment::Environment;
+use crate::key::FileHasher;
 use crate::lock::LockFile;
 use crate::pipeline::{MANIFEST_FILE, Project, Session};
-use crate::plan::FileHasher;
 
 /// What one collection did (or, dry, would do).
 #[derive(Debug, Default)]

@@ -22,6 +22,7 @@ pub mod gc;
 pub mod generate;
 pub mod identity;
 pub mod input_file;
+pub mod key;
 pub use identity::{AtlasName, FrameId, LoraName, SpriteName};
 /// The index format, shared with the `sprites!` macro (crate `pixelgen-index`).
 pub use pixelgen_index as index;

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{LoraName, SpriteName};
-use crate::plan::{InputFile, InputHashes, KnownFileHashes, LoraInputs};
+use crate::key::{InputFile, InputHashes, KnownFileHashes};
+use crate::plan::LoraInputs;
 
 pub const LOCK_VERSION: u32 = 1;
 const NOTE: &str = "Written by pixelgen. Commit it with the cache/ folder; do not edit.";
@@ -48,7 +49,7 @@ pub struct LockedLora {
 #[serde(deny_unknown_fields)]
 pub struct LockedSprite {
     /// Short hash of each input group (prompt, seed, loras, …), by the group's name. Kept
-    /// as names, not [`crate::plan::InputGroup`]s, so that a lock file written by another
+    /// as names, not [`crate::key::InputGroup`]s, so that a lock file written by another
     /// version of pixelgen still reads (its groups then simply differ).
     pub inputs: BTreeMap<String, String>,
     /// The key of each frame, in frame order.

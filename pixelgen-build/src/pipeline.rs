@@ -14,10 +14,11 @@ use crate::cache::{Cache, Lookup, SHARED_STAMPS_NAME};
 use crate::environment::Environment;
 use crate::generate::{self, BatchKey, Job};
 use crate::identity::{FrameId, LoraName, SpriteName};
+use crate::key::{FileHasher, InputFile, InputGroup};
 use crate::lock::{LockFile, LockedLora, LockedSprite};
 use crate::manifest::{self, LoraSource, Manifest};
 use crate::pixelize;
-use crate::plan::{self, FileHasher, InputFile, InputGroup, Plan, PlannedLora, PlannedSprite};
+use crate::plan::{self, Plan, PlannedLora, PlannedSprite};
 use crate::timings::{Stage, Timings};
 use pixelgen_diffusion::advisory::AdvisoryLock;
 
@@ -307,7 +308,7 @@ impl Session {
     ) -> Result<Session, Error> {
         hasher.share_large_files(
             project.cache_dir.join(SHARED_STAMPS_NAME),
-            plan::SHARED_STAMP_MIN_SIZE,
+            crate::key::SHARED_STAMP_MIN_SIZE,
         );
         let mut timings = Timings::new();
         let (manifest, lock) = timings.time(Stage::Manifest, || {
@@ -730,7 +731,7 @@ impl Session {
                 continue;
             };
             if held
-                || spec.kind != generate::server::ServerKind::InvokeAI
+                || spec.kind != crate::manifest::ServerKind::InvokeAI
                 || !asked.insert(spec.model.clone())
             {
                 continue;
@@ -831,7 +832,8 @@ impl Session {
         timings: &mut Timings,
         drawn_by: &mut BTreeMap<String, usize>,
     ) -> Result<Vec<String>, Error> {
-        use generate::server::{FrameRequest, ServerKind, fanout};
+        use crate::manifest::ServerKind;
+        use generate::server::{FrameRequest, fanout};
         let planned = &self.plan[jobs[0].0];
         let sprite = &self.manifest.sprites[planned.sprite];
         let manifest::GeneratorSpec::Server(spec) = &sprite.generator else {
@@ -1410,7 +1412,7 @@ struct Sampled {
 fn plan_timed(
     manifest: &Manifest,
     hasher: &mut FileHasher,
-    known: &dyn plan::KnownFileHashes,
+    known: &dyn crate::key::KnownFileHashes,
     offline: bool,
     hub_cache: Option<&Path>,
     cache: &Cache,
@@ -1432,7 +1434,7 @@ struct ReportedOverLock<'a> {
     lock: &'a LockFile,
 }
 
-impl plan::KnownFileHashes for ReportedOverLock<'_> {
+impl crate::key::KnownFileHashes for ReportedOverLock<'_> {
     fn known_hash(&self, file: &InputFile) -> Option<blake3::Hash> {
         self.reported
             .get(file)

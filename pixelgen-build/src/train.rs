@@ -16,53 +16,11 @@
 
 use std::path::{Path, PathBuf};
 
-/// The caption of an image without a `NAME.txt` beside it, with the trigger word.
-pub const DEFAULT_CAPTION: &str = "pixel art sprite, pxlgn style";
+use crate::manifest::TrainingSettings;
 
 /// Bumped when training changes the factors it makes for the same inputs, so trained LoRAs
 /// in a cache made by an older pixelgen are trained again (part of their keys).
 pub const TRAINING_VERSION: &str = "pixelgen-train-1";
-
-/// Everything that decides a training run besides the images and the base model.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainingSettings {
-    pub rank: usize,
-    /// The product `up·down` is scaled by `alpha / rank`.
-    pub alpha: f64,
-    pub steps: usize,
-    pub learning_rate: f64,
-    /// Images per step.
-    pub batch: usize,
-    /// Training size; the model's own when `None`.
-    pub resolution: Option<(u32, u32)>,
-    pub seed: u64,
-    /// The caption of images without a `NAME.txt`.
-    pub caption: String,
-    /// What transparent pixels and the padding become.
-    pub background: [u8; 3],
-    /// Also adapt the UNet's resnet convolutions (kohya's LoCon).
-    pub conv: bool,
-    /// Also adapt the text encoder's attention.
-    pub text_encoder: bool,
-}
-
-impl Default for TrainingSettings {
-    fn default() -> Self {
-        TrainingSettings {
-            rank: 8,
-            alpha: 8.0,
-            steps: 1000,
-            learning_rate: 1e-4,
-            batch: 1,
-            resolution: None,
-            seed: 0,
-            caption: DEFAULT_CAPTION.to_owned(),
-            background: [255, 255, 255],
-            conv: false,
-            text_encoder: false,
-        }
-    }
-}
 
 /// One training image and its caption.
 #[derive(Debug, Clone, PartialEq)]

@@ -12,8 +12,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use pixelgen_build::environment::Environment;
+use pixelgen_build::key::FileHasher;
 use pixelgen_build::pipeline::Quiet;
-use pixelgen_build::plan::FileHasher;
 use pixelgen_build::{Project, Session};
 use serde_json::{Value, json};
 

@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
+use pixelgen_build::key::FileHasher;
 use pixelgen_build::lock::LockFile;
 use pixelgen_build::pipeline::Quiet;
-use pixelgen_build::plan::FileHasher;
 use pixelgen_build::{Environment, Project, Session};
 
 #[test]

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use pixelgen_build::key::FileHasher;
 use pixelgen_build::pipeline::Quiet;
-use pixelgen_build::plan::FileHasher;
 use pixelgen_build::serve::WarmServer;
 use pixelgen_build::serve::protocol::{
     self, Request, RequestHeader, Response, StatusReply, Versions,

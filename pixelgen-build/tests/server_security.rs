@@ -4,8 +4,8 @@
 use std::net::TcpListener;
 
 use pixelgen_build::environment::Environment;
+use pixelgen_build::key::FileHasher;
 use pixelgen_build::pipeline::Quiet;
-use pixelgen_build::plan::FileHasher;
 use pixelgen_build::{Project, Session};
 
 fn project(url: &str) -> (tempfile::TempDir, Project) {

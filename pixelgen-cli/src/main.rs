@@ -16,8 +16,8 @@ mod watch;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use pixelgen_build::key::FileHasher;
 use pixelgen_build::pipeline::{Freshness, Progress, SpriteStatus};
-use pixelgen_build::plan::FileHasher;
 use pixelgen_build::{Environment, Error, FrameId, Project, Session};
 
 /// cargo runs `cargo-pixelgen pixelgen ARGS`; the extra word is accepted and dropped.

@@ -10,10 +10,8 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use pixelgen_build::Environment;
 use pixelgen_build::generate::diffusion::DiffusionError;
-use pixelgen_build::train::{
-    DEFAULT_CAPTION, TrainingJob, TrainingProgress, TrainingSettings, checkpoint_fingerprint,
-    images_in,
-};
+use pixelgen_build::manifest::{DEFAULT_CAPTION, TrainingSettings};
+use pixelgen_build::train::{TrainingJob, TrainingProgress, checkpoint_fingerprint, images_in};
 
 #[derive(clap::Args)]
 pub struct TrainLora {

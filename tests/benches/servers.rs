@@ -15,8 +15,8 @@
 use std::time::{Duration, Instant};
 
 use pixelgen_build::environment::Environment;
+use pixelgen_build::key::FileHasher;
 use pixelgen_build::pipeline::Quiet;
-use pixelgen_build::plan::FileHasher;
 use pixelgen_build::{Project, Session};
 use pixelgen_tests::invokeai::{self, InvokeAi};
 use serde_json::{Value, json};

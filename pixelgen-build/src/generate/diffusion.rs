@@ -20,8 +20,8 @@ pub use pixelgen_diffusion::{
 pub use super::{DeviceRequest, frame_seed};
 use super::{GenerateError, Generator, Job};
 use crate::environment::Environment;
+use crate::manifest::ResolvedLora;
 use crate::manifest::{GeneratorSpec, SpriteSpec};
-use crate::plan::ResolvedLora;
 use crate::timings::Timings;
 
 use candle_core::{DType, Device};

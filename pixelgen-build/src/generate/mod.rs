@@ -16,8 +16,8 @@ use image::RgbaImage;
 
 use crate::environment::{Environment, HubSettings};
 use crate::identity::{FrameId, SpriteName};
+use crate::manifest::ResolvedLora;
 use crate::manifest::{GeneratorSpec, Scheduler, SpriteSpec};
-use crate::plan::ResolvedLora;
 use crate::timings::{Stage, Timings};
 
 /// Version of the procedural generator's drawing code, part of every key it makes:
@@ -246,8 +246,8 @@ pub enum BatchKey {
 /// [`BatchKey::Server`]'s fields.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServerBatchKey {
-    kind: server::ServerKind,
-    endpoints: Vec<server::Endpoint>,
+    kind: crate::manifest::ServerKind,
+    endpoints: Vec<crate::manifest::Endpoint>,
     model: String,
     steps: u32,
     guidance_bits: u32,

@@ -21,8 +21,10 @@ use image::RgbaImage;
 
 use super::{GenerateError, Generator, Job};
 use crate::environment::{DeviceRequest, Environment};
+use crate::key::InputFile;
+use crate::manifest::ResolvedLora;
 use crate::manifest::{GeneratorSpec, SpriteSpec};
-use crate::plan::{InputFile, PlannedSprite, ResolvedLora};
+use crate::plan::PlannedSprite;
 use crate::serve::WarmServer;
 use crate::serve::protocol::{
     self, GenerateRequest, JobRef, LoraRef, ModelRef, Request, RequestHeader, Response,

@@ -10,14 +10,23 @@ use std::path::{Path, PathBuf};
 
 use crate::atlas::AtlasOptions;
 use crate::diagnostics::{Diagnostic, SourceFile};
-use crate::generate::server::{Endpoint, ServerKind};
 use crate::identity::{AtlasName, LoraName, SpriteName};
-use crate::train::TrainingSettings;
 
 pub mod edit;
+mod endpoint;
+mod lora;
 mod merge;
 mod raw;
+mod server;
+mod training;
 mod validate;
+
+pub use lora::{LoraSource, LoraSpec, ResolvedLora};
+pub use server::{
+    Endpoint, SERVER_DEFAULT_GUIDANCE, SERVER_DEFAULT_SCHEDULER, SERVER_DEFAULT_STEPS, Scheme,
+    ServerKind, ServerSpec, WorkflowInputs, WorkflowSpec,
+};
+pub use training::{DEFAULT_CAPTION, TrainedLoraSpec, TrainingSettings};
 
 use crate::palette::Palette;
 use raw::RawManifest;
@@ -142,106 +151,8 @@ impl GeneratorSpec {
     }
 }
 
-/// A `Server(...)` generator: where to send frames and how they are drawn there.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServerSpec {
-    pub kind: ServerKind,
-    /// As written (one or more); `PIXELGEN_IMAGE_SERVERS` may replace them at run time.
-    /// Not part of any key: the same model on another server draws the same art.
-    pub endpoints: Vec<Endpoint>,
-    /// InvokeAI: the model's name or key on the server. ComfyUI: the checkpoint name
-    /// written into the workflow's model input (empty: the workflow's own).
-    pub model: String,
-    pub steps: u32,
-    pub guidance: f32,
-    /// The server's own scheduler name (InvokeAI: `euler`, `ddim`, `dpmpp_2m_k`, ...).
-    pub scheduler: String,
-    /// Resolution the server draws at; the model's default when absent.
-    pub resolution: Option<(u32, u32)>,
-    /// ComfyUI: the API-format workflow and where the inputs go.
-    pub workflow: Option<WorkflowSpec>,
-}
-
-/// Default steps, guidance and scheduler of a Server generator (a typical non-Turbo model).
-pub const SERVER_DEFAULT_STEPS: u32 = 20;
-pub const SERVER_DEFAULT_GUIDANCE: f32 = 7.0;
-pub const SERVER_DEFAULT_SCHEDULER: &str = "euler";
-
-/// A ComfyUI workflow file (API format) and the nodes that take pixelgen's inputs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WorkflowSpec {
-    /// As written in the manifest.
-    pub path: String,
-    /// Resolved against the manifest's folder.
-    pub resolved: PathBuf,
-    pub inputs: WorkflowInputs,
-}
-
-/// `(node id, input name)` for each value pixelgen sets in a ComfyUI workflow.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WorkflowInputs {
-    pub prompt: (String, String),
-    pub negative_prompt: Option<(String, String)>,
-    pub seed: (String, String),
-    /// The node whose `width` and `height` inputs take the draw size.
-    pub size: Option<String>,
-    pub model: Option<(String, String)>,
-    /// The node whose `steps`, `cfg` and `sampler_name` take the manifest's settings.
-    pub sampler: Option<String>,
-}
-
 /// The sampler of a Diffusion sprite (defined beside the samplers, in `pixelgen-diffusion`).
 pub use pixelgen_diffusion::Scheduler;
-
-/// A LoRA adapter applied to the model, with its weight.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoraSpec {
-    pub source: LoraSource,
-    pub weight: f32,
-    /// Where the path (or the trained LoRA's name) is written in the manifest, for errors.
-    pub span: Range<usize>,
-}
-
-/// Where a sprite's LoRA comes from.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum LoraSource {
-    /// A `.safetensors` file the user made or downloaded.
-    File {
-        /// As written in the manifest (used in messages and the lock file).
-        path: String,
-        /// Resolved against the manifest's folder.
-        resolved: PathBuf,
-    },
-    /// One of the manifest's `trained_loras`, a build product that lives in the cache.
-    Trained(LoraName),
-}
-
-impl LoraSpec {
-    /// How messages name the LoRA: its path, or `trained LoRA `name``.
-    pub fn describe(&self) -> String {
-        match &self.source {
-            LoraSource::File { path, .. } => path.clone(),
-            LoraSource::Trained(name) => format!("trained LoRA `{name}`"),
-        }
-    }
-}
-
-/// A LoRA trained from a folder of the game's own art (`trained_loras:`): its key covers
-/// the images, their captions, the base model and every setting; the trained file is
-/// stored in the cache like a sprite.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrainedLoraSpec {
-    pub name: LoraName,
-    /// The image folder as written in the manifest.
-    pub images: String,
-    /// Resolved against the manifest's folder.
-    pub images_dir: PathBuf,
-    /// The base model, named like a Diffusion generator's.
-    pub model: String,
-    pub settings: TrainingSettings,
-    /// Where the name is written in the manifest.
-    pub span: Range<usize>,
-}
 
 /// What happens to the pixels around the subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

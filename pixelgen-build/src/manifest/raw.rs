@@ -7,7 +7,7 @@ use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::Scheduler;
-use crate::generate::server::ServerKind;
+use super::ServerKind;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename = "Manifest")]

@@ -116,7 +116,7 @@ fn trained_loras_parse_with_defaults_and_sprites_name_them() {
     assert!(style.settings.conv && !style.settings.text_encoder);
     assert_eq!(
         m.trained_loras[0].settings,
-        crate::train::TrainingSettings::default()
+        crate::manifest::TrainingSettings::default()
     );
     assert_eq!(
         m.sprites[0].loras[0].source,

@@ -15,15 +15,14 @@ use super::{
     AtlasSpec, Background, DEFAULT_ATLAS, GeneratorSpec, LoraSource, LoraSpec, MAX_FRAMES,
     MAX_GUIDANCE, MAX_PAGE_SIDE, MAX_RESOLUTION, MAX_SIDE, MAX_SPACING, MAX_STEPS, Manifest,
     SERVER_DEFAULT_GUIDANCE, SERVER_DEFAULT_SCHEDULER, SERVER_DEFAULT_STEPS, ServerSpec,
-    SpriteSpec, TrainedLoraSpec, WorkflowInputs, WorkflowSpec,
+    SpriteSpec, TrainedLoraSpec, TrainingSettings, WorkflowInputs, WorkflowSpec,
 };
+use super::{Endpoint, ServerKind};
 use crate::atlas::AtlasOptions;
 use crate::diagnostics::{Diagnostic, Locator, SourceFile};
-use crate::generate::server::{Endpoint, ServerKind};
 use crate::identity::{AtlasName, LoraName, SpriteName};
 use crate::input_file::{FileKind, InputFileError, MAX_LORA_BYTES, MAX_MODEL_FILE_BYTES};
 use crate::palette::{Palette, PaletteLoadError, parse_hex_color};
-use crate::train::TrainingSettings;
 
 /// Validates `raw`, read from `source` (the text of the manifest at `path`).
 pub(super) fn validate(

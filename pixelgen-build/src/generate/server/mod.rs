@@ -22,15 +22,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use image::RgbaImage;
-use serde::Deserialize;
 
 pub mod comfyui;
-pub mod endpoint;
 pub mod fanout;
 pub mod http;
 pub mod invokeai;
 
-pub use endpoint::Endpoint;
+use crate::manifest::{Endpoint, ServerKind};
 use http::{Client, HttpError};
 
 use crate::environment::ImageServerSettings;
@@ -39,25 +37,6 @@ use crate::manifest::ServerSpec;
 /// Version of the server backends' requests, part of every key they make: bump it when
 /// the graphs or workflows pixelgen sends change what is drawn.
 pub const SERVER_VERSION: &str = "server-1";
-
-/// Which API a server speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Deserialize)]
-pub enum ServerKind {
-    /// InvokeAI's queue API (`/api/v1/queue/...`).
-    #[default]
-    InvokeAI,
-    /// ComfyUI's `/prompt`, `/history` and `/view`, with the user's workflow.
-    ComfyUI,
-}
-
-impl ServerKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ServerKind::InvokeAI => "invokeai",
-            ServerKind::ComfyUI => "comfyui",
-        }
-    }
-}
 
 /// One frame to draw: the values that change from frame to frame.
 #[derive(Debug, Clone, PartialEq)]

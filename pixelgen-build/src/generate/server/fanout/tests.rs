@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
-use crate::generate::server::endpoint::Endpoint;
+use crate::manifest::Endpoint;
 
 /// What a fake server did, shared with the test.
 #[derive(Default)]

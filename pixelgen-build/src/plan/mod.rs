@@ -1,0 +1,646 @@
+//! Validated specs → one content key per sprite frame.
+//!
+//! A key is a blake3 hash of everything that determines a frame's pixels. The inputs
+//! are hashed in named groups (prompt, seed, LoRAs, …) so that a stale sprite can say
+//! which group changed; the lock file keeps each group's short hash for that purpose.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::Cache;
+use crate::diagnostics::{Diagnostic, SourceFile};
+use crate::generate::server::SERVER_VERSION;
+use crate::identity::FrameId;
+use crate::key::{Canonical, FileHasher, InputFile, InputGroup, InputHashes, Key, KnownFileHashes};
+use crate::manifest::{
+    Background, GeneratorSpec, LoraSource, Manifest, ResolvedLora, ServerKind, SpriteSpec,
+    TrainedLoraSpec, TrainingSettings,
+};
+use crate::train::{TRAINING_VERSION, TrainingImage};
+
+/// Bumped whenever a change to pixelgen changes the pixels it makes for the same inputs,
+/// so that caches made by an older pipeline are regenerated rather than trusted.
+pub const PIPELINE_VERSION: &str = "pixelgen-pipeline-1";
+
+/// Bumped when the Diffusion backend's raw images change for the same inputs; part of the
+/// generator input group, so of raw and finished keys alike.
+/// 2: single-file checkpoints get the scheduler config diffusers gives them (SD1 files
+/// sampled with Euler used `leading` spacing instead of `linspace`; SD 2.x files were
+/// epsilon instead of v-prediction), and the version reached finished keys.
+pub const DIFFUSION_VERSION: &str = "pixelgen-diffusion-2";
+
+/// The keys of a manifest: every sprite's and every trained LoRA's.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// In the order of `Manifest::sprites`.
+    pub sprites: Vec<PlannedSprite>,
+    /// In the order of `Manifest::trained_loras`: `loras[i]` plans `trained_loras[i]`.
+    pub loras: Vec<PlannedLora>,
+}
+
+/// The plan for one sprite: its input groups and one planned frame per frame.
+#[derive(Debug, Clone)]
+pub struct PlannedSprite {
+    /// Index into `Manifest::sprites`.
+    pub sprite: usize,
+    pub inputs: InputHashes,
+    /// In frame order: `frames[n].id.frame == n`.
+    pub frames: Vec<PlannedFrame>,
+    /// Content hash (hex) of each input file: LoRAs and the model (a trained LoRA's key).
+    pub files: BTreeMap<InputFile, String>,
+    /// The sprite's LoRAs as files to load, in manifest order.
+    pub loras: Vec<ResolvedLora>,
+}
+
+/// The plan for one trained LoRA: its key over the images, captions, base model and
+/// settings, and where the trained file lives in the cache.
+#[derive(Debug, Clone)]
+pub struct PlannedLora {
+    pub key: Key,
+    /// `cache/lora/<key>.safetensors`.
+    pub file: PathBuf,
+    /// The images, sorted by file name, with their captions.
+    pub images: Vec<TrainingImage>,
+    /// What `sprites.lock` records to say why it changed: short hashes of the model and
+    /// the settings, and of each image (its bytes and caption) by file name.
+    pub inputs: LoraInputs,
+    /// The base model's identity (hex), as a sprite's `files` records it.
+    pub files: BTreeMap<InputFile, String>,
+}
+
+/// The inputs of a trained LoRA, each as a short hash.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraInputs {
+    pub model: String,
+    pub settings: String,
+    /// By image file name: its bytes and caption.
+    pub images: BTreeMap<String, String>,
+}
+
+impl LoraInputs {
+    /// What differs from `before`, as a user reads it: images added, removed or changed,
+    /// the model, the settings.
+    pub fn changes_since(&self, before: &LoraInputs) -> Vec<String> {
+        let mut changes = Vec::new();
+        for (image, hash) in &self.images {
+            match before.images.get(image) {
+                None => changes.push(format!("image {image} added")),
+                Some(old) if old != hash => changes.push(format!("image {image} changed")),
+                Some(_) => {}
+            }
+        }
+        for image in before.images.keys() {
+            if !self.images.contains_key(image) {
+                changes.push(format!("image {image} removed"));
+            }
+        }
+        if self.model != before.model {
+            changes.push("base model changed".to_owned());
+        }
+        if self.settings != before.settings {
+            changes.push("training settings changed".to_owned());
+        }
+        changes
+    }
+}
+
+/// One frame as the later stages know it: its identity and the cache keys it lives under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedFrame {
+    pub id: FrameId,
+    /// The finished (pixelized) frame's key.
+    pub key: Key,
+    /// Diffusion sprites: the key over only what the raw generated image depends on (not
+    /// size, palette or background), so a post-processing change reuses that image.
+    pub raw: Option<Key>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// A LoRA file or ComfyUI workflow that cannot be read, pointed at in the manifest.
+    #[error("{0}")]
+    InputUnreadable(Box<Diagnostic>),
+    /// A trained LoRA's images that cannot be read, pointed at in the manifest.
+    #[error("{0}")]
+    TrainingImages(Box<Diagnostic>),
+}
+
+/// Computes the key of every trained LoRA and of every frame of every sprite. Models
+/// named by Hugging Face id are looked up in `hub_cache`; trained LoRAs live in `cache`.
+pub fn plan(
+    manifest: &Manifest,
+    hasher: &mut FileHasher,
+    known: &dyn KnownFileHashes,
+    allow_missing_files: bool,
+    hub_cache: Option<&Path>,
+    cache: &Cache,
+) -> Result<Plan, PlanError> {
+    let mut files = InputFiles {
+        hasher,
+        known,
+        allow_missing_files,
+        hub_cache,
+        memo: HashMap::new(),
+        models: HashMap::new(),
+        manifest_dir: manifest
+            .source
+            .path()
+            .parent()
+            .unwrap_or(Path::new("."))
+            .to_path_buf(),
+    };
+    let loras = manifest
+        .trained_loras
+        .iter()
+        .map(|lora| plan_lora(&manifest.source, lora, &mut files, cache))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sprites = manifest
+        .sprites
+        .iter()
+        .enumerate()
+        .map(|(index, sprite)| {
+            plan_sprite(
+                &manifest.source,
+                index,
+                sprite,
+                &mut files,
+                manifest,
+                &loras,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Plan { sprites, loras })
+}
+
+/// A trained LoRA's key: the training code's version, the base model's identity, every
+/// setting, and each image's name, bytes and caption (sorted by name).
+fn plan_lora(
+    source_file: &SourceFile,
+    lora: &TrainedLoraSpec,
+    input_files: &mut InputFiles<'_>,
+    cache: &Cache,
+) -> Result<PlannedLora, PlanError> {
+    let unreadable = |message: String| {
+        PlanError::TrainingImages(Box::new(
+            Diagnostic::new(
+                source_file,
+                lora.span.clone(),
+                format!("trained LoRA `{}`: {message}", lora.name),
+            )
+            .label("this LoRA's images")
+            .help("`images` names a folder of PNGs (each with an optional NAME.txt caption), relative to the folder of sprites.ron"),
+        ))
+    };
+    let images =
+        crate::train::images_in(&lora.images_dir, &lora.settings.caption).map_err(unreadable)?;
+    let mut inputs = LoraInputs::default();
+    let mut all = blake3::Hasher::new_derive_key("pixelgen trained LoRA key v1");
+    all.update(TRAINING_VERSION.as_bytes()).update(&[0]);
+    let model = input_files.model_hash(&lora.model);
+    all.update(model.as_bytes());
+    inputs.model = model.to_hex()[..16].to_string();
+    let settings = blake3::hash(settings_group(&lora.settings).as_bytes());
+    all.update(settings.as_bytes());
+    inputs.settings = settings.to_hex()[..16].to_string();
+    for image in &images {
+        let bytes = input_files
+            .hasher
+            .hash(&image.path)
+            .map_err(|e| unreadable(format!("cannot read {}: {e}", image.path.display())))?;
+        let hash = blake3::hash(
+            &Canonical::new()
+                .bytes(bytes.as_bytes())
+                .str(&image.caption)
+                .take()
+                .as_bytes(),
+        );
+        all.update(image.file_name.as_bytes())
+            .update(&[0])
+            .update(hash.as_bytes());
+        inputs
+            .images
+            .insert(image.file_name.clone(), hash.to_hex()[..16].to_string());
+    }
+    let key = Key(*all.finalize().as_bytes());
+    Ok(PlannedLora {
+        file: cache.lora_path_of(&key),
+        key,
+        images,
+        inputs,
+        files: BTreeMap::from([(
+            InputFile::Model(lora.model.clone()),
+            model.to_hex().to_string(),
+        )]),
+    })
+}
+
+fn settings_group(settings: &TrainingSettings) -> Canonical {
+    let TrainingSettings {
+        rank,
+        alpha,
+        steps,
+        learning_rate,
+        batch,
+        resolution,
+        seed,
+        caption,
+        background,
+        conv,
+        text_encoder,
+    } = settings;
+    let mut c = Canonical::new();
+    c.u64(*rank as u64)
+        .u64(alpha.to_bits())
+        .u64(*steps as u64)
+        .u64(learning_rate.to_bits())
+        .u64(*batch as u64);
+    match resolution {
+        Some((w, h)) => c.u64((*w).into()).u64((*h).into()),
+        None => c.str("model-resolution"),
+    };
+    c.u64(*seed)
+        .str(caption)
+        .bytes(background)
+        .u64(u64::from(*conv))
+        .u64(u64::from(*text_encoder));
+    c
+}
+
+/// Content hashes of input files for one planning run. Many sprites share a LoRA
+/// file: it is looked at once per run, not once per sprite.
+struct InputFiles<'a> {
+    hasher: &'a mut FileHasher,
+    known: &'a dyn KnownFileHashes,
+    allow_missing_files: bool,
+    hub_cache: Option<&'a Path>,
+    memo: HashMap<PathBuf, blake3::Hash>,
+    /// Identity of each model named in the manifest.
+    models: HashMap<String, blake3::Hash>,
+    manifest_dir: PathBuf,
+}
+
+impl InputFiles<'_> {
+    /// A LoRA file's content hash (from the lock file when it is absent and that is
+    /// allowed).
+    fn hash(&mut self, path: &str, resolved: &Path) -> std::io::Result<blake3::Hash> {
+        self.hash_file(InputFile::Lora(path.to_owned()), resolved)
+    }
+
+    /// An input file's content hash (from the lock file under `file`'s name when it is
+    /// absent and that is allowed).
+    fn hash_file(&mut self, file: InputFile, resolved: &Path) -> std::io::Result<blake3::Hash> {
+        if let Some(hash) = self.memo.get(resolved) {
+            return Ok(*hash);
+        }
+        let hash = match self.hasher.hash(resolved) {
+            Ok(hash) => hash,
+            Err(error) => match self.known.known_hash(&file) {
+                Some(hash) if self.allow_missing_files => hash,
+                _ => return Err(error),
+            },
+        };
+        self.memo.insert(resolved.to_path_buf(), hash);
+        Ok(hash)
+    }
+
+    /// The identity of an InvokeAI Server sprite's model: what the servers reported this
+    /// run (online builds ask them first), else what the lock file recorded; with
+    /// neither, an identity that matches no cache entry (the sprite is stale, and
+    /// generating it asks the servers).
+    fn server_model_hash(&mut self, model: &str) -> blake3::Hash {
+        self.known
+            .known_hash(&InputFile::ServerModel(model.to_string()))
+            .unwrap_or_else(|| {
+                blake3::hash(format!("pixelgen unresolved server model {model}").as_bytes())
+            })
+    }
+
+    /// A Diffusion model's identity: the content of its weight, config and tokenizer
+    /// files (hashed once, then remembered by stamp). A model that is not on this machine
+    /// takes the identity recorded in the lock file, so teammates and CI without the model
+    /// still find their cached sprites fresh; with neither, an identity that matches no
+    /// cache entry, so the sprite is stale and generating it says the model is missing.
+    fn model_hash(&mut self, model: &str) -> blake3::Hash {
+        if let Some(hash) = self.models.get(model) {
+            return *hash;
+        }
+        let located =
+            crate::generate::model_files::locate(model, &self.manifest_dir, self.hub_cache);
+        let hash = match located {
+            Ok(location) => {
+                let root = location.path().to_path_buf();
+                let mut all = blake3::Hasher::new_derive_key("pixelgen model identity v1");
+                let mut complete = true;
+                for file in location.content_files() {
+                    let relative = file
+                        .strip_prefix(&root)
+                        .unwrap_or(&file)
+                        .to_string_lossy()
+                        .replace('\\', "/");
+                    match self.hasher.hash(&file) {
+                        Ok(hash) => {
+                            all.update(relative.as_bytes())
+                                .update(&[0])
+                                .update(hash.as_bytes());
+                        }
+                        Err(_) => complete = false,
+                    }
+                }
+                match (
+                    complete,
+                    self.known.known_hash(&InputFile::Model(model.to_string())),
+                ) {
+                    (false, Some(known)) => known,
+                    _ => all.finalize(),
+                }
+            }
+            Err(_) => self
+                .known
+                .known_hash(&InputFile::Model(model.to_string()))
+                .unwrap_or_else(|| {
+                    blake3::hash(format!("pixelgen unresolved model {model}").as_bytes())
+                }),
+        };
+        self.models.insert(model.to_string(), hash);
+        hash
+    }
+}
+
+fn plan_sprite(
+    source_file: &SourceFile,
+    index: usize,
+    sprite: &SpriteSpec,
+    input_files: &mut InputFiles<'_>,
+    manifest: &Manifest,
+    trained: &[PlannedLora],
+) -> Result<PlannedSprite, PlanError> {
+    let mut files = BTreeMap::new();
+    let mut loras = Canonical::new();
+    let mut resolved_loras = Vec::with_capacity(sprite.loras.len());
+    for lora in &sprite.loras {
+        match &lora.source {
+            LoraSource::File { path, resolved } => {
+                let hash = input_files.hash(path, resolved).map_err(|source| {
+                    let message = format!(
+                        "sprite `{}`: cannot read LoRA file {}: {source}",
+                        sprite.name,
+                        resolved.display()
+                    );
+                    PlanError::InputUnreadable(Box::new(
+                        Diagnostic::new(source_file, lora.span.clone(), message)
+                            .label("this file")
+                            .help("LoRA paths are relative to the folder of sprites.ron; offline builds also accept a missing file whose hash is in sprites.lock"),
+                    ))
+                })?;
+                files.insert(InputFile::Lora(path.clone()), hash.to_hex().to_string());
+                loras.bytes(hash.as_bytes()).f32(lora.weight);
+                resolved_loras.push(ResolvedLora {
+                    file: resolved.clone(),
+                    weight: lora.weight,
+                    hash: hash.to_hex().to_string(),
+                    trained: None,
+                });
+            }
+            LoraSource::Trained(name) => {
+                // The manifest checked that every name is declared.
+                let Some(planned) = manifest
+                    .trained_lora_index(name)
+                    .and_then(|index| trained.get(index))
+                else {
+                    continue;
+                };
+                // The trained LoRA's key stands for its content: the same inputs train
+                // the same factors, and a sprite is fresh without the file being here.
+                files.insert(InputFile::TrainedLora(name.clone()), planned.key.to_hex());
+                loras.str("trained").bytes(&planned.key.0).f32(lora.weight);
+                resolved_loras.push(ResolvedLora {
+                    file: planned.file.clone(),
+                    weight: lora.weight,
+                    hash: planned.key.to_hex(),
+                    trained: Some(name.clone()),
+                });
+            }
+        }
+    }
+
+    let mut groups: Vec<(InputGroup, Canonical)> = vec![
+        (
+            InputGroup::Prompt,
+            Canonical::new().str(&sprite.prompt).take(),
+        ),
+        (
+            InputGroup::NegativePrompt,
+            Canonical::new().str(&sprite.negative_prompt).take(),
+        ),
+        (InputGroup::Seed, Canonical::new().u64(sprite.seed).take()),
+        (
+            InputGroup::Size,
+            Canonical::new()
+                .u64(sprite.width.into())
+                .u64(sprite.height.into())
+                .take(),
+        ),
+        (
+            InputGroup::Frames,
+            Canonical::new().u64(sprite.frames.into()).take(),
+        ),
+        (InputGroup::Generator, generator_group(&sprite.generator)),
+        (InputGroup::Loras, loras),
+        (
+            InputGroup::Palette,
+            match &sprite.palette {
+                Some(p) => Canonical::new().bytes(&p.to_bytes()).take(),
+                None => Canonical::new().str("none").take(),
+            },
+        ),
+        (InputGroup::Background, background_group(sprite.background)),
+        (
+            InputGroup::Pipeline,
+            Canonical::new().str(PIPELINE_VERSION).take(),
+        ),
+    ];
+    // Pixelizing options and the pixelizer's version matter where the raw image is
+    // pixelized or an option is set (procedural keys without options stay as they were).
+    let pixelized = sprite.generator.draws_raw_images();
+    if pixelized || sprite.max_colors.is_some() || sprite.outline.is_some() {
+        let mut c = Canonical::new();
+        c.str(crate::pixelize::PIXELIZE_VERSION);
+        match sprite.max_colors {
+            Some(n) => c.u64(n.into()),
+            None => c.str("all-colors"),
+        };
+        match sprite.outline {
+            Some(rgb) => c.str("outline").bytes(&rgb),
+            None => c.str("no-outline"),
+        };
+        // A true-pixel sprite's `max_colors` is applied by `limit_colors` (it was once
+        // ignored: its keys changed when that was fixed).
+        if !pixelized && sprite.max_colors.is_some() && sprite.palette.is_none() {
+            c.str(crate::pixelize::LIMIT_COLORS_VERSION);
+        }
+        groups.push((InputGroup::Pixelize, c));
+    }
+    // Only diffusion and server sprites have a model (procedural keys stay as they were).
+    match &sprite.generator {
+        GeneratorSpec::Diffusion { model, .. } => {
+            let hash = input_files.model_hash(model);
+            files.insert(InputFile::Model(model.clone()), hash.to_hex().to_string());
+            groups.push((
+                InputGroup::Model,
+                Canonical::new().bytes(hash.as_bytes()).take(),
+            ));
+        }
+        GeneratorSpec::Server(spec) => {
+            let identity = match (&spec.kind, &spec.workflow) {
+                (ServerKind::ComfyUI, Some(workflow)) => {
+                    let hash = input_files
+                        .hash_file(
+                            InputFile::Workflow(workflow.path.clone()),
+                            &workflow.resolved,
+                        )
+                        .map_err(|source| {
+                            PlanError::InputUnreadable(Box::new(
+                                Diagnostic::new(
+                                    source_file,
+                                    sprite.span.clone(),
+                                    format!(
+                                        "sprite `{}`: cannot read workflow {}: {source}",
+                                        sprite.name,
+                                        workflow.resolved.display()
+                                    ),
+                                )
+                                .help("workflow paths are relative to the folder of sprites.ron"),
+                            ))
+                        })?;
+                    files.insert(
+                        InputFile::Workflow(workflow.path.clone()),
+                        hash.to_hex().to_string(),
+                    );
+                    crate::generate::server::comfyui::identity(&hash, spec)
+                }
+                _ => {
+                    let hash = input_files.server_model_hash(&spec.model);
+                    files.insert(
+                        InputFile::ServerModel(spec.model.clone()),
+                        hash.to_hex().to_string(),
+                    );
+                    hash
+                }
+            };
+            groups.push((
+                InputGroup::Model,
+                Canonical::new().bytes(identity.as_bytes()).take(),
+            ));
+        }
+        GeneratorSpec::Procedural => {}
+    }
+    groups.sort_by_key(|(group, _)| *group);
+
+    let mut all = blake3::Hasher::new_derive_key("pixelgen sprite frame key v1");
+    let mut inputs = InputHashes::new();
+    for (name, group) in &groups {
+        let hash = blake3::hash(group.as_bytes());
+        all.update(name.name().as_bytes())
+            .update(&[0])
+            .update(hash.as_bytes());
+        inputs.insert(*name, hash.to_hex()[..16].to_string());
+    }
+    let frame_keys = |base: &blake3::Hasher| -> Vec<Key> {
+        (0..sprite.frames)
+            .map(|frame| {
+                let mut hasher = base.clone();
+                hasher.update(b"frame").update(&frame.to_le_bytes());
+                Key(*hasher.finalize().as_bytes())
+            })
+            .collect()
+    };
+    let keys = frame_keys(&all);
+    let raw_keys = sprite.generator.draws_raw_images().then(|| {
+        let mut raw = blake3::Hasher::new_derive_key("pixelgen raw frame key v1");
+        for (name, group) in &groups {
+            if name.shapes_raw_image() {
+                raw.update(name.name().as_bytes())
+                    .update(&[0])
+                    .update(blake3::hash(group.as_bytes()).as_bytes());
+            }
+        }
+        frame_keys(&raw)
+    });
+    let frames = keys
+        .into_iter()
+        .enumerate()
+        .map(|(frame, key)| PlannedFrame {
+            id: sprite.name.frame(frame as u32),
+            key,
+            raw: raw_keys.as_ref().map(|raw| raw[frame]),
+        })
+        .collect();
+    Ok(PlannedSprite {
+        sprite: index,
+        inputs,
+        frames,
+        files,
+        loras: resolved_loras,
+    })
+}
+
+fn generator_group(generator: &GeneratorSpec) -> Canonical {
+    match generator {
+        GeneratorSpec::Procedural => Canonical::new()
+            .str("procedural")
+            .str(crate::generate::PROCEDURAL_VERSION)
+            .take(),
+        GeneratorSpec::Diffusion {
+            model,
+            steps,
+            guidance,
+            scheduler,
+            resolution,
+        } => {
+            let mut c = Canonical::new();
+            // The backend's version is part of the generator, so that the raw key and the
+            // finished key (which hashes every group the raw key does) both change with it.
+            c.str("diffusion")
+                .str(DIFFUSION_VERSION)
+                .str(model)
+                .u64((*steps).into())
+                .f32(*guidance);
+            c.str(scheduler.name());
+            match resolution {
+                Some((w, h)) => c.u64((*w).into()).u64((*h).into()),
+                None => c.str("default-resolution"),
+            };
+            c
+        }
+        // The URLs are not here: the same model on another server draws the same art.
+        // The model's identity is the Model group.
+        GeneratorSpec::Server(spec) => {
+            let mut c = Canonical::new();
+            c.str("server")
+                .str(SERVER_VERSION)
+                .str(spec.kind.name())
+                .u64(spec.steps.into())
+                .f32(spec.guidance)
+                .str(&spec.scheduler);
+            match spec.resolution {
+                Some((w, h)) => c.u64(w.into()).u64(h.into()),
+                None => c.str("default-resolution"),
+            };
+            c
+        }
+    }
+}
+
+fn background_group(background: Background) -> Canonical {
+    match background {
+        Background::Transparent => Canonical::new().str("transparent").take(),
+        Background::Keep => Canonical::new().str("keep").take(),
+        Background::Color(rgb) => Canonical::new().str("color").bytes(&rgb).take(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
