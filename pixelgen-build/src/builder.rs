@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::Error;
+use crate::error::Error;
 use crate::environment::Environment;
 use crate::index::OUT_SUBDIR;
 use crate::key::FileHasher;
@@ -103,7 +103,7 @@ impl Build {
         let hasher = FileHasher::persistent(state_dir.join("file-stamps.json"));
         let session = Session::open(project, hasher, &environment, offline)?;
         #[cfg(unix)]
-        let session = session.with_server(crate::serve::server_for(&environment));
+        let session = session.with_server(crate::generate::diffusion::warm::server_for(&environment));
         let mut session = session;
         for path in &session.manifest.input_files {
             println!("cargo:rerun-if-changed={}", path.display());
@@ -123,11 +123,7 @@ impl Build {
             .manifest
             .sprites
             .iter()
-            .filter_map(|s| match &s.generator {
-                crate::manifest::GeneratorSpec::Diffusion { model, .. } => Some(model.as_str()),
-                crate::manifest::GeneratorSpec::Procedural
-                | crate::manifest::GeneratorSpec::Server(_) => None,
-            })
+            .filter_map(|s| s.generator.backend().local_model())
             .chain(
                 session
                     .manifest
@@ -137,7 +133,7 @@ impl Build {
             )
             .collect();
         for model in models {
-            if let Ok(location) = crate::generate::model_files::locate(
+            if let Ok(location) = crate::generate::diffusion::model_files::locate(
                 model,
                 manifest_dir,
                 environment.hub.cache_dir.as_deref(),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use image::RgbaImage;
 
-use crate::Error;
+use crate::error::Error;
 use crate::atlas;
 use crate::cache::{encode_png, write_atomically};
 use crate::identity::FrameId;
@@ -225,7 +225,7 @@ mod tests {
         let mut session = Session::open(
             project,
             FileHasher::in_memory(),
-            &crate::Environment::default(),
+            &crate::environment::Environment::default(),
             false,
         )?;
         session.realize(false, &mut Quiet)?;

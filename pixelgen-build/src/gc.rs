@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use pixelgen_diffusion::advisory::AdvisoryLock;
 
-use crate::Error;
+use crate::error::Error;
 use crate::cache::Cache;
 use crate::environment::Environment;
 use crate::key::FileHasher;

@@ -16,6 +16,8 @@ pub mod cache;
 pub mod color;
 pub mod diagnostics;
 pub mod emit;
+mod error;
+pub use error::Error;
 pub mod environment;
 pub use environment::Environment;
 pub mod gc;
@@ -32,52 +34,12 @@ pub mod palette;
 pub mod pipeline;
 pub mod pixelize;
 pub mod plan;
-#[cfg(unix)]
-pub mod serve;
+pub mod status;
 pub mod timings;
 pub mod train;
 
 mod builder;
 
-use std::fmt;
-use std::path::PathBuf;
 
 pub use builder::Build;
 pub use pipeline::{Project, Session, Summary};
-
-/// Everything that can stop a build. `Debug` prints the same text as `Display`, so that
-/// `.unwrap()` in a build script shows the full message.
-#[derive(thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Manifest(#[from] manifest::ManifestError),
-    #[error(transparent)]
-    Plan(#[from] plan::PlanError),
-    #[error(transparent)]
-    Lock(#[from] lock::LockError),
-    #[error(transparent)]
-    Generate(#[from] generate::GenerateError),
-    #[error("{0}")]
-    Stale(pipeline::StaleReport),
-    /// A trained LoRA that could not be trained, pointed at in the manifest.
-    #[error("{0}")]
-    Train(Box<diagnostics::Diagnostic>),
-    #[error("atlas `{atlas}`: {source}")]
-    Atlas {
-        atlas: AtlasName,
-        source: atlas::AtlasError,
-    },
-    #[error("sprite cache: {}: {source}", path.display())]
-    Cache {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Environment(String),
-}
-
-impl fmt::Debug for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}

@@ -3,16 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::Error;
+use crate::error::Error;
+use crate::status::{Freshness, LoraStatus, SpriteStatus, StaleReport};
 #[cfg(test)]
 use crate::cache::LOCK_NAME;
 use crate::cache::{Cache, Lookup, SHARED_STAMPS_NAME};
 use crate::environment::Environment;
-use crate::generate::{self, BatchKey, Job};
+use crate::generate::{self, Drawn, Frame, GenerateError, GroupInputs, GroupKey, ResolvedLora, Workshop};
 use crate::identity::{FrameId, LoraName, SpriteName};
 use crate::key::{FileHasher, InputFile, InputGroup};
 use crate::lock::{LockFile, LockedLora, LockedSprite};
@@ -157,23 +159,6 @@ pub fn workspace_of(crate_dir: &Path) -> Result<cargo_metadata::Metadata, Error>
         })
 }
 
-/// Whether a sprite's cached frames are all there and intact.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SpriteStatus {
-    pub name: SpriteName,
-    pub status: Freshness,
-    /// Why it is stale; empty when fresh.
-    pub reasons: Vec<String>,
-    pub frames: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Freshness {
-    Fresh,
-    Stale,
-}
-
 /// Counts of one run, for the summary line.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Summary {
@@ -208,68 +193,9 @@ pub trait Progress {
     fn training(&mut self, _lora: &LoraName, _done: usize, _steps: usize, _loss: f32) {}
 }
 
-/// Whether a trained LoRA's file is in the cache, and why it must be trained if not.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LoraStatus {
-    pub name: LoraName,
-    /// The image folder as the manifest names it.
-    pub images: String,
-    pub status: Freshness,
-    pub reasons: Vec<String>,
-    /// The sprites that use it.
-    pub used_by: Vec<SpriteName>,
-}
-
 /// No progress reporting (the build script's case: cargo shows its output only at the end).
 pub struct Quiet;
 impl Progress for Quiet {}
-
-/// Stale sprites found by an offline build.
-#[derive(Debug, Clone)]
-pub struct StaleReport {
-    pub manifest_path: PathBuf,
-    pub stale: Vec<SpriteStatus>,
-    /// Trained LoRAs that stale sprites need and the cache lacks.
-    pub loras: Vec<LoraStatus>,
-}
-
-impl fmt::Display for StaleReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "pixelgen: {} sprite(s) in {} are stale and this build is offline (PIXELGEN_OFFLINE or CI is set), so they were not generated:",
-            self.stale.len(),
-            self.manifest_path.display()
-        )?;
-        for sprite in &self.stale {
-            writeln!(f, "  - {}: {}", sprite.name, sprite.reasons.join("; "))?;
-        }
-        if !self.loras.is_empty() {
-            writeln!(
-                f,
-                "and {} trained LoRA(s) they use must be trained again:",
-                self.loras.len()
-            )?;
-            for lora in &self.loras {
-                let users: Vec<&str> = lora.used_by.iter().map(SpriteName::as_str).collect();
-                writeln!(
-                    f,
-                    "  - {} (images in {}): {}; used by {}",
-                    lora.name,
-                    lora.images,
-                    lora.reasons.join("; "),
-                    users.join(", ")
-                )?;
-            }
-        }
-        let crate_manifest = self.manifest_path.with_file_name("Cargo.toml");
-        write!(
-            f,
-            "help: on a machine that can generate, run `cargo pixelgen generate --manifest-path {}` and commit sprites.lock and the cache/ folder",
-            crate_manifest.display()
-        )
-    }
-}
 
 /// A manifest read and planned against its lock file and cache.
 pub struct Session {
@@ -283,16 +209,12 @@ pub struct Session {
     pub timings: Timings,
     cache: Cache,
     hasher: FileHasher,
-    /// Device, lock folder and hub cache for generating (read by the caller).
-    environment: Environment,
-    /// Where to look for `cargo pixelgen serve`; `None`: always in-process.
-    #[cfg(unix)]
-    server: Option<crate::serve::WarmServer>,
+    /// What the backends share over the run: the environment (device, lock folder, hub
+    /// cache, image servers; read by the caller), the image servers' connections and the
+    /// warm server.
+    workshop: Workshop,
     /// Model identities the image servers reported this run (online builds only).
     reported: BTreeMap<InputFile, blake3::Hash>,
-    /// The image servers of Server sprites, asked once per run (drawing borrows it
-    /// while the session stores what arrives).
-    connections: std::cell::RefCell<generate::server::Connections>,
 }
 
 impl Session {
@@ -331,6 +253,7 @@ impl Session {
             &cache,
             &mut timings,
         )?;
+        let workshop = Workshop::new(project.manifest_dir(), environment);
         Ok(Session {
             cache,
             project,
@@ -340,13 +263,8 @@ impl Session {
             trained,
             timings,
             hasher,
-            environment: environment.clone(),
-            #[cfg(unix)]
-            server: None,
+            workshop,
             reported: BTreeMap::new(),
-            connections: std::cell::RefCell::new(generate::server::Connections::new(
-                environment.image_servers.clone(),
-            )),
         })
     }
 
@@ -354,8 +272,11 @@ impl Session {
     /// (else, or when it fails, they are drawn in-process). Keys and cache files are the
     /// same either way.
     #[cfg(unix)]
-    pub fn with_server(mut self, server: Option<crate::serve::WarmServer>) -> Session {
-        self.server = server;
+    pub fn with_server(
+        mut self,
+        server: Option<generate::diffusion::warm::WarmServer>,
+    ) -> Session {
+        self.workshop.warm_server = server;
         self
     }
 
@@ -587,13 +508,12 @@ impl Session {
                 .iter()
                 .zip(&self.plan)
                 .filter(|((s, _), _)| s.status == Freshness::Stale)
-                .filter_map(
-                    |(_, planned)| match &self.manifest.sprites[planned.sprite].generator {
-                        manifest::GeneratorSpec::Diffusion { model, .. } => Some(model.as_str()),
-                        manifest::GeneratorSpec::Procedural
-                        | manifest::GeneratorSpec::Server(_) => None,
-                    },
-                )
+                .filter_map(|(_, planned)| {
+                    self.manifest.sprites[planned.sprite]
+                        .generator
+                        .backend()
+                        .local_model()
+                })
                 .collect();
             models.extend(
                 self.loras_to_train(&statuses)
@@ -602,8 +522,11 @@ impl Session {
             );
             let mut downloaded = false;
             for model in models {
-                downloaded |=
-                    generate::prefetch_model(model, &manifest_dir, &self.environment.hub)?;
+                downloaded |= generate::diffusion::prefetch_model(
+                    model,
+                    &manifest_dir,
+                    &self.workshop.environment.hub,
+                )?;
             }
             if downloaded {
                 let replanned = plan_timed(
@@ -614,7 +537,7 @@ impl Session {
                         lock: &self.lock,
                     },
                     offline,
-                    self.environment.hub.cache_dir.as_deref(),
+                    self.workshop.environment.hub.cache_dir.as_deref(),
                     &self.cache,
                     &mut self.timings,
                 )?;
@@ -719,42 +642,30 @@ impl Session {
         })
     }
 
-    /// Asks the image servers of the (not held back) InvokeAI Server sprites for their
-    /// model's identity and plans again with it. A model no server answered for keeps
-    /// the identity the lock recorded (with a note): its sprites stay fresh if they were.
+    /// Asks the backends of the sprites not held back for what only the outside world
+    /// can tell (an InvokeAI server's model identity) and plans again with it. A model no
+    /// server answered for keeps the identity the lock recorded (with a note): its
+    /// sprites stay fresh if they were.
     fn ask_servers_for_models(&mut self, held: &[bool]) -> Result<Vec<String>, Error> {
         let mut notes = Vec::new();
-        let mut asked = std::collections::BTreeSet::new();
         for (planned, &held) in self.plan.iter().zip(held) {
-            let sprite = &self.manifest.sprites[planned.sprite];
-            let manifest::GeneratorSpec::Server(spec) = &sprite.generator else {
-                continue;
-            };
-            if held
-                || spec.kind != crate::manifest::ServerKind::InvokeAI
-                || !asked.insert(spec.model.clone())
-            {
+            if held {
                 continue;
             }
-            let (identity, unreachable) =
-                self.connections
-                    .get_mut()
-                    .identity(spec)
-                    .map_err(|message| generate::GenerateError::Failed {
-                        sprite: sprite.name.clone(),
-                        message,
-                    })?;
-            match identity {
-                Some(identity) => {
-                    self.reported
-                        .insert(InputFile::ServerModel(spec.model.clone()), identity);
-                    notes.extend(unreachable);
+            let sprite = &self.manifest.sprites[planned.sprite];
+            let reported = sprite
+                .generator
+                .backend()
+                .report_identities(&mut self.workshop)
+                .map_err(|message| GenerateError::Failed {
+                    sprite: sprite.name.clone(),
+                    message,
+                })?;
+            self.reported.extend(reported.identities);
+            for note in reported.notes {
+                if !notes.contains(&note) {
+                    notes.push(note);
                 }
-                None => notes.push(format!(
-                    "no image server answered about model `{}` ({}); its identity comes from sprites.lock",
-                    spec.model,
-                    unreachable.join("; ")
-                )),
             }
         }
         // Planned again only when a server reports another identity than the plan used
@@ -775,7 +686,7 @@ impl Session {
                     lock: &self.lock,
                 },
                 false,
-                self.environment.hub.cache_dir.as_deref(),
+                self.workshop.environment.hub.cache_dir.as_deref(),
                 &self.cache,
                 &mut self.timings,
             )?;
@@ -785,259 +696,53 @@ impl Session {
         Ok(notes)
     }
 
-    /// The LoRAs of planned sprite `i` as image servers know them: by the blake3 of the
-    /// file's bytes. A trained LoRA's plan hash is its key, so its file's hash comes from
-    /// the cache's (stamp-cached) check of the trained file.
-    fn server_loras(&mut self, i: usize) -> Result<Vec<generate::server::ServerLora>, Error> {
-        let sprite = self.manifest.sprites[self.plan[i].sprite].name.clone();
-        let resolved = self.plan[i].loras.clone();
-        let mut loras = Vec::with_capacity(resolved.len());
-        for lora in resolved {
-            let content_hash = match &lora.trained {
-                Some(name) => {
-                    let index = self.manifest.trained_lora_index(name);
-                    match index.map(|index| self.lora_lookup(index)) {
-                        Some(Lookup::Hit { output }) => output.to_hex().to_string(),
-                        _ => {
-                            return Err(Error::Generate(generate::GenerateError::Failed {
-                                sprite,
-                                message: format!(
-                                    "trained LoRA `{name}` is not in the cache ({})",
-                                    lora.file.display()
-                                ),
-                            }));
-                        }
-                    }
-                }
-                None => lora.hash,
-            };
-            loras.push(generate::server::ServerLora {
-                file: lora.file,
-                content_hash,
-                weight: lora.weight,
-            });
-        }
-        Ok(loras)
-    }
-
-    /// Draws `jobs` (frames of Server sprites that share a [`BatchKey`]) on their image
-    /// servers, storing each frame as it arrives. Frames the servers could not draw fail
-    /// together at the end, after every other frame is stored.
-    fn draw_on_servers(
-        &self,
-        loras: &[generate::server::ServerLora],
-        jobs: &[(usize, u32)],
-        statuses: &mut [(SpriteStatus, Vec<Lookup>)],
-        progress: &mut dyn Progress,
-        timings: &mut Timings,
-        drawn_by: &mut BTreeMap<String, usize>,
-    ) -> Result<Vec<String>, Error> {
-        use crate::manifest::ServerKind;
-        use generate::server::{FrameRequest, fanout};
-        let planned = &self.plan[jobs[0].0];
-        let sprite = &self.manifest.sprites[planned.sprite];
-        let manifest::GeneratorSpec::Server(spec) = &sprite.generator else {
-            return Ok(Vec::new());
-        };
-        let failed = |message: String| {
-            Error::Generate(generate::GenerateError::Failed {
-                sprite: sprite.name.clone(),
-                message,
-            })
-        };
-        // The identity the keys cover (what the servers reported, or the lock's).
-        let identity = planned
-            .files
-            .get(&InputFile::ServerModel(spec.model.clone()))
-            .and_then(|hex| blake3::Hash::from_hex(hex).ok())
-            .unwrap_or(blake3::hash(b"no identity"));
-        let generate::server::Ready { servers, left_out } = self
-            .connections
-            .borrow_mut()
-            .servers(spec, loras, identity)
-            .map_err(&failed)?;
-        if servers.is_empty() {
-            return Err(failed(format!(
-                "no image server can draw it:\n  {}\nhelp: fix what each server says above (start it, install the model or LoRA it lacks, or correct `url` or PIXELGEN_IMAGE_SERVERS) and build again; sprites already in cache/ build without a server",
-                left_out.join("\n  ")
-            )));
-        }
-        let mut notes: Vec<String> = left_out
-            .into_iter()
-            .map(|why| format!("left out of this run: {why}"))
-            .collect();
-        let names: Vec<String> = servers.iter().map(|s| s.endpoint().short()).collect();
-        let mut failures: Vec<(FrameId, String)> = Vec::new();
-        let mut requests = Vec::with_capacity(jobs.len());
-        let mut sent = Vec::with_capacity(jobs.len());
-        for &(i, frame) in jobs {
-            let sprite = &self.manifest.sprites[self.plan[i].sprite];
-            let seed = generate::frame_seed(sprite.seed, frame);
-            if spec.kind == ServerKind::InvokeAI && seed > generate::server::invokeai::MAX_SEED {
-                failures.push((
-                    sprite.name.frame(frame),
-                    format!("seed {seed} is above InvokeAI's largest seed, {}; give the sprite a smaller seed", generate::server::invokeai::MAX_SEED),
-                ));
-                continue;
-            }
-            requests.push(FrameRequest {
-                prompt: sprite.prompt.clone(),
-                negative_prompt: sprite.negative_prompt.clone(),
-                seed,
-            });
-            sent.push((i, frame));
-        }
-        let options = fanout::FanOutOptions {
-            stall_timeout: self.environment.image_servers.stall_timeout_secs.map_or(
-                fanout::FanOutOptions::default().stall_timeout,
-                std::time::Duration::from_secs,
-            ),
-            ..fanout::FanOutOptions::default()
-        };
-        let mut drawn = vec![0usize; names.len()];
-        let start = std::time::Instant::now();
-        let mut local = Timings::new();
-        fanout::fan_out(servers, &requests, &options, |event| -> Result<(), Error> {
-            match event {
-                fanout::Event::Done {
-                    frame,
-                    server,
-                    image,
-                } => {
-                    let (i, frame) = sent[frame];
-                    drawn[server] += 1;
-                    progress.server_frame_done(&names[server]);
-                    self.store_drawn(statuses, i, frame, image, progress, &mut local)
-                }
-                fanout::Event::Failed { frame, message } => {
-                    let (i, frame) = sent[frame];
-                    failures.push((
-                        self.manifest.sprites[self.plan[i].sprite].name.frame(frame),
-                        message,
-                    ));
-                    Ok(())
-                }
-                fanout::Event::ServerLost {
-                    server,
-                    message,
-                    returned,
-                } => {
-                    notes.push(format!(
-                        "image server {} was given up ({message}); its {returned} queued frame(s) went to the others",
-                        names[server]
-                    ));
-                    Ok(())
-                }
-            }
-        })?;
-        let local_time: std::time::Duration = [Stage::Pixelize, Stage::EncodeWrite]
-            .iter()
-            .map(|stage| local.get(*stage).total)
-            .sum();
-        timings.add_runs(
-            Stage::ImageServers,
-            start.elapsed().saturating_sub(local_time),
-            requests.len() as u64,
-        );
-        timings.merge(&local);
-        for (name, count) in names.into_iter().zip(drawn) {
-            *drawn_by.entry(name).or_default() += count;
-        }
-        if !failures.is_empty() {
-            failures.sort();
-            return Err(Error::Generate(generate::GenerateError::Servers {
-                failures,
-            }));
-        }
-        Ok(notes)
-    }
-
-    /// Generates every stale frame, one backend per group of sprites that share a
-    /// generator, its settings and LoRAs ([`BatchKey`]), in the backend's batch size.
-    /// Returns the backends' notes.
+    /// Generates every stale frame, one drawer per group of sprites that share a
+    /// backend, its settings and LoRAs ([`GroupKey`]). Returns the backends' notes.
     fn generate_stale(
         &mut self,
         statuses: &mut [(SpriteStatus, Vec<Lookup>)],
         progress: &mut dyn Progress,
     ) -> Result<Vec<String>, Error> {
-        let mut batches: BTreeMap<BatchKey, Vec<(usize, u32)>> = BTreeMap::new();
+        let mut groups: BTreeMap<GroupKey, Vec<(usize, u32)>> = BTreeMap::new();
         for (i, (status, lookups)) in statuses.iter().enumerate() {
             if status.status == Freshness::Fresh {
                 continue;
             }
-            let sprite = &self.manifest.sprites[self.plan[i].sprite];
+            let planned = &self.plan[i];
+            let backend = self.manifest.sprites[planned.sprite].generator.backend();
             for (frame, lookup) in lookups.iter().enumerate() {
                 if !matches!(lookup, Lookup::Hit { .. }) {
-                    batches
-                        .entry(BatchKey::of(sprite, &self.plan[i].loras))
+                    groups
+                        .entry(backend.group(&planned.loras))
                         .or_default()
                         .push((i, frame as u32));
                 }
             }
         }
-        progress.start(batches.values().map(Vec::len).sum());
-        let manifest_dir = self.project.manifest_dir().to_path_buf();
+        progress.start(groups.values().map(Vec::len).sum());
         let mut notes = Vec::new();
         let mut timings = Timings::new();
         // Frames each image server drew, for one note at the end.
         let mut drawn_by: BTreeMap<String, usize> = BTreeMap::new();
-        for jobs in batches.values() {
+        for jobs in groups.values() {
             // Frames whose raw image is cached (only the palette, size or background
             // changed) are finished from it without the generator.
-            let mut to_generate = Vec::with_capacity(jobs.len());
+            let mut to_draw = Vec::with_capacity(jobs.len());
             for &(i, frame) in jobs {
                 let raw_key = self.plan[i].frames[frame as usize].raw;
                 match raw_key.and_then(|key| self.cache.read_raw(&key)) {
                     Some(raw) => {
                         self.store_finished(statuses, i, frame, raw, progress, &mut timings)?
                     }
-                    None => to_generate.push((i, frame)),
+                    None => to_draw.push((i, frame)),
                 }
             }
-            if to_generate.is_empty() {
+            if to_draw.is_empty() {
                 continue;
             }
-            if matches!(
-                self.manifest.sprites[self.plan[to_generate[0].0].sprite].generator,
-                manifest::GeneratorSpec::Server(_)
-            ) {
-                let loras = self.server_loras(to_generate[0].0)?;
-                let drawn = self.draw_on_servers(
-                    &loras,
-                    &to_generate,
-                    statuses,
-                    progress,
-                    &mut timings,
-                    &mut drawn_by,
-                )?;
-                for note in drawn {
-                    if !notes.contains(&note) {
-                        notes.push(note);
-                    }
-                }
-                continue;
-            }
-            let first = &self.manifest.sprites[self.plan[to_generate[0].0].sprite];
-            #[cfg(unix)]
-            let backend = generate::remote::backend_for(
-                first,
-                &self.plan[to_generate[0].0],
-                &manifest_dir,
-                &self.environment,
-                self.server.as_ref(),
-                &mut timings,
-            )?;
-            #[cfg(not(unix))]
-            let backend = generate::backend_for(
-                first,
-                &self.plan[to_generate[0].0].loras,
-                &manifest_dir,
-                &self.environment,
-                &mut timings,
-            )?;
-            let sampled = self.sample_and_store(backend, &to_generate, statuses, progress)?;
-            timings.merge(&sampled.timings);
-            for note in sampled.notes {
+            let drawn =
+                self.draw_group(&to_draw, statuses, progress, &mut timings, &mut drawn_by)?;
+            for note in drawn {
                 if !notes.contains(&note) {
                     notes.push(note);
                 }
@@ -1057,83 +762,112 @@ impl Session {
         Ok(notes)
     }
 
-    /// Samples `jobs` with `backend` batch by batch on a second thread while this one
-    /// pixelizes, writes and reports each finished batch, so the device never waits for
-    /// the CPU work of the batch before. The sampler runs at most one batch ahead; when
-    /// storing fails it stops after the batch in hand, and nothing it drew is stored
-    /// unless the whole image arrived (the cache only ever sees complete images).
-    fn sample_and_store(
-        &self,
-        mut backend: Box<dyn generate::Generator>,
+    /// Planned sprite `i`'s LoRAs, with each trained one's content hash (its file in the
+    /// cache, trained by now).
+    fn group_loras(&mut self, i: usize) -> Vec<ResolvedLora> {
+        let mut loras = self.plan[i].loras.clone();
+        for lora in &mut loras {
+            let Some(index) = lora
+                .trained
+                .as_ref()
+                .and_then(|name| self.manifest.trained_lora_index(name))
+            else {
+                continue;
+            };
+            if let Lookup::Hit { output } = self.lora_lookup(index) {
+                lora.content_hash = Some(output.to_hex().to_string());
+            }
+        }
+        loras
+    }
+
+    /// Draws `jobs` (frames of sprites that share a [`GroupKey`]) with one drawer of their
+    /// backend, storing each frame as it arrives. Frames the backend could not draw fail
+    /// together at the end, after every other frame is stored.
+    fn draw_group(
+        &mut self,
         jobs: &[(usize, u32)],
         statuses: &mut [(SpriteStatus, Vec<Lookup>)],
         progress: &mut dyn Progress,
-    ) -> Result<Sampled, Error> {
-        let mut notes: Vec<String> = backend.take_note().into_iter().collect();
-        let batch_size = backend.batch_size().max(1);
-        let sprites = &self.manifest.sprites;
-        let plan = &self.plan;
-        let mut timings = Timings::new();
-        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-        let (sampler_timings, sampler_notes) = std::thread::scope(|scope| {
-            let sampler = scope.spawn(move || {
-                let mut timings = Timings::new();
-                let mut notes = Vec::new();
-                for (index, chunk) in jobs.chunks(batch_size).enumerate() {
-                    let batch: Vec<Job> = chunk
-                        .iter()
-                        .map(|&(i, frame)| Job {
-                            sprite: &sprites[plan[i].sprite],
-                            frame,
-                        })
-                        .collect();
-                    let drawn = backend.generate(&batch, &mut timings).and_then(|raws| {
-                        if raws.len() == batch.len() {
-                            Ok(raws)
-                        } else {
-                            Err(generate::GenerateError::Failed {
-                                sprite: batch[0].sprite.name.clone(),
-                                message: format!(
-                                    "the backend returned {} images for {} jobs",
-                                    raws.len(),
-                                    batch.len()
-                                ),
-                            })
+        timings: &mut Timings,
+        drawn_by: &mut BTreeMap<String, usize>,
+    ) -> Result<Vec<String>, Error> {
+        let first = jobs[0].0;
+        let loras = self.group_loras(first);
+        let planned = &self.plan[first];
+        let sprite = &self.manifest.sprites[planned.sprite];
+        let group = GroupInputs {
+            sprite: &sprite.name,
+            loras: &loras,
+            files: &planned.files,
+        };
+        let mut drawer = sprite
+            .generator
+            .backend()
+            .open(&group, &mut self.workshop, timings)?;
+        self.draw_with(drawer.as_mut(), jobs, statuses, progress, timings, drawn_by)
+    }
+
+    /// Draws `jobs` with `drawer` and stores what it draws (see [`Self::draw_group`]).
+    fn draw_with(
+        &self,
+        drawer: &mut dyn generate::Drawer,
+        jobs: &[(usize, u32)],
+        statuses: &mut [(SpriteStatus, Vec<Lookup>)],
+        progress: &mut dyn Progress,
+        timings: &mut Timings,
+        drawn_by: &mut BTreeMap<String, usize>,
+    ) -> Result<Vec<String>, Error> {
+        let this = self;
+        let frames: Vec<Frame> = jobs
+            .iter()
+            .map(|&(i, frame)| {
+                let sprite = &this.manifest.sprites[this.plan[i].sprite];
+                Frame {
+                    sprite: &sprite.name,
+                    prompt: &sprite.prompt,
+                    negative_prompt: &sprite.negative_prompt,
+                    seed: sprite.seed,
+                    frame,
+                    frames: sprite.frames,
+                    width: sprite.width,
+                    height: sprite.height,
+                }
+            })
+            .collect();
+        let mut failures: Vec<(FrameId, String)> = Vec::new();
+        let mut stored: Result<(), Error> = Ok(());
+        let mut local = Timings::new();
+        let drawn = drawer.draw(&frames, timings, &mut |index, drawn| {
+            let (i, frame) = jobs[index];
+            match drawn {
+                Drawn::Image { image, server } => {
+                    if let Some(server) = server {
+                        progress.server_frame_done(&server);
+                        *drawn_by.entry(server).or_default() += 1;
+                    }
+                    match this.store_drawn(statuses, i, frame, image, progress, &mut local) {
+                        Ok(()) => ControlFlow::Continue(()),
+                        Err(error) => {
+                            stored = Err(error);
+                            ControlFlow::Break(())
                         }
-                    });
-                    // A backend may fall back from the warm server mid-group, with a note.
-                    notes.extend(std::iter::from_fn(|| backend.take_note()));
-                    let failed = drawn.is_err();
-                    if sender.send((index, drawn)).is_err() || failed {
-                        break;
                     }
                 }
-                // Dropping the backend here releases the model (and the device lock)
-                // before this group's last batch is stored.
-                drop(backend);
-                (timings, notes)
-            });
-            let stored = (|| -> Result<(), Error> {
-                for (index, drawn) in receiver {
-                    let chunk = jobs.chunks(batch_size).nth(index).unwrap_or_default();
-                    for (raw, &(i, frame)) in drawn?.into_iter().zip(chunk) {
-                        self.store_drawn(statuses, i, frame, raw, progress, &mut timings)?;
-                    }
+                Drawn::Failed(message) => {
+                    failures.push((frames[index].id(), message));
+                    ControlFlow::Continue(())
                 }
-                Ok(())
-            })();
-            // On an error, `receiver` is dropped above, so the sampler stops at its next send.
-            let sampler_timings = sampler.join().map_err(|_| {
-                Error::Generate(generate::GenerateError::Failed {
-                    sprite: sprites[plan[jobs[0].0].sprite].name.clone(),
-                    message: "the sampling thread panicked".into(),
-                })
-            })?;
-            stored.map(|()| sampler_timings)
-        })?;
-        timings.merge(&sampler_timings);
-        notes.extend(sampler_notes);
-        Ok(Sampled { timings, notes })
+            }
+        });
+        timings.merge(&local);
+        stored?;
+        let notes = drawn?;
+        if !failures.is_empty() {
+            failures.sort();
+            return Err(Error::Generate(GenerateError::Servers { failures }));
+        }
+        Ok(notes)
     }
 
     /// Stores a frame a generator drew: the raw image (when the sprite's raw images are
@@ -1378,7 +1112,7 @@ impl Session {
             self.cache
                 .prepare()
                 .map_err(|e| failed(format!("cannot prepare the cache: {e}")))?;
-            crate::train::run(&job, &self.environment, &mut steps)
+            crate::train::run(&job, &self.workshop.environment, &mut steps)
                 .map_err(|e| failed(e.to_string()))?;
             self.timings.add(Stage::Train, start.elapsed());
             Ok(())
@@ -1392,6 +1126,64 @@ impl Session {
         }
     }
 
+    /// Frame 0 of sprite `index` (in `plan` order) drawn with each of `seeds` and
+    /// pixelized, in seed order, through the sprite's backend as a build draws it;
+    /// nothing is stored. What an assistant's `variations` shows.
+    pub fn draw_seeds(
+        &mut self,
+        index: usize,
+        seeds: &[u64],
+    ) -> Result<Vec<image::RgbaImage>, Error> {
+        let loras = self.group_loras(index);
+        let planned = &self.plan[index];
+        let sprite = &self.manifest.sprites[planned.sprite];
+        let group = GroupInputs {
+            sprite: &sprite.name,
+            loras: &loras,
+            files: &planned.files,
+        };
+        let mut timings = Timings::new();
+        let mut drawer = sprite
+            .generator
+            .backend()
+            .open(&group, &mut self.workshop, &mut timings)?;
+        let frames: Vec<Frame> = seeds
+            .iter()
+            .map(|&seed| Frame {
+                sprite: &sprite.name,
+                prompt: &sprite.prompt,
+                negative_prompt: &sprite.negative_prompt,
+                seed,
+                frame: 0,
+                frames: sprite.frames,
+                width: sprite.width,
+                height: sprite.height,
+            })
+            .collect();
+        let mut drawn: Vec<Option<Result<image::RgbaImage, String>>> = vec![None; seeds.len()];
+        drawer.draw(&frames, &mut timings, &mut |index, frame| {
+            drawn[index] = Some(match frame {
+                Drawn::Image { image, .. } => Ok(pixelize::finish(image, sprite)),
+                Drawn::Failed(message) => Err(message),
+            });
+            ControlFlow::Continue(())
+        })?;
+        drawn
+            .into_iter()
+            .zip(seeds)
+            .map(|(frame, seed)| match frame {
+                Some(Ok(image)) => Ok(image),
+                failed => Err(Error::Generate(GenerateError::Failed {
+                    sprite: sprite.name.clone(),
+                    message: format!(
+                        "seed {seed}: {}",
+                        failed.and_then(Result::err).unwrap_or("not drawn".into())
+                    ),
+                })),
+            })
+            .collect()
+    }
+
     /// Sprites in the order of `plan`, each with its frames' keys (for the atlas stage).
     pub fn sprites_with_keys(
         &self,
@@ -1400,12 +1192,6 @@ impl Session {
             .iter()
             .map(|p| (&self.manifest.sprites[p.sprite], p))
     }
-}
-
-/// What one group's sampling left besides cache entries.
-struct Sampled {
-    timings: Timings,
-    notes: Vec<String>,
 }
 
 /// `plan::plan`, with the time spent reading files to hash them counted apart.
@@ -1669,27 +1455,23 @@ mod tests {
         good: usize,
     }
 
-    impl generate::Generator for FailsAfter {
+    impl generate::batched::Generator for FailsAfter {
         fn generate(
             &mut self,
-            jobs: &[Job<'_>],
+            frames: &[Frame<'_>],
             _timings: &mut Timings,
         ) -> Result<Vec<image::RgbaImage>, generate::GenerateError> {
             if self.good == 0 {
                 return Err(generate::GenerateError::Failed {
-                    sprite: jobs[0].sprite.name.clone(),
+                    sprite: frames[0].sprite.clone(),
                     message: "device lost".into(),
                 });
             }
             self.good -= 1;
-            Ok(jobs
+            Ok(frames
                 .iter()
-                .map(|j| {
-                    image::RgbaImage::from_pixel(
-                        j.sprite.width,
-                        j.sprite.height,
-                        image::Rgba([200, 10, 10, 255]),
-                    )
+                .map(|f| {
+                    image::RgbaImage::from_pixel(f.width, f.height, image::Rgba([200, 10, 10, 255]))
                 })
                 .collect())
         }
@@ -1713,12 +1495,15 @@ mod tests {
             .flat_map(|(i, (_, lookups))| (0..lookups.len() as u32).map(move |f| (i, f)))
             .collect();
         assert_eq!(jobs.len(), 3);
+        let mut drawer = generate::batched::Batched::boxed(FailsAfter { good: 2 });
         let error = s
-            .sample_and_store(
-                Box::new(FailsAfter { good: 2 }),
+            .draw_with(
+                drawer.as_mut(),
                 &jobs,
                 &mut statuses,
                 &mut Quiet,
+                &mut Timings::new(),
+                &mut BTreeMap::new(),
             )
             .err()
             .expect("the third batch fails")

@@ -1,5 +1,5 @@
-//! The warm server (`serve::server`) and its client (`generate::remote`) with the tiny SD1
-//! fixture model: the same cache bytes and lock file as in-process, a loaded model reused
+//! The warm server (`generate::diffusion::warm::daemon`) and its client (`warm::client`)
+//! with the tiny SD1 fixture model: the same cache bytes and lock file as in-process, a loaded model reused
 //! across builds, the device lock, refusals, fallbacks and malformed input.
 #![cfg(all(unix, feature = "diffusion"))]
 
@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use pixelgen_build::key::FileHasher;
 use pixelgen_build::pipeline::Quiet;
-use pixelgen_build::serve::WarmServer;
-use pixelgen_build::serve::protocol::{
+use pixelgen_build::generate::diffusion::warm::WarmServer;
+use pixelgen_build::generate::diffusion::warm::protocol::{
     self, Request, RequestHeader, Response, StatusReply, Versions,
 };
-use pixelgen_build::serve::server::{ServeError, ServeOptions, Server};
+use pixelgen_build::generate::diffusion::warm::daemon::{ServeError, ServeOptions, Server};
 use pixelgen_build::{Project, Session, Summary};
 
 const MANIFEST: &str = r#"(sprites: {
@@ -133,7 +133,7 @@ impl Running {
     }
 
     fn status(&self) -> StatusReply {
-        pixelgen_build::generate::remote::status(&self.socket, None).unwrap()
+        pixelgen_build::generate::diffusion::warm::client::status(&self.socket, None).unwrap()
     }
 
     /// Whether another process could take the device lock now.

@@ -17,7 +17,8 @@ mod watch;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use pixelgen_build::key::FileHasher;
-use pixelgen_build::pipeline::{Freshness, Progress, SpriteStatus};
+use pixelgen_build::pipeline::Progress;
+use pixelgen_build::status::{Freshness, SpriteStatus};
 use pixelgen_build::{Environment, Error, FrameId, Project, Session};
 
 /// cargo runs `cargo-pixelgen pixelgen ARGS`; the extra word is accepted and dropped.
@@ -234,8 +235,8 @@ fn run(cli: Cli, environment: &Environment) -> Result<ExitCode, Error> {
                 None
             } else {
                 match server {
-                    Some(path) => Some(pixelgen_build::serve::WarmServer::new(path, true)),
-                    None => pixelgen_build::serve::server_for(environment),
+                    Some(path) => Some(pixelgen_build::generate::diffusion::warm::WarmServer::new(path, true)),
+                    None => pixelgen_build::generate::diffusion::warm::server_for(environment),
                 }
             });
             #[cfg(not(unix))]
@@ -288,7 +289,7 @@ pub(crate) fn open_to_generate(
 ) -> Result<Session, Error> {
     let session = open_project(project, environment, false)?;
     #[cfg(unix)]
-    let session = session.with_server(pixelgen_build::serve::server_for(environment));
+    let session = session.with_server(pixelgen_build::generate::diffusion::warm::server_for(environment));
     Ok(session)
 }
 
@@ -362,7 +363,7 @@ fn print_table(statuses: &[SpriteStatus]) {
 
 /// The trained LoRAs under the sprites' table: a stale one is trained by the next
 /// generating run that draws a sprite using it.
-fn print_lora_table(loras: &[pixelgen_build::pipeline::LoraStatus]) {
+fn print_lora_table(loras: &[pixelgen_build::status::LoraStatus]) {
     for lora in loras {
         let users: Vec<&str> = lora.used_by.iter().map(|s| s.as_str()).collect();
         match lora.status {

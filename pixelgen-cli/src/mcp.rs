@@ -14,7 +14,7 @@ use std::io::Cursor;
 use std::path::PathBuf;
 
 use base64::Engine;
-use pixelgen_build::pipeline::{Freshness, SpriteStatus};
+use pixelgen_build::status::{Freshness, SpriteStatus};
 use pixelgen_build::{Environment, Error, Project, Session};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -216,15 +216,7 @@ impl PixelgenMcp {
             .map(|(status, sprite)| {
                 let mut entry = status_json(status);
                 entry["atlas"] = sprite.atlas.as_str().into();
-                entry["generator"] = match &sprite.generator {
-                    pixelgen_build::manifest::GeneratorSpec::Procedural => "procedural".into(),
-                    pixelgen_build::manifest::GeneratorSpec::Diffusion { model, .. } => {
-                        format!("diffusion: {model}").into()
-                    }
-                    pixelgen_build::manifest::GeneratorSpec::Server(spec) => {
-                        format!("server ({}): {}", spec.kind.name(), spec.model).into()
-                    }
-                };
+                entry["generator"] = sprite.generator.backend().summary().into();
                 entry
             })
             .collect();
@@ -255,26 +247,7 @@ impl PixelgenMcp {
         };
         let sprite = &session.manifest.sprites[index];
         let status = statuses.iter().find(|s| s.name == name.as_str());
-        let generator = match &sprite.generator {
-            pixelgen_build::manifest::GeneratorSpec::Procedural => serde_json::json!("Procedural"),
-            pixelgen_build::manifest::GeneratorSpec::Diffusion {
-                model,
-                steps,
-                guidance,
-                scheduler,
-                resolution,
-            } => serde_json::json!({
-                "model": model, "steps": steps, "guidance": guidance,
-                "scheduler": scheduler.name(), "resolution": resolution,
-            }),
-            pixelgen_build::manifest::GeneratorSpec::Server(spec) => serde_json::json!({
-                "server": spec.kind.name(),
-                "url": spec.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
-                "model": spec.model, "steps": spec.steps, "guidance": spec.guidance,
-                "scheduler": spec.scheduler, "resolution": spec.resolution,
-                "workflow": spec.workflow.as_ref().map(|w| w.path.clone()),
-            }),
-        };
+        let generator = sprite.generator.backend().describe();
         let fields = serde_json::json!({
             "name": sprite.name.as_str(),
             "prompt": sprite.prompt,
@@ -369,9 +342,10 @@ impl PixelgenMcp {
             Ok(session) => session,
             Err(e) => return refusal(e.to_string()),
         };
-        let Some((sprite, planned)) = session
+        let Some((index, (sprite, planned))) = session
             .sprites_with_keys()
-            .find(|(s, _)| s.name == v.name.as_str())
+            .enumerate()
+            .find(|(_, (s, _))| s.name == v.name.as_str())
         else {
             return refusal(format!("no sprite `{}` in sprites.ron", v.name));
         };
@@ -391,51 +365,16 @@ impl PixelgenMcp {
         let seeds: Vec<u64> = (0..u64::from(count))
             .map(|i| first.wrapping_add(i))
             .collect();
-        let specs: Vec<pixelgen_build::manifest::SpriteSpec> = seeds
-            .iter()
-            .map(|&seed| pixelgen_build::manifest::SpriteSpec {
-                seed,
-                ..sprite.clone()
-            })
-            .collect();
-        let jobs: Vec<pixelgen_build::generate::Job> = specs
-            .iter()
-            .map(|spec| pixelgen_build::generate::Job {
-                sprite: spec,
-                frame: 0,
-            })
-            .collect();
-        let mut timings = pixelgen_build::timings::Timings::new();
-        let drawn = (|| {
-            #[cfg(unix)]
-            let mut backend = pixelgen_build::generate::remote::backend_for(
-                sprite,
-                planned,
-                session.project.manifest_dir(),
-                &self.environment,
-                pixelgen_build::serve::server_for(&self.environment).as_ref(),
-                &mut timings,
-            )?;
-            #[cfg(not(unix))]
-            let mut backend = pixelgen_build::generate::backend_for(
-                sprite,
-                &planned.loras,
-                session.project.manifest_dir(),
-                &self.environment,
-                &mut timings,
-            )?;
-            backend.generate(&jobs, &mut timings)
-        })();
-        let raws = match drawn {
-            Ok(raws) => raws,
+        let (w, h) = (sprite.width, sprite.height);
+        #[cfg(unix)]
+        let session = session.with_server(pixelgen_build::generate::diffusion::warm::server_for(
+            &self.environment,
+        ));
+        let mut session = session;
+        let tiles = match session.draw_seeds(index, &seeds) {
+            Ok(tiles) => tiles,
             Err(e) => return refusal(e.to_string()),
         };
-        let tiles: Vec<image::RgbaImage> = raws
-            .into_iter()
-            .zip(&specs)
-            .map(|(raw, spec)| pixelgen_build::pixelize::finish(raw, spec))
-            .collect();
-        let (w, h) = (sprite.width, sprite.height);
         let scale = (128 / w.max(h).max(1)).clamp(1, 16);
         let gap = 4;
         let sheet_width = count * (w * scale + gap) - gap;

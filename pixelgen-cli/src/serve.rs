@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pixelgen_build::Environment;
-use pixelgen_build::generate::remote;
-use pixelgen_build::serve::server::{ServeOptions, Server};
+use pixelgen_build::generate::diffusion::warm::client;
+use pixelgen_build::generate::diffusion::warm::daemon::{ServeOptions, Server};
 
 #[derive(clap::Args)]
 pub struct Serve {
@@ -28,9 +28,9 @@ pub struct Serve {
 
 /// The socket path: `--socket`, else where builds look (`off` does not apply here).
 fn socket_path(socket: Option<PathBuf>, environment: &Environment) -> PathBuf {
-    socket.unwrap_or_else(|| match pixelgen_build::serve::server_for(environment) {
+    socket.unwrap_or_else(|| match pixelgen_build::generate::diffusion::warm::server_for(environment) {
         Some(server) => server.path,
-        None => pixelgen_build::serve::default_socket_path(
+        None => pixelgen_build::generate::diffusion::warm::default_socket_path(
             environment.server.runtime_dir(),
             &environment.temp_dir,
         ),
@@ -40,7 +40,7 @@ fn socket_path(socket: Option<PathBuf>, environment: &Environment) -> PathBuf {
 pub fn run(args: Serve, environment: &Environment) -> Result<(), String> {
     let path = socket_path(args.socket, environment);
     if args.status {
-        let reply = remote::status(&path, None)
+        let reply = client::status(&path, None)
             .map_err(|e| format!("the pixelgen server at {}: {e}", path.display()))?;
         let text = serde_json::to_string_pretty(&reply).map_err(|e| e.to_string())?;
         println!("{text}");

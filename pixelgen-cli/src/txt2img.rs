@@ -8,7 +8,7 @@ use pixelgen_build::Environment;
 use pixelgen_build::generate::diffusion::{
     DiffusionError, LoadedModel, LoraFile, Noise, Request, Settings, locate, select_device_for,
 };
-use pixelgen_build::manifest::Scheduler;
+use pixelgen_build::generate::diffusion::Scheduler;
 use pixelgen_build::timings::{Stage, Timings};
 
 #[derive(clap::Args)]

@@ -1,66 +1,272 @@
-//! Backends that draw sprites, behind one trait. `Procedural` is embedded and needs no
-//! model; `Diffusion` (Stable Diffusion through candle) plugs in behind the same trait.
+//! Sources of frames, behind one seam. Each backend lives in its own folder and
+//! implements [`Backend`]: what a sprite's key covers of it, which frames it draws
+//! together, opening a [`Drawer`] for such a group, and how it describes itself to an
+//! assistant. [`GeneratorSpec`] is the one place a backend is registered.
+//!
+//! - [`procedural`]: embedded, deterministic placeholder art; no model.
+//! - [`diffusion`]: Stable Diffusion through candle, in this process or in the warm
+//!   server (`cargo pixelgen serve`), which is a wrapper around the same drawing code.
+//! - [`image_servers`]: the InvokeAI and ComfyUI servers a studio runs, several at once.
+//!
+//! Invariants:
+//! - This module and the backends import nothing of the stages above them (manifest,
+//!   plan, pipeline): they see a sprite's settings, its LoRAs and its frames as the types
+//!   defined here.
+//! - A drawer draws what the key covers and nothing else: two frames with the same key
+//!   get the same pixels whichever drawer (or server) drew them.
 
-#[cfg(feature = "diffusion")]
+pub mod batched;
 pub mod diffusion;
-/// Where a model's files are (from `pixelgen-diffusion`, compiled without candle too).
-pub use pixelgen_diffusion::files as model_files;
+pub mod image_servers;
 pub mod procedural;
-#[cfg(unix)]
-pub mod remote;
-pub mod server;
 
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use image::RgbaImage;
 
-use crate::environment::{Environment, HubSettings};
-use crate::identity::{FrameId, SpriteName};
-use crate::manifest::ResolvedLora;
-use crate::manifest::{GeneratorSpec, Scheduler, SpriteSpec};
-use crate::timings::{Stage, Timings};
+pub use crate::environment::DeviceRequest;
+use crate::environment::Environment;
+use crate::identity::{FrameId, LoraName, SpriteName};
+use crate::key::{Canonical, InputFile};
+use crate::timings::Timings;
 
-/// Version of the procedural generator's drawing code, part of every key it makes:
-/// bump it when its pixels change.
-pub const PROCEDURAL_VERSION: &str = "procedural-1";
+/// Which backend draws a sprite, with its settings: the one registration of each backend.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GeneratorSpec {
+    /// The embedded generator: deterministic placeholder art, no model needed.
+    Procedural,
+    /// Stable Diffusion through candle.
+    Diffusion(diffusion::DiffusionSpec),
+    /// An image-generation server the studio runs (InvokeAI, ComfyUI).
+    Server(Box<image_servers::ServerSpec>),
+}
+
+impl GeneratorSpec {
+    /// The backend that draws with these settings.
+    pub fn backend(&self) -> &dyn Backend {
+        match self {
+            GeneratorSpec::Procedural => &procedural::Procedural,
+            GeneratorSpec::Diffusion(spec) => spec,
+            GeneratorSpec::Server(spec) => spec.as_ref(),
+        }
+    }
+
+    /// Whether the generator draws raw images that are pixelized (and cached as raw
+    /// images), as opposed to the procedural generator's true pixels.
+    pub fn draws_raw_images(&self) -> bool {
+        self.backend().draws_raw_images()
+    }
+}
+
+/// A source of frames, implemented by each backend's settings (as bevy_asset's
+/// `Process` is by its settings): everything the stages above need to know of it.
+pub trait Backend: Sync {
+    /// Its name in the manifest (`generator: Diffusion(..)`) and in messages.
+    fn name(&self) -> &'static str;
+
+    /// Whether it draws images that are pixelized (and whose raw images are cached),
+    /// as opposed to true pixels at the sprite's size.
+    fn draws_raw_images(&self) -> bool;
+
+    /// What a sprite's key covers of this generator. `inputs` hashes the files it names
+    /// (or gives the identities the lock file recorded).
+    fn key(&self, inputs: &mut dyn KeyInputs) -> Result<KeyParts, KeyError>;
+
+    /// Which frames one drawer draws together: frames of sprites whose settings and
+    /// LoRAs give the same group share a loaded model (or a fan-out) and its batches.
+    /// Where in the manifest they were written plays no part.
+    fn group(&self, loras: &[ResolvedLora]) -> GroupKey;
+
+    /// A drawer for one group's frames: a model loaded, servers connected. `group` is
+    /// what the plan resolved for the group's first sprite (its LoRAs and input files,
+    /// the same for the whole group). Loading time goes to `timings`.
+    fn open(
+        &self,
+        group: &GroupInputs<'_>,
+        workshop: &mut Workshop,
+        timings: &mut Timings,
+    ) -> Result<Box<dyn Drawer>, GenerateError>;
+
+    /// Its settings as an assistant reads them (MCP `get_sprite`).
+    fn describe(&self) -> serde_json::Value;
+
+    /// One line for listings: `procedural`, `diffusion: MODEL`, `server (invokeai): MODEL`.
+    fn summary(&self) -> String;
+
+    /// A model this backend loads on this machine (by path or Hugging Face id): builds
+    /// watch its files and download it when missing.
+    fn local_model(&self) -> Option<&str> {
+        None
+    }
+
+    /// Online, before the plan: identities the key covers that only the outside world
+    /// can tell (an image server's model), asked through `workshop` (each once per run).
+    fn report_identities(&self, workshop: &mut Workshop) -> Result<Reported, String> {
+        let _ = workshop;
+        Ok(Reported::default())
+    }
+}
+
+/// What a backend adds to a sprite's key.
+#[derive(Default)]
+pub struct KeyParts {
+    /// The generator input group: the backend, its version and its settings.
+    pub generator: Canonical,
+    /// The model input group's identity (a model's files, a server's model, a
+    /// workflow); `None` for a backend without a model.
+    pub model: Option<blake3::Hash>,
+    /// The input files the key stands for, as `sprites.lock` records them.
+    pub files: Vec<(InputFile, blake3::Hash)>,
+}
+
+/// An input a backend names that cannot be read, for the plan to place in the manifest.
+#[derive(Debug)]
+pub struct KeyError {
+    pub message: String,
+    pub help: &'static str,
+}
+
+/// Content hashes and identities a backend's key needs (the plan provides them, once per
+/// file per run).
+pub trait KeyInputs {
+    /// A model's identity: the content of its files on this machine, else the lock's.
+    fn model_identity(&mut self, model: &str) -> blake3::Hash;
+    /// An input file's content hash (the lock's when the file is absent and that is
+    /// allowed).
+    fn file_hash(&mut self, file: InputFile, path: &Path) -> std::io::Result<blake3::Hash>;
+    /// What this run's servers reported, else what the lock file recorded, for `file`.
+    fn known_hash(&self, file: &InputFile) -> Option<blake3::Hash>;
+}
+
+/// Identities a backend learned from outside this run, with notes for the user.
+#[derive(Debug, Default)]
+pub struct Reported {
+    pub identities: Vec<(InputFile, blake3::Hash)>,
+    pub notes: Vec<String>,
+}
+
+/// Frames that one drawer draws together ([`Backend::group`]): the backend's settings
+/// and the LoRAs, canonically encoded.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupKey(Vec<u8>);
+
+impl GroupKey {
+    /// The group of `backend` with everything `encoding` holds.
+    pub fn new(backend: &str, encoding: &Canonical) -> GroupKey {
+        let mut bytes = Canonical::new().str(backend).take().as_bytes().to_vec();
+        bytes.extend_from_slice(encoding.as_bytes());
+        GroupKey(bytes)
+    }
+}
+
+/// Writes LoRAs into a group's encoding: by resolved file and weight, in manifest order
+/// (merging order matters).
+pub fn encode_loras(encoding: &mut Canonical, loras: &[ResolvedLora]) {
+    encoding.u64(loras.len() as u64);
+    for lora in loras {
+        encoding
+            .str(&lora.file.to_string_lossy())
+            .u64(u64::from(lora.weight.to_bits()));
+    }
+}
+
+/// A sprite's LoRA as a backend loads it: a file (a trained one's is in the cache), its
+/// weight, and its identity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedLora {
+    pub file: PathBuf,
+    pub weight: f32,
+    /// The file's content hash, or a trained LoRA's key (hex).
+    pub hash: String,
+    /// Set for a trained LoRA: its file exists only once it is trained.
+    pub trained: Option<LoraName>,
+    /// The blake3 of the file's bytes (hex), as image servers find a LoRA: a file's
+    /// `hash`; a trained LoRA's once it is trained (the pipeline fills it in).
+    pub content_hash: Option<String>,
+}
+
+/// What the plan resolved for a group of frames.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupInputs<'a> {
+    pub sprite: &'a SpriteName,
+    pub loras: &'a [ResolvedLora],
+    /// The content hash (hex) of each input file the keys cover.
+    pub files: &'a BTreeMap<InputFile, String>,
+}
+
+/// What the backends share over one run: where relative paths start, the environment,
+/// and each backend's state between groups.
+pub struct Workshop {
+    pub manifest_dir: PathBuf,
+    pub environment: Environment,
+    /// The image servers, asked once per run.
+    pub image_servers: image_servers::Connections,
+    /// Where to look for `cargo pixelgen serve`; `None`: always in-process.
+    #[cfg(unix)]
+    pub warm_server: Option<diffusion::warm::WarmServer>,
+}
+
+impl Workshop {
+    pub fn new(manifest_dir: &Path, environment: &Environment) -> Workshop {
+        Workshop {
+            manifest_dir: manifest_dir.to_path_buf(),
+            environment: environment.clone(),
+            image_servers: image_servers::Connections::new(environment.image_servers.clone()),
+            #[cfg(unix)]
+            warm_server: None,
+        }
+    }
+}
 
 /// One frame to draw.
 #[derive(Debug, Clone, Copy)]
-pub struct Job<'a> {
-    pub sprite: &'a SpriteSpec,
+pub struct Frame<'a> {
+    pub sprite: &'a SpriteName,
+    pub prompt: &'a str,
+    pub negative_prompt: &'a str,
+    /// The sprite's seed (frame `n` of an AI sprite is drawn from `seed + n`).
+    pub seed: u64,
     pub frame: u32,
+    /// How many frames the sprite has.
+    pub frames: u32,
+    /// The sprite's size (the pixelize stage brings any image to it).
+    pub width: u32,
+    pub height: u32,
 }
 
-impl Job<'_> {
-    /// Which frame this job draws.
+impl Frame<'_> {
+    /// Which frame this is.
     pub fn id(&self) -> FrameId {
-        self.sprite.name.frame(self.frame)
+        self.sprite.frame(self.frame)
     }
 }
 
-/// A backend. `generate` takes a batch of jobs that share the backend's model and
-/// settings, so that backends with a costly setup (a diffusion model) pay it once.
-/// Backends are `Send`: the pipeline samples on one thread while it pixelizes and writes
-/// the previous batch on another.
-pub trait Generator: Send {
-    /// Draws each job; the images may be any size (the pixelize stage brings them to the
-    /// sprite's size) and are returned in job order. The time of each stage it runs is
-    /// added to `timings`.
-    fn generate(
+/// How one frame ended.
+#[derive(Debug)]
+pub enum Drawn {
+    /// The image (any size), and the image server that drew it, if one did.
+    Image {
+        image: RgbaImage,
+        server: Option<String>,
+    },
+    /// The backend could not draw it (the others may have been drawn).
+    Failed(String),
+}
+
+/// Draws one group's frames.
+pub trait Drawer: Send {
+    /// Draws `frames`, calling `done` on this thread with each frame's index in
+    /// `frames` as it ends, in any order; stops soon after `done` breaks. Frames that
+    /// were drawn before a failure are all passed to `done` first. Returns notes for the
+    /// user.
+    fn draw(
         &mut self,
-        jobs: &[Job<'_>],
+        frames: &[Frame<'_>],
         timings: &mut Timings,
-    ) -> Result<Vec<RgbaImage>, GenerateError>;
-
-    /// How many jobs to give `generate` at once (progress is reported between batches).
-    fn batch_size(&self) -> usize {
-        16
-    }
-
-    /// Something the user should hear once about how this backend runs.
-    fn take_note(&mut self) -> Option<String> {
-        None
-    }
+        done: &mut dyn FnMut(usize, Drawn) -> ControlFlow<()>,
+    ) -> Result<Vec<String>, GenerateError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,76 +303,9 @@ fn servers_failed(failures: &[(FrameId, String)]) -> String {
     text
 }
 
-pub use crate::environment::DeviceRequest;
-
-/// The seed of frame `frame` of a Diffusion sprite: frames are drawn from consecutive seeds.
+/// The seed of frame `frame` of an AI sprite: frames are drawn from consecutive seeds.
 pub fn frame_seed(seed: u64, frame: u32) -> u64 {
     seed.wrapping_add(u64::from(frame))
-}
-
-/// The embedded generator.
-#[derive(Debug, Default)]
-pub struct Procedural;
-
-impl Generator for Procedural {
-    fn generate(
-        &mut self,
-        jobs: &[Job<'_>],
-        timings: &mut Timings,
-    ) -> Result<Vec<RgbaImage>, GenerateError> {
-        let start = std::time::Instant::now();
-        let images = jobs
-            .iter()
-            .map(|job| {
-                procedural::render(&procedural::ProceduralRequest {
-                    prompt: &job.sprite.prompt,
-                    negative_prompt: &job.sprite.negative_prompt,
-                    seed: job.sprite.seed,
-                    width: job.sprite.width,
-                    height: job.sprite.height,
-                    frame: job.frame,
-                    frames: job.sprite.frames,
-                })
-            })
-            .collect();
-        timings.add_runs(Stage::Draw, start.elapsed(), jobs.len() as u64);
-        Ok(images)
-    }
-}
-
-/// The backend for a sprite's generator spec; `manifest_dir` anchors relative model paths,
-/// `environment` gives the device, lock folder and hub cache. A model's loading time goes
-/// to `timings`.
-pub fn backend_for(
-    sprite: &SpriteSpec,
-    loras: &[ResolvedLora],
-    manifest_dir: &Path,
-    environment: &Environment,
-    timings: &mut Timings,
-) -> Result<Box<dyn Generator>, GenerateError> {
-    match &sprite.generator {
-        GeneratorSpec::Procedural => Ok(Box::new(Procedural)),
-        #[cfg(feature = "diffusion")]
-        GeneratorSpec::Diffusion { .. } => {
-            let start = std::time::Instant::now();
-            let backend = diffusion::Diffusion::load(sprite, loras, manifest_dir, environment)?;
-            timings.add(Stage::Load, start.elapsed());
-            Ok(Box::new(backend))
-        }
-        GeneratorSpec::Server(_) => Err(GenerateError::Failed {
-            sprite: sprite.name.clone(),
-            message: "Server sprites are drawn by the fan-out, not a local backend".into(),
-        }),
-        #[cfg(not(feature = "diffusion"))]
-        GeneratorSpec::Diffusion { .. } => {
-            let _ = (loras, manifest_dir, environment, timings);
-            Err(GenerateError::Unavailable {
-                sprite: sprite.name.clone(),
-                generator: "Diffusion",
-                help: "enable pixelgen-build's `diffusion` feature (on by default) to run Stable Diffusion; sprites already in cache/ still build offline".to_string(),
-            })
-        }
-    }
 }
 
 /// Settles the number of CPU threads candle computes with, once per process.
@@ -190,177 +329,5 @@ pub unsafe fn settle_cpu_threads() {
     }
 }
 
-/// Makes a Diffusion model that names a Hugging Face repo available locally, downloading it
-/// into the hub cache if it is not there. `Ok(true)` when it downloaded something (keys
-/// that depend on the model's files must then be computed again).
-pub fn prefetch_model(
-    model: &str,
-    manifest_dir: &Path,
-    hub: &HubSettings,
-) -> Result<bool, GenerateError> {
-    if model_files::locate(model, manifest_dir, hub.cache_dir.as_deref()).is_ok()
-        || !model_files::is_repo_id(model)
-    {
-        return Ok(false);
-    }
-    #[cfg(feature = "diffusion")]
-    {
-        diffusion::download::download_model(model, hub)
-            .map(|_| true)
-            .map_err(|e| GenerateError::Model {
-                model: model.to_string(),
-                message: format!(
-                    "no model folder or file at {}, and {e}",
-                    manifest_dir.join(model).display()
-                ),
-            })
-    }
-    #[cfg(not(feature = "diffusion"))]
-    {
-        let _ = hub;
-        Ok(false)
-    }
-}
-
-/// What decides whether two sprites' frames can share one backend instance and one batch:
-/// the generator, every setting that shapes sampling, and the LoRAs by resolved file and
-/// weight. Where in the manifest they were written plays no part, so sprites that name
-/// the same model and LoRAs load it once and are sampled together.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum BatchKey {
-    Procedural,
-    Diffusion {
-        model: String,
-        steps: u32,
-        /// The guidance scale's bits: floats have no total order, their bits do.
-        guidance_bits: u32,
-        scheduler: Scheduler,
-        resolution: Option<(u32, u32)>,
-        /// (resolved file, weight bits), in manifest order (merging order matters).
-        loras: Vec<(PathBuf, u32)>,
-    },
-    /// Frames for the same servers, model, settings and LoRAs go out as one fan-out.
-    Server(Box<ServerBatchKey>),
-}
-
-/// [`BatchKey::Server`]'s fields.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ServerBatchKey {
-    kind: crate::manifest::ServerKind,
-    endpoints: Vec<crate::manifest::Endpoint>,
-    model: String,
-    steps: u32,
-    guidance_bits: u32,
-    scheduler: String,
-    resolution: Option<(u32, u32)>,
-    workflow: Option<(PathBuf, crate::manifest::WorkflowInputs)>,
-    loras: Vec<(PathBuf, u32)>,
-}
-
-impl BatchKey {
-    /// The key of `sprite`'s frames, whose LoRAs the plan resolved to `loras`.
-    pub fn of(sprite: &SpriteSpec, loras: &[ResolvedLora]) -> BatchKey {
-        match &sprite.generator {
-            GeneratorSpec::Procedural => BatchKey::Procedural,
-            GeneratorSpec::Diffusion {
-                model,
-                steps,
-                guidance,
-                scheduler,
-                resolution,
-            } => BatchKey::Diffusion {
-                model: model.clone(),
-                steps: *steps,
-                guidance_bits: guidance.to_bits(),
-                scheduler: *scheduler,
-                resolution: *resolution,
-                loras: loras
-                    .iter()
-                    .map(|l| (l.file.clone(), l.weight.to_bits()))
-                    .collect(),
-            },
-            GeneratorSpec::Server(spec) => BatchKey::Server(Box::new(ServerBatchKey {
-                kind: spec.kind,
-                endpoints: spec.endpoints.clone(),
-                model: spec.model.clone(),
-                steps: spec.steps,
-                guidance_bits: spec.guidance.to_bits(),
-                scheduler: spec.scheduler.clone(),
-                resolution: spec.resolution,
-                workflow: spec
-                    .workflow
-                    .as_ref()
-                    .map(|w| (w.resolved.clone(), w.inputs.clone())),
-                loras: loras
-                    .iter()
-                    .map(|l| (l.file.clone(), l.weight.to_bits()))
-                    .collect(),
-            })),
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::manifest::parse;
-
-    fn keys(text: &str) -> Vec<BatchKey> {
-        let manifest = parse(Path::new("/game/sprites.ron"), text).unwrap();
-        // The LoRA files do not exist, so they are resolved here as the plan would.
-        manifest
-            .sprites
-            .iter()
-            .map(|sprite| {
-                let loras: Vec<ResolvedLora> = sprite
-                    .loras
-                    .iter()
-                    .map(|l| match &l.source {
-                        crate::manifest::LoraSource::File { resolved, .. } => ResolvedLora {
-                            file: resolved.clone(),
-                            weight: l.weight,
-                            hash: String::new(),
-                            trained: None,
-                        },
-                        crate::manifest::LoraSource::Trained(_) => unreachable!(),
-                    })
-                    .collect();
-                BatchKey::of(sprite, &loras)
-            })
-            .collect()
-    }
-
-    #[test]
-    fn sprites_naming_the_same_model_and_loras_share_a_batch() {
-        // Same LoRA written at different places (and spelled differently) in the file.
-        let k = keys(
-            r#"(sprites: {
-                "a": (prompt: "a", generator: Diffusion(model: "m", steps: 4), loras: [(path: "style.safetensors", weight: 0.8)]),
-                "b": (prompt: "b", seed: 9, size: (8, 8), generator: Diffusion(model: "m", steps: 4),
-                      loras: [(path: "./style.safetensors", weight: 0.8)]),
-            })"#,
-        );
-        assert_eq!(k[0], k[1]);
-    }
-
-    #[test]
-    fn any_sampling_setting_or_lora_weight_splits_batches() {
-        let k = keys(
-            r#"(sprites: {
-                "a": (prompt: "a", generator: Diffusion(model: "m", steps: 4)),
-                "b": (prompt: "a", generator: Diffusion(model: "m", steps: 5)),
-                "c": (prompt: "a", generator: Diffusion(model: "m", steps: 4, guidance: 7.5)),
-                "d": (prompt: "a", generator: Diffusion(model: "m", steps: 4, scheduler: Ddim)),
-                "e": (prompt: "a", generator: Diffusion(model: "m", steps: 4), loras: [(path: "s.safetensors", weight: 0.5)]),
-                "f": (prompt: "a", generator: Diffusion(model: "m", steps: 4), loras: [(path: "s.safetensors", weight: 0.6)]),
-                "g": (prompt: "a", generator: Diffusion(model: "other", steps: 4)),
-                "h": (prompt: "a", generator: Diffusion(model: "m", steps: 4, resolution: (256, 256))),
-            })"#,
-        );
-        for i in 0..k.len() {
-            for j in i + 1..k.len() {
-                assert_ne!(k[i], k[j], "sprites {i} and {j}");
-            }
-        }
-    }
-}
+mod tests;

@@ -1,5 +1,5 @@
-//! A sprite's LoRAs: as the manifest names them ([`LoraSpec`]) and as a backend loads
-//! them once planned ([`ResolvedLora`]).
+//! A sprite's LoRAs as the manifest names them (the plan resolves them to files for the
+//! backends: `generate::ResolvedLora`).
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -37,16 +37,4 @@ impl LoraSpec {
             LoraSource::Trained(name) => format!("trained LoRA `{name}`"),
         }
     }
-}
-
-/// A sprite's LoRA as a backend loads it: a file (a trained one's is in the cache), its
-/// weight, and its identity.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResolvedLora {
-    pub file: PathBuf,
-    pub weight: f32,
-    /// The file's content hash, or a trained LoRA's key (hex).
-    pub hash: String,
-    /// Set for a trained LoRA: its file exists only once it is trained.
-    pub trained: Option<LoraName>,
 }

@@ -10,22 +10,17 @@ use std::path::{Path, PathBuf};
 
 use crate::atlas::AtlasOptions;
 use crate::diagnostics::{Diagnostic, SourceFile};
+use crate::generate::GeneratorSpec;
 use crate::identity::{AtlasName, LoraName, SpriteName};
 
 pub mod edit;
-mod endpoint;
 mod lora;
 mod merge;
 mod raw;
-mod server;
 mod training;
 mod validate;
 
-pub use lora::{LoraSource, LoraSpec, ResolvedLora};
-pub use server::{
-    Endpoint, SERVER_DEFAULT_GUIDANCE, SERVER_DEFAULT_SCHEDULER, SERVER_DEFAULT_STEPS, Scheme,
-    ServerKind, ServerSpec, WorkflowInputs, WorkflowSpec,
-};
+pub use lora::{LoraSource, LoraSpec};
 pub use training::{DEFAULT_CAPTION, TrainedLoraSpec, TrainingSettings};
 
 use crate::palette::Palette;
@@ -121,38 +116,6 @@ impl Manifest {
     }
 }
 
-/// Which backend draws a sprite, with its parameters.
-#[derive(Debug, Clone, PartialEq)]
-pub enum GeneratorSpec {
-    /// The embedded generator: deterministic placeholder art, no model needed.
-    Procedural,
-    /// Stable Diffusion through candle.
-    Diffusion {
-        /// A Hugging Face model id (`stabilityai/sd-turbo`) or a local folder or file.
-        model: String,
-        steps: u32,
-        guidance: f32,
-        scheduler: Scheduler,
-        /// Resolution the model draws at before pixelizing; the model's default when absent.
-        resolution: Option<(u32, u32)>,
-    },
-    /// An image-generation server the studio runs (InvokeAI, ComfyUI).
-    Server(Box<ServerSpec>),
-}
-
-impl GeneratorSpec {
-    /// Whether the generator draws raw images that are pixelized (and cached as raw
-    /// images), as opposed to the procedural generator's true pixels.
-    pub fn draws_raw_images(&self) -> bool {
-        matches!(
-            self,
-            GeneratorSpec::Diffusion { .. } | GeneratorSpec::Server(_)
-        )
-    }
-}
-
-/// The sampler of a Diffusion sprite (defined beside the samplers, in `pixelgen-diffusion`).
-pub use pixelgen_diffusion::Scheduler;
 
 /// What happens to the pixels around the subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

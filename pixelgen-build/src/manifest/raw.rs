@@ -6,8 +6,8 @@ use std::marker::PhantomData;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::Scheduler;
-use super::ServerKind;
+use crate::generate::diffusion::Scheduler;
+use crate::generate::image_servers::ServerKind;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename = "Manifest")]

@@ -1,5 +1,9 @@
 use super::validate::{Case, rust_identifier};
 use super::*;
+use crate::generate::diffusion::{DiffusionSpec, Scheduler};
+use crate::generate::image_servers::{
+    SERVER_DEFAULT_GUIDANCE, SERVER_DEFAULT_SCHEDULER, SERVER_DEFAULT_STEPS, ServerKind,
+};
 
 fn parse_ok(text: &str) -> Manifest {
     match parse(Path::new("game/sprites.ron"), text) {
@@ -68,12 +72,12 @@ fn diffusion_generator_parses_with_parameters() {
         sprites: { "a": (prompt: "x") })"#,
     );
     match &m.sprites[0].generator {
-        GeneratorSpec::Diffusion {
+        GeneratorSpec::Diffusion(DiffusionSpec {
             model,
             steps,
             scheduler,
             ..
-        } => {
+        }) => {
             assert_eq!(model, "stabilityai/sd-turbo");
             assert_eq!(*steps, 4);
             assert_eq!(*scheduler, Scheduler::EulerAncestral);

@@ -12,12 +12,16 @@ use super::raw::{
     RawWorkflowInputs,
 };
 use super::{
-    AtlasSpec, Background, DEFAULT_ATLAS, GeneratorSpec, LoraSource, LoraSpec, MAX_FRAMES,
-    MAX_GUIDANCE, MAX_PAGE_SIDE, MAX_RESOLUTION, MAX_SIDE, MAX_SPACING, MAX_STEPS, Manifest,
-    SERVER_DEFAULT_GUIDANCE, SERVER_DEFAULT_SCHEDULER, SERVER_DEFAULT_STEPS, ServerSpec,
-    SpriteSpec, TrainedLoraSpec, TrainingSettings, WorkflowInputs, WorkflowSpec,
+    AtlasSpec, Background, DEFAULT_ATLAS, LoraSource, LoraSpec, MAX_FRAMES, MAX_GUIDANCE,
+    MAX_PAGE_SIDE, MAX_RESOLUTION, MAX_SIDE, MAX_SPACING, MAX_STEPS, Manifest, SpriteSpec,
+    TrainedLoraSpec, TrainingSettings,
 };
-use super::{Endpoint, ServerKind};
+use crate::generate::GeneratorSpec;
+use crate::generate::diffusion::DiffusionSpec;
+use crate::generate::image_servers::{
+    Endpoint, SERVER_DEFAULT_GUIDANCE, SERVER_DEFAULT_SCHEDULER, SERVER_DEFAULT_STEPS, ServerKind,
+    ServerSpec, WorkflowInputs, WorkflowSpec,
+};
 use crate::atlas::AtlasOptions;
 use crate::diagnostics::{Diagnostic, Locator, SourceFile};
 use crate::identity::{AtlasName, LoraName, SpriteName};
@@ -462,13 +466,13 @@ impl Validator<'_> {
             } => {
                 self.diffusion_model(model, &refuse)?;
                 sampling_settings(*steps, *guidance, *resolution, &refuse)?;
-                Ok(GeneratorSpec::Diffusion {
+                Ok(GeneratorSpec::Diffusion(DiffusionSpec {
                     model: model.clone(),
                     steps: *steps,
                     guidance: *guidance,
                     scheduler: *scheduler,
                     resolution: *resolution,
-                })
+                }))
             }
             RawGenerator::Server {
                 url,

@@ -11,12 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::Cache;
 use crate::diagnostics::{Diagnostic, SourceFile};
-use crate::generate::server::SERVER_VERSION;
+use crate::generate::diffusion::model_files;
+use crate::generate::{KeyInputs, ResolvedLora};
 use crate::identity::FrameId;
 use crate::key::{Canonical, FileHasher, InputFile, InputGroup, InputHashes, Key, KnownFileHashes};
 use crate::manifest::{
-    Background, GeneratorSpec, LoraSource, Manifest, ResolvedLora, ServerKind, SpriteSpec,
-    TrainedLoraSpec, TrainingSettings,
+    Background, LoraSource, Manifest, SpriteSpec, TrainedLoraSpec, TrainingSettings,
 };
 use crate::train::{TRAINING_VERSION, TrainingImage};
 
@@ -24,12 +24,6 @@ use crate::train::{TRAINING_VERSION, TrainingImage};
 /// so that caches made by an older pipeline are regenerated rather than trusted.
 pub const PIPELINE_VERSION: &str = "pixelgen-pipeline-1";
 
-/// Bumped when the Diffusion backend's raw images change for the same inputs; part of the
-/// generator input group, so of raw and finished keys alike.
-/// 2: single-file checkpoints get the scheduler config diffusers gives them (SD1 files
-/// sampled with Euler used `leading` spacing instead of `linspace`; SD 2.x files were
-/// epsilon instead of v-prediction), and the version reached finished keys.
-pub const DIFFUSION_VERSION: &str = "pixelgen-diffusion-2";
 
 /// The keys of a manifest: every sprite's and every trained LoRA's.
 #[derive(Debug, Clone, Default)]
@@ -306,18 +300,6 @@ impl InputFiles<'_> {
         Ok(hash)
     }
 
-    /// The identity of an InvokeAI Server sprite's model: what the servers reported this
-    /// run (online builds ask them first), else what the lock file recorded; with
-    /// neither, an identity that matches no cache entry (the sprite is stale, and
-    /// generating it asks the servers).
-    fn server_model_hash(&mut self, model: &str) -> blake3::Hash {
-        self.known
-            .known_hash(&InputFile::ServerModel(model.to_string()))
-            .unwrap_or_else(|| {
-                blake3::hash(format!("pixelgen unresolved server model {model}").as_bytes())
-            })
-    }
-
     /// A Diffusion model's identity: the content of its weight, config and tokenizer
     /// files (hashed once, then remembered by stamp). A model that is not on this machine
     /// takes the identity recorded in the lock file, so teammates and CI without the model
@@ -327,8 +309,7 @@ impl InputFiles<'_> {
         if let Some(hash) = self.models.get(model) {
             return *hash;
         }
-        let located =
-            crate::generate::model_files::locate(model, &self.manifest_dir, self.hub_cache);
+        let located = model_files::locate(model, &self.manifest_dir, self.hub_cache);
         let hash = match located {
             Ok(location) => {
                 let root = location.path().to_path_buf();
@@ -369,6 +350,20 @@ impl InputFiles<'_> {
     }
 }
 
+impl KeyInputs for InputFiles<'_> {
+    fn model_identity(&mut self, model: &str) -> blake3::Hash {
+        self.model_hash(model)
+    }
+
+    fn file_hash(&mut self, file: InputFile, path: &Path) -> std::io::Result<blake3::Hash> {
+        self.hash_file(file, path)
+    }
+
+    fn known_hash(&self, file: &InputFile) -> Option<blake3::Hash> {
+        self.known.known_hash(file)
+    }
+}
+
 fn plan_sprite(
     source_file: &SourceFile,
     index: usize,
@@ -402,6 +397,7 @@ fn plan_sprite(
                     weight: lora.weight,
                     hash: hash.to_hex().to_string(),
                     trained: None,
+                    content_hash: Some(hash.to_hex().to_string()),
                 });
             }
             LoraSource::Trained(name) => {
@@ -421,11 +417,30 @@ fn plan_sprite(
                     weight: lora.weight,
                     hash: planned.key.to_hex(),
                     trained: Some(name.clone()),
+                    // Known once it is trained (the pipeline looks it up in the cache).
+                    content_hash: None,
                 });
             }
         }
     }
 
+    let backend_key = sprite
+        .generator
+        .backend()
+        .key(input_files)
+        .map_err(|error| {
+            PlanError::InputUnreadable(Box::new(
+                Diagnostic::new(
+                    source_file,
+                    sprite.span.clone(),
+                    format!("sprite `{}`: {}", sprite.name, error.message),
+                )
+                .help(error.help),
+            ))
+        })?;
+    for (file, hash) in &backend_key.files {
+        files.insert(file.clone(), hash.to_hex().to_string());
+    }
     let mut groups: Vec<(InputGroup, Canonical)> = vec![
         (
             InputGroup::Prompt,
@@ -447,7 +462,7 @@ fn plan_sprite(
             InputGroup::Frames,
             Canonical::new().u64(sprite.frames.into()).take(),
         ),
-        (InputGroup::Generator, generator_group(&sprite.generator)),
+        (InputGroup::Generator, backend_key.generator),
         (InputGroup::Loras, loras),
         (
             InputGroup::Palette,
@@ -483,59 +498,13 @@ fn plan_sprite(
         }
         groups.push((InputGroup::Pixelize, c));
     }
-    // Only diffusion and server sprites have a model (procedural keys stay as they were).
-    match &sprite.generator {
-        GeneratorSpec::Diffusion { model, .. } => {
-            let hash = input_files.model_hash(model);
-            files.insert(InputFile::Model(model.clone()), hash.to_hex().to_string());
-            groups.push((
-                InputGroup::Model,
-                Canonical::new().bytes(hash.as_bytes()).take(),
-            ));
-        }
-        GeneratorSpec::Server(spec) => {
-            let identity = match (&spec.kind, &spec.workflow) {
-                (ServerKind::ComfyUI, Some(workflow)) => {
-                    let hash = input_files
-                        .hash_file(
-                            InputFile::Workflow(workflow.path.clone()),
-                            &workflow.resolved,
-                        )
-                        .map_err(|source| {
-                            PlanError::InputUnreadable(Box::new(
-                                Diagnostic::new(
-                                    source_file,
-                                    sprite.span.clone(),
-                                    format!(
-                                        "sprite `{}`: cannot read workflow {}: {source}",
-                                        sprite.name,
-                                        workflow.resolved.display()
-                                    ),
-                                )
-                                .help("workflow paths are relative to the folder of sprites.ron"),
-                            ))
-                        })?;
-                    files.insert(
-                        InputFile::Workflow(workflow.path.clone()),
-                        hash.to_hex().to_string(),
-                    );
-                    crate::generate::server::comfyui::identity(&hash, spec)
-                }
-                _ => {
-                    let hash = input_files.server_model_hash(&spec.model);
-                    files.insert(
-                        InputFile::ServerModel(spec.model.clone()),
-                        hash.to_hex().to_string(),
-                    );
-                    hash
-                }
-            };
-            groups.push((
-                InputGroup::Model,
-                Canonical::new().bytes(identity.as_bytes()).take(),
-            ));
-        }
-        GeneratorSpec::Procedural => {}
+    // Only sprites whose backend has a model have the group (procedural keys stay as
+    // they were).
+    if let Some(identity) = backend_key.model {
+        groups.push((
+            InputGroup::Model,
+            Canonical::new().bytes(identity.as_bytes()).take(),
+        ));
     }
     groups.sort_by_key(|(group, _)| *group);
 
@@ -585,53 +554,6 @@ fn plan_sprite(
         files,
         loras: resolved_loras,
     })
-}
-
-fn generator_group(generator: &GeneratorSpec) -> Canonical {
-    match generator {
-        GeneratorSpec::Procedural => Canonical::new()
-            .str("procedural")
-            .str(crate::generate::PROCEDURAL_VERSION)
-            .take(),
-        GeneratorSpec::Diffusion {
-            model,
-            steps,
-            guidance,
-            scheduler,
-            resolution,
-        } => {
-            let mut c = Canonical::new();
-            // The backend's version is part of the generator, so that the raw key and the
-            // finished key (which hashes every group the raw key does) both change with it.
-            c.str("diffusion")
-                .str(DIFFUSION_VERSION)
-                .str(model)
-                .u64((*steps).into())
-                .f32(*guidance);
-            c.str(scheduler.name());
-            match resolution {
-                Some((w, h)) => c.u64((*w).into()).u64((*h).into()),
-                None => c.str("default-resolution"),
-            };
-            c
-        }
-        // The URLs are not here: the same model on another server draws the same art.
-        // The model's identity is the Model group.
-        GeneratorSpec::Server(spec) => {
-            let mut c = Canonical::new();
-            c.str("server")
-                .str(SERVER_VERSION)
-                .str(spec.kind.name())
-                .u64(spec.steps.into())
-                .f32(spec.guidance)
-                .str(&spec.scheduler);
-            match spec.resolution {
-                Some((w, h)) => c.u64(w.into()).u64(h.into()),
-                None => c.str("default-resolution"),
-            };
-            c
-        }
-    }
 }
 
 fn background_group(background: Background) -> Canonical {

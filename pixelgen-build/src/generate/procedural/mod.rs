@@ -82,6 +82,7 @@ pub fn render(request: &ProceduralRequest) -> RgbaImage {
     sc.into_image(!prompt.neg_has(&["outline", "outlined"]))
 }
 
+mod backend;
 mod color;
 mod creatures;
 mod fallback;
@@ -94,6 +95,7 @@ mod scene;
 mod tests;
 mod tiles;
 
+pub use backend::{PROCEDURAL_VERSION, Procedural};
 use color::*;
 use creatures::*;
 use fallback::*;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
-use crate::manifest::Endpoint;
+use crate::generate::image_servers::Endpoint;
 
 /// What a fake server did, shared with the test.
 #[derive(Default)]

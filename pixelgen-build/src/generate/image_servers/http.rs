@@ -14,7 +14,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use crate::environment::Secret;
-use crate::manifest::Endpoint;
+use super::Endpoint;
 
 /// Largest JSON answer read (a queue item with its session is tens of kB).
 pub const MAX_JSON_BYTES: u64 = 32 << 20;

@@ -1,6 +1,5 @@
-//! The warm server's client (`cargo pixelgen serve`, see [`crate::serve`]): a
-//! [`Generator`] that sends a Diffusion sprite's frames to the server and, when there is
-//! no server or it fails, draws them in-process as before.
+//! The warm server's client: a [`Generator`] that sends a Diffusion group's frames to the
+//! server and, when there is no server or it fails, draws them in-process as before.
 //!
 //! Invariants:
 //! - Same pixels either way: the client sends what the in-process backend would use
@@ -19,92 +18,94 @@ use std::time::Duration;
 
 use image::RgbaImage;
 
-use super::{GenerateError, Generator, Job};
-use crate::environment::{DeviceRequest, Environment};
-use crate::key::InputFile;
-use crate::manifest::ResolvedLora;
-use crate::manifest::{GeneratorSpec, SpriteSpec};
-use crate::plan::PlannedSprite;
-use crate::serve::WarmServer;
-use crate::serve::protocol::{
+use super::WarmServer;
+use super::protocol::{
     self, GenerateRequest, JobRef, LoraRef, ModelRef, Request, RequestHeader, Response,
     StatusReply, Versions,
 };
+use crate::environment::{DeviceRequest, Environment};
+use crate::generate::batched::Generator;
+use crate::generate::diffusion::{DiffusionSpec, load_local, model_files};
+use crate::generate::{Frame, GenerateError, GroupInputs, ResolvedLora, Workshop, frame_seed};
+use crate::identity::SpriteName;
+use crate::key::InputFile;
 use crate::timings::Timings;
 
 /// The longest a send to the server may block (it reads requests at once when idle).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The backend for a group of sprites like `sprite`: through the warm server when one is
-/// configured, answers and the sprite is a Diffusion sprite; else in-process. `files` are
-/// the sprite's content hashes from the plan (its model and each LoRA).
-pub fn backend_for(
-    sprite: &SpriteSpec,
-    planned: &PlannedSprite,
-    manifest_dir: &Path,
-    environment: &Environment,
-    server: Option<&WarmServer>,
+/// The generator for a group of `spec`'s frames: through the warm server when the
+/// workshop names one, it answers and the plan has what the server checks; else
+/// in-process.
+pub fn open(
+    spec: &DiffusionSpec,
+    group: &GroupInputs<'_>,
+    workshop: &Workshop,
     timings: &mut Timings,
 ) -> Result<Box<dyn Generator>, GenerateError> {
-    let server = server.filter(|s| !s.has_failed());
-    let template = server.and_then(|_| template(sprite, planned, manifest_dir, environment));
+    let (manifest_dir, environment) = (&workshop.manifest_dir, &workshop.environment);
+    let server = workshop.warm_server.as_ref().filter(|s| !s.has_failed());
+    let template = server.and_then(|_| template(spec, group, manifest_dir, environment));
     let (Some(server), Some(template)) = (server, template) else {
-        return super::backend_for(sprite, &planned.loras, manifest_dir, environment, timings);
+        return load_local(
+            spec,
+            group.sprite,
+            group.loras,
+            manifest_dir,
+            environment,
+            timings,
+        );
     };
-    let mut backend = WithFallback {
+    let mut generator = WithFallback {
         remote: None,
         local: None,
-        sprite: sprite.clone(),
-        loras: planned.loras.clone(),
-        manifest_dir: manifest_dir.to_path_buf(),
+        spec: spec.clone(),
+        sprite: group.sprite.clone(),
+        loras: group.loras.to_vec(),
+        manifest_dir: manifest_dir.clone(),
         environment: environment.clone(),
         notes: Vec::new(),
     };
     match Remote::connect(server, template) {
-        Ok(remote) => backend.remote = Some(remote),
+        Ok(remote) => generator.remote = Some(remote),
         Err(Connect::Unreachable(e)) => {
             // Not asked again this run. The default address without a server is the
             // normal case; a named one is not.
             server.mark_failed();
             if server.explicit {
-                backend.notes.push(format!(
+                generator.notes.push(format!(
                     "pixelgen: no warm server answers at {} ({e}); generated in-process",
                     server.path.display()
                 ));
             }
-            backend.load_local(timings)?;
+            generator.load_local(timings)?;
         }
         Err(Connect::Failed(message)) => {
-            backend.server_failed(server, &message);
-            backend.load_local(timings)?;
+            generator.server_failed(server, &message);
+            generator.load_local(timings)?;
         }
     }
-    Ok(Box::new(backend))
+    Ok(Box::new(generator))
 }
 
-/// The request for `sprite`'s generator, without jobs; `None` when the plan lacks a hash
-/// or the model cannot be found (the in-process backend then says why).
+/// The request for `spec`'s group, without jobs; `None` when the plan lacks a hash or the
+/// model cannot be found (the in-process backend then says why).
 fn template(
-    sprite: &SpriteSpec,
-    planned: &PlannedSprite,
+    spec: &DiffusionSpec,
+    group: &GroupInputs<'_>,
     manifest_dir: &Path,
     environment: &Environment,
 ) -> Option<GenerateRequest> {
-    let files = &planned.files;
-    let GeneratorSpec::Diffusion {
+    let DiffusionSpec {
         model,
         steps,
         guidance,
         scheduler,
         resolution,
-    } = &sprite.generator
-    else {
-        return None;
-    };
+    } = spec;
     let location =
-        super::model_files::locate(model, manifest_dir, environment.hub.cache_dir.as_deref())
-            .ok()?;
-    let loras = planned
+        model_files::locate(model, manifest_dir, environment.hub.cache_dir.as_deref()).ok()?;
+    let loras = group
         .loras
         .iter()
         .map(|lora| {
@@ -118,8 +119,8 @@ fn template(
     Some(GenerateRequest {
         model: ModelRef {
             path: std::path::absolute(location.path()).ok()?,
-            single_file: matches!(location, super::model_files::ModelLocation::SingleFile(_)),
-            hash: files.get(&InputFile::Model(model.clone()))?.clone(),
+            single_file: matches!(location, model_files::ModelLocation::SingleFile(_)),
+            hash: group.files.get(&InputFile::Model(model.clone()))?.clone(),
         },
         loras,
         device: environment.device.clone(),
@@ -135,7 +136,8 @@ fn template(
 struct WithFallback {
     remote: Option<Remote>,
     local: Option<Box<dyn Generator>>,
-    sprite: SpriteSpec,
+    spec: DiffusionSpec,
+    sprite: SpriteName,
     loras: Vec<ResolvedLora>,
     manifest_dir: PathBuf,
     environment: Environment,
@@ -148,7 +150,8 @@ impl WithFallback {
         timings: &mut Timings,
     ) -> Result<&mut Box<dyn Generator>, GenerateError> {
         if self.local.is_none() {
-            self.local = Some(super::backend_for(
+            self.local = Some(load_local(
+                &self.spec,
                 &self.sprite,
                 &self.loras,
                 &self.manifest_dir,
@@ -181,11 +184,11 @@ impl std::fmt::Display for Connect {
 impl Generator for WithFallback {
     fn generate(
         &mut self,
-        jobs: &[Job<'_>],
+        frames: &[Frame<'_>],
         timings: &mut Timings,
     ) -> Result<Vec<RgbaImage>, GenerateError> {
         if let Some(remote) = &mut self.remote {
-            match remote.generate(jobs, timings) {
+            match remote.generate(frames, timings) {
                 Ok(images) => return Ok(images),
                 Err(message) => {
                     let server = remote.server.clone();
@@ -193,7 +196,7 @@ impl Generator for WithFallback {
                 }
             }
         }
-        self.load_local(timings)?.generate(jobs, timings)
+        self.load_local(timings)?.generate(frames, timings)
     }
 
     fn batch_size(&self) -> usize {
@@ -258,34 +261,34 @@ impl Remote {
         })
     }
 
-    /// Draws `jobs` on the server: all of their images, or an error saying why not. The
+    /// Draws `frames` on the server: all of their images, or an error saying why not. The
     /// server's stage times (its model load, text encoding, UNet steps, VAE decode) are
     /// merged into `timings`.
     fn generate(
         &mut self,
-        jobs: &[Job<'_>],
+        frames: &[Frame<'_>],
         timings: &mut Timings,
     ) -> Result<Vec<RgbaImage>, String> {
         let mut request = self.template.clone();
-        request.jobs = jobs
+        request.jobs = frames
             .iter()
-            .map(|job| JobRef {
-                prompt: job.sprite.prompt.clone(),
-                negative_prompt: job.sprite.negative_prompt.clone(),
-                seed: super::frame_seed(job.sprite.seed, job.frame),
+            .map(|frame| JobRef {
+                prompt: frame.prompt.to_owned(),
+                negative_prompt: frame.negative_prompt.to_owned(),
+                seed: frame_seed(frame.seed, frame.frame),
             })
             .collect();
         let mut stream =
             UnixStream::connect(&self.server.path).map_err(|e| format!("cannot connect: {e}"))?;
         send(&mut stream, Request::Generate(request))?;
-        let mut images = Vec::with_capacity(jobs.len());
+        let mut images = Vec::with_capacity(frames.len());
         loop {
             let (response, payload) =
                 protocol::read_frame::<Response>(&mut stream).map_err(|e| {
                     format!(
                         "the connection broke after {} of {} images: {e}",
                         images.len(),
-                        jobs.len()
+                        frames.len()
                     )
                 })?;
             match response {
@@ -294,11 +297,11 @@ impl Remote {
                     width,
                     height,
                 } => {
-                    if index != images.len() || index >= jobs.len() {
+                    if index != images.len() || index >= frames.len() {
                         return Err(format!(
                             "it sent image {index} when image {} of {} was due",
                             images.len(),
-                            jobs.len()
+                            frames.len()
                         ));
                     }
                     let rgb =
@@ -308,7 +311,7 @@ impl Remote {
                     // As the in-process backend converts its images.
                     images.push(image::DynamicImage::ImageRgb8(rgb).into_rgba8());
                 }
-                Response::Done { timings: server } if images.len() == jobs.len() => {
+                Response::Done { timings: server } if images.len() == frames.len() => {
                     timings.merge(&server);
                     return Ok(images);
                 }
@@ -316,7 +319,7 @@ impl Remote {
                     return Err(format!(
                         "it sent {} images for {} jobs",
                         images.len(),
-                        jobs.len()
+                        frames.len()
                     ));
                 }
                 Response::Error { message } => return Err(message),

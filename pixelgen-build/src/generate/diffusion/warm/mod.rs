@@ -3,9 +3,9 @@
 //! Unix socket (owner-only) instead of loading the model themselves.
 //!
 //! - [`protocol`]: the frames and messages (versioned; images as raw RGB8).
-//! - [`server`] (feature `diffusion`): the server: socket, loaded models (LRU), the
+//! - [`daemon`] (feature `diffusion`): the server: socket, loaded models (LRU), the
 //!   machine-wide device lock, one request at a time.
-//! - `generate::remote`: the client, a `Generator` that falls back in-process.
+//! - [`client`]: the client, a `Generator` that falls back in-process.
 //!
 //! Invariants:
 //! - The server is an accelerator, never an input: whether one runs is part of no key,
@@ -19,9 +19,10 @@
 //!   and the temporary folder in (the build script declares each with
 //!   `rerun-if-env-changed`).
 
-pub mod protocol;
+pub mod client;
 #[cfg(feature = "diffusion")]
-pub mod server;
+pub mod daemon;
+pub mod protocol;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -57,7 +58,7 @@ pub fn server_from(
 }
 
 /// The warm server the environment names ([`server_from`] over its values).
-pub fn server_for(environment: &crate::Environment) -> Option<WarmServer> {
+pub fn server_for(environment: &crate::environment::Environment) -> Option<WarmServer> {
     server_from(
         environment.server.socket(),
         environment.server.runtime_dir(),

@@ -23,16 +23,21 @@ use std::time::Duration;
 
 use image::RgbaImage;
 
+mod backend;
 pub mod comfyui;
+mod endpoint;
 pub mod fanout;
 pub mod http;
 pub mod invokeai;
+mod spec;
 
-use crate::manifest::{Endpoint, ServerKind};
 use http::{Client, HttpError};
+pub use spec::{
+    Endpoint, SERVER_DEFAULT_GUIDANCE, SERVER_DEFAULT_SCHEDULER, SERVER_DEFAULT_STEPS, Scheme,
+    ServerKind, ServerSpec, WorkflowInputs, WorkflowSpec,
+};
 
 use crate::environment::ImageServerSettings;
-use crate::manifest::ServerSpec;
 
 /// Version of the server backends' requests, part of every key they make: bump it when
 /// the graphs or workflows pixelgen sends change what is drawn.

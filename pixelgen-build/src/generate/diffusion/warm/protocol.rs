@@ -48,7 +48,7 @@ impl Versions {
         Versions {
             protocol: PROTOCOL_VERSION,
             build: env!("CARGO_PKG_VERSION").to_string(),
-            diffusion: crate::plan::DIFFUSION_VERSION.to_string(),
+            diffusion: crate::generate::diffusion::DIFFUSION_VERSION.to_string(),
         }
     }
 

@@ -1,5 +1,5 @@
-//! The spec of a `Server(...)` generator, as the manifest validates it and the image-server
-//! backend and the plan read it: which API, which servers, and how frames are drawn there.
+//! A `Server(...)` generator's settings: which API, which servers, and how frames are
+//! drawn there.
 
 use std::path::PathBuf;
 

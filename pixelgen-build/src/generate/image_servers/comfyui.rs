@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use super::http::{Client, HttpError, percent_encode};
 use super::invokeai::decode_checked;
 use super::{DrawSettings, Endpoint, FrameRequest, ImageServer, Outcome, ServerKind};
-use crate::manifest::{ServerSpec, WorkflowInputs};
+use super::{ServerSpec, WorkflowInputs};
 
 /// A workflow with the manifest's settings applied, ready for per-frame values.
 #[derive(Debug, Clone)]

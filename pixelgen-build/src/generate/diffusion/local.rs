@@ -1,10 +1,10 @@
-//! The `Diffusion` generator: sprites whose manifest entry says `generator: Diffusion(..)`,
-//! drawn by the `pixelgen-diffusion` crate (candle). This module is the seam: it turns a
-//! sprite into that crate's settings and requests, with the device, lock folder and hub
-//! cache the [`Environment`] gives, and its images into the pipeline's frames.
+//! Stable Diffusion in this process: a Diffusion group's settings and LoRAs turned into
+//! the `pixelgen-diffusion` crate's (candle) settings and requests, with the device, lock
+//! folder and hub cache the [`Environment`] gives, and its images into frames.
 //!
-//! The backend's modules are re-exported here as they were before they moved into their
-//! own crate, so `pixelgen_build::generate::diffusion::LoadedModel` keeps working.
+//! The crate's modules are re-exported (from [`super`]) as they were before they moved
+//! into their own crate, so `pixelgen_build::generate::diffusion::LoadedModel` keeps
+//! working.
 
 use std::path::Path;
 
@@ -17,11 +17,11 @@ pub use pixelgen_diffusion::{
     train, unet, vae,
 };
 
-pub use super::{DeviceRequest, frame_seed};
-use super::{GenerateError, Generator, Job};
-use crate::environment::Environment;
-use crate::manifest::ResolvedLora;
-use crate::manifest::{GeneratorSpec, SpriteSpec};
+use super::DiffusionSpec;
+use crate::environment::{DeviceRequest, Environment};
+use crate::generate::batched::Generator;
+use crate::generate::{Frame, GenerateError, ResolvedLora, frame_seed};
+use crate::identity::SpriteName;
 use crate::timings::Timings;
 
 use candle_core::{DType, Device};
@@ -46,31 +46,26 @@ pub struct Diffusion {
 }
 
 impl Diffusion {
-    /// Loads the model and LoRAs of `sprite` (whose generator must be `Diffusion`); a
-    /// relative model path is taken from `manifest_dir`.
+    /// Loads the model of `spec` with `loras` for `sprite`'s group; a relative model path
+    /// is taken from `manifest_dir`.
     pub fn load(
-        sprite: &SpriteSpec,
+        spec: &DiffusionSpec,
+        sprite: &SpriteName,
         loras: &[ResolvedLora],
         manifest_dir: &Path,
         environment: &Environment,
     ) -> Result<Self, GenerateError> {
         let failed = |e: DiffusionError| GenerateError::Failed {
-            sprite: sprite.name.clone(),
+            sprite: sprite.clone(),
             message: e.to_string(),
         };
-        let GeneratorSpec::Diffusion {
+        let DiffusionSpec {
             model,
             steps,
             guidance,
             scheduler,
             resolution,
-        } = &sprite.generator
-        else {
-            return Err(GenerateError::Failed {
-                sprite: sprite.name.clone(),
-                message: "not a Diffusion sprite".into(),
-            });
-        };
+        } = spec;
         let request = &environment.device;
         let hub_cache = environment.hub.cache_dir.as_deref();
         let (device, dtype, note) = select_device_for(request).map_err(failed)?;
@@ -105,18 +100,18 @@ pub fn lora_files(loras: &[ResolvedLora]) -> Vec<LoraFile> {
 impl Generator for Diffusion {
     fn generate(
         &mut self,
-        jobs: &[Job<'_>],
+        frames: &[Frame<'_>],
         timings: &mut Timings,
     ) -> Result<Vec<RgbaImage>, GenerateError> {
-        let mut images = Vec::with_capacity(jobs.len());
-        for chunk in jobs.chunks(self.batch) {
+        let mut images = Vec::with_capacity(frames.len());
+        for chunk in frames.chunks(self.batch) {
             let requests: Vec<Request> = chunk
                 .iter()
-                .map(|job| {
+                .map(|frame| {
                     request_for(
-                        &job.sprite.prompt,
-                        &job.sprite.negative_prompt,
-                        frame_seed(job.sprite.seed, job.frame),
+                        frame.prompt,
+                        frame.negative_prompt,
+                        frame_seed(frame.seed, frame.frame),
                     )
                 })
                 .collect();
@@ -124,7 +119,7 @@ impl Generator for Diffusion {
                 .model
                 .generate_timed(&self.settings, &requests, timings)
                 .map_err(|e| GenerateError::Failed {
-                    sprite: chunk[0].sprite.name.clone(),
+                    sprite: chunk[0].sprite.clone(),
                     message: e.to_string(),
                 })?;
             images.extend(

@@ -1,0 +1,88 @@
+//! The procedural generator behind the backend seam.
+
+use image::RgbaImage;
+
+use super::{ProceduralRequest, render};
+use crate::generate::batched::{Batched, Generator};
+use crate::generate::{
+    Backend, Drawer, Frame, GenerateError, GroupInputs, GroupKey, KeyError, KeyInputs, KeyParts,
+    ResolvedLora, Workshop,
+};
+use crate::key::Canonical;
+use crate::timings::{Stage, Timings};
+
+/// Version of the procedural generator's drawing code, part of every key it makes:
+/// bump it when its pixels change.
+pub const PROCEDURAL_VERSION: &str = "procedural-1";
+
+/// The embedded generator (it has no settings).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Procedural;
+
+impl Backend for Procedural {
+    fn name(&self) -> &'static str {
+        "Procedural"
+    }
+
+    fn draws_raw_images(&self) -> bool {
+        false
+    }
+
+    fn key(&self, _: &mut dyn KeyInputs) -> Result<KeyParts, KeyError> {
+        Ok(KeyParts {
+            generator: Canonical::new()
+                .str("procedural")
+                .str(PROCEDURAL_VERSION)
+                .take(),
+            model: None,
+            files: Vec::new(),
+        })
+    }
+
+    fn group(&self, _: &[ResolvedLora]) -> GroupKey {
+        GroupKey::new("procedural", &Canonical::new())
+    }
+
+    fn open(
+        &self,
+        _: &GroupInputs<'_>,
+        _: &mut Workshop,
+        _: &mut Timings,
+    ) -> Result<Box<dyn Drawer>, GenerateError> {
+        Ok(Batched::boxed(Procedural))
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!("Procedural")
+    }
+
+    fn summary(&self) -> String {
+        "procedural".into()
+    }
+}
+
+impl Generator for Procedural {
+    fn generate(
+        &mut self,
+        frames: &[Frame<'_>],
+        timings: &mut Timings,
+    ) -> Result<Vec<RgbaImage>, GenerateError> {
+        let start = std::time::Instant::now();
+        let images = frames
+            .iter()
+            .map(|frame| {
+                render(&ProceduralRequest {
+                    prompt: frame.prompt,
+                    negative_prompt: frame.negative_prompt,
+                    seed: frame.seed,
+                    width: frame.width,
+                    height: frame.height,
+                    frame: frame.frame,
+                    frames: frame.frames,
+                })
+            })
+            .collect();
+        timings.add_runs(Stage::Draw, start.elapsed(), frames.len() as u64);
+        Ok(images)
+    }
+}
