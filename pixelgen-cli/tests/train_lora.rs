@@ -320,8 +320,8 @@ fn conv_adapts_the_resnet_convolutions_too() {
 /// closer to its training image (mean squared error against the sprite as training saw it:
 /// over white, scaled up ×4 and centred), on average over four seeds, in every family. The
 /// tiny random models need a learning rate each, and single seeds are fragile on the SD2
-/// fixture (a sweep is in the README: at some rates, and for some seeds, the drawn image
-/// moves away; the average over the four seeds is the claim).
+/// fixture (a sweep is in docs/src/training.md: at some rates, and for some seeds, the
+/// drawn image moves away; the average over the four seeds is the claim).
 #[test]
 fn two_hundred_steps_bring_a_drawn_caption_closer_to_its_training_image() {
     for (family, lr) in [("sd1", "1e-3"), ("sd2v", "3e-3"), ("sdxl", "1e-4")] {

@@ -180,7 +180,7 @@ struct Layout {
 
 /// Every way today's Hugging Face tools save a model or a LoRA loads, with diffusers'
 /// pixels: tokenizer.json alone, fp16 variants, shards, fp32/bf16 storage, kohya and PEFT
-/// spellings, DoRA. Prints the table the README shows.
+/// spellings, DoRA. Prints the table docs/src/stable-diffusion.md shows ("Folder layouts").
 #[test]
 fn every_layout_loads_with_diffusers_pixels() {
     let layouts_dir = fixtures().join("layouts");

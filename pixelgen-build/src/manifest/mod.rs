@@ -170,7 +170,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error(
-        "cannot read the sprite manifest: {source}\nhelp: sprites.ron is a text file beside Cargo.toml (see the README's manifest reference)"
+        "cannot read the sprite manifest: {source}\nhelp: sprites.ron is a text file beside Cargo.toml (see the manifest reference, docs/src/manifest.md in pixelgen's repository)"
     )]
     Read {
         path: PathBuf,
@@ -209,7 +209,7 @@ fn parse_hint(code: &ron::Error) -> String {
         ron::Error::NoSuchEnumVariant { expected, .. } => {
             format!("use one of: {}", expected.join(", "))
         }
-        _ => "the manifest is RON: `( defaults: (...), atlases: {...}, sprites: { \"name\": (prompt: \"...\", seed: 1), ... } )`; see the README's manifest reference".to_string(),
+        _ => "the manifest is RON: `( defaults: (...), atlases: {...}, sprites: { \"name\": (prompt: \"...\", seed: 1), ... } )`; see the manifest reference, docs/src/manifest.md in pixelgen's repository".to_string(),
     }
 }
 
