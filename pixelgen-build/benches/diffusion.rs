@@ -27,9 +27,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
+use pixelgen_build::generate::diffusion::Scheduler;
 use pixelgen_build::generate::diffusion::noise::{Stream, gaussian};
 use pixelgen_build::generate::diffusion::{LoadedModel, ModelLocation, Noise, Request, Settings};
-use pixelgen_build::generate::diffusion::Scheduler;
 use serde_json::Value;
 
 // The SD1.5-architecture fallback model, shared with pixelgen-cli's `serve` bench.

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::error::Error;
 use crate::environment::Environment;
+use crate::error::Error;
 use crate::index::OUT_SUBDIR;
 use crate::key::FileHasher;
 use crate::pipeline::{Project, Quiet, Session, Summary};
@@ -103,7 +103,8 @@ impl Build {
         let hasher = FileHasher::persistent(state_dir.join("file-stamps.json"));
         let session = Session::open(project, hasher, &environment, offline)?;
         #[cfg(unix)]
-        let session = session.with_server(crate::generate::diffusion::warm::server_for(&environment));
+        let session =
+            session.with_server(crate::generate::diffusion::warm::server_for(&environment));
         let mut session = session;
         for path in &session.manifest.input_files {
             println!("cargo:rerun-if-changed={}", path.display());

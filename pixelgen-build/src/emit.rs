@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use image::RgbaImage;
 
-use crate::error::Error;
 use crate::atlas;
 use crate::cache::{encode_png, write_atomically};
+use crate::error::Error;
 use crate::identity::FrameId;
 use crate::index::{INDEX_VERSION, Index, IndexedAtlas, IndexedPage, IndexedSprite, OUT_SUBDIR};
 use crate::pipeline::Session;

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 
 use pixelgen_diffusion::advisory::AdvisoryLock;
 
-use crate::error::Error;
 use crate::cache::Cache;
 use crate::environment::Environment;
+use crate::error::Error;
 use crate::key::FileHasher;
 use crate::lock::LockFile;
 use crate::pipeline::{MANIFEST_FILE, Project, Session};

@@ -20,6 +20,7 @@ mod error;
 pub use error::Error;
 pub mod environment;
 pub use environment::Environment;
+#[cfg(feature = "cli")]
 pub mod gc;
 pub mod generate;
 pub mod identity;
@@ -39,7 +40,6 @@ pub mod timings;
 pub mod train;
 
 mod builder;
-
 
 pub use builder::Build;
 pub use pipeline::{Project, Session, Summary};

@@ -6,21 +6,21 @@ use std::fmt;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
-use crate::error::Error;
-use crate::status::{Freshness, LoraStatus, SpriteStatus, StaleReport};
 #[cfg(test)]
 use crate::cache::LOCK_NAME;
 use crate::cache::{Cache, Lookup, SHARED_STAMPS_NAME};
 use crate::environment::Environment;
-use crate::generate::{self, Drawn, Frame, GenerateError, GroupInputs, GroupKey, ResolvedLora, Workshop};
+use crate::error::Error;
+use crate::generate::{
+    self, Drawn, Frame, GenerateError, GroupInputs, GroupKey, ResolvedLora, Workshop,
+};
 use crate::identity::{FrameId, LoraName, SpriteName};
 use crate::key::{FileHasher, InputFile, InputGroup};
 use crate::lock::{LockFile, LockedLora, LockedSprite};
 use crate::manifest::{self, LoraSource, Manifest};
 use crate::pixelize;
 use crate::plan::{self, Plan, PlannedLora, PlannedSprite};
+use crate::status::{Freshness, LoraStatus, SpriteStatus, StaleReport};
 use crate::timings::{Stage, Timings};
 use pixelgen_diffusion::advisory::AdvisoryLock;
 
@@ -272,10 +272,7 @@ impl Session {
     /// (else, or when it fails, they are drawn in-process). Keys and cache files are the
     /// same either way.
     #[cfg(unix)]
-    pub fn with_server(
-        mut self,
-        server: Option<generate::diffusion::warm::WarmServer>,
-    ) -> Session {
+    pub fn with_server(mut self, server: Option<generate::diffusion::warm::WarmServer>) -> Session {
         self.workshop.warm_server = server;
         self
     }
@@ -1143,10 +1140,11 @@ impl Session {
             files: &planned.files,
         };
         let mut timings = Timings::new();
-        let mut drawer = sprite
-            .generator
-            .backend()
-            .open(&group, &mut self.workshop, &mut timings)?;
+        let mut drawer =
+            sprite
+                .generator
+                .backend()
+                .open(&group, &mut self.workshop, &mut timings)?;
         let frames: Vec<Frame> = seeds
             .iter()
             .map(|&seed| Frame {
@@ -1505,8 +1503,7 @@ mod tests {
                 &mut Timings::new(),
                 &mut BTreeMap::new(),
             )
-            .err()
-            .expect("the third batch fails")
+            .expect_err("the third batch fails")
             .to_string();
         assert!(error.contains("device lost"), "{error}");
         let stored: Vec<_> = statuses

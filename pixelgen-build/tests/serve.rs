@@ -13,13 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use pixelgen_build::key::FileHasher;
-use pixelgen_build::pipeline::Quiet;
 use pixelgen_build::generate::diffusion::warm::WarmServer;
+use pixelgen_build::generate::diffusion::warm::daemon::{ServeError, ServeOptions, Server};
 use pixelgen_build::generate::diffusion::warm::protocol::{
     self, Request, RequestHeader, Response, StatusReply, Versions,
 };
-use pixelgen_build::generate::diffusion::warm::daemon::{ServeError, ServeOptions, Server};
+use pixelgen_build::key::FileHasher;
+use pixelgen_build::pipeline::Quiet;
 use pixelgen_build::{Project, Session, Summary};
 
 const MANIFEST: &str = r#"(sprites: {

@@ -235,7 +235,9 @@ fn run(cli: Cli, environment: &Environment) -> Result<ExitCode, Error> {
                 None
             } else {
                 match server {
-                    Some(path) => Some(pixelgen_build::generate::diffusion::warm::WarmServer::new(path, true)),
+                    Some(path) => Some(pixelgen_build::generate::diffusion::warm::WarmServer::new(
+                        path, true,
+                    )),
                     None => pixelgen_build::generate::diffusion::warm::server_for(environment),
                 }
             });
@@ -289,7 +291,9 @@ pub(crate) fn open_to_generate(
 ) -> Result<Session, Error> {
     let session = open_project(project, environment, false)?;
     #[cfg(unix)]
-    let session = session.with_server(pixelgen_build::generate::diffusion::warm::server_for(environment));
+    let session = session.with_server(pixelgen_build::generate::diffusion::warm::server_for(
+        environment,
+    ));
     Ok(session)
 }
 

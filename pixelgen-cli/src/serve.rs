@@ -28,12 +28,14 @@ pub struct Serve {
 
 /// The socket path: `--socket`, else where builds look (`off` does not apply here).
 fn socket_path(socket: Option<PathBuf>, environment: &Environment) -> PathBuf {
-    socket.unwrap_or_else(|| match pixelgen_build::generate::diffusion::warm::server_for(environment) {
-        Some(server) => server.path,
-        None => pixelgen_build::generate::diffusion::warm::default_socket_path(
-            environment.server.runtime_dir(),
-            &environment.temp_dir,
-        ),
+    socket.unwrap_or_else(|| {
+        match pixelgen_build::generate::diffusion::warm::server_for(environment) {
+            Some(server) => server.path,
+            None => pixelgen_build::generate::diffusion::warm::default_socket_path(
+                environment.server.runtime_dir(),
+                &environment.temp_dir,
+            ),
+        }
     })
 }
 

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use pixelgen_build::Environment;
+use pixelgen_build::generate::diffusion::Scheduler;
 use pixelgen_build::generate::diffusion::{
     DiffusionError, LoadedModel, LoraFile, Noise, Request, Settings, locate, select_device_for,
 };
-use pixelgen_build::generate::diffusion::Scheduler;
 use pixelgen_build::timings::{Stage, Timings};
 
 #[derive(clap::Args)]

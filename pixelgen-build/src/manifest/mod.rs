@@ -13,6 +13,7 @@ use crate::diagnostics::{Diagnostic, SourceFile};
 use crate::generate::GeneratorSpec;
 use crate::identity::{AtlasName, LoraName, SpriteName};
 
+#[cfg(feature = "cli")]
 pub mod edit;
 mod lora;
 mod merge;
@@ -115,7 +116,6 @@ impl Manifest {
         files.chain(folders).collect()
     }
 }
-
 
 /// What happens to the pixels around the subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -16,14 +16,14 @@ use super::{
     MAX_PAGE_SIDE, MAX_RESOLUTION, MAX_SIDE, MAX_SPACING, MAX_STEPS, Manifest, SpriteSpec,
     TrainedLoraSpec, TrainingSettings,
 };
+use crate::atlas::AtlasOptions;
+use crate::diagnostics::{Diagnostic, Locator, SourceFile};
 use crate::generate::GeneratorSpec;
 use crate::generate::diffusion::DiffusionSpec;
 use crate::generate::image_servers::{
     Endpoint, SERVER_DEFAULT_GUIDANCE, SERVER_DEFAULT_SCHEDULER, SERVER_DEFAULT_STEPS, ServerKind,
     ServerSpec, WorkflowInputs, WorkflowSpec,
 };
-use crate::atlas::AtlasOptions;
-use crate::diagnostics::{Diagnostic, Locator, SourceFile};
 use crate::identity::{AtlasName, LoraName, SpriteName};
 use crate::input_file::{FileKind, InputFileError, MAX_LORA_BYTES, MAX_MODEL_FILE_BYTES};
 use crate::palette::{Palette, PaletteLoadError, parse_hex_color};

@@ -24,7 +24,6 @@ use crate::train::{TRAINING_VERSION, TrainingImage};
 /// so that caches made by an older pipeline are regenerated rather than trusted.
 pub const PIPELINE_VERSION: &str = "pixelgen-pipeline-1";
 
-
 /// The keys of a manifest: every sprite's and every trained LoRA's.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
@@ -205,7 +204,7 @@ fn plan_lora(
             .hash(&image.path)
             .map_err(|e| unreadable(format!("cannot read {}: {e}", image.path.display())))?;
         let hash = blake3::hash(
-            &Canonical::new()
+            Canonical::new()
                 .bytes(bytes.as_bytes())
                 .str(&image.caption)
                 .take()

@@ -14,10 +14,10 @@ pub mod warm;
 
 use std::path::Path;
 
-/// Where a model's files are (from `pixelgen-diffusion`, compiled without candle too).
-pub use pixelgen_diffusion::files as model_files;
 /// The sampler of a Diffusion sprite (defined beside the samplers, in `pixelgen-diffusion`).
 pub use pixelgen_diffusion::Scheduler;
+/// Where a model's files are (from `pixelgen-diffusion`, compiled without candle too).
+pub use pixelgen_diffusion::files as model_files;
 
 #[cfg(feature = "diffusion")]
 pub use local::{
@@ -27,12 +27,12 @@ pub use local::{
     select_device_for, settings_for, sgm, tokenizer, train, unet, vae,
 };
 
-pub use super::{DeviceRequest, frame_seed};
 use super::batched::{Batched, Generator};
 use super::{
     Backend, Drawer, GenerateError, GroupInputs, GroupKey, KeyError, KeyInputs, KeyParts,
     ResolvedLora, Workshop, encode_loras,
 };
+pub use super::{DeviceRequest, frame_seed};
 use crate::environment::{Environment, HubSettings};
 use crate::identity::SpriteName;
 use crate::key::{Canonical, InputFile};

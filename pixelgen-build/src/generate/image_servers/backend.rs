@@ -45,15 +45,16 @@ impl Backend for ServerSpec {
         let identity = match (&self.kind, &self.workflow) {
             (ServerKind::ComfyUI, Some(workflow)) => {
                 let file = InputFile::Workflow(workflow.path.clone());
-                let hash = inputs
-                    .file_hash(file.clone(), &workflow.resolved)
-                    .map_err(|source| KeyError {
-                        message: format!(
-                            "cannot read workflow {}: {source}",
-                            workflow.resolved.display()
-                        ),
-                        help: "workflow paths are relative to the folder of sprites.ron",
-                    })?;
+                let hash =
+                    inputs
+                        .file_hash(file.clone(), &workflow.resolved)
+                        .map_err(|source| KeyError {
+                            message: format!(
+                                "cannot read workflow {}: {source}",
+                                workflow.resolved.display()
+                            ),
+                            help: "workflow paths are relative to the folder of sprites.ron",
+                        })?;
                 files.push((file, hash));
                 comfyui::identity(&hash, self)
             }
@@ -63,7 +64,9 @@ impl Backend for ServerSpec {
                 // cache entry (the sprite is stale, and generating it asks the servers).
                 let file = InputFile::ServerModel(self.model.clone());
                 let hash = inputs.known_hash(&file).unwrap_or_else(|| {
-                    blake3::hash(format!("pixelgen unresolved server model {}", self.model).as_bytes())
+                    blake3::hash(
+                        format!("pixelgen unresolved server model {}", self.model).as_bytes(),
+                    )
                 });
                 files.push((file, hash));
                 hash
@@ -265,9 +268,7 @@ impl Drawer for FanOut {
                     server: Some(names[server].clone()),
                 },
             ),
-            fanout::Event::Failed { frame, message } => {
-                report(sent[frame], Drawn::Failed(message))
-            }
+            fanout::Event::Failed { frame, message } => report(sent[frame], Drawn::Failed(message)),
             fanout::Event::ServerLost {
                 server,
                 message,

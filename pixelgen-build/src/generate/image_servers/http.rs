@@ -13,8 +13,8 @@
 use std::io::Read;
 use std::time::Duration;
 
-use crate::environment::Secret;
 use super::Endpoint;
+use crate::environment::Secret;
 
 /// Largest JSON answer read (a queue item with its session is tens of kB).
 pub const MAX_JSON_BYTES: u64 = 32 << 20;

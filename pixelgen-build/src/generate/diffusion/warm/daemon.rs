@@ -30,11 +30,11 @@ use super::protocol::{
     self, FrameError, GenerateRequest, Request, RequestHeader, Response, StatusReply, Versions,
 };
 use crate::generate::DeviceRequest;
+use crate::generate::diffusion::Scheduler;
 use crate::generate::diffusion::{
     DeviceLock, DiffusionError, LoadedModel, LoraFile, ModelLocation, Request as SampleRequest,
     batch_for, request_for, select_device_for, settings_for,
 };
-use crate::generate::diffusion::Scheduler;
 use crate::timings::{Stage, Timings};
 
 /// How often the accept loop looks at its stop flag and idle timer.

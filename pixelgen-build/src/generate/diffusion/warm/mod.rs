@@ -3,7 +3,7 @@
 //! Unix socket (owner-only) instead of loading the model themselves.
 //!
 //! - [`protocol`]: the frames and messages (versioned; images as raw RGB8).
-//! - [`daemon`] (feature `diffusion`): the server: socket, loaded models (LRU), the
+//! - `daemon` (features `diffusion` and `cli`): the server: socket, loaded models (LRU), the
 //!   machine-wide device lock, one request at a time.
 //! - [`client`]: the client, a `Generator` that falls back in-process.
 //!
@@ -20,7 +20,7 @@
 //!   `rerun-if-env-changed`).
 
 pub mod client;
-#[cfg(feature = "diffusion")]
+#[cfg(all(feature = "diffusion", feature = "cli"))]
 pub mod daemon;
 pub mod protocol;
 
