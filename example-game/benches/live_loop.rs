@@ -20,53 +20,19 @@
 //!
 //! Needs a Vulkan driver (mesa-vulkan-drivers) and the two binaries; says so otherwise.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use pixelgen_test_support::bench::median;
+use pixelgen_test_support::fs::copy_dir;
+use pixelgen_test_support::process::{self, KillOnDrop, lines_of, wait_for_line};
+use pixelgen_test_support::{fixtures, game, headless, net};
 use serde_json::{Value, json};
 
 const TRIALS: usize = 5;
 const COLOURS: [&str; 5] = ["blue", "red", "yellow", "purple", "orange"];
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (send, receive) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if send.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receive
-}
-
-fn wait_for(
-    lines: &mpsc::Receiver<String>,
-    text: &str,
-    within: Duration,
-) -> Result<String, String> {
-    let deadline = Instant::now() + within;
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match lines.recv_timeout(left) {
-            Ok(line) if line.contains(text) => return Ok(line),
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    Err(format!("no line with {text:?} within {within:?}"))
-}
 
 fn call(port: u16, method: &str, params: Value) -> Result<Value, String> {
     let response = ureq::AgentBuilder::new()
@@ -97,11 +63,6 @@ fn screenshot(port: u16, ticket: &mut u64) -> Vec<u8> {
         .into_raw()
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 struct Trial {
     republished_ms: f64,
     on_screen_ms: f64,
@@ -118,21 +79,13 @@ fn measure(
     model: Option<&Path>,
     mcp_python: Option<&Path>,
 ) -> (Vec<Trial>, f64, Option<Value>) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("Cargo.toml"),
-        "[package]\nname = \"live-loop\"\nversion = \"0.1.0\"\nedition = \"2024\"\n[workspace]\n",
-    )
-    .unwrap();
-    std::fs::create_dir_all(dir.path().join("src")).unwrap();
-    std::fs::write(dir.path().join("src/main.rs"), "fn main() {}\n").unwrap();
     let manifest = |prompt: &str| manifest_template.replace("{prompt}", prompt);
-    std::fs::write(dir.path().join("sprites.ron"), manifest("green grass tile")).unwrap();
+    let dir = game::temp_crate("live-loop", &manifest("green grass tile"));
     let socket = dir.path().join("serve.sock");
     let _server = model.map(|model| {
         copy_dir(model, &dir.path().join("model"));
-        let server = Command::new(cli)
-            .args(["pixelgen", "serve", "--socket"])
+        let mut server = process::cargo_pixelgen(cli)
+            .args(["serve", "--socket"])
             .arg(&socket)
             .env("PIXELGEN_DEVICE", "cpu")
             .env("PIXELGEN_LOCK_DIR", dir.path())
@@ -140,20 +93,15 @@ fn measure(
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "the server did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(e) = process::wait_for_file(&socket, &mut server, Duration::from_secs(30)) {
+            panic!("the server did not start: {e}");
         }
-        Killed(server)
+        KillOnDrop(server)
     });
-    let mut watch = Command::new(cli);
+    let mut watch = process::cargo_pixelgen(cli);
     watch
-        .args(["pixelgen", "watch", "--manifest-path"])
+        .args(["watch", "--manifest-path"])
         .arg(dir.path().join("Cargo.toml"))
-        .env_remove("PIXELGEN_CACHE_DIR")
-        .env_remove("PIXELGEN_OFFLINE")
-        .env_remove("CI")
         .env("PIXELGEN_DEVICE", "cpu")
         .env("PIXELGEN_LOCK_DIR", dir.path())
         .stdout(Stdio::piped())
@@ -165,25 +113,20 @@ fn measure(
     }
     let mut watch = watch.spawn().unwrap();
     let watch_lines = lines_of(watch.stdout.take().unwrap());
-    let watch_guard = Killed(watch);
-    let first = wait_for(
+    let watch_guard = KillOnDrop(watch);
+    let first = wait_for_line(
         &watch_lines,
         "pixelgen watch: watching",
         Duration::from_secs(300),
-    )
-    .unwrap();
+    );
     let live_index = first
-        .split("live atlases in ")
-        .nth(1)
+        .last()
+        .and_then(|line| line.split("live atlases in ").nth(1))
         .map(|d| PathBuf::from(d.split(';').next().unwrap()).join("pixelgen/index.json"))
         .unwrap();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let game = Command::new(game_binary)
+    let port = net::free_port();
+    let game = headless::without_display(&mut Command::new(game_binary))
         .args([
             "--headless",
             "--remote-port",
@@ -191,13 +134,11 @@ fn measure(
             "--live-index",
         ])
         .arg(&live_index)
-        .env_remove("DISPLAY")
-        .env_remove("WAYLAND_DISPLAY")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _game = Killed(game);
+    let _game = KillOnDrop(game);
     let deadline = Instant::now() + Duration::from_secs(120);
     let reload = loop {
         match call(port, "pixelgen.reload", Value::Null) {
@@ -211,14 +152,14 @@ fn measure(
     // Let the first frames settle (the knight walks: the picture changes by itself a
     // little; the grass covers most of it, so a change of most pixels is the signal).
     std::thread::sleep(Duration::from_secs(2));
-    let mut round_trips: Vec<f64> = (0..5)
+    let round_trips: Vec<f64> = (0..5)
         .map(|_| {
             let started = Instant::now();
             screenshot(port, &mut ticket);
             started.elapsed().as_secs_f64() * 1000.0
         })
         .collect();
-    let round_trip = median(&mut round_trips);
+    let round_trip = median(round_trips);
 
     let mut trials = Vec::new();
     for trial in 0..TRIALS {
@@ -227,7 +168,7 @@ fn measure(
         let prompt = format!("{} grass tile", COLOURS[trial % COLOURS.len()]);
         let saved = Instant::now();
         std::fs::write(dir.path().join("sprites.ron"), manifest(&prompt)).unwrap();
-        wait_for(&watch_lines, "generated", Duration::from_secs(60)).unwrap();
+        wait_for_line(&watch_lines, "generated", Duration::from_secs(60));
         let republished = saved.elapsed();
         let on_screen = loop {
             let now = screenshot(port, &mut ticket);
@@ -246,8 +187,8 @@ fn measure(
             );
         };
         let sampling_ms = model.map(|_| {
-            let status = Command::new(cli)
-                .args(["pixelgen", "serve", "--status", "--socket"])
+            let status = process::cargo_pixelgen(cli)
+                .args(["serve", "--status", "--socket"])
                 .arg(&socket)
                 .output()
                 .unwrap();
@@ -263,23 +204,16 @@ fn measure(
     drop(watch_guard);
     let mcp = mcp_python.map(|python| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/mcp_round_trip.py");
-        let output = Command::new(python)
+        let output = process::without_pixelgen_settings(&mut Command::new(python))
             .arg(script)
             .arg(cli)
             .arg(dir.path().join("Cargo.toml"))
             .arg(port.to_string())
             .arg("5")
-            .env_remove("PIXELGEN_CACHE_DIR")
-            .env_remove("PIXELGEN_OFFLINE")
-            .env_remove("CI")
             .env("PIXELGEN_SERVER", "off")
             .output()
             .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        process::assert_success(&output);
         serde_json::from_slice(&output.stdout).unwrap()
     });
     (trials, round_trip, mcp)
@@ -300,19 +234,6 @@ fn sampling_of(timings: &Value) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 fn print(name: &str, trials: &[Trial], round_trip: f64) {
     println!("\n{name} (screenshot round trip, median of 5: {round_trip:.0} ms)");
     println!(
@@ -328,17 +249,16 @@ fn print(name: &str, trials: &[Trial], round_trip: f64) {
             t.on_screen_ms
         );
     }
-    let mut republished: Vec<f64> = trials.iter().map(|t| t.republished_ms).collect();
-    let mut on_screen: Vec<f64> = trials.iter().map(|t| t.on_screen_ms).collect();
-    let mut beyond: Vec<f64> = trials
+    let republished = trials.iter().map(|t| t.republished_ms);
+    let on_screen = trials.iter().map(|t| t.on_screen_ms);
+    let beyond = trials
         .iter()
-        .map(|t| t.on_screen_ms - t.sampling_ms.unwrap_or(0.0))
-        .collect();
+        .map(|t| t.on_screen_ms - t.sampling_ms.unwrap_or(0.0));
     println!(
         "| median | {:.0} | {:.0} | on screen − drawing: {:.0} |",
-        median(&mut republished),
-        median(&mut on_screen),
-        median(&mut beyond)
+        median(republished),
+        median(on_screen),
+        median(beyond)
     );
 }
 
@@ -353,10 +273,7 @@ fn main() {
         );
         std::process::exit(1);
     }
-    let vulkan = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
-        .iter()
-        .any(|d| std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()));
-    if !vulkan {
+    if !headless::vulkan_driver_installed() {
         eprintln!("live_loop: no Vulkan driver (apt-get install mesa-vulkan-drivers)");
         std::process::exit(1);
     }
@@ -375,7 +292,7 @@ fn main() {
             println!("| tool | median | min | max |");
             println!("|---|---|---|---|");
             for (tool, times) in tools {
-                let mut times: Vec<f64> = times
+                let times: Vec<f64> = times
                     .as_array()
                     .unwrap()
                     .iter()
@@ -387,7 +304,7 @@ fn main() {
                 );
                 println!(
                     "| {tool} | {:.0} | {min:.0} | {max:.0} |",
-                    median(&mut times)
+                    median(times.iter().copied())
                 );
             }
         }
@@ -402,7 +319,7 @@ fn main() {
         diffusion, procedural,
         "the grass entry moved: update the bench"
     );
-    let model = root.join("../pixelgen-diffusion/tests/fixtures/diffusion/sd1/model");
+    let model = fixtures::tiny_model("sd1");
     let (trials, round_trip, _) = measure(&cli, &game_binary, &diffusion, Some(&model), None);
     print(
         "Diffusion grass (tiny SD1 fixture, 20 Euler steps, 64×64, warm server)",

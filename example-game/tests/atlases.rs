@@ -5,6 +5,8 @@ use std::path::Path;
 
 use bevy::prelude::*;
 use example_game::sprites::{self, AtlasData, Atlases, SpriteIndex, characters, items, tiles};
+use pixelgen_test_support::fs::read_json;
+use pixelgen_test_support::images;
 
 fn app() -> App {
     let mut app = App::new();
@@ -22,10 +24,7 @@ fn app() -> App {
 /// The frames of `sprite` as the cache holds them (found through sprites.lock).
 fn cached_frames(sprite: &str) -> Vec<image::RgbaImage> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let lock: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("sprites.lock")).expect("sprites.lock is committed"),
-    )
-    .expect("JSON");
+    let lock: serde_json::Value = read_json(&root.join("sprites.lock"));
     let keys = lock["sprites"][sprite]["keys"]
         .as_array()
         .expect("sprite in lock")
@@ -37,9 +36,7 @@ fn cached_frames(sprite: &str) -> Vec<image::RgbaImage> {
                 .join("../cache")
                 .join(&key[..2])
                 .join(format!("{key}.png"));
-            image::open(&path)
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-                .into_rgba8()
+            images::read_rgba(&path)
         })
         .collect()
 }

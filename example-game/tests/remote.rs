@@ -3,31 +3,17 @@
 //! answers pixelgen's methods over HTTP on 127.0.0.1, as `cargo pixelgen mcp` calls them.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use pixelgen_test_support::fs::read_json;
+use pixelgen_test_support::process::KillOnDrop;
+use pixelgen_test_support::{headless, images, net};
 use serde_json::{Value, json};
 
 mod common;
-
-/// The game, killed when the test ends (passing or not).
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One JSON-RPC call; `Err` when nothing answers.
 fn call(port: u16, method: &str, params: Value) -> Result<Value, String> {
@@ -49,16 +35,16 @@ fn the_running_game_answers_screenshot_and_reload_over_brp() {
     if !common::can_render() {
         return;
     }
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_example-game"))
-        .args(["--headless", "--remote-port", &port.to_string()])
-        .env_remove("DISPLAY")
-        .env_remove("WAYLAND_DISPLAY")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run example-game");
+    let port = net::free_port();
+    let mut child =
+        headless::without_display(&mut Command::new(env!("CARGO_BIN_EXE_example-game")))
+            .args(["--headless", "--remote-port", &port.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run example-game");
     let stdout = BufReader::new(child.stdout.take().unwrap());
-    let _game = Running(child);
+    // The game, killed when the test ends (passing or not).
+    let _game = KillOnDrop(child);
     let announced = stdout
         .lines()
         .map_while(Result::ok)
@@ -80,9 +66,7 @@ fn the_running_game_answers_screenshot_and_reload_over_brp() {
     // The game reloads the atlases its build published (cache/live/…/index.json).
     let set = &reload["result"]["sets"][0];
     assert_eq!(set["status"], "reloaded", "{reload}");
-    let index: Value =
-        serde_json::from_str(&std::fs::read_to_string(set["index"].as_str().unwrap()).unwrap())
-            .unwrap();
+    let index: Value = read_json(Path::new(set["index"].as_str().unwrap()));
     assert_eq!(set["stamp"], index["stamp"]);
     assert_eq!(
         set["atlases"],
@@ -106,15 +90,9 @@ fn the_running_game_answers_screenshot_and_reload_over_brp() {
             .unwrap();
         image::load_from_memory(&png).unwrap().into_rgb8()
     };
-    let colours = |picture: &image::RgbImage| {
-        let mut colours: Vec<[u8; 3]> = picture.pixels().map(|p| p.0).collect();
-        colours.sort_unstable();
-        colours.dedup();
-        colours.len()
-    };
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut ticket = 0;
-    while colours(&screenshot(ticket)) < 8 {
+    while images::colour_count(&screenshot(ticket)) < 8 {
         assert!(Instant::now() < deadline, "only blank frames for 30 s");
         ticket += 1;
     }

@@ -4,6 +4,8 @@
 
 use std::process::Command;
 
+use pixelgen_test_support::headless;
+
 mod common;
 
 #[test]
@@ -13,12 +15,10 @@ fn screenshot_shows_the_games_pixel_art() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("shot.png");
-    let output = Command::new(env!("CARGO_BIN_EXE_example-game"))
+    let output = headless::without_display(&mut Command::new(env!("CARGO_BIN_EXE_example-game")))
         .arg("--screenshot")
         .arg(&out)
         .arg("--no-remote")
-        .env_remove("DISPLAY")
-        .env_remove("WAYLAND_DISPLAY")
         .output()
         .expect("run example-game");
     let log = format!(
@@ -32,9 +32,7 @@ fn screenshot_shows_the_games_pixel_art() {
 
 #[test]
 fn without_a_display_the_game_says_how_to_run_it() {
-    let output = Command::new(env!("CARGO_BIN_EXE_example-game"))
-        .env_remove("DISPLAY")
-        .env_remove("WAYLAND_DISPLAY")
+    let output = headless::without_display(&mut Command::new(env!("CARGO_BIN_EXE_example-game")))
         .output()
         .expect("run example-game");
     assert_eq!(output.status.code(), Some(1));

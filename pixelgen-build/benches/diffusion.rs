@@ -30,6 +30,8 @@ use candle_core::{DType, Device, Tensor};
 use pixelgen_build::generate::diffusion::Scheduler;
 use pixelgen_build::generate::diffusion::noise::{Stream, gaussian};
 use pixelgen_build::generate::diffusion::{LoadedModel, ModelLocation, Noise, Request, Settings};
+use pixelgen_test_support::bench::{self, env_or, median};
+use pixelgen_test_support::{fixtures, images};
 use serde_json::Value;
 
 // The SD1.5-architecture fallback model, shared with pixelgen-cli's `serve` bench.
@@ -44,37 +46,12 @@ const GUIDANCE: f64 = 7.5;
 const TIMESTEP: f64 = 500.0;
 const LATENT: usize = SIZE / 8;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
-
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The workspace's `target/` (git-ignored), where the 2 GB model is cached between runs.
-fn target_dir() -> PathBuf {
-    manifest_dir()
-        .parent()
-        .expect("the crate sits in a workspace")
-        .join("target")
-}
-
 fn seconds(d: Duration) -> f64 {
     d.as_secs_f64()
-}
-
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    let n = samples.len();
-    if n % 2 == 1 {
-        samples[n / 2]
-    } else {
-        (samples[n / 2 - 1] + samples[n / 2]) / 2.0
-    }
 }
 
 fn min(samples: &[f64]) -> f64 {
@@ -82,10 +59,7 @@ fn min(samples: &[f64]) -> f64 {
 }
 
 fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
+    bench::load_average().unwrap_or(0.0)
 }
 
 /// The machine is shared with other builds: measure only once it is quiet, or say it was not.
@@ -333,12 +307,7 @@ fn measured_from_peer(result: &Value) -> Option<Measured> {
 
 /// Mean and largest absolute difference of two same-sized images, in 0..=255 units.
 fn image_difference(a: &Path, b: &Path) -> Result<(f64, u8), String> {
-    let open = |p: &Path| {
-        image::open(p)
-            .map(|i| i.to_rgb8())
-            .map_err(|e| format!("{}: {e}", p.display()))
-    };
-    let (a, b) = (open(a)?, open(b)?);
+    let (a, b) = (images::open(a)?.to_rgb8(), images::open(b)?.to_rgb8());
     if a.dimensions() != b.dimensions() {
         return Err(format!(
             "sizes differ: {:?} and {:?}",
@@ -346,14 +315,7 @@ fn image_difference(a: &Path, b: &Path) -> Result<(f64, u8), String> {
             b.dimensions()
         ));
     }
-    let mut sum = 0u64;
-    let mut largest = 0u8;
-    for (x, y) in a.as_raw().iter().zip(b.as_raw()) {
-        let d = x.abs_diff(*y);
-        sum += u64::from(d);
-        largest = largest.max(d);
-    }
-    Ok((sum as f64 / a.as_raw().len() as f64, largest))
+    Ok(images::difference(&a, &b))
 }
 
 /// Largest and mean absolute difference of the two UNet outputs, and the mean magnitude of
@@ -388,9 +350,7 @@ fn print_row(label: &str, ours: Option<f64>, theirs: Option<f64>, show: impl Fn(
 /// Mean and standard deviation of an image's values in 0..=1: a NaN in the model comes
 /// out as a flat image, so this says the picture is real.
 fn image_stats(path: &Path) -> Result<(f64, f64), String> {
-    let image = image::open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .to_rgb8();
+    let image = images::open(path)?.to_rgb8();
     let values: Vec<f64> = image
         .as_raw()
         .iter()
@@ -411,7 +371,7 @@ fn main() {
     let max_load = env_or("PIXELGEN_BENCH_MAX_LOAD", 1.5f64);
     let max_wait = Duration::from_secs(env_or("PIXELGEN_BENCH_MAX_WAIT_S", 1800u64));
     let threads = candle_core::utils::get_num_threads();
-    let root = target_dir().join("bench-sd15");
+    let root = fixtures::target_dir().join("bench-sd15");
     let run_dir = root.join("run");
     std::fs::create_dir_all(&run_dir).expect("run folder");
     // Outputs of an earlier run must not be mistaken for this one's.
@@ -444,12 +404,8 @@ fn main() {
             "seeded random (diffusers_peer.py), fp16 files",
         )
     } else {
-        let dir = target_dir().join("bench-sd15-candle");
-        sd15::make_candle_model(
-            &dir,
-            &manifest_dir()
-                .join("../pixelgen-diffusion/tests/fixtures/diffusion/sd1/model/tokenizer"),
-        );
+        let dir = fixtures::target_dir().join("bench-sd15-candle");
+        sd15::make_candle_model(&dir, &fixtures::tiny_model("sd1").join("tokenizer"));
         (
             dir,
             Inputs::generated(),

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pixelgen_build::Build;
+use pixelgen_test_support::{bench, game};
 
 const RUNS: usize = 15;
 
@@ -31,17 +32,12 @@ fn manifest(sprites: usize) -> String {
     text
 }
 
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
+fn median(samples: Vec<Duration>) -> Duration {
+    Duration::from_secs_f64(bench::median(samples.iter().map(Duration::as_secs_f64)))
 }
 
 fn prepare(dir: &Path, sprites: usize) -> Build {
-    std::fs::write(
-        dir.join("Cargo.toml"),
-        "[package]\nname = \"bench-game\"\nversion = \"0.1.0\"\nedition = \"2024\"\n[workspace]\n",
-    )
-    .expect("Cargo.toml");
+    game::write_crate(dir, "bench-game");
     std::fs::write(dir.join("sprites.ron"), manifest(sprites)).expect("sprites.ron");
     let build = Build::new()
         .crate_dir(dir)
@@ -90,13 +86,7 @@ fn main() {
 
     // cargo's own no-op: an empty crate already built.
     let empty = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        empty.path().join("Cargo.toml"),
-        "[package]\nname = \"empty\"\nversion = \"0.1.0\"\nedition = \"2024\"\n[workspace]\n",
-    )
-    .expect("Cargo.toml");
-    std::fs::create_dir_all(empty.path().join("src")).expect("src");
-    std::fs::write(empty.path().join("src/main.rs"), "fn main() {}\n").expect("main.rs");
+    game::write_crate(empty.path(), "empty");
     let cargo = cargo_noop_build(empty.path());
 
     println!();

@@ -2,8 +2,6 @@
 //! byte for byte the ones its `sprites.lock` records (and `cache/` holds): moving or
 //! reorganising generator code must not change a user's pixels unless a key changes too.
 
-use std::path::Path;
-
 use pixelgen_build::key::FileHasher;
 use pixelgen_build::lock::LockFile;
 use pixelgen_build::pipeline::Quiet;
@@ -11,7 +9,7 @@ use pixelgen_build::{Environment, Project, Session};
 
 #[test]
 fn the_example_games_committed_sprites_are_redrawn_byte_for_byte() {
-    let game = Path::new(env!("CARGO_MANIFEST_DIR")).join("../example-game");
+    let game = pixelgen_test_support::fixtures::example_game();
     let committed = LockFile::load(&game.join("sprites.lock")).expect("sprites.lock");
     assert!(!committed.sprites.is_empty());
 

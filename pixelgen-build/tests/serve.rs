@@ -21,6 +21,8 @@ use pixelgen_build::generate::diffusion::warm::protocol::{
 use pixelgen_build::key::FileHasher;
 use pixelgen_build::pipeline::Quiet;
 use pixelgen_build::{Project, Session, Summary};
+use pixelgen_test_support::fixtures;
+use pixelgen_test_support::fs::{contents, copy_dir};
 
 const MANIFEST: &str = r#"(sprites: {
     "knight": (prompt: "knight", seed: 2, size: (16, 16), palette: "pico-8", frames: 2,
@@ -31,29 +33,12 @@ const MANIFEST: &str = r#"(sprites: {
     "coin": (prompt: "gold coin", seed: 1, size: (16, 16)),
 })"#;
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pixelgen-diffusion/tests/fixtures/diffusion/sd1")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// A game folder with the fixture model, a LoRA and `manifest`.
 fn game(manifest: &str) -> (tempfile::TempDir, Project) {
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&fixture().join("model"), &dir.path().join("model"));
+    copy_dir(&fixtures::tiny_model("sd1"), &dir.path().join("model"));
     std::fs::copy(
-        fixture().join("lora_kohya.safetensors"),
+        fixtures::family("sd1").join("lora_kohya.safetensors"),
         dir.path().join("lora.safetensors"),
     )
     .unwrap();
@@ -75,28 +60,10 @@ fn realize(project: &Project, server: Option<WarmServer>) -> Summary {
     .unwrap()
 }
 
-/// Every file under `dir` by relative path, with its bytes.
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let name = path.strip_prefix(root).unwrap().display().to_string();
-                out.insert(name, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
 /// What a build wrote: the cache's files and the lock file.
 fn outputs(project: &Project) -> (BTreeMap<String, Vec<u8>>, Vec<u8>) {
     (
-        tree(&project.cache_dir),
+        contents(&project.cache_dir),
         std::fs::read(&project.lock_path).unwrap(),
     )
 }

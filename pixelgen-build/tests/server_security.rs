@@ -89,11 +89,7 @@ fn an_offline_build_lists_stale_server_sprites_without_contacting_a_server() {
 #[test]
 fn an_unreachable_server_fails_a_stale_sprite_naming_it() {
     // A port nothing listens on.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = pixelgen_test_support::net::free_port();
     let (_dir, project) = project(&format!("http://127.0.0.1:{port}"));
     let error = realize(&project, &[], false).unwrap_err();
     assert!(

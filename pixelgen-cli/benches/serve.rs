@@ -19,59 +19,38 @@
 //! machine slows sampling and the rest alike.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use pixelgen_test_support::bench::{env_or, load_average};
+use pixelgen_test_support::process::{self, KillOnDrop};
+use pixelgen_test_support::{fixtures, game};
 
 #[path = "../../pixelgen-build/benches/common/sd15.rs"]
 mod sd15;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the crate sits in a workspace")
-        .to_path_buf()
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|text| text.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".to_string())
+/// The 1-minute load average as the table shows it.
+fn load() -> String {
+    load_average().map_or_else(|| "?".to_string(), |load| format!("{load:.2}"))
 }
 
 fn model_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("PIXELGEN_BENCH_MODEL") {
         return PathBuf::from(dir);
     }
-    let target = workspace().join("target");
+    let target = fixtures::target_dir();
     let shared = target.join("bench-sd15/model");
     if shared.join("bench-stamp.json").is_file() {
         return shared;
     }
     let dir = target.join("bench-sd15-candle");
-    sd15::make_candle_model(
-        &dir,
-        &workspace().join("pixelgen-diffusion/tests/fixtures/diffusion/sd1/model/tokenizer"),
-    );
+    sd15::make_candle_model(&dir, &fixtures::tiny_model("sd1").join("tokenizer"));
     dir
 }
 
 fn cli() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"));
-    command
-        .arg("pixelgen")
-        .env_remove("PIXELGEN_SERVER")
-        .env_remove("PIXELGEN_CACHE_DIR")
-        .env_remove("PIXELGEN_OFFLINE")
-        .env_remove("CI")
-        .env("PIXELGEN_DEVICE", "cpu");
+    let mut command = process::cargo_pixelgen(env!("CARGO_BIN_EXE_cargo-pixelgen"));
+    command.env("PIXELGEN_DEVICE", "cpu");
     command
 }
 
@@ -122,14 +101,14 @@ impl Game {
 }
 
 struct Serve {
-    child: Child,
+    _child: KillOnDrop,
     socket: PathBuf,
 }
 
 impl Serve {
     fn start(dir: &Path, lock_dir: &Path) -> Serve {
         let socket = dir.join("serve.sock");
-        let child = cli()
+        let mut child = cli()
             .args(["serve", "--idle-timeout", "0", "--socket"])
             .arg(&socket)
             .env("PIXELGEN_LOCK_DIR", lock_dir)
@@ -137,15 +116,13 @@ impl Serve {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start serve");
-        let started = Instant::now();
-        while !socket.exists() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "serve did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        if let Err(e) = process::wait_for_file(&socket, &mut child, Duration::from_secs(60)) {
+            panic!("serve did not start: {e}");
         }
-        Serve { child, socket }
+        Serve {
+            _child: KillOnDrop(child),
+            socket,
+        }
     }
 
     /// The server's sampling time for its last request, in seconds: text encoding, UNet
@@ -165,13 +142,6 @@ impl Serve {
     }
 }
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn main() {
     let size = env_or("PIXELGEN_BENCH_SERVE_SIZE", 256u32);
     let steps = env_or("PIXELGEN_BENCH_SERVE_STEPS", 2u32);
@@ -186,20 +156,14 @@ fn main() {
         size,
         steps,
     };
-    std::fs::write(
-        game.dir.path().join("Cargo.toml"),
-        "[package]\nname = \"bench-game\"\nversion = \"0.1.0\"\nedition = \"2024\"\n[workspace]\n",
-    )
-    .expect("Cargo.toml");
-    std::fs::create_dir_all(game.dir.path().join("src")).expect("src");
-    std::fs::write(game.dir.path().join("src/main.rs"), "fn main() {}\n").expect("main.rs");
+    game::write_crate(game.dir.path(), "bench-game");
 
     let mut rows = Vec::new();
     {
         let serve = Serve::start(work.path(), &lock_dir);
         let server = ["--server", serve.socket.to_str().expect("utf-8 path")];
         game.write("pixel art knight");
-        let load_before = load_average();
+        let load_before = load();
         let first = game.generate(&server, &lock_dir);
         rows.push((
             "warm-up: first `generate` through the server (loads the model)".to_string(),
@@ -209,7 +173,7 @@ fn main() {
         ));
         for run in 0..runs {
             game.write(&format!("pixel art knight, edit {run}"));
-            let load = load_average();
+            let load = load();
             let seconds = game.generate(&server, &lock_dir);
             rows.push((
                 format!(
@@ -223,7 +187,7 @@ fn main() {
         }
     }
     game.write("pixel art knight, without the server");
-    let load = load_average();
+    let load = load();
     let cold = game.generate(&["--no-server"], &lock_dir);
     rows.push((
         "prompt edit: `generate --no-server` (in-process, loads the model)".to_string(),

@@ -3,6 +3,10 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use pixelgen_test_support::fs::{cache_entries, read_json};
+use pixelgen_test_support::process::{self, lines_of, wait_for_line};
+use pixelgen_test_support::{fixtures, game, images};
+
 const MANIFEST: &str = r#"(
     defaults: (size: (16, 16), palette: "db16"),
     sprites: {
@@ -13,38 +17,26 @@ const MANIFEST: &str = r#"(
 )"#;
 
 fn game() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("Cargo.toml"),
-        "[package]\nname = \"cli-game\"\nversion = \"0.1.0\"\nedition = \"2024\"\n[workspace]\n",
-    )
-    .unwrap();
-    std::fs::create_dir_all(dir.path().join("src")).unwrap();
-    std::fs::write(dir.path().join("src/main.rs"), "fn main() {}\n").unwrap();
-    std::fs::write(dir.path().join("sprites.ron"), MANIFEST).unwrap();
-    dir
+    game::temp_crate("cli-game", MANIFEST)
+}
+
+/// `cargo pixelgen`, as cargo runs it, without the developer's pixelgen settings.
+fn cli() -> Command {
+    process::cargo_pixelgen(env!("CARGO_BIN_EXE_cargo-pixelgen"))
 }
 
 fn pixelgen(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"))
-        .arg("pixelgen") // as cargo calls it
+    cli()
         .args(args)
         .arg("--manifest-path")
         .arg(dir.join("Cargo.toml"))
-        .env_remove("PIXELGEN_CACHE_DIR")
-        .env_remove("PIXELGEN_OFFLINE")
-        .env_remove("CI")
         .output()
         .unwrap()
 }
 
 fn status_json(dir: &Path) -> Vec<serde_json::Value> {
     let output = pixelgen(dir, &["status", "--json"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    process::assert_success(&output);
     serde_json::from_slice::<serde_json::Value>(&output.stdout)
         .unwrap()
         .as_array()
@@ -80,11 +72,7 @@ fn status_check_and_generate_agree() {
     );
 
     let generate = pixelgen(dir.path(), &["generate"]);
-    assert!(
-        generate.status.success(),
-        "{}",
-        String::from_utf8_lossy(&generate.stderr)
-    );
+    process::assert_success(&generate);
     assert!(
         String::from_utf8_lossy(&generate.stdout)
             .contains("pixelgen: 3 sprites: 3 generated, 0 cached")
@@ -135,19 +123,15 @@ fn human_status_and_errors() {
     assert!(text.contains("sprites.ron:1:"), "{text}");
 }
 
-fn fixtures() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pixelgen-diffusion/tests/fixtures/diffusion")
-}
-
 /// `txt2img` with the initial latents diffusers used gives diffusers' image (the tiny SD1
 /// model's first parity case: DDIM, 4 steps, guidance 7.5, a negative prompt).
 #[test]
 fn txt2img_with_given_latents_reproduces_diffusers() {
-    let family = fixtures().join("sd1");
+    let family = fixtures::family("sd1");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.png");
-    let output = Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"))
-        .args(["pixelgen", "txt2img", "--model"])
+    let output = cli()
+        .args(["txt2img", "--model"])
         .arg(family.join("model"))
         .args([
             "--prompt",
@@ -172,35 +156,23 @@ fn txt2img_with_given_latents_reproduces_diffusers() {
         .env("PIXELGEN_DEVICE", "cpu")
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let ours = image::open(&out).unwrap().to_rgb8();
-    let theirs = image::open(family.join("expected_ddim_neg.png"))
-        .unwrap()
-        .to_rgb8();
+    process::assert_success(&output);
+    let ours = images::read_rgb(&out);
+    let theirs = images::read_rgb(&family.join("expected_ddim_neg.png"));
     assert_eq!(ours.dimensions(), (64, 64));
-    let total: u64 = ours
-        .as_raw()
-        .iter()
-        .zip(theirs.as_raw())
-        .map(|(a, b)| u64::from(a.abs_diff(*b)))
-        .sum();
-    let mean = total as f64 / ours.as_raw().len() as f64;
+    let (mean, _) = images::difference(&ours, &theirs);
     assert!(mean <= 1.0, "mean abs difference {mean}/255");
 }
 
 /// A seed gives one image; another seed another; LoRAs change it; bad input is a clear error.
 #[test]
 fn txt2img_seeds_loras_and_errors() {
-    let family = fixtures().join("sd1");
+    let family = fixtures::family("sd1");
     let dir = tempfile::tempdir().unwrap();
     let run = |name: &str, extra: &[&str]| -> (Output, std::path::PathBuf) {
         let out = dir.path().join(name);
-        let output = Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"))
-            .args(["pixelgen", "txt2img", "--model"])
+        let output = cli()
+            .args(["txt2img", "--model"])
             .arg(family.join("model"))
             .args([
                 "--prompt",
@@ -220,9 +192,9 @@ fn txt2img_seeds_loras_and_errors() {
             .unwrap();
         (output, out)
     };
-    let image = |path: &Path| image::open(path).unwrap().to_rgb8().into_raw();
+    let image = |path: &Path| images::read_rgb(path).into_raw();
     let (a, a_path) = run("a.png", &["--seed", "5", "--width", "64"]);
-    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    process::assert_success(&a);
     let (_, b_path) = run("b.png", &["--seed", "5", "--width", "64"]);
     let (_, c_path) = run("c.png", &["--seed", "6", "--width", "64"]);
     assert_eq!(image(&a_path), image(&b_path), "same seed, same pixels");
@@ -233,7 +205,7 @@ fn txt2img_seeds_loras_and_errors() {
     );
     let lora = format!("{}:0.8", family.join("lora_kohya.safetensors").display());
     let (l, l_path) = run("l.png", &["--seed", "5", "--width", "64", "--lora", &lora]);
-    assert!(l.status.success(), "{}", String::from_utf8_lossy(&l.stderr));
+    process::assert_success(&l);
     assert_ne!(image(&a_path), image(&l_path), "the LoRA changes the image");
 
     let (bad, _) = run("bad.png", &["--seed", "5", "--width", "60"]);
@@ -245,7 +217,9 @@ fn txt2img_seeds_loras_and_errors() {
     );
     let xl_lora = format!(
         "{}:1",
-        fixtures().join("sdxl/lora_kohya.safetensors").display()
+        fixtures::family("sdxl")
+            .join("lora_kohya.safetensors")
+            .display()
     );
     let (wrong, _) = run(
         "wrong.png",
@@ -275,10 +249,10 @@ fn timing_row(table: &str, label: &str) -> Option<u64> {
 #[test]
 fn generate_batches_frames_across_sprites_and_shows_timings() {
     let dir = game();
-    let lora = fixtures().join("sd1/lora_kohya.safetensors");
+    let lora = fixtures::family("sd1").join("lora_kohya.safetensors");
     std::fs::create_dir_all(dir.path().join("art")).unwrap();
     std::fs::copy(&lora, dir.path().join("art/style.safetensors")).unwrap();
-    let model = fixtures().join("sd1/model").canonicalize().unwrap();
+    let model = fixtures::tiny_model("sd1");
     let generator = format!(
         "Diffusion(model: {:?}, steps: 3, guidance: 4.0, scheduler: Euler, resolution: (64, 64))",
         model.display().to_string()
@@ -297,15 +271,12 @@ fn generate_batches_frames_across_sprites_and_shows_timings() {
         ),
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"))
-        .args(["pixelgen", "generate", "--timings", "--manifest-path"])
+    let output = cli()
+        .args(["generate", "--timings", "--manifest-path"])
         .arg(dir.path().join("Cargo.toml"))
         .env("PIXELGEN_BATCH", "2")
         .env("PIXELGEN_DEVICE", "cpu")
         .env("PIXELGEN_LOCK_DIR", dir.path())
-        .env_remove("PIXELGEN_CACHE_DIR")
-        .env_remove("PIXELGEN_OFFLINE")
-        .env_remove("CI")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -385,8 +356,8 @@ fn check_refuses_what_the_build_cannot_use_without_hanging() {
             "(atlases: {{ \"tiny\": (max_size: (32, 32)), \"main\": () }},\n sprites: {{\n  \"hero\": (prompt: \"knight\", {fields}) }})"
         );
         std::fs::write(dir.path().join("sprites.ron"), &manifest).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"))
-            .args(["pixelgen", "check", "--manifest-path"])
+        let mut child = cli()
+            .args(["check", "--manifest-path"])
             .arg(dir.path().join("Cargo.toml"))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -437,20 +408,10 @@ fn workspace() -> tempfile::TempDir {
     root
 }
 
+/// The cache's entries, drawn images (`raw/`) included, sorted.
 fn entry_files(cache: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for folder in [cache.to_path_buf(), cache.join("raw")] {
-        for dir in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
-            if dir.file_name().len() == 2 {
-                files.extend(
-                    std::fs::read_dir(dir.path())
-                        .unwrap()
-                        .flatten()
-                        .map(|e| e.path()),
-                );
-            }
-        }
-    }
+    let mut files = cache_entries(cache);
+    files.extend(cache_entries(&cache.join("raw")));
     files.sort();
     files
 }
@@ -487,11 +448,7 @@ fn gc_removes_what_no_crate_of_the_workspace_uses_and_keeps_what_locks_name() {
 
     let dry = pixelgen(&a, &["gc", "--dry-run"]);
     let text = String::from_utf8_lossy(&dry.stdout);
-    assert!(
-        dry.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dry.stderr)
-    );
+    process::assert_success(&dry);
     assert!(
         text.contains("would remove 1 frame(s) and 1 raw image(s)"),
         "{text}"
@@ -502,11 +459,7 @@ fn gc_removes_what_no_crate_of_the_workspace_uses_and_keeps_what_locks_name() {
 
     let output = pixelgen(&a, &["gc"]);
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    process::assert_success(&output);
     assert!(
         text.contains("removed 1 frame(s) and 1 raw image(s)"),
         "{text}"
@@ -553,8 +506,8 @@ fn generate_killed_midway_leaves_nothing_behind_after_the_next_run() {
     )
     .unwrap();
     for delay_ms in [60, 150, 250] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"))
-            .args(["pixelgen", "generate", "--no-server", "--manifest-path"])
+        let mut child = cli()
+            .args(["generate", "--no-server", "--manifest-path"])
             .arg(dir.path().join("Cargo.toml"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -565,11 +518,7 @@ fn generate_killed_midway_leaves_nothing_behind_after_the_next_run() {
         let _ = child.wait();
     }
     let output = pixelgen(dir.path(), &["generate", "--no-server"]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    process::assert_success(&output);
     let cache = dir.path().join("cache");
     let mut leftovers = Vec::new();
     for folder in std::iter::once(cache.clone()).chain(
@@ -593,65 +542,22 @@ fn generate_killed_midway_leaves_nothing_behind_after_the_next_run() {
     assert!(stale_names(&status_json(dir.path())).is_empty());
 }
 
-/// Lines a child process prints, as they come.
-fn lines_of(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
-    use std::io::BufRead;
-    let (send, receive) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stream)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if send.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receive
-}
-
-/// Waits for a line containing `text`; the lines before it are returned too.
-fn wait_for(
-    lines: &std::sync::mpsc::Receiver<String>,
-    text: &str,
-    within: std::time::Duration,
-) -> Vec<String> {
-    let deadline = std::time::Instant::now() + within;
-    let mut seen = Vec::new();
-    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-        match lines.recv_timeout(left) {
-            Ok(line) => {
-                let found = line.contains(text);
-                seen.push(line);
-                if found {
-                    return seen;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    panic!("no line with {text:?} within {within:?}; got {seen:#?}");
-}
-
 /// `watch`: an edited prompt becomes a fresh sprite and republished atlases within 2 s; a
 /// half-typed manifest is reported and leaves the live atlases as they were.
 #[test]
 fn watch_turns_an_edited_prompt_into_fresh_live_atlases_within_2_s() {
     use std::time::{Duration, Instant};
     let dir = game();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"))
-        .args(["pixelgen", "watch", "--manifest-path"])
+    let mut child = cli()
+        .args(["watch", "--manifest-path"])
         .arg(dir.path().join("Cargo.toml"))
-        .env_remove("PIXELGEN_CACHE_DIR")
-        .env_remove("PIXELGEN_OFFLINE")
-        .env_remove("CI")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = lines_of(child.stdout.take().unwrap());
     let stderr = lines_of(child.stderr.take().unwrap());
-    let first = wait_for(&stdout, "pixelgen watch: watching", Duration::from_secs(60));
+    let first = wait_for_line(&stdout, "pixelgen watch: watching", Duration::from_secs(60));
     assert!(
         first.iter().any(|l| l.contains("3 sprites: 3 generated")),
         "{first:#?}"
@@ -662,8 +568,7 @@ fn watch_turns_an_edited_prompt_into_fresh_live_atlases_within_2_s() {
         .map(|d| Path::new(d.split(';').next().unwrap()).join("pixelgen/index.json"))
         .unwrap();
     let stamp = |path: &Path| -> String {
-        let index: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let index: serde_json::Value = read_json(path);
         index["stamp"].as_str().unwrap().to_owned()
     };
     let before = stamp(&live_index);
@@ -671,7 +576,7 @@ fn watch_turns_an_edited_prompt_into_fresh_live_atlases_within_2_s() {
     let edited = MANIFEST.replace("gold coin", "silver coin");
     let saved = Instant::now();
     std::fs::write(dir.path().join("sprites.ron"), &edited).unwrap();
-    let seen = wait_for(&stdout, "1 generated", Duration::from_secs(2));
+    let seen = wait_for_line(&stdout, "1 generated", Duration::from_secs(2));
     let latency = saved.elapsed();
     eprintln!("watch: prompt saved → regenerated and republished in {latency:?}");
     assert!(latency < Duration::from_secs(2), "{latency:?}: {seen:#?}");
@@ -685,7 +590,7 @@ fn watch_turns_an_edited_prompt_into_fresh_live_atlases_within_2_s() {
     // Half typed: reported, and the live atlases stay.
     let republished = stamp(&live_index);
     std::fs::write(dir.path().join("sprites.ron"), &edited[..edited.len() / 2]).unwrap();
-    wait_for(
+    wait_for_line(
         &stderr,
         "the live atlases stay as they were",
         Duration::from_secs(5),
@@ -695,7 +600,7 @@ fn watch_turns_an_edited_prompt_into_fresh_live_atlases_within_2_s() {
     // loaded machine says nothing about which save a summary belongs to).
     while stdout.try_recv().is_ok() {}
     std::fs::write(dir.path().join("sprites.ron"), MANIFEST).unwrap();
-    wait_for(
+    wait_for_line(
         &stdout,
         "3 sprites: 0 generated, 3 cached",
         Duration::from_secs(5),

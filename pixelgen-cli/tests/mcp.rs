@@ -12,6 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use pixelgen_test_support::process::{self, KillOnDrop};
+use pixelgen_test_support::{game, headless, net};
+
 const MANIFEST: &str = r#"(
     // Written by hand; set_sprite keeps this.
     defaults: (size: (16, 16), palette: "db16"),
@@ -44,33 +47,18 @@ fn a_real_mcp_client_lists_and_calls_every_tool() {
         );
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("Cargo.toml"),
-        "[package]\nname = \"mcp-game\"\nversion = \"0.1.0\"\nedition = \"2024\"\n[workspace]\n",
-    )
-    .unwrap();
-    std::fs::create_dir_all(dir.path().join("src")).unwrap();
-    std::fs::write(dir.path().join("src/main.rs"), "fn main() {}\n").unwrap();
-    std::fs::write(dir.path().join("sprites.ron"), MANIFEST).unwrap();
+    let dir = game::temp_crate("mcp-game", MANIFEST);
 
     let game = Game::start();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
-    let output = Command::new(python)
+    let output = process::without_pixelgen_settings(&mut Command::new(python))
         .arg(script)
         .arg(env!("CARGO_BIN_EXE_cargo-pixelgen"))
         .arg(dir.path().join("Cargo.toml"))
         .arg(game.port.to_string())
-        .env_remove("PIXELGEN_CACHE_DIR")
-        .env_remove("PIXELGEN_OFFLINE")
-        .env_remove("CI")
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    process::assert_success(&output);
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(
         report["tools"],
@@ -276,20 +264,14 @@ fn a_real_mcp_client_lists_and_calls_every_tool() {
 /// The example game's dev binary, headless with BRP on a free port, when it can run here.
 struct Game {
     port: u16,
-    child: Option<std::process::Child>,
+    child: Option<KillOnDrop>,
 }
 
 impl Game {
     fn start() -> Game {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = net::free_port();
         let binary = Path::new(env!("CARGO_BIN_EXE_cargo-pixelgen")).with_file_name("example-game");
-        let vulkan = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
-            .iter()
-            .any(|d| std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()));
+        let vulkan = headless::vulkan_driver_installed();
         let required = std::env::var_os("PIXELGEN_REQUIRE_SCREENSHOT").is_some();
         if !binary.is_file() || !vulkan {
             assert!(
@@ -300,22 +282,17 @@ impl Game {
             eprintln!("no game: the screenshot tool is tested against an empty port");
             return Game { port, child: None };
         }
-        let child = Command::new(binary)
+        let child = headless::without_display(&mut Command::new(binary))
             .args(["--headless", "--remote-port", &port.to_string()])
-            .env_remove("DISPLAY")
-            .env_remove("WAYLAND_DISPLAY")
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        let child = KillOnDrop(child);
         // Wait until its BRP server accepts connections.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the example game did not listen on {port} within 120 s"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
+        assert!(
+            net::wait_for_port(port, std::time::Duration::from_secs(120)),
+            "the example game did not listen on {port} within 120 s"
+        );
         Game {
             port,
             child: Some(child),
@@ -324,14 +301,5 @@ impl Game {
 
     fn running(&self) -> bool {
         self.child.is_some()
-    }
-}
-
-impl Drop for Game {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }

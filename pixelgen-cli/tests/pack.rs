@@ -2,15 +2,16 @@
 //! TexturePacker's JSON hash, read back the way an engine would.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use image::{Rgba, RgbaImage};
+use pixelgen_test_support::fs::read_json;
+use pixelgen_test_support::{images, process};
 use serde_json::Value;
 
 fn pack(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"))
+    process::cargo_pixelgen(env!("CARGO_BIN_EXE_cargo-pixelgen"))
         .current_dir(dir)
-        .arg("pixelgen") // as cargo calls it
         .arg("pack")
         .args(args)
         .output()
@@ -58,21 +59,13 @@ fn sprites(dir: &Path) -> Vec<(String, RgbaImage)> {
 /// Runs `pack` and asserts it succeeded.
 fn pack_ok(dir: &Path, args: &[&str]) {
     let out = pack(dir, args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    process::assert_success(&out);
 }
 
 fn sorted_names(sprites: &[(String, RgbaImage)]) -> Vec<String> {
     let mut names: Vec<String> = sprites.iter().map(|(n, _)| n.clone()).collect();
     names.sort();
     names
-}
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
 fn rect(frame: &Value, key: &str) -> [u32; 4] {
@@ -162,10 +155,8 @@ fn a_folder_becomes_an_atlas_and_texture_packer_json() {
             "2",
         ],
     );
-    let json = read_json(&dir.path().join("atlas.json"));
-    let png = image::open(dir.path().join("atlas.png"))
-        .unwrap()
-        .into_rgba8();
+    let json: Value = read_json(&dir.path().join("atlas.json"));
+    let png = images::read_rgba(&dir.path().join("atlas.png"));
     assert_eq!(json["meta"]["image"], "atlas.png");
     let mut names = check_page(&json, &png, &sprites, 2);
     names.sort();
@@ -223,8 +214,8 @@ fn trimming_records_where_each_frame_was_cut() {
             "1",
         ],
     );
-    let json = read_json(&dir.path().join("a.json"));
-    let png = image::open(dir.path().join("a.png")).unwrap().into_rgba8();
+    let json: Value = read_json(&dir.path().join("a.json"));
+    let png = images::read_rgba(&dir.path().join("a.png"));
     // Extrusion 1 + padding 1 keeps distinct frames 3 apart.
     check_page(&json, &png, &sprites, 3);
     let frame = &json["frames"]["item_01.png"];
@@ -258,9 +249,9 @@ fn sprites_beyond_max_size_go_onto_more_pages() {
         if !dir.path().join(&png).exists() {
             break;
         }
-        let json = read_json(&dir.path().join(&json));
+        let json: Value = read_json(&dir.path().join(&json));
         assert_eq!(json["meta"]["image"], png.as_str());
-        let png = image::open(dir.path().join(&png)).unwrap().into_rgba8();
+        let png = images::read_rgba(&dir.path().join(&png));
         assert!(png.width() <= 80 && png.height() <= 64);
         seen.extend(check_page(&json, &png, &sprites, 1));
     }

@@ -1,14 +1,14 @@
 //! `cargo pixelgen pixelize IN --size WxH -o OUT [--palette NAME|FILE] [--transparent]`.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use image::{Rgba, RgbaImage};
+use pixelgen_test_support::{images, process};
 
 fn pixelize(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"))
+    process::cargo_pixelgen(env!("CARGO_BIN_EXE_cargo-pixelgen"))
         .current_dir(dir)
-        .arg("pixelgen") // as cargo calls it
         .arg("pixelize")
         .args(args)
         .output()
@@ -49,12 +49,8 @@ fn pixelized(dir: &Path, extra: &[&str]) -> RgbaImage {
     let mut args = vec!["raw.png", "--size", "10x8", "-o", "out.png"];
     args.extend(extra);
     let out = pixelize(dir, &args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    image::open(dir.join("out.png")).unwrap().to_rgba8()
+    process::assert_success(&out);
+    images::read_rgba(&dir.join("out.png"))
 }
 
 #[test]

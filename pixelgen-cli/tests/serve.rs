@@ -7,8 +7,12 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use pixelgen_test_support::fs::{contents, copy_dir, files};
+use pixelgen_test_support::process::{self, KillOnDrop};
+use pixelgen_test_support::{fixtures, game};
 
 const MANIFEST: &str = r#"(sprites: {
     "knight": (prompt: "knight", seed: 2, size: (16, 16), palette: "pico-8", frames: 3,
@@ -16,47 +20,15 @@ const MANIFEST: &str = r#"(sprites: {
     "coin": (prompt: "gold coin", seed: 1, size: (16, 16)),
 })"#;
 
-fn fixture_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../pixelgen-diffusion/tests/fixtures/diffusion/sd1/model")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 fn game(manifest: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("Cargo.toml"),
-        "[package]\nname = \"serve-game\"\nversion = \"0.1.0\"\nedition = \"2024\"\n[workspace]\n",
-    )
-    .unwrap();
-    std::fs::create_dir_all(dir.path().join("src")).unwrap();
-    std::fs::write(dir.path().join("src/main.rs"), "fn main() {}\n").unwrap();
-    std::fs::write(dir.path().join("sprites.ron"), manifest).unwrap();
-    copy_dir(&fixture_model(), &dir.path().join("model"));
+    let dir = game::temp_crate("serve-game", manifest);
+    copy_dir(&fixtures::tiny_model("sd1"), &dir.path().join("model"));
     dir
 }
 
 fn cli() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"));
-    command
-        .arg("pixelgen")
-        .env_remove("PIXELGEN_SERVER")
-        .env_remove("PIXELGEN_CACHE_DIR")
-        .env_remove("PIXELGEN_OFFLINE")
-        .env_remove("CI")
-        .env("PIXELGEN_DEVICE", "cpu");
+    let mut command = process::cargo_pixelgen(env!("CARGO_BIN_EXE_cargo-pixelgen"));
+    command.env("PIXELGEN_DEVICE", "cpu");
     command
 }
 
@@ -78,25 +50,15 @@ fn text(bytes: &[u8]) -> String {
 
 /// The cache's files and the lock file.
 fn outputs(game: &Path) -> (BTreeMap<String, Vec<u8>>, Vec<u8>) {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let name = path.strip_prefix(root).unwrap().display().to_string();
-                out.insert(name, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    let mut files = BTreeMap::new();
-    walk(&game.join("cache"), &game.join("cache"), &mut files);
-    (files, std::fs::read(game.join("sprites.lock")).unwrap())
+    (
+        contents(&game.join("cache")),
+        std::fs::read(game.join("sprites.lock")).unwrap(),
+    )
 }
 
 /// A `cargo pixelgen serve` child process with its own socket folder and device lock.
 struct Serve {
-    child: Child,
+    child: KillOnDrop,
     socket: PathBuf,
     log: PathBuf,
     dir: tempfile::TempDir,
@@ -117,18 +79,14 @@ impl Serve {
             .spawn()
             .unwrap();
         let mut serve = Serve {
-            child,
+            child: KillOnDrop(child),
             socket,
             log,
             dir,
         };
-        let started = Instant::now();
-        while !serve.socket.exists() {
-            if let Some(status) = serve.child.try_wait().unwrap() {
-                panic!("serve exited with {status}: {}", serve.log());
-            }
-            assert!(started.elapsed() < Duration::from_secs(60), "no socket");
-            std::thread::sleep(Duration::from_millis(20));
+        let up = process::wait_for_file(&serve.socket, &mut serve.child, Duration::from_secs(60));
+        if let Err(e) = up {
+            panic!("serve: {e}: {}", serve.log());
         }
         serve
     }
@@ -143,19 +101,12 @@ impl Serve {
             .arg(&self.socket)
             .output()
             .unwrap();
-        assert!(output.status.success(), "{}", text(&output.stderr));
+        process::assert_success(&output);
         serde_json::from_slice(&output.stdout).unwrap()
     }
 
     fn server_args(&self) -> [&str; 2] {
         ["--server", self.socket.to_str().unwrap()]
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -186,7 +137,7 @@ fn serve_keeps_the_model_across_a_prompt_edit_and_writes_what_in_process_writes(
         std::fs::write(warm.path().join("sprites.ron"), manifest).unwrap();
         std::fs::write(cold.path().join("sprites.ron"), manifest).unwrap();
         let through = generate(warm.path(), &serve.server_args(), lock_dir.path());
-        assert!(through.status.success(), "{}", text(&through.stderr));
+        process::assert_success(&through);
         let summary = if step == 0 {
             "pixelgen: 2 sprites: 2 generated, 0 cached"
         } else {
@@ -206,7 +157,7 @@ fn serve_keeps_the_model_across_a_prompt_edit_and_writes_what_in_process_writes(
         assert_eq!(status["loads"], 1, "{status}");
         assert_eq!(status["requests"], 3 * (step + 1), "{status}");
         let direct = generate(cold.path(), &["--no-server"], lock_dir.path());
-        assert!(direct.status.success(), "{}", text(&direct.stderr));
+        process::assert_success(&direct);
         assert!(
             outputs(warm.path()) == outputs(cold.path()),
             "the cache or lock file differs after step {step}"
@@ -247,7 +198,7 @@ fn a_server_killed_during_a_build_leaves_a_clean_cache_and_the_build_finishes_in
     let raw = warm.path().join("cache/raw");
     let started = Instant::now();
     let count = |dir: &Path| -> usize {
-        walkdir(dir)
+        files(dir)
             .iter()
             .filter(|p| p.extension().is_some_and(|e| e == "png"))
             .count()
@@ -281,7 +232,7 @@ fn a_server_killed_during_a_build_leaves_a_clean_cache_and_the_build_finishes_in
 
     let cold = game(&manifest);
     let direct = generate(cold.path(), &["--no-server"], lock_dir.path());
-    assert!(direct.status.success(), "{}", text(&direct.stderr));
+    process::assert_success(&direct);
     let (files, lock) = outputs(warm.path());
     let stray: Vec<&String> = files
         .keys()
@@ -289,19 +240,4 @@ fn a_server_killed_during_a_build_leaves_a_clean_cache_and_the_build_finishes_in
         .collect();
     assert!(stray.is_empty(), "temporary or partial files: {stray:?}");
     assert!((files, lock) == outputs(cold.path()));
-}
-
-fn walkdir(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return files;
-    };
-    for entry in entries.flatten() {
-        if entry.path().is_dir() {
-            files.extend(walkdir(&entry.path()));
-        } else {
-            files.push(entry.path());
-        }
-    }
-    files
 }

@@ -7,13 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pixelgen-diffusion/tests/fixtures")
-}
+use pixelgen_test_support::fs::copy_dir;
+use pixelgen_test_support::{fixtures, game, images, process};
 
 fn cli() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_cargo-pixelgen"));
-    command.arg("pixelgen").env("PIXELGEN_DEVICE", "cpu");
+    let mut command = process::cargo_pixelgen(env!("CARGO_BIN_EXE_cargo-pixelgen"));
+    command.env("PIXELGEN_DEVICE", "cpu");
     command
 }
 
@@ -38,7 +37,7 @@ fn train_family(
     cli()
         .arg("train-lora")
         .arg("--model")
-        .arg(fixtures().join(format!("diffusion/{family}/model")))
+        .arg(fixtures::tiny_model(family))
         .arg("--images")
         .arg(images)
         .args(["--rank", "4", "--alpha", "4", "--steps", steps, "--lr", lr])
@@ -69,7 +68,7 @@ fn draw_family(
     command
         .arg("txt2img")
         .arg("--model")
-        .arg(fixtures().join(format!("diffusion/{family}/model")))
+        .arg(fixtures::tiny_model(family))
         .args(["--prompt", prompt, "--steps", steps, "--guidance", "5"])
         .args(["--scheduler", "euler", "--width", "64", "--height", "64"])
         .args(extra)
@@ -79,23 +78,7 @@ fn draw_family(
         command.arg("--lora").arg(format!("{}:1.0", lora.display()));
     }
     let drawn = command.output().unwrap();
-    assert!(
-        drawn.status.success(),
-        "{}",
-        String::from_utf8_lossy(&drawn.stderr)
-    );
-}
-
-/// The mean absolute difference of two images' channel values, in levels of 255.
-fn mean_abs_difference(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
-    assert_eq!(a.dimensions(), b.dimensions());
-    let total: u64 = a
-        .as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| u64::from(x.abs_diff(*y)))
-        .sum();
-    total as f64 / a.as_raw().len() as f64
+    process::assert_success(&drawn);
 }
 
 /// Every tensor of `ours` within 1e-4 of the largest value of the committed one.
@@ -134,7 +117,7 @@ fn trains_the_committed_lora_again_and_diffusers_draws_what_pixelgen_draws_with_
         let out = dir.path().join("style.safetensors");
         let output = train_family(
             family,
-            &fixtures().join("train/art"),
+            &fixtures::training().join("art"),
             &out,
             "50",
             "1e-3",
@@ -147,7 +130,7 @@ fn trains_the_committed_lora_again_and_diffusers_draws_what_pixelgen_draws_with_
             "{family}: {stderr}"
         );
 
-        let train_dir = fixtures().join("train");
+        let train_dir = fixtures::training();
         let committed_path = train_dir.join(format!("{name}_trained.safetensors"));
         let ours = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
         let committed =
@@ -166,11 +149,9 @@ fn trains_the_committed_lora_again_and_diffusers_draws_what_pixelgen_draws_with_
             &["--init-latents".as_ref(), latents.as_os_str()],
             &image,
         );
-        let ours = image::open(&image).unwrap().to_rgb8();
-        let theirs = image::open(train_dir.join(format!("{name}_trained_diffusers.png")))
-            .unwrap()
-            .to_rgb8();
-        let mean = mean_abs_difference(&ours, &theirs);
+        let ours = images::read_rgb(&image);
+        let theirs = images::read_rgb(&train_dir.join(format!("{name}_trained_diffusers.png")));
+        let (mean, _) = images::difference(&ours, &theirs);
         eprintln!(
             "{name}: pixelgen vs diffusers with the trained LoRA: mean abs difference {mean:.4}/255"
         );
@@ -212,9 +193,9 @@ fn a_killed_run_resumes_from_its_checkpoint() {
     let mut child = cli()
         .arg("train-lora")
         .arg("--model")
-        .arg(fixtures().join("diffusion/sd1/model"))
+        .arg(fixtures::tiny_model("sd1"))
         .arg("--images")
-        .arg(fixtures().join("train/art"))
+        .arg(fixtures::training().join("art"))
         .args([
             "--rank", "4", "--alpha", "4", "--steps", "50", "--lr", "1e-3",
         ])
@@ -244,7 +225,7 @@ fn a_killed_run_resumes_from_its_checkpoint() {
     assert!(!out.exists(), "killed before the end: no LoRA yet");
 
     let output = train(
-        &fixtures().join("train/art"),
+        &fixtures::training().join("art"),
         &out,
         &["--checkpoint-every", "5"],
     );
@@ -254,7 +235,7 @@ fn a_killed_run_resumes_from_its_checkpoint() {
     assert!(!checkpoint.exists(), "the checkpoint is removed at the end");
     let ours = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
     let committed = candle_core::safetensors::load(
-        fixtures().join("train/sd1_trained.safetensors"),
+        fixtures::training().join("sd1_trained.safetensors"),
         &candle_core::Device::Cpu,
     )
     .unwrap();
@@ -267,7 +248,7 @@ fn a_killed_run_resumes_from_its_checkpoint() {
 fn the_text_encoder_trains_along() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("style.safetensors");
-    let output = train(&fixtures().join("train/art"), &out, &["--text-encoder"]);
+    let output = train(&fixtures::training().join("art"), &out, &["--text-encoder"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("trained 40 modules"), "{stderr}");
@@ -296,7 +277,7 @@ fn the_text_encoder_trains_along() {
 fn conv_adapts_the_resnet_convolutions_too() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("style.safetensors");
-    let output = train(&fixtures().join("train/art"), &out, &["--conv"]);
+    let output = train(&fixtures::training().join("art"), &out, &["--conv"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("trained 48 modules"), "{stderr}");
@@ -332,16 +313,21 @@ fn two_hundred_steps_bring_a_drawn_caption_closer_to_its_training_image() {
 fn two_hundred_steps_bring_a_drawn_caption_closer_in(family: &str, lr: &str) {
     let dir = tempfile::tempdir().unwrap();
     let lora = dir.path().join("style.safetensors");
-    let output = train_family(family, &fixtures().join("train/art"), &lora, "200", lr, &[]);
+    let output = train_family(
+        family,
+        &fixtures::training().join("art"),
+        &lora,
+        "200",
+        lr,
+        &[],
+    );
     assert!(
         output.status.success(),
         "{family}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
 
-    let sprite = image::open(fixtures().join("train/art/potion.png"))
-        .unwrap()
-        .to_rgba8();
+    let sprite = images::read_rgba(&fixtures::training().join("art/potion.png"));
     let (w, h) = sprite.dimensions();
     let factor = (64 / w).min(64 / h);
     let (left, top) = ((64 - w * factor) / 2, (64 - h * factor) / 2);
@@ -358,7 +344,7 @@ fn two_hundred_steps_bring_a_drawn_caption_closer_in(family: &str, lr: &str) {
         }
     }
     let mse = |path: &Path| -> f64 {
-        let drawn = image::open(path).unwrap().to_rgb8();
+        let drawn = images::read_rgb(path);
         drawn
             .as_raw()
             .iter()
@@ -407,20 +393,9 @@ fn two_hundred_steps_bring_a_drawn_caption_closer_in(family: &str, lr: &str) {
 #[test]
 fn a_manifest_lora_is_trained_by_generate_like_train_lora_and_collected_when_replaced() {
     let dir = tempfile::tempdir().unwrap();
-    let art = dir.path().join("art");
-    std::fs::create_dir_all(&art).unwrap();
-    for entry in std::fs::read_dir(fixtures().join("train/art")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), art.join(entry.file_name())).unwrap();
-    }
-    std::fs::write(
-        dir.path().join("Cargo.toml"),
-        "[package]\nname = \"trained\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[workspace]\n",
-    )
-    .unwrap();
-    std::fs::create_dir_all(dir.path().join("src")).unwrap();
-    std::fs::write(dir.path().join("src/main.rs"), "fn main() {}\n").unwrap();
-    let model = fixtures().join("diffusion/sd1/model");
+    copy_dir(&fixtures::training().join("art"), &dir.path().join("art"));
+    game::write_crate(dir.path(), "trained");
+    let model = fixtures::tiny_model("sd1");
     let manifest = format!(
         r#"(
     trained_loras: {{
@@ -469,7 +444,7 @@ fn a_manifest_lora_is_trained_by_generate_like_train_lora_and_collected_when_rep
     assert_eq!(trained.len(), 1, "{trained:?}");
     let ours = candle_core::safetensors::load(&trained[0], &candle_core::Device::Cpu).unwrap();
     let committed = candle_core::safetensors::load(
-        fixtures().join("train/sd1_trained.safetensors"),
+        fixtures::training().join("sd1_trained.safetensors"),
         &candle_core::Device::Cpu,
     )
     .unwrap();
@@ -516,9 +491,9 @@ fn mixed_precision_training_draws_what_f32_training_draws() {
         .env("PIXELGEN_DTYPE", "f16")
         .arg("train-lora")
         .arg("--model")
-        .arg(fixtures().join("diffusion/sd1/model"))
+        .arg(fixtures::tiny_model("sd1"))
         .arg("--images")
-        .arg(fixtures().join("train/art"))
+        .arg(fixtures::training().join("art"))
         .args([
             "--rank", "4", "--alpha", "4", "--steps", "50", "--lr", "1e-3",
         ])
@@ -535,7 +510,7 @@ fn mixed_precision_training_draws_what_f32_training_draws() {
         "the factors stay f32"
     );
 
-    let train_dir = fixtures().join("train");
+    let train_dir = fixtures::training();
     let image = dir.path().join("potion.png");
     let latents = train_dir.join("sd1_trained_latents.safetensors");
     draw(
@@ -545,11 +520,9 @@ fn mixed_precision_training_draws_what_f32_training_draws() {
         &["--init-latents".as_ref(), latents.as_os_str()],
         &image,
     );
-    let ours = image::open(&image).unwrap().to_rgb8();
-    let f32_trained = image::open(train_dir.join("sd1_trained_diffusers.png"))
-        .unwrap()
-        .to_rgb8();
-    let mean = mean_abs_difference(&ours, &f32_trained);
+    let ours = images::read_rgb(&image);
+    let f32_trained = images::read_rgb(&train_dir.join("sd1_trained_diffusers.png"));
+    let (mean, _) = images::difference(&ours, &f32_trained);
     eprintln!("f16-trained vs f32-trained LoRA's image: mean abs difference {mean:.4}/255");
     assert!(mean <= 0.5, "{mean}/255");
 }

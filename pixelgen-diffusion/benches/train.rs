@@ -23,14 +23,12 @@ use pixelgen_diffusion::train::{
     ATTENTION_PROJECTIONS, BaseModel, Example, LoraAdapters, NoiseSchedule, Settings, optimizer,
     train,
 };
-
-fn json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
+use pixelgen_test_support::fixtures;
+use pixelgen_test_support::fs::read_json;
 
 fn pixelgen_steps_per_second(model: &Path, size: usize, steps: usize) -> f64 {
-    let config: UnetConfig = json(&model.join("unet/config.json"));
-    let scheduler: SchedulerConfig = json(&model.join("scheduler/scheduler_config.json"));
+    let config: UnetConfig = read_json(&model.join("unet/config.json"));
+    let scheduler: SchedulerConfig = read_json(&model.join("scheduler/scheduler_config.json"));
     let schedule = NoiseSchedule::new(&scheduler).unwrap();
     let frozen: TensorMap = candle_core::safetensors::load(
         model.join("unet/diffusion_pytorch_model.safetensors"),
@@ -123,8 +121,7 @@ fn peer(
 }
 
 fn main() {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusion");
-    let tiny = fixtures.join("sd1/model");
+    let tiny = fixtures::tiny_model("sd1");
     let small = std::env::temp_dir().join("pixelgen-small-sd");
     let python = std::env::var("PIXELGEN_BENCH_PYTHON").ok();
     // The peer writes the small model (a short run); without it, it must already be there.

@@ -6,17 +6,15 @@
 #![cfg(feature = "backend")]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use pixelgen_diffusion::{
     LoadedModel, LoraFile, ModelLocation, Noise, Request, Scheduler, Settings,
 };
+use pixelgen_test_support::fs::read_json;
+use pixelgen_test_support::{fixtures, images};
 use serde::Deserialize;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusion")
-}
 
 #[derive(Debug, Deserialize)]
 struct CaseLora {
@@ -48,8 +46,7 @@ struct Case {
 }
 
 fn cases(family: &Path) -> Vec<Case> {
-    let text = std::fs::read_to_string(family.join("cases.json")).expect("cases.json");
-    serde_json::from_str(&text).expect("valid cases.json")
+    read_json(&family.join("cases.json"))
 }
 
 fn flat(tensor: &Tensor) -> Vec<f32> {
@@ -76,19 +73,6 @@ fn noise(family: &Path, case: &Case) -> Noise {
         steps,
         seed: 0,
     }
-}
-
-/// Mean absolute difference in 0–255 units, and the largest single difference.
-fn difference(a: &image::RgbImage, b: &image::RgbImage) -> (f64, u8) {
-    assert_eq!(a.dimensions(), b.dimensions(), "image sizes differ");
-    let mut sum = 0u64;
-    let mut max = 0u8;
-    for (x, y) in a.as_raw().iter().zip(b.as_raw()) {
-        let d = x.abs_diff(*y);
-        sum += u64::from(d);
-        max = max.max(d);
-    }
-    (sum as f64 / a.as_raw().len() as f64, max)
 }
 
 fn load(location: &ModelLocation, family: &Path, loras: &[CaseLora]) -> LoadedModel {
@@ -141,15 +125,15 @@ fn draw(model: &LoadedModel, family: &Path, case: &Case) -> image::RgbImage {
 
 /// Runs every case of one family and checks each against diffusers.
 fn family_matches_diffusers(name: &str) {
-    let family = fixtures().join(name);
+    let family = fixtures::family(name);
     let location = ModelLocation::Folder(family.join("model"));
     let mut failures = Vec::new();
     for case in cases(&family) {
         let model = load(&location, &family, &case.loras);
         check_token_ids(&model, &format!("{name}/{}", case.name), &case);
         let image = draw(&model, &family, &case);
-        let expected = image::open(family.join(&case.expected)).unwrap().to_rgb8();
-        let (mean, max) = difference(&image, &expected);
+        let expected = images::read_rgb(&family.join(&case.expected));
+        let (mean, max) = images::difference(&image, &expected);
         eprintln!(
             "{name}/{}: mean abs difference {mean:.4}/255, max {max}/255",
             case.name
@@ -183,15 +167,14 @@ struct Layout {
 /// spellings, DoRA. Prints the table docs/src/stable-diffusion.md shows ("Folder layouts").
 #[test]
 fn every_layout_loads_with_diffusers_pixels() {
-    let layouts_dir = fixtures().join("layouts");
-    let text = std::fs::read_to_string(layouts_dir.join("layouts.json")).expect("layouts.json");
-    let layouts: Vec<Layout> = serde_json::from_str(&text).expect("valid layouts.json");
+    let layouts_dir = fixtures::diffusion().join("layouts");
+    let layouts: Vec<Layout> = read_json(&layouts_dir.join("layouts.json"));
     assert!(layouts.len() >= 11, "{} layouts", layouts.len());
     let mut failures = Vec::new();
     eprintln!("| layout | loads | mean diff vs diffusers | what |");
     eprintln!("|---|---|---|---|");
     for layout in &layouts {
-        let family = fixtures().join(&layout.family);
+        let family = fixtures::family(&layout.family);
         let case = cases(&family)
             .into_iter()
             .find(|c| c.name == layout.case)
@@ -215,10 +198,8 @@ fn every_layout_loads_with_diffusers_pixels() {
         };
         check_token_ids(&model, &layout.name, &case);
         let image = draw(&model, &family, &case);
-        let expected = image::open(layouts_dir.join(&layout.expected))
-            .unwrap()
-            .to_rgb8();
-        let (mean, max) = difference(&image, &expected);
+        let expected = images::read_rgb(&layouts_dir.join(&layout.expected));
+        let (mean, max) = images::difference(&image, &expected);
         let reference = if layout.diffusers {
             ""
         } else {
@@ -261,14 +242,14 @@ fn sdxl_matches_diffusers() {
 /// `timestep_spacing` means `linspace` for Euler), and the same pixels as the folder.
 #[test]
 fn single_file_checkpoint_matches_diffusers_and_its_folder() {
-    let family = fixtures().join("sd1");
+    let family = fixtures::family("sd1");
     let single = ModelLocation::SingleFile(family.join("single/tiny-sd1.safetensors"));
     let folder = ModelLocation::Folder(family.join("model"));
     let mut failures = Vec::new();
     for case in cases(&family) {
         let image = draw(&load(&single, &family, &case.loras), &family, &case);
-        let expected = image::open(family.join(&case.expected)).unwrap().to_rgb8();
-        let (mean, max) = difference(&image, &expected);
+        let expected = images::read_rgb(&family.join(&case.expected));
+        let (mean, max) = images::difference(&image, &expected);
         eprintln!(
             "sd1 single file/{}: mean {mean:.4}/255, max {max}/255",
             case.name
@@ -277,7 +258,7 @@ fn single_file_checkpoint_matches_diffusers_and_its_folder() {
             failures.push(format!("{}: mean {mean:.3}/255 (max {max})", case.name));
         }
         let from_folder = draw(&load(&folder, &family, &case.loras), &family, &case);
-        if difference(&image, &from_folder) != (0.0, 0) {
+        if images::difference(&image, &from_folder) != (0.0, 0) {
             failures.push(format!("{}: single file and folder differ", case.name));
         }
     }
@@ -295,14 +276,13 @@ struct TokenizerCase {
 /// truncation, empty) give exactly the slow CLIPTokenizer's ids.
 #[test]
 fn tokenizer_matches_transformers() {
-    let text = std::fs::read_to_string(fixtures().join("tokenizer_cases.json")).unwrap();
-    let cases: Vec<TokenizerCase> = serde_json::from_str(&text).unwrap();
+    let cases: Vec<TokenizerCase> = read_json(&fixtures::diffusion().join("tokenizer_cases.json"));
     assert!(!cases.is_empty());
     for case in cases {
         // The two pad conventions: end-of-text (SD1, SDXL's first) and `!` (SD2, SDXL's second).
         let dir = match case.tokenizer.as_str() {
-            "tokenizer" => fixtures().join("sd1/model/tokenizer"),
-            _ => fixtures().join("sdxl/model/tokenizer_2"),
+            "tokenizer" => fixtures::tiny_model("sd1").join("tokenizer"),
+            _ => fixtures::tiny_model("sdxl").join("tokenizer_2"),
         };
         let tokenizer = pixelgen_diffusion::tokenizer::ClipTokenizer::from_dir(&dir).unwrap();
         assert_eq!(

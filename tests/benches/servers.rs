@@ -18,6 +18,7 @@ use pixelgen_build::environment::Environment;
 use pixelgen_build::key::FileHasher;
 use pixelgen_build::pipeline::Quiet;
 use pixelgen_build::{Project, Session};
+use pixelgen_test_support::fixtures;
 use pixelgen_tests::invokeai::{self, InvokeAi};
 use serde_json::{Value, json};
 
@@ -125,14 +126,11 @@ fn main() {
     let Some(web) = invokeai::executable() else {
         return;
     };
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../pixelgen-diffusion/tests/fixtures/diffusion/sd1/model")
-        .canonicalize()
-        .unwrap();
+    let model = fixtures::tiny_model("sd1");
     let mut a = InvokeAi::start(&web);
     let mut b = InvokeAi::start(&web);
-    a.ready(&fixtures, &[]);
-    b.ready(&fixtures, &[]);
+    a.ready(&model, &[]);
+    b.ready(&model, &[]);
     // Warm both: the first graph loads the model.
     pixelgen_run(&[a.url()], 1, "warm a");
     pixelgen_run(&[b.url()], 1, "warm b");

@@ -8,17 +8,19 @@
 //! `PIXELGEN_REQUIRE_INVOKEAI` is set (CI sets it), where they fail.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pixelgen_test_support::process::KillOnDrop;
+use pixelgen_test_support::{fixtures, net};
 use serde_json::{Value, json};
 
 /// The name the tests' manifests give the model.
 pub const MODEL: &str = "tiny-sd1";
 
-/// A running InvokeAI.
+/// A running InvokeAI, killed when dropped.
 pub struct InvokeAi {
-    child: Option<Child>,
+    child: Option<KillOnDrop>,
     pub port: u16,
     root: tempfile::TempDir,
 }
@@ -28,7 +30,7 @@ pub struct InvokeAi {
 pub fn executable() -> Option<PathBuf> {
     let candidate = std::env::var_os("PIXELGEN_INVOKEAI_WEB")
         .map(PathBuf::from)
-        .unwrap_or_else(|| super::workspace_root().join("target/invokeai-venv/bin/invokeai-web"));
+        .unwrap_or_else(|| fixtures::target_dir().join("invokeai-venv/bin/invokeai-web"));
     if candidate.is_file() {
         return Some(candidate);
     }
@@ -41,13 +43,6 @@ pub fn executable() -> Option<PathBuf> {
     }
     eprintln!("skipped: {message}");
     None
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn agent() -> ureq::Agent {
@@ -64,7 +59,7 @@ impl InvokeAi {
             .prefix("pixelgen-invokeai-")
             .tempdir()
             .expect("temp root");
-        let port = free_port();
+        let port = net::free_port();
         std::fs::write(
             root.path().join("invokeai.yaml"),
             format!(
@@ -86,7 +81,7 @@ impl InvokeAi {
             .spawn()
             .expect("start invokeai-web");
         InvokeAi {
-            child: Some(child),
+            child: Some(KillOnDrop(child)),
             port,
             root,
         }
@@ -231,15 +226,6 @@ impl InvokeAi {
 
     /// Kills the server at once (as a crash would).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for InvokeAi {
-    fn drop(&mut self) {
-        self.kill();
+        drop(self.child.take());
     }
 }

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use pixelgen_test_support::fixtures::workspace_root;
+
 pub mod invokeai;
 
 /// A throwaway game crate: Cargo.toml, build.rs calling pixelgen, sprites.ron.
@@ -20,13 +22,6 @@ pub struct BuildOutput {
     pub summary: Option<(usize, usize, usize)>,
     /// The build script's OUT_DIR, when it ran.
     pub out_dir: Option<PathBuf>,
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace")
-        .to_path_buf()
 }
 
 /// The target folder the running test binary was built in (`<target>/debug/deps/<test>`):
@@ -203,11 +198,8 @@ publish = false
         let mut command = cargo();
         command.arg("build").current_dir(self.path());
         remove_test_environment(&mut command);
-        command
+        pixelgen_test_support::process::without_pixelgen_settings(&mut command)
             .env("CARGO_TARGET_DIR", shared_target_dir())
-            .env_remove("CI")
-            .env_remove("PIXELGEN_OFFLINE")
-            .env_remove("PIXELGEN_CACHE_DIR")
             // A user's `cargo build`, not CI's clippy-linted one (.ci/run sets these).
             .env_remove("RUSTC_WORKSPACE_WRAPPER")
             .env_remove("CLIPPY_ARGS")
@@ -242,20 +234,7 @@ publish = false
     /// Every cache entry (`cache/ab/<key>.png`), sorted; not the published live atlases
     /// in `cache/live/` or raw images in `cache/raw/`.
     pub fn cache_files(&self) -> Vec<PathBuf> {
-        let mut files = Vec::new();
-        let Ok(dirs) = std::fs::read_dir(self.cache_dir()) else {
-            return files;
-        };
-        for dir in dirs.flatten() {
-            if dir.file_name().len() != 2 {
-                continue;
-            }
-            if let Ok(entries) = std::fs::read_dir(dir.path()) {
-                files.extend(entries.flatten().map(|e| e.path()));
-            }
-        }
-        files.sort();
-        files
+        pixelgen_test_support::fs::cache_entries(&self.cache_dir())
     }
 }
 

@@ -1,5 +1,6 @@
 //! Real `cargo build`s of temporary game crates that use pixelgen-build from build.rs.
 
+use pixelgen_test_support::fixtures;
 use pixelgen_tests::GameCrate;
 
 const MANIFEST: &str = r#"(
@@ -224,10 +225,7 @@ fn sprites_without_the_pixelgen_dependency_says_to_add_it() {
 /// through `cargo build`: generated once, then cached, then built offline.
 #[test]
 fn a_diffusion_sprite_builds_through_cargo_build_from_a_local_model() {
-    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../pixelgen-diffusion/tests/fixtures/diffusion/sd1/model")
-        .canonicalize()
-        .expect("the tiny SD1 fixture model");
+    let model = fixtures::tiny_model("sd1");
     let manifest = format!(
         r#"(
     defaults: (size: (16, 16), palette: "pico-8"),
@@ -317,11 +315,7 @@ fn a_diffusion_sprite_builds_through_cargo_build_from_a_local_model() {
 /// the cache, with neither the model nor training needed.
 #[test]
 fn a_trained_lora_is_a_cached_build_product_retrained_when_an_image_changes() {
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../pixelgen-diffusion/tests/fixtures")
-        .canonicalize()
-        .expect("the fixtures");
-    let model = fixtures.join("diffusion/sd1/model");
+    let model = fixtures::tiny_model("sd1");
     let manifest = format!(
         r#"(
     trained_loras: {{
@@ -342,7 +336,7 @@ fn a_trained_lora_is_a_cached_build_product_retrained_when_an_image_changes() {
         model = model.display().to_string()
     );
     let game = GameCrate::new("e2e_trained_lora", &manifest);
-    let art = fixtures.join("train/art");
+    let art = fixtures::training().join("art");
     for (folder, files) in [
         (
             "art/items",

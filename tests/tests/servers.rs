@@ -6,15 +6,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use pixelgen_test_support::fixtures;
 use pixelgen_tests::GameCrate;
 use pixelgen_tests::invokeai::{self, InvokeAi};
-
-fn fixtures() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../pixelgen-diffusion/tests/fixtures/diffusion/sd1")
-        .canonicalize()
-        .expect("the tiny SD1 fixture")
-}
 
 fn manifest(urls: &[String], coins_prompt: &str, hero_prompt: &str, lora: &Path) -> String {
     let urls = urls
@@ -53,18 +47,15 @@ fn server_sprites_build_fan_out_survive_a_dead_server_and_build_offline() {
     let Some(web) = invokeai::executable() else {
         return;
     };
-    let model = fixtures().join("model");
-    let lora = fixtures().join("lora_kohya.safetensors");
+    let model = fixtures::tiny_model("sd1");
+    let lora = fixtures::family("sd1").join("lora_kohya.safetensors");
     // Both start at once; each then gets the model and the LoRA.
     let mut a = InvokeAi::start(&web);
     let mut b = InvokeAi::start(&web);
     a.ready(&model, &[&lora]);
     b.ready(&model, &[&lora]);
     // Only server a has the SDXL model: b is left out of its sprite's frames.
-    let sdxl = fixtures()
-        .join("../sdxl/model")
-        .canonicalize()
-        .expect("the tiny SDXL fixture");
+    let sdxl = fixtures::tiny_model("sdxl");
     a.install_main(&sdxl, "tiny-sdxl", "sdxl");
     let urls = vec![a.url(), b.url()];
 

@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+use pixelgen_test_support::{headless, images};
+
 /// endesga-32, the example's palette (sprites.ron `defaults.palette`).
 const PALETTE: [u32; 32] = [
     0xbe4a2f, 0xd77643, 0xead4aa, 0xe4a672, 0xb86f50, 0x733e39, 0x3e2731, 0xa22633, 0xe43b44,
@@ -13,16 +15,10 @@ const PALETTE: [u32; 32] = [
     0x68386c, 0xb55088, 0xf6757a, 0xe8b796, 0xc28569,
 ];
 
-fn vulkan_driver_installed() -> bool {
-    ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"]
-        .iter()
-        .any(|dir| std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()))
-}
-
 /// Without a Vulkan driver a test that renders cannot run: it skips, unless
 /// `PIXELGEN_REQUIRE_SCREENSHOT` is set (CI installs lavapipe and sets it).
 pub fn can_render() -> bool {
-    if vulkan_driver_installed() {
+    if headless::vulkan_driver_installed() {
         return true;
     }
     assert!(
@@ -35,8 +31,8 @@ pub fn can_render() -> bool {
 
 /// The picture is the game's: 800×600, nine in ten pixels palette colours, a scene.
 pub fn check_screenshot(path: &Path, log: &str) {
-    let image = image::open(path)
-        .unwrap_or_else(|e| panic!("{}: {e}\n{log}", path.display()))
+    let image = images::open(path)
+        .unwrap_or_else(|e| panic!("{e}\n{log}"))
         .into_rgb8();
     check_picture(&image);
 }
@@ -55,12 +51,9 @@ pub fn check_picture(image: &image::RgbImage) {
         in_palette * 10 >= total * 9,
         "only {in_palette} of {total} pixels are palette colours"
     );
-    let mut colours: Vec<[u8; 3]> = image.pixels().map(|p| p.0).collect();
-    colours.sort_unstable();
-    colours.dedup();
+    let colours = images::colour_count(image);
     assert!(
-        colours.len() >= 8,
-        "a scene, not a blank frame: {} colours",
-        colours.len()
+        colours >= 8,
+        "a scene, not a blank frame: {colours} colours"
     );
 }
