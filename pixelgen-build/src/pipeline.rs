@@ -1438,7 +1438,7 @@ mod tests {
                 );
             }
         }
-        let leftovers: Vec<_> = walk(&dir.path().join("cache"))
+        let leftovers: Vec<_> = pixelgen_test_support::fs::files(&dir.path().join("cache"))
             .into_iter()
             .filter(|p| {
                 let name = p.file_name().unwrap().to_string_lossy();
@@ -1512,7 +1512,7 @@ mod tests {
             .filter(|l| matches!(l, Lookup::Hit { .. }))
             .collect();
         assert_eq!(stored.len(), 2);
-        let files: Vec<PathBuf> = walk(&dir.path().join("cache"));
+        let files: Vec<PathBuf> = pixelgen_test_support::fs::files(&dir.path().join("cache"));
         let pngs = files
             .iter()
             .filter(|p| p.extension().is_some_and(|e| e == "png"))
@@ -1524,18 +1524,6 @@ mod tests {
                 .all(|p| !p.to_string_lossy().contains(".tmp-pixelgen")),
             "{files:?}"
         );
-    }
-
-    fn walk(dir: &Path) -> Vec<PathBuf> {
-        let mut files = Vec::new();
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            if entry.path().is_dir() {
-                files.extend(walk(&entry.path()));
-            } else {
-                files.push(entry.path());
-            }
-        }
-        files
     }
 
     #[test]
@@ -1560,19 +1548,6 @@ mod tests {
     }
 
     #[cfg(feature = "diffusion")]
-    fn copy_dir(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            if entry.path().is_dir() {
-                copy_dir(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), target).unwrap();
-            }
-        }
-    }
-
     /// Changing only the palette re-pixelizes the cached raw image: no model is needed
     /// (here it has been moved away, so loading it would fail).
     #[cfg(feature = "diffusion")]
@@ -1581,7 +1556,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../pixelgen-diffusion/tests/fixtures/diffusion/sd1/model");
-        copy_dir(&fixture, &dir.path().join("model"));
+        pixelgen_test_support::fs::copy_dir(&fixture, &dir.path().join("model"));
         let manifest = |palette: &str| {
             format!(
                 r#"(sprites: {{ "knight": (prompt: "knight", seed: 2, size: (16, 16), palette: "{palette}", frames: 2,
@@ -1591,7 +1566,7 @@ mod tests {
         let project = project(dir.path(), &manifest("pico-8"));
         let summary = session(&project, false).realize(false, &mut Quiet).unwrap();
         assert_eq!(summary.generated, 1);
-        let raw_files = walk(&project.cache_dir.join("raw"));
+        let raw_files = pixelgen_test_support::fs::files(&project.cache_dir.join("raw"));
         assert_eq!(raw_files.len(), 2, "one raw image per frame: {raw_files:?}");
 
         std::fs::rename(dir.path().join("model"), dir.path().join("moved")).unwrap();
@@ -1600,6 +1575,6 @@ mod tests {
         assert!(second.status().iter().all(|s| s.status == Freshness::Stale));
         let summary = second.realize(false, &mut Quiet).unwrap();
         assert_eq!(summary.generated, 1, "re-pixelized from the raw cache");
-        assert_eq!(walk(&project.cache_dir.join("raw")).len(), 2);
+        assert_eq!(pixelgen_test_support::fs::files(&project.cache_dir.join("raw")).len(), 2);
     }
 }
