@@ -1575,6 +1575,9 @@ mod tests {
         assert!(second.status().iter().all(|s| s.status == Freshness::Stale));
         let summary = second.realize(false, &mut Quiet).unwrap();
         assert_eq!(summary.generated, 1, "re-pixelized from the raw cache");
-        assert_eq!(pixelgen_test_support::fs::files(&project.cache_dir.join("raw")).len(), 2);
+        assert_eq!(
+            pixelgen_test_support::fs::files(&project.cache_dir.join("raw")).len(),
+            2
+        );
     }
 }

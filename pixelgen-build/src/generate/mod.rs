@@ -166,9 +166,17 @@ impl GroupKey {
 pub fn encode_loras(encoding: &mut Canonical, loras: &[ResolvedLora]) {
     encoding.u64(loras.len() as u64);
     for lora in loras {
-        encoding
-            .str(&lora.file.to_string_lossy())
-            .u64(u64::from(lora.weight.to_bits()));
+        encode_path(encoding, &lora.file);
+        encoding.u64(u64::from(lora.weight.to_bits()));
+    }
+}
+
+/// Writes a path by its components, as paths compare: `dir/./a` and `dir/a` are one file.
+pub fn encode_path(encoding: &mut Canonical, path: &Path) {
+    let components: Vec<_> = path.components().collect();
+    encoding.u64(components.len() as u64);
+    for component in components {
+        encoding.str(&component.as_os_str().to_string_lossy());
     }
 }
 

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::generate::{
     Backend, Drawer, Drawn, Frame, GenerateError, GroupInputs, GroupKey, KeyError, KeyInputs,
-    KeyParts, Reported, ResolvedLora, Workshop, encode_loras, frame_seed,
+    KeyParts, Reported, ResolvedLora, Workshop, encode_loras, encode_path, frame_seed,
 };
 use crate::key::{Canonical, InputFile};
 use crate::timings::{Stage, Timings};
@@ -97,9 +97,10 @@ impl Backend for ServerSpec {
             None => encoding.str("default-resolution"),
         };
         match &self.workflow {
-            Some(workflow) => encoding
-                .str(&workflow.resolved.to_string_lossy())
-                .str(&format!("{:?}", workflow.inputs)),
+            Some(workflow) => {
+                encode_path(&mut encoding, &workflow.resolved);
+                encoding.str(&format!("{:?}", workflow.inputs))
+            }
             None => encoding.str("no-workflow"),
         };
         encode_loras(&mut encoding, loras);

@@ -4,15 +4,15 @@
 
 use std::path::Path;
 
-use crate::input_file::{FileKind, InputFileError, MAX_MODEL_FILE_BYTES};
-use crate::manifest::merge::Merged;
-use crate::manifest::raw::{RawGenerator, RawWorkflowInputs};
 use crate::generate::GeneratorSpec;
 use crate::generate::diffusion::DiffusionSpec;
 use crate::generate::image_servers::{
     Endpoint, SERVER_DEFAULT_GUIDANCE, SERVER_DEFAULT_SCHEDULER, SERVER_DEFAULT_STEPS, ServerKind,
     ServerSpec, WorkflowInputs, WorkflowSpec,
 };
+use crate::input_file::{FileKind, InputFileError, MAX_MODEL_FILE_BYTES};
+use crate::manifest::merge::Merged;
+use crate::manifest::raw::{RawGenerator, RawWorkflowInputs};
 use crate::manifest::{MAX_GUIDANCE, MAX_RESOLUTION, MAX_STEPS};
 
 use super::{Invalid, SpriteEntry, Validator};

@@ -2,11 +2,11 @@
 //! one page of that atlas, and the manifest's `atlases` they go in.
 
 use crate::atlas::AtlasOptions;
+use crate::generate::GeneratorSpec;
+use crate::generate::image_servers::ServerKind;
 use crate::identity::{AtlasName, SpriteName};
 use crate::manifest::merge::{Merged, MergedSprite};
 use crate::manifest::raw::{RawDefaults, RawManifest, RawSprite};
-use crate::generate::GeneratorSpec;
-use crate::generate::image_servers::ServerKind;
 use crate::manifest::{
     AtlasSpec, DEFAULT_ATLAS, MAX_FRAMES, MAX_PAGE_SIDE, MAX_SIDE, MAX_SPACING, SpriteSpec,
     TrainedLoraSpec,
