@@ -25,12 +25,15 @@ use rmcp::model::{
 };
 use rmcp::service::RequestContext;
 use rmcp::{
-    ErrorData, Peer, RoleServer, ServerHandler, ServiceExt, schemars, tool, tool_handler,
-    tool_router,
+    ErrorData, Peer, RoleServer, ServerHandler, ServiceExt, tool, tool_handler, tool_router,
 };
-use serde::Deserialize;
 
 use crate::game::{CallError, Game};
+
+mod params;
+mod resources;
+
+use params::*;
 
 /// The server: one game crate, and the port its running dev build answers BRP on.
 #[derive(Clone)]
@@ -44,82 +47,6 @@ pub struct PixelgenMcp {
 /// The manifest resource's URI; atlas pages are `pixelgen://atlas/{atlas}/{page}.png`.
 const MANIFEST_URI: &str = "pixelgen://manifest/sprites.ron";
 const ATLAS_URI_PREFIX: &str = "pixelgen://atlas/";
-
-#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
-pub struct Generate {
-    /// Only these sprites (names in sprites.ron); every stale sprite when left out. The
-    /// live atlases are published when no other sprite is left stale.
-    pub sprites: Option<Vec<String>>,
-}
-
-#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
-pub struct GameScreenshot {
-    /// Nearest-neighbour scale factor (1 to 8); 1 when left out.
-    pub scale: Option<u32>,
-}
-
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct SpriteName {
-    /// The sprite's name in sprites.ron.
-    pub name: String,
-}
-
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct SetSprite {
-    /// The sprite's name in sprites.ron; a new sprite is added when there is none.
-    pub name: String,
-    /// What to draw.
-    pub prompt: Option<String>,
-    pub negative_prompt: Option<String>,
-    pub seed: Option<u64>,
-    /// Animation frames.
-    pub frames: Option<u32>,
-    /// `[width, height]` in pixels.
-    pub size: Option<[u32; 2]>,
-    /// The atlas it goes to (declared in sprites.ron).
-    pub atlas: Option<String>,
-    /// A built-in palette name or a .hex/.gpl file beside sprites.ron.
-    pub palette: Option<String>,
-    /// Remove the sprite instead (every other argument is ignored).
-    pub remove: Option<bool>,
-}
-
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct Variations {
-    /// The sprite's name in sprites.ron.
-    pub name: String,
-    /// How many seeds to draw (1 to 16); 4 when left out.
-    pub count: Option<u32>,
-    /// The first seed; the sprite's seed + 1 when left out. Seeds are consecutive.
-    pub first_seed: Option<u64>,
-}
-
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct Pick {
-    /// The sprite's name in sprites.ron.
-    pub name: String,
-    /// The seed to keep (one that `variations` showed).
-    pub seed: u64,
-}
-
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct Preview {
-    /// The sprite's name in sprites.ron.
-    pub name: String,
-    /// Which frame (0-based); 0 when left out.
-    pub frame: Option<u32>,
-    /// Nearest-neighbour scale factor (1 to 32); by default the sprite is scaled to about
-    /// 256 pixels on its longer side.
-    pub scale: Option<u32>,
-}
-
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
-pub struct AtlasPage {
-    /// The atlas's name in sprites.ron (`main` when the manifest declares none).
-    pub atlas: String,
-    /// Which page (0-based); 0 when left out.
-    pub page: Option<usize>,
-}
 
 /// A tool error: the message the user (or the assistant) acts on.
 fn refusal(message: impl Into<String>) -> CallToolResult {
@@ -753,81 +680,6 @@ impl PixelgenMcp {
             Ok(Err(error)) => error.to_string(),
             Err(e) => format!("asking the game to reload failed: {e}"),
         }
-    }
-
-    fn resources(&self) -> Result<Vec<Resource>, Error> {
-        let project = self.project()?;
-        let mut resources = vec![
-            Resource::new(MANIFEST_URI, "sprites.ron")
-                .with_description("The crate's sprite manifest, as it is on disk")
-                .with_mime_type("text/plain"),
-        ];
-        if let Ok(index) = live_index(&project) {
-            for atlas in &index.atlases {
-                for (page, indexed) in atlas.pages.iter().enumerate() {
-                    resources.push(
-                        Resource::new(
-                            format!("{ATLAS_URI_PREFIX}{}/{page}.png", atlas.name),
-                            format!("atlas {} page {page}", atlas.name),
-                        )
-                        .with_description(format!(
-                            "The published page ({}×{} px, {} layout indices) a running dev build shows",
-                            indexed.width,
-                            indexed.height,
-                            indexed.rects.len()
-                        ))
-                        .with_mime_type("image/png"),
-                    );
-                }
-            }
-        }
-        Ok(resources)
-    }
-
-    fn read(&self, uri: &str) -> Result<ResourceContents, ErrorData> {
-        let project = self
-            .project()
-            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-        if uri == MANIFEST_URI {
-            let text = std::fs::read_to_string(&project.manifest_path).map_err(|e| {
-                ErrorData::internal_error(
-                    format!("cannot read {}: {e}", project.manifest_path.display()),
-                    None,
-                )
-            })?;
-            return Ok(ResourceContents::text(text, uri).with_mime_type("text/plain"));
-        }
-        let not_found = || {
-            ErrorData::resource_not_found(
-                format!("no resource {uri}; list them with resources/list"),
-                None,
-            )
-        };
-        let (atlas, page) = uri
-            .strip_prefix(ATLAS_URI_PREFIX)
-            .and_then(|rest| rest.strip_suffix(".png"))
-            .and_then(|rest| rest.rsplit_once('/'))
-            .ok_or_else(not_found)?;
-        let page: usize = page.parse().map_err(|_| not_found())?;
-        let index =
-            live_index(&project).map_err(|message| ErrorData::internal_error(message, None))?;
-        // The page's path comes from the index, never from the URI.
-        let indexed = index
-            .atlases
-            .iter()
-            .find(|a| a.name == atlas)
-            .and_then(|a| a.pages.get(page))
-            .ok_or_else(not_found)?;
-        let bytes = std::fs::read(&indexed.image).map_err(|e| {
-            ErrorData::internal_error(
-                format!("cannot read {}: {e}", indexed.image.display()),
-                None,
-            )
-        })?;
-        Ok(
-            ResourceContents::blob(base64::engine::general_purpose::STANDARD.encode(bytes), uri)
-                .with_mime_type("image/png"),
-        )
     }
 }
 
