@@ -106,12 +106,12 @@ impl Build {
         let session =
             session.with_server(crate::generate::diffusion::warm::server_for(&environment));
         let mut session = session;
-        for path in &session.manifest.input_files {
+        for path in &session.plan.input_files {
             println!("cargo:rerun-if-changed={}", path.display());
         }
         // Cargo scans a folder (a trained LoRA's images) for any change inside it.
         for path in session
-            .manifest
+            .plan
             .lora_inputs()
             .into_iter()
             .filter(|p| p.exists())
@@ -120,19 +120,7 @@ impl Build {
         }
         // A model's files are part of its sprites' keys: a changed model reruns the build.
         let manifest_dir = session.project.manifest_dir();
-        let models: std::collections::BTreeSet<&str> = session
-            .manifest
-            .sprites
-            .iter()
-            .filter_map(|s| s.generator.backend().local_model())
-            .chain(
-                session
-                    .manifest
-                    .trained_loras
-                    .iter()
-                    .map(|t| t.model.as_str()),
-            )
-            .collect();
+        let models = session.plan.local_models();
         for model in models {
             if let Ok(location) = crate::generate::diffusion::model_files::locate(
                 model,

@@ -25,14 +25,17 @@ pub fn emit(session: &Session, out_dir: &Path) -> Result<Index, Error> {
     }
 
     let mut atlases = Vec::new();
-    for atlas_spec in &session.manifest.atlases {
+    for atlas_spec in &session.plan.atlases {
         // Sprites by name, then frames: independent of manifest order.
         let mut frames: Vec<(&FrameId, RgbaImage)> = Vec::new();
         let mut sprites = Vec::new();
-        for (sprite, planned) in session
-            .sprites_with_keys()
-            .filter(|(s, _)| s.atlas == atlas_spec.name)
+        for planned in session
+            .plan
+            .sprites
+            .iter()
+            .filter(|planned| planned.spec.atlas == atlas_spec.name)
         {
+            let sprite = &planned.spec;
             for frame in &planned.frames {
                 let image = session.cache().read(&frame.key).map_err(|e| Error::Cache {
                     path: session.cache().path_of(&frame.key),
@@ -175,7 +178,7 @@ fn stamp(session: &Session) -> String {
     // v2: indexes name their live folder (v1 ones, which did not, are written again).
     let mut hasher = blake3::Hasher::new_derive_key("pixelgen atlas stamp v2");
     hasher.update(crate::plan::PIPELINE_VERSION.as_bytes());
-    for atlas in &session.manifest.atlases {
+    for atlas in &session.plan.atlases {
         let o = &atlas.options;
         hasher.update(
             format!(
@@ -192,7 +195,8 @@ fn stamp(session: &Session) -> String {
             .as_bytes(),
         );
     }
-    for (sprite, planned) in session.sprites_with_keys() {
+    for planned in &session.plan.sprites {
+        let sprite = &planned.spec;
         hasher.update(
             format!(
                 "{}|{}|{}|{}",

@@ -130,8 +130,8 @@ pub fn collect(
         // nothing is downloaded.
         match Session::open(project.clone(), FileHasher::in_memory(), environment, true) {
             Ok(session) => {
-                loras.extend(session.trained.iter().map(|t| t.key.to_hex()));
-                for frame in session.plan.iter().flat_map(|p| &p.frames) {
+                loras.extend(session.plan.loras.iter().map(|t| t.key.to_hex()));
+                for frame in session.plan.sprites.iter().flat_map(|p| &p.frames) {
                     frames.insert(frame.key.to_hex());
                     if let Some(key) = frame.raw {
                         raw.insert(key.to_hex());

@@ -122,16 +122,16 @@ fn rebuild(project: &Project, environment: &Environment, live: &Path) -> BTreeSe
     let mut inputs = BTreeSet::from([project.manifest_path.clone()]);
     let result = (|| -> Result<(Session, pixelgen_build::pipeline::Summary), Error> {
         let mut session = crate::open_to_generate(project.clone(), environment)?;
-        inputs.extend(session.manifest.input_files.iter().cloned());
+        inputs.extend(session.plan.input_files.iter().cloned());
         inputs.extend(
             session
-                .manifest
+                .plan
                 .lora_inputs()
                 .into_iter()
                 .map(Path::to_path_buf),
         );
         // A trained LoRA's images and captions (a caption may be added later).
-        for image in session.trained.iter().flat_map(|t| &t.images) {
+        for image in session.plan.loras.iter().flat_map(|t| &t.images) {
             inputs.insert(image.path.clone());
             inputs.insert(image.path.with_extension("txt"));
         }

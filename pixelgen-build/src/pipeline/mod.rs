@@ -1,7 +1,7 @@
 //! The stages wired together: manifest → plan → cache lookup → generate → pixelize →
 //! store, and the lock file. Both the build script and `cargo pixelgen` drive this.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -15,13 +15,16 @@ use crate::generate::{
     self, Drawn, Frame, GenerateError, GroupInputs, GroupKey, ResolvedLora, Workshop,
 };
 use crate::identity::{FrameId, LoraName, SpriteName};
-use crate::key::{FileHasher, InputFile, InputGroup};
+use crate::key::{FileHasher, InputFile};
 use crate::lock::{LockFile, LockedLora, LockedSprite};
-use crate::manifest::{self, LoraSource, Manifest};
+use crate::manifest;
 use crate::pixelize;
-use crate::plan::{self, Plan, PlannedLora, PlannedSprite};
+use crate::plan::{self, Changed, Plan, PlanInputs, PlannedSprite};
 use crate::status::{Freshness, LoraStatus, SpriteStatus, StaleReport};
 use crate::timings::{Stage, Timings};
+use check::Checker;
+use draw::{Drawing, Work};
+use loras::{Trainer, loras_to_train};
 use pixelgen_diffusion::advisory::AdvisoryLock;
 
 pub const MANIFEST_FILE: &str = "sprites.ron";
@@ -70,14 +73,16 @@ pub trait Progress {
 pub struct Quiet;
 impl Progress for Quiet {}
 
-/// A manifest read and planned against its lock file and cache.
+/// A manifest read and planned against its lock file and cache; a short driver over the
+/// stages: plan ([`Plan`], made once) → status ([`check::Entry`] per sprite) → work
+/// ([`draw::Work`], stale frames grouped by backend) → drawn (entries' lookups become hits)
+/// → lock record ([`record::record`]).
 pub struct Session {
     pub project: Project,
-    pub manifest: Manifest,
+    /// The lock file as the run found it (after `realize`, as it wrote it).
     pub lock: LockFile,
-    pub plan: Vec<PlannedSprite>,
-    /// The manifest's trained LoRAs, planned (in `Manifest::trained_loras` order).
-    pub trained: Vec<PlannedLora>,
+    /// Every sprite's and trained LoRA's spec and keys.
+    pub plan: Plan,
     /// Where this session's time went so far, by stage.
     pub timings: Timings,
     cache: Cache,
@@ -112,28 +117,25 @@ impl Session {
                 LockFile::load(&project.lock_path)?,
             ))
         })?;
-        let hub_cache = environment.hub.cache_dir.as_deref();
         let cache = Cache::new(&project.cache_dir);
-        let Plan {
-            sprites: plan,
-            loras: trained,
-        } = plan_timed(
-            &manifest,
-            &mut hasher,
-            &lock,
-            offline,
-            hub_cache,
-            &cache,
-            &mut timings,
-        )?;
+        let plan = timed(&mut hasher, &mut timings, |hasher| {
+            plan::plan(
+                manifest,
+                PlanInputs {
+                    hasher,
+                    known: &lock,
+                    allow_missing_files: offline,
+                    hub_cache: environment.hub.cache_dir.as_deref(),
+                    cache: &cache,
+                },
+            )
+        })?;
         let workshop = Workshop::new(project.manifest_dir(), environment);
         Ok(Session {
             cache,
             project,
-            manifest,
             lock,
             plan,
-            trained,
             timings,
             hasher,
             workshop,
@@ -154,131 +156,33 @@ impl Session {
         &self.cache
     }
 
+    /// The status stage over the whole plan.
+    fn check(&mut self) -> Vec<check::Entry<'_>> {
+        Checker {
+            cache: &self.cache,
+            hasher: &mut self.hasher,
+            lock: &self.lock,
+        }
+        .check(&self.plan, &mut self.timings)
+    }
+
     /// Every sprite's freshness, with reasons, sorted by name.
     pub fn status(&mut self) -> Vec<SpriteStatus> {
-        self.all_statuses().into_iter().map(|(s, _)| s).collect()
+        self.check().into_iter().map(|entry| entry.status).collect()
     }
 
-    /// Every sprite's status and its frames' lookups (one cache check).
-    fn all_statuses(&mut self) -> Vec<(SpriteStatus, Vec<Lookup>)> {
-        let start = std::time::Instant::now();
-        let statuses = (0..self.plan.len())
-            .map(|i| self.sprite_status(i))
-            .collect();
-        // Cache files hashed on the way are part of the check, not of `Stage::Hash`.
-        self.hasher.take_reading_time();
-        self.timings.add(Stage::CacheCheck, start.elapsed());
-        statuses
-    }
-
-    /// The status of one planned sprite, and its frames' lookups.
-    fn sprite_status(&mut self, planned: usize) -> (SpriteStatus, Vec<Lookup>) {
-        let planned = &self.plan[planned];
-        let sprite = &self.manifest.sprites[planned.sprite];
-        let locked = self.lock.sprites.get(&sprite.name);
-        let lookups: Vec<Lookup> = planned
-            .frames
-            .iter()
-            .enumerate()
-            .map(|(frame, planned_frame)| {
-                let key = &planned_frame.key;
-                let expected = locked
-                    .filter(|l| l.keys.get(frame).is_some_and(|k| *k == key.to_hex()))
-                    .and_then(|l| l.outputs.get(frame))
-                    .map(String::as_str);
-                self.cache.lookup(
-                    key,
-                    expected,
-                    (sprite.width, sprite.height),
-                    &mut self.hasher,
-                )
-            })
-            .collect();
-
-        let mut reasons = Vec::new();
-        if lookups.iter().any(|l| !matches!(l, Lookup::Hit { .. })) {
-            reasons = self.why_stale(planned, &lookups);
-        }
-        let status = SpriteStatus {
-            name: sprite.name.clone(),
-            status: if reasons.is_empty() {
-                Freshness::Fresh
-            } else {
-                Freshness::Stale
-            },
-            reasons,
-            frames: planned.frames.len(),
+    /// Every trained LoRA's state, sorted by name.
+    pub fn lora_statuses(&mut self) -> Vec<LoraStatus> {
+        let mut checker = Checker {
+            cache: &self.cache,
+            hasher: &mut self.hasher,
+            lock: &self.lock,
         };
-        (status, lookups)
-    }
-
-    fn why_stale(&self, planned: &PlannedSprite, lookups: &[Lookup]) -> Vec<String> {
-        let sprite = &self.manifest.sprites[planned.sprite];
-        let mut reasons = Vec::new();
-        match self.lock.sprites.get(&sprite.name) {
-            None => reasons.push("new sprite (not in sprites.lock)".to_string()),
-            Some(locked) => {
-                for (group, hash) in &planned.inputs {
-                    if locked.inputs.get(group.name()) == Some(hash) {
-                        continue;
-                    }
-                    if *group == InputGroup::Loras {
-                        let trained = self.trained_lora_changes(planned);
-                        if !trained.is_empty() {
-                            reasons.extend(trained);
-                            continue;
-                        }
-                        let changed_files: Vec<&String> = planned
-                            .files
-                            .iter()
-                            .filter_map(|(file, hash)| match file {
-                                InputFile::Lora(path)
-                                    if self
-                                        .lock
-                                        .files
-                                        .get(&file.lock_key())
-                                        .is_some_and(|old| old != hash) =>
-                                {
-                                    Some(path)
-                                }
-                                _ => None,
-                            })
-                            .collect();
-                        if changed_files.is_empty() {
-                            reasons.push("LoRAs changed (list or weights)".to_string());
-                        } else {
-                            for path in changed_files {
-                                reasons.push(format!("LoRA file changed ({path})"));
-                            }
-                        }
-                    } else if *group == InputGroup::Model {
-                        reasons.push("model changed (its files differ from the ones the cache was made with)".to_string());
-                    } else {
-                        reasons.push(format!("{} changed", group.name().replace('_', " ")));
-                    }
-                }
-            }
-        }
-        for (frame, lookup) in lookups.iter().enumerate() {
-            let key = &planned.frames[frame].key;
-            match lookup {
-                Lookup::Hit { .. } => {}
-                Lookup::Missing if reasons.is_empty() => reasons.push(format!(
-                    "cache file missing ({})",
-                    self.cache.path_of(key).display()
-                )),
-                Lookup::Missing => {}
-                Lookup::Corrupt { reason } => reasons.push(format!(
-                    "cache file corrupt ({}: {reason})",
-                    self.cache.path_of(key).display()
-                )),
-            }
-        }
-        if reasons.is_empty() {
-            reasons.push("cache entry missing".to_string());
-        }
-        reasons.dedup();
-        reasons
+        self.plan
+            .loras
+            .iter()
+            .map(|lora| checker.lora_status(&self.plan, lora))
+            .collect()
     }
 
     /// Makes every frame available in the cache: generates what is stale (online) or
@@ -299,204 +203,91 @@ impl Session {
     pub fn realize_only(
         &mut self,
         offline: bool,
-        only: Option<&std::collections::BTreeSet<SpriteName>>,
+        only: Option<&BTreeSet<SpriteName>>,
         progress: &mut dyn Progress,
     ) -> Result<Summary, Error> {
-        let held: Vec<bool> = self
-            .plan
-            .iter()
-            .map(|planned| {
-                only.is_some_and(|names| {
-                    !names.contains(&self.manifest.sprites[planned.sprite].name)
-                })
-            })
-            .collect();
-        let hold = |statuses: &mut Vec<(SpriteStatus, Vec<Lookup>)>| -> usize {
-            let mut held_back = 0;
-            for (entry, &held) in statuses.iter_mut().zip(&held) {
-                if held && entry.0.status == Freshness::Stale {
-                    entry.0.status = Freshness::Fresh;
-                    held_back += 1;
-                }
-            }
-            held_back
-        };
+        let held = |name: &SpriteName| only.is_some_and(|names| !names.contains(name));
         let mut notes = Vec::new();
         if !offline {
             // Online, the image servers say which model their Server sprites' keys cover.
             notes.extend(self.ask_servers_for_models(&held)?);
         }
-        let mut statuses = self.all_statuses();
-        let mut held_back = hold(&mut statuses);
-        let stale_count = statuses
-            .iter()
-            .filter(|(s, _)| s.status == Freshness::Stale)
-            .count();
-        if stale_count > 0 && offline {
-            let loras = self
-                .loras_to_train(&statuses)
-                .into_iter()
-                .map(|index| self.lora_status(index))
-                .filter(|status| status.status == Freshness::Stale)
-                .collect();
-            return Err(Error::Stale(StaleReport {
-                manifest_path: self.project.manifest_path.clone(),
-                stale: statuses
-                    .into_iter()
-                    .map(|(s, _)| s)
-                    .filter(|s| s.status == Freshness::Stale)
-                    .collect(),
-                loras,
-            }));
+        let mut checker = Checker {
+            cache: &self.cache,
+            hasher: &mut self.hasher,
+            lock: &self.lock,
+        };
+        let mut entries = checker.check(&self.plan, &mut self.timings);
+        let mut held_back = hold(&mut entries, &held);
+        let stale = entries.iter().filter(|entry| entry.to_draw()).count();
+        if stale > 0 && offline {
+            let report = stale_report(&self.plan, entries, &mut checker, &self.project);
+            return Err(Error::Stale(report));
         }
-        let mut generated = 0;
-        if stale_count > 0 {
-            // One generating process at a time per cache: parallel build scripts would
-            // otherwise load models (and draw the same sprites) at once.
-            let _guard = CacheLock::acquire(&self.cache)?;
-            // Holding the lock, no other pixelgen writes here but through files named after
-            // live processes: what killed ones left can go.
-            let litter = crate::atomic::remove_litter(self.cache.dir());
-            if !litter.is_empty() {
-                let bytes: u64 = litter.iter().map(|(_, size)| size).sum();
-                notes.push(format!(
-                    "removed {} temporary file(s) ({bytes} bytes) that an interrupted run left in {}",
-                    litter.len(),
-                    self.cache.dir().display()
-                ));
-            }
-            // Another process may have generated some while we waited.
-            for (i, entry) in statuses.iter_mut().enumerate() {
-                if entry.0.status == Freshness::Stale {
-                    *entry = self.sprite_status(i);
-                }
-            }
+        // One generating process at a time per cache: parallel build scripts would
+        // otherwise load models (and draw the same sprites) at once.
+        let _guard = match stale {
+            0 => None,
+            _ => Some(lock_cache(&self.cache, &mut notes)?),
+        };
+        if stale > 0 {
             // Models named by Hugging Face id are downloaded now, when something needs
-            // them; their files are part of the keys, so the plan is made again.
-            let manifest_dir = self.project.manifest_dir().to_path_buf();
-            let mut models: std::collections::BTreeSet<&str> = statuses
-                .iter()
-                .zip(&self.plan)
-                .filter(|((s, _), _)| s.status == Freshness::Stale)
-                .filter_map(|(_, planned)| {
-                    self.manifest.sprites[planned.sprite]
-                        .generator
-                        .backend()
-                        .local_model()
-                })
-                .collect();
-            models.extend(
-                self.loras_to_train(&statuses)
-                    .into_iter()
-                    .map(|index| self.manifest.trained_loras[index].model.as_str()),
-            );
-            let mut downloaded = false;
-            for model in models {
-                downloaded |= generate::diffusion::prefetch_model(
-                    model,
-                    &manifest_dir,
-                    &self.workshop.environment.hub,
-                )?;
-            }
-            if downloaded {
-                let replanned = plan_timed(
-                    &self.manifest,
-                    &mut self.hasher,
-                    &ReportedOverLock {
-                        reported: &self.reported,
-                        lock: &self.lock,
-                    },
-                    offline,
-                    self.workshop.environment.hub.cache_dir.as_deref(),
-                    &self.cache,
-                    &mut self.timings,
-                )?;
-                self.plan = replanned.sprites;
-                self.trained = replanned.loras;
-                statuses = self.all_statuses();
-                held_back = hold(&mut statuses);
-            }
-            generated = statuses
-                .iter()
-                .filter(|(s, _)| s.status == Freshness::Stale)
-                .count();
-            // Trained LoRAs the stale frames need are trained first (each once).
-            for index in self.loras_to_train(&statuses) {
-                if self.lora_status(index).status == Freshness::Stale {
-                    self.train(index, progress)?;
+            // them; the entries on them are keyed again.
+            let models = models_to_draw_with(&self.plan, &entries, &self.cache);
+            let downloaded = download(models, &self.project, &self.workshop.environment)?;
+            if downloaded.is_empty() {
+                // Another process may have generated some while this one waited.
+                for entry in entries.iter_mut().filter(|entry| entry.to_draw()) {
+                    *entry = checker.check_sprite(&self.plan, entry.planned);
                 }
+            } else {
+                drop(entries);
+                let changed = Changed {
+                    models: downloaded,
+                    ..Changed::default()
+                };
+                self.rekey(&changed, offline)?;
+                checker = Checker {
+                    cache: &self.cache,
+                    hasher: &mut self.hasher,
+                    lock: &self.lock,
+                };
+                entries = checker.check(&self.plan, &mut self.timings);
             }
-            notes.extend(self.generate_stale(&mut statuses, progress)?);
+            held_back = hold(&mut entries, &held);
         }
-
-        let mut lock = LockFile::empty();
-        for ((planned, (_, lookups)), &held) in self.plan.iter().zip(&statuses).zip(&held) {
-            let sprite = &self.manifest.sprites[planned.sprite];
-            if held && lookups.iter().any(|l| !matches!(l, Lookup::Hit { .. })) {
-                // Held back while stale: the lock keeps what it said (nothing when new).
-                if let Some(entry) = self.lock.sprites.get(&sprite.name) {
-                    lock.sprites.insert(sprite.name.clone(), entry.clone());
-                }
-                continue;
-            }
-            lock.files.extend(
-                planned
-                    .files
-                    .iter()
-                    .map(|(file, hash)| (file.lock_key(), hash.clone())),
+        let generated = entries.iter().filter(|entry| entry.to_draw()).count();
+        if generated > 0 {
+            let trainer = Trainer {
+                plan: &self.plan,
+                project: &self.project,
+                cache: &self.cache,
+            };
+            let workshop = &mut self.workshop;
+            let timings = &mut self.timings;
+            let drawn = draw(
+                &trainer,
+                workshop,
+                &mut entries,
+                &mut checker,
+                progress,
+                timings,
             );
-            let outputs = lookups
-                .iter()
-                .map(|l| match l {
-                    Lookup::Hit { output } => output.to_hex().to_string(),
-                    _ => String::new(),
-                })
-                .collect();
-            lock.sprites.insert(
-                sprite.name.clone(),
-                LockedSprite {
-                    inputs: LockedSprite::inputs_of(&planned.inputs),
-                    keys: planned.frames.iter().map(|f| f.key.to_hex()).collect(),
-                    outputs,
-                },
-            );
+            notes.extend(drawn?);
         }
-        for index in 0..self.trained.len() {
-            let lookup = self.lora_lookup(index);
-            let (planned, name) = (
-                &self.trained[index],
-                &self.manifest.trained_loras[index].name,
-            );
-            match lookup {
-                Lookup::Hit { output } => {
-                    lock.files.extend(
-                        planned
-                            .files
-                            .iter()
-                            .map(|(file, hash)| (file.lock_key(), hash.clone())),
-                    );
-                    lock.trained_loras.insert(
-                        name.clone(),
-                        LockedLora {
-                            key: planned.key.to_hex(),
-                            inputs: planned.inputs.clone(),
-                            output: output.to_hex().to_string(),
-                        },
-                    );
-                }
-                // Not trained (no stale sprite needed it): the lock keeps what it said, so
-                // its sprites can still say what changed.
-                _ => {
-                    if let Some(old) = self.lock.trained_loras.get(name) {
-                        lock.trained_loras.insert(name.clone(), old.clone());
-                    }
-                }
-            }
-        }
+        let loras: Vec<Lookup> = self
+            .plan
+            .loras
+            .iter()
+            .map(|lora| checker.lora_lookup(lora))
+            .collect();
+        let lock = record::record(&self.plan, &entries, &loras, &self.lock);
         // Compared as data first: rendering and re-reading the file costs more.
         if !offline && (lock != self.lock || !self.project.lock_path.is_file()) {
             lock.save(&self.project.lock_path)?;
         }
+        let sprites = entries.len();
+        drop(entries);
         self.lock = lock;
         // The shared stamps live in the cache folder: make sure its .gitignore covers them.
         if self.hasher.has_unsaved_shared_stamps() && self.cache.dir().is_dir() {
@@ -504,95 +295,169 @@ impl Session {
         }
         self.hasher.save();
         Ok(Summary {
-            sprites: self.plan.len(),
+            sprites,
             generated,
-            cached: self.plan.len() - generated - held_back,
+            cached: sprites - generated - held_back,
             held_back,
             notes,
         })
     }
 
-    /// Asks the backends of the sprites not held back for what only the outside world
-    /// can tell (an InvokeAI server's model identity) and plans again with it. A model no
-    /// server answered for keeps the identity the lock recorded (with a note): its
-    /// sprites stay fresh if they were.
-    fn ask_servers_for_models(&mut self, held: &[bool]) -> Result<Vec<String>, Error> {
-        let mut notes = Vec::new();
-        for (planned, &held) in self.plan.iter().zip(held) {
-            if held {
-                continue;
-            }
-            let sprite = &self.manifest.sprites[planned.sprite];
-            let reported = sprite
-                .generator
-                .backend()
-                .report_identities(&mut self.workshop)
-                .map_err(|message| GenerateError::Failed {
-                    sprite: sprite.name.clone(),
-                    message,
-                })?;
-            self.reported.extend(reported.identities);
-            for note in reported.notes {
-                if !notes.contains(&note) {
-                    notes.push(note);
-                }
-            }
-        }
-        // Planned again only when a server reports another identity than the plan used
-        // (the lock's): the usual case, nothing changed, costs no second plan.
-        let changed = self.plan.iter().any(|planned| {
-            planned.files.iter().any(|(file, hex)| {
-                self.reported
-                    .get(file)
-                    .is_some_and(|reported| reported.to_hex().as_str() != hex)
-            })
-        });
-        if changed {
-            let replanned = plan_timed(
-                &self.manifest,
-                &mut self.hasher,
-                &ReportedOverLock {
-                    reported: &self.reported,
-                    lock: &self.lock,
+    /// Keys again the entries `changed` concerns, with what the servers reported over
+    /// what the lock recorded.
+    fn rekey(&mut self, changed: &Changed, offline: bool) -> Result<(), Error> {
+        let known = ReportedOverLock {
+            reported: &self.reported,
+            lock: &self.lock,
+        };
+        let hub_cache = self.workshop.environment.hub.cache_dir.clone();
+        let (plan, cache) = (&mut self.plan, &self.cache);
+        timed(&mut self.hasher, &mut self.timings, |hasher| {
+            plan.rekey(
+                PlanInputs {
+                    hasher,
+                    known: &known,
+                    allow_missing_files: offline,
+                    hub_cache: hub_cache.as_deref(),
+                    cache,
                 },
-                false,
-                self.workshop.environment.hub.cache_dir.as_deref(),
-                &self.cache,
-                &mut self.timings,
-            )?;
-            self.plan = replanned.sprites;
-            self.trained = replanned.loras;
-        }
-        Ok(notes)
-    }
-
-    /// Sprites in the order of `plan`, each with its frames' keys (for the atlas stage).
-    pub fn sprites_with_keys(
-        &self,
-    ) -> impl Iterator<Item = (&manifest::SpriteSpec, &PlannedSprite)> {
-        self.plan
-            .iter()
-            .map(|p| (&self.manifest.sprites[p.sprite], p))
+                changed,
+            )
+        })?;
+        Ok(())
     }
 }
 
-/// `plan::plan`, with the time spent reading files to hash them counted apart.
-fn plan_timed(
-    manifest: &Manifest,
-    hasher: &mut FileHasher,
-    known: &dyn crate::key::KnownFileHashes,
-    offline: bool,
-    hub_cache: Option<&Path>,
-    cache: &Cache,
+/// What an offline build fails with: the stale sprites not held back, and the trained
+/// LoRAs they need that the cache lacks.
+fn stale_report(
+    plan: &Plan,
+    entries: Vec<check::Entry<'_>>,
+    checker: &mut Checker<'_>,
+    project: &Project,
+) -> StaleReport {
+    let loras = loras_to_train(plan, &entries, checker.cache)
+        .into_iter()
+        .map(|lora| checker.lora_status(plan, lora))
+        .filter(|status| status.status == Freshness::Stale)
+        .collect();
+    StaleReport {
+        manifest_path: project.manifest_path.clone(),
+        stale: entries
+            .into_iter()
+            .filter(|entry| entry.to_draw())
+            .map(|entry| entry.status)
+            .collect(),
+        loras,
+    }
+}
+
+/// Takes `cache`'s generating lock. Holding it, no other pixelgen writes there but
+/// through files named after live processes: what killed ones left can go.
+fn lock_cache(cache: &Cache, notes: &mut Vec<String>) -> Result<CacheLock, Error> {
+    let guard = CacheLock::acquire(cache)?;
+    let litter = crate::atomic::remove_litter(cache.dir());
+    if !litter.is_empty() {
+        let bytes: u64 = litter.iter().map(|(_, size)| size).sum();
+        notes.push(format!(
+            "removed {} temporary file(s) ({bytes} bytes) that an interrupted run left in {}",
+            litter.len(),
+            cache.dir().display()
+        ));
+    }
+    Ok(guard)
+}
+
+/// Downloads the `models` named by Hugging Face id that are not on this machine. Returns
+/// the ones it downloaded.
+fn download(
+    models: BTreeSet<String>,
+    project: &Project,
+    environment: &Environment,
+) -> Result<BTreeSet<String>, Error> {
+    let mut downloaded = BTreeSet::new();
+    for model in models {
+        let hub = &environment.hub;
+        if generate::diffusion::prefetch_model(&model, project.manifest_dir(), hub)? {
+            downloaded.insert(model);
+        }
+    }
+    Ok(downloaded)
+}
+
+/// The drawing stage: trains the trained LoRAs the stale frames need (each once), then
+/// draws the work the entries make, one drawer per group. Returns the backends' notes.
+fn draw(
+    trainer: &Trainer<'_>,
+    workshop: &mut Workshop,
+    entries: &mut [check::Entry<'_>],
+    checker: &mut Checker<'_>,
+    progress: &mut dyn Progress,
     timings: &mut Timings,
-) -> Result<Plan, Error> {
+) -> Result<Vec<String>, Error> {
+    let plan = trainer.plan;
+    for lora in loras_to_train(plan, entries, trainer.cache) {
+        if checker.lora_status(plan, lora).status == Freshness::Stale {
+            trainer.train(lora, &workshop.environment, progress, timings)?;
+        }
+    }
+    let trained = draw::trained_hashes(
+        plan,
+        entries.iter().flat_map(|entry| &entry.planned.loras),
+        checker,
+    );
+    let work = Work::of(entries);
+    let mut drawing = Drawing::new(trainer.cache, workshop, &trained, progress);
+    let drawn = drawing.draw(&work, entries);
+    timings.merge(&drawing.timings);
+    drawn
+}
+
+/// Marks the entries not asked for as held. Returns how many of them were stale.
+fn hold(entries: &mut [check::Entry<'_>], held: &dyn Fn(&SpriteName) -> bool) -> usize {
+    let mut stale = 0;
+    for entry in entries.iter_mut() {
+        if held(&entry.planned.spec.name) && entry.hold() {
+            stale += 1;
+        }
+    }
+    stale
+}
+
+/// The local models (as the manifest names them) that the entries to draw and the
+/// trained LoRAs they need are drawn or trained with.
+fn models_to_draw_with(
+    plan: &Plan,
+    entries: &[check::Entry<'_>],
+    cache: &Cache,
+) -> BTreeSet<String> {
+    let mut models: BTreeSet<String> = entries
+        .iter()
+        .filter(|entry| entry.to_draw())
+        .filter_map(|entry| entry.planned.spec.generator.backend().local_model())
+        .map(str::to_owned)
+        .collect();
+    models.extend(
+        loras_to_train(plan, entries, cache)
+            .into_iter()
+            .map(|lora| lora.spec.model.clone()),
+    );
+    models
+}
+
+/// A planning step, with the time spent reading files to hash them counted apart.
+fn timed<T>(
+    hasher: &mut FileHasher,
+    timings: &mut Timings,
+    step: impl FnOnce(&mut FileHasher) -> Result<T, plan::PlanError>,
+) -> Result<T, Error> {
     hasher.take_reading_time();
     let start = std::time::Instant::now();
-    let plan = plan::plan(manifest, hasher, known, offline, hub_cache, cache)?;
+    let planned = step(hasher)?;
     let hashing = hasher.take_reading_time();
     timings.add(Stage::Hash, hashing);
     timings.add(Stage::Plan, start.elapsed().saturating_sub(hashing));
-    Ok(plan)
+    Ok(planned)
 }
 
 /// What the image servers reported this run (model identities), over what the lock
@@ -627,9 +492,12 @@ impl CacheLock {
     }
 }
 
+mod check;
 mod draw;
+mod inputs;
 mod loras;
 mod project;
+mod record;
 #[cfg(test)]
 mod tests;
 

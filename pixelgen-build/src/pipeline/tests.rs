@@ -121,7 +121,7 @@ fn new_and_missing_entries_say_so() {
     let mut s = session(&project, false);
     assert_eq!(s.status()[0].reasons, ["new sprite (not in sprites.lock)"]);
     s.realize(false, &mut Quiet).unwrap();
-    let key = s.plan[0].frames[0].key;
+    let key = s.plan.sprites[0].frames[0].key;
     std::fs::remove_file(s.cache().path_of(&key)).unwrap();
     let status = session(&project, true).status();
     assert_eq!(status[0].status, Freshness::Stale);
@@ -183,7 +183,7 @@ fn concurrent_runs_leave_a_consistent_cache() {
         "{:?}",
         check.status()
     );
-    for planned in &check.plan {
+    for planned in &check.plan.sprites {
         for frame in &planned.frames {
             assert_eq!(
                 check.cache().read(&frame.key).unwrap().dimensions(),
@@ -239,29 +239,31 @@ fn a_backend_failing_midway_keeps_finished_batches_and_leaves_no_litter() {
     let dir = tempfile::tempdir().unwrap();
     let project = project(dir.path(), MANIFEST);
     let mut s = session(&project, false);
-    let mut statuses = s.all_statuses();
-    let jobs: Vec<(usize, u32)> = statuses
+    let mut checker = Checker {
+        cache: &s.cache,
+        hasher: &mut s.hasher,
+        lock: &s.lock,
+    };
+    let mut entries = checker.check(&s.plan, &mut s.timings);
+    let jobs: Vec<draw::Job> = entries
         .iter()
         .enumerate()
-        .flat_map(|(i, (_, lookups))| (0..lookups.len() as u32).map(move |f| (i, f)))
+        .flat_map(|(entry, e)| {
+            (0..e.lookups.len() as u32).map(move |frame| draw::Job { entry, frame })
+        })
         .collect();
     assert_eq!(jobs.len(), 3);
     let mut drawer = generate::batched::Batched::boxed(FailsAfter { good: 2 });
-    let error = s
-        .draw_with(
-            drawer.as_mut(),
-            &jobs,
-            &mut statuses,
-            &mut Quiet,
-            &mut Timings::new(),
-            &mut BTreeMap::new(),
-        )
+    let (trained, mut progress) = (BTreeMap::new(), Quiet);
+    let mut drawing = Drawing::new(&s.cache, &mut s.workshop, &trained, &mut progress);
+    let error = drawing
+        .draw_with(drawer.as_mut(), &jobs, &mut entries)
         .expect_err("the third batch fails")
         .to_string();
     assert!(error.contains("device lost"), "{error}");
-    let stored: Vec<_> = statuses
+    let stored: Vec<_> = entries
         .iter()
-        .flat_map(|(_, l)| l)
+        .flat_map(|e| &e.lookups)
         .filter(|l| matches!(l, Lookup::Hit { .. }))
         .collect();
     assert_eq!(stored.len(), 2);

@@ -4,7 +4,7 @@
 //! are hashed in named groups (prompt, seed, LoRAs, …) so that a stale sprite can say
 //! which group changed; the lock file keeps each group's short hash for that purpose.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -13,10 +13,10 @@ use crate::cache::Cache;
 use crate::diagnostics::{Diagnostic, SourceFile};
 use crate::generate::diffusion::model_files;
 use crate::generate::{KeyInputs, ResolvedLora};
-use crate::identity::FrameId;
+use crate::identity::{FrameId, LoraName, SpriteName};
 use crate::key::{Canonical, FileHasher, InputFile, InputGroup, InputHashes, Key, KnownFileHashes};
 use crate::manifest::{
-    Background, LoraSource, Manifest, SpriteSpec, TrainedLoraSpec, TrainingSettings,
+    AtlasSpec, Background, LoraSource, Manifest, SpriteSpec, TrainedLoraSpec, TrainingSettings,
 };
 use crate::train::{TRAINING_VERSION, TrainingImage};
 
@@ -24,20 +24,84 @@ use crate::train::{TRAINING_VERSION, TrainingImage};
 /// so that caches made by an older pipeline are regenerated rather than trusted.
 pub const PIPELINE_VERSION: &str = "pixelgen-pipeline-1";
 
-/// The keys of a manifest: every sprite's and every trained LoRA's.
-#[derive(Debug, Clone, Default)]
+/// The plan stage's value: the manifest it consumed, with every sprite's and every trained
+/// LoRA's keys. Each entry carries its spec, so nothing downstream joins arrays by index.
+///
+/// Invariant: `sprites` and `loras` keep the manifest's order (sorted by name), and every
+/// entry's keys are those of its spec under the inputs the plan was made with
+/// ([`Plan::rekey`] keeps that true when an outside input turns out different).
+#[derive(Debug, Clone)]
 pub struct Plan {
-    /// In the order of `Manifest::sprites`.
+    /// The manifest file, for diagnostics.
+    pub source: SourceFile,
+    /// Sorted by name.
+    pub atlases: Vec<AtlasSpec>,
+    /// Sorted by name.
     pub sprites: Vec<PlannedSprite>,
-    /// In the order of `Manifest::trained_loras`: `loras[i]` plans `trained_loras[i]`.
+    /// The trained LoRAs, sorted by name.
     pub loras: Vec<PlannedLora>,
+    /// Files the manifest read itself (palette files), for rerun-if-changed.
+    pub input_files: Vec<PathBuf>,
 }
 
-/// The plan for one sprite: its input groups and one planned frame per frame.
+impl Plan {
+    /// The sprite named `name`.
+    pub fn sprite(&self, name: &str) -> Option<&PlannedSprite> {
+        self.sprites
+            .iter()
+            .find(|planned| planned.spec.name == name)
+    }
+
+    /// The trained LoRA named `name`.
+    pub fn lora(&self, name: &LoraName) -> Option<&PlannedLora> {
+        self.loras.iter().find(|planned| planned.spec.name == *name)
+    }
+
+    /// The sprites' specs, in order.
+    pub fn specs(&self) -> impl Iterator<Item = &SpriteSpec> {
+        self.sprites.iter().map(|planned| &planned.spec)
+    }
+
+    /// The files and folders the sprites' LoRAs are read from: LoRA files and trained
+    /// LoRAs' image folders (for rerun-if-changed and `watch`).
+    pub fn lora_inputs(&self) -> BTreeSet<&Path> {
+        let files = self
+            .specs()
+            .flat_map(|s| &s.loras)
+            .filter_map(|l| match &l.source {
+                LoraSource::File { resolved, .. } => Some(resolved.as_path()),
+                LoraSource::Trained(_) => None,
+            });
+        let folders = self.loras.iter().map(|t| t.spec.images_dir.as_path());
+        files.chain(folders).collect()
+    }
+
+    /// The local models (as the manifest names them) that sprites are drawn and LoRAs
+    /// trained with.
+    pub fn local_models(&self) -> BTreeSet<&str> {
+        self.specs()
+            .filter_map(|s| s.generator.backend().local_model())
+            .chain(self.loras.iter().map(|t| t.spec.model.as_str()))
+            .collect()
+    }
+
+    /// The sprites that use the trained LoRA `name`.
+    pub fn users_of(&self, name: &LoraName) -> Vec<SpriteName> {
+        self.specs()
+            .filter(|spec| {
+                spec.loras
+                    .iter()
+                    .any(|l| l.source == LoraSource::Trained(name.clone()))
+            })
+            .map(|spec| spec.name.clone())
+            .collect()
+    }
+}
+
+/// The plan for one sprite: its spec, its input groups and one planned frame per frame.
 #[derive(Debug, Clone)]
 pub struct PlannedSprite {
-    /// Index into `Manifest::sprites`.
-    pub sprite: usize,
+    pub spec: SpriteSpec,
     pub inputs: InputHashes,
     /// In frame order: `frames[n].id.frame == n`.
     pub frames: Vec<PlannedFrame>,
@@ -51,6 +115,7 @@ pub struct PlannedSprite {
 /// settings, and where the trained file lives in the cache.
 #[derive(Debug, Clone)]
 pub struct PlannedLora {
+    pub spec: TrainedLoraSpec,
     pub key: Key,
     /// `cache/lora/<key>.safetensors`.
     pub file: PathBuf,
@@ -121,60 +186,101 @@ pub enum PlanError {
     TrainingImages(Box<Diagnostic>),
 }
 
-/// Computes the key of every trained LoRA and of every frame of every sprite. Models
-/// named by Hugging Face id are looked up in `hub_cache`; trained LoRAs live in `cache`.
-pub fn plan(
-    manifest: &Manifest,
-    hasher: &mut FileHasher,
-    known: &dyn KnownFileHashes,
-    allow_missing_files: bool,
-    hub_cache: Option<&Path>,
-    cache: &Cache,
-) -> Result<Plan, PlanError> {
-    let mut files = InputFiles {
-        hasher,
-        known,
-        allow_missing_files,
-        hub_cache,
-        memo: HashMap::new(),
-        models: HashMap::new(),
-        manifest_dir: manifest
-            .source
-            .path()
-            .parent()
-            .unwrap_or(Path::new("."))
-            .to_path_buf(),
-    };
-    let loras = manifest
-        .trained_loras
-        .iter()
-        .map(|lora| plan_lora(&manifest.source, lora, &mut files, cache))
+/// What planning reads besides the manifest.
+pub struct PlanInputs<'a> {
+    pub hasher: &'a mut FileHasher,
+    /// Hashes recorded elsewhere (the lock file, what image servers reported), for files
+    /// this machine cannot read.
+    pub known: &'a dyn KnownFileHashes,
+    /// Offline builds: LoRA files may be absent (their hashes then come from `known`).
+    pub allow_missing_files: bool,
+    /// Where models named by Hugging Face id are looked up.
+    pub hub_cache: Option<&'a Path>,
+    /// Where trained LoRAs live.
+    pub cache: &'a Cache,
+}
+
+/// Outside inputs that turned out different from what a plan was made with.
+#[derive(Debug, Default)]
+pub struct Changed {
+    /// Models (as the manifest names them) that are on this machine now (downloaded).
+    pub models: BTreeSet<String>,
+    /// Input files whose identity is known now (an image server reported its model).
+    pub files: BTreeSet<InputFile>,
+}
+
+/// Computes the key of every trained LoRA and of every frame of every sprite, consuming
+/// the manifest. Models named by Hugging Face id are looked up in `hub_cache`; trained
+/// LoRAs live in `cache`.
+pub fn plan(manifest: Manifest, inputs: PlanInputs<'_>) -> Result<Plan, PlanError> {
+    let Manifest {
+        source,
+        atlases,
+        sprites,
+        trained_loras,
+        input_files,
+    } = manifest;
+    let mut files = InputFiles::new(inputs, &source);
+    let loras = trained_loras
+        .into_iter()
+        .map(|lora| plan_lora(&source, lora, &mut files))
         .collect::<Result<Vec<_>, _>>()?;
-    let sprites = manifest
-        .sprites
-        .iter()
-        .enumerate()
-        .map(|(index, sprite)| {
-            plan_sprite(
-                &manifest.source,
-                index,
-                sprite,
-                &mut files,
-                manifest,
-                &loras,
-            )
-        })
+    let sprites = sprites
+        .into_iter()
+        .map(|sprite| plan_sprite(&source, sprite, &mut files, &loras))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Plan { sprites, loras })
+    Ok(Plan {
+        source,
+        atlases,
+        sprites,
+        loras,
+        input_files,
+    })
+}
+
+impl Plan {
+    /// Keys again the entries that `changed` concerns — trained LoRAs and sprites on a
+    /// model downloaded now, sprites with a file whose identity is known now, and sprites
+    /// on a LoRA keyed again — and leaves the others as they are. Returns how many
+    /// entries were keyed again.
+    pub fn rekey(&mut self, inputs: PlanInputs<'_>, changed: &Changed) -> Result<usize, PlanError> {
+        let mut files = InputFiles::new(inputs, &self.source);
+        let mut rekeyed_loras = BTreeSet::new();
+        for lora in &mut self.loras {
+            if changed.models.contains(&lora.spec.model) {
+                *lora = plan_lora(&self.source, lora.spec.clone(), &mut files)?;
+                rekeyed_loras.insert(lora.spec.name.clone());
+            }
+        }
+        let mut count = rekeyed_loras.len();
+        for sprite in &mut self.sprites {
+            let affected = sprite
+                .spec
+                .generator
+                .backend()
+                .local_model()
+                .is_some_and(|model| changed.models.contains(model))
+                || sprite.files.keys().any(|file| changed.files.contains(file))
+                || sprite
+                    .loras
+                    .iter()
+                    .filter_map(|lora| lora.trained.as_ref())
+                    .any(|name| rekeyed_loras.contains(name));
+            if affected {
+                *sprite = plan_sprite(&self.source, sprite.spec.clone(), &mut files, &self.loras)?;
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
 }
 
 /// A trained LoRA's key: the training code's version, the base model's identity, every
 /// setting, and each image's name, bytes and caption (sorted by name).
 fn plan_lora(
     source_file: &SourceFile,
-    lora: &TrainedLoraSpec,
+    lora: TrainedLoraSpec,
     input_files: &mut InputFiles<'_>,
-    cache: &Cache,
 ) -> Result<PlannedLora, PlanError> {
     let unreadable = |message: String| {
         PlanError::TrainingImages(Box::new(
@@ -219,7 +325,7 @@ fn plan_lora(
     }
     let key = Key(*all.finalize().as_bytes());
     Ok(PlannedLora {
-        file: cache.lora_path_of(&key),
+        file: input_files.cache.lora_path_of(&key),
         key,
         images,
         inputs,
@@ -227,6 +333,7 @@ fn plan_lora(
             InputFile::Model(lora.model.clone()),
             model.to_hex().to_string(),
         )]),
+        spec: lora,
     })
 }
 
@@ -269,13 +376,31 @@ struct InputFiles<'a> {
     known: &'a dyn KnownFileHashes,
     allow_missing_files: bool,
     hub_cache: Option<&'a Path>,
+    cache: &'a Cache,
     memo: HashMap<PathBuf, blake3::Hash>,
     /// Identity of each model named in the manifest.
     models: HashMap<String, blake3::Hash>,
     manifest_dir: PathBuf,
 }
 
-impl InputFiles<'_> {
+impl<'a> InputFiles<'a> {
+    fn new(inputs: PlanInputs<'a>, source: &SourceFile) -> InputFiles<'a> {
+        InputFiles {
+            hasher: inputs.hasher,
+            known: inputs.known,
+            allow_missing_files: inputs.allow_missing_files,
+            hub_cache: inputs.hub_cache,
+            cache: inputs.cache,
+            memo: HashMap::new(),
+            models: HashMap::new(),
+            manifest_dir: source
+                .path()
+                .parent()
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+        }
+    }
+
     /// A LoRA file's content hash (from the lock file when it is absent and that is
     /// allowed).
     fn hash(&mut self, path: &str, resolved: &Path) -> std::io::Result<blake3::Hash> {
@@ -365,10 +490,8 @@ impl KeyInputs for InputFiles<'_> {
 
 fn plan_sprite(
     source_file: &SourceFile,
-    index: usize,
-    sprite: &SpriteSpec,
+    sprite: SpriteSpec,
     input_files: &mut InputFiles<'_>,
-    manifest: &Manifest,
     trained: &[PlannedLora],
 ) -> Result<PlannedSprite, PlanError> {
     let mut files = BTreeMap::new();
@@ -401,10 +524,7 @@ fn plan_sprite(
             }
             LoraSource::Trained(name) => {
                 // The manifest checked that every name is declared.
-                let Some(planned) = manifest
-                    .trained_lora_index(name)
-                    .and_then(|index| trained.get(index))
-                else {
+                let Some(planned) = trained.iter().find(|lora| lora.spec.name == *name) else {
                     continue;
                 };
                 // The trained LoRA's key stands for its content: the same inputs train
@@ -547,7 +667,7 @@ fn plan_sprite(
         })
         .collect();
     Ok(PlannedSprite {
-        sprite: index,
+        spec: sprite,
         inputs,
         frames,
         files,

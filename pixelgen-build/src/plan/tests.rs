@@ -15,19 +15,21 @@ impl KnownFileHashes for NoneKnown {
 fn keys(text: &str) -> Vec<(String, Vec<Key>)> {
     let m = parse(Path::new("sprites.ron"), text).unwrap();
     plan(
-        &m,
-        &mut FileHasher::in_memory(),
-        &NoneKnown,
-        false,
-        None,
-        &no_cache(),
+        m,
+        PlanInputs {
+            hasher: &mut FileHasher::in_memory(),
+            known: &NoneKnown,
+            allow_missing_files: false,
+            hub_cache: None,
+            cache: &no_cache(),
+        },
     )
     .unwrap()
     .sprites
     .into_iter()
     .map(|p| {
         let keys = p.frames.iter().map(|f| f.key).collect();
-        (m.sprites[p.sprite].name.to_string(), keys)
+        (p.spec.name.to_string(), keys)
     })
     .collect()
 }
@@ -49,12 +51,14 @@ fn server_keys(
     }
     let m = parse(Path::new("sprites.ron"), text).unwrap();
     plan(
-        &m,
-        &mut FileHasher::in_memory(),
-        &Reported(reported),
-        false,
-        None,
-        &no_cache(),
+        m,
+        PlanInputs {
+            hasher: &mut FileHasher::in_memory(),
+            known: &Reported(reported),
+            allow_missing_files: false,
+            hub_cache: None,
+            cache: &no_cache(),
+        },
     )
     .unwrap()
     .sprites
@@ -157,12 +161,14 @@ fn lora_contents_and_weight_are_in_the_key() {
     let run = |text: &str| {
         let m = parse(&manifest_path, text).unwrap();
         plan(
-            &m,
-            &mut FileHasher::in_memory(),
-            &NoneKnown,
-            false,
-            None,
-            &no_cache(),
+            m,
+            PlanInputs {
+                hasher: &mut FileHasher::in_memory(),
+                known: &NoneKnown,
+                allow_missing_files: false,
+                hub_cache: None,
+                cache: &no_cache(),
+            },
         )
         .unwrap()
         .sprites
@@ -177,12 +183,14 @@ fn lora_contents_and_weight_are_in_the_key() {
     std::fs::remove_file(&lora).unwrap();
     let m = parse(&manifest_path, text).unwrap();
     let error = plan(
-        &m,
-        &mut FileHasher::in_memory(),
-        &NoneKnown,
-        true,
-        None,
-        &no_cache(),
+        m,
+        PlanInputs {
+            hasher: &mut FileHasher::in_memory(),
+            known: &NoneKnown,
+            allow_missing_files: true,
+            hub_cache: None,
+            cache: &no_cache(),
+        },
     )
     .unwrap_err()
     .to_string();
@@ -209,12 +217,14 @@ fn trained_lora_inputs_are_in_its_key_and_its_sprites_keys() {
     let run = |text: &str| {
         let m = parse(&manifest_path, text).unwrap();
         plan(
-            &m,
-            &mut FileHasher::in_memory(),
-            &NoneKnown,
-            false,
-            None,
-            &Cache::new(dir.path().join("cache")),
+            m,
+            PlanInputs {
+                hasher: &mut FileHasher::in_memory(),
+                known: &NoneKnown,
+                allow_missing_files: false,
+                hub_cache: None,
+                cache: &Cache::new(dir.path().join("cache")),
+            },
         )
         .unwrap()
     };
@@ -270,4 +280,69 @@ fn trained_lora_inputs_are_in_its_key_and_its_sprites_keys() {
     let weighted = run(&text.replace("0.5", "0.6"));
     assert_eq!(weighted.loras[0].key, before.loras[0].key);
     assert_ne!(weighted.sprites[0].frames, before.sprites[0].frames);
+}
+
+/// Keying again the entries an outside input concerns (a server's reported model) gives
+/// the keys a whole new plan with that input would, and leaves every other entry as it
+/// was: the pipeline plans once and keys again only what changed.
+#[test]
+fn rekeying_what_a_server_reported_matches_a_new_plan_and_touches_nothing_else() {
+    struct Reported(Option<blake3::Hash>);
+    impl KnownFileHashes for Reported {
+        fn known_hash(&self, file: &InputFile) -> Option<blake3::Hash> {
+            matches!(file, InputFile::ServerModel(_))
+                .then_some(self.0)
+                .flatten()
+        }
+    }
+    let text = r#"(sprites: {
+        "bat": (prompt: "bat", seed: 2, frames: 2),
+        "hero": (prompt: "knight", generator: Server(url: "http://127.0.0.1:9091", model: "m")),
+    })"#;
+    let cache = no_cache();
+    let planned = |known: &Reported| {
+        plan(
+            parse(Path::new("sprites.ron"), text).unwrap(),
+            PlanInputs {
+                hasher: &mut FileHasher::in_memory(),
+                known,
+                allow_missing_files: false,
+                hub_cache: None,
+                cache: &cache,
+            },
+        )
+        .unwrap()
+    };
+    let mut before = planned(&Reported(None));
+    let bat = before.sprite("bat").unwrap().frames.clone();
+    let reported = Reported(Some(blake3::hash(b"the server's model")));
+    let changed = Changed {
+        files: BTreeSet::from([InputFile::ServerModel("m".into())]),
+        ..Changed::default()
+    };
+    let count = before
+        .rekey(
+            PlanInputs {
+                hasher: &mut FileHasher::in_memory(),
+                known: &reported,
+                allow_missing_files: false,
+                hub_cache: None,
+                cache: &cache,
+            },
+            &changed,
+        )
+        .unwrap();
+    assert_eq!(count, 1, "only the server sprite is keyed again");
+    let fresh = planned(&reported);
+    for name in ["bat", "hero"] {
+        let (rekeyed, new) = (before.sprite(name).unwrap(), fresh.sprite(name).unwrap());
+        assert_eq!(rekeyed.frames, new.frames, "{name}");
+        assert_eq!(rekeyed.inputs, new.inputs, "{name}");
+        assert_eq!(rekeyed.files, new.files, "{name}");
+    }
+    assert_eq!(before.sprite("bat").unwrap().frames, bat);
+    assert_ne!(
+        before.sprite("hero").unwrap().frames,
+        planned(&Reported(None)).sprite("hero").unwrap().frames
+    );
 }

@@ -97,12 +97,7 @@ impl PixelgenMcp {
 /// "no sprite `a`, `b` in sprites.ron; its sprites are: …"
 fn no_such_sprites(session: &Session, unknown: &[&str]) -> String {
     let unknown: Vec<String> = unknown.iter().map(|n| format!("`{n}`")).collect();
-    let known: Vec<&str> = session
-        .manifest
-        .sprites
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect();
+    let known: Vec<&str> = session.plan.specs().map(|s| s.name.as_str()).collect();
     format!(
         "no sprite {} in sprites.ron; its sprites are: {}",
         unknown.join(", "),
@@ -139,7 +134,7 @@ impl PixelgenMcp {
         let statuses = session.status();
         let sprites: Vec<serde_json::Value> = statuses
             .iter()
-            .zip(&session.manifest.sprites)
+            .zip(session.plan.specs())
             .map(|(status, sprite)| {
                 let mut entry = status_json(status);
                 entry["atlas"] = sprite.atlas.as_str().into();
@@ -164,15 +159,9 @@ impl PixelgenMcp {
             Err(e) => return refusal(e.to_string()),
         };
         let statuses = session.status();
-        let Some(index) = session
-            .manifest
-            .sprites
-            .iter()
-            .position(|s| s.name == name.as_str())
-        else {
+        let Some(sprite) = session.plan.sprite(name.as_str()).map(|p| &p.spec) else {
             return refusal(no_such_sprites(&session, &[name.as_str()]));
         };
-        let sprite = &session.manifest.sprites[index];
         let status = statuses.iter().find(|s| s.name == name.as_str());
         let generator = sprite.generator.backend().describe();
         let fields = serde_json::json!({
@@ -269,11 +258,7 @@ impl PixelgenMcp {
             Ok(session) => session,
             Err(e) => return refusal(e.to_string()),
         };
-        let Some((index, (sprite, planned))) = session
-            .sprites_with_keys()
-            .enumerate()
-            .find(|(_, (s, _))| s.name == v.name.as_str())
-        else {
+        let Some(planned) = session.plan.sprite(v.name.as_str()) else {
             return refusal(format!("no sprite `{}` in sprites.ron", v.name));
         };
         if let Some(untrained) = planned
@@ -287,6 +272,8 @@ impl PixelgenMcp {
                 v.name
             ));
         }
+        let sprite = &planned.spec;
+        let name = sprite.name.clone();
         let count = v.count.unwrap_or(4).clamp(1, 16);
         let first = v.first_seed.unwrap_or(sprite.seed.wrapping_add(1));
         let seeds: Vec<u64> = (0..u64::from(count))
@@ -298,7 +285,7 @@ impl PixelgenMcp {
             &self.environment,
         ));
         let mut session = session;
-        let tiles = match session.draw_seeds(index, &seeds) {
+        let tiles = match session.draw_seeds(&name, &seeds) {
             Ok(tiles) => tiles,
             Err(e) => return refusal(e.to_string()),
         };
@@ -334,13 +321,7 @@ impl PixelgenMcp {
     )]
     fn pick(&self, Parameters(Pick { name, seed }): Parameters<Pick>) -> CallToolResult {
         match self.session(true) {
-            Ok(session)
-                if !session
-                    .manifest
-                    .sprites
-                    .iter()
-                    .any(|s| s.name == name.as_str()) =>
-            {
+            Ok(session) if session.plan.sprite(name.as_str()).is_none() => {
                 return refusal(format!("no sprite `{name}` in sprites.ron"));
             }
             Ok(_) => {}
@@ -481,11 +462,7 @@ impl PixelgenMcp {
             Err(e) => return refusal(e.to_string()),
         };
         let statuses = session.status();
-        let Some(planned) = session
-            .sprites_with_keys()
-            .find(|(s, _)| s.name == preview.name.as_str())
-            .map(|(_, p)| p.clone())
-        else {
+        let Some(planned) = session.plan.sprite(preview.name.as_str()).cloned() else {
             return refusal(format!("no sprite `{}` in sprites.ron", preview.name));
         };
         if statuses
@@ -609,7 +586,7 @@ impl PixelgenMcp {
             let unknown: Vec<&str> = names
                 .iter()
                 .map(String::as_str)
-                .filter(|n| !session.manifest.sprites.iter().any(|s| s.name == *n))
+                .filter(|n| session.plan.sprite(n).is_none())
                 .collect();
             if !unknown.is_empty() {
                 return Err(no_such_sprites(&session, &unknown));
