@@ -36,6 +36,15 @@ pub enum Error {
     },
     #[error("{0}")]
     Environment(String),
+    /// `cargo metadata` could not say where the crate's workspace is.
+    #[error(
+        "cannot find the cargo workspace of {}: {source}\nhelp: set PIXELGEN_CACHE_DIR to the folder that holds the sprite cache",
+        crate_dir.display()
+    )]
+    Workspace {
+        crate_dir: PathBuf,
+        source: cargo_metadata::Error,
+    },
 }
 
 impl fmt::Debug for Error {

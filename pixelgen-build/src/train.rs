@@ -275,9 +275,9 @@ mod run {
             .resolution
             .map_or((native, native), |(w, h)| (w as usize, h as usize));
         let compute = |what: &'static str| {
-            move |e: candle_core::Error| DiffusionError::Compute {
+            move |source: candle_core::Error| DiffusionError::Compute {
                 what,
-                message: e.to_string(),
+                source: Box::new(source),
             }
         };
 

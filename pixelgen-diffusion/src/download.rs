@@ -106,12 +106,20 @@ pub fn download_model(repo: &str, hub: &HubSettings) -> Result<PathBuf, Diffusio
     if let Some(token) = &hub.token {
         builder = builder.with_token(Some(token.expose().to_string()));
     }
+    let hub_failed = |what: &str| {
+        let what = what.to_string();
+        move |source| DiffusionError::Hub {
+            repo: repo.to_string(),
+            what,
+            source: Box::new(source),
+        }
+    };
     let api = builder
         .with_progress(false)
         .build()
-        .map_err(|e| failed("client", &e))?;
+        .map_err(hub_failed("client"))?;
     let remote = api.model(repo.to_string());
-    let info = remote.info().map_err(|e| failed("listing", &e))?;
+    let info = remote.info().map_err(hub_failed("listing"))?;
     let files = files_to_download(info.siblings.iter().map(|s| s.rfilename.as_str()));
     if !files.iter().any(|f| f == "model_index.json") {
         return Err(DiffusionError::Download(format!(
@@ -119,7 +127,7 @@ pub fn download_model(repo: &str, hub: &HubSettings) -> Result<PathBuf, Diffusio
         )));
     }
     for file in &files {
-        remote.get(file).map_err(|e| failed(file, &e))?;
+        remote.get(file).map_err(hub_failed(file))?;
     }
     hub_snapshot(&cache, repo).ok_or_else(|| {
         failed(

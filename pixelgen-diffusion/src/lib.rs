@@ -103,16 +103,47 @@ pub enum DiffusionError {
     Locate(#[from] LocateError),
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
-    #[error("{0}")]
-    Lora(String),
+    /// Boxed: a LoRA's shape mismatch is the largest error and would size them all.
+    #[cfg(feature = "backend")]
+    #[error(transparent)]
+    Lora(Box<lora::LoraError>),
+    /// A weight file candle could not read, or a tensor in it it could not load.
+    #[cfg(feature = "backend")]
+    #[error("{}: {what}: {source}", path.display())]
+    Weights {
+        path: PathBuf,
+        what: String,
+        source: Box<candle_core::Error>,
+    },
     #[error("{0}")]
     Request(String),
     #[error("{0}")]
     Download(String),
-    #[error("{what} failed: {message}")]
-    Compute { what: &'static str, message: String },
+    /// The Hugging Face hub could not be asked, or a file not fetched from it.
+    #[cfg(feature = "backend")]
+    #[error(
+        "cannot download `{repo}` from the Hugging Face hub ({what}: {source}); download it yourself with `huggingface-cli download {repo}`, or set `model` to a local folder"
+    )]
+    Hub {
+        repo: String,
+        what: String,
+        source: Box<hf_hub::api::sync::ApiError>,
+    },
+    #[cfg(feature = "backend")]
+    #[error("{what} failed: {source}")]
+    Compute {
+        what: &'static str,
+        source: Box<candle_core::Error>,
+    },
     #[error("{0}")]
     Device(String),
+}
+
+#[cfg(feature = "backend")]
+impl From<lora::LoraError> for DiffusionError {
+    fn from(error: lora::LoraError) -> Self {
+        DiffusionError::Lora(Box::new(error))
+    }
 }
 
 #[cfg(test)]

@@ -133,9 +133,9 @@ pub(crate) struct Conditioning {
 }
 
 fn compute(what: &'static str) -> impl Fn(candle_core::Error) -> DiffusionError {
-    move |e| DiffusionError::Compute {
+    move |source| DiffusionError::Compute {
         what,
-        message: e.to_string(),
+        source: Box::new(source),
     }
 }
 
@@ -475,7 +475,7 @@ impl LoadedModel {
                 RgbImage::from_raw(width as u32, height as u32, hwc).ok_or_else(|| {
                     DiffusionError::Compute {
                         what: "vae",
-                        message: "image size mismatch".into(),
+                        source: Box::new(candle_core::Error::Msg("image size mismatch".into())),
                     }
                 })
             })

@@ -289,8 +289,21 @@ pub enum GenerateError {
     },
     #[error("sprite `{sprite}`: generation failed: {message}")]
     Failed { sprite: SpriteName, message: String },
-    #[error("model `{model}`: {message}")]
-    Model { model: String, message: String },
+    /// The Stable Diffusion backend could not load or run the model.
+    #[error("sprite `{sprite}`: generation failed: {source}")]
+    Diffusion {
+        sprite: SpriteName,
+        source: pixelgen_diffusion::DiffusionError,
+    },
+    /// A model named by Hugging Face id that is not on this machine and could not be
+    /// downloaded.
+    #[error("model `{model}`: no model folder or file at {}, and {source}", tried.display())]
+    Download {
+        model: String,
+        /// Where the id was also looked for as a path.
+        tried: std::path::PathBuf,
+        source: pixelgen_diffusion::DiffusionError,
+    },
     /// Frames the image servers could not draw, with each server's message.
     #[error("{}", servers_failed(failures))]
     Servers { failures: Vec<(FrameId, String)> },

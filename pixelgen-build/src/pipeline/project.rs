@@ -122,10 +122,8 @@ pub fn workspace_of(crate_dir: &Path) -> Result<cargo_metadata::Metadata, Error>
         .no_deps()
         .other_options(vec!["--offline".to_string()])
         .exec()
-        .map_err(|e| {
-            Error::Environment(format!(
-                "cannot find the cargo workspace of {}: {e}\nhelp: set PIXELGEN_CACHE_DIR to the folder that holds the sprite cache",
-                crate_dir.display()
-            ))
+        .map_err(|source| Error::Workspace {
+            crate_dir: crate_dir.to_path_buf(),
+            source,
         })
 }

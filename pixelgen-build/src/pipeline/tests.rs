@@ -290,8 +290,20 @@ fn a_missing_diffusion_model_fails_naming_the_sprite_and_where_it_looked() {
     );
     let error = session(&project, false)
         .realize(false, &mut Quiet)
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    // The model's own error is kept as the source, not flattened into text.
+    #[cfg(feature = "diffusion")]
+    {
+        let source = std::error::Error::source(&error).expect("the model error is the source");
+        assert!(
+            matches!(
+                source.downcast_ref::<pixelgen_diffusion::DiffusionError>(),
+                Some(pixelgen_diffusion::DiffusionError::Locate(_))
+            ),
+            "{source:?}"
+        );
+    }
+    let error = error.to_string();
     assert!(
         error.contains("sprite `hero`") && error.contains("model `./models/none` not found"),
         "{error}"

@@ -136,8 +136,7 @@ impl LoadedModel {
             down_has_attention: shape.has_attention.clone(),
         };
         for lora in loras {
-            lora::apply_lora(&mut weights, &layout, &lora.path, lora.weight)
-                .map_err(|e| DiffusionError::Lora(e.to_string()))?;
+            lora::apply_lora(&mut weights, &layout, &lora.path, lora.weight)?;
         }
 
         let tokenizer = ClipTokenizer::from_dir(&parts.tokenizer_dir).map_err(|message| {

@@ -144,9 +144,9 @@ impl TrainingBase {
         noise: &Tensor,
         caption: &str,
     ) -> Result<crate::train::Example, DiffusionError> {
-        let compute = |e: candle_core::Error| DiffusionError::Compute {
+        let compute = |source| DiffusionError::Compute {
             what: "text encoder",
-            message: e.to_string(),
+            source: Box::new(source),
         };
         let latents = self.encode_image(image, noise)?;
         let tokens = self
@@ -199,9 +199,9 @@ impl TrainingBase {
     /// sample of the VAE's latent distribution with `noise` (`[channels, h/f, w/f]`),
     /// times the VAE's scaling factor.
     pub fn encode_image(&self, image: &Tensor, noise: &Tensor) -> Result<Tensor, DiffusionError> {
-        let compute = |e: candle_core::Error| DiffusionError::Compute {
+        let compute = |source| DiffusionError::Compute {
             what: "vae encoder",
-            message: e.to_string(),
+            source: Box::new(source),
         };
         let distribution = self
             .vae

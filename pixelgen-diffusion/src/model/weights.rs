@@ -27,21 +27,22 @@ pub fn load_weights(
     dtype: Option<DType>,
     device: &Device,
 ) -> Result<TensorMap, DiffusionError> {
-    let invalid = |message: String| DiffusionError::Invalid {
+    let invalid = |what: String, source| DiffusionError::Weights {
         path: files.first().cloned().unwrap_or_default(),
-        message,
+        what,
+        source: Box::new(source),
     };
     // SAFETY: the map is only read, and every tensor is copied out of it before it is
     // dropped at the end of this function. A file truncated by another process while
     // mapped would fault; pixelgen never writes model files, and their users replace
     // them by rename, which leaves this mapping intact.
     let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files) }
-        .map_err(|e| invalid(format!("cannot read safetensors: {e}")))?;
+        .map_err(|e| invalid("cannot read safetensors".into(), e))?;
     let views = mapped.tensors();
     let load_one = |(name, view): &(String, safetensors::tensor::TensorView<'_>)| {
         weight_from_view(view, dtype, device)
             .map(|tensor| (name.clone(), tensor))
-            .map_err(|e| invalid(format!("tensor `{name}`: {e}")))
+            .map_err(|e| invalid(format!("tensor `{name}`"), e))
     };
     if device.is_cpu() {
         use rayon::prelude::*;

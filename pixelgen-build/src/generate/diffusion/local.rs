@@ -55,9 +55,9 @@ impl Diffusion {
         manifest_dir: &Path,
         environment: &Environment,
     ) -> Result<Self, GenerateError> {
-        let failed = |e: DiffusionError| GenerateError::Failed {
+        let failed = |source: DiffusionError| GenerateError::Diffusion {
             sprite: sprite.clone(),
-            message: e.to_string(),
+            source,
         };
         let DiffusionSpec {
             model,
@@ -118,9 +118,9 @@ impl Generator for Diffusion {
             let drawn = self
                 .model
                 .generate_timed(&self.settings, &requests, timings)
-                .map_err(|e| GenerateError::Failed {
+                .map_err(|source| GenerateError::Diffusion {
                     sprite: chunk[0].sprite.clone(),
-                    message: e.to_string(),
+                    source,
                 })?;
             images.extend(
                 drawn

@@ -186,12 +186,10 @@ pub fn prefetch_model(
     {
         download::download_model(model, hub)
             .map(|_| true)
-            .map_err(|e| GenerateError::Model {
+            .map_err(|source| GenerateError::Download {
                 model: model.to_string(),
-                message: format!(
-                    "no model folder or file at {}, and {e}",
-                    manifest_dir.join(model).display()
-                ),
+                tried: manifest_dir.join(model),
+                source,
             })
     }
     #[cfg(not(feature = "diffusion"))]

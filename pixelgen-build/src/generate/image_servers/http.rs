@@ -24,8 +24,13 @@ pub const MAX_IMAGE_BYTES: u64 = 256 << 20;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HttpError {
     /// Nothing usable came back: connection refused or reset, a timeout, TLS.
-    #[error("{endpoint} did not answer: {message}")]
-    Transport { endpoint: String, message: String },
+    #[error("{endpoint} did not answer: {source}")]
+    Transport {
+        endpoint: String,
+        /// ureq's or the socket's error (shared: a frame's error is cloned to each
+        /// server that tries it).
+        source: std::sync::Arc<dyn std::error::Error + Send + Sync>,
+    },
     /// The server answered with an error status; `message` is its own explanation.
     #[error("{endpoint} answered {status}: {message}")]
     Status {
@@ -145,7 +150,7 @@ impl Client {
             .into_reader()
             .take(MAX_IMAGE_BYTES + 1)
             .read_to_end(&mut bytes)
-            .map_err(|e| self.transport(e.to_string()))?;
+            .map_err(|e| self.transport(e.into()))?;
         if bytes.len() as u64 > MAX_IMAGE_BYTES {
             return Err(self.unexpected(path, format!("more than {MAX_IMAGE_BYTES} bytes")));
         }
@@ -171,7 +176,7 @@ impl Client {
                     message: format!("{} ({path})", server_message(&body)),
                 })
             }
-            Err(ureq::Error::Transport(transport)) => Err(self.transport(transport.to_string())),
+            Err(ureq::Error::Transport(transport)) => Err(self.transport(transport.into())),
         }
     }
 
@@ -181,7 +186,7 @@ impl Client {
             .into_reader()
             .take(MAX_JSON_BYTES + 1)
             .read_to_string(&mut text)
-            .map_err(|e| self.transport(e.to_string()))?;
+            .map_err(|e| self.transport(e.into()))?;
         if text.len() as u64 > MAX_JSON_BYTES {
             return Err(self.unexpected(path, format!("more than {MAX_JSON_BYTES} bytes")));
         }
@@ -191,11 +196,11 @@ impl Client {
         serde_json::from_str(&text).map_err(|e| self.unexpected(path, format!("not JSON ({e})")))
     }
 
-    fn transport(&self, message: String) -> HttpError {
+    fn transport(&self, source: Box<dyn std::error::Error + Send + Sync>) -> HttpError {
         // ureq's message names the URL; the URL carries no secret (tokens travel in a header).
         HttpError::Transport {
             endpoint: self.endpoint.to_string(),
-            message,
+            source: source.into(),
         }
     }
 

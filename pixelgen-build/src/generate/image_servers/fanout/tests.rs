@@ -56,7 +56,7 @@ impl FakeServer {
     fn down(&self) -> HttpError {
         HttpError::Transport {
             endpoint: self.endpoint.to_string(),
-            message: "connection refused".into(),
+            source: Box::<dyn std::error::Error + Send + Sync>::from("connection refused").into(),
         }
     }
 }
