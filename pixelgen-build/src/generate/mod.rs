@@ -19,6 +19,7 @@ pub mod batched;
 pub mod diffusion;
 pub mod image_servers;
 pub mod procedural;
+pub mod settings;
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -98,6 +99,12 @@ pub trait Backend: Sync {
     /// A model this backend loads on this machine (by path or Hugging Face id): builds
     /// watch its files and download it when missing.
     fn local_model(&self) -> Option<&str> {
+        None
+    }
+
+    /// Why it cannot apply a sprite's LoRAs, if it cannot (the manifest refuses such a
+    /// sprite at its `loras`). The message continues "sprite `NAME` …".
+    fn refuses_loras(&self) -> Option<settings::Refusal> {
         None
     }
 

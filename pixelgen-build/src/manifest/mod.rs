@@ -37,12 +37,8 @@ pub const MAX_FRAMES: u32 = 256;
 pub const MAX_PAGE_SIDE: u32 = 16384;
 /// Most pixels of `padding` or `extrude` an atlas may ask for.
 pub const MAX_SPACING: u32 = 256;
-/// Largest side of a Diffusion `resolution`; it must also be a multiple of 8.
-pub const MAX_RESOLUTION: u32 = 4096;
-/// Most diffusion steps.
-pub const MAX_STEPS: u32 = 1000;
-/// Largest classifier-free guidance scale accepted (it must be finite and not negative).
-pub const MAX_GUIDANCE: f32 = 100.0;
+/// The sampling limits the AI backends check (theirs; named here for the manifest's readers).
+pub use crate::generate::settings::{MAX_GUIDANCE, MAX_RESOLUTION, MAX_STEPS};
 
 /// A validated manifest: every sprite with its defaults applied, sorted by name.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use crate::generate::diffusion::Scheduler;
-use crate::generate::image_servers::ServerKind;
+use crate::generate::image_servers::{ServerKind, WorkflowNodes};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename = "Manifest")]
@@ -120,7 +120,7 @@ pub(super) enum RawGenerator {
         #[serde(default)]
         workflow: Option<String>,
         #[serde(default)]
-        inputs: Option<RawWorkflowInputs>,
+        inputs: Option<WorkflowNodes>,
     },
 }
 
@@ -143,22 +143,6 @@ impl RawUrls {
             RawUrls::Many(urls) => urls.iter().map(String::as_str).collect(),
         }
     }
-}
-
-/// ComfyUI: the workflow's nodes that take each input (`"6"`, or `"6.text"` to name the input).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename = "Inputs")]
-pub(super) struct RawWorkflowInputs {
-    pub(super) prompt: String,
-    #[serde(default)]
-    pub(super) negative_prompt: Option<String>,
-    pub(super) seed: String,
-    #[serde(default)]
-    pub(super) size: Option<String>,
-    #[serde(default)]
-    pub(super) model: Option<String>,
-    #[serde(default)]
-    pub(super) sampler: Option<String>,
 }
 
 pub(super) fn one() -> f32 {

@@ -9,6 +9,7 @@
 
 #[cfg(feature = "diffusion")]
 pub mod local;
+mod settings;
 #[cfg(unix)]
 pub mod warm;
 
@@ -18,6 +19,7 @@ use std::path::Path;
 pub use pixelgen_diffusion::Scheduler;
 /// Where a model's files are (from `pixelgen-diffusion`, compiled without candle too).
 pub use pixelgen_diffusion::files as model_files;
+pub use settings::DiffusionSettings;
 
 #[cfg(feature = "diffusion")]
 pub use local::{

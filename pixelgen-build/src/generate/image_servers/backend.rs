@@ -22,6 +22,19 @@ impl Backend for ServerSpec {
         "Server"
     }
 
+    fn refuses_loras(&self) -> Option<crate::generate::settings::Refusal> {
+        // A workflow's LoRAs are its own LoraLoader nodes; pixelgen gives InvokeAI LoRAs
+        // by content.
+        (self.kind == ServerKind::ComfyUI).then(|| {
+            crate::generate::settings::Refusal::new(
+                "loras",
+                "draws with a ComfyUI workflow, which takes its LoRAs from its own LoraLoader nodes",
+                "not applied by ComfyUI",
+                "put the LoRA in the workflow (its file's bytes are then covered by the workflow's hash only through its name), or use an InvokeAI server, which pixelgen gives LoRAs by content",
+            )
+        })
+    }
+
     fn draws_raw_images(&self) -> bool {
         true
     }

@@ -29,9 +29,11 @@ mod endpoint;
 pub mod fanout;
 pub mod http;
 pub mod invokeai;
+mod settings;
 mod spec;
 
 use http::{Client, HttpError};
+pub use settings::{ServerSettings, WorkflowNodes};
 pub use spec::{
     Endpoint, SERVER_DEFAULT_GUIDANCE, SERVER_DEFAULT_SCHEDULER, SERVER_DEFAULT_STEPS, Scheme,
     ServerKind, ServerSpec, WorkflowInputs, WorkflowSpec,

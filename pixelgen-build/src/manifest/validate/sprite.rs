@@ -2,8 +2,6 @@
 //! one page of that atlas, and the manifest's `atlases` they go in.
 
 use crate::atlas::AtlasOptions;
-use crate::generate::GeneratorSpec;
-use crate::generate::image_servers::ServerKind;
 use crate::identity::{AtlasName, SpriteName};
 use crate::manifest::merge::{Merged, MergedSprite};
 use crate::manifest::raw::{RawDefaults, RawManifest, RawSprite};
@@ -112,17 +110,16 @@ impl Validator<'_> {
         self.fits_a_page(&entry, &merged, (width, height, frames), &atlas, &options)?;
         let generator = self.generator(&entry, merged.generator)?;
         let loras = self.loras(&entry, merged.loras, trained_loras)?;
-        if let GeneratorSpec::Server(spec) = &generator
-            && spec.kind == ServerKind::ComfyUI
-            && !loras.is_empty()
+        if !loras.is_empty()
+            && let Some(refusal) = generator.backend().refuses_loras()
         {
             return Err(self
                 .error(
                     self.field_span(&entry, "loras", &merged.loras),
-                    format!("sprite `{}` draws with a ComfyUI workflow, which takes its LoRAs from its own LoraLoader nodes", entry.name),
+                    format!("sprite `{}` {}", entry.name, refusal.message),
                 )
-                .label("not applied by ComfyUI")
-                .help("put the LoRA in the workflow (its file's bytes are then covered by the workflow's hash only through its name), or use an InvokeAI server, which pixelgen gives LoRAs by content")
+                .label(refusal.label)
+                .help(refusal.help)
                 .into());
         }
         let palette = match merged.palette {
