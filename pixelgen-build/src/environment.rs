@@ -44,7 +44,8 @@ pub const VARIABLES: &[&str] = &[
 ];
 
 /// What cargo sets for a build script; it reruns the script itself when they change.
-pub const CARGO_VARIABLES: &[&str] = &["CARGO_MANIFEST_DIR", "OUT_DIR"];
+#[cfg(test)]
+const CARGO_VARIABLES: &[&str] = &["CARGO_MANIFEST_DIR", "OUT_DIR"];
 
 /// What the environment asks of pixelgen.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,9 +11,9 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use pixelgen_build::environment::Environment;
-use pixelgen_build::key::FileHasher;
-use pixelgen_build::pipeline::Quiet;
+use pixelgen_build::Environment;
+use pixelgen_build::FileHasher;
+use pixelgen_build::Quiet;
 use pixelgen_build::{Project, Session};
 use serde_json::{Value, json};
 

@@ -2,9 +2,9 @@
 //! byte for byte the ones its `sprites.lock` records (and `cache/` holds): moving or
 //! reorganising generator code must not change a user's pixels unless a key changes too.
 
-use pixelgen_build::key::FileHasher;
-use pixelgen_build::lock::LockFile;
-use pixelgen_build::pipeline::Quiet;
+use pixelgen_build::FileHasher;
+use pixelgen_build::LockFile;
+use pixelgen_build::Quiet;
 use pixelgen_build::{Environment, Project, Session};
 
 #[test]

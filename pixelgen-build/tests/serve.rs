@@ -13,13 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use pixelgen_build::FileHasher;
+use pixelgen_build::Quiet;
 use pixelgen_build::generate::diffusion::warm::WarmServer;
 use pixelgen_build::generate::diffusion::warm::daemon::{ServeError, ServeOptions, Server};
 use pixelgen_build::generate::diffusion::warm::protocol::{
     self, Request, RequestHeader, Response, StatusReply, Versions,
 };
-use pixelgen_build::key::FileHasher;
-use pixelgen_build::pipeline::Quiet;
 use pixelgen_build::{Project, Session, Summary};
 use pixelgen_test_support::fixtures;
 use pixelgen_test_support::fs::{contents, copy_dir};
@@ -283,7 +283,7 @@ fn impostor(socket: &Path) -> JoinHandle<()> {
                 requests: 0,
                 models: Vec::new(),
                 batch: Some(1),
-                last_timings: pixelgen_build::timings::Timings::new(),
+                last_timings: pixelgen_build::Timings::new(),
             });
             let _ = protocol::write_frame(&mut stream, &reply, &[]);
         }

@@ -3,9 +3,9 @@
 
 use std::net::TcpListener;
 
-use pixelgen_build::environment::Environment;
-use pixelgen_build::key::FileHasher;
-use pixelgen_build::pipeline::Quiet;
+use pixelgen_build::Environment;
+use pixelgen_build::FileHasher;
+use pixelgen_build::Quiet;
 use pixelgen_build::{Project, Session};
 
 fn project(url: &str) -> (tempfile::TempDir, Project) {

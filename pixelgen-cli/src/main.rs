@@ -16,10 +16,10 @@ mod watch;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use pixelgen_build::key::FileHasher;
-use pixelgen_build::pipeline::Progress;
-use pixelgen_build::status::{Freshness, SpriteStatus};
+use pixelgen_build::FileHasher;
+use pixelgen_build::Progress;
 use pixelgen_build::{Environment, Error, FrameId, Project, Session};
+use pixelgen_build::{Freshness, SpriteStatus};
 
 /// cargo runs `cargo-pixelgen pixelgen ARGS`; the extra word is accepted and dropped.
 #[derive(Parser)]
@@ -367,7 +367,7 @@ fn print_table(statuses: &[SpriteStatus]) {
 
 /// The trained LoRAs under the sprites' table: a stale one is trained by the next
 /// generating run that draws a sprite using it.
-fn print_lora_table(loras: &[pixelgen_build::status::LoraStatus]) {
+fn print_lora_table(loras: &[pixelgen_build::LoraStatus]) {
     for lora in loras {
         let users: Vec<&str> = lora.used_by.iter().map(|s| s.as_str()).collect();
         match lora.status {

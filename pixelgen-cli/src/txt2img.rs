@@ -9,7 +9,7 @@ use pixelgen_build::generate::diffusion::Scheduler;
 use pixelgen_build::generate::diffusion::{
     DiffusionError, LoadedModel, LoraFile, Noise, Request, Settings, locate, select_device_for,
 };
-use pixelgen_build::timings::{Stage, Timings};
+use pixelgen_build::{Stage, Timings};
 
 #[derive(clap::Args)]
 pub struct Txt2Img {

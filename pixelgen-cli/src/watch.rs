@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
-use pixelgen_build::pipeline::Quiet;
+use pixelgen_build::Quiet;
 use pixelgen_build::{Environment, Error, Project, Session};
 
 #[derive(clap::Args)]
@@ -120,7 +120,7 @@ fn stat(path: &Path) -> Option<(u64, std::time::SystemTime, Option<u64>)> {
 fn rebuild(project: &Project, environment: &Environment, live: &Path) -> BTreeSet<PathBuf> {
     let started = Instant::now();
     let mut inputs = BTreeSet::from([project.manifest_path.clone()]);
-    let result = (|| -> Result<(Session, pixelgen_build::pipeline::Summary), Error> {
+    let result = (|| -> Result<(Session, pixelgen_build::Summary), Error> {
         let mut session = crate::open_to_generate(project.clone(), environment)?;
         inputs.extend(session.plan.input_files.iter().cloned());
         inputs.extend(

@@ -14,9 +14,9 @@
 
 use std::time::{Duration, Instant};
 
-use pixelgen_build::environment::Environment;
-use pixelgen_build::key::FileHasher;
-use pixelgen_build::pipeline::Quiet;
+use pixelgen_build::Environment;
+use pixelgen_build::FileHasher;
+use pixelgen_build::Quiet;
 use pixelgen_build::{Project, Session};
 use pixelgen_test_support::fixtures;
 use pixelgen_tests::invokeai::{self, InvokeAi};

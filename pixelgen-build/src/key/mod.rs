@@ -20,7 +20,7 @@ pub use hasher::{FileHasher, SHARED_STAMP_MIN_SIZE};
 pub struct Key(pub [u8; 32]);
 
 impl Key {
-    pub fn to_hex(&self) -> String {
+    pub fn to_hex(self) -> String {
         blake3::Hash::from_bytes(self.0).to_hex().to_string()
     }
 

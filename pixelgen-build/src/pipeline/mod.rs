@@ -28,7 +28,6 @@ use loras::{Trainer, loras_to_train};
 use pixelgen_diffusion::advisory::AdvisoryLock;
 
 pub const MANIFEST_FILE: &str = "sprites.ron";
-pub const LOCK_FILE: &str = "sprites.lock";
 pub const CACHE_DIR: &str = "cache";
 /// A build's training run keeps a checkpoint every this many steps (an interrupted build
 /// resumes from it).

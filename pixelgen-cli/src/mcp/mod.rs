@@ -14,8 +14,8 @@ use std::io::Cursor;
 use std::path::PathBuf;
 
 use base64::Engine;
-use pixelgen_build::status::{Freshness, SpriteStatus};
 use pixelgen_build::{Environment, Error, Project, Session};
+use pixelgen_build::{Freshness, SpriteStatus};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
@@ -551,7 +551,7 @@ impl PixelgenMcp {
 /// What the generating thread tells the tool while it works.
 enum Event {
     Start(u32),
-    Frame(pixelgen_build::identity::FrameId, u32),
+    Frame(pixelgen_build::FrameId, u32),
 }
 
 /// Relays the pipeline's progress to the tool's task.
@@ -560,12 +560,12 @@ struct Relay {
     total: u32,
 }
 
-impl pixelgen_build::pipeline::Progress for Relay {
+impl pixelgen_build::Progress for Relay {
     fn start(&mut self, frames_to_generate: usize) {
         self.total = u32::try_from(frames_to_generate).unwrap_or(u32::MAX);
         let _ = self.sender.send(Event::Start(self.total));
     }
-    fn frame_done(&mut self, frame: &pixelgen_build::identity::FrameId) {
+    fn frame_done(&mut self, frame: &pixelgen_build::FrameId) {
         let _ = self.sender.send(Event::Frame(frame.clone(), self.total));
     }
 }
@@ -592,7 +592,7 @@ impl PixelgenMcp {
                 return Err(no_such_sprites(&session, &unknown));
             }
         }
-        let only: Option<std::collections::BTreeSet<pixelgen_build::identity::SpriteName>> =
+        let only: Option<std::collections::BTreeSet<pixelgen_build::SpriteName>> =
             only.map(|names| names.into_iter().map(Into::into).collect());
         let mut relay = Relay { sender, total: 0 };
         let summary = session
