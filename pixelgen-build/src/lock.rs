@@ -67,6 +67,12 @@ pub enum LockError {
     },
     #[error("{} is not a valid pixelgen lock file: {message}\nhelp: it is generated: delete it and run `cargo pixelgen generate` (or a build without PIXELGEN_OFFLINE) to write it again", path.display())]
     Invalid { path: PathBuf, message: String },
+    /// Not JSON in the lock file's shape (serde's error kept as the source).
+    #[error("{} is not a valid pixelgen lock file: {source}\nhelp: it is generated: delete it and run `cargo pixelgen generate` (or a build without PIXELGEN_OFFLINE) to write it again", path.display())]
+    Malformed {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("cannot write {}: {source}", path.display())]
     Write {
         path: PathBuf,
@@ -87,10 +93,11 @@ impl LockFile {
                 });
             }
         };
-        let lock: LockFile = serde_json::from_str(&text).map_err(|e| LockError::Invalid {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let lock: LockFile =
+            serde_json::from_str(&text).map_err(|source| LockError::Malformed {
+                path: path.to_path_buf(),
+                source,
+            })?;
         if lock.version != LOCK_VERSION {
             return Err(LockError::Invalid {
                 path: path.to_path_buf(),

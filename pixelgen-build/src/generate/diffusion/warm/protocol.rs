@@ -180,7 +180,7 @@ pub enum FrameError {
         max: usize,
     },
     #[error("a frame's header is not valid: {0}")]
-    Header(String),
+    Header(#[source] serde_json::Error),
 }
 
 /// Writes one frame.
@@ -217,7 +217,7 @@ pub fn read_raw_frame(from: &mut impl Read) -> Result<(Vec<u8>, Vec<u8>), FrameE
 /// Reads one frame whose header is a `T`.
 pub fn read_frame<T: DeserializeOwned>(from: &mut impl Read) -> Result<(T, Vec<u8>), FrameError> {
     let (header, payload) = read_raw_frame(from)?;
-    let header = serde_json::from_slice(&header).map_err(|e| FrameError::Header(e.to_string()))?;
+    let header = serde_json::from_slice(&header).map_err(FrameError::Header)?;
     Ok((header, payload))
 }
 
