@@ -14,13 +14,24 @@ pub fn free_port() -> u16 {
 /// Waits until 127.0.0.1:`port` accepts connections; `false` when it did not `within`.
 pub fn wait_for_port(port: u16, within: Duration) -> bool {
     let deadline = Instant::now() + within;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !listening(port) {
         if Instant::now() >= deadline {
             return false;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     true
+}
+
+/// Whether something accepts connections on 127.0.0.1:`port`. A port in the ephemeral
+/// range that nothing listens on can still "accept": Linux may give the connecting socket
+/// that very port as its own, and the connection meets itself (TCP simultaneous open).
+/// Such a connection is not a listener.
+fn listening(port: u16) -> bool {
+    match TcpStream::connect(("127.0.0.1", port)) {
+        Ok(stream) => stream.local_addr().ok() != stream.peer_addr().ok(),
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]
