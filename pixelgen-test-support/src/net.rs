@@ -39,12 +39,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_listening_port_is_found_and_a_free_one_is_not() {
+    fn a_listening_port_is_found_and_a_closed_one_is_not() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         assert!(wait_for_port(port, Duration::from_secs(5)));
         drop(listener);
-        let free = free_port();
-        assert!(!wait_for_port(free, Duration::from_millis(300)));
+        // Port 1 (tcpmux) is privileged and outside the ephemeral range: nothing listens
+        // there, and nothing is handed it meanwhile. A port that was free a moment ago can
+        // be: the system gives it to the next process that binds port 0 (this assertion,
+        // written with `free_port()`, failed twice in .ci/run's test phase).
+        assert!(!wait_for_port(1, Duration::from_millis(300)));
+        assert_ne!(free_port(), 0);
     }
 }
