@@ -25,6 +25,17 @@ pub enum Freshness {
     Stale,
 }
 
+impl Freshness {
+    /// Stale when there is a reason to be.
+    pub fn of(reasons: &[String]) -> Freshness {
+        if reasons.is_empty() {
+            Freshness::Fresh
+        } else {
+            Freshness::Stale
+        }
+    }
+}
+
 /// Whether a trained LoRA's file is in the cache, and why it must be trained if not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LoraStatus {

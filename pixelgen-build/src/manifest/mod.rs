@@ -100,17 +100,24 @@ impl Manifest {
     /// The LoRA files the sprites name and the image folders of the trained LoRAs: what
     /// a build reruns for and `watch` watches, besides the manifest and its palettes.
     pub fn lora_inputs(&self) -> std::collections::BTreeSet<&Path> {
-        let files = self
-            .sprites
-            .iter()
-            .flat_map(|s| &s.loras)
-            .filter_map(|l| match &l.source {
-                LoraSource::File { resolved, .. } => Some(resolved.as_path()),
-                LoraSource::Trained(_) => None,
-            });
-        let folders = self.trained_loras.iter().map(|t| t.images_dir.as_path());
-        files.chain(folders).collect()
+        lora_inputs(&self.sprites, &self.trained_loras)
     }
+}
+
+/// The LoRA files `sprites` name and the image folders of `trained` LoRAs.
+pub fn lora_inputs<'a>(
+    sprites: impl IntoIterator<Item = &'a SpriteSpec>,
+    trained: impl IntoIterator<Item = &'a TrainedLoraSpec>,
+) -> std::collections::BTreeSet<&'a Path> {
+    let files = sprites
+        .into_iter()
+        .flat_map(|s| &s.loras)
+        .filter_map(|l| match &l.source {
+            LoraSource::File { resolved, .. } => Some(resolved.as_path()),
+            LoraSource::Trained(_) => None,
+        });
+    let folders = trained.into_iter().map(|t| t.images_dir.as_path());
+    files.chain(folders).collect()
 }
 
 /// What happens to the pixels around the subject.

@@ -94,11 +94,7 @@ impl Checker<'_> {
             planned,
             status: SpriteStatus {
                 name: sprite.name.clone(),
-                status: if reasons.is_empty() {
-                    Freshness::Fresh
-                } else {
-                    Freshness::Stale
-                },
+                status: Freshness::of(&reasons),
                 reasons,
                 frames: planned.frames.len(),
             },
@@ -248,11 +244,7 @@ impl Checker<'_> {
         LoraStatus {
             name: spec.name.clone(),
             images: spec.images.clone(),
-            status: if reasons.is_empty() {
-                Freshness::Fresh
-            } else {
-                Freshness::Stale
-            },
+            status: Freshness::of(&reasons),
             reasons,
             used_by: plan.users_of(&spec.name),
         }

@@ -402,7 +402,10 @@ fn draw(
     }
     let trained = draw::trained_hashes(
         plan,
-        entries.iter().flat_map(|entry| &entry.planned.loras),
+        entries
+            .iter()
+            .filter(|entry| entry.to_draw())
+            .flat_map(|entry| &entry.planned.loras),
         checker,
     );
     let work = Work::of(entries);

@@ -65,15 +65,7 @@ impl Plan {
     /// The files and folders the sprites' LoRAs are read from: LoRA files and trained
     /// LoRAs' image folders (for rerun-if-changed and `watch`).
     pub fn lora_inputs(&self) -> BTreeSet<&Path> {
-        let files = self
-            .specs()
-            .flat_map(|s| &s.loras)
-            .filter_map(|l| match &l.source {
-                LoraSource::File { resolved, .. } => Some(resolved.as_path()),
-                LoraSource::Trained(_) => None,
-            });
-        let folders = self.loras.iter().map(|t| t.spec.images_dir.as_path());
-        files.chain(folders).collect()
+        crate::manifest::lora_inputs(self.specs(), self.loras.iter().map(|t| &t.spec))
     }
 
     /// The local models (as the manifest names them) that sprites are drawn and LoRAs
