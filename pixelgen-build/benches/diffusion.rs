@@ -247,13 +247,7 @@ fn measure_pixelgen(
         output = Some(out);
     }
 
-    let settings = Settings {
-        width: SIZE,
-        height: SIZE,
-        steps: STEPS,
-        guidance: GUIDANCE,
-        scheduler: Scheduler::Euler,
-    };
+    let settings = Settings::new(SIZE, SIZE, STEPS, GUIDANCE, Scheduler::Euler);
     let request = Request {
         prompt: PROMPT.into(),
         negative_prompt: None,
@@ -262,6 +256,7 @@ fn measure_pixelgen(
             steps: None,
             seed: 0,
         },
+        init: None,
     };
     let mut images = Vec::new();
     for _ in 0..image_runs {

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use pixelgen_build::Environment;
-use pixelgen_build::generate::diffusion::Scheduler;
 use pixelgen_build::generate::diffusion::{
-    DiffusionError, LoadedModel, LoraFile, Noise, Request, Settings, locate, select_device_for,
+    DiffusionError, InitImage, LoadedModel, LoraFile, Noise, Request, Scheduler, Settings, Tiling,
+    locate, select_device_for,
 };
 use pixelgen_build::{Stage, Timings};
 
@@ -36,9 +36,23 @@ pub struct Txt2Img {
     /// Seed of pixelgen's noise generator.
     #[arg(long, conflicts_with = "init_latents")]
     seed: Option<u64>,
-    /// A safetensors file whose tensor `latents` (1 × 4 × h/8 × w/8, f32) is the initial noise.
+    /// A safetensors file whose tensor `latents` (1 × 4 × h/8 × w/8, f32) is the noise: the
+    /// initial latents, or with `--init-image` and no mask the noise added to the image.
     #[arg(long, value_name = "FILE")]
     init_latents: Option<PathBuf>,
+    /// Draw from this image (img2img; with `--mask`, inpainting); its size is the default size.
+    #[arg(long, value_name = "FILE")]
+    init_image: Option<PathBuf>,
+    /// How much of the init image is redrawn, in (0, 1]: the last int(steps × S) steps run.
+    #[arg(long, value_name = "S", requires = "init_image", default_value_t = 1.0)]
+    strength: f64,
+    /// Where to repaint the init image (white, 50 % grey or more); the same size as it.
+    #[arg(long, value_name = "FILE", requires = "init_image")]
+    mask: Option<PathBuf>,
+    /// Draw seamlessly on these axes (every padded convolution of the UNet and the VAE
+    /// decoder wraps around).
+    #[arg(long, value_parser = ["xy", "x", "y"])]
+    tiling: Option<String>,
     /// A LoRA and its weight (`FILE:WEIGHT`, weight 1 when left out); repeat for several.
     #[arg(long, value_name = "FILE:WEIGHT")]
     lora: Vec<String>,
@@ -63,6 +77,21 @@ fn parse_lora(arg: &str) -> Result<LoraFile, DiffusionError> {
     })
 }
 
+/// Reads `--init-image` and `--mask` (any format the image crate reads; the mask as grey).
+fn init_image(
+    image: &std::path::Path,
+    mask: Option<&std::path::Path>,
+) -> Result<InitImage, DiffusionError> {
+    let read = |path: &std::path::Path| {
+        image::open(path).map_err(|e| DiffusionError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("cannot read the image: {e}"),
+        })
+    };
+    let mask = mask.map(read).transpose()?;
+    Ok(InitImage::from_images(&read(image)?, mask.as_ref()))
+}
+
 pub fn run(args: Txt2Img, environment: &Environment) -> Result<(), DiffusionError> {
     let started = Instant::now();
     let (device, dtype, note) = select_device_for(&environment.device)?;
@@ -80,15 +109,26 @@ pub fn run(args: Txt2Img, environment: &Environment) -> Result<(), DiffusionErro
     let loaded = started.elapsed();
     let mut timings = Timings::new();
     timings.add(Stage::Load, loaded);
+    let init = args
+        .init_image
+        .as_deref()
+        .map(|image| init_image(image, args.mask.as_deref()))
+        .transpose()?;
     let size = model.default_resolution().unwrap_or(512);
+    let (default_width, default_height) = match &init {
+        Some(init) => (init.image.width() as usize, init.image.height() as usize),
+        None => (size, size),
+    };
     let settings = Settings {
-        width: args.width.unwrap_or(size),
-        height: args.height.unwrap_or(size),
+        width: args.width.unwrap_or(default_width),
+        height: args.height.unwrap_or(default_height),
         steps: args.steps,
         guidance: args.guidance,
         scheduler: Scheduler::from_name(&args.scheduler).ok_or_else(|| {
             DiffusionError::Request(format!("unknown scheduler {}", args.scheduler))
         })?,
+        strength: args.strength,
+        tiling: args.tiling.as_deref().and_then(Tiling::from_name),
     };
     let seed = args.seed.unwrap_or(0);
     let noise = match &args.init_latents {
@@ -99,6 +139,7 @@ pub fn run(args: Txt2Img, environment: &Environment) -> Result<(), DiffusionErro
         prompt: args.prompt,
         negative_prompt: args.negative_prompt,
         noise,
+        init,
     };
     let image = model
         .generate_timed(&settings, &[request], &mut timings)?

@@ -22,6 +22,8 @@ pub mod files;
 #[cfg(feature = "backend")]
 pub mod clip;
 #[cfg(feature = "backend")]
+pub mod condition;
+#[cfg(feature = "backend")]
 pub mod config;
 #[cfg(feature = "backend")]
 pub mod cpu_ops;
@@ -40,6 +42,8 @@ pub mod sample;
 #[cfg(feature = "backend")]
 pub mod scheduler;
 #[cfg(feature = "backend")]
+pub mod seamless;
+#[cfg(feature = "backend")]
 pub mod sgm;
 #[cfg(feature = "backend")]
 pub mod tokenizer;
@@ -56,6 +60,8 @@ mod device;
 /// candle, as this crate was built with it (its `Device` and `DType` are in the API).
 #[cfg(feature = "backend")]
 pub use candle_core;
+#[cfg(feature = "backend")]
+pub use condition::InitImage;
 #[cfg(feature = "backend")]
 pub use device::{DeviceLock, batch_for, select_device};
 pub use files::{LocateError, ModelLocation, locate};
@@ -76,6 +82,47 @@ pub enum Scheduler {
     /// `EulerAncestralDiscreteScheduler`.
     #[default]
     EulerAncestral,
+}
+
+/// The axes on which a drawing wraps seamlessly (`--tiling`, a sprite's `tiling`): every
+/// 2-D convolution of the UNet and of the VAE decoder pads circularly on them and with
+/// zeros on the other, so the image's opposite edges continue each other there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
+pub enum Tiling {
+    /// Left and right edges meet.
+    X,
+    /// Top and bottom edges meet.
+    Y,
+    /// Both.
+    XY,
+}
+
+impl Tiling {
+    /// The command-line and lock-file name: `x`, `y`, `xy`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tiling::X => "x",
+            Tiling::Y => "y",
+            Tiling::XY => "xy",
+        }
+    }
+
+    /// The tiling called `name` (see [`Tiling::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Tiling::X, Tiling::Y, Tiling::XY]
+            .into_iter()
+            .find(|t| t.name() == name)
+    }
+
+    /// Whether the left and right edges meet.
+    pub fn wraps_x(self) -> bool {
+        matches!(self, Tiling::X | Tiling::XY)
+    }
+
+    /// Whether the top and bottom edges meet.
+    pub fn wraps_y(self) -> bool {
+        matches!(self, Tiling::Y | Tiling::XY)
+    }
 }
 
 impl Scheduler {
@@ -149,6 +196,14 @@ impl From<lora::LoraError> for DiffusionError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tiling_names_round_trip() {
+        for t in [Tiling::X, Tiling::Y, Tiling::XY] {
+            assert_eq!(Tiling::from_name(t.name()), Some(t));
+        }
+        assert_eq!(Tiling::from_name("yx"), None);
+    }
 
     #[test]
     fn scheduler_names_round_trip() {

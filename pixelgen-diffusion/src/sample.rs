@@ -8,11 +8,13 @@ use std::time::Instant;
 use candle_core::{D, DType, Tensor};
 use image::RgbImage;
 
-use super::DiffusionError;
+use super::condition::InitImage;
 use super::model::LoadedModel;
 use super::noise::{self, Stream};
 use super::scheduler::Sampler;
 use super::unet::AddedConditioning;
+use super::unet::Guides;
+use super::{DiffusionError, Tiling};
 use crate::Scheduler;
 
 /// A part of sampling whose time [`LoadedModel::generate_timed`] reports. Each ends by
@@ -44,6 +46,32 @@ pub struct Settings {
     pub steps: usize,
     pub guidance: f64,
     pub scheduler: Scheduler,
+    /// img2img's strength in (0, 1]: the sampler runs the last `int(steps × strength)`
+    /// steps from the init images noised to that level. 1 for text to image.
+    pub strength: f64,
+    /// The axes the drawing wraps on, if any.
+    pub tiling: Option<Tiling>,
+}
+
+impl Settings {
+    /// Text-to-image settings: strength 1, no tiling.
+    pub fn new(
+        width: usize,
+        height: usize,
+        steps: usize,
+        guidance: f64,
+        scheduler: Scheduler,
+    ) -> Self {
+        Self {
+            width,
+            height,
+            steps,
+            guidance,
+            scheduler,
+            strength: 1.0,
+            tiling: None,
+        }
+    }
 }
 
 /// Where an image's noise comes from.
@@ -124,6 +152,8 @@ pub struct Request {
     /// `None` differs from `Some("")` only for SDXL models, which then condition on zeros.
     pub negative_prompt: Option<String>,
     pub noise: Noise,
+    /// The image to draw from (img2img, inpainting), if any.
+    pub init: Option<InitImage>,
 }
 
 /// What the UNet is conditioned on, for the whole (guidance-doubled) batch.
@@ -153,8 +183,20 @@ impl LoadedModel {
                 settings.width, settings.height
             )));
         }
-        Sampler::new(&self.scheduler, settings.scheduler, settings.steps)
+        let sampler = Sampler::new(&self.scheduler, settings.scheduler, settings.steps)
             .map_err(DiffusionError::Request)?;
+        if !(settings.strength > 0.0 && settings.strength <= 1.0) {
+            return Err(DiffusionError::Request(format!(
+                "strength {} is outside (0, 1]",
+                settings.strength
+            )));
+        }
+        if sampler.first_step(settings.strength).is_none() {
+            return Err(DiffusionError::Request(format!(
+                "strength {} of {} steps runs no step (int(steps × strength) is 0): raise the strength or the steps",
+                settings.strength, settings.steps
+            )));
+        }
         Ok(())
     }
 
@@ -177,6 +219,7 @@ impl LoadedModel {
         timings: &mut dyn PhaseTimes,
     ) -> Result<Vec<RgbImage>, DiffusionError> {
         self.check(settings)?;
+        self.check_images(settings, requests)?;
         if requests.is_empty() {
             return Ok(Vec::new());
         }
@@ -188,7 +231,7 @@ impl LoadedModel {
         let latents = self.denoise(settings, requests, &conditioning, timings)?;
         let start = Instant::now();
         // `decode` ends by copying the pixels to the host, which waits for the device.
-        let images = self.decode(&latents)?;
+        let images = self.decode(&latents, settings.tiling)?;
         timings.record(Phase::VaeDecode, start.elapsed());
         Ok(images)
     }
@@ -381,29 +424,37 @@ impl LoadedModel {
                 ))),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut latents = self
-            .noise_tensor(initial, shape)?
-            .affine(sampler.init_noise_sigma(), 0.0)
-            .map_err(compute("noise"))?;
+        let noise = self.noise_tensor(initial, shape)?;
+        let start = self.start(settings, requests, &sampler, noise)?;
+        let mut latents = start.latents;
+        let guides = Guides {
+            tiling: settings.tiling,
+            control: None,
+        };
         let guided = settings.guidance > 1.0;
-        for (index, &timestep) in sampler.timesteps().iter().enumerate() {
-            let start = Instant::now();
+        let timesteps = sampler.timesteps().iter().enumerate().skip(start.first);
+        for (step_number, (index, &timestep)) in timesteps.enumerate() {
+            let began = Instant::now();
             let step = || -> candle_core::Result<Tensor> {
                 let input = if guided {
                     Tensor::cat(&[&latents, &latents], 0)?
                 } else {
                     latents.clone()
                 };
-                let input = sampler
-                    .scale_model_input(&input, index)?
-                    .to_dtype(self.dtype)?;
+                let input = sampler.scale_model_input(&input, index)?;
+                let input = match &start.inpaint {
+                    Some(inpaint) => inpaint.unet_input(&input, guided)?,
+                    None => input,
+                }
+                .to_dtype(self.dtype)?;
                 let output = self
                     .unet
-                    .forward(
+                    .forward_guided(
                         &input,
                         timestep,
                         &conditioning.context,
                         conditioning.added.as_ref(),
+                        &guides,
                     )?
                     .to_dtype(DType::F32)?;
                 if guided {
@@ -421,18 +472,20 @@ impl LoadedModel {
                     .map(|r| match &r.noise {
                         Noise::Given {
                             steps: Some(steps), ..
-                        } if index < steps.len() && steps[index].len() == count => {
-                            Ok(steps[index].clone())
+                        } if step_number < steps.len() && steps[step_number].len() == count => {
+                            Ok(steps[step_number].clone())
                         }
                         Noise::Given {
                             steps: Some(steps), ..
-                        } if index < steps.len() => Err(DiffusionError::Request(format!(
-                            "step noise {index} has {} values, {count} are needed",
-                            steps[index].len()
+                        } if step_number < steps.len() => Err(DiffusionError::Request(format!(
+                            "step noise {step_number} has {} values, {count} are needed",
+                            steps[step_number].len()
                         ))),
-                        Noise::Seed(seed) | Noise::Given { seed, .. } => {
-                            Ok(noise::gaussian(*seed, Stream::AncestralStep(index), count))
-                        }
+                        Noise::Seed(seed) | Noise::Given { seed, .. } => Ok(noise::gaussian(
+                            *seed,
+                            Stream::AncestralStep(step_number),
+                            count,
+                        )),
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 Some(self.noise_tensor(values, shape)?)
@@ -442,19 +495,29 @@ impl LoadedModel {
             latents = sampler
                 .step(&guided_output, index, &latents, step_noise.as_ref())
                 .map_err(compute("sampler"))?;
+            if let Some(inpaint) = &start.inpaint {
+                latents = inpaint.after_step(latents, &sampler, index)?;
+            }
             self.synchronize()?;
-            timings.record(Phase::UnetStep, start.elapsed());
+            timings.record(Phase::UnetStep, began.elapsed());
         }
         Ok(latents)
     }
 
     /// Latents to RGB images, as diffusers' `output_type="pil"` rounds them.
-    pub(crate) fn decode(&self, latents: &Tensor) -> Result<Vec<RgbImage>, DiffusionError> {
+    pub(crate) fn decode(
+        &self,
+        latents: &Tensor,
+        tiling: Option<Tiling>,
+    ) -> Result<Vec<RgbImage>, DiffusionError> {
         let run = || -> candle_core::Result<Tensor> {
             let scaled = latents
                 .to_dtype(self.vae_dtype)?
                 .affine(1.0 / self.vae_config.scaling_factor, 0.0)?;
-            let image = self.vae.decode(&scaled)?.to_dtype(DType::F32)?;
+            let image = self
+                .vae
+                .decode_tiled(&scaled, tiling)?
+                .to_dtype(DType::F32)?;
             let image = image.affine(0.5, 0.5)?.clamp(0.0, 1.0)?;
             (image * 255.0)?
                 .round()?
@@ -496,13 +559,13 @@ pub fn settings_for(
     let (width, height) = resolution
         .map(|(w, h)| (w as usize, h as usize))
         .unwrap_or((default, default));
-    let settings = Settings {
+    let settings = Settings::new(
         width,
         height,
-        steps: steps as usize,
-        guidance: f64::from(guidance),
+        steps as usize,
+        f64::from(guidance),
         scheduler,
-    };
+    );
     loaded.check(&settings)?;
     Ok(settings)
 }
@@ -514,5 +577,6 @@ pub fn request_for(prompt: &str, negative_prompt: &str, seed: u64) -> Request {
         prompt: prompt.to_string(),
         negative_prompt: (!negative_prompt.is_empty()).then(|| negative_prompt.to_string()),
         noise: Noise::Seed(seed),
+        init: None,
     }
 }

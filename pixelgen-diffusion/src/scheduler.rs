@@ -174,6 +174,35 @@ impl Sampler {
         self.init_noise_sigma
     }
 
+    /// The step an img2img drawing at `strength` (0 < strength ≤ 1) starts from: it runs
+    /// the last `int(steps × strength)` steps, as diffusers' `get_timesteps` keeps them.
+    /// `None` when that is no step at all (the strength is too small for the step count).
+    pub fn first_step(&self, strength: f64) -> Option<usize> {
+        let steps = self.timesteps.len();
+        let kept = ((steps as f64 * strength) as usize).min(steps);
+        (kept > 0).then_some(steps - kept)
+    }
+
+    /// `original` noised to the level of step `index` (diffusers' `add_noise` at
+    /// `timesteps[index]`): DDIM mixes √ᾱ·x + √(1−ᾱ)·ε, the Euler samplers add σ·ε.
+    pub fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        index: usize,
+    ) -> CandleResult<Tensor> {
+        match self.kind {
+            Scheduler::Ddim => {
+                let t = self.timesteps[index] as usize;
+                let alpha = self.alphas_cumprod[t];
+                original.affine(alpha.sqrt(), 0.0)? + noise.affine((1.0 - alpha).sqrt(), 0.0)?
+            }
+            Scheduler::Euler | Scheduler::EulerAncestral => {
+                original + noise.affine(self.sigmas[index], 0.0)?
+            }
+        }
+    }
+
     /// Whether `step` needs fresh noise (only the ancestral sampler does).
     pub fn needs_noise(&self) -> bool {
         self.kind == Scheduler::EulerAncestral
@@ -480,6 +509,17 @@ mod tests {
         assert_eq!(sampler.timesteps(), &[999.0]);
         let sampler = Sampler::new(&config, Scheduler::Euler, 3).unwrap();
         assert_eq!(sampler.timesteps(), &[999.0, 666.0, 332.0]);
+    }
+
+    #[test]
+    fn img2img_keeps_the_last_int_steps_times_strength_steps() {
+        let sampler = Sampler::new(&sd15(), Scheduler::Ddim, 10).unwrap();
+        assert_eq!(sampler.first_step(1.0), Some(0));
+        assert_eq!(sampler.first_step(0.5), Some(5));
+        // Python's int(10 × 0.7) is 7 (0.7 × 10 is 7.000000000000001 in binary).
+        assert_eq!(sampler.first_step(0.7), Some(3));
+        assert_eq!(sampler.first_step(0.3), Some(7));
+        assert_eq!(sampler.first_step(0.05), None);
     }
 
     #[test]

@@ -9,8 +9,10 @@
 use candle_core::{D, DType, Module, Result, Tensor, bail};
 use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder};
 
+use super::Tiling;
 use super::config::UnetConfig;
-use super::cpu_ops::{self, GroupNorm, conv2d};
+use super::cpu_ops::{self, GroupNorm};
+use super::seamless::conv2d;
 
 /// SDXL's extra conditioning: the pooled text embedding and the size/crop time ids.
 #[derive(Debug, Clone)]
@@ -19,6 +21,23 @@ pub struct AddedConditioning {
     pub text_embeds: Tensor,
     /// `[batch, 6]`: original height and width, crop top and left, target height and width.
     pub time_ids: Tensor,
+}
+
+/// What a drawing adds to the UNet's inputs beyond latents, timestep and prompt.
+#[derive(Debug, Clone, Default)]
+pub struct Guides {
+    /// The axes every padded convolution wraps on (seamless tiling).
+    pub tiling: Option<Tiling>,
+    /// ControlNets' residuals, summed over the ControlNets in use.
+    pub control: Option<ControlResiduals>,
+}
+
+/// What ControlNets add to the UNet: one residual per skip connection of the down path
+/// (in the order the UNet pushes them) and one to the mid block's output.
+#[derive(Debug, Clone)]
+pub struct ControlResiduals {
+    pub down: Vec<Tensor>,
+    pub mid: Tensor,
 }
 
 /// The architecture facts other stages need (LoRA name mapping, batching).
@@ -235,17 +254,17 @@ impl Resnet {
         })
     }
 
-    fn forward(&self, xs: &Tensor, temb: &Tensor) -> Result<Tensor> {
-        let h = conv2d(&self.conv1, &self.norm1.forward_silu(xs)?)?;
+    fn forward(&self, xs: &Tensor, temb: &Tensor, tiling: Option<Tiling>) -> Result<Tensor> {
+        let h = conv2d(&self.conv1, &self.norm1.forward_silu(xs)?, tiling)?;
         let t = self
             .time_emb_proj
             .forward(&candle_nn::ops::silu(temb)?)?
             .unsqueeze(2)?
             .unsqueeze(3)?;
         let h = h.broadcast_add(&t)?;
-        let h = conv2d(&self.conv2, &self.norm2.forward_silu(&h)?)?;
+        let h = conv2d(&self.conv2, &self.norm2.forward_silu(&h)?, tiling)?;
         let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv2d(conv, xs)?,
+            Some(conv) => conv2d(conv, xs, tiling)?,
             None => xs.clone(),
         };
         let out = (shortcut + h)?;
@@ -395,7 +414,7 @@ impl Transformer2D {
                 .reshape((batch, height * width, channels))
         };
         let mut tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(conv2d(conv, &normed)?)?,
+            Projection::Conv(conv) => to_tokens(conv2d(conv, &normed, None)?)?,
             Projection::Linear(linear) => linear.forward(&to_tokens(normed)?)?,
         };
         for block in &self.blocks {
@@ -407,7 +426,7 @@ impl Transformer2D {
                 .contiguous()
         };
         let out = match &self.proj_out {
-            Projection::Conv(conv) => conv2d(conv, &to_image(tokens)?)?,
+            Projection::Conv(conv) => conv2d(conv, &to_image(tokens)?, None)?,
             Projection::Linear(linear) => to_image(linear.forward(&tokens)?)?,
         };
         out + xs
@@ -430,8 +449,9 @@ impl Block {
         xs: &Tensor,
         temb: &Tensor,
         context: &Tensor,
+        tiling: Option<Tiling>,
     ) -> Result<Tensor> {
-        let xs = self.resnets[i].forward(xs, temb)?;
+        let xs = self.resnets[i].forward(xs, temb, tiling)?;
         match self.attentions.get(i) {
             Some(attention) => attention.forward(&xs, context),
             None => Ok(xs),
@@ -635,8 +655,20 @@ impl Unet {
         context: &Tensor,
         added: Option<&AddedConditioning>,
     ) -> Result<Tensor> {
+        self.forward_guided(sample, timestep, context, added, &Guides::default())
+    }
+
+    /// [`forward`](Self::forward) with what a conditioned drawing adds ([`Guides`]).
+    pub fn forward_guided(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedConditioning>,
+        guides: &Guides,
+    ) -> Result<Tensor> {
         let timesteps = Tensor::full(timestep as f32, sample.dim(0)?, sample.device())?;
-        self.forward_at(sample, &timesteps, context, added)
+        self.run(sample, &timesteps, context, added, guides)
     }
 
     /// The dtype the UNet computes in (its weights').
@@ -653,6 +685,18 @@ impl Unet {
         context: &Tensor,
         added: Option<&AddedConditioning>,
     ) -> Result<Tensor> {
+        self.run(sample, timesteps, context, added, &Guides::default())
+    }
+
+    fn run(
+        &self,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        added: Option<&AddedConditioning>,
+        guides: &Guides,
+    ) -> Result<Tensor> {
+        let tiling = guides.tiling;
         let (batch, _, height, width) = sample.dims4()?;
         let dtype = sample.dtype();
         let timesteps = &timesteps.to_dtype(DType::F32)?;
@@ -690,11 +734,11 @@ impl Unet {
         } else {
             sample.clone()
         };
-        let mut xs = conv2d(&self.conv_in, &sample)?;
+        let mut xs = conv2d(&self.conv_in, &sample, tiling)?;
         let mut skips = vec![xs.clone()];
         for block in &self.down_blocks {
             for i in 0..block.resnets.len() {
-                xs = block.resnet_then_attention(i, &xs, &emb, context)?;
+                xs = block.resnet_then_attention(i, &xs, &emb, context, tiling)?;
                 skips.push(xs.clone());
             }
             if let Some((downsampler, padding)) = &block.downsampler {
@@ -704,14 +748,27 @@ impl Unet {
                 } else {
                     xs.clone()
                 };
-                xs = conv2d(downsampler, &padded)?;
+                xs = conv2d(downsampler, &padded, tiling)?;
                 skips.push(xs.clone());
             }
         }
 
-        xs = self.mid_block.resnets[0].forward(&xs, &emb)?;
+        xs = self.mid_block.resnets[0].forward(&xs, &emb, tiling)?;
         xs = self.mid_block.attentions[0].forward(&xs, context)?;
-        xs = self.mid_block.resnets[1].forward(&xs, &emb)?;
+        xs = self.mid_block.resnets[1].forward(&xs, &emb, tiling)?;
+        if let Some(control) = &guides.control {
+            if control.down.len() != skips.len() {
+                bail!(
+                    "unet: {} ControlNet residuals for {} skip connections",
+                    control.down.len(),
+                    skips.len()
+                );
+            }
+            for (skip, residual) in skips.iter_mut().zip(&control.down) {
+                *skip = (&*skip + residual.to_dtype(dtype)?)?;
+            }
+            xs = (xs + control.mid.to_dtype(dtype)?)?;
+        }
 
         let factor = 1usize << (self.shape.levels - 1);
         let irregular = !height.is_multiple_of(factor) || !width.is_multiple_of(factor);
@@ -721,17 +778,21 @@ impl Unet {
                     bail!("unet: skip connections ran out")
                 };
                 xs = Tensor::cat(&[&xs, &skip], 1)?;
-                xs = block.resnet_then_attention(i, &xs, &emb, context)?;
+                xs = block.resnet_then_attention(i, &xs, &emb, context, tiling)?;
             }
             if let Some(upsampler) = &block.upsampler {
                 let (h, w) = match (irregular, skips.last()) {
                     (true, Some(next)) => (next.dim(2)?, next.dim(3)?),
                     _ => (xs.dim(2)? * 2, xs.dim(3)? * 2),
                 };
-                xs = conv2d(upsampler, &xs.upsample_nearest2d(h, w)?)?;
+                xs = conv2d(upsampler, &xs.upsample_nearest2d(h, w)?, tiling)?;
             }
         }
 
-        conv2d(&self.conv_out, &self.conv_norm_out.forward_silu(&xs)?)
+        conv2d(
+            &self.conv_out,
+            &self.conv_norm_out.forward_silu(&xs)?,
+            tiling,
+        )
     }
 }

@@ -11,8 +11,10 @@
 use candle_core::{Module, Result, Tensor, bail};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder};
 
+use super::Tiling;
 use super::config::VaeConfig;
-use super::cpu_ops::{self, GroupNorm, conv2d};
+use super::cpu_ops::{self, GroupNorm};
+use super::seamless::conv2d;
 
 /// diffusers' decoder uses this epsilon in every norm.
 const EPS: f64 = 1e-6;
@@ -50,11 +52,11 @@ impl Resnet {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let h = conv2d(&self.conv1, &self.norm1.forward_silu(xs)?)?;
-        let h = conv2d(&self.conv2, &self.norm2.forward_silu(&h)?)?;
+    fn forward(&self, xs: &Tensor, tiling: Option<Tiling>) -> Result<Tensor> {
+        let h = conv2d(&self.conv1, &self.norm1.forward_silu(xs)?, tiling)?;
+        let h = conv2d(&self.conv2, &self.norm2.forward_silu(&h)?, tiling)?;
         let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv2d(conv, xs)?,
+            Some(conv) => conv2d(conv, xs, tiling)?,
             None => xs.clone(),
         };
         shortcut + h
@@ -191,24 +193,33 @@ impl VaeDecoder {
 
     /// Scaled latents (already divided by the scaling factor) to images in about [-1, 1].
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        self.decode_tiled(latents, None)
+    }
+
+    /// [`decode`](Self::decode) with every padded convolution wrapping on `tiling`'s axes.
+    pub fn decode_tiled(&self, latents: &Tensor, tiling: Option<Tiling>) -> Result<Tensor> {
         let latents = match &self.post_quant_conv {
-            Some(conv) => conv2d(conv, latents)?,
+            Some(conv) => conv2d(conv, latents, tiling)?,
             None => latents.clone(),
         };
-        let mut xs = conv2d(&self.conv_in, &latents)?;
-        xs = self.mid_resnets[0].forward(&xs)?;
+        let mut xs = conv2d(&self.conv_in, &latents, tiling)?;
+        xs = self.mid_resnets[0].forward(&xs, tiling)?;
         xs = self.mid_attention.forward(&xs)?;
-        xs = self.mid_resnets[1].forward(&xs)?;
+        xs = self.mid_resnets[1].forward(&xs, tiling)?;
         for block in &self.up_blocks {
             for resnet in &block.resnets {
-                xs = resnet.forward(&xs)?;
+                xs = resnet.forward(&xs, tiling)?;
             }
             if let Some(upsampler) = &block.upsampler {
                 let (_, _, h, w) = xs.dims4()?;
-                xs = conv2d(upsampler, &xs.upsample_nearest2d(2 * h, 2 * w)?)?;
+                xs = conv2d(upsampler, &xs.upsample_nearest2d(2 * h, 2 * w)?, tiling)?;
             }
         }
-        conv2d(&self.conv_out, &self.conv_norm_out.forward_silu(&xs)?)
+        conv2d(
+            &self.conv_out,
+            &self.conv_norm_out.forward_silu(&xs)?,
+            tiling,
+        )
     }
 }
 
@@ -316,22 +327,22 @@ impl VaeEncoder {
     /// Images (`[batch, 3, h, w]` in [-1, 1], h and w multiples of 8) to their latent
     /// distribution.
     pub fn encode(&self, images: &Tensor) -> Result<LatentDistribution> {
-        let mut xs = conv2d(&self.conv_in, images)?;
+        let mut xs = conv2d(&self.conv_in, images, None)?;
         for block in &self.down_blocks {
             for resnet in &block.resnets {
-                xs = resnet.forward(&xs)?;
+                xs = resnet.forward(&xs, None)?;
             }
             if let Some(downsampler) = &block.downsampler {
                 let padded = xs.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?;
-                xs = conv2d(downsampler, &padded)?;
+                xs = conv2d(downsampler, &padded, None)?;
             }
         }
-        xs = self.mid_resnets[0].forward(&xs)?;
+        xs = self.mid_resnets[0].forward(&xs, None)?;
         xs = self.mid_attention.forward(&xs)?;
-        xs = self.mid_resnets[1].forward(&xs)?;
-        let mut moments = conv2d(&self.conv_out, &self.conv_norm_out.forward_silu(&xs)?)?;
+        xs = self.mid_resnets[1].forward(&xs, None)?;
+        let mut moments = conv2d(&self.conv_out, &self.conv_norm_out.forward_silu(&xs)?, None)?;
         if let Some(quant_conv) = &self.quant_conv {
-            moments = conv2d(quant_conv, &moments)?;
+            moments = conv2d(quant_conv, &moments, None)?;
         }
         let halves = moments.chunk(2, 1)?;
         Ok(LatentDistribution {

@@ -108,17 +108,18 @@ fn check_token_ids(model: &LoadedModel, label: &str, case: &Case) {
 
 /// pixelgen's image for `case` (whose noise is in `family`).
 fn draw(model: &LoadedModel, family: &Path, case: &Case) -> image::RgbImage {
-    let settings = Settings {
-        width: case.width,
-        height: case.height,
-        steps: case.steps,
-        guidance: case.guidance,
-        scheduler: Scheduler::from_name(&case.scheduler).expect("known scheduler"),
-    };
+    let settings = Settings::new(
+        case.width,
+        case.height,
+        case.steps,
+        case.guidance,
+        Scheduler::from_name(&case.scheduler).expect("known scheduler"),
+    );
     let request = Request {
         prompt: case.prompt.clone(),
         negative_prompt: case.negative_prompt.clone(),
         noise: noise(family, case),
+        init: None,
     };
     model.generate(&settings, &[request]).unwrap().remove(0)
 }

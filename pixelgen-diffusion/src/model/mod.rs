@@ -18,7 +18,7 @@ use super::config::{ModelIndex, SchedulerConfig, VaeConfig};
 use super::lora::{self, PipelineWeights, TensorMap, UnetLayout};
 use super::tokenizer::ClipTokenizer;
 use super::unet::{Unet, UnetShape};
-use super::vae::VaeDecoder;
+use super::vae::{VaeDecoder, VaeEncoder};
 use crate::files::ModelLocation;
 
 mod parts;
@@ -58,6 +58,9 @@ pub struct LoadedModel {
     pub(super) text_encoder_2: Option<ClipTextModel>,
     pub(super) unet: Unet,
     pub(super) vae: VaeDecoder,
+    /// The VAE's encoder, for drawing from an image; `None` when the weights have none
+    /// (a decoder-only VAE).
+    pub(super) vae_encoder: Option<VaeEncoder>,
     pub(super) vae_config: VaeConfig,
     pub(super) vae_dtype: DType,
     pub(super) scheduler: SchedulerConfig,
@@ -169,8 +172,16 @@ impl LoadedModel {
         };
         let unet = Unet::new(builder(weights.unet, dtype, device), &parts.unet)
             .map_err(in_component("unet"))?;
-        let vae = VaeDecoder::new(builder(weights.vae, vae_dtype, device), &parts.vae, 3)
-            .map_err(in_component("vae"))?;
+        let vae_weights = builder(weights.vae, vae_dtype, device);
+        let vae =
+            VaeDecoder::new(vae_weights.clone(), &parts.vae, 3).map_err(in_component("vae"))?;
+        // Loaded with the model (SD 1.5's: 34 M parameters, 137 MB in f32) so that img2img and
+        // inpainting need no second load; a VAE without encoder weights can still decode.
+        let vae_encoder = if vae_weights.contains_tensor("encoder.conv_in.weight") {
+            Some(VaeEncoder::new(vae_weights, &parts.vae, 3).map_err(in_component("vae"))?)
+        } else {
+            None
+        };
         Ok(Self {
             index: parts.index,
             tokenizer,
@@ -179,6 +190,7 @@ impl LoadedModel {
             text_encoder_2,
             unet,
             vae,
+            vae_encoder,
             vae_config: parts.vae,
             vae_dtype,
             scheduler: parts.scheduler,
@@ -201,7 +213,7 @@ impl LoadedModel {
     }
 
     pub fn latent_channels(&self) -> usize {
-        self.unet.shape().in_channels
+        self.vae_config.latent_channels
     }
 
     /// The denoising UNet (for benchmarks and checks of single steps).

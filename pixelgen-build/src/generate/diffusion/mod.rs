@@ -17,15 +17,17 @@ use std::path::Path;
 
 /// The sampler of a Diffusion sprite (defined beside the samplers, in `pixelgen-diffusion`).
 pub use pixelgen_diffusion::Scheduler;
+/// The axes a sprite wraps on (defined beside the convolutions that wrap).
+pub use pixelgen_diffusion::Tiling;
 /// Where a model's files are (from `pixelgen-diffusion`, compiled without candle too).
 pub use pixelgen_diffusion::files as model_files;
 pub use settings::DiffusionSettings;
 
 #[cfg(feature = "diffusion")]
 pub use local::{
-    DeviceLock, Diffusion, DiffusionError, LoadedModel, LoraFile, ModelLocation, Noise, Phase,
-    PhaseTimes, Request, Settings, TrainingBase, batch_for, candle_core, clip, config, cpu_ops,
-    download, ldm, locate, lora, lora_files, model, noise, request_for, sample, scheduler,
+    DeviceLock, Diffusion, DiffusionError, InitImage, LoadedModel, LoraFile, ModelLocation, Noise,
+    Phase, PhaseTimes, Request, Settings, TrainingBase, batch_for, candle_core, clip, config,
+    cpu_ops, download, ldm, locate, lora, lora_files, model, noise, request_for, sample, scheduler,
     select_device_for, settings_for, sgm, tokenizer, train, unet, vae,
 };
 
