@@ -257,6 +257,7 @@ fn measure_pixelgen(
             seed: 0,
         },
         init: None,
+        control_images: Vec::new(),
     };
     let mut images = Vec::new();
     for _ in 0..image_runs {

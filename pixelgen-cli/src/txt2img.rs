@@ -129,6 +129,7 @@ pub fn run(args: Txt2Img, environment: &Environment) -> Result<(), DiffusionErro
         })?,
         strength: args.strength,
         tiling: args.tiling.as_deref().and_then(Tiling::from_name),
+        controlnets: Vec::new(),
     };
     let seed = args.seed.unwrap_or(0);
     let noise = match &args.init_latents {
@@ -140,6 +141,7 @@ pub fn run(args: Txt2Img, environment: &Environment) -> Result<(), DiffusionErro
         negative_prompt: args.negative_prompt,
         noise,
         init,
+        control_images: Vec::new(),
     };
     let image = model
         .generate_timed(&settings, &[request], &mut timings)?

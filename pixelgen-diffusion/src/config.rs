@@ -67,6 +67,8 @@ pub struct UnetConfig {
     pub out_channels: usize,
     pub block_out_channels: Vec<usize>,
     pub down_block_types: Vec<String>,
+    /// Absent from a ControlNet's config (which has no up path).
+    #[serde(default)]
     pub up_block_types: Vec<String>,
     #[serde(default = "default_mid_block")]
     pub mid_block_type: Option<String>,

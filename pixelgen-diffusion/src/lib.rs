@@ -26,6 +26,8 @@ pub mod condition;
 #[cfg(feature = "backend")]
 pub mod config;
 #[cfg(feature = "backend")]
+pub mod controlnet;
+#[cfg(feature = "backend")]
 pub mod cpu_ops;
 #[cfg(feature = "backend")]
 pub mod download;
@@ -37,6 +39,8 @@ pub mod lora;
 pub mod model;
 #[cfg(feature = "backend")]
 pub mod noise;
+#[cfg(feature = "backend")]
+pub mod resample;
 #[cfg(feature = "backend")]
 pub mod sample;
 #[cfg(feature = "backend")]
@@ -62,6 +66,8 @@ mod device;
 pub use candle_core;
 #[cfg(feature = "backend")]
 pub use condition::InitImage;
+#[cfg(feature = "backend")]
+pub use controlnet::{ControlNet, ControlUse, prepare_control_image};
 #[cfg(feature = "backend")]
 pub use device::{DeviceLock, batch_for, select_device};
 pub use files::{LocateError, ModelLocation, locate};

@@ -9,11 +9,12 @@ use candle_core::{D, DType, Tensor};
 use image::RgbImage;
 
 use super::condition::InitImage;
+use super::controlnet::{ControlUse, control_values};
 use super::model::LoadedModel;
 use super::noise::{self, Stream};
 use super::scheduler::Sampler;
 use super::unet::AddedConditioning;
-use super::unet::Guides;
+use super::unet::{ControlResiduals, Guides};
 use super::{DiffusionError, Tiling};
 use crate::Scheduler;
 
@@ -51,6 +52,9 @@ pub struct Settings {
     pub strength: f64,
     /// The axes the drawing wraps on, if any.
     pub tiling: Option<Tiling>,
+    /// The ControlNets guiding the drawing, in order; each request gives one control
+    /// image per ControlNet.
+    pub controlnets: Vec<ControlUse>,
 }
 
 impl Settings {
@@ -70,6 +74,7 @@ impl Settings {
             scheduler,
             strength: 1.0,
             tiling: None,
+            controlnets: Vec::new(),
         }
     }
 }
@@ -154,6 +159,8 @@ pub struct Request {
     pub noise: Noise,
     /// The image to draw from (img2img, inpainting), if any.
     pub init: Option<InitImage>,
+    /// One control image per ControlNet of the settings, as large as the drawing.
+    pub control_images: Vec<RgbImage>,
 }
 
 /// What the UNet is conditioned on, for the whole (guidance-doubled) batch.
@@ -190,6 +197,19 @@ impl LoadedModel {
                 "strength {} is outside (0, 1]",
                 settings.strength
             )));
+        }
+        for control in &settings.controlnets {
+            control.model.fits(self.unet.shape())?;
+            if !(0.0..=1.0).contains(&control.start)
+                || !(control.start..=1.0).contains(&control.end)
+            {
+                return Err(DiffusionError::Request(format!(
+                    "the ControlNet at {} guides from {} to {} of the steps: start and end must satisfy 0 ≤ start ≤ end ≤ 1",
+                    control.model.path().display(),
+                    control.start,
+                    control.end
+                )));
+            }
         }
         if sampler.first_step(settings.strength).is_none() {
             return Err(DiffusionError::Request(format!(
@@ -427,11 +447,9 @@ impl LoadedModel {
         let noise = self.noise_tensor(initial, shape)?;
         let start = self.start(settings, requests, &sampler, noise)?;
         let mut latents = start.latents;
-        let guides = Guides {
-            tiling: settings.tiling,
-            control: None,
-        };
         let guided = settings.guidance > 1.0;
+        let control_images = self.control_images(settings, requests, guided)?;
+        let steps_run = sampler.timesteps().len() - start.first;
         let timesteps = sampler.timesteps().iter().enumerate().skip(start.first);
         for (step_number, (index, &timestep)) in timesteps.enumerate() {
             let began = Instant::now();
@@ -441,10 +459,33 @@ impl LoadedModel {
                 } else {
                     latents.clone()
                 };
-                let input = sampler.scale_model_input(&input, index)?;
+                let scaled = sampler.scale_model_input(&input, index)?;
+                let mut control: Option<ControlResiduals> = None;
+                for (use_, image) in settings.controlnets.iter().zip(&control_images) {
+                    if !use_.guides(step_number, steps_run) {
+                        continue;
+                    }
+                    let residuals = use_.model.residuals(
+                        &scaled,
+                        timestep,
+                        &conditioning.context,
+                        conditioning.added.as_ref(),
+                        image,
+                        use_.scale,
+                        settings.tiling,
+                    )?;
+                    control = Some(match control {
+                        None => residuals,
+                        Some(sum) => sum.add(&residuals)?,
+                    });
+                }
+                let guides = Guides {
+                    tiling: settings.tiling,
+                    control,
+                };
                 let input = match &start.inpaint {
-                    Some(inpaint) => inpaint.unet_input(&input, guided)?,
-                    None => input,
+                    Some(inpaint) => inpaint.unet_input(&scaled, guided)?,
+                    None => scaled,
                 }
                 .to_dtype(self.dtype)?;
                 let output = self
@@ -502,6 +543,54 @@ impl LoadedModel {
             timings.record(Phase::UnetStep, began.elapsed());
         }
         Ok(latents)
+    }
+
+    /// Each ControlNet's control images for the batch, `[batch, 3, h, w]` in [0, 1]
+    /// (doubled for guidance, as the pipelines do).
+    fn control_images(
+        &self,
+        settings: &Settings,
+        requests: &[Request],
+        guided: bool,
+    ) -> Result<Vec<Tensor>, DiffusionError> {
+        let size = (settings.width as u32, settings.height as u32);
+        (0..settings.controlnets.len())
+            .map(|n| {
+                let mut values = Vec::new();
+                for request in requests {
+                    let image = request.control_images.get(n).ok_or_else(|| {
+                        DiffusionError::Request(format!(
+                            "{} ControlNets guide the drawing, and a request gives {} control images: give one per ControlNet",
+                            settings.controlnets.len(),
+                            request.control_images.len()
+                        ))
+                    })?;
+                    if image.dimensions() != size {
+                        return Err(DiffusionError::Request(format!(
+                            "control image {} is {}×{}, the drawing {}×{}: resize it first (`prepare_control_image`)",
+                            n + 1,
+                            image.width(),
+                            image.height(),
+                            size.0,
+                            size.1
+                        )));
+                    }
+                    values.extend(control_values(image));
+                }
+                let batch = requests.len();
+                let images = Tensor::from_vec(
+                    values,
+                    (batch, 3, settings.height, settings.width),
+                    &self.device,
+                )
+                .map_err(compute("controlnet"))?;
+                if guided {
+                    Tensor::cat(&[&images, &images], 0).map_err(compute("controlnet"))
+                } else {
+                    Ok(images)
+                }
+            })
+            .collect()
     }
 
     /// Latents to RGB images, as diffusers' `output_type="pil"` rounds them.
@@ -578,5 +667,6 @@ pub fn request_for(prompt: &str, negative_prompt: &str, seed: u64) -> Request {
         negative_prompt: (!negative_prompt.is_empty()).then(|| negative_prompt.to_string()),
         noise: Noise::Seed(seed),
         init: None,
+        control_images: Vec::new(),
     }
 }

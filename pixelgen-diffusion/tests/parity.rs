@@ -120,6 +120,7 @@ fn draw(model: &LoadedModel, family: &Path, case: &Case) -> image::RgbImage {
         negative_prompt: case.negative_prompt.clone(),
         noise: noise(family, case),
         init: None,
+        control_images: Vec::new(),
     };
     model.generate(&settings, &[request]).unwrap().remove(0)
 }

@@ -29,9 +29,10 @@ mod weights;
 
 use parts::{folder_parts, single_file_parts};
 pub use training::TrainingBase;
+pub(crate) use weights::component_weights;
 pub use weights::{load_weights, read_safetensors};
 
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, DiffusionError> {
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, DiffusionError> {
     let text = std::fs::read_to_string(path).map_err(|e| DiffusionError::Invalid {
         path: path.to_path_buf(),
         message: format!("cannot read: {e}"),

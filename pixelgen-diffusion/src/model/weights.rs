@@ -211,7 +211,7 @@ pub(super) fn component_files(dir: &Path) -> Result<Vec<PathBuf>, DiffusionError
 }
 
 /// The weights of one component folder, loaded in `dtype` on `device`.
-pub(super) fn component_weights(
+pub(crate) fn component_weights(
     dir: &Path,
     dtype: DType,
     device: &Device,
