@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use pixelgen_build::Environment;
 use pixelgen_build::generate::diffusion::{
-    DiffusionError, InitImage, LoadedModel, LoraFile, Noise, Request, Scheduler, Settings, Tiling,
-    locate, select_device_for,
+    ControlNet, ControlUse, DiffusionError, InitImage, LoadedModel, LoraFile, Noise, Request,
+    Scheduler, Settings, Tiling, locate, prepare_control_image, select_device_for,
 };
 use pixelgen_build::{Stage, Timings};
 
@@ -53,6 +53,14 @@ pub struct Txt2Img {
     /// decoder wraps around).
     #[arg(long, value_parser = ["xy", "x", "y"])]
     tiling: Option<String>,
+    /// A diffusers-layout ControlNet folder and its conditioning scale (`DIR:SCALE`, 1 when
+    /// left out); repeat for several, each with its `--control-image`.
+    #[arg(long, value_name = "DIR[:SCALE]", requires = "control_image")]
+    controlnet: Vec<String>,
+    /// The image a ControlNet follows, resized to the drawing's size (Pillow's LANCZOS, as
+    /// diffusers does); one for all ControlNets, or one per `--controlnet` in order.
+    #[arg(long, value_name = "FILE", requires = "controlnet")]
+    control_image: Vec<PathBuf>,
     /// A LoRA and its weight (`FILE:WEIGHT`, weight 1 when left out); repeat for several.
     #[arg(long, value_name = "FILE:WEIGHT")]
     lora: Vec<String>,
@@ -64,17 +72,64 @@ pub struct Txt2Img {
     timings: bool,
 }
 
+/// `PATH:NUMBER` (the number 1 when left out; a path may itself hold colons).
+fn path_and_number(arg: &str) -> (PathBuf, f64) {
+    match arg.rsplit_once(':') {
+        Some((path, number)) => match number.parse::<f64>() {
+            Ok(number) => (PathBuf::from(path), number),
+            Err(_) => (PathBuf::from(arg), 1.0),
+        },
+        None => (PathBuf::from(arg), 1.0),
+    }
+}
+
 fn parse_lora(arg: &str) -> Result<LoraFile, DiffusionError> {
-    let (path, weight) = match arg.rsplit_once(':') {
-        Some((path, weight)) if weight.parse::<f64>().is_ok() => {
-            (path, weight.parse().unwrap_or(1.0))
-        }
-        _ => (arg, 1.0),
-    };
-    Ok(LoraFile {
-        path: PathBuf::from(path),
-        weight,
-    })
+    let (path, weight) = path_and_number(arg);
+    Ok(LoraFile { path, weight })
+}
+
+/// Loads `--controlnet`s and reads their `--control-image`s, resized to `width × height`.
+fn controlnets(
+    args: &Txt2Img,
+    model: &LoadedModel,
+    (width, height): (usize, usize),
+) -> Result<(Vec<ControlUse>, Vec<image::RgbImage>), DiffusionError> {
+    if args.control_image.len() != 1 && args.control_image.len() != args.controlnet.len() {
+        return Err(DiffusionError::Request(format!(
+            "{} --controlnet and {} --control-image: give one control image for all, or one per ControlNet",
+            args.controlnet.len(),
+            args.control_image.len()
+        )));
+    }
+    let uses = args
+        .controlnet
+        .iter()
+        .map(|arg| {
+            let (dir, scale) = path_and_number(arg);
+            let controlnet = ControlNet::load(&dir, model.device(), model.dtype())?;
+            Ok(ControlUse {
+                model: std::sync::Arc::new(controlnet),
+                scale,
+                start: 0.0,
+                end: 1.0,
+            })
+        })
+        .collect::<Result<Vec<_>, DiffusionError>>()?;
+    let images = (0..uses.len())
+        .map(|i| {
+            let path = &args.control_image[i.min(args.control_image.len() - 1)];
+            let image = image::open(path).map_err(|e| DiffusionError::Invalid {
+                path: path.clone(),
+                message: format!("cannot read the control image: {e}"),
+            })?;
+            Ok(prepare_control_image(
+                &image.to_rgb8(),
+                width as u32,
+                height as u32,
+            ))
+        })
+        .collect::<Result<Vec<_>, DiffusionError>>()?;
+    Ok((uses, images))
 }
 
 /// Reads `--init-image` and `--mask` (any format the image crate reads; the mask as grey).
@@ -131,6 +186,15 @@ pub fn run(args: Txt2Img, environment: &Environment) -> Result<(), DiffusionErro
         tiling: args.tiling.as_deref().and_then(Tiling::from_name),
         controlnets: Vec::new(),
     };
+    let (controlnets, control_images) = if args.controlnet.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        controlnets(&args, &model, (settings.width, settings.height))?
+    };
+    let settings = Settings {
+        controlnets,
+        ..settings
+    };
     let seed = args.seed.unwrap_or(0);
     let noise = match &args.init_latents {
         Some(path) => Noise::from_file(path, seed)?,
@@ -141,7 +205,7 @@ pub fn run(args: Txt2Img, environment: &Environment) -> Result<(), DiffusionErro
         negative_prompt: args.negative_prompt,
         noise,
         init,
-        control_images: Vec::new(),
+        control_images,
     };
     let image = model
         .generate_timed(&settings, &[request], &mut timings)?

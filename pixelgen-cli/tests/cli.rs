@@ -164,6 +164,77 @@ fn txt2img_with_given_latents_reproduces_diffusers() {
     assert!(mean <= 1.0, "mean abs difference {mean}/255");
 }
 
+/// `txt2img --init-image/--strength/--mask/--controlnet/--control-image/--tiling`, the
+/// flags outside checks call (DESIGN.md, "Conditioned drawing"), give diffusers' image of
+/// every conditioned case the flags can express (all but a ControlNet guiding only part
+/// of the steps, which only the manifest sets): the fixtures of
+/// `pixelgen-diffusion/tests/conditioned.rs`, through the command line.
+#[test]
+fn txt2img_conditioned_flags_reproduce_diffusers() {
+    let folder = fixtures::diffusion().join("conditioned");
+    let cases: Vec<serde_json::Value> = read_json(&folder.join("cases.json"));
+    let dir = tempfile::tempdir().unwrap();
+    let text = |v: &serde_json::Value| v.as_str().unwrap().to_string();
+    let mut ran = 0;
+    for case in &cases {
+        let controlnets = case["controlnets"].as_array().unwrap();
+        if controlnets
+            .iter()
+            .any(|c| c["start"].as_f64() != Some(0.0) || c["end"].as_f64() != Some(1.0))
+        {
+            continue;
+        }
+        let name = text(&case["name"]);
+        let out = dir.path().join(format!("{name}.png"));
+        let mut command = cli();
+        command
+            .args(["txt2img", "--model"])
+            .arg(fixtures::diffusion().join(text(&case["model"])))
+            .args(["--prompt", &text(&case["prompt"])])
+            .args(["--steps", &case["steps"].to_string()])
+            .args(["--guidance", &case["guidance"].to_string()])
+            .args(["--scheduler", &text(&case["scheduler"])])
+            .args(["--width", &case["width"].to_string()])
+            .args(["--height", &case["height"].to_string()])
+            .arg("--init-latents")
+            .arg(folder.join(text(&case["latents"])))
+            .arg("-o")
+            .arg(&out)
+            .env("PIXELGEN_DEVICE", "cpu");
+        if let Some(negative) = case["negative_prompt"].as_str() {
+            command.args(["--negative-prompt", negative]);
+        }
+        if let Some(image) = case["init_image"].as_str() {
+            command.arg("--init-image").arg(folder.join(image));
+        }
+        if let Some(strength) = case["strength"].as_f64() {
+            command.args(["--strength", &strength.to_string()]);
+        }
+        if let Some(mask) = case["mask"].as_str() {
+            command.arg("--mask").arg(folder.join(mask));
+        }
+        for controlnet in controlnets {
+            let path = folder.join(text(&controlnet["path"]));
+            command
+                .arg("--controlnet")
+                .arg(format!("{}:{}", path.display(), controlnet["scale"]));
+        }
+        if let Some(image) = case["control_image"].as_str() {
+            command.arg("--control-image").arg(folder.join(image));
+        }
+        if let Some(tiling) = case["tiling"].as_str() {
+            command.args(["--tiling", tiling]);
+        }
+        let output = command.output().unwrap();
+        process::assert_success(&output);
+        let expected = images::read_rgb(&folder.join(text(&case["expected"])));
+        let (mean, max) = images::difference(&images::read_rgb(&out), &expected);
+        assert!(mean <= 0.5, "{name}: mean {mean:.3}/255 (max {max})");
+        ran += 1;
+    }
+    assert!(ran >= 17, "{ran} cases ran");
+}
+
 /// A seed gives one image; another seed another; LoRAs change it; bad input is a clear error.
 #[test]
 fn txt2img_seeds_loras_and_errors() {

@@ -11,10 +11,11 @@ use std::path::Path;
 use image::RgbaImage;
 
 pub use pixelgen_diffusion::{
-    DeviceLock, DiffusionError, InitImage, LoadedModel, LoraFile, ModelLocation, Noise, Phase,
-    PhaseTimes, Request, Settings, TrainingBase, batch_for, candle_core, clip, config, cpu_ops,
-    download, ldm, locate, lora, model, noise, request_for, sample, scheduler, settings_for, sgm,
-    tokenizer, train, unet, vae,
+    ControlNet, ControlUse, DeviceLock, DiffusionError, InitImage, LoadedModel, LoraFile,
+    ModelLocation, Noise, Phase, PhaseTimes, Request, Settings, TrainingBase, batch_for,
+    candle_core, clip, config, controlnet, cpu_ops, download, ldm, locate, lora, model, noise,
+    prepare_control_image, request_for, sample, scheduler, settings_for, sgm, tokenizer, train,
+    unet, vae,
 };
 
 use super::DiffusionSpec;

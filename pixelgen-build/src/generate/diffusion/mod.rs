@@ -25,10 +25,11 @@ pub use settings::DiffusionSettings;
 
 #[cfg(feature = "diffusion")]
 pub use local::{
-    DeviceLock, Diffusion, DiffusionError, InitImage, LoadedModel, LoraFile, ModelLocation, Noise,
-    Phase, PhaseTimes, Request, Settings, TrainingBase, batch_for, candle_core, clip, config,
-    cpu_ops, download, ldm, locate, lora, lora_files, model, noise, request_for, sample, scheduler,
-    select_device_for, settings_for, sgm, tokenizer, train, unet, vae,
+    ControlNet, ControlUse, DeviceLock, Diffusion, DiffusionError, InitImage, LoadedModel,
+    LoraFile, ModelLocation, Noise, Phase, PhaseTimes, Request, Settings, TrainingBase, batch_for,
+    candle_core, clip, config, controlnet, cpu_ops, download, ldm, locate, lora, lora_files, model,
+    noise, prepare_control_image, request_for, sample, scheduler, select_device_for, settings_for,
+    sgm, tokenizer, train, unet, vae,
 };
 
 use super::batched::{Batched, Generator};
