@@ -93,7 +93,9 @@ pub enum Scheduler {
 /// The axes on which a drawing wraps seamlessly (`--tiling`, a sprite's `tiling`): every
 /// 2-D convolution of the UNet and of the VAE decoder pads circularly on them and with
 /// zeros on the other, so the image's opposite edges continue each other there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Tiling {
     /// Left and right edges meet.
     X,

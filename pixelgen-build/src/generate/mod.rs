@@ -16,6 +16,7 @@
 //!   get the same pixels whichever drawer (or server) drew them.
 
 pub mod batched;
+pub mod conditioning;
 pub mod diffusion;
 pub mod image_servers;
 pub mod procedural;
@@ -32,6 +33,7 @@ use crate::environment::Environment;
 use crate::identity::{FrameId, LoraName, SpriteName};
 use crate::key::{Canonical, InputFile};
 use crate::timings::Timings;
+pub use conditioning::Conditioning;
 
 /// Which backend draws a sprite, with its settings: the one registration of each backend.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,10 +77,11 @@ pub trait Backend: Sync {
     /// (or gives the identities the lock file recorded).
     fn key(&self, inputs: &mut dyn KeyInputs) -> Result<KeyParts, KeyError>;
 
-    /// Which frames one drawer draws together: frames of sprites whose settings and
-    /// LoRAs give the same group share a loaded model (or a fan-out) and its batches.
-    /// Where in the manifest they were written plays no part.
-    fn group(&self, loras: &[ResolvedLora]) -> GroupKey;
+    /// Which frames one drawer draws together: frames of sprites whose settings, LoRAs
+    /// and batch-wide conditioning ([`Conditioning::encode_group`]) give the same group
+    /// share a loaded model (or a fan-out) and its batches. Where in the manifest they
+    /// were written plays no part.
+    fn group(&self, loras: &[ResolvedLora], conditioning: &Conditioning) -> GroupKey;
 
     /// A drawer for one group's frames: a model loaded, servers connected. `group` is
     /// what the plan resolved for the group's first sprite (its LoRAs and input files,
@@ -108,12 +111,44 @@ pub trait Backend: Sync {
         None
     }
 
+    /// Why it cannot draw a sprite with `conditioning`, if it cannot (the manifest places
+    /// the refusal at the sprite's `init`, `controlnet` or `tiling`, the refusal's field).
+    /// The default draws none of it; the message continues "sprite `NAME` …".
+    fn refuses_conditioning(
+        &self,
+        conditioning: &Conditioning,
+        sprite_size: (u32, u32),
+        context: &settings::SettingsContext<'_>,
+    ) -> Option<settings::Refusal> {
+        let _ = (context, sprite_size);
+        refuse_all(self.name(), conditioning)
+    }
+
     /// Online, before the plan: identities the key covers that only the outside world
     /// can tell (an image server's model), asked through `workshop` (each once per run).
     fn report_identities(&self, workshop: &mut Workshop) -> Result<Reported, String> {
         let _ = workshop;
         Ok(Reported::default())
     }
+}
+
+/// The refusal of a backend that draws no conditioning, for the first kind a sprite uses.
+pub fn refuse_all(backend: &str, conditioning: &Conditioning) -> Option<settings::Refusal> {
+    let (field, what) = if conditioning.init.is_some() {
+        ("init", "draw from an init image")
+    } else if !conditioning.controlnets.is_empty() {
+        ("controlnet", "follow a ControlNet")
+    } else if conditioning.tiling.is_some() {
+        ("tiling", "draw seamless tiles")
+    } else {
+        return None;
+    };
+    Some(settings::Refusal::new(
+        field,
+        format!("uses the {backend} generator, which cannot {what}"),
+        "not available with this generator",
+        "draw the sprite with `generator: Diffusion(...)`, or remove the field",
+    ))
 }
 
 /// What a backend adds to a sprite's key.
@@ -207,6 +242,8 @@ pub struct ResolvedLora {
 pub struct GroupInputs<'a> {
     pub sprite: &'a SpriteName,
     pub loras: &'a [ResolvedLora],
+    /// The group's batch-wide conditioning (its first sprite's; the same for the group).
+    pub conditioning: &'a Conditioning,
     /// The content hash (hex) of each input file the keys cover.
     pub files: &'a BTreeMap<InputFile, String>,
 }
@@ -249,6 +286,8 @@ pub struct Frame<'a> {
     /// The sprite's size (the pixelize stage brings any image to it).
     pub width: u32,
     pub height: u32,
+    /// What the drawing follows besides prompt and seed.
+    pub conditioning: &'a Conditioning,
 }
 
 impl Frame<'_> {

@@ -22,7 +22,10 @@ fn groups(text: &str) -> Vec<GroupKey> {
                     LoraSource::Trained(_) => unreachable!(),
                 })
                 .collect();
-            sprite.generator.backend().group(&loras)
+            sprite
+                .generator
+                .backend()
+                .group(&loras, &sprite.conditioning)
         })
         .collect()
 }

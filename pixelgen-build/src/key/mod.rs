@@ -51,6 +51,8 @@ impl fmt::Debug for Key {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum InputGroup {
     Background,
+    /// `init`, `controlnet`, `tiling`: present only in the keys of sprites that use them.
+    Conditioning,
     Frames,
     Generator,
     Loras,
@@ -65,8 +67,9 @@ pub enum InputGroup {
 }
 
 impl InputGroup {
-    pub const ALL: [InputGroup; 12] = [
+    pub const ALL: [InputGroup; 13] = [
         InputGroup::Background,
+        InputGroup::Conditioning,
         InputGroup::Frames,
         InputGroup::Generator,
         InputGroup::Loras,
@@ -84,6 +87,7 @@ impl InputGroup {
     pub const fn name(self) -> &'static str {
         match self {
             InputGroup::Background => "background",
+            InputGroup::Conditioning => "conditioning",
             InputGroup::Frames => "frames",
             InputGroup::Generator => "generator",
             InputGroup::Loras => "loras",
@@ -103,7 +107,8 @@ impl InputGroup {
     pub const fn shapes_raw_image(self) -> bool {
         matches!(
             self,
-            InputGroup::Generator
+            InputGroup::Conditioning
+                | InputGroup::Generator
                 | InputGroup::Loras
                 | InputGroup::Model
                 | InputGroup::NegativePrompt
@@ -130,6 +135,12 @@ pub enum InputFile {
     ServerModel(String),
     /// A ComfyUI workflow file, by the path written in the manifest.
     Workflow(String),
+    /// An image a sprite is drawn from or follows (init image, mask, control image), by
+    /// the path written in the manifest.
+    Image(String),
+    /// A ControlNet folder (its config and weights as one identity), by the path written
+    /// in the manifest.
+    ControlNet(String),
 }
 
 impl InputFile {
@@ -142,6 +153,8 @@ impl InputFile {
             InputFile::TrainedLora(name) => format!("trained:{name}"),
             InputFile::ServerModel(model) => format!("server-model:{model}"),
             InputFile::Workflow(path) => format!("workflow:{path}"),
+            InputFile::Image(path) => format!("image:{path}"),
+            InputFile::ControlNet(path) => format!("controlnet:{path}"),
         }
     }
 }
@@ -177,6 +190,11 @@ impl Canonical {
     pub fn f32(&mut self, v: f32) -> &mut Self {
         // -0.0 and 0.0 draw the same picture.
         let v = if v == 0.0 { 0.0f32 } else { v };
+        self.0.extend_from_slice(&v.to_bits().to_le_bytes());
+        self
+    }
+    pub fn f64(&mut self, v: f64) -> &mut Self {
+        let v = if v == 0.0 { 0.0f64 } else { v };
         self.0.extend_from_slice(&v.to_bits().to_le_bytes());
         self
     }
@@ -217,6 +235,14 @@ mod tests {
         assert_eq!(
             InputFile::Workflow("w/a.json".into()).lock_key(),
             "workflow:w/a.json"
+        );
+        assert_eq!(
+            InputFile::Image("art/a.png".into()).lock_key(),
+            "image:art/a.png"
+        );
+        assert_eq!(
+            InputFile::ControlNet("cn/pose".into()).lock_key(),
+            "controlnet:cn/pose"
         );
     }
 }

@@ -3,6 +3,7 @@
 //! written. Nothing is checked here; `validate` checks the merged values.
 
 use super::raw::{RawBackground, RawDefaults, RawGenerator, RawLora, RawSprite};
+use crate::generate::conditioning::Tiling;
 
 /// A field's value after merging, and who wrote it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,6 +39,7 @@ pub(super) struct MergedSprite<'r> {
     pub(super) max_colors: Merged<u32>,
     pub(super) background: Merged<&'r RawBackground>,
     pub(super) outline: Merged<&'r str>,
+    pub(super) tiling: Merged<Tiling>,
 }
 
 impl<'r> MergedSprite<'r> {
@@ -58,6 +60,7 @@ impl<'r> MergedSprite<'r> {
             max_colors: Merged::of(sprite.max_colors, defaults.max_colors),
             background: Merged::of(sprite.background.as_ref(), defaults.background.as_ref()),
             outline: Merged::of(sprite.outline.as_deref(), defaults.outline.as_deref()),
+            tiling: Merged::of(sprite.tiling, defaults.tiling),
         }
     }
 }

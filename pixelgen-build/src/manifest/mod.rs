@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::atlas::AtlasOptions;
 use crate::diagnostics::{Diagnostic, SourceFile};
-use crate::generate::GeneratorSpec;
+use crate::generate::{Conditioning, GeneratorSpec};
 use crate::identity::{AtlasName, LoraName, SpriteName};
 
 #[cfg(feature = "cli")]
@@ -85,6 +85,8 @@ pub struct SpriteSpec {
     pub background: Background,
     /// A 1-pixel outline around the opaque pixels, drawn in the transparent area.
     pub outline: Option<[u8; 3]>,
+    /// What the drawing follows besides prompt and seed (`init`, `controlnet`, `tiling`).
+    pub conditioning: Conditioning,
     /// Where the sprite's name is in the manifest, for later errors.
     pub span: Range<usize>,
 }

@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use crate::generate::conditioning::Tiling;
 use crate::generate::diffusion::Scheduler;
 use crate::generate::image_servers::{ServerKind, WorkflowNodes};
 
@@ -34,6 +35,7 @@ pub(super) struct RawDefaults {
     pub(super) max_colors: Option<u32>,
     pub(super) background: Option<RawBackground>,
     pub(super) outline: Option<String>,
+    pub(super) tiling: Option<Tiling>,
 }
 
 #[derive(Deserialize)]
@@ -51,6 +53,29 @@ pub(super) struct RawSprite {
     pub(super) max_colors: Option<u32>,
     pub(super) background: Option<RawBackground>,
     pub(super) outline: Option<String>,
+    pub(super) init: Option<RawInit>,
+    pub(super) controlnet: Option<Vec<RawControlNet>>,
+    pub(super) tiling: Option<Tiling>,
+}
+
+/// `init: (image: "art/sketch.png", strength: 0.6, mask: "art/mask.png")`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename = "Init")]
+pub(super) struct RawInit {
+    pub(super) image: String,
+    pub(super) strength: Option<f64>,
+    pub(super) mask: Option<String>,
+}
+
+/// `controlnet: [(model: "controlnets/pose", image: "poses/walk.png", scale: 0.8)]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename = "ControlNet")]
+pub(super) struct RawControlNet {
+    pub(super) model: String,
+    pub(super) image: String,
+    pub(super) scale: Option<f64>,
+    pub(super) start: Option<f64>,
+    pub(super) end: Option<f64>,
 }
 
 /// `(path: "style.safetensors", weight: 0.8)` or `(trained: "style", weight: 0.8)`.

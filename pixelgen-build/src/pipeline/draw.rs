@@ -26,7 +26,11 @@ impl Work {
                 continue;
             }
             let planned = entry.planned;
-            let group = planned.spec.generator.backend().group(&planned.loras);
+            let group = planned
+                .spec
+                .generator
+                .backend()
+                .group(&planned.loras, &planned.spec.conditioning);
             for (frame, lookup) in entry.lookups.iter().enumerate() {
                 if !matches!(lookup, Lookup::Hit { .. }) {
                     groups.entry(group.clone()).or_default().push(Job {
@@ -132,6 +136,7 @@ impl<'a> Drawing<'a> {
         let group = GroupInputs {
             sprite: &planned.spec.name,
             loras: &loras,
+            conditioning: &planned.spec.conditioning,
             files: &planned.files,
         };
         Ok(planned
@@ -324,5 +329,6 @@ fn frame_of(sprite: &manifest::SpriteSpec, seed: u64, frame: u32) -> Frame<'_> {
         frames: sprite.frames,
         width: sprite.width,
         height: sprite.height,
+        conditioning: &sprite.conditioning,
     }
 }

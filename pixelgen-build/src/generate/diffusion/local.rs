@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use image::RgbaImage;
+use image::{GenericImageView, RgbaImage};
 
 pub use pixelgen_diffusion::{
     ControlNet, ControlUse, DeviceLock, DiffusionError, InitImage, LoadedModel, LoraFile,
@@ -21,6 +21,7 @@ pub use pixelgen_diffusion::{
 use super::DiffusionSpec;
 use crate::environment::{DeviceRequest, Environment};
 use crate::generate::batched::Generator;
+use crate::generate::conditioning::{Conditioning, ImageFile};
 use crate::generate::{Frame, GenerateError, ResolvedLora, frame_seed};
 use crate::identity::SpriteName;
 use crate::timings::Timings;
@@ -53,6 +54,7 @@ impl Diffusion {
         spec: &DiffusionSpec,
         sprite: &SpriteName,
         loras: &[ResolvedLora],
+        conditioning: &Conditioning,
         manifest_dir: &Path,
         environment: &Environment,
     ) -> Result<Self, GenerateError> {
@@ -76,6 +78,8 @@ impl Diffusion {
             .map_err(failed)?;
         let settings =
             settings_for(&loaded, *resolution, *steps, *guidance, *scheduler).map_err(failed)?;
+        let settings = conditioned(settings, conditioning, &loaded).map_err(failed)?;
+        loaded.check(&settings).map_err(failed)?;
         let batch = batch_for(&device, request.batch);
         Ok(Self {
             model: loaded,
@@ -85,6 +89,80 @@ impl Diffusion {
             note,
         })
     }
+}
+
+/// `settings` with the batch-wide part of `conditioning`: the strength, the tiling and
+/// the ControlNets (loaded onto the model's device).
+pub(crate) fn conditioned(
+    settings: Settings,
+    conditioning: &Conditioning,
+    model: &LoadedModel,
+) -> Result<Settings, DiffusionError> {
+    let controlnets = conditioning
+        .controlnets
+        .iter()
+        .map(|c| {
+            Ok(ControlUse {
+                model: std::sync::Arc::new(ControlNet::load(
+                    &c.resolved,
+                    model.device(),
+                    model.dtype(),
+                )?),
+                scale: c.scale,
+                start: c.start,
+                end: c.end,
+            })
+        })
+        .collect::<Result<Vec<_>, DiffusionError>>()?;
+    Ok(Settings {
+        strength: conditioning.init.as_ref().map_or(1.0, |init| init.strength),
+        tiling: conditioning.tiling,
+        controlnets,
+        ..settings
+    })
+}
+
+/// Reads a frame's images: the init image (a sprite-sized sketch scaled up to the drawing
+/// without smoothing) with its mask, and each control image resized as diffusers does.
+pub(crate) fn frame_images(
+    conditioning: &Conditioning,
+    (width, height): (u32, u32),
+) -> Result<(Option<InitImage>, Vec<image::RgbImage>), DiffusionError> {
+    let read = |file: &ImageFile| {
+        image::open(&file.resolved).map_err(|e| DiffusionError::Invalid {
+            path: file.resolved.clone(),
+            message: format!("cannot read the image: {e}"),
+        })
+    };
+    let to_drawing = |image: image::DynamicImage| {
+        if image.dimensions() == (width, height) {
+            image
+        } else {
+            image.resize_exact(width, height, image::imageops::FilterType::Nearest)
+        }
+    };
+    let init = match &conditioning.init {
+        Some(init) => {
+            let mask = init.mask.as_ref().map(read).transpose()?.map(to_drawing);
+            Some(InitImage::from_images(
+                &to_drawing(read(&init.image)?),
+                mask.as_ref(),
+            ))
+        }
+        None => None,
+    };
+    let controls = conditioning
+        .controlnets
+        .iter()
+        .map(|c| {
+            Ok(prepare_control_image(
+                &read(&c.image)?.to_rgb8(),
+                width,
+                height,
+            ))
+        })
+        .collect::<Result<Vec<_>, DiffusionError>>()?;
+    Ok((init, controls))
 }
 
 /// A sprite's LoRAs as the loader takes them (resolved paths, weights in order).
@@ -106,16 +184,27 @@ impl Generator for Diffusion {
     ) -> Result<Vec<RgbaImage>, GenerateError> {
         let mut images = Vec::with_capacity(frames.len());
         for chunk in frames.chunks(self.batch) {
-            let requests: Vec<Request> = chunk
-                .iter()
-                .map(|frame| {
-                    request_for(
-                        frame.prompt,
-                        frame.negative_prompt,
-                        frame_seed(frame.seed, frame.frame),
-                    )
-                })
-                .collect();
+            let size = (self.settings.width as u32, self.settings.height as u32);
+            let requests =
+                chunk
+                    .iter()
+                    .map(|frame| {
+                        let (init, control_images) = frame_images(frame.conditioning, size)
+                            .map_err(|source| GenerateError::Diffusion {
+                                sprite: frame.sprite.clone(),
+                                source,
+                            })?;
+                        Ok(Request {
+                            init,
+                            control_images,
+                            ..request_for(
+                                frame.prompt,
+                                frame.negative_prompt,
+                                frame_seed(frame.seed, frame.frame),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<Request>, GenerateError>>()?;
             let drawn = self
                 .model
                 .generate_timed(&self.settings, &requests, timings)

@@ -33,9 +33,10 @@ pub use local::{
 };
 
 use super::batched::{Batched, Generator};
+use super::settings::{Refusal, SettingsContext};
 use super::{
-    Backend, Drawer, GenerateError, GroupInputs, GroupKey, KeyError, KeyInputs, KeyParts,
-    ResolvedLora, Workshop, encode_loras,
+    Backend, Conditioning, Drawer, GenerateError, GroupInputs, GroupKey, KeyError, KeyInputs,
+    KeyParts, ResolvedLora, Workshop, encode_loras,
 };
 pub use super::{DeviceRequest, frame_seed};
 use crate::environment::{Environment, HubSettings};
@@ -94,7 +95,7 @@ impl Backend for DiffusionSpec {
         })
     }
 
-    fn group(&self, loras: &[ResolvedLora]) -> GroupKey {
+    fn group(&self, loras: &[ResolvedLora], conditioning: &Conditioning) -> GroupKey {
         let mut encoding = Canonical::new();
         encoding
             .str(&self.model)
@@ -106,6 +107,7 @@ impl Backend for DiffusionSpec {
             None => encoding.str("default-resolution"),
         };
         encode_loras(&mut encoding, loras);
+        conditioning.encode_group(&mut encoding);
         GroupKey::new("diffusion", &encoding)
     }
 
@@ -143,6 +145,16 @@ impl Backend for DiffusionSpec {
     fn local_model(&self) -> Option<&str> {
         Some(&self.model)
     }
+
+    fn refuses_conditioning(
+        &self,
+        conditioning: &Conditioning,
+        sprite_size: (u32, u32),
+        context: &SettingsContext<'_>,
+    ) -> Option<Refusal> {
+        self.check_conditioning(conditioning, sprite_size, context)
+            .err()
+    }
 }
 
 /// The model of `spec` with `loras`, loaded in this process for `sprite`'s group; a
@@ -152,6 +164,7 @@ pub(crate) fn load_local(
     spec: &DiffusionSpec,
     sprite: &SpriteName,
     loras: &[ResolvedLora],
+    conditioning: &Conditioning,
     manifest_dir: &Path,
     environment: &Environment,
     timings: &mut Timings,
@@ -159,13 +172,22 @@ pub(crate) fn load_local(
     #[cfg(feature = "diffusion")]
     {
         let start = std::time::Instant::now();
-        let backend = local::Diffusion::load(spec, sprite, loras, manifest_dir, environment)?;
+        let backend =
+            local::Diffusion::load(spec, sprite, loras, conditioning, manifest_dir, environment)?;
         timings.add(Stage::Load, start.elapsed());
         Ok(Box::new(backend))
     }
     #[cfg(not(feature = "diffusion"))]
     {
-        let _ = (spec, loras, manifest_dir, environment, timings, Stage::Load);
+        let _ = (
+            spec,
+            loras,
+            conditioning,
+            manifest_dir,
+            environment,
+            timings,
+            Stage::Load,
+        );
         Err(GenerateError::Unavailable {
             sprite: sprite.clone(),
             generator: "Diffusion",

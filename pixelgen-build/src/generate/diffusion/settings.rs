@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use super::{DiffusionSpec, Scheduler};
+use crate::generate::Conditioning;
 use crate::generate::settings::{Refusal, SettingsContext, check_sampling};
 use crate::input_file::{FileKind, InputFileError, MAX_MODEL_FILE_BYTES};
 
@@ -87,4 +88,195 @@ fn check_model(model: &str, manifest_dir: &Path) -> Result<(), Refusal> {
         ));
     }
     Ok(())
+}
+
+/// Largest ControlNet `config.json` read.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+impl DiffusionSpec {
+    /// Checks what a sprite drawn with these settings is conditioned on: a strength that
+    /// runs at least one step, an init image of the sprite's size (scaled up to the
+    /// drawing, nearest neighbour) or of the drawing's `resolution`, a mask of the init
+    /// image's size, ControlNets whose window is inside the steps and that were made for
+    /// this model's family (when both configs can be read here).
+    pub fn check_conditioning(
+        &self,
+        conditioning: &Conditioning,
+        (sprite_width, sprite_height): (u32, u32),
+        context: &SettingsContext<'_>,
+    ) -> Result<(), Refusal> {
+        if let Some(init) = &conditioning.init {
+            let strength = init.strength;
+            if !(strength > 0.0 && strength <= 1.0) {
+                return Err(Refusal::new(
+                    "init",
+                    format!("has an init strength of {strength}, outside (0, 1]"),
+                    "strength out of range",
+                    "use a strength above 0 and at most 1: 0.3 keeps most of the image, 1 redraws it all",
+                ));
+            }
+            if ((f64::from(self.steps) * strength) as u64) == 0 {
+                return Err(Refusal::new(
+                    "init",
+                    format!(
+                        "runs no step: {} steps at strength {strength} keep int(steps × strength) = 0 of them",
+                        self.steps
+                    ),
+                    "no step runs",
+                    format!(
+                        "raise the strength to at least {:.2} or the generator's steps",
+                        1.0 / f64::from(self.steps)
+                    ),
+                ));
+            }
+            let (width, height) = init.image.size;
+            let sprite = (sprite_width, sprite_height);
+            if init.image.size != sprite && Some(init.image.size) != self.resolution {
+                let drawing = match self.resolution {
+                    Some((w, h)) => format!(
+                        "the sprite's {sprite_width}×{sprite_height} or the drawing's resolution {w}×{h}"
+                    ),
+                    None => format!(
+                        "the sprite's {sprite_width}×{sprite_height} (or set the generator's `resolution` to the image's size)"
+                    ),
+                };
+                return Err(Refusal::new(
+                    "init",
+                    format!(
+                        "has an init image of {width}×{height} ({}), which is neither {drawing}",
+                        init.image.path
+                    ),
+                    "size does not match",
+                    "draw the sketch at the sprite's size (it is scaled up to the drawing without smoothing) or at the drawing's resolution",
+                ));
+            }
+            if let Some(mask) = &init.mask
+                && mask.size != init.image.size
+            {
+                return Err(Refusal::new(
+                    "init",
+                    format!(
+                        "has a mask of {}×{} ({}) for an init image of {width}×{height}",
+                        mask.size.0, mask.size.1, mask.path
+                    ),
+                    "mask size does not match",
+                    "make the mask the same size as the init image (white where the drawing repaints)",
+                ));
+            }
+        }
+        for controlnet in &conditioning.controlnets {
+            let window = 0.0..=1.0;
+            if !window.contains(&controlnet.start)
+                || !window.contains(&controlnet.end)
+                || controlnet.start > controlnet.end
+                || !controlnet.scale.is_finite()
+            {
+                return Err(Refusal::new(
+                    "controlnet",
+                    format!(
+                        "has ControlNet `{}` with scale {}, start {} and end {}",
+                        controlnet.model, controlnet.scale, controlnet.start, controlnet.end
+                    ),
+                    "out of range",
+                    "start and end are shares of the steps with 0 ≤ start ≤ end ≤ 1; the scale a finite number (1 is full strength)",
+                )
+                .at_literal(&controlnet.model));
+            }
+            self.check_controlnet_family(&controlnet.model, context)?;
+        }
+        Ok(())
+    }
+
+    /// A ControlNet folder with a readable config, made for this model's text width
+    /// (when the model is a local diffusers folder whose UNet config says it).
+    fn check_controlnet_family(
+        &self,
+        controlnet: &str,
+        context: &SettingsContext<'_>,
+    ) -> Result<(), Refusal> {
+        let config_path = Path::new(controlnet).join("config.json");
+        let (resolved, text) = context.read(
+            &config_path.to_string_lossy(),
+            MAX_CONFIG_BYTES,
+            "ControlNet config",
+        );
+        let unreadable = |why: String| {
+            Refusal::new(
+                "controlnet",
+                format!("names ControlNet `{controlnet}`: {why}"),
+                "not a ControlNet",
+                "name a diffusers-layout ControlNet folder (config.json and diffusion_pytorch_model.safetensors), relative to sprites.ron",
+            )
+            .at_literal(controlnet)
+        };
+        let text = text.map_err(|e| unreadable(e.to_string()))?;
+        let config: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| unreadable(format!("{} is not JSON: {e}", resolved.display())))?;
+        let Some(theirs) = Family::of(&config) else {
+            return Err(unreadable(format!(
+                "{} has no cross_attention_dim",
+                resolved.display()
+            )));
+        };
+        let unet_config = context
+            .manifest_dir
+            .join(&self.model)
+            .join("unet/config.json");
+        if !unet_config.is_file() {
+            // A Hugging Face id or a single file: the loader checks when it loads both.
+            return Ok(());
+        }
+        let (_, unet_text) = context.read(
+            &unet_config.to_string_lossy(),
+            MAX_CONFIG_BYTES,
+            "UNet config",
+        );
+        let ours = unet_text
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .as_ref()
+            .and_then(Family::of);
+        match ours {
+            Some(ours) if ours != theirs => Err(Refusal::new(
+                "controlnet",
+                format!(
+                    "names ControlNet `{controlnet}`, made for {theirs} models, and model `{}` is {ours}",
+                    self.model
+                ),
+                "another model family",
+                "use a ControlNet trained for this model's family (SD 1.x ControlNets for SD 1.x models, SDXL ones for SDXL)",
+            )
+            .at_literal(controlnet)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What makes a ControlNet fit a UNet's family, from their configs: the text
+/// conditioning's width and whether it takes SDXL's added conditioning.
+#[derive(PartialEq)]
+struct Family {
+    text_width: u64,
+    sdxl: bool,
+}
+
+impl Family {
+    fn of(config: &serde_json::Value) -> Option<Family> {
+        Some(Family {
+            text_width: config.get("cross_attention_dim")?.as_u64()?,
+            sdxl: config.get("addition_embed_type").and_then(|t| t.as_str()) == Some("text_time"),
+        })
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.text_width, self.sdxl) {
+            (768, false) => f.write_str("SD 1.x"),
+            (1024, false) => f.write_str("SD 2.x"),
+            (2048, true) => f.write_str("SDXL"),
+            (width, true) => write!(f, "SDXL-like (text width {width})"),
+            (width, false) => write!(f, "SD-1/2-like (text width {width})"),
+        }
+    }
 }

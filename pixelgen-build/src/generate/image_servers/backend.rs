@@ -11,8 +11,8 @@ use super::{
     invokeai,
 };
 use crate::generate::{
-    Backend, Drawer, Drawn, Frame, GenerateError, GroupInputs, GroupKey, KeyError, KeyInputs,
-    KeyParts, Reported, ResolvedLora, Workshop, encode_loras, encode_path, frame_seed,
+    Backend, Conditioning, Drawer, Drawn, Frame, GenerateError, GroupInputs, GroupKey, KeyError,
+    KeyInputs, KeyParts, Reported, ResolvedLora, Workshop, encode_loras, encode_path, frame_seed,
 };
 use crate::key::{Canonical, InputFile};
 use crate::timings::{Stage, Timings};
@@ -92,7 +92,7 @@ impl Backend for ServerSpec {
         })
     }
 
-    fn group(&self, loras: &[ResolvedLora]) -> GroupKey {
+    fn group(&self, loras: &[ResolvedLora], conditioning: &Conditioning) -> GroupKey {
         // Frames for the same servers, model, settings and LoRAs go out as one fan-out.
         let mut encoding = Canonical::new();
         encoding.str(self.kind.name());
@@ -117,6 +117,7 @@ impl Backend for ServerSpec {
             None => encoding.str("no-workflow"),
         };
         encode_loras(&mut encoding, loras);
+        conditioning.encode_group(&mut encoding);
         GroupKey::new("server", &encoding)
     }
 

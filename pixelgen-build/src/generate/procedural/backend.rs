@@ -5,8 +5,8 @@ use image::RgbaImage;
 use super::{ProceduralRequest, render};
 use crate::generate::batched::{Batched, Generator};
 use crate::generate::{
-    Backend, Drawer, Frame, GenerateError, GroupInputs, GroupKey, KeyError, KeyInputs, KeyParts,
-    ResolvedLora, Workshop,
+    Backend, Conditioning, Drawer, Frame, GenerateError, GroupInputs, GroupKey, KeyError,
+    KeyInputs, KeyParts, ResolvedLora, Workshop, refuse_all, settings,
 };
 use crate::key::Canonical;
 use crate::timings::{Stage, Timings};
@@ -39,8 +39,24 @@ impl Backend for Procedural {
         })
     }
 
-    fn group(&self, _: &[ResolvedLora]) -> GroupKey {
-        GroupKey::new("procedural", &Canonical::new())
+    fn group(&self, _: &[ResolvedLora], conditioning: &Conditioning) -> GroupKey {
+        let mut encoding = Canonical::new();
+        conditioning.encode_group(&mut encoding);
+        GroupKey::new("procedural", &encoding)
+    }
+
+    /// Draws tiles that wrap (`tiling`); nothing else it could follow.
+    fn refuses_conditioning(
+        &self,
+        conditioning: &Conditioning,
+        _: (u32, u32),
+        _: &settings::SettingsContext<'_>,
+    ) -> Option<settings::Refusal> {
+        let without_tiling = Conditioning {
+            tiling: None,
+            ..conditioning.clone()
+        };
+        refuse_all(self.name(), &without_tiling)
     }
 
     fn open(

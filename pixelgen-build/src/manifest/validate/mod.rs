@@ -19,6 +19,7 @@ use crate::diagnostics::{Diagnostic, Locator, SourceFile};
 use crate::identity::AtlasName;
 
 mod colors;
+mod conditioning;
 mod generator;
 mod loras;
 mod sprite;

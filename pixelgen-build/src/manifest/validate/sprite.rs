@@ -122,6 +122,8 @@ impl Validator<'_> {
                 .help(refusal.help)
                 .into());
         }
+        let conditioning =
+            self.conditioning(&entry, raw, merged.tiling, &generator, (width, height))?;
         let palette = match merged.palette {
             Some(name) => Some(self.palette(name, Some(&entry.span))?),
             None => default_palette.cloned(),
@@ -154,6 +156,7 @@ impl Validator<'_> {
             max_colors,
             background,
             outline,
+            conditioning,
             span: entry.span,
         })
     }

@@ -26,7 +26,9 @@ use super::protocol::{
 use crate::environment::{DeviceRequest, Environment};
 use crate::generate::batched::Generator;
 use crate::generate::diffusion::{DiffusionSpec, load_local, model_files};
-use crate::generate::{Frame, GenerateError, GroupInputs, ResolvedLora, Workshop, frame_seed};
+use crate::generate::{
+    Conditioning, Frame, GenerateError, GroupInputs, ResolvedLora, Workshop, frame_seed,
+};
 use crate::identity::SpriteName;
 use crate::key::InputFile;
 use crate::timings::Timings;
@@ -51,6 +53,7 @@ pub fn open(
             spec,
             group.sprite,
             group.loras,
+            group.conditioning,
             manifest_dir,
             environment,
             timings,
@@ -62,11 +65,12 @@ pub fn open(
         spec: spec.clone(),
         sprite: group.sprite.clone(),
         loras: group.loras.to_vec(),
+        conditioning: group.conditioning.clone(),
         manifest_dir: manifest_dir.clone(),
         environment: environment.clone(),
         notes: Vec::new(),
     };
-    match Remote::connect(server, template) {
+    match Remote::connect(server, template, manifest_dir) {
         Ok(remote) => generator.remote = Some(remote),
         Err(Connect::Unreachable(e)) => {
             // Not asked again this run. The default address without a server is the
@@ -128,6 +132,7 @@ fn template(
         steps: *steps,
         guidance_bits: guidance.to_bits(),
         scheduler: scheduler.name().to_string(),
+        conditioning: group.conditioning.absolute(manifest_dir),
         jobs: Vec::new(),
     })
 }
@@ -139,6 +144,7 @@ struct WithFallback {
     spec: DiffusionSpec,
     sprite: SpriteName,
     loras: Vec<ResolvedLora>,
+    conditioning: Conditioning,
     manifest_dir: PathBuf,
     environment: Environment,
     notes: Vec<String>,
@@ -154,6 +160,7 @@ impl WithFallback {
                 &self.spec,
                 &self.sprite,
                 &self.loras,
+                &self.conditioning,
                 &self.manifest_dir,
                 &self.environment,
                 timings,
@@ -247,17 +254,24 @@ struct Remote {
     template: GenerateRequest,
     /// The server's batch size for this device request.
     batch: usize,
+    /// Where the frames' relative image paths start (the server gets them absolute).
+    manifest_dir: PathBuf,
 }
 
 impl Remote {
     /// Asks the server for its state: it answers at once (or after the request it is
     /// serving), checks the versions, and says its batch size for this device.
-    fn connect(server: &WarmServer, template: GenerateRequest) -> Result<Remote, Connect> {
+    fn connect(
+        server: &WarmServer,
+        template: GenerateRequest,
+        manifest_dir: &Path,
+    ) -> Result<Remote, Connect> {
         let reply = status(&server.path, Some(template.device.clone()))?;
         Ok(Remote {
             server: server.clone(),
             template,
             batch: reply.batch.unwrap_or(1).max(1),
+            manifest_dir: manifest_dir.to_path_buf(),
         })
     }
 
@@ -276,11 +290,12 @@ impl Remote {
                 prompt: frame.prompt.to_owned(),
                 negative_prompt: frame.negative_prompt.to_owned(),
                 seed: frame_seed(frame.seed, frame.frame),
+                conditioning: frame.conditioning.absolute(&self.manifest_dir),
             })
             .collect();
         let mut stream =
             UnixStream::connect(&self.server.path).map_err(|e| format!("cannot connect: {e}"))?;
-        send(&mut stream, Request::Generate(request))?;
+        send(&mut stream, Request::Generate(Box::new(request)))?;
         let mut images = Vec::with_capacity(frames.len());
         loop {
             let (response, payload) =

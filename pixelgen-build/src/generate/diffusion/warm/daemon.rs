@@ -31,6 +31,7 @@ use super::protocol::{
 };
 use crate::generate::DeviceRequest;
 use crate::generate::diffusion::Scheduler;
+use crate::generate::diffusion::local::{conditioned, frame_images};
 use crate::generate::diffusion::{
     DeviceLock, DiffusionError, LoadedModel, LoraFile, ModelLocation, Request as SampleRequest,
     batch_for, request_for, select_device_for, settings_for,
@@ -480,12 +481,24 @@ impl Server {
             scheduler,
         )
         .map_err(|e| server(e.to_string()))?;
+        let settings = conditioned(settings, &request.conditioning, model)
+            .and_then(|settings| model.check(&settings).map(|()| settings))
+            .map_err(|e| server(e.to_string()))?;
+        let size = (settings.width as u32, settings.height as u32);
         let batch = batch_for(&device, request.device.batch);
         for (chunk_index, chunk) in request.jobs.chunks(batch).enumerate() {
-            let requests: Vec<SampleRequest> = chunk
+            let requests = chunk
                 .iter()
-                .map(|job| request_for(&job.prompt, &job.negative_prompt, job.seed))
-                .collect();
+                .map(|job| {
+                    let (init, control_images) = frame_images(&job.conditioning, size)?;
+                    Ok(SampleRequest {
+                        init,
+                        control_images,
+                        ..request_for(&job.prompt, &job.negative_prompt, job.seed)
+                    })
+                })
+                .collect::<Result<Vec<SampleRequest>, DiffusionError>>()
+                .map_err(|e| server(e.to_string()))?;
             let images = model
                 .generate_timed(&settings, &requests, &mut timings)
                 .map_err(|e| server(e.to_string()))?;

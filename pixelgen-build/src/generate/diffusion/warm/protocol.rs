@@ -20,11 +20,11 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::generate::DeviceRequest;
+use crate::generate::{Conditioning, DeviceRequest};
 use crate::timings::Timings;
 
 /// Bumped when the messages below change shape or meaning.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest JSON header a peer may send (a request lists prompts; 1 MiB is thousands).
 pub const MAX_HEADER: usize = 1 << 20;
@@ -81,7 +81,7 @@ pub enum Request {
     /// The server's state; with `device`, also the batch size it would use for it.
     Status { device: Option<DeviceRequest> },
     /// Draw `jobs` with one model.
-    Generate(GenerateRequest),
+    Generate(Box<GenerateRequest>),
 }
 
 /// Jobs that share one model, LoRAs and sampler settings: what one in-process `Diffusion`
@@ -98,6 +98,9 @@ pub struct GenerateRequest {
     pub guidance_bits: u32,
     /// `ddim`, `euler` or `euler-a` (`Scheduler::name`).
     pub scheduler: String,
+    /// The batch-wide conditioning (strength, tiling, ControlNets), paths absolute.
+    #[serde(default)]
+    pub conditioning: Conditioning,
     pub jobs: Vec<JobRef>,
 }
 
@@ -119,11 +122,14 @@ pub struct LoraRef {
 }
 
 /// One image: prompts and the frame's seed (the sprite's seed plus the frame index).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRef {
     pub prompt: String,
     pub negative_prompt: String,
     pub seed: u64,
+    /// The frame's own images (init image, mask, control images), paths absolute.
+    #[serde(default)]
+    pub conditioning: Conditioning,
 }
 
 /// What a server sends back.
