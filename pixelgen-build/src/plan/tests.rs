@@ -346,3 +346,83 @@ fn rekeying_what_a_server_reported_matches_a_new_plan_and_touches_nothing_else()
         planned(&Reported(None)).sprite("hero").unwrap().frames
     );
 }
+
+/// Every image's bytes, the ControlNet's files and every conditioning setting are in the
+/// key of the sprite that uses them, and only in its key; the lock file records each file.
+#[test]
+fn conditioning_inputs_are_in_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let art = dir.path().join("art");
+    std::fs::create_dir(&art).unwrap();
+    let save = |name: &str, value: u8| {
+        image::RgbImage::from_pixel(32, 32, image::Rgb([value, 10, 10]))
+            .save(art.join(name))
+            .unwrap()
+    };
+    save("sketch.png", 1);
+    save("other.png", 2);
+    save("pose.png", 3);
+    let controlnet = pixelgen_test_support::fixtures::diffusion()
+        .join("conditioned/sd1-controlnet")
+        .display()
+        .to_string();
+    let manifest = |conditioning: &str| {
+        format!(
+            r#"(sprites: {{
+                "a": (prompt: "knight", generator: Diffusion(model: "m", steps: 10), {conditioning}),
+                "b": (prompt: "bat", generator: Diffusion(model: "m", steps: 10)),
+            }})"#
+        )
+    };
+    let plan_of = |text: &str| {
+        let m = parse(&dir.path().join("sprites.ron"), text).unwrap();
+        plan(
+            m,
+            PlanInputs {
+                hasher: &mut FileHasher::in_memory(),
+                known: &NoneKnown,
+                allow_missing_files: false,
+                hub_cache: None,
+                cache: &no_cache(),
+            },
+        )
+        .unwrap()
+    };
+    let keys_of = |text: &str| -> (Key, Key) {
+        let plan = plan_of(text);
+        (
+            plan.sprite("a").unwrap().frames[0].key,
+            plan.sprite("b").unwrap().frames[0].key,
+        )
+    };
+    let base = format!(
+        r#"init: (image: "art/sketch.png", strength: 0.6), tiling: X, controlnet: [(model: "{controlnet}", image: "art/pose.png", scale: 0.8)]"#
+    );
+    let (a, b) = keys_of(&manifest(&base));
+    let (plain, b_plain) = keys_of(&manifest("seed: 0"));
+    assert_ne!(a, plain, "conditioning is in the key");
+    assert_eq!(b, b_plain, "and only in its sprite's key");
+    let variants = [
+        base.replace("0.6", "0.7"),
+        base.replace("sketch.png", "other.png"),
+        base.replace("tiling: X", "tiling: XY"),
+        base.replace("scale: 0.8", "scale: 0.5"),
+        base.replace(
+            "image: \"art/sketch.png\"",
+            "image: \"art/sketch.png\", mask: \"art/pose.png\"",
+        ),
+    ];
+    for variant in &variants {
+        let (key, other) = keys_of(&manifest(variant));
+        assert_ne!(key, a, "{variant}");
+        assert_eq!(other, b, "{variant}");
+    }
+    // A control image's bytes, not its name.
+    save("pose.png", 4);
+    assert_ne!(keys_of(&manifest(&base)).0, a, "the control image's bytes");
+    let plan = plan_of(&manifest(&base));
+    let files = &plan.sprite("a").unwrap().files;
+    assert!(files.contains_key(&InputFile::Image("art/sketch.png".into())));
+    assert!(files.contains_key(&InputFile::Image("art/pose.png".into())));
+    assert!(files.contains_key(&InputFile::ControlNet(controlnet.clone())));
+}

@@ -4,6 +4,7 @@
 use super::validate::{Case, rust_identifier};
 use super::*;
 
+mod conditioning;
 mod generators;
 
 fn parse_ok(text: &str) -> Manifest {
