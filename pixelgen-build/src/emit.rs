@@ -9,6 +9,7 @@ use image::RgbaImage;
 use crate::atlas;
 use crate::cache::{encode_png, write_atomically};
 use crate::error::Error;
+use crate::generate::conditioning::Tiling;
 use crate::identity::FrameId;
 use crate::index::{INDEX_VERSION, Index, IndexedAtlas, IndexedPage, IndexedSprite, OUT_SUBDIR};
 use crate::pipeline::Session;
@@ -27,7 +28,7 @@ pub fn emit(session: &Session, out_dir: &Path) -> Result<Index, Error> {
     let mut atlases = Vec::new();
     for atlas_spec in &session.plan.atlases {
         // Sprites by name, then frames: independent of manifest order.
-        let mut frames: Vec<(&FrameId, RgbaImage)> = Vec::new();
+        let mut frames: Vec<(&FrameId, RgbaImage, Option<Tiling>)> = Vec::new();
         let mut sprites = Vec::new();
         for planned in session
             .plan
@@ -41,13 +42,17 @@ pub fn emit(session: &Session, out_dir: &Path) -> Result<Index, Error> {
                     path: session.cache().path_of(&frame.key),
                     source: std::io::Error::other(e),
                 })?;
-                frames.push((&frame.id, image));
+                frames.push((&frame.id, image, sprite.conditioning.tiling));
             }
             sprites.push((sprite, planned.frames.len()));
         }
         let sources: Vec<atlas::Source<'_>> = frames
             .iter()
-            .map(|(id, image)| atlas::Source { id, image })
+            .map(|(id, image, tiling)| atlas::Source {
+                id,
+                image,
+                tiling: *tiling,
+            })
             .collect();
         let packed = atlas::pack(&sources, &atlas_spec.options).map_err(|source| Error::Atlas {
             atlas: atlas_spec.name.clone(),

@@ -49,7 +49,11 @@ pub fn run(args: Pack) -> Result<(), String> {
     let sources: Vec<Source<'_>> = ids
         .iter()
         .zip(&frames)
-        .map(|(id, (_, image))| Source { id, image })
+        .map(|(id, (_, image))| Source {
+            id,
+            image,
+            tiling: None,
+        })
         .collect();
     let (max_width, max_height) = args.max_size;
     let options = AtlasOptions {

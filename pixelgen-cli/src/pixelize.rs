@@ -48,6 +48,7 @@ pub fn run(args: Pixelize) -> Result<(), String> {
             Background::Keep
         },
         outline: args.outline,
+        tiling: None,
     };
     let out = pixelize(&raw, &options);
     out.save_with_format(&args.output, image::ImageFormat::Png)

@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use image::{ImageBuffer, RgbaImage};
 
 use crate::identity::{FrameId, SpriteName};
+use pixelgen_diffusion::Tiling;
 
 /// How one atlas is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,6 +84,10 @@ pub struct Source<'a> {
     /// Unique among the sources. Frames of the same sprite land on the same page.
     pub id: &'a FrameId,
     pub image: &'a RgbaImage,
+    /// A seamless tile's axes: it is never trimmed, and its extrusion continues the
+    /// opposite edge on those axes (so a sampler that bleeds past the rect sees the
+    /// next tile, not a repeated edge).
+    pub tiling: Option<Tiling>,
 }
 
 /// Where a frame's own (trimmed) pixels are on its page; extrusion and padding
@@ -301,16 +306,17 @@ pub fn pack(sources: &[Source<'_>], options: &AtlasOptions) -> Result<PackedAtla
         .iter()
         .map(|page| {
             let (w, h) = (page.layout.width.max(1), page.layout.height.max(1));
-            let drawn: Vec<(&RgbaImage, Placement, (u32, u32))> = page
+            let drawn: Vec<Drawn<'_>> = page
                 .rects
                 .iter()
                 .map(|&u| {
                     let unique = &uniques[u];
-                    (
-                        sources[unique.source].image,
-                        unique_place[u].1,
-                        (unique.x, unique.y),
-                    )
+                    Drawn {
+                        image: sources[unique.source].image,
+                        rect: unique_place[u].1,
+                        corner: (unique.x, unique.y),
+                        tiling: sources[unique.source].tiling,
+                    }
                 })
                 .collect();
             render(w, h, &drawn, e).ok_or(AtlasError::TooLarge {
@@ -348,10 +354,10 @@ fn trim_and_dedupe(sources: &[Source<'_>], order: &[usize], trim: bool) -> Dedup
         source_height: 0,
     };
     let mut trims = vec![empty; sources.len()];
-    let mut seen: HashMap<(u32, u32, Vec<u8>), usize> = HashMap::new();
+    let mut seen: HashMap<(u32, u32, Vec<u8>, Option<Tiling>), usize> = HashMap::new();
     for &i in order {
         let image = sources[i].image;
-        let bounds = if trim {
+        let bounds = if trim && sources[i].tiling.is_none() {
             opaque_bounds(image)
         } else {
             Some((0, 0, image.width(), image.height()))
@@ -365,7 +371,8 @@ fn trim_and_dedupe(sources: &[Source<'_>], order: &[usize], trim: bool) -> Dedup
             source_height: image.height(),
         };
         let next = uniques.len();
-        let u = *seen.entry((w, h, crop(image, x, y, w, h))).or_insert(next);
+        let key = (w, h, crop(image, x, y, w, h), sources[i].tiling);
+        let u = *seen.entry(key).or_insert(next);
         if u == next {
             uniques.push(Unique {
                 source: i,
@@ -461,15 +468,29 @@ fn crop(image: &RgbaImage, x: u32, y: u32, w: u32, h: u32) -> Vec<u8> {
     out
 }
 
-/// Draws each `(image, rect on the page, rect's corner in the image)` and its
-/// extrusion into a transparent page. `None` when the buffer cannot be
-/// allocated.
-fn render(
-    width: u32,
-    height: u32,
-    drawn: &[(&RgbaImage, Placement, (u32, u32))],
-    extrude: u32,
-) -> Option<RgbaImage> {
+/// One rect to draw on a page.
+struct Drawn<'a> {
+    image: &'a RgbaImage,
+    /// Where on the page.
+    rect: Placement,
+    /// The rect's corner in the image.
+    corner: (u32, u32),
+    tiling: Option<Tiling>,
+}
+
+/// Index `k` of `0..len + 2e` of an extruded line into `0..len`: the edge repeated, or
+/// the opposite edge when the line wraps.
+fn extruded_index(k: usize, e: usize, len: usize, wraps: bool) -> usize {
+    if wraps {
+        (k + len * e.div_ceil(len.max(1)) - e) % len
+    } else {
+        k.saturating_sub(e).min(len - 1)
+    }
+}
+
+/// Draws each rect and its extrusion into a transparent page. `None` when the buffer
+/// cannot be allocated.
+fn render(width: u32, height: u32, drawn: &[Drawn<'_>], extrude: u32) -> Option<RgbaImage> {
     let stride = usize::try_from(width).ok()?.checked_mul(4)?;
     let len = stride.checked_mul(usize::try_from(height).ok()?)?;
     let mut buf = Vec::new();
@@ -478,10 +499,17 @@ fn render(
     buf.resize(len, 0u8);
 
     let e = usize::try_from(extrude).ok()?;
-    for &(img, p, (ox, oy)) in drawn {
+    for &Drawn {
+        image: img,
+        rect: p,
+        corner: (ox, oy),
+        tiling,
+    } in drawn
+    {
         if p.width == 0 || p.height == 0 {
             continue;
         }
+        let (wraps_x, wraps_y) = tiling.map_or((false, false), |t| (t.wraps_x(), t.wraps_y()));
         let (sw, sh) = (p.width as usize, p.height as usize);
         let (x0, y0) = (p.x as usize - e, p.y as usize - e);
         let raw = img.as_raw();
@@ -489,8 +517,9 @@ fn render(
         let src_len = sw * 4;
         let out_len = (sw + 2 * e) * 4;
         for dy in 0..sh + 2 * e {
-            // Rows above/below the sprite repeat its first/last row.
-            let sy = oy as usize + dy.saturating_sub(e).min(sh - 1);
+            // Rows above/below the sprite repeat its first/last row (a tile's continue
+            // from its other edge).
+            let sy = oy as usize + extruded_index(dy, e, sh, wraps_y);
             let from = sy * img_stride + ox as usize * 4;
             let src = &raw[from..from + src_len];
             let start = (y0 + dy) * stride + x0 * 4;
@@ -498,11 +527,13 @@ fn render(
             let (left, rest) = dst.split_at_mut(e * 4);
             let (mid, right) = rest.split_at_mut(src_len);
             mid.copy_from_slice(src);
-            for px in left.chunks_exact_mut(4) {
-                px.copy_from_slice(&src[..4]);
+            for (k, px) in left.chunks_exact_mut(4).enumerate() {
+                let sx = extruded_index(k, e, sw, wraps_x);
+                px.copy_from_slice(&src[sx * 4..sx * 4 + 4]);
             }
-            for px in right.chunks_exact_mut(4) {
-                px.copy_from_slice(&src[src_len - 4..]);
+            for (k, px) in right.chunks_exact_mut(4).enumerate() {
+                let sx = extruded_index(e + sw + k, e, sw, wraps_x);
+                px.copy_from_slice(&src[sx * 4..sx * 4 + 4]);
             }
         }
     }

@@ -202,7 +202,11 @@ fn random_sprites(n: usize, seed: u64) -> Vec<(FrameId, RgbaImage)> {
 fn sources(owned: &[(FrameId, RgbaImage)]) -> Vec<Source<'_>> {
     owned
         .iter()
-        .map(|(id, image)| Source { id, image })
+        .map(|(id, image)| Source {
+            id,
+            image,
+            tiling: None,
+        })
         .collect()
 }
 
@@ -450,4 +454,54 @@ fn empty_and_transparent_inputs_give_a_transparent_page() {
     );
     assert_eq!(atlas.frames[0].trim.source_width, 8);
     assert_eq!(atlas.pages[0].dimensions(), (3, 3));
+}
+
+/// A tile is never trimmed (its transparent border is part of the pattern), and its
+/// extrusion continues the opposite edge on the axes it wraps on, the repeated edge on
+/// the others; the same pixels as a plain sprite are still two rects.
+#[test]
+fn tiles_are_untrimmed_and_extrude_by_wrapping() {
+    use pixelgen_diffusion::Tiling;
+    // 4×3 with a transparent first column: a sprite would lose it to trimming.
+    let image = RgbaImage::from_fn(4, 3, |x, y| {
+        if x == 0 {
+            Rgba([0, 0, 0, 0])
+        } else {
+            Rgba([10 * x as u8, 50 * y as u8, 7, 255])
+        }
+    });
+    let (tile, sprite) = (frame("tile", 0), frame("sprite", 0));
+    let sources = [
+        Source {
+            id: &tile,
+            image: &image,
+            tiling: Some(Tiling::X),
+        },
+        Source {
+            id: &sprite,
+            image: &image,
+            tiling: None,
+        },
+    ];
+    let options = atlas_options(0, 2);
+    let atlas = pack(&sources, &options).unwrap();
+    let (t, s) = (&atlas.frames[0], &atlas.frames[1]);
+    assert_eq!(
+        (t.rect.width, t.rect.height),
+        (4, 3),
+        "the tile is not trimmed"
+    );
+    assert_eq!((s.rect.width, s.rect.height), (3, 3), "the sprite is");
+    let page = &atlas.pages[t.page];
+    let at = |dx: i32, dy: i32| {
+        *page.get_pixel((t.rect.x as i32 + dx) as u32, (t.rect.y as i32 + dy) as u32)
+    };
+    for y in -2..5i32 {
+        let row = y.clamp(0, 2) as u32;
+        // Left of the tile: its last columns; right of it: its first ones.
+        assert_eq!(at(-1, y), *image.get_pixel(3, row), "row {y}");
+        assert_eq!(at(-2, y), *image.get_pixel(2, row), "row {y}");
+        assert_eq!(at(4, y), *image.get_pixel(0, row), "row {y}");
+        assert_eq!(at(5, y), *image.get_pixel(1, row), "row {y}");
+    }
 }

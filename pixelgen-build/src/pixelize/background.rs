@@ -17,18 +17,21 @@ const MIN_BORDER_SHARE: f64 = 0.4;
 
 /// Applies `options.background` and `options.outline` to the cell colours.
 /// `drew_background`: the raw image had its own transparency, which is kept as is.
+/// `wraps`: per axis, whether the image is a seamless tile there; a tile's border is not
+/// a background's edge (nothing is flooded from it) and its outline wraps.
 pub(crate) fn finish(
     colors: &mut [Option<Rgb>],
-    columns: usize,
-    rows: usize,
+    (columns, rows): (usize, usize),
     options: &Options,
     drew_background: bool,
+    wraps: (bool, bool),
 ) {
-    if options.background != Background::Keep && !drew_background {
+    let tile = wraps.0 || wraps.1;
+    if options.background != Background::Keep && !drew_background && !tile {
         remove_flood(colors, columns, rows);
     }
     if let Some(outline) = options.outline {
-        draw_outline(colors, columns, rows, outline);
+        draw_outline(colors, (columns, rows), outline, wraps);
     }
     if let Background::Color(fill) = options.background {
         for cell in colors.iter_mut().filter(|c| c.is_none()) {
@@ -96,16 +99,36 @@ fn remove_flood(colors: &mut [Option<Rgb>], columns: usize, rows: usize) {
     }
 }
 
-/// Transparent cells that touch an opaque one (4-neighbours) take the outline colour.
-fn draw_outline(colors: &mut [Option<Rgb>], columns: usize, rows: usize, outline: Rgb) {
+/// Transparent cells that touch an opaque one (4-neighbours, across the edges an axis
+/// wraps on) take the outline colour.
+fn draw_outline(
+    colors: &mut [Option<Rgb>],
+    (columns, rows): (usize, usize),
+    outline: Rgb,
+    wraps: (bool, bool),
+) {
+    let opaque = |x: isize, y: isize| {
+        let x = if wraps.0 {
+            x.rem_euclid(columns as isize)
+        } else {
+            x
+        };
+        let y = if wraps.1 {
+            y.rem_euclid(rows as isize)
+        } else {
+            y
+        };
+        x >= 0
+            && y >= 0
+            && (x as usize) < columns
+            && (y as usize) < rows
+            && colors[y as usize * columns + x as usize].is_some()
+    };
     let ring: Vec<usize> = (0..columns * rows)
         .filter(|&i| colors[i].is_none())
         .filter(|&i| {
-            let (x, y) = (i % columns, i / columns);
-            (x > 0 && colors[i - 1].is_some())
-                || (x + 1 < columns && colors[i + 1].is_some())
-                || (y > 0 && colors[i - columns].is_some())
-                || (y + 1 < rows && colors[i + columns].is_some())
+            let (x, y) = ((i % columns) as isize, (i / columns) as isize);
+            opaque(x - 1, y) || opaque(x + 1, y) || opaque(x, y - 1) || opaque(x, y + 1)
         })
         .collect();
     for i in ring {
@@ -114,14 +137,14 @@ fn draw_outline(colors: &mut [Option<Rgb>], columns: usize, rows: usize, outline
 }
 
 /// [`draw_outline`] on a finished image (sprites drawn at their own size).
-pub(crate) fn outline_image(image: &mut RgbaImage, outline: Rgb) {
+pub(crate) fn outline_image(image: &mut RgbaImage, outline: Rgb, wraps: (bool, bool)) {
     let (columns, rows) = (image.width() as usize, image.height() as usize);
     let mut colors: Vec<Option<Rgb>> = image
         .pixels()
         .map(|p| (p[3] >= ALPHA_THRESHOLD).then_some([p[0], p[1], p[2]]))
         .collect();
     let before: Vec<bool> = colors.iter().map(Option::is_some).collect();
-    draw_outline(&mut colors, columns, rows, outline);
+    draw_outline(&mut colors, (columns, rows), outline, wraps);
     for (i, pixel) in image.pixels_mut().enumerate() {
         if !before[i]
             && let Some([r, g, b]) = colors[i]

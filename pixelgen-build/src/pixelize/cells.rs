@@ -31,7 +31,9 @@ pub(crate) struct Cells {
 }
 
 impl Cells {
-    pub fn sample(raster: &Raster, grid: &Grid) -> Cells {
+    /// `wraps`: per axis (x, y), whether the cells past one edge are those at the other
+    /// (a seamless tile).
+    pub fn sample(raster: &Raster, grid: &Grid, wraps: (bool, bool)) -> Cells {
         let column_core = core_ranges(&grid.columns, raster.width);
         let row_core = core_ranges(&grid.rows, raster.height);
         let (columns, rows) = (column_core.len(), row_core.len());
@@ -71,7 +73,13 @@ impl Cells {
             .map(|i| {
                 let (x, y) = ((i % columns) as isize, (i / columns) as isize);
                 let at = |dx: isize, dy: isize| {
-                    let (nx, ny) = (x + dx, y + dy);
+                    let (mut nx, mut ny) = (x + dx, y + dy);
+                    if wraps.0 {
+                        nx = nx.rem_euclid(columns as isize);
+                    }
+                    if wraps.1 {
+                        ny = ny.rem_euclid(rows as isize);
+                    }
                     let inside =
                         nx >= 0 && ny >= 0 && (nx as usize) < columns && (ny as usize) < rows;
                     let j = if inside {

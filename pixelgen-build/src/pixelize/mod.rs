@@ -15,10 +15,11 @@ mod colors;
 mod grid;
 mod raster;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use image::{Rgba, RgbaImage};
 
+use crate::generate::conditioning::Tiling;
 use crate::manifest::{Background, SpriteSpec};
 use crate::palette::{Palette, Rgb};
 use raster::{ALPHA_THRESHOLD, Raster};
@@ -44,6 +45,10 @@ pub struct Options {
     pub background: Background,
     /// A 1-pixel outline drawn around the opaque pixels, in the transparent area.
     pub outline: Option<Rgb>,
+    /// The axes a seamless tile wraps on: its grid divides the frame evenly there, cells
+    /// see their neighbours across the edge, nothing is taken for background by a
+    /// flood from the border, and the outline wraps.
+    pub tiling: Option<Tiling>,
 }
 
 impl Options {
@@ -56,6 +61,7 @@ impl Options {
             max_colors: sprite.max_colors.map(|n| n as usize),
             background: sprite.background,
             outline: sprite.outline,
+            tiling: sprite.conditioning.tiling,
         }
     }
 }
@@ -68,8 +74,19 @@ impl Options {
 pub fn pixelize(raw: &RgbaImage, options: &Options) -> RgbaImage {
     let raster = Raster::from_rgba(raw);
     let (columns, rows) = (options.width as usize, options.height as usize);
-    let grid = grid::fit(&raster, columns, rows);
-    let cells = cells::Cells::sample(&raster, &grid);
+    let mut grid = grid::fit(&raster, columns, rows);
+    // A tile's fake pixels cannot sit at a phase: the cells must divide the period, or
+    // the first and last cells would each hold part of one pixel across the seam.
+    let wraps = options
+        .tiling
+        .map_or((false, false), |t| (t.wraps_x(), t.wraps_y()));
+    if wraps.0 {
+        grid.columns = grid::Grid::uniform(0.0, raster.width as f64, columns);
+    }
+    if wraps.1 {
+        grid.rows = grid::Grid::uniform(0.0, raster.height as f64, rows);
+    }
+    let cells = cells::Cells::sample(&raster, &grid, wraps);
     let mut colors = colors::resolve(
         &raster,
         &cells,
@@ -77,7 +94,13 @@ pub fn pixelize(raw: &RgbaImage, options: &Options) -> RgbaImage {
         options.max_colors,
     );
     let drew_background = raster.has_transparency();
-    background::finish(&mut colors, columns, rows, options, drew_background);
+    background::finish(
+        &mut colors,
+        (columns, rows),
+        options,
+        drew_background,
+        wraps,
+    );
     RgbaImage::from_fn(options.width, options.height, |x, y| {
         match colors[y as usize * columns + x as usize] {
             Some([r, g, b]) => Rgba([r, g, b, 255]),
@@ -107,7 +130,11 @@ pub fn finish(raw: RgbaImage, sprite: &SpriteSpec) -> RgbaImage {
         (None, None) => {}
     }
     if let Some(outline) = sprite.outline {
-        background::outline_image(&mut image, outline);
+        let wraps = sprite
+            .conditioning
+            .tiling
+            .map_or((false, false), |t| (t.wraps_x(), t.wraps_y()));
+        background::outline_image(&mut image, outline, wraps);
     }
     image
 }

@@ -122,6 +122,7 @@ fn options(art: &RgbaImage, palette: Option<Palette>) -> Options {
         max_colors: None,
         background: Background::Keep,
         outline: None,
+        tiling: None,
     }
 }
 
@@ -382,6 +383,7 @@ fn odd_inputs_give_the_asked_size_without_panicking() {
                     max_colors: Some(4),
                     background,
                     outline: Some([9, 9, 9]),
+                    tiling: None,
                 };
                 let out = pixelize(raw, &options);
                 assert_eq!(out.dimensions(), (width, height));
@@ -396,4 +398,101 @@ fn odd_inputs_give_the_asked_size_without_panicking() {
     let mut opts = options(&clear, None);
     opts.background = Background::Transparent;
     assert!(pixelize(&clear, &opts).pixels().all(|p| p[3] == 0));
+}
+
+/// A seamless tile drawn at 8× with soft fake pixels (blurred across the wrap, as a
+/// model drawing with circular padding blurs them): pixelized as a tile it comes back
+/// pixel for pixel, so it wraps as the art did, and a background-coloured border is not
+/// flooded away. Pixelized as a sprite, the same image loses its border.
+#[test]
+fn a_tile_stays_seamless_and_keeps_its_border() {
+    use crate::generate::conditioning::Tiling;
+    let (cells, pitch) = (16u32, 8u32);
+    // A disc around the corner (it crosses both edges), a band across the x edge and a
+    // highlight, on a field of one colour.
+    let truth = RgbaImage::from_fn(cells, cells, |x, y| {
+        let torus = |a: u32| a.min(cells - a);
+        let c: Rgb = if torus(x).pow(2) + torus(y).pow(2) <= 9 {
+            [228, 59, 68]
+        } else if (7..9).contains(&y) {
+            [38, 43, 68]
+        } else if (x, y) == (9, 12) {
+            [255, 255, 255]
+        } else {
+            [62, 137, 72]
+        };
+        Rgba([c[0], c[1], c[2], 255])
+    });
+    let big = image::imageops::resize(
+        &truth,
+        cells * pitch,
+        cells * pitch,
+        image::imageops::FilterType::Nearest,
+    );
+    let size = i64::from(cells * pitch);
+    let blurred = RgbaImage::from_fn(big.width(), big.height(), |x, y| {
+        let mut sum = [0u32; 3];
+        for (dx, dy) in [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)] {
+            let wrap = |v: u32, d: i64| (i64::from(v) + d).rem_euclid(size) as u32;
+            let px = big.get_pixel(wrap(x, dx), wrap(y, dy));
+            for c in 0..3 {
+                sum[c] += u32::from(px[c]);
+            }
+        }
+        Rgba([
+            (sum[0] / 5) as u8,
+            (sum[1] / 5) as u8,
+            (sum[2] / 5) as u8,
+            255,
+        ])
+    });
+    let options = Options {
+        width: cells,
+        height: cells,
+        palette: None,
+        max_colors: None,
+        background: Background::Transparent,
+        outline: None,
+        tiling: Some(Tiling::XY),
+    };
+    let out = pixelize(&blurred, &options);
+    assert_eq!(out, truth, "the tile's pixels");
+    let seam = seam_difference(&out);
+    assert!(seam.0 <= seam.1 && seam.2 <= seam.3, "seam {seam:?}");
+    let as_sprite = pixelize(
+        &blurred,
+        &Options {
+            tiling: None,
+            ..options
+        },
+    );
+    assert!(
+        as_sprite.pixels().any(|p| p[3] == 0),
+        "a sprite's border colour is background"
+    );
+}
+
+/// `(mean |last column − first column|, the largest mean |column i − column i+1| inside,
+/// the same for rows)`, in levels of 255 averaged over the channels: a tile wraps when
+/// its seam is no larger than a step between neighbouring columns (rows) inside it.
+pub(crate) fn seam_difference(image: &RgbaImage) -> (f64, f64, f64, f64) {
+    let (w, h) = image.dimensions();
+    let diff = |a: &Rgba<u8>, b: &Rgba<u8>| -> f64 {
+        (0..3).map(|c| f64::from(a[c].abs_diff(b[c]))).sum::<f64>() / 3.0
+    };
+    let column = |x0: u32, x1: u32| {
+        (0..h)
+            .map(|y| diff(image.get_pixel(x0, y), image.get_pixel(x1, y)))
+            .sum::<f64>()
+            / f64::from(h)
+    };
+    let row = |y0: u32, y1: u32| {
+        (0..w)
+            .map(|x| diff(image.get_pixel(x, y0), image.get_pixel(x, y1)))
+            .sum::<f64>()
+            / f64::from(w)
+    };
+    let inside_x = (0..w - 1).map(|x| column(x, x + 1)).fold(0.0, f64::max);
+    let inside_y = (0..h - 1).map(|y| row(y, y + 1)).fold(0.0, f64::max);
+    (column(w - 1, 0), inside_x, row(h - 1, 0), inside_y)
 }

@@ -95,6 +95,7 @@ impl Generator for Procedural {
                     height: frame.height,
                     frame: frame.frame,
                     frames: frame.frames,
+                    tiling: frame.conditioning.tiling,
                 })
             })
             .collect();

@@ -19,6 +19,8 @@
 
 use image::{Rgba, RgbaImage};
 
+use crate::generate::conditioning::Tiling;
+
 /// What the generator needs to draw one frame of one sprite.
 #[derive(Debug, Clone, Copy)]
 pub struct ProceduralRequest<'a> {
@@ -36,6 +38,9 @@ pub struct ProceduralRequest<'a> {
     pub frame: u32,
     /// Number of frames of the animation (1 for a still sprite).
     pub frames: u32,
+    /// The axes the frame wraps on (a sprite's `tiling`): the canvas is a torus there.
+    /// Tiles (grass, dirt, floor, wall) always wrap.
+    pub tiling: Option<Tiling>,
 }
 
 /// Draws one frame. Background pixels are fully transparent (alpha 0); every
@@ -59,6 +64,7 @@ pub fn render(request: &ProceduralRequest) -> RgbaImage {
         anim,
     };
     let mut sc = Scene::new(w, h);
+    sc.wrap_on(request.tiling);
     match family {
         Family::Humanoid(role) => humanoid(&mut sc, &cx, &mut rng, role),
         Family::Slime => slime(&mut sc, &cx, &mut rng),

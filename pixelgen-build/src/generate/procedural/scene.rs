@@ -23,6 +23,9 @@ pub(super) struct Scene {
     pub(super) clip: [i32; 4],
     /// Tiles fill the frame and get no outline.
     pub(super) tile: bool,
+    /// Per axis (x, y): the canvas is a torus there (a sprite's `tiling`), so what is
+    /// drawn across an edge continues on the other side and the outline sees across it.
+    pub(super) wrap: (bool, bool),
 }
 
 impl Scene {
@@ -34,7 +37,29 @@ impl Scene {
             ramps: vec![[[0; 3]; 3], [[20, 16, 28]; 3]],
             clip: [1, 1, w - 1, h - 1],
             tile: false,
+            wrap: (false, false),
         }
+    }
+
+    /// Makes the canvas wrap on `tiling`'s axes: no margin there, and every read and
+    /// write past an edge lands on the other side.
+    pub(super) fn wrap_on(&mut self, tiling: Option<Tiling>) {
+        let Some(tiling) = tiling else { return };
+        self.wrap = (tiling.wraps_x(), tiling.wraps_y());
+        if self.wrap.0 {
+            (self.clip[0], self.clip[2]) = (i32::MIN / 2, i32::MAX / 2);
+        }
+        if self.wrap.1 {
+            (self.clip[1], self.clip[3]) = (i32::MIN / 2, i32::MAX / 2);
+        }
+    }
+
+    /// `(x, y)` taken onto the canvas on the axes it wraps on.
+    fn wrapped(&self, x: i32, y: i32) -> (i32, i32) {
+        (
+            if self.wrap.0 { x.rem_euclid(self.w) } else { x },
+            if self.wrap.1 { y.rem_euclid(self.h) } else { y },
+        )
     }
 
     pub(super) fn set_ink(&mut self, main: Hsv) {
@@ -55,9 +80,11 @@ impl Scene {
     pub(super) fn make_tile(&mut self) {
         self.tile = true;
         self.clip = [0, 0, self.w, self.h];
+        self.wrap = (false, false);
     }
 
     pub(super) fn get(&self, x: i32, y: i32) -> Cell {
+        let (x, y) = self.wrapped(x, y);
         if x < 0 || y < 0 || x >= self.w || y >= self.h {
             Cell::default()
         } else {
@@ -68,6 +95,10 @@ impl Scene {
     pub(super) fn set(&mut self, x: i32, y: i32, mat: u8, shade: i8) {
         let [x0, y0, x1, y1] = self.clip;
         if x >= x0 && y >= y0 && x < x1 && y < y1 {
+            let (x, y) = self.wrapped(x, y);
+            if x < 0 || y < 0 || x >= self.w || y >= self.h {
+                return;
+            }
             self.cells[(y * self.w + x) as usize] = Cell { mat, shade };
         }
     }

@@ -30,6 +30,7 @@ fn req(prompt: &str, seed: u64, w: u32, h: u32) -> ProceduralRequest<'_> {
         height: h,
         frame: 0,
         frames: 1,
+        tiling: None,
     }
 }
 
@@ -466,4 +467,43 @@ fn cos_turns_matches_cos() {
     assert_eq!(cos_turns(0.25), 0.0);
     assert_eq!(cos_turns(0.5), -1.0);
     assert_eq!(cos_turns(0.0), 1.0);
+}
+
+/// With `tiling` the canvas is a torus: every frame, sprite or tile, wraps on the named
+/// axes (its seam is no larger than a step inside it), and tiles are unchanged by it.
+#[test]
+fn tiling_frames_wrap() {
+    use crate::generate::conditioning::Tiling;
+    for p in SPRITES.iter().chain(TILES) {
+        for tiling in [Tiling::X, Tiling::Y, Tiling::XY] {
+            let img = render(&ProceduralRequest {
+                tiling: Some(tiling),
+                ..req(p, 3, 24, 24)
+            });
+            let (seam_x, inside_x, seam_y, inside_y) =
+                crate::pixelize::tests::seam_difference(&img);
+            if tiling.wraps_x() {
+                assert!(
+                    seam_x <= inside_x,
+                    "{p} {tiling:?}: x seam {seam_x} > {inside_x}"
+                );
+            }
+            if tiling.wraps_y() {
+                assert!(
+                    seam_y <= inside_y,
+                    "{p} {tiling:?}: y seam {seam_y} > {inside_y}"
+                );
+            }
+        }
+    }
+    for p in TILES {
+        assert_eq!(
+            render(&ProceduralRequest {
+                tiling: Some(Tiling::XY),
+                ..req(p, 3, 24, 24)
+            }),
+            render(&req(p, 3, 24, 24)),
+            "{p}"
+        );
+    }
 }

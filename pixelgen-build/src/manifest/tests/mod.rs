@@ -314,7 +314,11 @@ fn every_validated_sprite_packs() {
         let ids: Vec<crate::FrameId> = (0..sprite.frames).map(|f| sprite.name.frame(f)).collect();
         let sources: Vec<crate::atlas::Source<'_>> = ids
             .iter()
-            .map(|id| crate::atlas::Source { id, image: &image })
+            .map(|id| crate::atlas::Source {
+                id,
+                image: &image,
+                tiling: None,
+            })
             .collect();
         let options = &manifest.atlases[0].options;
         if let Err(e) = crate::atlas::pack(&sources, options) {
