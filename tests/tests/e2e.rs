@@ -431,3 +431,144 @@ fn a_trained_lora_is_a_cached_build_product_retrained_when_an_image_changes() {
     assert!(cached.success, "{}", cached.stderr);
     assert_eq!(cached.summary, Some((4, 0, 4)), "{}", cached.stderr);
 }
+
+/// Conditioned sprites through a real `cargo build`: a seamless tile from the procedural
+/// generator and from Diffusion (`tiling: XY`), a sprite drawn from a sketch (`init`), one
+/// repainted under a mask and one following a ControlNet, on the tiny fixture models. The
+/// finished tiles wrap (their seam is no larger than a step between neighbouring columns
+/// or rows inside them); a rebuild draws nothing; a changed sketch redraws exactly the
+/// sprite drawn from it.
+#[test]
+fn conditioned_sprites_build_and_tiles_wrap() {
+    let model = fixtures::tiny_model("sd1").display().to_string();
+    let controlnet = fixtures::diffusion()
+        .join("conditioned/sd1-controlnet")
+        .display()
+        .to_string();
+    let diffusion = format!(
+        "Diffusion(model: {model:?}, steps: 4, guidance: 5.0, scheduler: Euler, resolution: (64, 64))"
+    );
+    let manifest = format!(
+        r#"(
+    defaults: (size: (16, 16)),
+    sprites: {{
+        "floor":  (prompt: "mossy stone floor", seed: 1, tiling: XY),
+        "grass":  (prompt: "grass texture", seed: 2, tiling: XY, generator: {diffusion}),
+        "sketch": (prompt: "red knight", seed: 3, generator: {diffusion},
+                   init: (image: "art/sketch.png", strength: 0.6)),
+        "fixed":  (prompt: "red knight", seed: 4, generator: {diffusion},
+                   init: (image: "art/base.png", mask: "art/mask.png")),
+        "posed":  (prompt: "red knight", seed: 5, generator: {diffusion},
+                   controlnet: [(model: {controlnet:?}, image: "art/pose.png", scale: 0.8)]),
+    }},
+)"#
+    );
+    let game = GameCrate::new("e2e_conditioned", &manifest);
+    let art = game.path().join("art");
+    std::fs::create_dir_all(&art).unwrap();
+    let sketch = |value: u8| {
+        image::RgbImage::from_fn(16, 16, |x, y| {
+            if (4..12).contains(&x) && (2..14).contains(&y) {
+                image::Rgb([value, 30, 30])
+            } else {
+                image::Rgb([40, 40, 90])
+            }
+        })
+        .save(art.join("sketch.png"))
+        .unwrap()
+    };
+    sketch(200);
+    image::RgbImage::from_pixel(16, 16, image::Rgb([90, 140, 60]))
+        .save(art.join("base.png"))
+        .unwrap();
+    image::GrayImage::from_fn(16, 16, |x, _| image::Luma([if x < 8 { 0 } else { 255 }]))
+        .save(art.join("mask.png"))
+        .unwrap();
+    image::RgbImage::from_fn(32, 32, |x, y| {
+        let line = x == 16 || y == 8 || x == y;
+        image::Rgb(if line { [255; 3] } else { [0; 3] })
+    })
+    .save(art.join("pose.png"))
+    .unwrap();
+
+    let first = game.build(&[]);
+    assert!(first.success, "{}", first.stderr);
+    assert_eq!(first.summary, Some((5, 5, 0)), "{}", first.stderr);
+    let lock = game.lock();
+    for file in [
+        "image:art/sketch.png",
+        "image:art/mask.png",
+        "image:art/pose.png",
+        "controlnet:",
+    ] {
+        assert!(lock.contains(file), "{file} in the lock: {lock}");
+    }
+
+    // The finished tiles, cut out of their atlas page: untrimmed, and they wrap.
+    let index = game.index(&first);
+    let atlas = &index["atlases"][0];
+    for tile in ["floor", "grass"] {
+        let sprite = atlas["sprites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == tile)
+            .expect("the tile in the index");
+        let page = &atlas["pages"][sprite["page"].as_u64().unwrap() as usize];
+        let layout = sprite["frames"][0].as_u64().unwrap() as usize;
+        let rect: Vec<u32> = page["rects"][layout]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!((rect[2], rect[3]), (16, 16), "{tile} is not trimmed");
+        let page_image = image::open(page["image"].as_str().unwrap())
+            .unwrap()
+            .to_rgba8();
+        let frame = image::imageops::crop_imm(&page_image, rect[0], rect[1], 16, 16).to_image();
+        let (seam_x, inside_x, seam_y, inside_y) = seam_difference(&frame);
+        assert!(
+            seam_x <= inside_x && seam_y <= inside_y,
+            "{tile}: seams {seam_x:.1} and {seam_y:.1}, largest inside steps {inside_x:.1} and {inside_y:.1}"
+        );
+    }
+
+    let again = game.build(&[]);
+    assert!(again.success, "{}", again.stderr);
+    assert_eq!(again.summary, Some((5, 0, 5)), "{}", again.stderr);
+
+    sketch(120);
+    let changed = game.build(&[]);
+    assert!(changed.success, "{}", changed.stderr);
+    assert_eq!(
+        changed.summary,
+        Some((5, 1, 4)),
+        "a new sketch redraws its sprite only: {}",
+        changed.stderr
+    );
+}
+
+/// `(mean |last column − first column|, the largest mean |column i − column i+1| inside,
+/// the same for rows)`, over the opaque pixels' channels, in levels of 255.
+fn seam_difference(image: &image::RgbaImage) -> (f64, f64, f64, f64) {
+    let (w, h) = image.dimensions();
+    let diff = |a: &image::Rgba<u8>, b: &image::Rgba<u8>| -> f64 {
+        (0..4).map(|c| f64::from(a[c].abs_diff(b[c]))).sum::<f64>() / 4.0
+    };
+    let column = |x0: u32, x1: u32| {
+        (0..h)
+            .map(|y| diff(image.get_pixel(x0, y), image.get_pixel(x1, y)))
+            .sum::<f64>()
+            / f64::from(h)
+    };
+    let row = |y0: u32, y1: u32| {
+        (0..w)
+            .map(|x| diff(image.get_pixel(x, y0), image.get_pixel(x, y1)))
+            .sum::<f64>()
+            / f64::from(w)
+    };
+    let inside_x = (0..w - 1).map(|x| column(x, x + 1)).fold(0.0, f64::max);
+    let inside_y = (0..h - 1).map(|y| row(y, y + 1)).fold(0.0, f64::max);
+    (column(w - 1, 0), inside_x, row(h - 1, 0), inside_y)
+}
