@@ -149,6 +149,49 @@ fn through_the_server_a_build_writes_the_same_cache_and_lock_file() {
     );
 }
 
+/// Conditioned sprites (an init image with a mask, a ControlNet, a tile) drawn through
+/// the server give the in-process cache bytes and lock file: the server reads the same
+/// images and ControlNet, given absolute paths.
+#[test]
+fn conditioned_sprites_through_the_server_are_the_in_process_ones() {
+    let manifest = r#"(sprites: {
+        "fixed": (prompt: "knight", seed: 2, size: (16, 16),
+            generator: Diffusion(model: "model", steps: 3, guidance: 3.0, scheduler: Euler, resolution: (64, 64)),
+            init: (image: "art/base.png", mask: "art/mask.png", strength: 0.7)),
+        "posed": (prompt: "knight", seed: 3, size: (16, 16), tiling: X,
+            generator: Diffusion(model: "model", steps: 3, guidance: 3.0, scheduler: Euler, resolution: (64, 64)),
+            controlnet: [(model: "controlnet", image: "art/pose.png", scale: 0.9, end: 0.7)]),
+    })"#;
+    let server = Running::start(|_| {});
+    let (warm_dir, warm) = game(manifest);
+    let (cold_dir, cold) = game(manifest);
+    for dir in [warm_dir.path(), cold_dir.path()] {
+        copy_dir(
+            &fixtures::diffusion().join("conditioned/sd1-controlnet"),
+            &dir.join("controlnet"),
+        );
+        std::fs::create_dir(dir.join("art")).unwrap();
+        image::RgbImage::from_fn(16, 16, |x, y| image::Rgb([x as u8 * 16, y as u8 * 16, 90]))
+            .save(dir.join("art/base.png"))
+            .unwrap();
+        image::GrayImage::from_fn(16, 16, |x, _| image::Luma([if x < 8 { 0 } else { 255 }]))
+            .save(dir.join("art/mask.png"))
+            .unwrap();
+        image::RgbImage::from_fn(40, 40, |x, y| image::Rgb([if x == y { 255 } else { 0 }; 3]))
+            .save(dir.join("art/pose.png"))
+            .unwrap();
+    }
+    let summary = realize(&warm, Some(server.address()));
+    assert_eq!(summary.generated, 2);
+    assert!(summary.notes.is_empty(), "{:?}", summary.notes);
+    assert_eq!(server.status().requests, 2, "both drawn by the server");
+    realize(&cold, None);
+    let (warm_files, warm_lock) = outputs(&warm);
+    let (cold_files, cold_lock) = outputs(&cold);
+    assert!(warm_files == cold_files, "cache bytes differ");
+    assert_eq!(warm_lock, cold_lock);
+}
+
 #[test]
 fn a_prompt_edit_reuses_the_loaded_model_and_the_device_lock_follows_the_models() {
     let server = Running::start(|o| {
