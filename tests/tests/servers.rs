@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use pixelgen_test_support::fixtures;
 use pixelgen_tests::GameCrate;
 use pixelgen_tests::invokeai::{self, InvokeAi};
+use serde_json::Value;
 
 fn manifest(urls: &[String], coins_prompt: &str, hero_prompt: &str, lora: &Path) -> String {
     let urls = urls
@@ -215,5 +216,111 @@ fn server_sprites_build_fan_out_survive_a_dead_server_and_build_offline() {
         down.stderr.contains("no image server answered"),
         "{}",
         down.stderr
+    );
+}
+
+/// InvokeAI draws conditioned sprites with its own nodes: an init image (`i2l` and
+/// `denoising_start = 1 − strength`), a mask (`create_denoise_mask`, inverted: InvokeAI's
+/// masks keep white) and a tile (`seamless`), each image uploaded once per group. What it cannot
+/// draw (a ControlNet) is refused at the field when the manifest is read.
+#[test]
+fn invokeai_draws_from_an_init_image_a_mask_and_tiles() {
+    let Some(web) = invokeai::executable() else {
+        return;
+    };
+    let mut server = InvokeAi::start(&web);
+    server.ready(&fixtures::tiny_model("sd1"), &[]);
+    let url = server.url();
+    let manifest = format!(
+        r#"(
+    defaults: (
+        size: (16, 16),
+        generator: Server(url: {url:?}, model: "{model}", steps: 4, guidance: 5.0, scheduler: "ddim", resolution: (64, 64)),
+    ),
+    sprites: {{
+        "sketch": (prompt: "a knight", seed: 3, frames: 2, init: (image: "art/sketch.png", strength: 0.5)),
+        "fixed":  (prompt: "a knight", seed: 10, init: (image: "art/sketch.png", mask: "art/mask.png")),
+        "tile":   (prompt: "grass", seed: 20, tiling: XY),
+    }},
+)"#,
+        model = invokeai::MODEL,
+    );
+    let game = GameCrate::new("e2e_invokeai_conditioned", &manifest);
+    let art = game.path().join("art");
+    std::fs::create_dir_all(&art).unwrap();
+    image::RgbImage::from_fn(16, 16, |x, _| image::Rgb([x as u8 * 15, 40, 90]))
+        .save(art.join("sketch.png"))
+        .unwrap();
+    image::GrayImage::from_fn(16, 16, |x, _| image::Luma([if x < 8 { 0 } else { 255 }]))
+        .save(art.join("mask.png"))
+        .unwrap();
+    let first = game.build(&[]);
+    assert!(first.success, "{}\n{}", first.stderr, server.log());
+    assert_eq!(first.summary, Some((3, 3, 0)), "{}", first.stderr);
+
+    // The graphs the server ran, by the sprite's prompt and seed.
+    let items = server.get("/api/v1/queue/default/list_all");
+    let graphs: Vec<(u64, Value)> = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|item| item["origin"] == "pixelgen" && item["status"] == "completed")
+        .map(|item| {
+            let detail = server.get(&format!(
+                "/api/v1/queue/default/i/{}",
+                item["item_id"].as_u64().unwrap()
+            ));
+            let seed = detail["session"]["graph"]["nodes"]["noise"]["seed"]
+                .as_u64()
+                .unwrap_or(u64::MAX);
+            (seed, detail["session"]["graph"].clone())
+        })
+        .collect();
+    assert_eq!(graphs.len(), 4, "{graphs:#?}");
+    let graph_of = |seed: u64| &graphs.iter().find(|(s, _)| *s == seed).unwrap().1;
+    let node = |graph: &Value, id: &str| graph["nodes"][id].clone();
+    let sketch = graph_of(3);
+    assert_eq!(node(sketch, "init")["type"], "i2l");
+    assert_eq!(node(sketch, "denoise")["denoising_start"], 0.5);
+    assert!(node(sketch, "mask").is_null());
+    let fixed = graph_of(10);
+    assert_eq!(node(fixed, "mask")["type"], "create_denoise_mask");
+    assert_eq!(node(fixed, "denoise")["denoising_start"], 0.0);
+    // pixelgen's mask repaints where white; InvokeAI's keeps where white: sent inverted,
+    // at the drawing's size.
+    let mask_name = node(fixed, "mask")["mask"]["image_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bytes = ureq::get(&format!("{url}/api/v1/images/i/{mask_name}/full"))
+        .call()
+        .unwrap();
+    let mut png = Vec::new();
+    std::io::Read::read_to_end(&mut bytes.into_reader(), &mut png).unwrap();
+    let mask = image::load_from_memory(&png).unwrap().to_luma8();
+    assert_eq!(mask.dimensions(), (64, 64));
+    assert_eq!(
+        (mask.get_pixel(0, 0)[0], mask.get_pixel(63, 0)[0]),
+        (255, 0)
+    );
+    let tile = graph_of(20);
+    assert_eq!(node(tile, "seamless")["seamless_x"], true);
+    assert_eq!(node(tile, "seamless")["seamless_y"], true);
+    // Each distinct image goes up once per group: the sketch once for its two frames,
+    // once with the inpainted sprite's (inverted) mask.
+    let uploads = server.get("/api/v1/images/?is_intermediate=true&categories=user&limit=100");
+    assert_eq!(uploads["total"], 3, "{uploads}");
+
+    let refused = manifest.replace(
+        "tiling: XY",
+        r#"controlnet: [(model: "art", image: "art/sketch.png")]"#,
+    );
+    game.write_manifest(&refused);
+    let output = game.build(&[]);
+    assert!(!output.success);
+    assert!(
+        output.stderr.contains("does not give InvokeAI ControlNets"),
+        "{}",
+        output.stderr
     );
 }

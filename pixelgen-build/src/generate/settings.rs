@@ -8,6 +8,8 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
+use super::conditioning::InitSpec;
+
 /// Largest side of a draw `resolution`; it must also be a multiple of 8.
 pub const MAX_RESOLUTION: u32 = 4096;
 /// Most diffusion steps.
@@ -116,6 +118,75 @@ pub fn check_sampling(
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// An `init`: a strength in (0, 1] that keeps at least one of `steps`, an image of the
+/// sprite's size (scaled up to the drawing without smoothing) or of the drawing's
+/// `resolution`, a mask of the image's size.
+pub fn check_init(
+    init: &InitSpec,
+    steps: u32,
+    resolution: Option<(u32, u32)>,
+    (sprite_width, sprite_height): (u32, u32),
+) -> Result<(), Refusal> {
+    let strength = init.strength;
+    if !(strength > 0.0 && strength <= 1.0) {
+        return Err(Refusal::new(
+            "init",
+            format!("has an init strength of {strength}, outside (0, 1]"),
+            "strength out of range",
+            "use a strength above 0 and at most 1: 0.3 keeps most of the image, 1 redraws it all",
+        ));
+    }
+    if ((f64::from(steps) * strength) as u64) == 0 {
+        return Err(Refusal::new(
+            "init",
+            format!(
+                "runs no step: {} steps at strength {strength} keep int(steps × strength) = 0 of them",
+                steps
+            ),
+            "no step runs",
+            format!(
+                "raise the strength to at least {:.2} or the generator's steps",
+                1.0 / f64::from(steps)
+            ),
+        ));
+    }
+    let (width, height) = init.image.size;
+    let sprite = (sprite_width, sprite_height);
+    if init.image.size != sprite && Some(init.image.size) != resolution {
+        let drawing = match resolution {
+            Some((w, h)) => format!(
+                "the sprite's {sprite_width}×{sprite_height} or the drawing's resolution {w}×{h}"
+            ),
+            None => format!(
+                "the sprite's {sprite_width}×{sprite_height} (or set the generator's `resolution` to the image's size)"
+            ),
+        };
+        return Err(Refusal::new(
+            "init",
+            format!(
+                "has an init image of {width}×{height} ({}), which is neither {drawing}",
+                init.image.path
+            ),
+            "size does not match",
+            "draw the sketch at the sprite's size (it is scaled up to the drawing without smoothing) or at the drawing's resolution",
+        ));
+    }
+    if let Some(mask) = &init.mask
+        && mask.size != init.image.size
+    {
+        return Err(Refusal::new(
+            "init",
+            format!(
+                "has a mask of {}×{} ({}) for an init image of {width}×{height}",
+                mask.size.0, mask.size.1, mask.path
+            ),
+            "mask size does not match",
+            "make the mask the same size as the init image (white where the drawing repaints)",
+        ));
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::{DiffusionSpec, Scheduler};
 use crate::generate::Conditioning;
-use crate::generate::settings::{Refusal, SettingsContext, check_sampling};
+use crate::generate::settings::{Refusal, SettingsContext, check_init, check_sampling};
 use crate::input_file::{FileKind, InputFileError, MAX_MODEL_FILE_BYTES};
 
 /// A `Diffusion(...)` generator's settings as written (its defaults applied).
@@ -102,67 +102,11 @@ impl DiffusionSpec {
     pub fn check_conditioning(
         &self,
         conditioning: &Conditioning,
-        (sprite_width, sprite_height): (u32, u32),
+        sprite_size: (u32, u32),
         context: &SettingsContext<'_>,
     ) -> Result<(), Refusal> {
         if let Some(init) = &conditioning.init {
-            let strength = init.strength;
-            if !(strength > 0.0 && strength <= 1.0) {
-                return Err(Refusal::new(
-                    "init",
-                    format!("has an init strength of {strength}, outside (0, 1]"),
-                    "strength out of range",
-                    "use a strength above 0 and at most 1: 0.3 keeps most of the image, 1 redraws it all",
-                ));
-            }
-            if ((f64::from(self.steps) * strength) as u64) == 0 {
-                return Err(Refusal::new(
-                    "init",
-                    format!(
-                        "runs no step: {} steps at strength {strength} keep int(steps × strength) = 0 of them",
-                        self.steps
-                    ),
-                    "no step runs",
-                    format!(
-                        "raise the strength to at least {:.2} or the generator's steps",
-                        1.0 / f64::from(self.steps)
-                    ),
-                ));
-            }
-            let (width, height) = init.image.size;
-            let sprite = (sprite_width, sprite_height);
-            if init.image.size != sprite && Some(init.image.size) != self.resolution {
-                let drawing = match self.resolution {
-                    Some((w, h)) => format!(
-                        "the sprite's {sprite_width}×{sprite_height} or the drawing's resolution {w}×{h}"
-                    ),
-                    None => format!(
-                        "the sprite's {sprite_width}×{sprite_height} (or set the generator's `resolution` to the image's size)"
-                    ),
-                };
-                return Err(Refusal::new(
-                    "init",
-                    format!(
-                        "has an init image of {width}×{height} ({}), which is neither {drawing}",
-                        init.image.path
-                    ),
-                    "size does not match",
-                    "draw the sketch at the sprite's size (it is scaled up to the drawing without smoothing) or at the drawing's resolution",
-                ));
-            }
-            if let Some(mask) = &init.mask
-                && mask.size != init.image.size
-            {
-                return Err(Refusal::new(
-                    "init",
-                    format!(
-                        "has a mask of {}×{} ({}) for an init image of {width}×{height}",
-                        mask.size.0, mask.size.1, mask.path
-                    ),
-                    "mask size does not match",
-                    "make the mask the same size as the init image (white where the drawing repaints)",
-                ));
-            }
+            check_init(init, self.steps, self.resolution, sprite_size)?;
         }
         for controlnet in &conditioning.controlnets {
             let window = 0.0..=1.0;

@@ -13,6 +13,7 @@ use super::{
 use crate::generate::{
     Backend, Conditioning, Drawer, Drawn, Frame, GenerateError, GroupInputs, GroupKey, KeyError,
     KeyInputs, KeyParts, Reported, ResolvedLora, Workshop, encode_loras, encode_path, frame_seed,
+    refuse_all, settings,
 };
 use crate::key::{Canonical, InputFile};
 use crate::timings::{Stage, Timings};
@@ -37,6 +38,30 @@ impl Backend for ServerSpec {
 
     fn draws_raw_images(&self) -> bool {
         true
+    }
+
+    /// InvokeAI draws from an init image (its `i2l` node and `denoising_start`), repaints
+    /// under a mask (`create_denoise_mask`) and draws tiles (`seamless`); ControlNets on a
+    /// server, and any conditioning through a ComfyUI workflow, are not drawn yet.
+    fn refuses_conditioning(
+        &self,
+        conditioning: &Conditioning,
+        sprite_size: (u32, u32),
+        _: &settings::SettingsContext<'_>,
+    ) -> Option<settings::Refusal> {
+        if self.kind == ServerKind::ComfyUI {
+            return refuse_all("Server (ComfyUI)", conditioning);
+        }
+        if !conditioning.controlnets.is_empty() {
+            return Some(settings::Refusal::new(
+                "controlnet",
+                "uses an InvokeAI Server generator, and pixelgen does not give InvokeAI ControlNets yet",
+                "not available with this generator",
+                "draw the sprite with `generator: Diffusion(...)` to follow a ControlNet",
+            ));
+        }
+        let init = conditioning.init.as_ref()?;
+        settings::check_init(init, self.steps, self.resolution, sprite_size).err()
     }
 
     fn key(&self, inputs: &mut dyn KeyInputs) -> Result<KeyParts, KeyError> {
@@ -154,7 +179,7 @@ impl Backend for ServerSpec {
             .unwrap_or(blake3::hash(b"no identity"));
         let Ready { servers, left_out } = workshop
             .image_servers
-            .servers(self, &loras, identity)
+            .servers(self, &loras, identity, group.conditioning)
             .map_err(failed)?;
         if servers.is_empty() {
             return Err(failed(format!(
@@ -256,6 +281,7 @@ impl Drawer for FanOut {
                 prompt: frame.prompt.to_owned(),
                 negative_prompt: frame.negative_prompt.to_owned(),
                 seed,
+                conditioning: frame.conditioning.clone(),
             });
             sent.push(index);
         }

@@ -20,6 +20,7 @@ use super::http::{Client, HttpError, percent_encode};
 use super::invokeai::decode_checked;
 use super::{DrawSettings, Endpoint, FrameRequest, ImageServer, Outcome, ServerKind};
 use super::{ServerSpec, WorkflowInputs};
+use crate::generate::Conditioning;
 
 /// A workflow with the manifest's settings applied, ready for per-frame values.
 #[derive(Debug, Clone)]
@@ -104,6 +105,7 @@ impl Workflow {
                 scheduler: spec.scheduler.clone(),
                 width,
                 height,
+                conditioning: Conditioning::default(),
             },
         })
     }

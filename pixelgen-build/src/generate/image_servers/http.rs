@@ -142,6 +142,37 @@ impl Client {
         self.json(path, response)
     }
 
+    /// `POST path?query` with one file as `multipart/form-data` (field `file`) → JSON.
+    pub fn upload(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        file_name: &str,
+        content_type: &str,
+        bytes: &[u8],
+    ) -> Result<serde_json::Value, HttpError> {
+        // A boundary that cannot occur in the file: derived from its own hash.
+        let boundary = format!("pixelgen-{}", &blake3::hash(bytes).to_hex()[..32]);
+        let mut body = Vec::with_capacity(bytes.len() + 256);
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\nContent-Type: {content_type}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let mut request = self.request("POST", path).set(
+            "Content-Type",
+            &format!("multipart/form-data; boundary={boundary}"),
+        );
+        for (name, value) in query {
+            request = request.query(name, value);
+        }
+        let response = self.call(path, request.send_bytes(&body))?;
+        self.json(path, response)
+    }
+
     /// `GET path` → bytes (an image).
     pub fn get_bytes(&self, path: &str) -> Result<Vec<u8>, HttpError> {
         let response = self.call(path, self.request("GET", path).call())?;

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::http::{Client, HttpError, percent_encode};
 use super::{DrawSettings, Endpoint, FrameRequest, ImageServer, Outcome};
+use crate::generate::conditioning::ImageFile;
 
 /// The largest seed InvokeAI's noise node takes.
 pub const MAX_SEED: u64 = u32::MAX as u64;
@@ -161,6 +162,45 @@ fn models(listed: &Value) -> &[Value] {
         .unwrap_or_default()
 }
 
+/// A graph field that takes an image, and each frame's image name on the server.
+type ImageColumn = (&'static str, &'static str, Vec<String>);
+
+/// The node that encodes a frame's init image.
+const INIT_NODE: &str = "init";
+/// The node that makes a frame's denoise mask.
+const MASK_NODE: &str = "mask";
+
+/// A frame's image as sent: read, brought to the drawing's size (a sprite-sized sketch
+/// without smoothing), as PNG. A mask is turned to grey as PIL's `convert("L")` does and
+/// inverted: pixelgen's masks are white where the drawing repaints, InvokeAI's white
+/// where it keeps (its `InpaintExt`: "1 means … should not be inpainted").
+fn frame_png(file: &ImageFile, (width, height): (u32, u32), mask: bool) -> Result<Vec<u8>, String> {
+    let image = image::open(&file.resolved)
+        .map_err(|e| format!("cannot read {}: {e}", file.resolved.display()))?;
+    let image = if (image.width(), image.height()) == (width, height) {
+        image
+    } else {
+        image.resize_exact(width, height, image::imageops::FilterType::Nearest)
+    };
+    let image = if mask {
+        let rgb = image.to_rgb8();
+        image::DynamicImage::ImageLuma8(image::GrayImage::from_fn(width, height, |x, y| {
+            let [r, g, b] = rgb.get_pixel(x, y).0.map(u32::from);
+            image::Luma([255 - ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as u8])
+        }))
+    } else {
+        image::DynamicImage::ImageRgb8(image.to_rgb8())
+    };
+    let mut bytes = Vec::new();
+    image
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| format!("cannot encode {}: {e}", file.resolved.display()))?;
+    Ok(bytes)
+}
+
 /// One InvokeAI server, ready to draw with one model, its LoRAs and settings.
 pub struct InvokeAi {
     client: Client,
@@ -175,6 +215,8 @@ pub struct InvokeAi {
     /// only when it changed.
     finished_total: Option<u64>,
     fetched_at: Option<u64>,
+    /// Images uploaded to this server for this group, by the blake3 of the bytes sent.
+    uploaded: std::collections::HashMap<String, String>,
 }
 
 impl InvokeAi {
@@ -205,6 +247,7 @@ impl InvokeAi {
             batches: Vec::new(),
             finished_total: None,
             fetched_at: None,
+            uploaded: std::collections::HashMap::new(),
         })
     }
 }
@@ -263,11 +306,48 @@ fn graph(
         }
         edge(&from, "clip", prompt, "clip");
     }
+    // A tile: the UNet and VAE pad circularly on its axes (InvokeAI's `seamless` node).
+    let (mut unet_from, mut vae_from) = (from.clone(), "loader".to_string());
+    let conditioning = &settings.conditioning;
+    if let Some(tiling) = conditioning.tiling {
+        nodes.insert(
+            "seamless".into(),
+            json!({
+                "id": "seamless", "type": "seamless",
+                "seamless_x": tiling.wraps_x(), "seamless_y": tiling.wraps_y(),
+            }),
+        );
+        edge(&unet_from, "unet", "seamless", "unet");
+        edge(&vae_from, "vae", "seamless", "vae");
+        (unet_from, vae_from) = ("seamless".to_string(), "seamless".to_string());
+    }
     nodes.insert("noise".into(), json!({"id": "noise", "type": "noise", "seed": 0, "width": width, "height": height, "use_cpu": true}));
+    // From an init image, the last `strength` of the schedule runs.
+    let denoising_start = conditioning
+        .init
+        .as_ref()
+        .map_or(0.0, |init| 1.0 - init.strength);
     nodes.insert("denoise".into(), json!({
         "id": "denoise", "type": "denoise_latents", "steps": settings.steps, "cfg_scale": settings.guidance,
-        "scheduler": settings.scheduler, "denoising_start": 0.0, "denoising_end": 1.0,
+        "scheduler": settings.scheduler, "denoising_start": denoising_start, "denoising_end": 1.0,
     }));
+    if let Some(init) = &conditioning.init {
+        // The images themselves come with each frame (the batch's data).
+        nodes.insert(
+            INIT_NODE.into(),
+            json!({"id": INIT_NODE, "type": "i2l", "fp32": true}),
+        );
+        edge("loader", "vae", INIT_NODE, "vae");
+        edge(INIT_NODE, "latents", "denoise", "latents");
+        if init.mask.is_some() {
+            nodes.insert(
+                MASK_NODE.into(),
+                json!({"id": MASK_NODE, "type": "create_denoise_mask", "fp32": true}),
+            );
+            edge("loader", "vae", MASK_NODE, "vae");
+            edge(MASK_NODE, "denoise_mask", "denoise", "denoise_mask");
+        }
+    }
     nodes.insert(
         "l2i".into(),
         json!({"id": "l2i", "type": "l2i", "is_intermediate": false, "fp32": true}),
@@ -276,7 +356,7 @@ fn graph(
         TAG_NODE.into(),
         json!({"id": TAG_NODE, "type": "string", "value": ""}),
     );
-    edge(&from, "unet", "denoise", "unet");
+    edge(&unet_from, "unet", "denoise", "unet");
     edge(
         "positive",
         "conditioning",
@@ -291,8 +371,75 @@ fn graph(
     );
     edge("noise", "noise", "denoise", "noise");
     edge("denoise", "latents", "l2i", "latents");
-    edge("loader", "vae", "l2i", "vae");
+    edge(&vae_from, "vae", "l2i", "vae");
     json!({"id": "pixelgen", "nodes": nodes, "edges": edges})
+}
+
+impl InvokeAi {
+    /// `frames`' images uploaded (each distinct one once per group): per graph field that
+    /// takes one, the name of each frame's image on the server.
+    fn frame_images(
+        &mut self,
+        frames: &[(usize, &FrameRequest)],
+    ) -> Result<Vec<ImageColumn>, HttpError> {
+        let Some(group_init) = &self.settings.conditioning.init else {
+            return Ok(Vec::new());
+        };
+        let with_mask = group_init.mask.is_some();
+        let mut columns: Vec<ImageColumn> = vec![(INIT_NODE, "image", Vec::new())];
+        if with_mask {
+            columns.push((MASK_NODE, "image", Vec::new()));
+            columns.push((MASK_NODE, "mask", Vec::new()));
+        }
+        let size = (self.settings.width, self.settings.height);
+        for (_, frame) in frames {
+            let init = frame.conditioning.init.as_ref().ok_or_else(|| {
+                self.client.unexpected(
+                    "submit",
+                    "a frame without the init image its group draws from",
+                )
+            })?;
+            let image = self.upload(&init.image, size, false)?;
+            columns[0].2.push(image.clone());
+            if with_mask {
+                let mask = init.mask.as_ref().ok_or_else(|| {
+                    self.client
+                        .unexpected("submit", "a frame without its group's mask")
+                })?;
+                let mask = self.upload(mask, size, true)?;
+                columns[1].2.push(image);
+                columns[2].2.push(mask);
+            }
+        }
+        Ok(columns)
+    }
+
+    /// The server's name for `file` as [`frame_png`] sends it, uploading it the first time.
+    fn upload(
+        &mut self,
+        file: &ImageFile,
+        size: (u32, u32),
+        mask: bool,
+    ) -> Result<String, HttpError> {
+        let bytes = frame_png(file, size, mask).map_err(|e| self.client.unexpected("upload", e))?;
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        if let Some(name) = self.uploaded.get(&hash) {
+            return Ok(name.clone());
+        }
+        let answer = self.client.upload(
+            "/api/v1/images/upload",
+            &[("image_category", "user"), ("is_intermediate", "true")],
+            &format!("pixelgen-{}.png", &hash[..16]),
+            "image/png",
+            &bytes,
+        )?;
+        let name = answer["image_name"]
+            .as_str()
+            .ok_or_else(|| self.client.unexpected("images/upload", "no image_name"))?
+            .to_string();
+        self.uploaded.insert(hash, name.clone());
+        Ok(name)
+    }
 }
 
 impl ImageServer for InvokeAi {
@@ -308,6 +455,7 @@ impl ImageServer for InvokeAi {
     }
 
     fn submit(&mut self, frames: &[(usize, &FrameRequest)]) -> Result<(), HttpError> {
+        let images = self.frame_images(frames)?;
         let column = |node: &str, field: &str, items: Vec<Value>| json!({"node_path": node, "field_name": field, "items": items});
         let prompts: Vec<Value> = frames.iter().map(|(_, f)| json!(f.prompt)).collect();
         let negatives: Vec<Value> = frames
@@ -332,8 +480,19 @@ impl ImageServer for InvokeAi {
             data.push(column("positive", "style", prompts));
             data.push(column("negative", "style", negatives));
         }
+        // Each frame's images: in the batch's data, and the first frame's in the graph
+        // (whose nodes must be complete before the data is applied).
+        let mut graph = self.graph.clone();
+        for (node, field, names) in images {
+            graph["nodes"][node][field] = json!({"image_name": names[0]});
+            let items = names
+                .iter()
+                .map(|name| json!({"image_name": name}))
+                .collect();
+            data.push(column(node, field, items));
+        }
         let body = json!({
-            "batch": {"graph": self.graph, "runs": 1, "origin": "pixelgen", "data": [data]},
+            "batch": {"graph": graph, "runs": 1, "origin": "pixelgen", "data": [data]},
             "prepend": false,
         });
         let answer = self
@@ -492,6 +651,7 @@ pub fn decode_checked(bytes: &[u8], settings: &DrawSettings, endpoint: &Endpoint
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generate::Conditioning;
 
     fn settings(width: u32, height: u32) -> DrawSettings {
         DrawSettings {
@@ -500,6 +660,7 @@ mod tests {
             scheduler: "ddim".into(),
             width,
             height,
+            conditioning: Conditioning::default(),
         }
     }
 

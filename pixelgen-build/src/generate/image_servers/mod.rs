@@ -40,6 +40,7 @@ pub use spec::{
 };
 
 use crate::environment::ImageServerSettings;
+use crate::generate::Conditioning;
 
 /// Version of the server backends' requests, part of every key they make: bump it when
 /// the graphs or workflows pixelgen sends change what is drawn.
@@ -51,6 +52,8 @@ pub struct FrameRequest {
     pub prompt: String,
     pub negative_prompt: String,
     pub seed: u64,
+    /// The frame's own images (init image, mask), paths as the manifest resolved them.
+    pub conditioning: Conditioning,
 }
 
 /// What every frame of a group shares.
@@ -61,6 +64,9 @@ pub struct DrawSettings {
     pub scheduler: String,
     pub width: u32,
     pub height: u32,
+    /// The group's batch-wide conditioning: which nodes the graph has (strength,
+    /// whether there is a mask, tiling).
+    pub conditioning: Conditioning,
 }
 
 /// How a frame ended on a server.
@@ -229,6 +235,7 @@ impl Connections {
         spec: &ServerSpec,
         loras: &[ServerLora],
         identity: blake3::Hash,
+        conditioning: &Conditioning,
     ) -> Result<Ready, String> {
         let mut servers: Vec<Box<dyn ImageServer>> = Vec::new();
         let mut left_out = Vec::new();
@@ -243,7 +250,7 @@ impl Connections {
                 servers.push(Box::new(comfyui::ComfyUi::new(client, workflow.clone())));
                 continue;
             }
-            match self.invokeai_on(&endpoint, client, spec, loras, identity) {
+            match self.invokeai_on(&endpoint, client, spec, loras, identity, conditioning) {
                 Ok(server) => servers.push(Box::new(server)),
                 Err(error) => left_out.push(error),
             }
@@ -260,6 +267,7 @@ impl Connections {
         spec: &ServerSpec,
         loras: &[ServerLora],
         identity: blake3::Hash,
+        conditioning: &Conditioning,
     ) -> Result<invokeai::InvokeAi, String> {
         let model = self.model_on(endpoint, &spec.model)?;
         if invokeai_identity(&model) != identity {
@@ -292,6 +300,7 @@ impl Connections {
                 scheduler: spec.scheduler.clone(),
                 width,
                 height,
+                conditioning: conditioning.clone(),
             },
         )
     }

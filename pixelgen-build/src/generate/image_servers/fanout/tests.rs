@@ -128,6 +128,7 @@ fn requests(n: usize) -> Vec<FrameRequest> {
             prompt: format!("frame {i}"),
             negative_prompt: String::new(),
             seed: i as u64,
+            conditioning: Default::default(),
         })
         .collect()
 }
