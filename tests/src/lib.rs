@@ -6,6 +6,7 @@ use std::process::Command;
 
 use pixelgen_test_support::fixtures::workspace_root;
 
+pub mod comfyui;
 pub mod invokeai;
 
 /// A throwaway game crate: Cargo.toml, build.rs calling pixelgen, sprites.ron.

@@ -50,7 +50,7 @@ impl Backend for ServerSpec {
         _: &settings::SettingsContext<'_>,
     ) -> Option<settings::Refusal> {
         if self.kind == ServerKind::ComfyUI {
-            return refuse_all("Server (ComfyUI)", conditioning);
+            return self.comfyui_refuses(conditioning, sprite_size);
         }
         if !conditioning.controlnets.is_empty() {
             return Some(settings::Refusal::new(
@@ -237,6 +237,54 @@ impl Backend for ServerSpec {
                 )],
             },
         })
+    }
+}
+
+impl ServerSpec {
+    /// A ComfyUI workflow draws from an init image (and a mask) through the inputs the
+    /// manifest names; ControlNets and tiles are the workflow's own business (its nodes),
+    /// not fields pixelgen fills.
+    fn comfyui_refuses(
+        &self,
+        conditioning: &Conditioning,
+        sprite_size: (u32, u32),
+    ) -> Option<settings::Refusal> {
+        let without_init = Conditioning {
+            init: None,
+            ..conditioning.clone()
+        };
+        if let Some(refusal) = refuse_all("Server (ComfyUI)", &without_init) {
+            return Some(refusal);
+        }
+        let init = conditioning.init.as_ref()?;
+        let inputs = self.workflow.as_ref().map(|w| &w.inputs)?;
+        let missing = |what: &str, help: &str| {
+            Some(settings::Refusal::new(
+                "init",
+                format!("draws with a ComfyUI workflow whose `inputs` name no {what}"),
+                "no such workflow input",
+                help,
+            ))
+        };
+        if inputs.init_image.is_none() {
+            return missing(
+                "init image",
+                "add `init_image: \"10\"` (a LoadImage node's id) to the generator's `inputs`",
+            );
+        }
+        if init.strength < 1.0 && inputs.strength.is_none() {
+            return missing(
+                "strength",
+                "add `strength: \"3.denoise\"` (the KSampler's denoise) to the generator's `inputs`",
+            );
+        }
+        if init.mask.is_some() && inputs.mask.is_none() {
+            return missing(
+                "mask",
+                "add `mask: \"11\"` (a LoadImageMask node with channel `red`; white repaints) to the generator's `inputs`",
+            );
+        }
+        settings::check_init(init, self.steps, self.resolution, sprite_size).err()
     }
 }
 

@@ -17,10 +17,11 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 
 use super::http::{Client, HttpError, percent_encode};
-use super::invokeai::decode_checked;
+use super::invokeai::{MaskWhite, decode_checked, frame_png};
 use super::{DrawSettings, Endpoint, FrameRequest, ImageServer, Outcome, ServerKind};
 use super::{ServerSpec, WorkflowInputs};
 use crate::generate::Conditioning;
+use crate::generate::conditioning::ImageFile;
 
 /// A workflow with the manifest's settings applied, ready for per-frame values.
 #[derive(Debug, Clone)]
@@ -43,7 +44,7 @@ pub fn identity(workflow_hash: &blake3::Hash, spec: &ServerSpec) -> blake3::Hash
         .update(spec.model.as_bytes())
         .update(&[0]);
     if let Some(workflow) = &spec.workflow {
-        hasher.update(format!("{:?}", workflow.inputs).as_bytes());
+        hasher.update(workflow.inputs.identity_text().as_bytes());
     }
     hasher.finalize()
 }
@@ -110,9 +111,20 @@ impl Workflow {
         })
     }
 
-    /// The workflow with one frame's values set.
-    pub fn for_frame(&self, frame: &FrameRequest) -> Value {
+    /// The workflow with one frame's values set: its prompts and seed, and the names its
+    /// uploaded init image and mask have on the server.
+    pub fn for_frame(&self, frame: &FrameRequest, uploaded: &FrameUploads) -> Value {
         let mut nodes = self.nodes.clone();
+        if let (Some((node, input)), Some(name)) = (&self.inputs.init_image, &uploaded.init) {
+            nodes[node]["inputs"][input] = json!(name);
+        }
+        if let (Some((node, input)), Some(name)) = (&self.inputs.mask, &uploaded.mask) {
+            nodes[node]["inputs"][input] = json!(name);
+        }
+        if let (Some((node, input)), Some(init)) = (&self.inputs.strength, &frame.conditioning.init)
+        {
+            nodes[node]["inputs"][input] = json!(init.strength);
+        }
         let (node, input) = &self.inputs.prompt;
         nodes[node]["inputs"][input] = json!(frame.prompt);
         if let Some((node, input)) = &self.inputs.negative_prompt {
@@ -124,12 +136,21 @@ impl Workflow {
     }
 }
 
+/// What a frame uploaded: its init image's and mask's names on the server.
+#[derive(Debug, Default)]
+pub struct FrameUploads {
+    pub init: Option<String>,
+    pub mask: Option<String>,
+}
+
 /// One ComfyUI server drawing one workflow.
 pub struct ComfyUi {
     client: Client,
     workflow: Workflow,
     /// Prompt id → frame, for this run's unfinished prompts.
     outstanding: HashMap<String, usize>,
+    /// Images uploaded to this server for this group, by the blake3 of the bytes sent.
+    uploaded: HashMap<String, String>,
 }
 
 impl ComfyUi {
@@ -138,7 +159,52 @@ impl ComfyUi {
             client,
             workflow,
             outstanding: HashMap::new(),
+            uploaded: HashMap::new(),
         }
+    }
+
+    /// One image on the server, uploaded through `/upload/image` the first time (named
+    /// by its content).
+    fn upload(&mut self, file: &ImageFile, mask: Option<MaskWhite>) -> Result<String, HttpError> {
+        let size = (self.workflow.draw.width, self.workflow.draw.height);
+        let bytes = frame_png(file, size, mask).map_err(|e| self.client.unexpected("upload", e))?;
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        if let Some(name) = self.uploaded.get(&hash) {
+            return Ok(name.clone());
+        }
+        let answer = self.client.upload(
+            "/upload/image",
+            &[],
+            "image",
+            &format!("pixelgen-{}.png", &hash[..32]),
+            "image/png",
+            &bytes,
+        )?;
+        let name = answer["name"].as_str().ok_or_else(|| {
+            self.client
+                .unexpected("/upload/image", "no name in the answer")
+        })?;
+        // An upload into a subfolder is named `subfolder/name` in a LoadImage input.
+        let name = match answer["subfolder"].as_str().filter(|s| !s.is_empty()) {
+            Some(subfolder) => format!("{subfolder}/{name}"),
+            None => name.to_string(),
+        };
+        self.uploaded.insert(hash, name.clone());
+        Ok(name)
+    }
+
+    /// A frame's init image and mask on the server.
+    fn uploads(&mut self, frame: &FrameRequest) -> Result<FrameUploads, HttpError> {
+        let Some(init) = &frame.conditioning.init else {
+            return Ok(FrameUploads::default());
+        };
+        Ok(FrameUploads {
+            init: Some(self.upload(&init.image, None)?),
+            mask: match &init.mask {
+                Some(mask) => Some(self.upload(mask, Some(MaskWhite::Repaints))?),
+                None => None,
+            },
+        })
     }
 
     fn fetch(&self, entry: &Value) -> Outcome {
@@ -190,10 +256,11 @@ impl ImageServer for ComfyUi {
 
     fn submit(&mut self, frames: &[(usize, &FrameRequest)]) -> Result<(), HttpError> {
         for (index, frame) in frames {
+            let uploads = self.uploads(frame)?;
             let answer = self.client.send_json(
                 "POST",
                 "/prompt",
-                &json!({"prompt": self.workflow.for_frame(frame), "client_id": "pixelgen"}),
+                &json!({"prompt": self.workflow.for_frame(frame, &uploads), "client_id": "pixelgen"}),
             )?;
             let Some(id) = answer["prompt_id"].as_str() else {
                 return Err(self

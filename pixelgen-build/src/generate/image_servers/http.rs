@@ -142,11 +142,13 @@ impl Client {
         self.json(path, response)
     }
 
-    /// `POST path?query` with one file as `multipart/form-data` (field `file`) → JSON.
+    /// `POST path?query` with one file as `multipart/form-data` (in form field `field`)
+    /// → JSON.
     pub fn upload(
         &self,
         path: &str,
         query: &[(&str, &str)],
+        field: &str,
         file_name: &str,
         content_type: &str,
         bytes: &[u8],
@@ -156,7 +158,7 @@ impl Client {
         let mut body = Vec::with_capacity(bytes.len() + 256);
         body.extend_from_slice(
             format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\nContent-Type: {content_type}\r\n\r\n"
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{file_name}\"\r\nContent-Type: {content_type}\r\n\r\n"
             )
             .as_bytes(),
         );

@@ -170,11 +170,23 @@ const INIT_NODE: &str = "init";
 /// The node that makes a frame's denoise mask.
 const MASK_NODE: &str = "mask";
 
+/// How a server reads a mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MaskWhite {
+    /// White is repainted, as in pixelgen's masks (ComfyUI's `LoadImageMask`).
+    Repaints,
+    /// White is kept (InvokeAI's `InpaintExt`: "1 means … should not be inpainted").
+    Keeps,
+}
+
 /// A frame's image as sent: read, brought to the drawing's size (a sprite-sized sketch
-/// without smoothing), as PNG. A mask is turned to grey as PIL's `convert("L")` does and
-/// inverted: pixelgen's masks are white where the drawing repaints, InvokeAI's white
-/// where it keeps (its `InpaintExt`: "1 means … should not be inpainted").
-fn frame_png(file: &ImageFile, (width, height): (u32, u32), mask: bool) -> Result<Vec<u8>, String> {
+/// without smoothing), as PNG. A mask is turned to grey as PIL's `convert("L")` does, and
+/// inverted for a server whose masks keep white.
+pub(super) fn frame_png(
+    file: &ImageFile,
+    (width, height): (u32, u32),
+    mask: Option<MaskWhite>,
+) -> Result<Vec<u8>, String> {
     let image = image::open(&file.resolved)
         .map_err(|e| format!("cannot read {}: {e}", file.resolved.display()))?;
     let image = if (image.width(), image.height()) == (width, height) {
@@ -182,11 +194,18 @@ fn frame_png(file: &ImageFile, (width, height): (u32, u32), mask: bool) -> Resul
     } else {
         image.resize_exact(width, height, image::imageops::FilterType::Nearest)
     };
-    let image = if mask {
+    let image = if let Some(white) = mask {
+        // Grey in every channel: ComfyUI's `LoadImageMask` reads one colour channel.
         let rgb = image.to_rgb8();
-        image::DynamicImage::ImageLuma8(image::GrayImage::from_fn(width, height, |x, y| {
+        image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(width, height, |x, y| {
             let [r, g, b] = rgb.get_pixel(x, y).0.map(u32::from);
-            image::Luma([255 - ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as u8])
+            let grey = ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as u8;
+            let value = if white == MaskWhite::Keeps {
+                255 - grey
+            } else {
+                grey
+            };
+            image::Rgb([value; 3])
         }))
     } else {
         image::DynamicImage::ImageRgb8(image.to_rgb8())
@@ -399,14 +418,14 @@ impl InvokeAi {
                     "a frame without the init image its group draws from",
                 )
             })?;
-            let image = self.upload(&init.image, size, false)?;
+            let image = self.upload(&init.image, size, None)?;
             columns[0].2.push(image.clone());
             if with_mask {
                 let mask = init.mask.as_ref().ok_or_else(|| {
                     self.client
                         .unexpected("submit", "a frame without its group's mask")
                 })?;
-                let mask = self.upload(mask, size, true)?;
+                let mask = self.upload(mask, size, Some(MaskWhite::Keeps))?;
                 columns[1].2.push(image);
                 columns[2].2.push(mask);
             }
@@ -419,7 +438,7 @@ impl InvokeAi {
         &mut self,
         file: &ImageFile,
         size: (u32, u32),
-        mask: bool,
+        mask: Option<MaskWhite>,
     ) -> Result<String, HttpError> {
         let bytes = frame_png(file, size, mask).map_err(|e| self.client.unexpected("upload", e))?;
         let hash = blake3::hash(&bytes).to_hex().to_string();
@@ -429,6 +448,7 @@ impl InvokeAi {
         let answer = self.client.upload(
             "/api/v1/images/upload",
             &[("image_category", "user"), ("is_intermediate", "true")],
+            "file",
             &format!("pixelgen-{}.png", &hash[..16]),
             "image/png",
             &bytes,

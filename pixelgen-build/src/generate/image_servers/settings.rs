@@ -28,6 +28,15 @@ pub struct WorkflowNodes {
     pub model: Option<String>,
     #[serde(default)]
     pub sampler: Option<String>,
+    /// A `LoadImage` node (or `node.input`) that takes a sprite's init image.
+    #[serde(default)]
+    pub init_image: Option<String>,
+    /// The input that takes the init's strength (`node.input`; a `KSampler`'s `denoise`).
+    #[serde(default)]
+    pub strength: Option<String>,
+    /// A `LoadImageMask` node (or `node.input`) that takes a sprite's mask.
+    #[serde(default)]
+    pub mask: Option<String>,
 }
 
 /// A `Server(...)` generator's settings as written.
@@ -246,6 +255,21 @@ fn check_workflow(
                 .as_deref()
                 .filter(|_| settings_written)
                 .map(|n| node_with("sampler", n, &["steps", "cfg", "sampler_name"]))
+                .transpose()?,
+            init_image: inputs
+                .init_image
+                .as_deref()
+                .map(|n| input("init image", n, "image"))
+                .transpose()?,
+            strength: inputs
+                .strength
+                .as_deref()
+                .map(|n| input("strength", n, "denoise"))
+                .transpose()?,
+            mask: inputs
+                .mask
+                .as_deref()
+                .map(|n| input("mask", n, "image"))
                 .transpose()?,
         },
     })

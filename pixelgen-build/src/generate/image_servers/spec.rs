@@ -61,6 +61,28 @@ pub struct WorkflowSpec {
     pub inputs: WorkflowInputs,
 }
 
+impl WorkflowInputs {
+    /// The inputs as a ComfyUI sprite's key covers them: the text `Debug` gave before the
+    /// init image, strength and mask inputs existed, those appended only when named, so
+    /// the keys of workflows without them did not change.
+    pub fn identity_text(&self) -> String {
+        let mut text = format!(
+            "WorkflowInputs {{ prompt: {:?}, negative_prompt: {:?}, seed: {:?}, size: {:?}, model: {:?}, sampler: {:?} }}",
+            self.prompt, self.negative_prompt, self.seed, self.size, self.model, self.sampler
+        );
+        for (name, input) in [
+            ("init_image", &self.init_image),
+            ("strength", &self.strength),
+            ("mask", &self.mask),
+        ] {
+            if let Some(input) = input {
+                text.push_str(&format!(" {name}: {input:?}"));
+            }
+        }
+        text
+    }
+}
+
 /// `(node id, input name)` for each value pixelgen sets in a ComfyUI workflow.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkflowInputs {
@@ -72,4 +94,41 @@ pub struct WorkflowInputs {
     pub model: Option<(String, String)>,
     /// The node whose `steps`, `cfg` and `sampler_name` take the manifest's settings.
     pub sampler: Option<String>,
+    /// The input that takes an uploaded init image's name (a `LoadImage`'s `image`).
+    pub init_image: Option<(String, String)>,
+    /// The input that takes the init's strength (a `KSampler`'s `denoise`).
+    pub strength: Option<(String, String)>,
+    /// The input that takes an uploaded mask's name (a `LoadImageMask`'s `image`; white
+    /// repaints, so its channel is `red`).
+    pub mask: Option<(String, String)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ComfyUI sprite's key covers its inputs as `Debug` printed them before the init
+    /// image, strength and mask inputs existed: workflows without them keep their keys.
+    #[test]
+    fn inputs_without_the_new_ones_keep_their_identity_text() {
+        let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+        let mut inputs = WorkflowInputs {
+            prompt: pair("6", "text"),
+            negative_prompt: Some(pair("7", "text")),
+            seed: pair("3", "seed"),
+            size: Some("5".into()),
+            model: None,
+            sampler: Some("3".into()),
+            init_image: None,
+            strength: None,
+            mask: None,
+        };
+        assert_eq!(
+            inputs.identity_text(),
+            r#"WorkflowInputs { prompt: ("6", "text"), negative_prompt: Some(("7", "text")), seed: ("3", "seed"), size: Some("5"), model: None, sampler: Some("3") }"#
+        );
+        let before = inputs.identity_text();
+        inputs.mask = Some(pair("11", "image"));
+        assert_ne!(inputs.identity_text(), before);
+    }
 }
