@@ -1,7 +1,7 @@
 //! Server sprites drawn through ComfyUI's API, against a replay server that answers with
-//! the shapes in `fixtures/comfyui/exchanges.json`. ComfyUI cannot be installed here from
-//! the package registries, so this is the one server test that does not run the real
-//! thing (InvokeAI's runs for real: `tests/tests/servers.rs`). The replay server draws
+//! the shapes in `fixtures/comfyui/exchanges.json`: the failure paths a real ComfyUI does
+//! not produce on demand (a rejected prompt, an execution error, an image of the wrong
+//! size, a token). `tests/tests/comfyui.rs` runs a real ComfyUI. The replay server draws
 //! each image from the seed it was sent (a flat colour), so frames differ; it is a
 //! stand-in for ComfyUI's protocol, not for its pixels.
 

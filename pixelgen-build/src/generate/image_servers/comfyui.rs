@@ -1,13 +1,14 @@
-//! ComfyUI's API (`POST /prompt`, `GET /history/{id}`, `GET /view`, `GET /queue`) with the
-//! user's workflow in API format. The request and answer shapes follow ComfyUI's
-//! `server.py` and `execution.py`; ComfyUI cannot be installed here from the package
-//! registries, so the tests replay recorded exchanges (`tests/fixtures/comfyui/`) rather
-//! than run it.
+//! ComfyUI's API (`POST /prompt`, `GET /history/{id}`, `GET /view`, `GET /queue`,
+//! `POST /upload/image`) with the user's workflow in API format. The request and answer
+//! shapes follow ComfyUI's `server.py` and `execution.py`; `tests/tests/comfyui.rs` runs
+//! them against a real ComfyUI, `pixelgen-build/tests/comfyui.rs` its failure paths
+//! against a replay server.
 //!
 //! Invariants:
 //! - The workflow is sent as the user wrote it but for the inputs named in the manifest
-//!   (prompt, negative prompt, seed, size, and model and sampler settings when given); its
-//!   bytes are part of the sprites' keys ([`identity`]).
+//!   (prompt, negative prompt, seed, size, model and sampler settings when given, and a
+//!   frame's uploaded init image, mask and strength); its bytes are part of the sprites'
+//!   keys ([`identity`]).
 //! - One prompt per frame (ComfyUI has no batch of differing prompts); results are matched
 //!   by prompt id.
 //! - The first image of the finished prompt's outputs (by node id) is the frame, accepted
