@@ -163,6 +163,16 @@ impl InvokeAi {
         );
     }
 
+    /// Installs a diffusers-layout ControlNet folder as the ControlNet `name` of base `base`.
+    pub fn install_controlnet(&self, dir: &Path, name: &str, base: &str) {
+        let key = self.install(dir);
+        self.send(
+            "PATCH",
+            &format!("/api/v2/models/i/{key}"),
+            json!({"name": name, "base": base, "type": "controlnet", "format": "diffusers"}),
+        );
+    }
+
     /// Installs a file or folder in place; returns the model's key.
     fn install(&self, source: &Path) -> String {
         let job = agent()

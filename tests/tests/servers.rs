@@ -221,15 +221,18 @@ fn server_sprites_build_fan_out_survive_a_dead_server_and_build_offline() {
 
 /// InvokeAI draws conditioned sprites with its own nodes: an init image (`i2l` and
 /// `denoising_start = 1 − strength`), a mask (`create_denoise_mask`, inverted: InvokeAI's
-/// masks keep white) and a tile (`seamless`), each image uploaded once per group. What it cannot
-/// draw (a ControlNet) is refused at the field when the manifest is read.
+/// masks keep white), a ControlNet installed on it under the folder's name (`controlnet`)
+/// and a tile (`seamless`), each image uploaded once per group. A ControlNet scale InvokeAI
+/// does not take is refused at the field when the manifest is read.
 #[test]
-fn invokeai_draws_from_an_init_image_a_mask_and_tiles() {
+fn invokeai_draws_from_an_init_image_a_mask_a_controlnet_and_tiles() {
     let Some(web) = invokeai::executable() else {
         return;
     };
     let mut server = InvokeAi::start(&web);
     server.ready(&fixtures::tiny_model("sd1"), &[]);
+    let controlnet = fixtures::diffusion().join("conditioned/sd1-controlnet");
+    server.install_controlnet(&controlnet, "sd1-controlnet", "sd-1");
     let url = server.url();
     let manifest = format!(
         r#"(
@@ -241,9 +244,12 @@ fn invokeai_draws_from_an_init_image_a_mask_and_tiles() {
         "sketch": (prompt: "a knight", seed: 3, frames: 2, init: (image: "art/sketch.png", strength: 0.5)),
         "fixed":  (prompt: "a knight", seed: 10, init: (image: "art/sketch.png", mask: "art/mask.png")),
         "tile":   (prompt: "grass", seed: 20, tiling: XY),
+        "posed":  (prompt: "a knight", seed: 30,
+                   controlnet: [(model: {controlnet:?}, image: "art/pose.png", scale: 0.8, end: 0.5)]),
     }},
 )"#,
         model = invokeai::MODEL,
+        controlnet = controlnet.display().to_string(),
     );
     let game = GameCrate::new("e2e_invokeai_conditioned", &manifest);
     let art = game.path().join("art");
@@ -254,9 +260,12 @@ fn invokeai_draws_from_an_init_image_a_mask_and_tiles() {
     image::GrayImage::from_fn(16, 16, |x, _| image::Luma([if x < 8 { 0 } else { 255 }]))
         .save(art.join("mask.png"))
         .unwrap();
+    image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([if x == y { 255 } else { 0 }; 3]))
+        .save(art.join("pose.png"))
+        .unwrap();
     let first = game.build(&[]);
     assert!(first.success, "{}\n{}", first.stderr, server.log());
-    assert_eq!(first.summary, Some((3, 3, 0)), "{}", first.stderr);
+    assert_eq!(first.summary, Some((4, 4, 0)), "{}", first.stderr);
 
     // The graphs the server ran, by the sprite's prompt and seed.
     let items = server.get("/api/v1/queue/default/list_all");
@@ -276,7 +285,7 @@ fn invokeai_draws_from_an_init_image_a_mask_and_tiles() {
             (seed, detail["session"]["graph"].clone())
         })
         .collect();
-    assert_eq!(graphs.len(), 4, "{graphs:#?}");
+    assert_eq!(graphs.len(), 5, "{graphs:#?}");
     let graph_of = |seed: u64| &graphs.iter().find(|(s, _)| *s == seed).unwrap().1;
     let node = |graph: &Value, id: &str| graph["nodes"][id].clone();
     let sketch = graph_of(3);
@@ -303,23 +312,30 @@ fn invokeai_draws_from_an_init_image_a_mask_and_tiles() {
         (mask.get_pixel(0, 0)[0], mask.get_pixel(63, 0)[0]),
         (255, 0)
     );
+    let posed = graph_of(30);
+    let control = node(posed, "control0");
+    assert_eq!(control["type"], "controlnet");
+    assert_eq!(control["control_model"]["name"], "sd1-controlnet");
+    assert_eq!(
+        (
+            control["control_weight"].as_f64(),
+            control["end_step_percent"].as_f64()
+        ),
+        (Some(0.8), Some(0.5))
+    );
     let tile = graph_of(20);
     assert_eq!(node(tile, "seamless")["seamless_x"], true);
     assert_eq!(node(tile, "seamless")["seamless_y"], true);
     // Each distinct image goes up once per group: the sketch once for its two frames,
-    // once with the inpainted sprite's (inverted) mask.
+    // once with the inpainted sprite's (inverted) mask, and the pose.
     let uploads = server.get("/api/v1/images/?is_intermediate=true&categories=user&limit=100");
-    assert_eq!(uploads["total"], 3, "{uploads}");
+    assert_eq!(uploads["total"], 4, "{uploads}");
 
-    let refused = manifest.replace(
-        "tiling: XY",
-        r#"controlnet: [(model: "art", image: "art/sketch.png")]"#,
-    );
-    game.write_manifest(&refused);
+    game.write_manifest(&manifest.replace("scale: 0.8", "scale: 3.0"));
     let output = game.build(&[]);
     assert!(!output.success);
     assert!(
-        output.stderr.contains("does not give InvokeAI ControlNets"),
+        output.stderr.contains("which InvokeAI does not take"),
         "{}",
         output.stderr
     );

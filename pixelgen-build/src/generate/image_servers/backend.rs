@@ -41,8 +41,9 @@ impl Backend for ServerSpec {
     }
 
     /// InvokeAI draws from an init image (its `i2l` node and `denoising_start`), repaints
-    /// under a mask (`create_denoise_mask`) and draws tiles (`seamless`); ControlNets on a
-    /// server, and any conditioning through a ComfyUI workflow, are not drawn yet.
+    /// under a mask (`create_denoise_mask`), follows ControlNets installed on it under the
+    /// folder's name (`controlnet`) and draws tiles (`seamless`); a ComfyUI workflow takes
+    /// what its named inputs take.
     fn refuses_conditioning(
         &self,
         conditioning: &Conditioning,
@@ -52,13 +53,24 @@ impl Backend for ServerSpec {
         if self.kind == ServerKind::ComfyUI {
             return self.comfyui_refuses(conditioning, sprite_size);
         }
-        if !conditioning.controlnets.is_empty() {
-            return Some(settings::Refusal::new(
-                "controlnet",
-                "uses an InvokeAI Server generator, and pixelgen does not give InvokeAI ControlNets yet",
-                "not available with this generator",
-                "draw the sprite with `generator: Diffusion(...)` to follow a ControlNet",
-            ));
+        // InvokeAI's `controlnet` node takes weights from -1 to 2.
+        if let Some(controlnet) = conditioning.controlnets.iter().find(|c| {
+            !(-1.0..=2.0).contains(&c.scale)
+                || !(0.0..=1.0).contains(&c.start)
+                || !(c.start..=1.0).contains(&c.end)
+        }) {
+            return Some(
+                settings::Refusal::new(
+                    "controlnet",
+                    format!(
+                        "has ControlNet `{}` with scale {}, start {} and end {}, which InvokeAI does not take",
+                        controlnet.model, controlnet.scale, controlnet.start, controlnet.end
+                    ),
+                    "out of range",
+                    "InvokeAI takes a scale from -1 to 2 and 0 ≤ start ≤ end ≤ 1",
+                )
+                .at_literal(&controlnet.model),
+            );
         }
         let init = conditioning.init.as_ref()?;
         settings::check_init(init, self.steps, self.resolution, sprite_size).err()

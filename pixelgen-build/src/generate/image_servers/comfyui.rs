@@ -167,7 +167,7 @@ impl ComfyUi {
     /// One image on the server, uploaded through `/upload/image` the first time (named
     /// by its content).
     fn upload(&mut self, file: &ImageFile, mask: Option<MaskWhite>) -> Result<String, HttpError> {
-        let size = (self.workflow.draw.width, self.workflow.draw.height);
+        let size = Some((self.workflow.draw.width, self.workflow.draw.height));
         let bytes = frame_png(file, size, mask).map_err(|e| self.client.unexpected("upload", e))?;
         let hash = blake3::hash(&bytes).to_hex().to_string();
         if let Some(name) = self.uploaded.get(&hash) {

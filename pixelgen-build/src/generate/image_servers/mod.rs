@@ -289,11 +289,31 @@ impl Connections {
                 })?;
             server_loras.push((found, lora.weight));
         }
+        let mut controlnets = Vec::with_capacity(conditioning.controlnets.len());
+        for controlnet in &conditioning.controlnets {
+            let name = controlnet
+                .resolved
+                .file_name()
+                .map_or(controlnet.model.clone(), |n| {
+                    n.to_string_lossy().into_owned()
+                });
+            let found = invokeai::find_controlnet(&client, &name, &model.base)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| {
+                    format!(
+                        "{endpoint} has no ControlNet named `{name}` of base `{}`; install {} in its model manager under that name",
+                        model.base,
+                        controlnet.resolved.display()
+                    )
+                })?;
+            controlnets.push(found);
+        }
         let (width, height) = spec.resolution.unwrap_or(model.draw_size());
         invokeai::InvokeAi::new(
             client,
             &model,
             &server_loras,
+            &controlnets,
             DrawSettings {
                 steps: spec.steps,
                 guidance: spec.guidance,

@@ -176,7 +176,8 @@ fn a_controlnet_for_another_family_is_refused() {
     parse_in(&dir, &fits).unwrap();
 }
 
-/// Procedural sprites draw tiles but follow no image; image servers none of it yet.
+/// Procedural sprites draw tiles but follow no image; an InvokeAI server draws all of
+/// it; a ComfyUI workflow takes an init image only through named inputs, and no tiling.
 #[test]
 fn generators_that_cannot_draw_it_are_refused_at_the_field() {
     let dir = game();
@@ -190,9 +191,29 @@ fn generators_that_cannot_draw_it_are_refused_at_the_field() {
         points_at(text, position, "(image"),
         "{position:?}: {message}"
     );
-    let text = "(defaults: (tiling: XY),\n sprites: {\n \"a\": (prompt: \"b\", generator: Server(url: \"http://127.0.0.1:9\", model: \"m\")) })";
-    let (message, position) = parse_in(&dir, text).unwrap_err();
+    let invokeai = "(defaults: (tiling: XY),\n sprites: {\n \"a\": (prompt: \"b\", init: (image: \"art/sketch.png\"), generator: Server(url: \"http://127.0.0.1:9\", model: \"m\")) })";
+    parse_in(&dir, invokeai).unwrap();
+    std::fs::write(
+        dir.path().join("workflow.json"),
+        r#"{"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}"#,
+    )
+    .unwrap();
+    let comfyui = "Server(kind: ComfyUI, url: \"http://127.0.0.1:9\", workflow: \"workflow.json\", inputs: (prompt: \"2.filename_prefix\", seed: \"1.color\", size: \"1\"))";
+    let text = format!(
+        "(defaults: (tiling: XY),\n sprites: {{\n \"a\": (prompt: \"b\", generator: {comfyui}) }})"
+    );
+    let (message, position) = parse_in(&dir, &text).unwrap_err();
     assert!(message.contains("cannot draw seamless tiles"), "{message}");
     // Written in `defaults`: the error points there.
-    assert!(points_at(text, position, "XY"), "{position:?}: {message}");
+    assert!(points_at(&text, position, "XY"), "{position:?}: {message}");
+    let text = format!(
+        "(sprites: {{\n \"a\": (prompt: \"b\", init: (image: \"art/sketch.png\"), generator: {comfyui}) }})"
+    );
+    let (message, position) = parse_in(&dir, &text).unwrap_err();
+    assert!(message.contains("name no init image"), "{message}");
+    assert!(
+        points_at(&text, position, "(image"),
+        "{position:?}: {message}"
+    );
 }

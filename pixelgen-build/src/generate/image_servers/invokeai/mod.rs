@@ -17,7 +17,10 @@ use serde_json::{Value, json};
 
 use super::http::{Client, HttpError, percent_encode};
 use super::{DrawSettings, Endpoint, FrameRequest, ImageServer, Outcome};
-use crate::generate::conditioning::ImageFile;
+
+mod conditioning;
+use conditioning::{INIT_NODE, MASK_NODE, control_node};
+pub(super) use conditioning::{MaskWhite, frame_png};
 
 /// The largest seed InvokeAI's noise node takes.
 pub const MAX_SEED: u64 = u32::MAX as u64;
@@ -144,6 +147,23 @@ pub fn find_model(client: &Client, model: &str) -> Result<ModelInfo, HttpError> 
     }
 }
 
+/// The ControlNet named `name` of base `base` on the server, if any. ControlNets are
+/// found by name (InvokeAI's hash of a folder is its own), as ComfyUI's models are.
+pub fn find_controlnet(
+    client: &Client,
+    name: &str,
+    base: &str,
+) -> Result<Option<ModelInfo>, HttpError> {
+    let listed = client.get_json(
+        "/api/v2/models/",
+        &[("model_name", name), ("model_type", "controlnet")],
+    )?;
+    Ok(models(&listed)
+        .iter()
+        .filter_map(ModelInfo::from_json)
+        .find(|m| m.name == name && m.base == base))
+}
+
 /// The LoRA on the server whose file has this blake3 hash (hex), if any.
 pub fn find_lora(client: &Client, blake3_hex: &str) -> Result<Option<ModelInfo>, HttpError> {
     let listed = client.get_json("/api/v2/models/", &[("model_type", "lora")])?;
@@ -160,64 +180,6 @@ fn models(listed: &Value) -> &[Value] {
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default()
-}
-
-/// A graph field that takes an image, and each frame's image name on the server.
-type ImageColumn = (&'static str, &'static str, Vec<String>);
-
-/// The node that encodes a frame's init image.
-const INIT_NODE: &str = "init";
-/// The node that makes a frame's denoise mask.
-const MASK_NODE: &str = "mask";
-
-/// How a server reads a mask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum MaskWhite {
-    /// White is repainted, as in pixelgen's masks (ComfyUI's `LoadImageMask`).
-    Repaints,
-    /// White is kept (InvokeAI's `InpaintExt`: "1 means … should not be inpainted").
-    Keeps,
-}
-
-/// A frame's image as sent: read, brought to the drawing's size (a sprite-sized sketch
-/// without smoothing), as PNG. A mask is turned to grey as PIL's `convert("L")` does, and
-/// inverted for a server whose masks keep white.
-pub(super) fn frame_png(
-    file: &ImageFile,
-    (width, height): (u32, u32),
-    mask: Option<MaskWhite>,
-) -> Result<Vec<u8>, String> {
-    let image = image::open(&file.resolved)
-        .map_err(|e| format!("cannot read {}: {e}", file.resolved.display()))?;
-    let image = if (image.width(), image.height()) == (width, height) {
-        image
-    } else {
-        image.resize_exact(width, height, image::imageops::FilterType::Nearest)
-    };
-    let image = if let Some(white) = mask {
-        // Grey in every channel: ComfyUI's `LoadImageMask` reads one colour channel.
-        let rgb = image.to_rgb8();
-        image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(width, height, |x, y| {
-            let [r, g, b] = rgb.get_pixel(x, y).0.map(u32::from);
-            let grey = ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as u8;
-            let value = if white == MaskWhite::Keeps {
-                255 - grey
-            } else {
-                grey
-            };
-            image::Rgb([value; 3])
-        }))
-    } else {
-        image::DynamicImage::ImageRgb8(image.to_rgb8())
-    };
-    let mut bytes = Vec::new();
-    image
-        .write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .map_err(|e| format!("cannot encode {}: {e}", file.resolved.display()))?;
-    Ok(bytes)
 }
 
 /// One InvokeAI server, ready to draw with one model, its LoRAs and settings.
@@ -245,6 +207,7 @@ impl InvokeAi {
         client: Client,
         model: &ModelInfo,
         loras: &[(ModelInfo, f32)],
+        controlnets: &[ModelInfo],
         settings: DrawSettings,
     ) -> Result<InvokeAi, String> {
         let sdxl = match model.base.as_str() {
@@ -258,7 +221,7 @@ impl InvokeAi {
             }
         };
         Ok(InvokeAi {
-            graph: graph(model, loras, &settings, sdxl),
+            graph: graph(model, loras, controlnets, &settings, sdxl),
             client,
             sdxl,
             settings,
@@ -276,6 +239,7 @@ impl InvokeAi {
 fn graph(
     model: &ModelInfo,
     loras: &[(ModelInfo, f32)],
+    controlnets: &[ModelInfo],
     settings: &DrawSettings,
     sdxl: bool,
 ) -> Value {
@@ -350,6 +314,36 @@ fn graph(
         "id": "denoise", "type": "denoise_latents", "steps": settings.steps, "cfg_scale": settings.guidance,
         "scheduler": settings.scheduler, "denoising_start": denoising_start, "denoising_end": 1.0,
     }));
+    // ControlNets, each with the frame's control image (the batch's data); several go to
+    // the denoiser through a collect node.
+    let guides: Vec<String> = controlnets
+        .iter()
+        .zip(&conditioning.controlnets)
+        .enumerate()
+        .map(|(index, (info, spec))| {
+            let id = control_node(index);
+            nodes.insert(id.clone(), json!({
+                "id": id, "type": "controlnet", "control_model": info.identifier(),
+                "control_weight": spec.scale, "begin_step_percent": spec.start,
+                "end_step_percent": spec.end, "control_mode": "balanced", "resize_mode": "just_resize",
+            }));
+            id
+        })
+        .collect();
+    match guides.as_slice() {
+        [] => {}
+        [one] => edge(one, "control", "denoise", "control"),
+        several => {
+            nodes.insert(
+                "controls".into(),
+                json!({"id": "controls", "type": "collect"}),
+            );
+            for id in several {
+                edge(id, "control", "controls", "item");
+            }
+            edge("controls", "collection", "denoise", "control");
+        }
+    }
     if let Some(init) = &conditioning.init {
         // The images themselves come with each frame (the batch's data).
         nodes.insert(
@@ -394,74 +388,6 @@ fn graph(
     json!({"id": "pixelgen", "nodes": nodes, "edges": edges})
 }
 
-impl InvokeAi {
-    /// `frames`' images uploaded (each distinct one once per group): per graph field that
-    /// takes one, the name of each frame's image on the server.
-    fn frame_images(
-        &mut self,
-        frames: &[(usize, &FrameRequest)],
-    ) -> Result<Vec<ImageColumn>, HttpError> {
-        let Some(group_init) = &self.settings.conditioning.init else {
-            return Ok(Vec::new());
-        };
-        let with_mask = group_init.mask.is_some();
-        let mut columns: Vec<ImageColumn> = vec![(INIT_NODE, "image", Vec::new())];
-        if with_mask {
-            columns.push((MASK_NODE, "image", Vec::new()));
-            columns.push((MASK_NODE, "mask", Vec::new()));
-        }
-        let size = (self.settings.width, self.settings.height);
-        for (_, frame) in frames {
-            let init = frame.conditioning.init.as_ref().ok_or_else(|| {
-                self.client.unexpected(
-                    "submit",
-                    "a frame without the init image its group draws from",
-                )
-            })?;
-            let image = self.upload(&init.image, size, None)?;
-            columns[0].2.push(image.clone());
-            if with_mask {
-                let mask = init.mask.as_ref().ok_or_else(|| {
-                    self.client
-                        .unexpected("submit", "a frame without its group's mask")
-                })?;
-                let mask = self.upload(mask, size, Some(MaskWhite::Keeps))?;
-                columns[1].2.push(image);
-                columns[2].2.push(mask);
-            }
-        }
-        Ok(columns)
-    }
-
-    /// The server's name for `file` as [`frame_png`] sends it, uploading it the first time.
-    fn upload(
-        &mut self,
-        file: &ImageFile,
-        size: (u32, u32),
-        mask: Option<MaskWhite>,
-    ) -> Result<String, HttpError> {
-        let bytes = frame_png(file, size, mask).map_err(|e| self.client.unexpected("upload", e))?;
-        let hash = blake3::hash(&bytes).to_hex().to_string();
-        if let Some(name) = self.uploaded.get(&hash) {
-            return Ok(name.clone());
-        }
-        let answer = self.client.upload(
-            "/api/v1/images/upload",
-            &[("image_category", "user"), ("is_intermediate", "true")],
-            "file",
-            &format!("pixelgen-{}.png", &hash[..16]),
-            "image/png",
-            &bytes,
-        )?;
-        let name = answer["image_name"]
-            .as_str()
-            .ok_or_else(|| self.client.unexpected("images/upload", "no image_name"))?
-            .to_string();
-        self.uploaded.insert(hash, name.clone());
-        Ok(name)
-    }
-}
-
 impl ImageServer for InvokeAi {
     fn endpoint(&self) -> &Endpoint {
         &self.client.endpoint
@@ -504,12 +430,12 @@ impl ImageServer for InvokeAi {
         // (whose nodes must be complete before the data is applied).
         let mut graph = self.graph.clone();
         for (node, field, names) in images {
-            graph["nodes"][node][field] = json!({"image_name": names[0]});
+            graph["nodes"][&node][field] = json!({"image_name": names[0]});
             let items = names
                 .iter()
                 .map(|name| json!({"image_name": name}))
                 .collect();
-            data.push(column(node, field, items));
+            data.push(column(&node, field, items));
         }
         let body = json!({
             "batch": {"graph": graph, "runs": 1, "origin": "pixelgen", "data": [data]},
@@ -705,6 +631,7 @@ mod tests {
         let g = graph(
             &model("sd-1"),
             &[(lora.clone(), 0.8), (lora, 0.5)],
+            &[],
             &settings,
             false,
         );
@@ -731,7 +658,7 @@ mod tests {
             ),
             (Some(64), Some(48))
         );
-        let sdxl = graph(&model("sdxl"), &[], &settings, true);
+        let sdxl = graph(&model("sdxl"), &[], &[], &settings, true);
         assert_eq!(sdxl["nodes"]["loader"]["type"], "sdxl_model_loader");
         assert_eq!(sdxl["nodes"]["positive"]["type"], "sdxl_compel_prompt");
     }
@@ -745,7 +672,7 @@ mod tests {
             std::time::Duration::from_secs(1),
         );
         let settings = settings(64, 64);
-        let error = InvokeAi::new(client, &model("flux"), &[], settings)
+        let error = InvokeAi::new(client, &model("flux"), &[], &[], settings)
             .err()
             .unwrap();
         assert!(error.contains("base `flux`"), "{error}");
