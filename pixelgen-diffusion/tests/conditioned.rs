@@ -251,3 +251,52 @@ fn what_cannot_work_is_refused_before_drawing() {
         .to_string();
     assert!(error.contains("runs no step"), "{error}");
 }
+
+/// Conditioned drawing with LoRAs merged: the img2img, inpainting and ControlNet cases run
+/// on the SD1 model with its kohya LoRA, give the same pixels twice, and differ from the
+/// same cases without the LoRA (so the LoRA reached the drawing). Not compared with
+/// diffusers: the fixtures have no LoRA case for conditioned drawing.
+#[test]
+fn conditioned_drawing_runs_with_loras() {
+    let family = fixtures::family("sd1");
+    let with_lora = LoadedModel::load(
+        &ModelLocation::Folder(family.join("model")),
+        &[pixelgen_diffusion::LoraFile {
+            path: family.join("lora_kohya.safetensors"),
+            weight: 0.8,
+        }],
+        &Device::Cpu,
+        DType::F32,
+        None,
+    )
+    .unwrap();
+    let mut plain = Models::default();
+    let mut styled = Models::default();
+    styled.models.insert("sd1/model".into(), with_lora);
+    let names = [
+        "img2img_sd1_ddim_s50",
+        "inpaint4_sd1_ddim",
+        "controlnet_sd1_s100",
+    ];
+    let cases: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| names.contains(&c.name.as_str()))
+        .collect();
+    assert_eq!(cases.len(), names.len());
+    for case in &cases {
+        let without = draw(&mut plain, case);
+        let with = draw(&mut styled, case);
+        assert_eq!(
+            with,
+            draw(&mut styled, case),
+            "{}: deterministic",
+            case.name
+        );
+        let (mean, _) = images::difference(&without, &with);
+        assert!(
+            mean > 1.0,
+            "{}: the LoRA changes the image ({mean}/255)",
+            case.name
+        );
+    }
+}
