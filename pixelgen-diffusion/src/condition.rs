@@ -20,6 +20,7 @@ use candle_core::{DType, Tensor};
 use image::{DynamicImage, GrayImage, RgbImage};
 
 use super::DiffusionError;
+use super::compute;
 use super::model::LoadedModel;
 use super::sample::{Request, Settings};
 use super::scheduler::Sampler;
@@ -80,13 +81,6 @@ enum InpaintKind {
     Blend { known: Tensor, noise: Tensor },
     /// A 9-channel inpainting UNet: `[latents, mask, masked image latents]` is its input.
     Channels { masked: Tensor },
-}
-
-fn compute(what: &'static str) -> impl Fn(candle_core::Error) -> DiffusionError {
-    move |source| DiffusionError::Compute {
-        what,
-        source: Box::new(source),
-    }
 }
 
 impl Inpaint {
@@ -265,12 +259,7 @@ impl LoadedModel {
         sampler: &Sampler,
         noise: Tensor,
     ) -> Result<Start, DiffusionError> {
-        let first = sampler.first_step(settings.strength).ok_or_else(|| {
-            DiffusionError::Request(format!(
-                "strength {} of {} steps runs no step (int(steps × strength) is 0): raise the strength or the steps",
-                settings.strength, settings.steps
-            ))
-        })?;
+        let first = settings.first_step(sampler)?;
         let pure_noise = || {
             noise
                 .affine(sampler.init_noise_sigma(), 0.0)

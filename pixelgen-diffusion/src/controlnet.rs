@@ -16,14 +16,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result as CandleResult, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2d, VarBuilder};
 use image::RgbImage;
 use serde::Deserialize;
 
 use super::config::UnetConfig;
 use super::model::{component_weights, read_json};
 use super::seamless::conv2d;
-use super::unet::{AddedConditioning, ControlResiduals, DownPath, Levels, UnetShape};
+use super::unet::{AddedConditioning, ControlResiduals, DownPath, Levels, UnetShape, conv};
 use super::{DiffusionError, Tiling};
 
 /// The fields of a ControlNet's `config.json` beyond the UNet's.
@@ -59,33 +59,18 @@ struct ConditioningEmbedding {
     conv_out: Conv2d,
 }
 
-fn conv(
-    vb: VarBuilder,
-    in_c: usize,
-    out_c: usize,
-    kernel: usize,
-    stride: usize,
-) -> CandleResult<Conv2d> {
-    let config = Conv2dConfig {
-        padding: kernel / 2,
-        stride,
-        ..Default::default()
-    };
-    candle_nn::conv2d(in_c, out_c, kernel, config, vb)
-}
-
 impl ConditioningEmbedding {
     fn new(vb: VarBuilder, in_c: usize, widths: &[usize], out_c: usize) -> CandleResult<Self> {
         let mut blocks = Vec::new();
         for (i, pair) in widths.windows(2).enumerate() {
             let blocks_vb = vb.pp("blocks");
-            blocks.push(conv(blocks_vb.pp(2 * i), pair[0], pair[0], 3, 1)?);
-            blocks.push(conv(blocks_vb.pp(2 * i + 1), pair[0], pair[1], 3, 2)?);
+            blocks.push(conv(blocks_vb.pp(2 * i), pair[0], pair[0], 3, 1, 1)?);
+            blocks.push(conv(blocks_vb.pp(2 * i + 1), pair[0], pair[1], 3, 2, 1)?);
         }
         Ok(Self {
-            conv_in: conv(vb.pp("conv_in"), in_c, widths[0], 3, 1)?,
+            conv_in: conv(vb.pp("conv_in"), in_c, widths[0], 3, 1, 1)?,
             blocks,
-            conv_out: conv(vb.pp("conv_out"), widths[widths.len() - 1], out_c, 3, 1)?,
+            conv_out: conv(vb.pp("conv_out"), widths[widths.len() - 1], out_c, 3, 1, 1)?,
         })
     }
 
@@ -166,7 +151,7 @@ impl ControlNet {
                 .skip_channels()
                 .iter()
                 .enumerate()
-                .map(|(i, &c)| conv(vb.pp("controlnet_down_blocks").pp(i), c, c, 1, 1))
+                .map(|(i, &c)| conv(vb.pp("controlnet_down_blocks").pp(i), c, c, 1, 1, 0))
                 .collect::<CandleResult<Vec<_>>>()?;
             let mid = shape.block_out_channels[shape.levels - 1];
             Ok(Self {
@@ -174,7 +159,7 @@ impl ControlNet {
                 down,
                 embedding,
                 down_convs,
-                mid_conv: conv(vb.pp("controlnet_mid_block"), mid, mid, 1, 1)?,
+                mid_conv: conv(vb.pp("controlnet_mid_block"), mid, mid, 1, 1, 0)?,
                 bgr,
                 image_channels: control.conditioning_channels,
                 shape,

@@ -194,6 +194,15 @@ pub enum DiffusionError {
     Device(String),
 }
 
+/// Maps a candle error of the stage `what` to [`DiffusionError::Compute`].
+#[cfg(feature = "backend")]
+pub(crate) fn compute(what: &'static str) -> impl Fn(candle_core::Error) -> DiffusionError {
+    move |source| DiffusionError::Compute {
+        what,
+        source: Box::new(source),
+    }
+}
+
 #[cfg(feature = "backend")]
 impl From<lora::LoraError> for DiffusionError {
     fn from(error: lora::LoraError) -> Self {

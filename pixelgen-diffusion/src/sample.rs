@@ -15,7 +15,7 @@ use super::noise::{self, Stream};
 use super::scheduler::Sampler;
 use super::unet::AddedConditioning;
 use super::unet::{ControlResiduals, Guides};
-use super::{DiffusionError, Tiling};
+use super::{DiffusionError, Tiling, compute};
 use crate::Scheduler;
 
 /// A part of sampling whose time [`LoadedModel::generate_timed`] reports. Each ends by
@@ -58,6 +58,17 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The first of `sampler`'s steps this drawing runs (img2img keeps the last
+    /// `int(steps × strength)`); an error when that is none.
+    pub(crate) fn first_step(&self, sampler: &Sampler) -> Result<usize, DiffusionError> {
+        sampler.first_step(self.strength).ok_or_else(|| {
+            DiffusionError::Request(format!(
+                "strength {} of {} steps runs no step (int(steps × strength) is 0): raise the strength or the steps",
+                self.strength, self.steps
+            ))
+        })
+    }
+
     /// Text-to-image settings: strength 1, no tiling.
     pub fn new(
         width: usize,
@@ -169,13 +180,6 @@ pub(crate) struct Conditioning {
     pub added: Option<AddedConditioning>,
 }
 
-fn compute(what: &'static str) -> impl Fn(candle_core::Error) -> DiffusionError {
-    move |source| DiffusionError::Compute {
-        what,
-        source: Box::new(source),
-    }
-}
-
 impl LoadedModel {
     /// Checks settings against the model before any work.
     pub fn check(&self, settings: &Settings) -> Result<(), DiffusionError> {
@@ -211,12 +215,7 @@ impl LoadedModel {
                 )));
             }
         }
-        if sampler.first_step(settings.strength).is_none() {
-            return Err(DiffusionError::Request(format!(
-                "strength {} of {} steps runs no step (int(steps × strength) is 0): raise the strength or the steps",
-                settings.strength, settings.steps
-            )));
-        }
+        settings.first_step(&sampler)?;
         Ok(())
     }
 

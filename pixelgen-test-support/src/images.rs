@@ -1,9 +1,9 @@
-//! Images: reading PNGs (a failure names the file), comparing two pictures, and counting
-//! the colours of one.
+//! Images: reading PNGs (a failure names the file), comparing two pictures, measuring the
+//! seam of a tile, and counting the colours of one.
 
 use std::path::Path;
 
-use image::{RgbImage, RgbaImage};
+use image::{RgbImage, Rgba, RgbaImage};
 
 /// The image at `path` as RGB; panics naming the file when it cannot be read.
 pub fn read_rgb(path: &Path) -> RgbImage {
@@ -40,6 +40,31 @@ pub fn colour_count(picture: &RgbImage) -> usize {
     colours.sort_unstable();
     colours.dedup();
     colours.len()
+}
+
+/// `(mean |last column − first column|, the largest mean |column i − column i+1| inside,
+/// the same for rows)`, in levels of 255 averaged over the channels: a tile wraps when
+/// its seam is no larger than a step between neighbouring columns (rows) inside it.
+pub fn seam_difference(image: &RgbaImage) -> (f64, f64, f64, f64) {
+    let (w, h) = image.dimensions();
+    let diff = |a: &Rgba<u8>, b: &Rgba<u8>| -> f64 {
+        (0..3).map(|c| f64::from(a[c].abs_diff(b[c]))).sum::<f64>() / 3.0
+    };
+    let column = |x0: u32, x1: u32| {
+        (0..h)
+            .map(|y| diff(image.get_pixel(x0, y), image.get_pixel(x1, y)))
+            .sum::<f64>()
+            / f64::from(h)
+    };
+    let row = |y0: u32, y1: u32| {
+        (0..w)
+            .map(|x| diff(image.get_pixel(x, y0), image.get_pixel(x, y1)))
+            .sum::<f64>()
+            / f64::from(w)
+    };
+    let inside_x = (0..w - 1).map(|x| column(x, x + 1)).fold(0.0, f64::max);
+    let inside_y = (0..h - 1).map(|y| row(y, y + 1)).fold(0.0, f64::max);
+    (column(w - 1, 0), inside_x, row(h - 1, 0), inside_y)
 }
 
 #[cfg(test)]

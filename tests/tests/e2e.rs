@@ -1,6 +1,6 @@
 //! Real `cargo build`s of temporary game crates that use pixelgen-build from build.rs.
 
-use pixelgen_test_support::fixtures;
+use pixelgen_test_support::{fixtures, images};
 use pixelgen_tests::GameCrate;
 
 const MANIFEST: &str = r#"(
@@ -527,7 +527,7 @@ fn conditioned_sprites_build_and_tiles_wrap() {
             .unwrap()
             .to_rgba8();
         let frame = image::imageops::crop_imm(&page_image, rect[0], rect[1], 16, 16).to_image();
-        let (seam_x, inside_x, seam_y, inside_y) = seam_difference(&frame);
+        let (seam_x, inside_x, seam_y, inside_y) = images::seam_difference(&frame);
         assert!(
             seam_x <= inside_x && seam_y <= inside_y,
             "{tile}: seams {seam_x:.1} and {seam_y:.1}, largest inside steps {inside_x:.1} and {inside_y:.1}"
@@ -547,28 +547,4 @@ fn conditioned_sprites_build_and_tiles_wrap() {
         "a new sketch redraws its sprite only: {}",
         changed.stderr
     );
-}
-
-/// `(mean |last column − first column|, the largest mean |column i − column i+1| inside,
-/// the same for rows)`, over the opaque pixels' channels, in levels of 255.
-fn seam_difference(image: &image::RgbaImage) -> (f64, f64, f64, f64) {
-    let (w, h) = image.dimensions();
-    let diff = |a: &image::Rgba<u8>, b: &image::Rgba<u8>| -> f64 {
-        (0..4).map(|c| f64::from(a[c].abs_diff(b[c]))).sum::<f64>() / 4.0
-    };
-    let column = |x0: u32, x1: u32| {
-        (0..h)
-            .map(|y| diff(image.get_pixel(x0, y), image.get_pixel(x1, y)))
-            .sum::<f64>()
-            / f64::from(h)
-    };
-    let row = |y0: u32, y1: u32| {
-        (0..w)
-            .map(|x| diff(image.get_pixel(x, y0), image.get_pixel(x, y1)))
-            .sum::<f64>()
-            / f64::from(w)
-    };
-    let inside_x = (0..w - 1).map(|x| column(x, x + 1)).fold(0.0, f64::max);
-    let inside_y = (0..h - 1).map(|y| row(y, y + 1)).fold(0.0, f64::max);
-    (column(w - 1, 0), inside_x, row(h - 1, 0), inside_y)
 }

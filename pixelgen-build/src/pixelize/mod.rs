@@ -15,7 +15,7 @@ mod colors;
 mod grid;
 mod raster;
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;
 
 use image::{Rgba, RgbaImage};
 

@@ -457,7 +457,7 @@ fn a_tile_stays_seamless_and_keeps_its_border() {
     };
     let out = pixelize(&blurred, &options);
     assert_eq!(out, truth, "the tile's pixels");
-    let seam = seam_difference(&out);
+    let seam = pixelgen_test_support::images::seam_difference(&out);
     assert!(seam.0 <= seam.1 && seam.2 <= seam.3, "seam {seam:?}");
     let as_sprite = pixelize(
         &blurred,
@@ -470,29 +470,4 @@ fn a_tile_stays_seamless_and_keeps_its_border() {
         as_sprite.pixels().any(|p| p[3] == 0),
         "a sprite's border colour is background"
     );
-}
-
-/// `(mean |last column − first column|, the largest mean |column i − column i+1| inside,
-/// the same for rows)`, in levels of 255 averaged over the channels: a tile wraps when
-/// its seam is no larger than a step between neighbouring columns (rows) inside it.
-pub(crate) fn seam_difference(image: &RgbaImage) -> (f64, f64, f64, f64) {
-    let (w, h) = image.dimensions();
-    let diff = |a: &Rgba<u8>, b: &Rgba<u8>| -> f64 {
-        (0..3).map(|c| f64::from(a[c].abs_diff(b[c]))).sum::<f64>() / 3.0
-    };
-    let column = |x0: u32, x1: u32| {
-        (0..h)
-            .map(|y| diff(image.get_pixel(x0, y), image.get_pixel(x1, y)))
-            .sum::<f64>()
-            / f64::from(h)
-    };
-    let row = |y0: u32, y1: u32| {
-        (0..w)
-            .map(|x| diff(image.get_pixel(x, y0), image.get_pixel(x, y1)))
-            .sum::<f64>()
-            / f64::from(w)
-    };
-    let inside_x = (0..w - 1).map(|x| column(x, x + 1)).fold(0.0, f64::max);
-    let inside_y = (0..h - 1).map(|y| row(y, y + 1)).fold(0.0, f64::max);
-    (column(w - 1, 0), inside_x, row(h - 1, 0), inside_y)
 }

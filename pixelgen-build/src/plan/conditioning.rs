@@ -101,21 +101,10 @@ impl InputFiles<'_> {
             })
             .unwrap_or_default();
         names.sort();
-        let mut all = blake3::Hasher::new_derive_key("pixelgen folder identity v1");
-        let mut complete = !names.is_empty();
-        for path in &names {
-            match self.hasher.hash(path) {
-                Ok(hash) => {
-                    let name = path.file_name().unwrap_or_default().to_string_lossy();
-                    all.update(name.as_bytes())
-                        .update(&[0])
-                        .update(hash.as_bytes());
-                }
-                Err(_) => complete = false,
-            }
-        }
-        match (complete, self.known.known_hash(&file)) {
-            (true, _) => all.finalize(),
+        let (identity, complete) =
+            self.files_identity("pixelgen folder identity v1", folder, &names);
+        match (complete && !names.is_empty(), self.known.known_hash(&file)) {
+            (true, _) => identity,
             (false, Some(known)) => known,
             (false, None) => {
                 blake3::hash(format!("pixelgen unresolved {}", file.lock_key()).as_bytes())

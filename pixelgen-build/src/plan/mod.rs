@@ -428,30 +428,17 @@ impl<'a> InputFiles<'a> {
         let located = model_files::locate(model, &self.manifest_dir, self.hub_cache);
         let hash = match located {
             Ok(location) => {
-                let root = location.path().to_path_buf();
-                let mut all = blake3::Hasher::new_derive_key("pixelgen model identity v1");
-                let mut complete = true;
-                for file in location.content_files() {
-                    let relative = file
-                        .strip_prefix(&root)
-                        .unwrap_or(&file)
-                        .to_string_lossy()
-                        .replace('\\', "/");
-                    match self.hasher.hash(&file) {
-                        Ok(hash) => {
-                            all.update(relative.as_bytes())
-                                .update(&[0])
-                                .update(hash.as_bytes());
-                        }
-                        Err(_) => complete = false,
-                    }
-                }
+                let (identity, complete) = self.files_identity(
+                    "pixelgen model identity v1",
+                    location.path(),
+                    &location.content_files(),
+                );
                 match (
                     complete,
                     self.known.known_hash(&InputFile::Model(model.to_string())),
                 ) {
                     (false, Some(known)) => known,
-                    _ => all.finalize(),
+                    _ => identity,
                 }
             }
             Err(_) => self
@@ -463,6 +450,37 @@ impl<'a> InputFiles<'a> {
         };
         self.models.insert(model.to_string(), hash);
         hash
+    }
+}
+
+impl InputFiles<'_> {
+    /// The identity of `files` under `root`: each file's path relative to `root` and its
+    /// content hash, under the blake3 derive key `context`; and whether every file could
+    /// be read.
+    fn files_identity(
+        &mut self,
+        context: &str,
+        root: &Path,
+        files: &[PathBuf],
+    ) -> (blake3::Hash, bool) {
+        let mut all = blake3::Hasher::new_derive_key(context);
+        let mut complete = true;
+        for file in files {
+            let relative = file
+                .strip_prefix(root)
+                .unwrap_or(file)
+                .to_string_lossy()
+                .replace('\\', "/");
+            match self.hasher.hash(file) {
+                Ok(hash) => {
+                    all.update(relative.as_bytes())
+                        .update(&[0])
+                        .update(hash.as_bytes());
+                }
+                Err(_) => complete = false,
+            }
+        }
+        (all.finalize(), complete)
     }
 }
 

@@ -12,8 +12,9 @@ impl KnownFileHashes for NoneKnown {
     }
 }
 
-fn keys(text: &str) -> Vec<(String, Vec<Key>)> {
-    let m = parse(Path::new("sprites.ron"), text).unwrap();
+/// The plan of the manifest `text` read as `path`, with no lock file and no cache.
+fn plan_at(path: &Path, text: &str) -> Plan {
+    let m = parse(path, text).unwrap();
     plan(
         m,
         PlanInputs {
@@ -25,13 +26,17 @@ fn keys(text: &str) -> Vec<(String, Vec<Key>)> {
         },
     )
     .unwrap()
-    .sprites
-    .into_iter()
-    .map(|p| {
-        let keys = p.frames.iter().map(|f| f.key).collect();
-        (p.spec.name.to_string(), keys)
-    })
-    .collect()
+}
+
+fn keys(text: &str) -> Vec<(String, Vec<Key>)> {
+    plan_at(Path::new("sprites.ron"), text)
+        .sprites
+        .into_iter()
+        .map(|p| {
+            let keys = p.frames.iter().map(|f| f.key).collect();
+            (p.spec.name.to_string(), keys)
+        })
+        .collect()
 }
 
 const BASE: &str = r#"(sprites: { "a": (prompt: "red slime", seed: 1), "b": (prompt: "bat", seed: 2, frames: 3) })"#;
@@ -374,20 +379,7 @@ fn conditioning_inputs_are_in_the_key() {
             }})"#
         )
     };
-    let plan_of = |text: &str| {
-        let m = parse(&dir.path().join("sprites.ron"), text).unwrap();
-        plan(
-            m,
-            PlanInputs {
-                hasher: &mut FileHasher::in_memory(),
-                known: &NoneKnown,
-                allow_missing_files: false,
-                hub_cache: None,
-                cache: &no_cache(),
-            },
-        )
-        .unwrap()
-    };
+    let plan_of = |text: &str| plan_at(&dir.path().join("sprites.ron"), text);
     let keys_of = |text: &str| -> (Key, Key) {
         let plan = plan_of(text);
         (

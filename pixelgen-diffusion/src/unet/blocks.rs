@@ -21,7 +21,8 @@ pub(super) fn expand(
     })
 }
 
-pub(super) fn conv(
+/// A convolution with diffusers' names (`weight`, `bias`) at `vb`.
+pub(crate) fn conv(
     vb: VarBuilder,
     in_c: usize,
     out_c: usize,

@@ -16,7 +16,8 @@ use super::Tiling;
 use super::config::UnetConfig;
 use super::cpu_ops::GroupNorm;
 use super::seamless::conv2d;
-use blocks::{Block, Resnet, Transformer2D, conv, expand};
+pub(crate) use blocks::conv;
+use blocks::{Block, Resnet, Transformer2D, expand};
 pub(crate) use down::{DownPath, Levels};
 
 /// SDXL's extra conditioning: the pooled text embedding and the size/crop time ids.

@@ -481,7 +481,7 @@ fn tiling_frames_wrap() {
                 ..req(p, 3, 24, 24)
             });
             let (seam_x, inside_x, seam_y, inside_y) =
-                crate::pixelize::tests::seam_difference(&img);
+                pixelgen_test_support::images::seam_difference(&img);
             if tiling.wraps_x() {
                 assert!(
                     seam_x <= inside_x,
