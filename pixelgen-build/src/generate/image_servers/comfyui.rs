@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 
 use super::http::{Client, HttpError, percent_encode};
-use super::invokeai::{MaskWhite, decode_checked, frame_png};
+use super::invokeai::decode_checked;
+use super::uploads::{MaskWhite, Uploads};
 use super::{DrawSettings, Endpoint, FrameRequest, ImageServer, Outcome, ServerKind};
 use super::{ServerSpec, WorkflowInputs};
 use crate::generate::Conditioning;
@@ -150,8 +151,8 @@ pub struct ComfyUi {
     workflow: Workflow,
     /// Prompt id → frame, for this run's unfinished prompts.
     outstanding: HashMap<String, usize>,
-    /// Images uploaded to this server for this group, by the blake3 of the bytes sent.
-    uploaded: HashMap<String, String>,
+    /// Images uploaded to this server for this group.
+    uploaded: Uploads,
 }
 
 impl ComfyUi {
@@ -160,7 +161,7 @@ impl ComfyUi {
             client,
             workflow,
             outstanding: HashMap::new(),
-            uploaded: HashMap::new(),
+            uploaded: Uploads::default(),
         }
     }
 
@@ -168,30 +169,22 @@ impl ComfyUi {
     /// by its content).
     fn upload(&mut self, file: &ImageFile, mask: Option<MaskWhite>) -> Result<String, HttpError> {
         let size = Some((self.workflow.draw.width, self.workflow.draw.height));
-        let bytes = frame_png(file, size, mask).map_err(|e| self.client.unexpected("upload", e))?;
-        let hash = blake3::hash(&bytes).to_hex().to_string();
-        if let Some(name) = self.uploaded.get(&hash) {
-            return Ok(name.clone());
-        }
-        let answer = self.client.upload(
-            "/upload/image",
-            &[],
-            "image",
-            &format!("pixelgen-{}.png", &hash[..32]),
-            "image/png",
-            &bytes,
-        )?;
-        let name = answer["name"].as_str().ok_or_else(|| {
-            self.client
-                .unexpected("/upload/image", "no name in the answer")
-        })?;
-        // An upload into a subfolder is named `subfolder/name` in a LoadImage input.
-        let name = match answer["subfolder"].as_str().filter(|s| !s.is_empty()) {
-            Some(subfolder) => format!("{subfolder}/{name}"),
-            None => name.to_string(),
-        };
-        self.uploaded.insert(hash, name.clone());
-        Ok(name)
+        let client = &self.client;
+        self.uploaded
+            .name_of(client, file, size, mask, |bytes, file_name| {
+                let answer =
+                    client.upload("/upload/image", &[], "image", file_name, "image/png", bytes)?;
+                let name = answer["name"]
+                    .as_str()
+                    .ok_or_else(|| client.unexpected("/upload/image", "no name in the answer"))?;
+                // An upload into a subfolder is named `subfolder/name` in a LoadImage input.
+                Ok(
+                    match answer["subfolder"].as_str().filter(|s| !s.is_empty()) {
+                        Some(subfolder) => format!("{subfolder}/{name}"),
+                        None => name.to_string(),
+                    },
+                )
+            })
     }
 
     /// A frame's init image and mask on the server.

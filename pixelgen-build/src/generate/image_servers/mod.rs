@@ -31,6 +31,7 @@ pub mod http;
 pub mod invokeai;
 mod settings;
 mod spec;
+mod uploads;
 
 use http::{Client, HttpError};
 pub use settings::{ServerSettings, WorkflowNodes};

@@ -7,6 +7,7 @@ use super::InvokeAi;
 use crate::generate::conditioning::ImageFile;
 use crate::generate::image_servers::FrameRequest;
 use crate::generate::image_servers::http::HttpError;
+use crate::generate::image_servers::uploads::MaskWhite;
 
 /// A graph field that takes an image, and each frame's image name on the server.
 pub(super) type ImageColumn = (String, &'static str, Vec<String>);
@@ -19,58 +20,6 @@ pub(super) const MASK_NODE: &str = "mask";
 /// The node of the group's `index`-th ControlNet.
 pub(super) fn control_node(index: usize) -> String {
     format!("control{index}")
-}
-
-/// How a server reads a mask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MaskWhite {
-    /// White is repainted, as in pixelgen's masks (ComfyUI's `LoadImageMask`).
-    Repaints,
-    /// White is kept (InvokeAI's `InpaintExt`: "1 means … should not be inpainted").
-    Keeps,
-}
-
-/// A frame's image as sent: read, brought to the drawing's `size` when given (a
-/// sprite-sized sketch without smoothing; a control image keeps its own, the server
-/// resizes it), as PNG. A mask is turned to grey as PIL's `convert("L")` does, and
-/// inverted for a server whose masks keep white.
-pub(crate) fn frame_png(
-    file: &ImageFile,
-    size: Option<(u32, u32)>,
-    mask: Option<MaskWhite>,
-) -> Result<Vec<u8>, String> {
-    let image = image::open(&file.resolved)
-        .map_err(|e| format!("cannot read {}: {e}", file.resolved.display()))?;
-    let (width, height) = size.unwrap_or((image.width(), image.height()));
-    let image = if (image.width(), image.height()) == (width, height) {
-        image
-    } else {
-        image.resize_exact(width, height, image::imageops::FilterType::Nearest)
-    };
-    let image = if let Some(white) = mask {
-        // Grey in every channel: ComfyUI's `LoadImageMask` reads one colour channel.
-        let rgb = image.to_rgb8();
-        image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(width, height, |x, y| {
-            let [r, g, b] = rgb.get_pixel(x, y).0.map(u32::from);
-            let grey = ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as u8;
-            let value = if white == MaskWhite::Keeps {
-                255 - grey
-            } else {
-                grey
-            };
-            image::Rgb([value; 3])
-        }))
-    } else {
-        image::DynamicImage::ImageRgb8(image.to_rgb8())
-    };
-    let mut bytes = Vec::new();
-    image
-        .write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .map_err(|e| format!("cannot encode {}: {e}", file.resolved.display()))?;
-    Ok(bytes)
 }
 
 impl InvokeAi {
@@ -136,31 +85,28 @@ impl InvokeAi {
         Ok(columns)
     }
 
-    /// The server's name for `file` as [`frame_png`] sends it, uploading it the first time.
+    /// The server's name for `file` as sent (`uploads::frame_png`), uploaded the first time.
     fn upload(
         &mut self,
         file: &ImageFile,
         size: Option<(u32, u32)>,
         mask: Option<MaskWhite>,
     ) -> Result<String, HttpError> {
-        let bytes = frame_png(file, size, mask).map_err(|e| self.client.unexpected("upload", e))?;
-        let hash = blake3::hash(&bytes).to_hex().to_string();
-        if let Some(name) = self.uploaded.get(&hash) {
-            return Ok(name.clone());
-        }
-        let answer = self.client.upload(
-            "/api/v1/images/upload",
-            &[("image_category", "user"), ("is_intermediate", "true")],
-            "file",
-            &format!("pixelgen-{}.png", &hash[..16]),
-            "image/png",
-            &bytes,
-        )?;
-        let name = answer["image_name"]
-            .as_str()
-            .ok_or_else(|| self.client.unexpected("images/upload", "no image_name"))?
-            .to_string();
-        self.uploaded.insert(hash, name.clone());
-        Ok(name)
+        let client = &self.client;
+        self.uploaded
+            .name_of(client, file, size, mask, |bytes, file_name| {
+                let answer = client.upload(
+                    "/api/v1/images/upload",
+                    &[("image_category", "user"), ("is_intermediate", "true")],
+                    "file",
+                    file_name,
+                    "image/png",
+                    bytes,
+                )?;
+                answer["image_name"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| client.unexpected("images/upload", "no image_name"))
+            })
     }
 }

@@ -19,8 +19,8 @@ use super::http::{Client, HttpError, percent_encode};
 use super::{DrawSettings, Endpoint, FrameRequest, ImageServer, Outcome};
 
 mod conditioning;
+use super::uploads::Uploads;
 use conditioning::{INIT_NODE, MASK_NODE, control_node};
-pub(super) use conditioning::{MaskWhite, frame_png};
 
 /// The largest seed InvokeAI's noise node takes.
 pub const MAX_SEED: u64 = u32::MAX as u64;
@@ -196,8 +196,8 @@ pub struct InvokeAi {
     /// only when it changed.
     finished_total: Option<u64>,
     fetched_at: Option<u64>,
-    /// Images uploaded to this server for this group, by the blake3 of the bytes sent.
-    uploaded: std::collections::HashMap<String, String>,
+    /// Images uploaded to this server for this group.
+    uploaded: Uploads,
 }
 
 impl InvokeAi {
@@ -229,7 +229,7 @@ impl InvokeAi {
             batches: Vec::new(),
             finished_total: None,
             fetched_at: None,
-            uploaded: std::collections::HashMap::new(),
+            uploaded: Uploads::default(),
         })
     }
 }
