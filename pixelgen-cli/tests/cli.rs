@@ -225,6 +225,13 @@ fn txt2img_conditioned_flags_reproduce_diffusers() {
         if let Some(tiling) = case["tiling"].as_str() {
             command.args(["--tiling", tiling]);
         }
+        let family = fixtures::diffusion().join(text(&case["model"]));
+        for lora in case["loras"].as_array().into_iter().flatten() {
+            let path = family.parent().unwrap().join(text(&lora["path"]));
+            command
+                .arg("--lora")
+                .arg(format!("{}:{}", path.display(), lora["weight"]));
+        }
         let output = command.output().unwrap();
         process::assert_success(&output);
         let expected = images::read_rgb(&folder.join(text(&case["expected"])));
@@ -232,7 +239,7 @@ fn txt2img_conditioned_flags_reproduce_diffusers() {
         assert!(mean <= 0.5, "{name}: mean {mean:.3}/255 (max {max})");
         ran += 1;
     }
-    assert!(ran >= 17, "{ran} cases ran");
+    assert!(ran >= 26, "{ran} cases ran");
 }
 
 /// A seed gives one image; another seed another; LoRAs change it; bad input is a clear error.

@@ -2,7 +2,8 @@
 //! SDXL, DDIM, Euler and Euler-ancestral), inpainting with a 4-channel UNet (blending) and
 //! a 9-channel inpainting UNet, ControlNet at two scales (SD1 and SDXL), over a window of
 //! the steps, two at once and with a control image that must be resized, and seamless
-//! tiling on x, y and both. `tests/fixtures/diffusion/make_conditioned.py` made the
+//! tiling on x, y and both; and each mode with LoRAs (kohya's and peft's layouts, loaded by
+//! diffusers through peft). `tests/fixtures/diffusion/make_conditioned.py` made the
 //! models (ControlNets with every weight random, zero convolutions included) and ran
 //! diffusers; its README says what each case checks. Goal: ≤ 0.5/255 mean difference.
 #![cfg(feature = "backend")]
@@ -32,6 +33,13 @@ struct CaseControlNet {
 }
 
 #[derive(Debug, Deserialize)]
+struct CaseLora {
+    /// In the family's fixture folder.
+    path: String,
+    weight: f64,
+}
+
+#[derive(Debug, Deserialize)]
 struct Case {
     name: String,
     model: String,
@@ -48,6 +56,8 @@ struct Case {
     controlnets: Vec<CaseControlNet>,
     control_image: Option<String>,
     tiling: Option<String>,
+    #[serde(default)]
+    loras: Vec<CaseLora>,
     latents: String,
     expected: String,
     steps_run: usize,
@@ -86,7 +96,7 @@ fn open(path: &Path) -> image::DynamicImage {
     images::open(path).unwrap()
 }
 
-/// Loads models and ControlNets once per path.
+/// Loads models (with their LoRAs) and ControlNets once per path.
 #[derive(Default)]
 struct Models {
     models: HashMap<String, LoadedModel>,
@@ -95,9 +105,26 @@ struct Models {
 
 impl Models {
     fn model(&mut self, relative: &str) -> &LoadedModel {
-        self.models.entry(relative.to_string()).or_insert_with(|| {
-            let location = ModelLocation::Folder(fixtures::diffusion().join(relative));
-            LoadedModel::load(&location, &[], &Device::Cpu, DType::F32, None).unwrap()
+        self.model_with(relative, &[])
+    }
+
+    /// The model at `relative` with `loras` merged (paths in the model's family folder).
+    fn model_with(&mut self, relative: &str, loras: &[CaseLora]) -> &LoadedModel {
+        let key = loras.iter().fold(relative.to_string(), |key, lora| {
+            format!("{key}+{}*{}", lora.path, lora.weight)
+        });
+        self.models.entry(key).or_insert_with(|| {
+            let model = fixtures::diffusion().join(relative);
+            let family = model.parent().expect("a family folder").to_path_buf();
+            let loras: Vec<_> = loras
+                .iter()
+                .map(|lora| pixelgen_diffusion::LoraFile {
+                    path: family.join(&lora.path),
+                    weight: lora.weight,
+                })
+                .collect();
+            let location = ModelLocation::Folder(model);
+            LoadedModel::load(&location, &loras, &Device::Cpu, DType::F32, None).unwrap()
         })
     }
 
@@ -115,6 +142,20 @@ impl Models {
 
 /// pixelgen's image for `case`.
 fn draw(models: &mut Models, case: &Case) -> image::RgbImage {
+    let (settings, requests) = inputs(models, case);
+    let mut steps = 0;
+    let mut counter = StepCounter(&mut steps);
+    let image = models
+        .model_with(&case.model, &case.loras)
+        .generate_timed(&settings, &requests, &mut counter)
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name))
+        .remove(0);
+    assert_eq!(steps, case.steps_run, "{}: steps run", case.name);
+    image
+}
+
+/// What pixelgen is given for `case`: its settings and its one request.
+fn inputs(models: &mut Models, case: &Case) -> (Settings, Vec<Request>) {
     let controlnets: Vec<ControlUse> = case
         .controlnets
         .iter()
@@ -159,15 +200,7 @@ fn draw(models: &mut Models, case: &Case) -> image::RgbImage {
         init,
         control_images,
     };
-    let mut steps = 0;
-    let mut counter = StepCounter(&mut steps);
-    let image = models
-        .model(&case.model)
-        .generate_timed(&settings, &[request], &mut counter)
-        .unwrap_or_else(|e| panic!("{}: {e}", case.name))
-        .remove(0);
-    assert_eq!(steps, case.steps_run, "{}: steps run", case.name);
-    image
+    (settings, vec![request])
 }
 
 struct StepCounter<'a>(&'a mut usize);
@@ -188,7 +221,7 @@ fn conditioned_drawing_matches_diffusers() {
     let mut models = Models::default();
     let mut failures = Vec::new();
     let cases = cases();
-    assert!(cases.len() >= 19, "{} cases", cases.len());
+    assert!(cases.len() >= 24, "{} cases", cases.len());
     eprintln!("| case | steps run | mean diff vs diffusers | max |");
     eprintln!("|---|---|---|---|");
     for case in &cases {
@@ -252,51 +285,50 @@ fn what_cannot_work_is_refused_before_drawing() {
     assert!(error.contains("runs no step"), "{error}");
 }
 
-/// Conditioned drawing with LoRAs merged: the img2img, inpainting and ControlNet cases run
-/// on the SD1 model with its kohya LoRA, give the same pixels twice, and differ from the
-/// same cases without the LoRA (so the LoRA reached the drawing). Not compared with
-/// diffusers: the fixtures have no LoRA case for conditioned drawing.
+/// Conditioned drawing is batched like plain drawing: two requests with different init
+/// images, masks, control images and noise drawn in one batch give each request's image
+/// drawn alone (the batch shares the UNet calls, not the pictures).
 #[test]
-fn conditioned_drawing_runs_with_loras() {
-    let family = fixtures::family("sd1");
-    let with_lora = LoadedModel::load(
-        &ModelLocation::Folder(family.join("model")),
-        &[pixelgen_diffusion::LoraFile {
-            path: family.join("lora_kohya.safetensors"),
-            weight: 0.8,
-        }],
-        &Device::Cpu,
-        DType::F32,
-        None,
-    )
-    .unwrap();
-    let mut plain = Models::default();
-    let mut styled = Models::default();
-    styled.models.insert("sd1/model".into(), with_lora);
-    let names = [
-        "img2img_sd1_ddim_s50",
-        "inpaint4_sd1_ddim",
-        "controlnet_sd1_s100",
-    ];
-    let cases: Vec<Case> = cases()
-        .into_iter()
-        .filter(|c| names.contains(&c.name.as_str()))
-        .collect();
-    assert_eq!(cases.len(), names.len());
-    for case in &cases {
-        let without = draw(&mut plain, case);
-        let with = draw(&mut styled, case);
-        assert_eq!(
-            with,
-            draw(&mut styled, case),
-            "{}: deterministic",
-            case.name
-        );
-        let (mean, _) = images::difference(&without, &with);
-        assert!(
-            mean > 1.0,
-            "{}: the LoRA changes the image ({mean}/255)",
-            case.name
-        );
+fn a_batch_of_conditioned_requests_draws_each_as_alone() {
+    let mut models = Models::default();
+    let all = cases();
+    let case = |name: &str| all.iter().find(|c| c.name == name).expect("case");
+    for (first, second) in [
+        ("img2img_sd1_ddim_s50", "img2img_sd1_lora_s60"),
+        ("inpaint4_sd1_ddim", "inpaint4_sd1_lora"),
+        ("controlnet_sd1_s100", "controlnet_sd1_lora"),
+    ] {
+        let (a, b) = (case(first), case(second));
+        let alone = draw(&mut models, a);
+        // The second request: the first case's settings with the second's init image,
+        // noise and prompt, and the control image upside down.
+        let (settings, mut requests) = inputs(&mut models, a);
+        let (_, other) = inputs(&mut models, b);
+        let mut other = other.into_iter().next().expect("a request");
+        for image in &mut other.control_images {
+            image::imageops::flip_vertical_in_place(image);
+        }
+        if let Some(init) = &mut other.init {
+            image::imageops::flip_horizontal_in_place(&mut init.image);
+        }
+        requests.push(other.clone());
+        let model = models.model(&a.model);
+        let batch = model.generate(&settings, &requests).unwrap();
+        let second_alone = model
+            .generate(&settings, std::slice::from_ref(&other))
+            .unwrap()
+            .remove(0);
+        for (drawn, expected, name) in [
+            (&batch[0], &alone, first),
+            (&batch[1], &second_alone, second),
+        ] {
+            let (mean, largest) = images::difference(drawn, expected);
+            assert!(
+                mean < 0.05 && largest <= 2,
+                "{first} batched with {second}: {name}'s image differs from its own drawing by {mean}/255 (largest {largest})"
+            );
+        }
+        let (mean, _) = images::difference(&batch[0], &batch[1]);
+        assert!(mean > 1.0, "{first}: the two requests drew the same image");
     }
 }
