@@ -13,7 +13,7 @@ use super::{
 use crate::generate::{
     Backend, Conditioning, Drawer, Drawn, Frame, GenerateError, GroupInputs, GroupKey, KeyError,
     KeyInputs, KeyParts, Reported, ResolvedLora, Workshop, encode_loras, encode_path, frame_seed,
-    refuse_all, settings,
+    settings,
 };
 use crate::key::{Canonical, InputFile};
 use crate::timings::{Stage, Timings};
@@ -261,40 +261,78 @@ impl ServerSpec {
         conditioning: &Conditioning,
         sprite_size: (u32, u32),
     ) -> Option<settings::Refusal> {
-        let without_init = Conditioning {
-            init: None,
-            ..conditioning.clone()
-        };
-        if let Some(refusal) = refuse_all("Server (ComfyUI)", &without_init) {
-            return Some(refusal);
+        if conditioning.tiling.is_some() {
+            return Some(settings::Refusal::new(
+                "tiling",
+                "uses a ComfyUI server, whose built-in nodes draw no seamless tiles",
+                "not available with this generator",
+                "draw tiles with `generator: Diffusion(...)` or an InvokeAI server (its `seamless` node), or remove `tiling`",
+            ));
         }
-        let init = conditioning.init.as_ref()?;
         let inputs = self.workflow.as_ref().map(|w| &w.inputs)?;
-        let missing = |what: &str, help: &str| {
-            Some(settings::Refusal::new(
-                "init",
+        let missing = |field: &'static str, what: &str, help: &str| {
+            settings::Refusal::new(
+                field,
                 format!("draws with a ComfyUI workflow whose `inputs` name no {what}"),
                 "no such workflow input",
                 help,
-            ))
+            )
         };
+        let controlnets = &conditioning.controlnets;
+        if let Some(unnamed) = controlnets.get(inputs.controlnets.len()) {
+            return Some(
+                missing(
+                    "controlnet",
+                    &format!("nodes for its ControlNet number {}", inputs.controlnets.len() + 1),
+                    "add `controlnets: [(image: \"12\", strength: \"13\", start: \"13\", end: \"13\")]` to the generator's `inputs`, one entry per ControlNet (a LoadImage node for the control image; a ControlNetApplyAdvanced node for the rest)",
+                )
+                .at_literal(&unnamed.model),
+            );
+        }
+        for (spec, nodes) in controlnets.iter().zip(&inputs.controlnets) {
+            let refusal = if spec.scale != 1.0 && nodes.strength.is_none() {
+                missing(
+                    "controlnet",
+                    &format!(
+                        "strength for ControlNet `{}` (scale {})",
+                        spec.model, spec.scale
+                    ),
+                    "add `strength: \"13\"` (a ControlNetApplyAdvanced node) to its entry in `controlnets`, or leave the scale at 1",
+                )
+            } else if (spec.start != 0.0 || spec.end != 1.0)
+                && (nodes.start.is_none() || nodes.end.is_none())
+            {
+                missing(
+                    "controlnet",
+                    &format!("start and end for ControlNet `{}`", spec.model),
+                    "add `start: \"13\", end: \"13\"` (a ControlNetApplyAdvanced node's start_percent and end_percent) to its entry in `controlnets`, or leave start 0 and end 1",
+                )
+            } else {
+                continue;
+            };
+            return Some(refusal.at_literal(&spec.model));
+        }
+        let init = conditioning.init.as_ref()?;
         if inputs.init_image.is_none() {
-            return missing(
+            return Some(missing(
+                "init",
                 "init image",
                 "add `init_image: \"10\"` (a LoadImage node's id) to the generator's `inputs`",
-            );
+            ));
         }
         if init.strength < 1.0 && inputs.strength.is_none() {
-            return missing(
+            return Some(missing(
+                "init",
                 "strength",
                 "add `strength: \"3.denoise\"` (the KSampler's denoise) to the generator's `inputs`",
-            );
+            ));
         }
         if init.mask.is_some() && inputs.mask.is_none() {
-            return missing(
+            return Some(missing(
+                "init",
                 "mask",
                 "add `mask: \"11\"` (a LoadImageMask node with channel `red`; white repaints) to the generator's `inputs`",
-            );
+            ));
         }
         settings::check_init(init, self.steps, self.resolution, sprite_size).err()
     }

@@ -6,9 +6,9 @@
 //!
 //! Invariants:
 //! - The workflow is sent as the user wrote it but for the inputs named in the manifest
-//!   (prompt, negative prompt, seed, size, model and sampler settings when given, and a
-//!   frame's uploaded init image, mask and strength); its bytes are part of the sprites'
-//!   keys ([`identity`]).
+//!   (prompt, negative prompt, seed, size, model and sampler settings when given, a
+//!   frame's uploaded init image, mask and strength, and each ControlNet's uploaded control
+//!   image, scale, start and end); its bytes are part of the sprites' keys ([`identity`]).
 //! - One prompt per frame (ComfyUI has no batch of differing prompts); results are matched
 //!   by prompt id.
 //! - The first image of the finished prompt's outputs (by node id) is the frame, accepted
@@ -113,10 +113,25 @@ impl Workflow {
         })
     }
 
-    /// The workflow with one frame's values set: its prompts and seed, and the names its
-    /// uploaded init image and mask have on the server.
+    /// The workflow with one frame's values set: its prompts and seed, the names its
+    /// uploaded init image, mask and control images have on the server, the strength and
+    /// each ControlNet's scale and window.
     pub fn for_frame(&self, frame: &FrameRequest, uploaded: &FrameUploads) -> Value {
         let mut nodes = self.nodes.clone();
+        let controls = self.inputs.controlnets.iter().zip(&uploaded.controls);
+        for ((inputs, name), spec) in controls.zip(&frame.conditioning.controlnets) {
+            let (node, input) = &inputs.image;
+            nodes[node]["inputs"][input] = json!(name);
+            for (target, value) in [
+                (&inputs.strength, spec.scale),
+                (&inputs.start, spec.start),
+                (&inputs.end, spec.end),
+            ] {
+                if let Some((node, input)) = target {
+                    nodes[node]["inputs"][input] = json!(value);
+                }
+            }
+        }
         if let (Some((node, input)), Some(name)) = (&self.inputs.init_image, &uploaded.init) {
             nodes[node]["inputs"][input] = json!(name);
         }
@@ -138,11 +153,14 @@ impl Workflow {
     }
 }
 
-/// What a frame uploaded: its init image's and mask's names on the server.
+/// What a frame uploaded: its init image's, mask's and control images' names on the
+/// server.
 #[derive(Debug, Default)]
 pub struct FrameUploads {
     pub init: Option<String>,
     pub mask: Option<String>,
+    /// One per ControlNet, in order.
+    pub controls: Vec<String>,
 }
 
 /// One ComfyUI server drawing one workflow.
@@ -166,9 +184,14 @@ impl ComfyUi {
     }
 
     /// One image on the server, uploaded through `/upload/image` the first time (named
-    /// by its content).
-    fn upload(&mut self, file: &ImageFile, mask: Option<MaskWhite>) -> Result<String, HttpError> {
-        let size = Some((self.workflow.draw.width, self.workflow.draw.height));
+    /// by its content); brought to the drawing's size when `drawing_sized`.
+    fn upload(
+        &mut self,
+        file: &ImageFile,
+        mask: Option<MaskWhite>,
+        drawing_sized: bool,
+    ) -> Result<String, HttpError> {
+        let size = drawing_sized.then_some((self.workflow.draw.width, self.workflow.draw.height));
         let client = &self.client;
         self.uploaded
             .name_of(client, file, size, mask, |bytes, file_name| {
@@ -187,18 +210,21 @@ impl ComfyUi {
             })
     }
 
-    /// A frame's init image and mask on the server.
+    /// A frame's init image, mask and control images on the server. A control image goes
+    /// as it is: ComfyUI's ControlNet nodes resize it to the drawing.
     fn uploads(&mut self, frame: &FrameRequest) -> Result<FrameUploads, HttpError> {
-        let Some(init) = &frame.conditioning.init else {
-            return Ok(FrameUploads::default());
-        };
-        Ok(FrameUploads {
-            init: Some(self.upload(&init.image, None)?),
-            mask: match &init.mask {
-                Some(mask) => Some(self.upload(mask, Some(MaskWhite::Repaints))?),
-                None => None,
-            },
-        })
+        let mut uploads = FrameUploads::default();
+        if let Some(init) = &frame.conditioning.init {
+            uploads.init = Some(self.upload(&init.image, None, true)?);
+            if let Some(mask) = &init.mask {
+                uploads.mask = Some(self.upload(mask, Some(MaskWhite::Repaints), true)?);
+            }
+        }
+        for controlnet in &frame.conditioning.controlnets {
+            let name = self.upload(&controlnet.image, None, false)?;
+            uploads.controls.push(name);
+        }
+        Ok(uploads)
     }
 
     fn fetch(&self, entry: &Value) -> Outcome {

@@ -5,8 +5,8 @@
 use serde::Deserialize;
 
 use super::spec::{
-    Endpoint, SERVER_DEFAULT_GUIDANCE, SERVER_DEFAULT_SCHEDULER, SERVER_DEFAULT_STEPS, ServerKind,
-    ServerSpec, WorkflowInputs, WorkflowSpec,
+    ControlNetInputs, Endpoint, SERVER_DEFAULT_GUIDANCE, SERVER_DEFAULT_SCHEDULER,
+    SERVER_DEFAULT_STEPS, ServerKind, ServerSpec, WorkflowInputs, WorkflowSpec,
 };
 use crate::generate::settings::{Refusal, SettingsContext, check_sampling};
 
@@ -37,6 +37,27 @@ pub struct WorkflowNodes {
     /// A `LoadImageMask` node (or `node.input`) that takes a sprite's mask.
     #[serde(default)]
     pub mask: Option<String>,
+    /// The nodes of each ControlNet a sprite may use, in the order of its `controlnet`
+    /// list.
+    #[serde(default)]
+    pub controlnets: Vec<ControlNetNodes>,
+}
+
+/// ComfyUI: the nodes that take one ControlNet's values, as the manifest writes them.
+/// The workflow's own `ControlNetLoader` picks the model on the server.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename = "ControlNet")]
+pub struct ControlNetNodes {
+    /// A `LoadImage` node (or `node.input`) that takes the uploaded control image.
+    pub image: String,
+    /// The input that takes the scale (`ControlNetApplyAdvanced`'s `strength`).
+    #[serde(default)]
+    pub strength: Option<String>,
+    /// The inputs that take `start` and `end` (its `start_percent` and `end_percent`).
+    #[serde(default)]
+    pub start: Option<String>,
+    #[serde(default)]
+    pub end: Option<String>,
 }
 
 /// A `Server(...)` generator's settings as written.
@@ -271,6 +292,24 @@ fn check_workflow(
                 .as_deref()
                 .map(|n| input("mask", n, "image"))
                 .transpose()?,
+            controlnets: inputs
+                .controlnets
+                .iter()
+                .map(|nodes| {
+                    let optional = |written: &Option<String>, role: &str, default: &str| {
+                        written
+                            .as_deref()
+                            .map(|n| input(role, n, default))
+                            .transpose()
+                    };
+                    Ok(ControlNetInputs {
+                        image: input("control image", &nodes.image, "image")?,
+                        strength: optional(&nodes.strength, "ControlNet strength", "strength")?,
+                        start: optional(&nodes.start, "ControlNet start", "start_percent")?,
+                        end: optional(&nodes.end, "ControlNet end", "end_percent")?,
+                    })
+                })
+                .collect::<Result<_, Refusal>>()?,
         },
     })
 }

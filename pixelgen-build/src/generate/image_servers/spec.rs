@@ -79,6 +79,9 @@ impl WorkflowInputs {
                 text.push_str(&format!(" {name}: {input:?}"));
             }
         }
+        if !self.controlnets.is_empty() {
+            text.push_str(&format!(" controlnets: {:?}", self.controlnets));
+        }
         text
     }
 }
@@ -101,6 +104,20 @@ pub struct WorkflowInputs {
     /// The input that takes an uploaded mask's name (a `LoadImageMask`'s `image`; white
     /// repaints, so its channel is `red`).
     pub mask: Option<(String, String)>,
+    /// The inputs of each ControlNet, in the order of a sprite's `controlnet` list.
+    pub controlnets: Vec<ControlNetInputs>,
+}
+
+/// `(node id, input name)` for each value of one ControlNet in a ComfyUI workflow.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ControlNetInputs {
+    /// Takes the uploaded control image's name (a `LoadImage`'s `image`).
+    pub image: (String, String),
+    /// Takes the scale (`ControlNetApplyAdvanced`'s `strength`).
+    pub strength: Option<(String, String)>,
+    /// Take `start` and `end` (its `start_percent` and `end_percent`).
+    pub start: Option<(String, String)>,
+    pub end: Option<(String, String)>,
 }
 
 #[cfg(test)]
@@ -122,6 +139,7 @@ mod tests {
             init_image: None,
             strength: None,
             mask: None,
+            controlnets: Vec::new(),
         };
         assert_eq!(
             inputs.identity_text(),
@@ -130,5 +148,13 @@ mod tests {
         let before = inputs.identity_text();
         inputs.mask = Some(pair("11", "image"));
         assert_ne!(inputs.identity_text(), before);
+        let with_mask = inputs.identity_text();
+        inputs.controlnets.push(ControlNetInputs {
+            image: pair("12", "image"),
+            strength: Some(pair("13", "strength")),
+            start: None,
+            end: None,
+        });
+        assert_ne!(inputs.identity_text(), with_mask);
     }
 }
