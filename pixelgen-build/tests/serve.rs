@@ -151,7 +151,7 @@ fn through_the_server_a_build_writes_the_same_cache_and_lock_file() {
 
 /// Conditioned sprites (an init image with a mask, a ControlNet, a tile) drawn through
 /// the server give the in-process cache bytes and lock file: the server reads the same
-/// images and ControlNet, given absolute paths.
+/// images and ControlNet, given absolute paths, and keeps the ControlNet between requests.
 #[test]
 fn conditioned_sprites_through_the_server_are_the_in_process_ones() {
     let manifest = r#"(sprites: {
@@ -161,6 +161,9 @@ fn conditioned_sprites_through_the_server_are_the_in_process_ones() {
         "posed": (prompt: "knight", seed: 3, size: (16, 16), tiling: X,
             generator: Diffusion(model: "model", steps: 3, guidance: 3.0, scheduler: Euler, resolution: (64, 64)),
             controlnet: [(model: "controlnet", image: "art/pose.png", scale: 0.9, end: 0.7)]),
+        "again": (prompt: "knight", seed: 4, size: (16, 16),
+            generator: Diffusion(model: "model", steps: 3, guidance: 3.0, scheduler: Euler, resolution: (64, 64)),
+            controlnet: [(model: "controlnet", image: "art/pose.png", scale: 0.5)]),
     })"#;
     let server = Running::start(|_| {});
     let (warm_dir, warm) = game(manifest);
@@ -182,9 +185,12 @@ fn conditioned_sprites_through_the_server_are_the_in_process_ones() {
             .unwrap();
     }
     let summary = realize(&warm, Some(server.address()));
-    assert_eq!(summary.generated, 2);
+    assert_eq!(summary.generated, 3);
     assert!(summary.notes.is_empty(), "{:?}", summary.notes);
-    assert_eq!(server.status().requests, 2, "both drawn by the server");
+    let status = server.status();
+    assert_eq!(status.requests, 3, "all drawn by the server");
+    // Two groups use the ControlNet: the server read it once and kept it.
+    assert_eq!(status.controlnet_loads, 1, "{status:?}");
     realize(&cold, None);
     let (warm_files, warm_lock) = outputs(&warm);
     let (cold_files, cold_lock) = outputs(&cold);
@@ -323,6 +329,7 @@ fn impostor(socket: &Path) -> JoinHandle<()> {
                 },
                 pid: 1,
                 loads: 0,
+                controlnet_loads: 0,
                 requests: 0,
                 models: Vec::new(),
                 batch: Some(1),

@@ -21,7 +21,7 @@ pub use pixelgen_diffusion::{
 use super::DiffusionSpec;
 use crate::environment::{DeviceRequest, Environment};
 use crate::generate::batched::Generator;
-use crate::generate::conditioning::{Conditioning, ImageFile};
+use crate::generate::conditioning::{Conditioning, ControlNetSpec, ImageFile};
 use crate::generate::{Frame, GenerateError, ResolvedLora, frame_seed};
 use crate::identity::SpriteName;
 use crate::timings::Timings;
@@ -98,16 +98,23 @@ pub(crate) fn conditioned(
     conditioning: &Conditioning,
     model: &LoadedModel,
 ) -> Result<Settings, DiffusionError> {
+    conditioned_with(settings, conditioning, |spec| {
+        ControlNet::load(&spec.resolved, model.device(), model.dtype()).map(std::sync::Arc::new)
+    })
+}
+
+/// [`conditioned`] with the ControlNets from `controlnet` (the warm server keeps them).
+pub(crate) fn conditioned_with(
+    settings: Settings,
+    conditioning: &Conditioning,
+    mut controlnet: impl FnMut(&ControlNetSpec) -> Result<std::sync::Arc<ControlNet>, DiffusionError>,
+) -> Result<Settings, DiffusionError> {
     let controlnets = conditioning
         .controlnets
         .iter()
         .map(|c| {
             Ok(ControlUse {
-                model: std::sync::Arc::new(ControlNet::load(
-                    &c.resolved,
-                    model.device(),
-                    model.dtype(),
-                )?),
+                model: controlnet(c)?,
                 scale: c.scale,
                 start: c.start,
                 end: c.end,

@@ -31,10 +31,10 @@ use super::protocol::{
 };
 use crate::generate::DeviceRequest;
 use crate::generate::diffusion::Scheduler;
-use crate::generate::diffusion::local::{conditioned, frame_images};
+use crate::generate::diffusion::local::{conditioned_with, frame_images};
 use crate::generate::diffusion::{
-    DeviceLock, DiffusionError, LoadedModel, LoraFile, ModelLocation, Request as SampleRequest,
-    batch_for, request_for, select_device_for, settings_for,
+    ControlNet, DeviceLock, DiffusionError, LoadedModel, LoraFile, ModelLocation,
+    Request as SampleRequest, batch_for, request_for, select_device_for, settings_for,
 };
 use crate::timings::{Stage, Timings};
 
@@ -121,6 +121,31 @@ struct ModelKey {
 struct Held {
     key: ModelKey,
     model: LoadedModel,
+    /// ControlNets loaded for this model (its device and dtype), kept while it is held.
+    controlnets: Vec<HeldControlNet>,
+}
+
+/// A loaded ControlNet and what its folder held when it was read: a folder whose files
+/// changed (size or modification time) is read again.
+struct HeldControlNet {
+    path: PathBuf,
+    files: Vec<(std::ffi::OsString, u64, std::time::SystemTime)>,
+    controlnet: Arc<ControlNet>,
+}
+
+/// The files in `dir` with their sizes and modification times, by name; `None` when the
+/// folder cannot be listed (then nothing is kept and the load reports why).
+fn folder_files(dir: &Path) -> Option<Vec<(std::ffi::OsString, u64, std::time::SystemTime)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).ok()? {
+        let entry = entry.ok()?;
+        let meta = entry.metadata().ok()?;
+        if meta.is_file() {
+            files.push((entry.file_name(), meta.len(), meta.modified().ok()?));
+        }
+    }
+    files.sort();
+    Some(files)
 }
 
 /// A bound server; [`Server::run`] serves until [`Server::stop_flag`] is set.
@@ -137,6 +162,7 @@ pub struct Server {
     /// compiled) is made once and reused.
     devices: Vec<((String, Option<String>), Device, DType)>,
     loads: u64,
+    controlnet_loads: u64,
     requests: u64,
     last_timings: Timings,
     last_request: Instant,
@@ -235,6 +261,7 @@ impl Server {
             device_lock: None,
             devices: Vec::new(),
             loads: 0,
+            controlnet_loads: 0,
             requests: 0,
             last_timings: Timings::new(),
             last_request: Instant::now(),
@@ -370,6 +397,7 @@ impl Server {
                     versions: Versions::ours(),
                     pid: std::process::id(),
                     loads: self.loads,
+                    controlnet_loads: self.controlnet_loads,
                     requests: self.requests,
                     models: self.models.iter().map(|h| describe(&h.key)).collect(),
                     batch,
@@ -468,11 +496,17 @@ impl Server {
                     took.as_secs_f64()
                 ));
                 timings.add(Stage::Load, took);
-                self.models.push(Held { key, model });
+                self.models.push(Held {
+                    key,
+                    model,
+                    controlnets: Vec::new(),
+                });
                 self.models.len() - 1
             }
         };
-        let model = &self.models[held].model;
+        let Held {
+            model, controlnets, ..
+        } = &mut self.models[held];
         let settings = settings_for(
             model,
             request.resolution,
@@ -481,9 +515,41 @@ impl Server {
             scheduler,
         )
         .map_err(|e| server(e.to_string()))?;
-        let settings = conditioned(settings, &request.conditioning, model)
-            .and_then(|settings| model.check(&settings).map(|()| settings))
-            .map_err(|e| server(e.to_string()))?;
+        let log = &mut self.log;
+        let controlnet_loads = &mut self.controlnet_loads;
+        let settings = conditioned_with(settings, &request.conditioning, |spec| {
+            let files = folder_files(&spec.resolved);
+            if let Some(held) = controlnets
+                .iter()
+                .find(|h| h.path == spec.resolved && Some(&h.files) == files.as_ref())
+            {
+                return Ok(held.controlnet.clone());
+            }
+            let started = Instant::now();
+            let controlnet = Arc::new(ControlNet::load(
+                &spec.resolved,
+                model.device(),
+                model.dtype(),
+            )?);
+            *controlnet_loads += 1;
+            log(&format!(
+                "loaded ControlNet {} in {:.2} s",
+                spec.resolved.display(),
+                started.elapsed().as_secs_f64()
+            ));
+            controlnets.retain(|h| h.path != spec.resolved);
+            if let Some(files) = files {
+                controlnets.push(HeldControlNet {
+                    path: spec.resolved.clone(),
+                    files,
+                    controlnet: controlnet.clone(),
+                });
+            }
+            Ok(controlnet)
+        })
+        .and_then(|settings| model.check(&settings).map(|()| settings))
+        .map_err(|e| server(e.to_string()))?;
+        let model = &*model;
         let size = (settings.width as u32, settings.height as u32);
         let batch = batch_for(&device, request.device.batch);
         for (chunk_index, chunk) in request.jobs.chunks(batch).enumerate() {

@@ -162,6 +162,10 @@ pub struct StatusReply {
     pub pid: u32,
     /// Models loaded since the server started (a warm request loads none).
     pub loads: u64,
+    /// ControlNets loaded since the server started (each is kept with the model it was
+    /// loaded for, and read again when its folder's files change).
+    #[serde(default)]
+    pub controlnet_loads: u64,
     /// Generate requests served.
     pub requests: u64,
     /// The models held now, least recently used first.
