@@ -17,46 +17,13 @@
 //! everywhere (its mask is all ones), so rows with and without masks share a batch.
 
 use candle_core::{DType, Tensor};
-use image::{DynamicImage, GrayImage, RgbImage};
+use image::{GrayImage, RgbImage};
 
 use super::DiffusionError;
 use super::compute;
 use super::model::LoadedModel;
-use super::sample::{Request, Settings};
+use super::request::{Request, Settings};
 use super::scheduler::Sampler;
-
-/// The image a drawing starts from, and optionally which part of it to repaint.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InitImage {
-    /// The picture, as large as the drawing.
-    pub image: RgbImage,
-    /// White (≥ 50 % grey) where the drawing repaints; as large as the drawing.
-    pub mask: Option<GrayImage>,
-}
-
-impl InitImage {
-    /// From decoded files, as diffusers' image processors take PIL images: the image as
-    /// RGB (alpha dropped, like `convert("RGB")`), the mask as grey by PIL's `convert("L")`
-    /// (ITU-R 601-2 luma in its fixed-point form), so a coloured mask binarises the same.
-    pub fn from_images(image: &DynamicImage, mask: Option<&DynamicImage>) -> Self {
-        Self {
-            image: image.to_rgb8(),
-            mask: mask.map(pil_luma),
-        }
-    }
-}
-
-/// PIL's `convert("L")`: `(R·19595 + G·38470 + B·7471 + 2¹⁵) >> 16`.
-fn pil_luma(image: &DynamicImage) -> GrayImage {
-    if let DynamicImage::ImageLuma8(grey) = image {
-        return grey.clone();
-    }
-    let rgb = image.to_rgb8();
-    GrayImage::from_fn(rgb.width(), rgb.height(), |x, y| {
-        let [r, g, b] = rgb.get_pixel(x, y).0.map(u32::from);
-        image::Luma([((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as u8])
-    })
-}
 
 /// How a batch begins: at which sampler step, from which latents, and what each step
 /// adds for inpainting.
@@ -388,16 +355,6 @@ mod tests {
         assert_eq!(full[0], 1.0);
         assert_eq!(full[8], 0.0);
         assert_eq!(on_latent_grid(&full, 16, 8, (1, 2)), vec![1.0, 0.0]);
-    }
-
-    #[test]
-    fn a_coloured_mask_turns_grey_as_pil_does() {
-        let rgb = RgbImage::from_fn(3, 1, |x, _| {
-            image::Rgb([[255, 0, 0], [0, 255, 0], [10, 20, 250]][x as usize])
-        });
-        let grey = pil_luma(&DynamicImage::ImageRgb8(rgb));
-        // Pillow 13: Image.new("RGB", …).convert("L") gives 76, 150 and 43 for these.
-        assert_eq!(grey.as_raw(), &vec![76, 150, 43]);
     }
 
     #[test]

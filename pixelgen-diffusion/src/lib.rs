@@ -4,11 +4,13 @@
 //!
 //! Data flows: [`files::locate`] finds the files → [`model::LoadedModel::load`] reads the
 //! configs and safetensors (a single file goes through [`ldm`]), merges LoRAs ([`lora`])
-//! and builds [`clip`], [`unet`] and the [`vae`] decoder → [`sample`] encodes prompts
-//! ([`tokenizer`]), denoises from [`noise`] with a [`scheduler`] and decodes.
+//! and builds [`clip`], [`unet`] and the [`vae`] decoder → [`sample`] takes a [`request`],
+//! encodes prompts ([`tokenizer`]), starts from [`noise`] or, for img2img and inpainting,
+//! an image ([`condition`]), denoises with a [`scheduler`] (guided by any [`controlnet`])
+//! and decodes.
 //!
 //! API boundary: this crate knows models, not sprites. `pixelgen-build` turns a sprite's
-//! manifest entry into a [`sample::Settings`] and [`sample::Request`]s, reads the
+//! manifest entry into a [`request::Settings`] and [`request::Request`]s, reads the
 //! environment and passes in what it says (device, lock folder, hub cache), and keeps
 //! keys, cache and pixelizing to itself. Nothing here reads environment variables.
 //!
@@ -40,6 +42,8 @@ pub mod model;
 #[cfg(feature = "backend")]
 pub mod noise;
 #[cfg(feature = "backend")]
+pub mod request;
+#[cfg(feature = "backend")]
 pub mod resample;
 #[cfg(feature = "backend")]
 pub mod sample;
@@ -65,8 +69,6 @@ mod device;
 #[cfg(feature = "backend")]
 pub use candle_core;
 #[cfg(feature = "backend")]
-pub use condition::InitImage;
-#[cfg(feature = "backend")]
 pub use controlnet::{ControlNet, ControlUse, prepare_control_image};
 #[cfg(feature = "backend")]
 pub use device::{DeviceLock, batch_for, select_device};
@@ -74,7 +76,9 @@ pub use files::{LocateError, ModelLocation, locate};
 #[cfg(feature = "backend")]
 pub use model::{LoadedModel, LoraFile, TrainingBase};
 #[cfg(feature = "backend")]
-pub use sample::{Noise, Phase, PhaseTimes, Request, Settings, request_for, settings_for};
+pub use request::{InitImage, Noise, Request, Settings};
+#[cfg(feature = "backend")]
+pub use sample::{Phase, PhaseTimes, request_for, settings_for};
 
 use std::path::PathBuf;
 

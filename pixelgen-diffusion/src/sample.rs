@@ -8,15 +8,14 @@ use std::time::Instant;
 use candle_core::{D, DType, Tensor};
 use image::RgbImage;
 
-use super::condition::InitImage;
-use super::controlnet::{ControlUse, control_values};
+use super::controlnet::control_values;
 use super::model::LoadedModel;
 use super::noise::{self, Stream};
+use super::request::{Noise, Request, Settings};
 use super::scheduler::Sampler;
 use super::unet::AddedConditioning;
 use super::unet::{ControlResiduals, Guides};
 use super::{DiffusionError, Tiling, compute};
-use crate::Scheduler;
 
 /// A part of sampling whose time [`LoadedModel::generate_timed`] reports. Each ends by
 /// waiting for the device, so a GPU's queued work counts in the phase that queued it.
@@ -37,141 +36,6 @@ pub trait PhaseTimes {
 
 impl PhaseTimes for () {
     fn record(&mut self, _: Phase, _: std::time::Duration) {}
-}
-
-/// Settings shared by every image of one batch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Settings {
-    pub width: usize,
-    pub height: usize,
-    pub steps: usize,
-    pub guidance: f64,
-    pub scheduler: Scheduler,
-    /// img2img's strength in (0, 1]: the sampler runs the last `int(steps × strength)`
-    /// steps from the init images noised to that level. 1 for text to image.
-    pub strength: f64,
-    /// The axes the drawing wraps on, if any.
-    pub tiling: Option<Tiling>,
-    /// The ControlNets guiding the drawing, in order; each request gives one control
-    /// image per ControlNet.
-    pub controlnets: Vec<ControlUse>,
-}
-
-impl Settings {
-    /// The first of `sampler`'s steps this drawing runs (img2img keeps the last
-    /// `int(steps × strength)`); an error when that is none.
-    pub(crate) fn first_step(&self, sampler: &Sampler) -> Result<usize, DiffusionError> {
-        sampler.first_step(self.strength).ok_or_else(|| {
-            DiffusionError::Request(format!(
-                "strength {} of {} steps runs no step (int(steps × strength) is 0): raise the strength or the steps",
-                self.strength, self.steps
-            ))
-        })
-    }
-
-    /// Text-to-image settings: strength 1, no tiling.
-    pub fn new(
-        width: usize,
-        height: usize,
-        steps: usize,
-        guidance: f64,
-        scheduler: Scheduler,
-    ) -> Self {
-        Self {
-            width,
-            height,
-            steps,
-            guidance,
-            scheduler,
-            strength: 1.0,
-            tiling: None,
-            controlnets: Vec::new(),
-        }
-    }
-}
-
-/// Where an image's noise comes from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Noise {
-    /// pixelgen's seeded generator: initial latents and every ancestral step.
-    Seed(u64),
-    /// Given initial latents (unit variance, `channels × h × w` values), and optionally
-    /// the noise of each ancestral step; missing step noise comes from `seed`.
-    Given {
-        latents: Vec<f32>,
-        steps: Option<Vec<Vec<f32>>>,
-        seed: u64,
-    },
-}
-
-impl Noise {
-    /// Reads `--init-latents FILE`: a safetensors file whose tensor `latents`
-    /// (1 × channels × h × w) is the initial noise, and whose optional tensor `noise`
-    /// (steps × 1 × channels × h × w) is each ancestral step's noise. Ancestral steps
-    /// without given noise draw it from `seed`.
-    pub fn from_file(path: &std::path::Path, seed: u64) -> Result<Self, DiffusionError> {
-        let invalid = |message: String| DiffusionError::Invalid {
-            path: path.to_path_buf(),
-            message,
-        };
-        let tensors = super::model::read_safetensors(path)?;
-        let latents = tensors.get("latents").ok_or_else(|| {
-            invalid("no tensor named `latents` (1 × channels × height/8 × width/8, f32)".into())
-        })?;
-        let dims = latents.dims();
-        if dims.len() != 4 || dims[0] != 1 {
-            return Err(invalid(format!(
-                "`latents` has shape {dims:?}; expected 1 × channels × h × w"
-            )));
-        }
-        let values = |t: &Tensor| -> Result<Vec<f32>, DiffusionError> {
-            t.to_dtype(DType::F32)
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| invalid(e.to_string()))
-        };
-        let steps = match tensors.get("noise") {
-            None => None,
-            Some(noise) => {
-                let steps = noise.dim(0).map_err(|e| invalid(e.to_string()))?;
-                if noise.elem_count() != steps * latents.elem_count() {
-                    return Err(invalid(format!(
-                        "`noise` has shape {:?}; expected steps × {:?}",
-                        noise.dims(),
-                        dims
-                    )));
-                }
-                Some(
-                    (0..steps)
-                        .map(|i| {
-                            noise
-                                .get(i)
-                                .map_err(|e| invalid(e.to_string()))
-                                .and_then(|t| values(&t))
-                        })
-                        .collect::<Result<Vec<_>, _>>()?,
-                )
-            }
-        };
-        Ok(Noise::Given {
-            latents: values(latents)?,
-            steps,
-            seed,
-        })
-    }
-}
-
-/// One image to draw.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Request {
-    pub prompt: String,
-    /// `None` differs from `Some("")` only for SDXL models, which then condition on zeros.
-    pub negative_prompt: Option<String>,
-    pub noise: Noise,
-    /// The image to draw from (img2img, inpainting), if any.
-    pub init: Option<InitImage>,
-    /// One control image per ControlNet of the settings, as large as the drawing.
-    pub control_images: Vec<RgbImage>,
 }
 
 /// What the UNet is conditioned on, for the whole (guidance-doubled) batch.
