@@ -177,7 +177,8 @@ fn a_controlnet_for_another_family_is_refused() {
 }
 
 /// Procedural sprites draw tiles but follow no image; an InvokeAI server draws all of
-/// it; a ComfyUI workflow takes an init image only through named inputs, and no tiling.
+/// it; a ComfyUI workflow takes an init image and ControlNets only through named inputs,
+/// and no tiling.
 #[test]
 fn generators_that_cannot_draw_it_are_refused_at_the_field() {
     let dir = game();
@@ -204,7 +205,7 @@ fn generators_that_cannot_draw_it_are_refused_at_the_field() {
         "(defaults: (tiling: XY),\n sprites: {{\n \"a\": (prompt: \"b\", generator: {comfyui}) }})"
     );
     let (message, position) = parse_in(&dir, &text).unwrap_err();
-    assert!(message.contains("cannot draw seamless tiles"), "{message}");
+    assert!(message.contains("draw no seamless tiles"), "{message}");
     // Written in `defaults`: the error points there.
     assert!(points_at(&text, position, "XY"), "{position:?}: {message}");
     let text = format!(
@@ -215,5 +216,35 @@ fn generators_that_cannot_draw_it_are_refused_at_the_field() {
     assert!(
         points_at(&text, position, "(image"),
         "{position:?}: {message}"
+    );
+    // A ControlNet needs its entry in `controlnets`; a scale other than 1 its strength.
+    let posed = |inputs: &str, scale: f64| {
+        format!(
+            "(sprites: {{\n \"a\": (prompt: \"b\", controlnet: [(model: \"{}\", image: \"art/sketch.png\", scale: {scale})], generator: {}) }})",
+            controlnet("sd1-controlnet"),
+            comfyui.replace("size: \"1\")", &format!("size: \"1\"{inputs})"))
+        )
+    };
+    let text = posed("", 1.0);
+    let (message, position) = parse_in(&dir, &text).unwrap_err();
+    assert!(
+        message.contains("name no nodes for its ControlNet number 1"),
+        "{message}"
+    );
+    assert!(points_at(&text, position, "\"/"), "{position:?}: {message}");
+    let named = ", controlnets: [(image: \"1.color\")]";
+    parse_in(&dir, &posed(named, 1.0)).unwrap();
+    let (message, _) = parse_in(&dir, &posed(named, 0.5)).unwrap_err();
+    assert!(
+        message.contains("name no strength for ControlNet"),
+        "{message}"
+    );
+    let strength = ", controlnets: [(image: \"1.color\", strength: \"1.batch_size\")]";
+    parse_in(&dir, &posed(strength, 0.5)).unwrap();
+    // Inputs the workflow does not have are refused when it is read.
+    let (message, _) = parse_in(&dir, &posed(", controlnets: [(image: \"7\")]", 1.0)).unwrap_err();
+    assert!(
+        message.contains("no node `7` for the control image"),
+        "{message}"
     );
 }
