@@ -8,6 +8,9 @@ one's peak memory is its own:
     diffusers_peer.py prepare DIR           makes DIR/model (SD1.5 architecture, random
                                             weights) and DIR/inputs.safetensors, once
     diffusers_peer.py bench DIR --out JSON  times a UNet step and a whole image on the CPU
+    diffusers_peer.py prepare-modes DIR     makes DIR/modes: the init image, mask, control
+                                            image and an SD1.5-size ControlNet, once
+    diffusers_peer.py modes DIR --out JSON  times img2img, inpainting, ControlNet and tiling
 
 `prepare` is seeded and cached: it does nothing when DIR/model is complete, so both sides
 always see the same weights. Everything runs offline: the configs below are SD1.5's
@@ -126,6 +129,11 @@ STEPS = 4
 GUIDANCE = 7.5
 SIZE = 512
 TIMESTEP = 500
+
+# The conditioned modes (`modes`); diffusion.rs's `modes` module has the same constants.
+MODES_VERSION = 1
+IMG2IMG_STRENGTH = 0.5
+CONTROL_SCALE = 1.0
 
 
 def emit(obj):
@@ -327,6 +335,166 @@ def bench(root, out, threads, runs, image_runs):
     emit(result)
 
 
+# ---------------------------------------------------------------------------------------
+# prepare-modes and modes: the conditioned drawing, each mode on the same model.
+# ---------------------------------------------------------------------------------------
+def prepare_modes(root):
+    """DIR/modes: init.png (a scene of flat shapes), mask.png (white repaints a rectangle),
+    control.png (a stick figure) and controlnet/ (ControlNetModel.from_unet of DIR/model's
+    UNet, every weight re-randomised, the zero convolutions included, so the ControlNet's
+    residuals are as large as a trained one's)."""
+    import numpy as np
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from PIL import Image, ImageDraw
+
+    folder = root / "modes"
+    stamp_path = folder / "stamp.json"
+    stamp = {"version": MODES_VERSION, "model": MODEL_VERSION, "seed": SEED}
+    if stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
+        emit({"prepared": False, "reason": "cached"})
+        return
+    start = time.perf_counter()
+    shutil.rmtree(folder, ignore_errors=True)
+    building = root / "modes.partial"
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    scene = np.zeros((SIZE, SIZE, 3), np.uint8)
+    scene[:] = (38, 56, 112)
+    scene[SIZE - 96:] = (64, 150, 70)
+    scene[(y - 240) ** 2 + (x - 160) ** 2 <= 96 ** 2] = (228, 52, 44)
+    scene[96:240, 304:448] = (242, 200, 40)
+    scene[np.abs(x - 376) + np.abs(y - 336) <= 64] = (150, 60, 200)
+    Image.fromarray(scene, "RGB").save(building / "init.png")
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[152:360, 280:472] = 255
+    Image.fromarray(mask, "L").save(building / "mask.png")
+    control = Image.new("RGB", (SIZE, SIZE), (0, 0, 0))
+    draw = ImageDraw.Draw(control)
+    s = SIZE / 64
+    P = lambda px, py: (round(px * s), round(py * s))  # noqa: E731
+    white = (255, 255, 255)
+    draw.ellipse([P(25, 5), P(39, 19)], outline=white, width=8)
+    draw.line([P(32, 19), P(32, 40)], fill=white, width=8)
+    draw.line([P(16, 22), P(32, 27), P(48, 20)], fill=white, width=8)
+    draw.line([P(20, 58), P(32, 40), P(45, 57)], fill=white, width=8)
+    control.save(building / "control.png")
+
+    unet = UNet2DConditionModel.from_pretrained(root / "model" / "unet", dtype=torch.float32)
+    controlnet = ControlNetModel.from_unet(unet)
+    del unet
+    randomize_(controlnet, "controlnet")
+    controlnet.half().save_pretrained(building / "controlnet", safe_serialization=True)
+    del controlnet
+    write_json(building / "stamp.json", stamp)
+    building.rename(folder)
+    emit({"prepared": True, "seconds": time.perf_counter() - start})
+
+
+def bench_modes(root, out, threads, image_runs):
+    """Each conditioned mode as a user runs it in diffusers, from the same initial latents
+    as `bench`'s whole image: img2img at IMG2IMG_STRENGTH, inpainting with the (4-channel)
+    model and the mask at strength 1, one ControlNet at CONTROL_SCALE, and tiling on both
+    axes (every padded Conv2d of the UNet and VAE decoder switched to circular padding, as
+    diffusers#556 does it). As in pixelgen, an init image is encoded to its latent
+    distribution's mean (retrieve_latents patched to "argmax") and the noise added to it is
+    the given latents (randn_tensor patched), so the images can be compared."""
+    import torch
+
+    torch.set_num_threads(threads)
+    import diffusers
+    import diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img as img2img_module
+    import diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint as inpaint_module
+    import transformers
+    from diffusers import (
+        ControlNetModel,
+        EulerDiscreteScheduler,
+        StableDiffusionControlNetPipeline,
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionInpaintPipeline,
+        StableDiffusionPipeline,
+    )
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    folder = root / "modes"
+    latents = load_file(str(root / "inputs.safetensors"))["latents"]
+    init = Image.open(folder / "init.png").convert("RGB")
+    mask = Image.open(folder / "mask.png").convert("L")
+    control = Image.open(folder / "control.png").convert("RGB")
+
+    text_to_image = StableDiffusionPipeline.from_pretrained(root / "model", dtype=torch.float32, safety_checker=None)
+    controlnet = ControlNetModel.from_pretrained(folder / "controlnet", dtype=torch.float32)
+    pipes = {
+        "txt2img": text_to_image,
+        "img2img": StableDiffusionImg2ImgPipeline.from_pipe(text_to_image),
+        "inpaint": StableDiffusionInpaintPipeline.from_pipe(text_to_image),
+        "controlnet": StableDiffusionControlNetPipeline.from_pipe(text_to_image, controlnet=controlnet),
+    }
+    for pipe in pipes.values():
+        pipe.scheduler = EulerDiscreteScheduler.from_config(text_to_image.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+
+    def mean_latents(encoder_output, generator=None, sample_mode="sample"):
+        return encoder_output.latent_dist.mode()
+
+    def given_noise(shape, generator=None, device=None, dtype=None, layout=None):
+        assert tuple(shape) == tuple(latents.shape), (shape, latents.shape)
+        return latents.clone().to(dtype=dtype)
+
+    for module in (img2img_module, inpaint_module):
+        module.retrieve_latents = mean_latents
+        module.randn_tensor = given_noise
+
+    common = dict(prompt=PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE, output_type="pil")
+    runs = {
+        # First: the base the others are compared with, in the same process.
+        "txt2img": ("txt2img", dict(height=SIZE, width=SIZE, latents=latents.clone())),
+        "img2img": ("img2img", dict(image=init, strength=IMG2IMG_STRENGTH)),
+        "inpaint": ("inpaint", dict(image=init, mask_image=mask, strength=1.0, height=SIZE, width=SIZE,
+                                    latents=latents.clone())),
+        "controlnet": ("controlnet", dict(image=control, controlnet_conditioning_scale=CONTROL_SCALE,
+                                          height=SIZE, width=SIZE, latents=latents.clone())),
+        "tiling": ("txt2img", dict(height=SIZE, width=SIZE, latents=latents.clone())),
+    }
+    result = {"threads": torch.get_num_threads(), "modes": {}}
+    # One untimed step first: the process's first call pays for allocations and kernel
+    # selection (pixelgen's modes run in a process that has drawn already).
+    with torch.inference_mode():
+        text_to_image(**dict(common, num_inference_steps=1), height=SIZE, width=SIZE, latents=latents.clone())
+    for mode, (pipe_name, arguments) in runs.items():
+        pipe = pipes[pipe_name]
+        circular = []
+        if mode == "tiling":
+            for module in [pipe.unet, pipe.vae.decoder, pipe.vae.post_quant_conv]:
+                for conv in module.modules():
+                    if isinstance(conv, torch.nn.Conv2d) and conv.padding != (0, 0):
+                        conv.padding_mode = "circular"
+                        circular.append(conv)
+        steps = []
+        hook = pipe.unet.register_forward_pre_hook(lambda *_: steps.append(1))
+        samples = []
+        for _ in range(image_runs):
+            steps.clear()
+            start = time.perf_counter()
+            with torch.inference_mode():
+                image = pipe(**common, **arguments).images[0]
+            samples.append(time.perf_counter() - start)
+        hook.remove()
+        for conv in circular:
+            conv.padding_mode = "zeros"
+        image.save(out.parent / f"diffusers_{mode}.png")
+        result["modes"][mode] = {"seconds": samples, "unet_calls": len(steps)}
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    write_json(out, result)
+    emit(result)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -339,12 +507,24 @@ def main():
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--runs", type=int, default=3)
     b.add_argument("--image-runs", type=int, default=2)
+    pm = sub.add_parser("prepare-modes")
+    pm.add_argument("dir", type=Path)
+    m = sub.add_parser("modes")
+    m.add_argument("dir", type=Path)
+    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--threads", type=int, default=2)
+    m.add_argument("--image-runs", type=int, default=1)
     args = parser.parse_args()
     if args.command == "check":
         check()
     elif args.command == "prepare":
         args.dir.mkdir(parents=True, exist_ok=True)
         prepare(args.dir)
+    elif args.command == "prepare-modes":
+        prepare_modes(args.dir)
+    elif args.command == "modes":
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        bench_modes(args.dir, args.out, args.threads, args.image_runs)
     else:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         bench(args.dir, args.out, args.threads, args.runs, args.image_runs)

@@ -13,6 +13,11 @@
 //! - Both sides use the same number of threads: candle's default (one per core), passed
 //!   to `torch.set_num_threads`.
 //!
+//! - The conditioned modes (`common/modes.rs`), each a whole image from the same latents:
+//!   img2img at strength 0.5, inpainting with a mask, one SD1.5-size ControlNet, tiling on
+//!   both axes; a second table gives their times, steps run, cost against text to image and
+//!   parity with diffusers. `PIXELGEN_BENCH_MODES=0` leaves them out.
+//!
 //! Environment: `PIXELGEN_BENCH_PYTHON` (default `/work/venv/bin/python`, with torch,
 //! diffusers, transformers and safetensors), `PIXELGEN_BENCH_RUNS` (timed UNet steps after
 //! one warm-up, default 3), `PIXELGEN_BENCH_IMAGE_RUNS` (whole images, default 1),
@@ -37,6 +42,10 @@ use serde_json::Value;
 // The SD1.5-architecture fallback model, shared with pixelgen-cli's `serve` bench.
 #[path = "common/sd15.rs"]
 mod sd15;
+
+// img2img, inpainting, ControlNet and tiling, each beside diffusers.
+#[path = "common/modes.rs"]
+mod modes;
 
 // What both sides compute; `diffusers_peer.py` has the same constants.
 const PROMPT: &str = "pixel art knight";
@@ -219,7 +228,7 @@ fn measure_pixelgen(
     runs: usize,
     image_runs: usize,
     run_dir: &Path,
-) -> (Measured, Tensor) {
+) -> (Measured, Tensor, LoadedModel) {
     let start = Instant::now();
     let model = LoadedModel::load(
         &ModelLocation::Folder(model_dir.to_path_buf()),
@@ -277,7 +286,7 @@ fn measure_pixelgen(
         images,
         peak_rss: peak_rss(),
     };
-    (measured, output.expect("at least one UNet step"))
+    (measured, output.expect("at least one UNet step"), model)
 }
 
 fn measured_from_peer(result: &Value) -> Option<Measured> {
@@ -358,6 +367,91 @@ fn image_stats(path: &Path) -> Result<(f64, f64), String> {
     Ok((mean, variance.sqrt()))
 }
 
+/// The second table: each conditioned mode's time beside diffusers', against text to image
+/// on the same side, with the steps each ran and the two images' difference.
+fn print_modes(
+    ours: &Measured,
+    theirs: Option<&Measured>,
+    our_modes: &Result<Vec<modes::ModeRun>, String>,
+    their_modes: &Result<Value, String>,
+    run_dir: &Path,
+) {
+    let our_runs = match our_modes {
+        Ok(runs) => runs,
+        Err(reason) => {
+            println!("- conditioned modes: skipped: {reason}");
+            return;
+        }
+    };
+    let our_base = min(&ours.images);
+    // diffusers' own text-to-image run in its modes process, else its `bench` run's.
+    let their_base = their_modes
+        .as_ref()
+        .ok()
+        .and_then(|r| {
+            r.get("modes")?
+                .get("txt2img")?
+                .get("seconds")?
+                .as_array()
+                .cloned()
+        })
+        .map(|v| v.iter().filter_map(Value::as_f64).collect::<Vec<_>>())
+        .filter(|v| !v.is_empty())
+        .map(|v| min(&v))
+        .or(theirs.map(|m| min(&m.images)));
+    println!();
+    println!(
+        "| conditioned, 512×512, {STEPS} Euler steps, guidance {GUIDANCE} | UNet calls (pixelgen / diffusers) | pixelgen | × its txt2img | diffusers | × its txt2img | pixelgen / diffusers | images differ by (mean, largest) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let their_runs = their_modes.as_ref().ok();
+    let dash = || "—".to_string();
+    for run in our_runs {
+        let their = their_runs.and_then(|r| r.get("modes")?.get(run.mode));
+        let their_seconds = their
+            .and_then(|t| t.get("seconds")?.as_array().cloned())
+            .map(|v| v.iter().filter_map(Value::as_f64).collect::<Vec<_>>())
+            .filter(|v| !v.is_empty())
+            .map(|v| min(&v));
+        let their_calls = their.and_then(|t| t.get("unet_calls")?.as_u64());
+        // diffusers calls the UNet once per step (the guidance batch is one call).
+        let calls = match their_calls {
+            Some(c) => format!("{} / {c}", run.steps),
+            None => format!("{} / —", run.steps),
+        };
+        let parity = match image_difference(
+            &run.image,
+            &run_dir.join(format!("diffusers_{}.png", run.mode)),
+        ) {
+            Ok((mean, largest)) if their_seconds.is_some() => {
+                format!("{mean:.3}/255, {largest}/255")
+            }
+            _ => dash(),
+        };
+        println!(
+            "| {} | {calls} | {:.2} s | {:.2} | {} | {} | {} | {parity} |",
+            modes::label(run.mode),
+            run.seconds,
+            run.seconds / our_base,
+            their_seconds.map_or_else(dash, |s| format!("{s:.2} s")),
+            their_seconds
+                .zip(their_base)
+                .map_or_else(dash, |(s, b)| format!("{:.2}", s / b)),
+            their_seconds.map_or_else(dash, |s| format!("{:.2}", run.seconds / s)),
+        );
+    }
+    match their_modes {
+        Ok(result) => println!(
+            "- conditioned modes: one run each unless PIXELGEN_BENCH_IMAGE_RUNS says more; \"× its txt2img\" divides by pixelgen's whole image above and by diffusers' text-to-image run in its modes process (run first, same latents); diffusers' peak RSS in its modes run {}",
+            result
+                .get("peak_rss_bytes")
+                .and_then(Value::as_u64)
+                .map_or_else(dash, |b| gib(b as f64))
+        ),
+        Err(reason) => println!("- conditioned modes, diffusers: skipped: {reason}"),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 
 fn main() {
@@ -390,6 +484,9 @@ fn main() {
     let peer_versions = peer.run(&["check"]).and_then(|versions| {
         eprintln!("bench: preparing the model in {} (once)", root.display());
         peer.run(&["prepare", &root.to_string_lossy()])?;
+        if env_or("PIXELGEN_BENCH_MODES", 1u8) != 0 {
+            peer.run(&["prepare-modes", &root.to_string_lossy()])?;
+        }
         Ok(versions)
     });
     let shared_model = root.join("model/bench-stamp.json").is_file();
@@ -412,7 +509,31 @@ fn main() {
     let quiet = wait_for_quiet(max_load, max_wait);
     let load_before = load_average();
     eprintln!("bench: pixelgen ({threads} threads)");
-    let (ours, our_output) = measure_pixelgen(&model_dir, &inputs, runs, image_runs, &run_dir);
+    let (ours, our_output, model) =
+        measure_pixelgen(&model_dir, &inputs, runs, image_runs, &run_dir);
+    let with_modes = env_or("PIXELGEN_BENCH_MODES", 1u8) != 0;
+    let mode_inputs = root.join("modes");
+    let our_modes = if !with_modes {
+        Err("PIXELGEN_BENCH_MODES=0".to_string())
+    } else if !mode_inputs.join("stamp.json").is_file() {
+        Err(format!(
+            "no inputs in {} (made by `diffusers_peer.py prepare-modes`)",
+            mode_inputs.display()
+        ))
+    } else {
+        eprintln!("bench: pixelgen, conditioned modes");
+        let settings = Settings::new(SIZE, SIZE, STEPS, GUIDANCE, Scheduler::Euler);
+        modes::measure(
+            &model,
+            &settings,
+            PROMPT,
+            &inputs.latents,
+            &mode_inputs,
+            image_runs,
+            &run_dir,
+        )
+    };
+    drop(model);
     let load_between = load_average();
 
     let theirs = peer_versions.and_then(|versions| {
@@ -433,6 +554,23 @@ fn main() {
         let measured = measured_from_peer(&result).ok_or("malformed result from the peer")?;
         Ok((versions, result, measured))
     });
+    let their_modes = match (&theirs, &our_modes) {
+        (Ok(_), Ok(_)) => {
+            eprintln!("bench: diffusers, conditioned modes");
+            let out = run_dir.join("diffusers_modes.json");
+            peer.run(&[
+                "modes",
+                &root.to_string_lossy(),
+                "--out",
+                &out.to_string_lossy(),
+                "--threads",
+                &threads.to_string(),
+                "--image-runs",
+                &image_runs.to_string(),
+            ])
+        }
+        (Err(reason), _) | (_, Err(reason)) => Err(reason.clone()),
+    };
     let load_after = load_average();
 
     // The table.
@@ -577,6 +715,7 @@ fn main() {
         }
         Err(reason) => println!("- diffusers: skipped: {reason}"),
     }
+    print_modes(&ours, their, &our_modes, &their_modes, &run_dir);
     println!(
         "- images: {} ({})",
         run_dir.display(),
