@@ -1,6 +1,9 @@
 //! The index that `pixelgen-build` writes to OUT_DIR and the `sprites!` macro reads:
 //! atlases, their images and rects, and which rects belong to which sprite.
 //!
+//! It also holds [`autotile`]: the order of an autotile set's tiles, which the build draws
+//! and the game looks up.
+//!
 //! This crate is the contract between the two sides, and serde only, because every game
 //! compiles the macro. Invariants:
 //! - [`INDEX_VERSION`] changes whenever the meaning or shape of a field changes; a reader
@@ -12,6 +15,8 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub mod autotile;
 
 pub const INDEX_VERSION: u32 = 2;
 /// Folder under OUT_DIR that holds pixelgen's outputs.

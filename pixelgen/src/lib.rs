@@ -46,6 +46,10 @@ mod live;
 #[cfg(feature = "remote")]
 pub mod remote;
 
+/// Autotile sets (16-tile corner sets, 47-tile blob sets): a map cell's tile from its
+/// neighbourhood, in the order the build lays a set's tiles out.
+pub use pixelgen_index::autotile;
+
 use bevy::app::{App, Plugin, PostUpdate, PreUpdate};
 use bevy::asset::{AssetId, AssetServer, Assets, Handle, RenderAssetUsages};
 use bevy::camera::visibility::VisibilitySystems;
