@@ -134,33 +134,23 @@ fn comfyui_draws_workflows_with_uploaded_init_images_masks_and_control_images() 
     assert!(again.success, "{}", again.stderr);
     assert_eq!(again.summary, Some((3, 0, 3)), "{}", again.stderr);
 
+    // What the workflow cannot take is refused where the sprite writes it.
+    let refused_with = |edited: String, words: &str| {
+        game.write_manifest(&edited);
+        let refused = game.build(&[]);
+        assert!(!refused.success, "{words}");
+        assert!(refused.stderr.contains(words), "{}", refused.stderr);
+    };
     // A ControlNet over part of the steps needs the inputs that take its window.
-    game.write_manifest(&manifest.replace("scale: 0.25)", "scale: 0.25, end: 0.5)"));
-    let refused = game.build(&[]);
-    assert!(!refused.success);
-    assert!(
-        refused.stderr.contains("start and end for ControlNet"),
-        "{}",
-        refused.stderr
+    refused_with(
+        manifest.replace("scale: 0.25)", "scale: 0.25, end: 0.5)"),
+        "start and end for ControlNet",
     );
     // Seamless tiles are not among ComfyUI's built-in nodes.
-    game.write_manifest(&manifest.replace("seed: 255,", "seed: 255, tiling: XY,"));
-    let refused = game.build(&[]);
-    assert!(!refused.success);
-    assert!(
-        refused.stderr.contains("draw no seamless tiles"),
-        "{}",
-        refused.stderr
+    refused_with(
+        manifest.replace("seed: 255,", "seed: 255, tiling: XY,"),
+        "draw no seamless tiles",
     );
-
-    // A workflow that names no mask input cannot repaint under a mask: refused where
-    // the sprite writes it.
-    game.write_manifest(&manifest.replace(r#", mask: "4""#, ""));
-    let refused = game.build(&[]);
-    assert!(!refused.success);
-    assert!(
-        refused.stderr.contains("name no mask"),
-        "{}",
-        refused.stderr
-    );
+    // A workflow that names no mask input cannot repaint under a mask.
+    refused_with(manifest.replace(r#", mask: "4""#, ""), "name no mask");
 }

@@ -8,7 +8,7 @@ use super::http::{Client, HttpError};
 use crate::generate::conditioning::ImageFile;
 
 /// How a server reads a mask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum MaskWhite {
     /// White is repainted, as in pixelgen's masks (ComfyUI's `LoadImageMask`).
     Repaints,
@@ -59,9 +59,17 @@ pub(super) fn frame_png(
     Ok(bytes)
 }
 
-/// Images uploaded to one server for one group of frames, by the blake3 of the bytes sent.
+/// What [`frame_png`] is asked for: the file, the size and the mask convention.
+type Prepared = (std::path::PathBuf, Option<(u32, u32)>, Option<MaskWhite>);
+
+/// Images uploaded to one server for one group of frames: by the blake3 of the bytes sent,
+/// and by what was prepared, so a group's frames (which share their images) read and
+/// encode each image once.
 #[derive(Debug, Default)]
-pub(super) struct Uploads(HashMap<String, String>);
+pub(super) struct Uploads {
+    by_hash: HashMap<String, String>,
+    by_source: HashMap<Prepared, String>,
+}
 
 impl Uploads {
     /// The server's name for `file` as [`frame_png`] makes it; the first time, `send` uploads
@@ -74,13 +82,21 @@ impl Uploads {
         mask: Option<MaskWhite>,
         send: impl FnOnce(&[u8], &str) -> Result<String, HttpError>,
     ) -> Result<String, HttpError> {
-        let bytes = frame_png(file, size, mask).map_err(|e| client.unexpected("upload", e))?;
-        let hash = blake3::hash(&bytes).to_hex().to_string();
-        if let Some(name) = self.0.get(&hash) {
+        let source = (file.resolved.clone(), size, mask);
+        if let Some(name) = self.by_source.get(&source) {
             return Ok(name.clone());
         }
-        let name = send(&bytes, &format!("pixelgen-{}.png", &hash[..32]))?;
-        self.0.insert(hash, name.clone());
+        let bytes = frame_png(file, size, mask).map_err(|e| client.unexpected("upload", e))?;
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        let name = match self.by_hash.get(&hash) {
+            Some(name) => name.clone(),
+            None => {
+                let name = send(&bytes, &format!("pixelgen-{}.png", &hash[..32]))?;
+                self.by_hash.insert(hash, name.clone());
+                name
+            }
+        };
+        self.by_source.insert(source, name.clone());
         Ok(name)
     }
 }
